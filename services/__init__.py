@@ -1,0 +1,1 @@
+"""Deployable mallops services. Each one imports only ``shared``, never another service."""

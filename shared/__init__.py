@@ -1,0 +1,1 @@
+"""Contracts shared by every mallops service: settings, Celery factory, task catalog, models, database."""

@@ -1,0 +1,345 @@
+"""The task catalog: one declarative registry of every public mallops task.
+
+Workers register their task bodies under ``celery_name``; the gateway validates submissions against
+``args_model`` and routes them to ``queue``; beat reads ``schedule``; the CLI and docs list it all.
+Nothing here imports Celery task code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError, model_validator
+
+QUEUES: tuple[str, ...] = ("finance", "reports", "email", "default")
+DEFAULT_QUEUE = "default"
+
+
+class TaskArgs(BaseModel):
+    """Base of every argument model: unknown fields are refused, values are JSON-friendly."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- finance -----------------------------------------------------------------------------------
+
+
+class CheckPendingBillsArgs(TaskArgs):
+    as_of: dt.date | None = Field(default=None, description="Treat this day as today (default: today).")
+
+
+class SendBillRemindersArgs(TaskArgs):
+    bill_ids: list[int] | None = Field(default=None, max_length=10_000, description="Bills to remind.")
+    days_overdue: int | None = Field(
+        default=None, ge=0, le=3650, description="Remind every overdue bill at least this many days late."
+    )
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> SendBillRemindersArgs:
+        if self.bill_ids is None and self.days_overdue is None:
+            return self.model_copy(update={"days_overdue": 0})
+        return self
+
+
+class MonthArgs(TaskArgs):
+    year: int | None = Field(default=None, ge=2000, le=2100)
+    month: int | None = Field(default=None, ge=1, le=12)
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> MonthArgs:
+        if (self.year is None) != (self.month is None):
+            raise ValueError("give both year and month, or neither for the previous month")
+        return self
+
+
+# -- reports -----------------------------------------------------------------------------------
+
+
+class HourlyReportArgs(TaskArgs):
+    hour: dt.datetime | None = Field(default=None, description="Any time inside the hour (default: last hour).")
+
+
+class DailyReportArgs(TaskArgs):
+    date: dt.date | None = Field(default=None, description="The day (default: yesterday).")
+
+
+class WeeklyReportArgs(TaskArgs):
+    week_start: dt.date | None = Field(default=None, description="Any day of the week (default: last week).")
+
+
+class ExportFilters(TaskArgs):
+    date_from: dt.date | None = None
+    date_to: dt.date | None = None
+    store_id: int | None = Field(default=None, ge=1)
+    status: Literal["pending", "paid", "overdue"] | None = None
+
+
+class ExportDataArgs(TaskArgs):
+    dataset: Literal["bills", "payments", "revenue", "stores", "sales"]
+    format: Literal["csv", "xlsx"] = "csv"
+    filters: ExportFilters = Field(default_factory=ExportFilters)
+
+
+class ProcessAccessLogsArgs(TaskArgs):
+    batch_size: int = Field(default=1000, ge=1, le=50_000)
+
+
+class AccessStatisticsArgs(TaskArgs):
+    date: dt.date | None = Field(default=None, description="The day (default: yesterday).")
+
+
+class RetentionArgs(TaskArgs):
+    days: int = Field(default=90, ge=1, le=36_500)
+
+
+class NotificationRetentionArgs(TaskArgs):
+    days: int = Field(default=30, ge=1, le=36_500)
+
+
+# -- notifier ----------------------------------------------------------------------------------
+
+
+class SendNotificationEmailArgs(TaskArgs):
+    email: EmailStr
+    subject: str = Field(min_length=1, max_length=200)
+    message: str = Field(min_length=1, max_length=20_000)
+    language: Literal["zh_CN", "en"] = "zh_CN"
+    notification_id: int | None = Field(default=None, ge=1, description="Row to mark sent (set by reminders).")
+
+
+# -- maintenance -------------------------------------------------------------------------------
+
+
+class BackupDatabaseArgs(TaskArgs):
+    keep: int | None = Field(default=None, ge=1, le=365, description="Backups to keep (default: setting).")
+
+
+class CleanupCacheArgs(TaskArgs):
+    prefix: str = Field(default="mallops:cache:", pattern=r"^mallops:[A-Za-z0-9_:.-]*$", max_length=200)
+
+
+class NoArgs(TaskArgs):
+    pass
+
+
+class TestTaskArgs(TaskArgs):
+    message: str = Field(default="test", max_length=1000)
+    fail: bool = False
+
+
+class LongRunningTaskArgs(TaskArgs):
+    steps: int = Field(default=10, ge=1, le=10_000)
+    step_seconds: float = Field(default=1.0, ge=0, le=60)
+
+
+# -- schedules ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A default beat entry: either ``every`` seconds or a crontab in the configured timezone."""
+
+    every: float | None = None
+    minute: str = "*"
+    hour: str = "*"
+    day_of_week: str = "*"  # Celery counts from Sunday = 0, so Monday is 1
+    day_of_month: str = "*"
+    month_of_year: str = "*"
+
+    def describe(self) -> str:
+        if self.every is not None:
+            return f"every {self.every:g}s"
+        return f"{self.minute} {self.hour} {self.day_of_month} {self.month_of_year} {self.day_of_week}"
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.every is not None:
+            return {"every": self.every}
+        return {
+            "minute": self.minute,
+            "hour": self.hour,
+            "day_of_week": self.day_of_week,
+            "day_of_month": self.day_of_month,
+            "month_of_year": self.month_of_year,
+        }
+
+
+# -- the catalog -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    service: str
+    queue: str
+    args_model: type[TaskArgs]
+    description: str
+    schedule: Schedule | None = None
+
+    @property
+    def celery_name(self) -> str:
+        return f"mallops.{self.service}.{self.name}"
+
+    def validate(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None) -> TaskArgs:
+        """Map positional ``args`` onto the model's fields in order, merge ``kwargs`` and validate.
+
+        Raises :class:`pydantic.ValidationError` for bad values and :class:`TaskArgumentError` for
+        positional arguments that do not fit.
+        """
+        return validate_arguments(self.args_model, args, kwargs or {})
+
+    def json_schema(self) -> dict[str, Any]:
+        return self.args_model.model_json_schema()
+
+
+class TaskArgumentError(ValueError):
+    """Positional arguments that cannot be mapped onto a task's fields."""
+
+
+def validate_arguments(model: type[TaskArgs], args: Sequence[Any], kwargs: Mapping[str, Any]) -> TaskArgs:
+    fields = list(model.model_fields)
+    if len(args) > len(fields):
+        raise TaskArgumentError(f"takes at most {len(fields)} positional arguments ({len(args)} given)")
+    data: dict[str, Any] = dict(zip(fields, args, strict=False))
+    for key, value in kwargs.items():
+        if key in data:
+            raise TaskArgumentError(f"got multiple values for argument {key!r}")
+        data[key] = value
+    return model.model_validate(data)
+
+
+def _spec(
+    name: str,
+    service: str,
+    queue: str,
+    model: type[TaskArgs],
+    description: str,
+    schedule: Schedule | None = None,
+) -> TaskSpec:
+    return TaskSpec(name, service, queue, model, description, schedule)
+
+
+CATALOG: Mapping[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        # finance
+        _spec(
+            "check_pending_bills", "finance", "finance", CheckPendingBillsArgs,
+            "Mark bills past their due date as overdue and enqueue reminders for them.",
+            Schedule(minute="*"),
+        ),
+        _spec(
+            "send_bill_reminders", "finance", "finance", SendBillRemindersArgs,
+            "Send at most one reminder e-mail per overdue bill per day.",
+        ),
+        _spec(
+            "calculate_monthly_revenue", "finance", "finance", MonthArgs,
+            "Revenue by store and by category for a month, from payments; stored and cached.",
+        ),
+        # reports
+        _spec(
+            "generate_hourly_report", "reports", "reports", HourlyReportArgs,
+            "Sales and billing figures for one hour, stored as a report with CSV and HTML.",
+            Schedule(minute="0"),
+        ),
+        _spec(
+            "generate_daily_report", "reports", "reports", DailyReportArgs,
+            "Sales and billing figures for one day, stored as a report with CSV and HTML.",
+        ),
+        _spec(
+            "generate_weekly_report", "reports", "reports", WeeklyReportArgs,
+            "Sales and billing figures for one week (Monday to Sunday).",
+            Schedule(minute="0", hour="10", day_of_week="1"),
+        ),
+        _spec(
+            "generate_monthly_report", "reports", "reports", MonthArgs,
+            "Sales and billing figures for one calendar month.",
+            Schedule(minute="0", hour="0", day_of_month="1"),
+        ),
+        _spec(
+            "export_data", "reports", "reports", ExportDataArgs,
+            "Export a dataset to CSV or XLSX in the export store, for download through the gateway.",
+        ),
+        _spec(
+            "process_access_logs", "reports", "reports", ProcessAccessLogsArgs,
+            "Move the gateway's buffered access log into the access_logs table.",
+            Schedule(every=30.0),
+        ),
+        _spec(
+            "generate_access_statistics", "reports", "reports", AccessStatisticsArgs,
+            "Daily request statistics per path, user and status.",
+            Schedule(minute="0", hour="1"),
+        ),
+        _spec(
+            "cleanup_old_access_records", "reports", "reports", RetentionArgs,
+            "Delete access records older than the retention period.",
+        ),
+        # notifier
+        _spec(
+            "send_notification_email", "notifier", "email", SendNotificationEmailArgs,
+            "Send one notification e-mail over SMTP, in Chinese or English.",
+        ),
+        _spec(
+            "cleanup_old_notifications", "notifier", "email", NotificationRetentionArgs,
+            "Delete notifications older than the retention period.",
+            Schedule(minute="0", hour="2"),
+        ),
+        # maintenance
+        _spec(
+            "backup_database", "maintenance", "default", BackupDatabaseArgs,
+            "Back up the database (pg_dump or SQLite online backup), keeping the last N.",
+        ),
+        _spec(
+            "cleanup_cache", "maintenance", "default", CleanupCacheArgs,
+            "Delete mallops cache keys by prefix, with SCAN.",
+        ),
+        _spec(
+            "cleanup_expired_data", "maintenance", "default", NoArgs,
+            "Delete expired exports, reports and old task history, in batches.",
+        ),
+        _spec(
+            "test_task", "maintenance", "default", TestTaskArgs,
+            "Echo a message: 'Task received: <message>'. Fails on request.",
+        ),
+        _spec(
+            "long_running_task", "maintenance", "default", LongRunningTaskArgs,
+            "Sleep in steps, reporting PROGRESS {current, total} after each.",
+        ),
+    )
+}
+
+SERVICES: tuple[str, ...] = ("finance", "reports", "notifier", "maintenance")
+SERVICE_QUEUES: Mapping[str, str] = {"finance": "finance", "reports": "reports", "notifier": "email",
+                                     "maintenance": "default"}
+BY_CELERY_NAME: Mapping[str, TaskSpec] = {spec.celery_name: spec for spec in CATALOG.values()}
+
+
+def get_spec(name: str) -> TaskSpec | None:
+    """The spec for a short name or a Celery task name, or None."""
+    return CATALOG.get(name) or BY_CELERY_NAME.get(name)
+
+
+def tasks_for_service(service: str) -> list[TaskSpec]:
+    return [spec for spec in CATALOG.values() if spec.service == service]
+
+
+def task_routes() -> dict[str, dict[str, str]]:
+    """Celery ``task_routes``: every catalog task to its queue."""
+    return {spec.celery_name: {"queue": spec.queue} for spec in CATALOG.values()}
+
+
+__all__ = [
+    "CATALOG",
+    "DEFAULT_QUEUE",
+    "QUEUES",
+    "Schedule",
+    "TaskArgs",
+    "TaskArgumentError",
+    "TaskSpec",
+    "ValidationError",
+    "get_spec",
+    "task_routes",
+    "tasks_for_service",
+]

@@ -1,0 +1,146 @@
+"""Runtime settings for every mallops process, read from ``MALLOPS_*`` environment variables.
+
+Nothing is read at import: call :func:`get_settings` (cached) or build :class:`Settings` directly.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path(".mallops")
+
+
+class Settings(BaseSettings):
+    """Every setting a mallops service reads. Defaults make an embedded, single-machine setup work."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MALLOPS_",
+        env_file=".env",
+        env_ignore_empty=True,
+        extra="ignore",
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    timezone: str = "Asia/Shanghai"
+    log_level: str = "INFO"
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    database_url: str = ""  # empty: SQLite file under data_dir
+
+    redis_url: str = "redis://127.0.0.1:6379"
+    broker_url: str = ""  # empty: redis_url, db 0
+    result_backend: str = ""  # empty: redis_url, db 1
+    broker_visibility_timeout: int = Field(default=7200, ge=1)
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=1025, ge=1, le=65535)
+    smtp_starttls: bool = False
+    smtp_user: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_timeout: float = Field(default=10.0, gt=0)
+    smtp_ca_file: str = ""  # CA bundle that signs the SMTP server certificate (empty: the system CAs)
+    mail_from: str = "mallops@mall.example"
+    notifier_pool: Literal["threads", "prefork", "solo"] = "threads"  # e-mail is I/O-bound
+    notifier_concurrency: int = Field(default=8, ge=1, le=200)
+
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=8000, ge=1, le=65535)
+    monitor_host: str = "127.0.0.1"
+    monitor_port: int = Field(default=9808, ge=1, le=65535)
+
+    bootstrap_admin_token: SecretStr = SecretStr("")
+    task_max_per_user: int = Field(default=5, ge=1)
+    rate_limit_per_minute: int = Field(default=600, ge=1)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    cors_origins: list[str] = Field(default_factory=list)
+    # gateway: how long a verified token is trusted before the database is asked again (revocation delay)
+    token_cache_seconds: float = Field(default=5.0, ge=0, le=60)
+    # gateway: how long the owner and arguments of a submitted task are kept in Redis (beyond result_expires)
+    task_meta_ttl_seconds: int = Field(default=7 * 86400, ge=3600)
+    idempotency_ttl_seconds: int = Field(default=86400, ge=60)
+
+    worker_concurrency: int = Field(default=2, ge=1)
+    task_max_retries: int = Field(default=3, ge=0)
+    task_retry_backoff: float = Field(default=30.0, ge=0)
+    beat_max_interval: float = Field(default=5.0, gt=0, le=300)  # beat loop: runtime edits apply within it
+    beat_lock_timeout: int = Field(default=30, ge=5)  # a dead beat's lock frees after this many seconds
+    backup_keep: int = Field(default=7, ge=1)
+    export_ttl_days: int = Field(default=7, ge=1)
+    report_ttl_days: int = Field(default=365, ge=1)
+    history_ttl_days: int = Field(default=30, ge=1)
+    notification_ttl_days: int = Field(default=30, ge=1)
+    access_log_ttl_days: int = Field(default=90, ge=1)
+    pg_dump_command: str = "pg_dump"  # for backup_database on PostgreSQL (client major >= server's)
+
+    # lifecycle events (shared/events.py) and the monitor (services/monitor)
+    events_enabled: bool = True
+    events_stream_maxlen: int = Field(default=500_000, ge=1000)  # approximate (XADD MAXLEN ~)
+    events_flush_interval: float = Field(default=0.1, gt=0, le=10)  # seconds a buffered event may wait
+    events_flush_size: int = Field(default=200, ge=1, le=10_000)  # events that trigger a flush at once
+    worker_heartbeat_interval: float = Field(default=2.0, gt=0, le=300)
+    worker_offline_after: float = Field(default=10.0, gt=0)  # seconds of silence before offline
+    worker_purge_after: float = Field(default=600.0, gt=0)  # seconds offline before labels are dropped
+    monitor_batch_size: int = Field(default=1000, ge=1, le=50_000)
+    monitor_claim_idle: float = Field(default=30.0, gt=0)  # seconds before another consumer's entry is taken
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets_in_production(self) -> Self:
+        if self.environment == "production" and not self.database_url:
+            raise ValueError("MALLOPS_DATABASE_URL must be set when MALLOPS_ENVIRONMENT=production")
+        return self
+
+    # -- derived values ------------------------------------------------------------------------
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL, with the embedded SQLite default and psycopg 3 as PostgreSQL driver."""
+        url = self.database_url or f"sqlite:///{self.data_dir / 'mallops.db'}"
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or _redis_db(self.redis_url, 0)
+
+    @property
+    def celery_result_backend(self) -> str:
+        return self.result_backend or _redis_db(self.redis_url, 1)
+
+    @property
+    def cache_redis_url(self) -> str:
+        """Redis for the cache, the event stream, quotas and the access-log buffer (db 2)."""
+        return _redis_db(self.redis_url, 2)
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.data_dir / "exports"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
+
+    @property
+    def backups_dir(self) -> Path:
+        return self.data_dir / "backups"
+
+
+def _redis_db(url: str, db: int) -> str:
+    """``redis://host:port`` plus a database number, replacing one that is already there."""
+    base, _, query = url.partition("?")
+    scheme, _, rest = base.partition("://")
+    hostpart = rest.split("/", 1)[0]
+    result = f"{scheme}://{hostpart}/{db}"
+    return f"{result}?{query}" if query else result
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,159 @@
+"""API tokens: random bearer secrets stored only as sha256 hashes, with a role and revocation.
+
+Used by the gateway (verify) and by ``mallops tokens create|list|revoke`` (which work on the database
+directly). A token is shown once, when it is created; afterwards only its name, role and first
+characters (``prefix``) are known.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared.models import ApiToken, utcnow
+
+Role = Literal["user", "admin"]
+ROLES: tuple[str, ...] = get_args(Role)
+TOKEN_PREFIX = "mlp_"  # noqa: S105 - a marker that makes leaked tokens recognisable, not a secret
+PREFIX_LENGTH = 12
+MIN_TOKEN_LENGTH = 16
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$")
+BOOTSTRAP_TOKEN_NAME = "bootstrap-admin"  # noqa: S105 - a name, not a secret
+
+
+class TokenError(ValueError):
+    """A token cannot be created or changed as asked (bad name or role, name taken, unknown name)."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the token's name (the owner of the tasks it submits) and its role."""
+
+    name: str
+    role: Role
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    name: str
+    role: str
+    prefix: str
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+    last_used_at: dt.datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token: sha256 hex digest."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def generate_token() -> str:
+    """A new random token: ``mlp_`` and 43 URL-safe characters (256 bits)."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def _check(name: str, role: str) -> Role:
+    if not NAME_PATTERN.match(name):
+        raise TokenError(f"invalid token name {name!r}: use 1-100 letters, digits, '_', '.', '@' or '-'")
+    if role not in ROLES:
+        raise TokenError(f"invalid role {role!r}: choose one of {', '.join(ROLES)}")
+    return role  # type: ignore[return-value]
+
+
+def create_token(session: Session, name: str, role: str, token: str | None = None) -> str:
+    """Store a new token called ``name`` and return its secret (the only time it is available).
+
+    Raises :class:`TokenError` for a bad name or role, a name already used, or a too short ``token``.
+    """
+    _check(name, role)
+    secret = token if token is not None else generate_token()
+    if len(secret) < MIN_TOKEN_LENGTH:
+        raise TokenError(f"a token must be at least {MIN_TOKEN_LENGTH} characters long")
+    if session.scalar(select(ApiToken.id).where(ApiToken.name == name)) is not None:
+        raise TokenError(f"a token named {name!r} already exists")
+    row = ApiToken(name=name, role=role, token_hash=hash_token(secret), prefix=secret[:PREFIX_LENGTH])
+    session.add(row)
+    try:
+        session.flush()
+    except IntegrityError as exc:  # a concurrent create of the same name, or the same secret
+        raise TokenError(f"a token named {name!r} (or with this secret) already exists") from exc
+    return secret
+
+
+def list_tokens(session: Session) -> list[TokenInfo]:
+    rows = session.scalars(select(ApiToken).order_by(ApiToken.name)).all()
+    return [TokenInfo(r.name, r.role, r.prefix, r.created_at, r.revoked_at, r.last_used_at) for r in rows]
+
+
+def revoke_token(session: Session, name: str) -> bool:
+    """Revoke the token called ``name``; False if it was already revoked. TokenError if unknown."""
+    row = session.scalar(select(ApiToken).where(ApiToken.name == name))
+    if row is None:
+        raise TokenError(f"no token named {name!r}")
+    if row.revoked_at is not None:
+        return False
+    row.revoked_at = utcnow()
+    return True
+
+
+def verify_token(session: Session, token: str) -> Principal | None:
+    """The principal of an active token, or None for an unknown or revoked one.
+
+    The lookup is by the token's sha256 (an index hit that reveals nothing about stored secrets);
+    the stored hash is then compared in constant time.
+    """
+    if not token or len(token) > 512:
+        return None
+    digest = hash_token(token)
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
+    if row is None or not hmac.compare_digest(row.token_hash, digest):
+        return None
+    if row.revoked_at is not None or row.role not in ROLES:
+        return None
+    return Principal(row.name, row.role)  # type: ignore[arg-type]
+
+
+def touch_last_used(session: Session, name: str, when: dt.datetime | None = None) -> None:
+    row = session.scalar(select(ApiToken).where(ApiToken.name == name))
+    if row is not None:
+        row.last_used_at = when or utcnow()
+
+
+def ensure_bootstrap_admin(session: Session, token: str) -> bool:
+    """Make ``token`` a working admin token named ``bootstrap-admin``; True if anything changed.
+
+    A token with this secret that was revoked stays revoked (revocation is final). If the name
+    exists with another secret (the setting was changed), the stored hash is replaced.
+    """
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise TokenError(f"MALLOPS_BOOTSTRAP_ADMIN_TOKEN must be at least {MIN_TOKEN_LENGTH} characters long")
+    digest = hash_token(token)
+    if session.scalar(select(ApiToken.id).where(ApiToken.token_hash == digest)) is not None:
+        return False
+    row = session.scalar(select(ApiToken).where(ApiToken.name == BOOTSTRAP_TOKEN_NAME))
+    if row is None:
+        create_token(session, BOOTSTRAP_TOKEN_NAME, "admin", token)
+        return True
+    row.token_hash = digest
+    row.prefix = token[:PREFIX_LENGTH]
+    row.role = "admin"
+    row.revoked_at = None
+    return True

@@ -1,0 +1,175 @@
+"""Real processes for tests: redis-server, mallops services. Every process is stopped by its PID.
+
+No sleeps as synchronisation: :func:`wait_until` polls a condition against a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+REDIS_MISSING = (
+    "redis-server is not installed and Docker is not available. Install it with "
+    "`apt-get install redis-server` (Debian/Ubuntu) or `brew install redis` (macOS), "
+    "or run ./scripts/test, which installs it when run as root."
+)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until(
+    check: Callable[[], T | None],
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> T:
+    """Poll ``check`` until it returns a truthy value; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as exc:  # the condition may raise until the system is up
+            last_error = exc
+        if time.monotonic() > deadline:
+            detail = f" (last error: {last_error!r})" if last_error else ""
+            pytest.fail(f"timed out after {timeout}s waiting for {message}{detail}")
+        time.sleep(interval)
+
+
+@dataclass
+class Process:
+    """A child process with its log file; ``stop`` ends it (and its group) by PID."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.killpg(self.popen.pid, sig)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.alive():
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+            except ProcessLookupError:
+                pass
+        else:
+            # the leader is gone; make sure no child of its group survives
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+        return self.popen.returncode
+
+
+def spawn(name: str, argv: list[str], env: Mapping[str, str], log_dir: Path, cwd: Path = ROOT) -> Process:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
+    with log_path.open("wb") as log:
+        popen = subprocess.Popen(
+            argv, env=dict(env), cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    return Process(name, popen, log_path)
+
+
+@dataclass
+class RedisServer:
+    port: int
+    process: Process | None
+    url_base: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.url_base = f"redis://127.0.0.1:{self.port}"
+
+    def client(self, db: int = 0) -> redis.Redis[bytes]:
+        return redis.Redis(host="127.0.0.1", port=self.port, db=db)
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop()
+
+
+def start_redis(workdir: Path, port: int | None = None, appendonly: bool = False) -> RedisServer:
+    """A redis-server of the test's own on a free loopback port."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail(REDIS_MISSING)
+    port = port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+        "--save", "", "--appendonly", "yes" if appendonly else "no", "--daemonize", "no",
+    ]
+    process = spawn(f"redis-{port}", argv, os.environ, workdir)
+    server = RedisServer(port, process)
+    wait_until(lambda: server.client().ping(), timeout=15, message=f"redis-server on port {port}")
+    return server
+
+
+def service_argv(service: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "mallops", "serve", service, *extra]
+
+
+def start_worker(
+    service: str, env: Mapping[str, str], log_dir: Path, *extra: str, hostname: str | None = None
+) -> Process:
+    """Start ``mallops serve <service>`` and wait until its worker answers a ping."""
+    from celery import Celery
+
+    hostname = hostname or f"{service}-{time.monotonic_ns()}@127.0.0.1"
+    process = spawn(service, service_argv(service, f"--hostname={hostname}", *extra), env, log_dir)
+    probe = Celery(broker=env["MALLOPS_BROKER_URL"], set_as_current=False)
+    try:
+        def pinged() -> bool:
+            if not process.alive():
+                pytest.fail(f"{service} worker exited with {process.popen.returncode}:\n{process.log()[-3000:]}")
+            replies = probe.control.ping(destination=[hostname], timeout=0.5)
+            return any(hostname in reply for reply in replies)
+
+        wait_until(pinged, timeout=60, interval=0.2, message=f"{service} worker {hostname}")
+    except BaseException:
+        process.stop()
+        raise
+    finally:
+        probe.close()
+    return process

@@ -1,0 +1,91 @@
+"""shared.events: buffering, batched writes to the stream, keeping events while Redis is away."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from celery import signals
+
+from shared import events
+from shared.cache import EVENT_STREAM
+from shared.celery_app import create_celery_app
+from shared.settings import Settings
+from tests.harness import RedisServer, free_port, wait_until
+
+
+def test_events_are_buffered_then_written_in_one_batch(settings: Settings, redis_server: RedisServer,
+                                                       clean_broker: None) -> None:
+    host = f"tester-{uuid.uuid4().hex[:8]}@h"  # running workers write heartbeats into the same stream
+    emitter = events.EventEmitter(settings, host)
+    emitter.emit("task-started", id="a", name="n", queue="default", retries=0)
+    emitter.emit("task-succeeded", id="a", name="n", queue="default", retries=0, runtime=0.1)
+    cache = redis_server.client(2)
+
+    def mine() -> list[dict[str, object]]:
+        found = [json.loads(fields[b"e"]) for _, fields in cache.xrange(EVENT_STREAM)]
+        return [e for e in found if e.get("host") == host]
+
+    try:
+        assert emitter.pending + emitter.written == 2
+        wait_until(lambda: len(mine()) == 2, timeout=10, message="background flush")
+        assert emitter.pending == 0
+        first, second = mine()
+        assert first["type"] == "task-started"
+        assert {"ts", "pid", "id", "name", "queue", "retries"} <= set(first)
+        assert second["runtime"] == 0.1
+    finally:
+        emitter.close()
+        cache.close()
+
+
+def test_events_wait_for_redis_instead_of_being_lost(settings: Settings) -> None:
+    unreachable = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}",
+                                              "events_flush_interval": 60.0})
+    emitter = events.EventEmitter(unreachable, "tester@h")
+    try:
+        for i in range(5):
+            emitter.emit("task-received", id=str(i))
+        assert emitter.flush() == 0
+        assert emitter.pending == 5
+    finally:
+        emitter._stopping.set()
+        emitter._wake.set()
+
+
+def test_installing_twice_connects_each_handler_once(settings: Settings) -> None:
+    create_celery_app("one", settings).close()
+    create_celery_app("two", settings).close()
+    assert events.emitter() is not None
+    receivers = [r for r in signals.task_prerun.receivers if "mallops.events" in str(r[0])]
+    assert len(receivers) == 1
+
+
+def test_a_published_task_emits_task_sent_with_its_owner(settings: Settings, redis_server: RedisServer,
+                                                         clean_broker: None) -> None:
+    # a broker database no worker listens on, so the message stays unconsumed
+    app = create_celery_app("publisher", settings.model_copy(update={"broker_url": f"{redis_server.url_base}/5"}))
+    cache = redis_server.client(2)
+    try:
+        result = app.send_task("mallops.maintenance.test_task", kwargs={"message": "hi"}, queue="default",
+                               headers={"mallops_owner": "carol"}, ignore_result=True)
+
+        def sent() -> dict[str, object] | None:
+            for _, fields in cache.xrange(EVENT_STREAM):
+                event = json.loads(fields[b"e"])
+                if event.get("id") == result.id:
+                    return dict(event)
+            return None
+
+        event = wait_until(sent, timeout=10, message="task-sent event")
+        assert event["type"] == "task-sent"
+        assert event["owner"] == "carol"
+        assert event["queue"] == "default"
+        assert event["name"] == "mallops.maintenance.test_task"
+        assert event["args"] == "{'message': 'hi'}"
+    finally:
+        broker = redis_server.client(5)
+        broker.flushdb()
+        broker.close()
+        cache.close()
+        app.close()

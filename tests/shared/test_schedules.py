@@ -1,0 +1,208 @@
+"""shared.schedules against a real Redis: default entries, runtime edits, validation."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from shared import schedules
+from shared.catalog import CATALOG, Schedule
+from shared.celery_app import create_celery_app
+from shared.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+EXPECTED_DEFAULTS = {
+    "check_pending_bills": {"minute": "*", "hour": "*", "day_of_week": "*", "day_of_month": "*",
+                            "month_of_year": "*"},
+    "generate_hourly_report": {"minute": "0", "hour": "*", "day_of_week": "*", "day_of_month": "*",
+                               "month_of_year": "*"},
+    "generate_weekly_report": {"minute": "0", "hour": "10", "day_of_week": "1", "day_of_month": "*",
+                               "month_of_year": "*"},
+    "generate_monthly_report": {"minute": "0", "hour": "0", "day_of_week": "*", "day_of_month": "1",
+                                "month_of_year": "*"},
+    "process_access_logs": {"every": 30.0},
+    "generate_access_statistics": {"minute": "0", "hour": "1", "day_of_week": "*", "day_of_month": "*",
+                                   "month_of_year": "*"},
+    "cleanup_old_notifications": {"minute": "0", "hour": "2", "day_of_week": "*", "day_of_month": "*",
+                                  "month_of_year": "*"},
+}
+
+
+@pytest.fixture
+def app(settings: Settings, clean_broker: None) -> Iterator[Celery]:
+    app = create_celery_app("test-schedules", settings)
+    yield app
+    app.close()
+
+
+def test_defaults_come_from_the_catalog(app: Celery, redis_client) -> None:
+    created = schedules.ensure_defaults(app)
+    assert sorted(created) == sorted(EXPECTED_DEFAULTS)
+    entries = {e.name: e for e in schedules.list_entries(app)}
+    assert {name: e.schedule for name, e in entries.items()} == EXPECTED_DEFAULTS
+    for name, entry in entries.items():
+        assert entry.enabled
+        assert entry.task_name == CATALOG[name].celery_name == f"mallops.{CATALOG[name].service}.{name}"
+        assert entry.description == CATALOG[name].description
+        assert entry.last_run_at is not None
+        assert entry.next_run_at is not None
+        assert entry.next_run_at > entry.last_run_at
+    assert schedules.ensure_defaults(app) == []  # idempotent
+
+
+def test_keys_are_redbeat_entries_under_the_mallops_prefix(app: Celery, redis_server) -> None:
+    schedules.ensure_defaults(app)
+    cache = redis_server.client(2)
+    try:
+        assert cache.exists("mallops:redbeat:generate_weekly_report")
+        assert cache.zscore("mallops:redbeat::schedule", "mallops:redbeat:generate_weekly_report") is not None
+        assert cache.hget("mallops:redbeat:generate_weekly_report", "definition")
+    finally:
+        cache.close()
+
+
+def test_disable_enable_and_retime_at_runtime(app: Celery) -> None:
+    schedules.ensure_defaults(app)
+    off = schedules.update_entry(app, "check_pending_bills", enabled=False)
+    assert off.enabled is False
+    assert off.next_run_at is None
+    assert {e.name: e.enabled for e in schedules.list_entries(app)}["check_pending_bills"] is False
+
+    on = schedules.update_entry(app, "check_pending_bills", enabled=True)
+    assert on.enabled is True
+    assert on.next_run_at is not None
+
+    retimed = schedules.update_entry(app, "generate_weekly_report", schedule=Schedule(minute="30", hour="9",
+                                                                                      day_of_week="2"))
+    assert retimed.schedule["day_of_week"] == "2"
+    assert retimed.schedule["hour"] == "9"
+    assert retimed.next_run_at is not None
+    local = retimed.next_run_at.astimezone(app.timezone)
+    assert (local.isoweekday(), local.hour, local.minute) == (2, 9, 30)  # Tuesday 09:30 Shanghai
+
+    every = schedules.update_entry(app, "process_access_logs", schedule=Schedule(every=10))
+    assert every.schedule == {"every": 10.0}
+    assert every.last_run_at is not None
+    assert every.next_run_at is not None
+    assert abs((every.next_run_at - every.last_run_at).total_seconds() - 10) < 1
+
+    # a restart of beat (ensure_defaults again) keeps the runtime edits
+    assert schedules.ensure_defaults(app) == []
+    state = {e.name: e for e in schedules.list_entries(app)}
+    assert state["generate_weekly_report"].schedule["day_of_week"] == "2"
+    assert state["process_access_logs"].schedule == {"every": 10.0}
+
+    default = schedules.reset_entry(app, "generate_weekly_report")
+    assert default.schedule == EXPECTED_DEFAULTS["generate_weekly_report"]
+
+
+def test_next_run_of_the_weekly_report_is_a_monday_at_ten_in_shanghai(app: Celery) -> None:
+    schedules.ensure_defaults(app)
+    entry = schedules.get_entry(app, "generate_weekly_report")
+    assert entry.next_run_at is not None
+    local = entry.next_run_at.astimezone(dt.timezone(dt.timedelta(hours=8)))
+    assert (local.isoweekday(), local.hour, local.minute) == (1, 10, 0)
+
+
+def test_unknown_entry_is_a_key_error(app: Celery) -> None:
+    with pytest.raises(KeyError):
+        schedules.update_entry(app, "no_such_task", enabled=False)
+    with pytest.raises(KeyError):
+        schedules.update_entry(app, "send_bill_reminders", enabled=False)  # in the catalog, not scheduled
+    with pytest.raises(KeyError):
+        schedules.get_entry(app, "no_such_task")
+
+
+@pytest.mark.parametrize(
+    ("schedule", "message"),
+    [
+        (Schedule(minute="61"), "minute"),
+        (Schedule(hour="25"), "hour"),
+        (Schedule(day_of_week="8"), "day_of_week"),
+        (Schedule(minute="*/0"), "minute"),
+        (Schedule(minute=""), "minute"),
+        (Schedule(every=0), "every"),
+        (Schedule(every=-5), "every"),
+        (Schedule(every=float("nan")), "every"),
+    ],
+)
+def test_bad_schedule_is_a_value_error(app: Celery, schedule: Schedule, message: str) -> None:
+    schedules.ensure_defaults(app)
+    before = schedules.get_entry(app, "generate_weekly_report")
+    with pytest.raises(ValueError, match=message):
+        schedules.update_entry(app, "generate_weekly_report", schedule=schedule)
+    assert schedules.get_entry(app, "generate_weekly_report").schedule == before.schedule
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"every": 5, "minute": "0"}, "not both"),
+        ({"mnute": "0"}, "unknown"),
+        ({"hour": ["1"]}, "string"),
+        ({"every": "soon"}, "number"),
+        ([1, 2], "object"),
+    ],
+)
+def test_schedule_from_dict_refuses_bad_input(data, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        schedules.schedule_from_dict(data)
+
+
+def test_schedule_from_dict_fills_crontab_defaults() -> None:
+    assert schedules.schedule_from_dict({"minute": "0", "hour": 10, "day_of_week": "mon"}) == Schedule(
+        minute="0", hour="10", day_of_week="mon"
+    )
+    assert schedules.schedule_from_dict({"every": 45}) == Schedule(every=45.0)
+
+
+def test_entries_serialise_to_json(app: Celery) -> None:
+    import json
+
+    schedules.ensure_defaults(app)
+    data = [e.as_dict() for e in schedules.list_entries(app)]
+    text = json.dumps(data)
+    assert "generate_weekly_report" in text
+    weekly = next(d for d in data if d["name"] == "generate_weekly_report")
+    assert weekly["schedule_text"] == "0 10 * * 1"
+    assert weekly["next_run_at"].endswith("+00:00")
+
+
+def test_entries_the_catalog_no_longer_schedules_are_removed(app: Celery, redis_server) -> None:
+    from redbeat.schedulers import RedBeatSchedulerEntry
+
+    schedules.ensure_defaults(app)
+    stray = RedBeatSchedulerEntry(name="retired_task", task="mallops.finance.retired_task",
+                                  schedule=schedules.celery_schedule(Schedule(every=60), app), app=app)
+    stray.save()
+    cache = redis_server.client(2)
+    try:
+        assert cache.exists("mallops:redbeat:retired_task")
+        assert schedules.ensure_defaults(app) == []
+        assert not cache.exists("mallops:redbeat:retired_task")
+        assert cache.zscore("mallops:redbeat::schedule", "mallops:redbeat:retired_task") is None
+        assert len(schedules.list_entries(app)) == len(EXPECTED_DEFAULTS)
+    finally:
+        cache.close()
+
+
+def test_frequent_entries_expire_so_a_backlog_is_skipped(app: Celery) -> None:
+    from redbeat.schedulers import RedBeatSchedulerEntry
+
+    def options(name: str) -> dict[str, Any]:
+        return dict(RedBeatSchedulerEntry.from_key(f"mallops:redbeat:{name}", app=app).options)
+
+    schedules.ensure_defaults(app)
+    assert options("process_access_logs") == {"queue": "reports", "headers": {"mallops_owner": "beat"},
+                                              "expires": 60.0}
+    assert options("check_pending_bills")["expires"] == 120.0
+    assert "expires" not in options("generate_weekly_report")
+    schedules.update_entry(app, "process_access_logs", schedule=Schedule(every=3600))
+    assert "expires" not in options("process_access_logs")
+    schedules.update_entry(app, "generate_weekly_report", schedule=Schedule(every=10))
+    assert options("generate_weekly_report")["expires"] == 20.0
