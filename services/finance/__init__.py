@@ -1,0 +1,1 @@
+"""The finance worker: consumes the ``finance`` queue (overdue bills, reminders, monthly revenue)."""

@@ -1,0 +1,61 @@
+"""Overdue bills: a pending bill whose due date has passed becomes overdue, once."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from shared.models import Bill, utcnow
+
+
+@dataclass(frozen=True)
+class OverdueCheck:
+    as_of: dt.date
+    newly_overdue: list[int]  # bills this run moved from pending to overdue
+    overdue: int  # all overdue bills after the run
+    pending: int  # bills still pending (not yet due)
+
+    def counts(self) -> dict[str, object]:
+        return {"as_of": self.as_of.isoformat(), "newly_overdue": len(self.newly_overdue),
+                "overdue": self.overdue, "pending": self.pending}
+
+
+def mark_overdue(session: Session, as_of: dt.date, now: dt.datetime | None = None) -> OverdueCheck:
+    """Mark every pending bill due before ``as_of`` as overdue.
+
+    Idempotent: one conditional UPDATE, so a bill is moved (and reported in ``newly_overdue``) by exactly
+    one run, even when two runs overlap; a second run the same day finds nothing new.
+    """
+    moved = session.execute(
+        update(Bill)
+        .where(Bill.status == "pending", Bill.due_date < as_of)
+        .values(status="overdue", overdue_since=now or utcnow())
+        .returning(Bill.id)
+        .execution_options(synchronize_session=False)
+    )
+    newly = sorted(int(bill_id) for bill_id in moved.scalars())
+    counts = dict(session.execute(
+        select(Bill.status, func.count()).where(Bill.status.in_(("pending", "overdue"))).group_by(Bill.status)
+    ).all())
+    return OverdueCheck(as_of, newly, int(counts.get("overdue", 0)), int(counts.get("pending", 0)))
+
+
+def revert_overdue(session: Session, bill_ids: list[int]) -> int:
+    """Put bills this run just marked overdue back to pending (their reminders could not be enqueued),
+    so that the retry moves them, and reminds them, again. Returns the number reverted."""
+    reverted = 0
+    for batch in chunks(sorted(set(bill_ids)), 500):
+        result = session.execute(
+            update(Bill).where(Bill.id.in_(batch), Bill.status == "overdue")
+            .values(status="pending", overdue_since=None)
+            .execution_options(synchronize_session=False)
+        )
+        reverted += int(result.rowcount)  # type: ignore[attr-defined]
+    return reverted
+
+
+def chunks(ids: list[int], size: int) -> list[list[int]]:
+    return [ids[i : i + size] for i in range(0, len(ids), size)]

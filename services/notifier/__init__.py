@@ -1,0 +1,1 @@
+"""The notifier worker: consumes the ``email`` queue (notification e-mails, notification retention)."""

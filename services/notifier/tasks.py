@@ -1,0 +1,71 @@
+"""Thin Celery task bodies of the notifier service."""
+
+from __future__ import annotations
+
+import time
+from email.utils import make_msgid
+from typing import Any
+
+from celery import Celery
+
+from services.notifier import mailer, notifications
+from shared.db import session_scope
+from shared.settings import Settings, get_settings
+from shared.tasks import MallopsTask, PermanentError, is_transient, register
+
+
+def send_notification_email(
+    task: MallopsTask, email: str, subject: str, message: str, language: mailer.Language,
+    notification_id: int | None,
+) -> dict[str, Any]:
+    settings = get_settings()
+    if notification_id is None:  # a direct send: its row is keyed by the task id, so redelivery finds it
+        with session_scope(settings) as session:
+            notification_id = notifications.record_manual(
+                session, dedupe_key=f"email-task:{task.request.id}", email=email, subject=subject,
+                message=message, language=language,
+            )
+    with session_scope(settings) as session:
+        state, _ = notifications.claim(session, notification_id)
+    if state == "missing":
+        raise PermanentError(f"notification {notification_id} does not exist")
+    if state != "claimed":
+        return {"notification_id": notification_id, "status": state, "sent": False}
+
+    domain = settings.mail_from.rpartition("@")[2] or None
+    msg = mailer.compose(settings, email, subject, message, language,
+                         message_id=make_msgid(idstring=f"notification-{notification_id}", domain=domain))
+    try:
+        mailer.send(settings, msg)
+    except Exception as exc:
+        retry_follows = is_transient(exc) and task.request.retries < settings.task_max_retries
+        with session_scope(settings) as session:
+            notifications.release(session, notification_id, f"{type(exc).__name__}: {exc}", final=not retry_follows)
+        raise
+    _record_sent(settings, notification_id)
+    return {"notification_id": notification_id, "status": "sent", "sent": True, "language": language}
+
+
+def _record_sent(settings: Settings, notification_id: int, attempts: int = 4) -> None:
+    """Mark the row sent, retrying here on a database blip: the e-mail is out, so a task retry (which
+    would find the row still claimed) must not be the way to record it."""
+    for attempt in range(attempts):
+        try:
+            with session_scope(settings) as session:
+                notifications.mark_sent(session, notification_id)
+            return
+        except Exception as exc:
+            if attempt == attempts - 1 or not is_transient(exc):
+                raise PermanentError(f"e-mail for notification {notification_id} was sent but could not be "
+                                     f"recorded ({type(exc).__name__}: {exc}); not retried, to avoid a duplicate"
+                                     ) from exc
+            time.sleep(0.5 * 2**attempt)
+
+
+def cleanup_old_notifications(task: MallopsTask, days: int) -> dict[str, object]:
+    return notifications.cleanup_old(get_settings(), days).as_dict()
+
+
+def register_all(app: Celery) -> None:
+    register(app, "send_notification_email", send_notification_email)
+    register(app, "cleanup_old_notifications", cleanup_old_notifications)
