@@ -1,0 +1,1 @@
+"""The maintenance worker: consumes the ``default`` queue (backups, cache and data cleanup, test tasks)."""

@@ -1,0 +1,95 @@
+"""Deleting what is past its retention, in committed batches, with the files that belonged to it.
+
+- exports past ``expires_at`` (or, without one, older than ``MALLOPS_EXPORT_TTL_DAYS``), rows and files;
+- reports whose period ended more than ``MALLOPS_REPORT_TTL_DAYS`` ago, rows and files;
+- task history older than ``MALLOPS_HISTORY_TTL_DAYS``;
+- notifications older than ``MALLOPS_NOTIFICATION_TTL_DAYS``, access logs older than
+  ``MALLOPS_ACCESS_LOG_TTL_DAYS``;
+- temporary ``.part`` files older than a day that a killed process left in the file stores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, or_
+from sqlalchemy.orm import Session
+
+from shared import models
+from shared.files import resolve_under
+from shared.retention import DEFAULT_BATCH, cutoff_days, delete_in_batches
+from shared.settings import Settings
+
+log = logging.getLogger("mallops.maintenance.expired_data")
+PARTIAL_FILE_AGE = dt.timedelta(days=1)
+
+
+def _unlink_under(directory: Path, names: Sequence[str | None]) -> None:
+    """Delete files named relative to ``directory``, refusing names that point outside it."""
+    for name in names:
+        if not name:
+            continue
+        try:
+            path = resolve_under(directory, name)
+        except ValueError:
+            log.warning("not deleting %r: not a file under %s", name, directory)
+            continue
+        path.unlink(missing_ok=True)
+
+
+def remove_partial_files(directories: Sequence[Path], now: dt.datetime) -> int:
+    """Delete ``.part`` files (unfinished atomic writes) older than a day."""
+    removed = 0
+    for directory in directories:
+        if not directory.is_dir():
+            continue
+        for path in directory.rglob(".*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                modified = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
+                if now - modified > PARTIAL_FILE_AGE:
+                    path.unlink()
+                    removed += 1
+    return removed
+
+
+def cleanup_expired_data(
+    session: Session, settings: Settings, now: dt.datetime | None = None, batch_size: int = DEFAULT_BATCH
+) -> dict[str, Any]:
+    """Delete everything past retention; returns the number deleted per kind."""
+    now = now or models.utcnow()
+    counts: dict[str, Any] = {}
+
+    export_expired = or_(
+        models.Export.expires_at < now,
+        and_(models.Export.expires_at.is_(None),
+             models.Export.created_at < cutoff_days(settings.export_ttl_days, now)),
+    )
+    counts["exports"] = delete_in_batches(
+        session, models.Export, export_expired, batch_size=batch_size, extra_columns=[models.Export.file_name],
+        after_commit=lambda rows: _unlink_under(settings.exports_dir, [row[1] for row in rows]),
+    )
+    counts["reports"] = delete_in_batches(
+        session, models.Report, models.Report.period_end < cutoff_days(settings.report_ttl_days, now),
+        batch_size=batch_size, extra_columns=[models.Report.csv_path, models.Report.html_path],
+        after_commit=lambda rows: _unlink_under(settings.reports_dir, [n for row in rows for n in row[1:]]),
+    )
+    counts["task_history"] = delete_in_batches(
+        session, models.TaskRecord, models.TaskRecord.updated_at < cutoff_days(settings.history_ttl_days, now),
+        batch_size=batch_size,
+    )
+    counts["notifications"] = delete_in_batches(
+        session, models.Notification,
+        models.Notification.created_at < cutoff_days(settings.notification_ttl_days, now), batch_size=batch_size,
+    )
+    counts["access_logs"] = delete_in_batches(
+        session, models.AccessLog, models.AccessLog.ts < cutoff_days(settings.access_log_ttl_days, now),
+        batch_size=batch_size,
+    )
+    counts["partial_files"] = remove_partial_files(
+        [settings.exports_dir, settings.reports_dir, settings.backups_dir], now)
+    return counts

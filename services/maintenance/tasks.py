@@ -1,0 +1,46 @@
+"""Thin Celery task bodies of the maintenance service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from services.maintenance import backups, cache_cleanup, diagnostics, expired_data
+from shared.cache import redis_client
+from shared.db import session_factory
+from shared.settings import get_settings
+from shared.tasks import MallopsTask, register
+
+
+def test_task(task: MallopsTask, message: str, fail: bool) -> str:
+    return diagnostics.echo(message, fail, attempt=task.request.retries or 0)
+
+
+def long_running_task(task: MallopsTask, steps: int, step_seconds: float) -> dict[str, Any]:
+    def progress(current: int, total: int) -> None:
+        task.update_state(state="PROGRESS", meta={"current": current, "total": total})
+
+    return diagnostics.run_steps(steps, step_seconds, progress)
+
+
+def backup_database(task: MallopsTask, keep: int | None) -> dict[str, Any]:
+    return backups.backup_database(get_settings(), keep).as_dict()
+
+
+def cleanup_cache(task: MallopsTask, prefix: str) -> dict[str, Any]:
+    return cache_cleanup.delete_by_prefix(redis_client(get_settings()), prefix)
+
+
+def cleanup_expired_data(task: MallopsTask) -> dict[str, Any]:
+    settings = get_settings()
+    with session_factory(settings)() as session:
+        return expired_data.cleanup_expired_data(session, settings)
+
+
+def register_all(app: Celery) -> None:
+    register(app, "test_task", test_task)
+    register(app, "long_running_task", long_running_task)
+    register(app, "backup_database", backup_database)
+    register(app, "cleanup_cache", cleanup_cache)
+    register(app, "cleanup_expired_data", cleanup_expired_data)

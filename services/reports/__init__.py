@@ -1,0 +1,1 @@
+"""The reports worker: consumes the ``reports`` queue (period reports, exports, access logs)."""

@@ -1,0 +1,246 @@
+"""Sales and billing figures for a report period, stored as one ``reports`` row plus CSV and HTML files.
+
+Figures (all money in CNY, as decimal strings in the JSON so nothing is lost to floating point):
+
+- ``sales``: the POS feed's daily sales on the period's local days (``None`` for an hourly report:
+  sales are recorded per day);
+- ``payments``: payments whose ``paid_at`` falls inside the period, by method and by store category;
+- ``bills_issued``: bills issued on the period's local days (``None`` for an hourly report);
+- ``overdue_at_end``: bills due before the local day the period ends on and not paid by its end.
+
+Re-running a period replaces its row (unique ``kind`` + ``period_start``, upserted) and its files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from services.reports import rendering
+from services.reports.periods import Period
+from services.reports.upserts import upsert
+from shared import models
+
+CENT = Decimal("0.01")
+TOP_STORES = 10
+CSV_HEADER = (
+    "store_id", "store_code", "store_name", "category", "sales_amount", "sales_transactions",
+    "payments", "payments_amount", "bills_issued", "bills_issued_amount", "overdue_bills_at_end",
+    "overdue_amount_at_end",
+)
+
+
+def money(value: Any) -> Decimal:
+    """A sum from the database (Decimal, float on SQLite, or None) as an exact amount in cents."""
+    if value is None:
+        return Decimal("0.00")
+    return Decimal(str(value)).quantize(CENT)
+
+
+@dataclass
+class StoreLine:
+    store_id: int
+    code: str
+    name: str
+    category: str
+    sales_amount: Decimal = Decimal("0.00")
+    sales_transactions: int = 0
+    payments: int = 0
+    payments_amount: Decimal = Decimal("0.00")
+    bills_issued: int = 0
+    bills_issued_amount: Decimal = Decimal("0.00")
+    overdue: int = 0
+    overdue_amount: Decimal = Decimal("0.00")
+
+    def csv_row(self, whole_days: bool) -> list[Any]:
+        return [
+            self.store_id, self.code, self.name, self.category,
+            self.sales_amount if whole_days else "", self.sales_transactions if whole_days else "",
+            self.payments, self.payments_amount,
+            self.bills_issued if whole_days else "", self.bills_issued_amount if whole_days else "",
+            self.overdue, self.overdue_amount,
+        ]
+
+
+@dataclass
+class ReportContent:
+    data: dict[str, Any]
+    lines: list[StoreLine]
+
+
+def _pair(count: int, amount: Decimal) -> dict[str, Any]:
+    return {"count": count, "amount": str(amount)}
+
+
+def compute(session: Session, period: Period) -> ReportContent:
+    """Every figure of ``period``, as the report's JSON data and one line per store."""
+    stores = {
+        row.id: StoreLine(row.id, row.code, row.name, row.category)
+        for row in session.execute(
+            select(models.Store.id, models.Store.code, models.Store.name, models.Store.category)
+            .order_by(models.Store.id)
+        )
+    }
+    data: dict[str, Any] = {"period": period.as_dict(), "currency": "CNY"}
+
+    # -- sales (daily granularity) -------------------------------------------------------------
+    if period.whole_days:
+        by_day: dict[dt.date, list[Any]] = defaultdict(lambda: [Decimal("0.00"), 0])
+        by_category: dict[str, list[Any]] = defaultdict(lambda: [Decimal("0.00"), 0])
+        for store_id, day, amount, transactions in session.execute(
+            select(models.Sale.store_id, models.Sale.day, models.Sale.amount, models.Sale.transactions)
+            .where(models.Sale.day >= period.first_day, models.Sale.day < period.end_day)
+        ):
+            value = money(amount)
+            line = stores[store_id]
+            line.sales_amount += value
+            line.sales_transactions += transactions
+            by_day[day][0] += value
+            by_day[day][1] += transactions
+            by_category[line.category][0] += value
+            by_category[line.category][1] += transactions
+        data["sales"] = {
+            "amount": str(sum((line.sales_amount for line in stores.values()), Decimal("0.00"))),
+            "transactions": sum(line.sales_transactions for line in stores.values()),
+            "by_category": {cat: {"amount": str(v[0]), "transactions": v[1]} for cat, v in sorted(by_category.items())},
+            "by_day": [{"day": day.isoformat(), "amount": str(v[0]), "transactions": v[1]}
+                       for day, v in sorted(by_day.items())],
+        }
+    else:
+        data["sales"] = None
+
+    # -- payments received in the period ------------------------------------------------------
+    by_method: dict[str, list[Any]] = defaultdict(lambda: [0, Decimal("0.00")])
+    pay_by_category: dict[str, list[Any]] = defaultdict(lambda: [0, Decimal("0.00")])
+    for store_id, method, count, amount in session.execute(
+        select(models.Payment.store_id, models.Payment.method, func.count(), func.sum(models.Payment.amount))
+        .where(models.Payment.paid_at >= period.start, models.Payment.paid_at < period.end)
+        .group_by(models.Payment.store_id, models.Payment.method)
+    ):
+        value = money(amount)
+        line = stores[store_id]
+        line.payments += count
+        line.payments_amount += value
+        by_method[method][0] += count
+        by_method[method][1] += value
+        pay_by_category[line.category][0] += count
+        pay_by_category[line.category][1] += value
+    data["payments"] = {
+        **_pair(sum(line.payments for line in stores.values()),
+                sum((line.payments_amount for line in stores.values()), Decimal("0.00"))),
+        "by_method": {m: _pair(v[0], v[1]) for m, v in sorted(by_method.items())},
+        "by_category": {c: _pair(v[0], v[1]) for c, v in sorted(pay_by_category.items())},
+    }
+
+    # -- bills issued on the period's days ----------------------------------------------------
+    if period.whole_days:
+        for store_id, count, amount in session.execute(
+            select(models.Bill.store_id, func.count(), func.sum(models.Bill.amount))
+            .where(models.Bill.issued_on >= period.first_day, models.Bill.issued_on < period.end_day)
+            .group_by(models.Bill.store_id)
+        ):
+            stores[store_id].bills_issued = count
+            stores[store_id].bills_issued_amount = money(amount)
+        data["bills_issued"] = _pair(sum(line.bills_issued for line in stores.values()),
+                                     sum((line.bills_issued_amount for line in stores.values()), Decimal("0.00")))
+    else:
+        data["bills_issued"] = None
+
+    # -- overdue at the end of the period -----------------------------------------------------
+    for store_id, count, amount in session.execute(
+        select(models.Bill.store_id, func.count(), func.sum(models.Bill.amount))
+        .where(models.Bill.due_date < period.end_day,
+               or_(models.Bill.paid_at.is_(None), models.Bill.paid_at >= period.end))
+        .group_by(models.Bill.store_id)
+    ):
+        stores[store_id].overdue = count
+        stores[store_id].overdue_amount = money(amount)
+    data["overdue_at_end"] = _pair(sum(line.overdue for line in stores.values()),
+                                   sum((line.overdue_amount for line in stores.values()), Decimal("0.00")))
+
+    lines = list(stores.values())
+    def rank(line: StoreLine) -> Decimal:
+        return line.sales_amount if period.whole_days else line.payments_amount
+
+    data["top_stores"] = [
+        {"store_id": ln.store_id, "code": ln.code, "name": ln.name, "category": ln.category,
+         "sales_amount": str(ln.sales_amount), "payments_amount": str(ln.payments_amount)}
+        for ln in sorted(lines, key=lambda ln: (-rank(ln), ln.store_id))[:TOP_STORES]
+    ]
+    data["chart"] = _chart(period, data)
+    return ReportContent(data, lines)
+
+
+def _chart(period: Period, data: dict[str, Any]) -> dict[str, Any]:
+    """What the HTML page plots: sales per day, sales per category for one day, payments for an hour."""
+    if period.kind == "hourly":
+        by_cat = data["payments"]["by_category"]
+        return {"title": "Payments received by store category (CNY)",
+                "labels": list(by_cat), "values": [by_cat[c]["amount"] for c in by_cat]}
+    sales = data["sales"]
+    if period.kind == "daily":
+        return {"title": "Sales by store category (CNY)",
+                "labels": list(sales["by_category"]),
+                "values": [v["amount"] for v in sales["by_category"].values()]}
+    return {"title": "Sales per day (CNY)",
+            "labels": [d["day"][5:] for d in sales["by_day"]],
+            "values": [d["amount"] for d in sales["by_day"]]}
+
+
+def totals_line(content: ReportContent) -> list[Any]:
+    data = content.data
+    whole = data["sales"] is not None
+    return [
+        "", "TOTAL", "", "",
+        data["sales"]["amount"] if whole else "", data["sales"]["transactions"] if whole else "",
+        data["payments"]["count"], data["payments"]["amount"],
+        data["bills_issued"]["count"] if whole else "", data["bills_issued"]["amount"] if whole else "",
+        data["overdue_at_end"]["count"], data["overdue_at_end"]["amount"],
+    ]
+
+
+def file_names(period: Period) -> tuple[str, str]:
+    """The CSV and HTML names of a period's files, relative to ``settings.reports_dir``."""
+    stem = f"{period.kind}/{period.kind}-{period.label}"
+    return f"{stem}.csv", f"{stem}.html"
+
+
+def generate(session: Session, period: Period, reports_dir: Path, task_id: str | None = None) -> dict[str, Any]:
+    """Compute ``period``'s figures, (re)write its files and upsert its ``reports`` row.
+
+    Files are written atomically before the row, so a row never points at a half-written file; a
+    re-run replaces both. Returns a small summary for the task result.
+    """
+    content = compute(session, period)
+    csv_name, html_name = file_names(period)
+    rendering.write_csv(reports_dir / csv_name, CSV_HEADER,
+                        [line.csv_row(period.whole_days) for line in content.lines] + [totals_line(content)])
+    rendering.write_html(reports_dir / html_name, title=f"mallops {period.kind} report {period.label}",
+                         data=content.data, header=CSV_HEADER,
+                         rows=[line.csv_row(period.whole_days) for line in content.lines] + [totals_line(content)])
+    values = {
+        "kind": period.kind, "period_start": period.start, "period_end": period.end, "data": content.data,
+        "csv_path": csv_name, "html_path": html_name, "task_id": task_id, "created_at": models.utcnow(),
+    }
+    upsert(session, models.Report, values, keys=("kind", "period_start"))
+    report_id = session.scalar(
+        select(models.Report.id).where(models.Report.kind == period.kind, models.Report.period_start == period.start)
+    )
+    return {
+        "report_id": report_id,
+        "kind": period.kind,
+        "label": period.label,
+        "period_start": period.start.isoformat(),
+        "period_end": period.end.isoformat(),
+        "csv_path": csv_name,
+        "html_path": html_name,
+        "sales_amount": content.data["sales"]["amount"] if content.data["sales"] else None,
+        "payments_amount": content.data["payments"]["amount"],
+    }

@@ -1,0 +1,80 @@
+"""Thin Celery task bodies of the reports service: build the period or the arguments, call the plain
+function in a session, return a small JSON summary."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from celery import Celery
+
+from services.reports import access_logs, exports, periods, sales_reports
+from shared.cache import redis_client
+from shared.db import session_factory, session_scope
+from shared.settings import get_settings
+from shared.tasks import MallopsTask, register
+
+
+def _report(task: MallopsTask, period: periods.Period) -> dict[str, Any]:
+    settings = get_settings()
+    with session_scope(settings) as session:
+        return sales_reports.generate(session, period, settings.reports_dir, task.request.id)
+
+
+def _zone() -> ZoneInfo:
+    return ZoneInfo(get_settings().timezone)
+
+
+def generate_hourly_report(task: MallopsTask, hour: dt.datetime | None) -> dict[str, Any]:
+    return _report(task, periods.hourly(_zone(), hour))
+
+
+def generate_daily_report(task: MallopsTask, date: dt.date | None) -> dict[str, Any]:
+    return _report(task, periods.daily(_zone(), date))
+
+
+def generate_weekly_report(task: MallopsTask, week_start: dt.date | None) -> dict[str, Any]:
+    return _report(task, periods.weekly(_zone(), week_start))
+
+
+def generate_monthly_report(task: MallopsTask, year: int | None, month: int | None) -> dict[str, Any]:
+    return _report(task, periods.monthly(_zone(), year, month))
+
+
+def export_data(task: MallopsTask, dataset: str, format: str, filters: dict[str, Any]) -> dict[str, Any]:
+    def progress(current: int, total: int) -> None:
+        task.update_state(state="PROGRESS", meta={"current": current, "total": total})
+
+    return exports.run_export(
+        get_settings(), task_id=task.request.id, owner=task.request.get("mallops_owner"), dataset=dataset,
+        fmt=format, filters=filters, progress=progress,
+    )
+
+
+def process_access_logs(task: MallopsTask, batch_size: int) -> dict[str, Any]:
+    settings = get_settings()
+    return access_logs.drain(settings, redis_client(settings), batch_size).as_dict()
+
+
+def generate_access_statistics(task: MallopsTask, date: dt.date | None) -> dict[str, Any]:
+    zone = _zone()
+    day = date or (dt.datetime.now(zone).date() - dt.timedelta(days=1))
+    with session_scope(get_settings()) as session:
+        return access_logs.access_statistics(session, day, zone)
+
+
+def cleanup_old_access_records(task: MallopsTask, days: int) -> dict[str, Any]:
+    with session_factory(get_settings())() as session:
+        return access_logs.cleanup_old_records(session, days)
+
+
+def register_all(app: Celery) -> None:
+    register(app, "generate_hourly_report", generate_hourly_report)
+    register(app, "generate_daily_report", generate_daily_report)
+    register(app, "generate_weekly_report", generate_weekly_report)
+    register(app, "generate_monthly_report", generate_monthly_report)
+    register(app, "export_data", export_data)
+    register(app, "process_access_logs", process_access_logs)
+    register(app, "generate_access_statistics", generate_access_statistics)
+    register(app, "cleanup_old_access_records", cleanup_old_access_records)
