@@ -1,0 +1,1 @@
+"""The HTTP gateway (FastAPI): submit, inspect, revoke and retry tasks."""

@@ -1,0 +1,50 @@
+"""Bearer-token authentication with a short in-process cache.
+
+A verified token is trusted for ``MALLOPS_TOKEN_CACHE_SECONDS`` (default 5 s) before the database is asked
+again, so a revoked token stops working within that delay at most. Unknown tokens are cached as well
+(bounded), so that a client hammering with a bad token does not hammer the database. Only the sha256 of
+a token is kept in memory.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from shared import tokens
+from shared.tokens import Principal
+
+MAX_ENTRIES = 10_000
+
+
+class TokenCache:
+    def __init__(self, sessions: sessionmaker[Session], ttl: float) -> None:
+        self._sessions = sessions
+        self._ttl = ttl
+        self._entries: dict[str, tuple[float, Principal | None]] = {}
+
+    async def principal(self, token: str) -> Principal | None:
+        """The principal of an active token, or None."""
+        key = tokens.hash_token(token)
+        now = time.monotonic()
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        principal = await run_in_threadpool(self._lookup, token)
+        if self._ttl > 0:
+            if len(self._entries) >= MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[key] = (now + self._ttl, principal)
+        return principal
+
+    def _lookup(self, token: str) -> Principal | None:
+        with self._sessions() as session, session.begin():
+            principal = tokens.verify_token(session, token)
+            if principal is not None:
+                tokens.touch_last_used(session, principal.name)
+            return principal
+
+    def clear(self) -> None:
+        self._entries.clear()

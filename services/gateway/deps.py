@@ -1,0 +1,81 @@
+"""FastAPI dependencies as ``Annotated`` aliases, so that routes stay short."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from services.gateway.problems import ProblemError
+from services.gateway.runtime import Runtime
+from services.gateway.taskstore import TaskStore
+from shared.tokens import Principal
+
+bearer = HTTPBearer(auto_error=False, description="An API token: `mallops tokens create --name NAME --role user`.")
+
+
+# Dependencies that do no I/O are ``async def``: FastAPI runs a plain ``def`` one in the thread pool, a
+# hop per request that costs more than the function itself.
+async def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_session(runtime: RuntimeDep) -> Iterator[Session]:
+    with runtime.sessions() as session, session.begin():
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+async def get_store(runtime: RuntimeDep) -> TaskStore:
+    return TaskStore(runtime.cache, runtime.results, runtime.settings.task_meta_ttl_seconds)
+
+
+StoreDep = Annotated[TaskStore, Depends(get_store)]
+
+
+def _unauthorized(detail: str) -> ProblemError:
+    return ProblemError(401, detail, kind="unauthorized", headers={"WWW-Authenticate": 'Bearer realm="mallops"'})
+
+
+async def current_principal(
+    request: Request,
+    runtime: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    """The caller, from ``Authorization: Bearer <token>``; also applies the per-token rate limit."""
+    if credentials is None or not credentials.credentials:
+        raise _unauthorized("send an API token: Authorization: Bearer <token>")
+    principal = await runtime.tokens.principal(credentials.credentials)
+    if principal is None:
+        raise _unauthorized("the API token is unknown or has been revoked")
+    request.state.principal = principal.name
+    decision = await runtime.limiter.hit(principal.name)
+    if not decision.allowed:
+        raise ProblemError(
+            429, f"rate limit of {decision.limit} requests per minute exceeded for token {principal.name!r}; "
+            f"retry in {decision.retry_after} s",
+            kind="rate-limited", title="Too Many Requests",
+            headers={"Retry-After": str(decision.retry_after), "RateLimit-Limit": str(decision.limit)},
+        )
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+async def admin_principal(principal: CurrentPrincipal) -> Principal:
+    if not principal.is_admin:
+        raise ProblemError(403, "this endpoint needs an admin token", kind="forbidden")
+    return principal
+
+
+AdminPrincipal = Annotated[Principal, Depends(admin_principal)]

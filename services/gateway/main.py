@@ -1,0 +1,31 @@
+"""Entry point of the gateway (``mallops serve gateway``): uvicorn with uvloop and httptools."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import uvicorn
+
+from services.gateway.app import create_app
+from shared.settings import get_settings
+
+
+def main(argv: list[str]) -> None:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(prog="mallops serve gateway", description="Run the HTTP gateway.")
+    parser.add_argument("--host", default=settings.gateway_host, help="default: MALLOPS_GATEWAY_HOST")
+    parser.add_argument("--port", type=int, default=settings.gateway_port, help="default: MALLOPS_GATEWAY_PORT")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,  # every request goes to the access-log buffer instead
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )

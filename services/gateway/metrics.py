@@ -1,0 +1,45 @@
+"""The gateway's own Prometheus metrics, in a registry of its own (never the global default).
+
+Labels are bounded: the HTTP method (known methods, else OTHER), the route *template*
+(``/api/v1/tasks/{task_id}``, ``<unmatched>`` for unknown paths) and the status code.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+UNMATCHED = "<unmatched>"
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class GatewayMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "mallops_gateway_requests_total", "HTTP requests answered by the gateway.",
+            ["method", "route", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "mallops_gateway_request_duration_seconds", "Time to answer an HTTP request (streams: until closed).",
+            ["method", "route"], buckets=BUCKETS, registry=self.registry,
+        )
+        self.tasks_submitted = Counter(
+            "mallops_gateway_tasks_submitted_total", "Tasks the gateway put into the broker.",
+            ["task_name"], registry=self.registry,
+        )
+        self.publish_failures = Counter(
+            "mallops_gateway_publish_failures_total", "Submissions refused with 503 because the broker failed.",
+            registry=self.registry,
+        )
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method if method in KNOWN_METHODS else "OTHER"
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

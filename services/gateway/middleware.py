@@ -1,0 +1,157 @@
+"""Pure ASGI middleware: request body limit, and request accounting (metrics, access log, request id)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.gateway.metrics import UNMATCHED
+from services.gateway.problems import PROBLEM_MEDIA_TYPE
+
+if TYPE_CHECKING:
+    from services.gateway.runtime import Runtime
+
+REQUEST_ID_HEADER = b"x-request-id"
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` with a 413 problem before the app sees them.
+
+    A declared ``Content-Length`` over the limit is refused at once, without reading. Otherwise the body
+    is read here, counting the bytes actually received (a chunked or lying client cannot get past the
+    limit), and replayed to the app. Bodies are small by design (JSON submissions), so buffering is fine.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared: int | None = None
+        chunked = False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await _send_problem(scope, send, 400, "the Content-Length header is not a number")
+                    return
+            elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+        if declared is not None and declared > self.max_bytes:
+            await _send_too_large(scope, send, self.max_bytes)
+            return
+        if not declared and not chunked:
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.max_bytes:
+                await _send_too_large(scope, send, self.max_bytes)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+        whole = b"".join(chunks)
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": whole, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _send_too_large(scope: Scope, send: Send, limit: int) -> None:
+    await _send_problem(scope, send, 413, f"the request body is larger than {limit} bytes",
+                        title="Content Too Large", kind="body-too-large")
+
+
+async def _send_problem(scope: Scope, send: Send, status: int, detail: str, *, title: str = "Bad Request",
+                        kind: str | None = None) -> None:
+    body = json.dumps({
+        "type": f"urn:mallops:problem:{kind}" if kind else "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": scope.get("path"),
+    }).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class AccountingMiddleware:
+    """Give every request an id, count it in the gateway's metrics and append it to the access log.
+
+    The route label is the matched route's template, never the raw path (bounded label values).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = uuid.uuid4().hex  # ours, never the client's: access_logs.request_id is unique
+        status = 500
+        header = (REQUEST_ID_HEADER, request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            duration = time.perf_counter() - started
+            runtime: Runtime | None = getattr(scope["app"].state, "runtime", None) if "app" in scope else None
+            route = scope.get("route")
+            template = getattr(route, "path", None) or UNMATCHED
+            method = scope.get("method", "GET")
+            if runtime is not None:  # None: not started (no lifespan), nothing to account to
+                _account(runtime, scope, request_id, method, template, status, duration)
+
+
+def _account(runtime: Runtime, scope: Scope, request_id: str, method: str, template: str, status: int,
+             duration: float) -> None:
+    runtime.metrics.observe(method, template, status, duration)
+    state: dict[str, Any] = scope.get("state") or {}
+    client = scope.get("client")
+    runtime.access_log.append({
+        "request_id": request_id,
+        "ts": dt.datetime.now(dt.UTC).isoformat(),
+        "method": method,
+        "path": scope.get("path", "")[:300],
+        "status": status,
+        "duration_ms": round(duration * 1000, 3),
+        "principal": state.get("principal"),
+        "client_ip": client[0] if client else None,
+    })
+
+

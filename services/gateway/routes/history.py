@@ -1,0 +1,88 @@
+"""``/api/v1/tasks/history`` and ``/api/v1/tasks/stats``: the monitor's durable task history."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import ValidationError
+
+from services.gateway.deps import CurrentPrincipal, SessionDep
+from services.gateway.problems import ProblemError
+from services.gateway.routes import API_PREFIX
+from services.gateway.schemas import HistoryItem, HistoryPage, TaskStats
+from shared import history
+from shared.catalog import get_spec
+
+router = APIRouter(prefix=API_PREFIX, tags=["history"])
+
+HistoryState = Literal["SENT", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED",
+                       "REJECTED"]
+
+
+def _owner(principal_name: str, is_admin: bool, owner: str | None) -> str | None:
+    """Users see only their own tasks, whatever they ask; admins may filter by owner."""
+    return owner if is_admin else principal_name
+
+
+def _known_task(task_name: str | None) -> None:
+    if task_name is not None and get_spec(task_name) is None:
+        raise ProblemError(404, f"there is no task named {task_name!r}; GET /api/v1/catalog lists them",
+                           kind="unknown-task", title="Unknown task")
+
+
+def _aware(value: dt.datetime | None, name: str) -> dt.datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ProblemError(422, f"{name} needs a timezone, e.g. 2026-11-22T00:00:00Z", kind="validation-error",
+                           errors=[{"loc": ["query", name], "msg": "timezone required", "type": "timezone"}])
+    return value
+
+
+@router.get("/tasks/history", response_model=HistoryPage, summary="Task history (durable)")
+def task_history(
+    principal: CurrentPrincipal, session: SessionDep,
+    task_name: Annotated[str | None, Query(max_length=200)] = None,
+    status: Annotated[HistoryState | None, Query()] = None,
+    owner: Annotated[str | None, Query(max_length=100, description="Admins only; users always see their own.")]
+    = None,
+    since: Annotated[dt.datetime | None, Query(description="Sent at or after (ISO 8601 with timezone).")] = None,
+    until: Annotated[dt.datetime | None, Query(description="Sent before (ISO 8601 with timezone).")] = None,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    limit: Annotated[int, Query(ge=1, le=history.MAX_PAGE)] = 50,
+) -> HistoryPage:
+    """Every task the monitor recorded, newest first, kept ``MALLOPS_HISTORY_TTL_DAYS``; page with ``cursor``."""
+    _known_task(task_name)
+    try:
+        page = history.query_history(
+            session, task_name=task_name, status=status, owner=_owner(principal.name, principal.is_admin, owner),
+            since=_aware(since, "since"), until=_aware(until, "until"), cursor=cursor, limit=limit,
+        )
+        items = [HistoryItem.model_validate(item) for item in page.items]
+    except (ValueError, ValidationError) as exc:
+        raise ProblemError(422, f"invalid history query: {exc}", kind="validation-error",
+                           errors=[{"loc": ["query", "cursor"], "msg": str(exc), "type": "value_error"}]) from exc
+    return HistoryPage(count=len(items), results=items, next_cursor=page.next_cursor)
+
+
+@router.get("/tasks/stats", response_model=TaskStats, summary="Task statistics over a window")
+def task_stats(
+    principal: CurrentPrincipal, session: SessionDep,
+    since: Annotated[dt.datetime | None, Query(description="Window start (default: 24 h before until).")] = None,
+    until: Annotated[dt.datetime | None, Query(description="Window end (default: now).")] = None,
+    task_name: Annotated[str | None, Query(max_length=200)] = None,
+    owner: Annotated[str | None, Query(max_length=100, description="Admins only; users always see their own.")]
+    = None,
+) -> TaskStats:
+    """Counts by state, success rate, throughput, run time p50/p95/p99 and queue wait p50/p95, overall and
+    per task name, for the tasks sent in ``[since, until)``."""
+    _known_task(task_name)
+    end = _aware(until, "until") or dt.datetime.now(dt.UTC)
+    start = _aware(since, "since") or end - dt.timedelta(days=1)
+    if end <= start:
+        raise ProblemError(422, "the window must have since < until",
+                           kind="validation-error",
+                           errors=[{"loc": ["query", "since"], "msg": "bad window", "type": "value_error"}])
+    stats = history.task_stats(session, since=start, until=end, task_name=task_name,
+                               owner=_owner(principal.name, principal.is_admin, owner))
+    return TaskStats.model_validate(stats)

@@ -1,0 +1,304 @@
+"""Request and response models of the HTTP API (field names follow the replaced system's API)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, StrictInt
+
+from shared.catalog import CATALOG
+
+MAX_BATCH = 10_000
+TASK_NAMES: list[JsonValue] = [*sorted(CATALOG)]
+CRON_FIELD = r"^[0-9*][0-9*,/-]*$"
+CRON_DOW = r"^[0-9a-zA-Z*][0-9a-zA-Z*,/-]*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- submission --------------------------------------------------------------------------------
+
+
+class TaskSubmission(Strict):
+    task_name: str = Field(min_length=1, max_length=200, description="A task name from GET /api/v1/catalog "
+                           "(another name is answered 404).", examples=["test_task"],
+                           json_schema_extra={"enum": TASK_NAMES})
+    args: list[Any] = Field(default_factory=list, max_length=50,
+                            description="Positional arguments, mapped in order onto the task's fields.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments (see the catalog schema).",
+                                   examples=[{"message": "hello"}])
+    countdown: float | None = Field(default=None, ge=0, le=7200, description="Run no earlier than this many "
+                                    "seconds from now (at most the broker's visibility timeout).")
+    eta: dt.datetime | None = Field(default=None, description="Run no earlier than this time (ISO 8601 with a "
+                                    "timezone; at most two hours ahead).")
+    priority: StrictInt | None = Field(default=None, ge=0, le=9, description="0 (first) to 9 (last).")
+
+
+class BatchSubmission(Strict):
+    tasks: list[TaskSubmission] = Field(min_length=1, max_length=MAX_BATCH,
+                                        description="Submissions, validated all together: one bad item "
+                                        "refuses the whole batch and nothing is enqueued.")
+
+
+class TaskAccepted(BaseModel):
+    task_id: str
+    task_name: str
+    status: Literal["PENDING"] = "PENDING"
+    queue: str
+    retry_of: str | None = Field(default=None, description="For a retry: the task it repeats.")
+
+
+class BatchAccepted(BaseModel):
+    count: int
+    results: list[TaskAccepted]
+
+
+# -- reading tasks -----------------------------------------------------------------------------
+
+
+class Progress(BaseModel):
+    current: int
+    total: int
+
+
+class TaskErrorInfo(BaseModel):
+    type: str = Field(description="The exception's type, e.g. RequestedFailure.")
+    message: str
+
+
+class TaskSummary(BaseModel):
+    task_id: str
+    task_name: str
+    status: str = Field(description="PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE or REVOKED.")
+    queue: str | None = None
+    owner: str | None = None
+    sent_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+
+
+class TaskList(BaseModel):
+    count: int = Field(description="How many tasks match (among the recent tasks the gateway keeps).")
+    results: list[TaskSummary]
+
+
+class TaskDetail(Strict):
+    task_id: str
+    task_name: str
+    status: str = Field(description="PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE or REVOKED.")
+    result: Any = Field(default=None, description="The return value, once SUCCESS.")
+    error: TaskErrorInfo | None = Field(default=None, description="Why it failed, for FAILURE (or RETRY).")
+    progress: Progress | None = Field(default=None, description="While running, if the task reports it.")
+    queue: str | None = None
+    worker: str | None = None
+    retries: int = 0
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    owner: str | None = None
+    retry_of: str | None = None
+    sent_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    duration: float | None = Field(default=None, description="Run time in seconds, once finished.")
+
+
+class RevokeRequest(Strict):
+    terminate: StrictBool = Field(default=False, description="Also kill the task if it is running (SIGTERM).")
+
+
+class RevokeAccepted(BaseModel):
+    task_id: str
+    revoked: bool = True
+    terminate: bool
+
+
+# -- catalog -----------------------------------------------------------------------------------
+
+
+class CatalogEntry(BaseModel):
+    task_name: str
+    celery_name: str
+    service: str
+    queue: str
+    description: str
+    schedule: dict[str, Any] | None = Field(default=None, description="Default beat schedule, if any.")
+    schedule_text: str | None = None
+    args_schema: dict[str, Any] = Field(description="JSON Schema of the task's arguments.")
+
+
+class Catalog(BaseModel):
+    count: int
+    results: list[CatalogEntry]
+
+
+# -- health ------------------------------------------------------------------------------------
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(description="Each dependency: 'ok' or why it is not reachable.")
+
+
+# -- history and statistics --------------------------------------------------------------------
+
+
+class HistoryItem(BaseModel):
+    task_id: str
+    task_name: str
+    queue: str | None = None
+    state: str
+    args_summary: str | None = None
+    owner: str | None = None
+    worker: str | None = None
+    retries: int = 0
+    exception: str | None = None
+    error: str | None = None
+    result_summary: str | None = None
+    sent_at: dt.datetime | None = None
+    received_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    runtime: float | None = None
+    queue_wait: float | None = None
+
+
+class HistoryPage(BaseModel):
+    count: int = Field(description="Items on this page.")
+    results: list[HistoryItem]
+    next_cursor: str | None = Field(default=None, description="Pass as `cursor` for the next (older) page.")
+
+
+class Percentiles(BaseModel):
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+
+
+class StatsBlock(BaseModel):
+    total: int
+    counts: dict[str, int]
+    succeeded: int
+    failed: int
+    success_rate: float | None
+    throughput_per_second: float
+    throughput_per_minute: float
+    runtime: Percentiles
+    queue_wait: Percentiles
+
+
+class TaskStats(BaseModel):
+    since: dt.datetime
+    until: dt.datetime
+    window_seconds: float
+    overall: StatsBlock
+    tasks: dict[str, StatsBlock]
+
+
+# -- workers, queues, schedules ----------------------------------------------------------------
+
+
+class WorkerInfo(BaseModel):
+    hostname: str
+    status: Literal["online", "offline"]
+    service: str | None = None
+    pid: int | None = None
+    queues: list[str] = Field(default_factory=list)
+    concurrency: int | None = None
+    active: int = 0
+    processed: int = 0
+    last_heartbeat: dt.datetime | None = None
+    seconds_since_heartbeat: float | None = None
+
+
+class WorkerList(BaseModel):
+    count: int
+    online: int
+    results: list[WorkerInfo]
+
+
+class QueueInfo(BaseModel):
+    name: str
+    pending: int = Field(description="Messages waiting in the broker (priority sub-queues included).")
+    consumers: int = Field(description="Online workers consuming the queue.")
+
+
+class QueueList(BaseModel):
+    count: int
+    results: list[QueueInfo]
+
+
+class ScheduleInfo(BaseModel):
+    name: str
+    task_name: str
+    queue: str
+    enabled: bool
+    schedule: dict[str, Any]
+    schedule_text: str
+    description: str
+    last_run_at: dt.datetime | None = None
+    next_run_at: dt.datetime | None = None
+
+
+class ScheduleList(BaseModel):
+    count: int
+    results: list[ScheduleInfo]
+
+
+class ScheduleTiming(Strict):
+    every: float | None = Field(default=None, ge=1, le=31 * 24 * 3600,
+                                description="Seconds between runs (instead of crontab fields).")
+    minute: str | None = Field(default=None, max_length=100, pattern=CRON_FIELD)
+    hour: str | None = Field(default=None, max_length=100, pattern=CRON_FIELD)
+    day_of_week: str | None = Field(default=None, max_length=100, pattern=CRON_DOW, description="Sunday = 0.")
+    day_of_month: str | None = Field(default=None, max_length=100, pattern=CRON_FIELD)
+    month_of_year: str | None = Field(default=None, max_length=100, pattern=CRON_FIELD)
+
+
+class SchedulePatch(Strict):
+    enabled: StrictBool | None = Field(default=None, description="Turn the entry on or off.")
+    schedule: ScheduleTiming | None = Field(default=None, description="New timing: `every` seconds or "
+                                            "crontab fields (in MALLOPS_TIMEZONE; omitted fields are '*').")
+
+
+# -- reports and exports -----------------------------------------------------------------------
+
+
+class ReportSummary(BaseModel):
+    id: int
+    kind: str
+    period_start: dt.datetime
+    period_end: dt.datetime
+    task_id: str | None = None
+    created_at: dt.datetime
+    formats: list[Literal["csv", "html"]] = Field(description="Files available at /reports/{id}/file.")
+
+
+class ReportList(BaseModel):
+    count: int = Field(description="Reports matching the filter.")
+    results: list[ReportSummary]
+
+
+class ReportDetail(ReportSummary):
+    data: dict[str, Any]
+
+
+class ExportInfo(BaseModel):
+    task_id: str
+    owner: str | None = None
+    dataset: str
+    format: str
+    filters: dict[str, Any]
+    status: str = Field(description="running, done or failed.")
+    file_name: str | None = None
+    rows: int | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None
+    created_at: dt.datetime
+    expires_at: dt.datetime | None = None
+    download_url: str | None = Field(default=None, description="Where to fetch the file once done.")

@@ -1,0 +1,219 @@
+"""What the gateway knows about the tasks it submitted, in Redis, and how it reads Celery's results.
+
+Per task a JSON string ``mallops:gw:task:<id>`` (owner, task_name, queue, args, kwargs, submitted_at, retry_of)
+written before the message is published, kept ``MALLOPS_TASK_META_TTL_SECONDS`` (default 7 days, far
+beyond Celery's one-hour result_expires). Sorted sets list recent tasks overall and per owner (score:
+submission time) and each owner's unfinished tasks (the quota). Older tasks are found in the monitor's
+``task_history`` table instead.
+
+Results are read straight from the result backend's keys (``celery-task-meta-<id>``, JSON), asynchronously,
+so that no request blocks the event loop and no result subscription is left behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from kombu.utils.json import loads as kombu_loads
+
+META_KEY = "mallops:gw:task:"
+RECENT_ALL = "mallops:gw:recent"
+RECENT_OWNER = "mallops:gw:recent:"
+UNFINISHED = "mallops:gw:unfinished:"
+RESULT_KEY = "celery-task-meta-"
+RECENT_MAX = 100_000
+RECENT_OWNER_MAX = 20_000
+
+READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+# an unfinished task that nothing has been heard of for this long no longer counts against the quota
+UNFINISHED_MAX_AGE = 24 * 3600
+
+
+@dataclass
+class TaskMeta:
+    task_id: str
+    task_name: str
+    queue: str
+    owner: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    submitted_at: dt.datetime | None = None
+    retry_of: str | None = None
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = {
+            "task_name": self.task_name,
+            "queue": self.queue,
+            "owner": self.owner,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "submitted_at": (self.submitted_at or dt.datetime.now(dt.UTC)).isoformat(),
+        }
+        if self.retry_of:
+            data["retry_of"] = self.retry_of
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, task_id: str, raw: str | None) -> TaskMeta | None:
+        if not raw:
+            return None
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or "task_name" not in data:
+            return None
+        submitted = data.get("submitted_at")
+        return cls(
+            task_id=task_id,
+            task_name=str(data["task_name"]),
+            queue=str(data.get("queue") or ""),
+            owner=str(data.get("owner") or ""),
+            args=list(data.get("args") or []),
+            kwargs=dict(data.get("kwargs") or {}),
+            submitted_at=dt.datetime.fromisoformat(submitted) if submitted else None,
+            retry_of=data.get("retry_of"),
+        )
+
+
+class TaskStore:
+    def __init__(self, cache: aioredis.Redis[str], results: aioredis.Redis[str], ttl: int) -> None:
+        self.cache = cache
+        self.results = results
+        self.ttl = ttl
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    async def record(self, metas: Sequence[TaskMeta]) -> None:
+        """Store the metadata of tasks about to be published: one round trip (a script that SETs every
+        task's JSON with its TTL, and the sorted-set additions) however many tasks there are."""
+        now = time.time()
+        owners = sorted({m.owner for m in metas})
+        rows = [[META_KEY + m.task_id, m.to_json(), m.task_id, RECENT_OWNER + m.owner] for m in metas]
+        async with self.cache.pipeline(transaction=False) as pipe:
+            # one argument for all tasks: packing thousands of separate arguments costs more than the work
+            pipe.eval(_RECORD, 0, self.ttl, now, RECENT_ALL, json.dumps(rows, separators=(",", ":")))
+            # keep the lists bounded (cheap unless a set has grown past its bound)
+            pipe.zremrangebyrank(RECENT_ALL, 0, -RECENT_MAX - 1)
+            pipe.zremrangebyscore(RECENT_ALL, "-inf", now - self.ttl)
+            for owner in owners:
+                pipe.expire(RECENT_OWNER + owner, self.ttl)
+                pipe.zremrangebyrank(RECENT_OWNER + owner, 0, -RECENT_OWNER_MAX - 1)
+            await pipe.execute()
+
+    async def forget(self, metas: Sequence[TaskMeta]) -> None:
+        """Undo :meth:`record` for tasks that could not be published."""
+        async with self.cache.pipeline(transaction=False) as pipe:
+            for meta in metas:
+                pipe.delete(META_KEY + meta.task_id)
+                pipe.zrem(RECENT_ALL, meta.task_id)
+                pipe.zrem(RECENT_OWNER + meta.owner, meta.task_id)
+            await pipe.execute()
+
+    async def load(self, task_id: str) -> TaskMeta | None:
+        return TaskMeta.from_json(task_id, await self.cache.get(META_KEY + task_id))
+
+    async def load_many(self, task_ids: Sequence[str]) -> list[TaskMeta | None]:
+        if not task_ids:
+            return []
+        rows = await self.cache.mget([META_KEY + task_id for task_id in task_ids])
+        return [TaskMeta.from_json(task_id, row) for task_id, row in zip(task_ids, rows, strict=True)]
+
+    async def recent_ids(self, owner: str | None, start: int, stop: int) -> list[str]:
+        key = RECENT_ALL if owner is None else RECENT_OWNER + owner
+        return await self.cache.zrevrange(key, start, stop)
+
+    async def recent_count(self, owner: str | None) -> int:
+        key = RECENT_ALL if owner is None else RECENT_OWNER + owner
+        count: int = await self.cache.zcard(key)
+        return count
+
+    # -- results -----------------------------------------------------------------------------
+
+    async def result(self, task_id: str) -> dict[str, Any] | None:
+        return decode_result(await self.results.get(RESULT_KEY + task_id))
+
+    async def results_many(self, task_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        if not task_ids:
+            return []
+        raw = await self.results.mget([RESULT_KEY + task_id for task_id in task_ids])
+        return [decode_result(value) for value in raw]
+
+    # -- quota -------------------------------------------------------------------------------
+
+    async def reserve(self, owner: str, task_ids: Sequence[str], limit: int) -> int | None:
+        """Atomically count ``task_ids`` as unfinished tasks of ``owner`` if that keeps them within
+        ``limit``; None when reserved, else the number of unfinished tasks the owner already has."""
+        result: int = await self.cache.eval(  # type: ignore[no-untyped-call]
+            _RESERVE, 1, UNFINISHED + owner, limit, time.time(), self.ttl, *task_ids
+        )
+        return None if result < 0 else result
+
+    async def release(self, owner: str, task_ids: Sequence[str]) -> None:
+        if task_ids:
+            await self.cache.zrem(UNFINISHED + owner, *task_ids)
+
+    async def unfinished(self, owner: str) -> list[tuple[str, float]]:
+        return await self.cache.zrange(UNFINISHED + owner, 0, -1, withscores=True)
+
+    async def prune_unfinished(self, owner: str, finished: Iterable[str]) -> None:
+        """Drop tasks that have finished and entries too old to be trusted."""
+        async with self.cache.pipeline(transaction=False) as pipe:
+            done = list(finished)
+            if done:
+                pipe.zrem(UNFINISHED + owner, *done)
+            pipe.zremrangebyscore(UNFINISHED + owner, "-inf", time.time() - UNFINISHED_MAX_AGE)
+            await pipe.execute()
+
+
+# ARGV: ttl, now, the all-tasks sorted set, a JSON array of [meta key, meta JSON, task id, owner's sorted set]
+# (every key is built by the gateway, all in the cache db)
+_RECORD = """
+local ttl, now, recent = ARGV[1], ARGV[2], ARGV[3]
+local rows = cjson.decode(ARGV[4])
+for _, row in ipairs(rows) do
+  redis.call('SET', row[1], row[2], 'EX', ttl)
+  redis.call('ZADD', recent, now, row[3])
+  redis.call('ZADD', row[4], now, row[3])
+end
+return #rows
+"""
+
+# KEYS[1]: the owner's unfinished set; ARGV: limit, now, ttl, task ids...
+_RESERVE = """
+local n = redis.call('ZCARD', KEYS[1])
+local wanted = #ARGV - 3
+if n + wanted > tonumber(ARGV[1]) then return n end
+for i = 4, #ARGV do redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i]) end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return -1
+"""
+
+
+def decode_result(raw: str | None) -> dict[str, Any] | None:
+    """A result backend value (Celery's JSON meta) as a dict, or None."""
+    if not raw:
+        return None
+    try:
+        value = kombu_loads(raw)  # type: ignore[no-untyped-call]
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def parse_time(value: Any) -> dt.datetime | None:
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    if isinstance(value, str) and value:
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    return None
