@@ -1,0 +1,1 @@
+"""The monitor: lifecycle events into Prometheus metrics and a durable SQL task history."""

@@ -1,0 +1,199 @@
+"""Reading the lifecycle stream with a consumer group and storing it, with a reconnect loop.
+
+At start the monitor first re-reads its own pending entries (delivered before a crash but never
+acknowledged), then periodically takes over other consumers' entries idle for longer than
+``MALLOPS_MONITOR_CLAIM_IDLE`` (XAUTOCLAIM), and otherwise blocks on new entries (XREADGROUP ``>``).
+A batch is acknowledged (XACK) only after its database transaction committed; the counters in memory
+are updated only then too. The group starts at the beginning of the stream, so events emitted before
+the monitor first ran, or while it was down, are all processed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+import sqlalchemy.exc
+
+from services.monitor.metrics import Health, MetricStore
+from services.monitor.store import load_metrics, purge_hostname, write_events
+from shared.cache import EVENT_STREAM, WORKERS_KEY
+from shared.db import session_scope
+from shared.settings import Settings
+
+log = logging.getLogger("mallops.monitor")
+
+GROUP = "mallops-monitor"
+BLOCK_MS = 1000
+STATS_EVERY = 1.0
+PURGE_EVERY = 5.0
+
+Entry = tuple[str, dict[str, str] | None]
+
+
+def entry_seq(entry_id: str) -> int:
+    """A stream id ``<ms>-<n>`` as one increasing integer (ms * 1000 + n)."""
+    ms, _, n = entry_id.partition("-")
+    return int(ms) * 1000 + int(n or 0)
+
+
+def entry_time(entry_id: str) -> float:
+    return int(entry_id.partition("-")[0]) / 1000.0
+
+
+class StreamConsumer:
+    def __init__(self, settings: Settings, store: MetricStore, health: Health, name: str | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.health = health
+        self.name = name or f"monitor@{socket.gethostname()}"
+        self.redis: redis.Redis[str] = redis.Redis.from_url(
+            settings.cache_redis_url, decode_responses=True, socket_timeout=BLOCK_MS / 1000 + 10,
+            socket_connect_timeout=5, health_check_interval=30,
+        )
+        self._next_claim = 0.0
+        self._next_stats = 0.0
+        self._next_purge = 0.0
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume until ``stop`` is set; reconnects (with backoff) after Redis or database errors."""
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                self.start()
+                backoff = 0.5
+                while not stop.is_set():
+                    self.step()
+            except (redis.RedisError, sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
+                self.health.connected = False
+                self.health.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("monitor lost Redis or the database (%s); retrying in %.1fs", exc, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+        self.redis.close()
+
+    def start(self) -> None:
+        """Create the group if needed, load the persisted counters, process our own pending entries."""
+        try:
+            self.redis.xgroup_create(EVENT_STREAM, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        with session_scope(self.settings) as session:
+            self.store.load(load_metrics(session))
+        self.health.connected = True
+        self.health.last_error = None
+        last = "0"
+        while True:  # entries delivered to this consumer before a restart, never acknowledged
+            reply = self.redis.xreadgroup(GROUP, self.name, {EVENT_STREAM: last},
+                                          count=self.settings.monitor_batch_size)
+            entries = reply[0][1] if reply else []
+            if not entries:
+                break
+            self.process(entries)
+            last = entries[-1][0]
+
+    def step(self) -> int:
+        """One round: maybe claim stale entries, read new ones (blocking up to 1 s), housekeeping."""
+        now = time.monotonic()
+        done = 0
+        if now >= self._next_claim:
+            self._next_claim = now + max(self.settings.monitor_claim_idle / 2, 1.0)
+            done += self.claim_stale()
+        reply = self.redis.xreadgroup(GROUP, self.name, {EVENT_STREAM: ">"},
+                                      count=self.settings.monitor_batch_size, block=BLOCK_MS)
+        entries = reply[0][1] if reply else []
+        if entries:
+            done += self.process(entries)
+        else:
+            self.health.lag_seconds = 0.0
+        if now >= self._next_stats:
+            self._next_stats = now + STATS_EVERY
+            self.refresh_stats()
+        if now >= self._next_purge:
+            self._next_purge = now + PURGE_EVERY
+            self.purge_offline_workers()
+        return done
+
+    def claim_stale(self) -> int:
+        """Take over entries another (dead) consumer of the group was given but never acknowledged."""
+        done = 0
+        start = "0-0"
+        for _ in range(100):
+            reply = self.redis.xautoclaim(EVENT_STREAM, GROUP, self.name,
+                                          min_idle_time=int(self.settings.monitor_claim_idle * 1000),
+                                          start_id=start, count=self.settings.monitor_batch_size)
+            start, entries = reply[0], reply[1]
+            if entries:
+                done += self.process(entries)
+            if start in ("0-0", "0"):
+                break
+        return done
+
+    # -- one batch -------------------------------------------------------------------------------
+
+    def process(self, entries: Sequence[Entry]) -> int:
+        """Store a batch, then acknowledge it. Entries trimmed from the stream (no fields) and entries
+        that are not valid events are acknowledged without effect."""
+        events: list[tuple[int, dict[str, Any]]] = []
+        for entry_id, fields in entries:
+            if not fields or "e" not in fields:
+                continue
+            try:
+                event = json.loads(fields["e"])
+            except ValueError:
+                log.warning("skipping stream entry %s: not JSON", entry_id)
+                continue
+            if isinstance(event, dict):
+                events.append((entry_seq(entry_id), event))
+        with session_scope(self.settings) as session:
+            deltas = write_events(session, events)
+        ids = [entry_id for entry_id, _ in entries]
+        self.redis.xack(EVENT_STREAM, GROUP, *ids)  # type: ignore[no-untyped-call]
+        self.store.apply(deltas)
+        self.health.events_processed += len(ids)
+        self.health.batches += 1
+        self.health.lag_seconds = max(time.time() - entry_time(ids[0]), 0.0)
+        return len(ids)
+
+    # -- housekeeping ----------------------------------------------------------------------------
+
+    def refresh_stats(self) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xlen(EVENT_STREAM)
+        pipe.xinfo_groups(EVENT_STREAM)
+        length, groups = pipe.execute()
+        self.health.stream_length = int(length)
+        for group in groups:
+            if group.get("name") == GROUP:
+                self.health.pending_entries = int(group.get("pending") or 0) + int(group.get("lag") or 0)
+
+    def purge_offline_workers(self) -> list[str]:
+        """Forget workers silent for longer than ``MALLOPS_WORKER_PURGE_AFTER``: their liveness entry
+        and every metric series labelled with their hostname (bounded label cardinality)."""
+        now = time.time()
+        gone = []
+        for hostname, value in self.redis.hgetall(WORKERS_KEY).items():
+            try:
+                last = float(json.loads(value)["last_heartbeat"])
+            except (ValueError, KeyError, TypeError):
+                last = 0.0
+            if now - last > self.settings.worker_purge_after:
+                gone.append(hostname)
+        if gone:
+            with session_scope(self.settings) as session:
+                for hostname in gone:
+                    purge_hostname(session, hostname)
+            self.redis.hdel(WORKERS_KEY, *gone)
+            for hostname in gone:
+                self.store.purge_host(hostname)
+                log.info("purged offline worker %s from metrics", hostname)
+        return gone

@@ -1,0 +1,71 @@
+"""Entry point of the monitor (``mallops serve monitor``): lifecycle stream -> task history + /metrics."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from types import FrameType
+
+from sqlalchemy import text
+
+from services.monitor.consumer import StreamConsumer
+from services.monitor.http import make_app, serve
+from services.monitor.metrics import Health, MetricStore, build_registry
+from shared import history
+from shared.cache import redis_client
+from shared.db import session_scope
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger("mallops.monitor")
+
+
+def live_state(settings: Settings) -> tuple[list[dict[str, object]], dict[str, dict[str, int]]]:
+    workers = history.list_workers(settings)
+    return workers, history.queue_lengths(settings, workers)
+
+
+def health_check(settings: Settings) -> dict[str, str]:
+    checks = {}
+    try:
+        redis_client(settings).ping()
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"error: {type(exc).__name__}"
+    try:
+        with session_scope(settings) as session:
+            session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"error: {type(exc).__name__}"
+    return checks
+
+
+def main(argv: list[str]) -> None:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(prog="mallops serve monitor", description=__doc__)
+    parser.add_argument("--host", default=settings.monitor_host)
+    parser.add_argument("--port", type=int, default=settings.monitor_port)
+    parser.add_argument("--name", default=None, help="consumer name in the group (default monitor@<hostname>)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    store, health = MetricStore(), Health()
+    registry = build_registry(store, health, lambda: live_state(settings))
+    server = serve(make_app(registry, health, lambda: health_check(settings)), args.host, args.port)
+    log.info("monitor serving /metrics and /health on http://%s:%d", args.host, args.port)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("monitor stopping (signal %d)", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        StreamConsumer(settings, store, health, args.name).run(stop)
+    finally:
+        server.shutdown()
+        server.server_close()
