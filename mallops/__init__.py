@@ -1,0 +1,1 @@
+"""The ``mallops`` command and the Python client of the mallops gateway."""

@@ -1,0 +1,154 @@
+"""The ``mallops`` command line.
+
+Exit codes: 0 ok, 1 the task failed, 2 bad usage or input, 3 cannot reach a service or not authorised.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import json
+from typing import Annotated
+
+import typer
+
+from mallops.commands import register as register_operator_commands
+from shared.services import SERVICE_NAMES
+
+EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+app = typer.Typer(
+    name="mallops",
+    help="Operate the mallops task platform.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+RUNNABLE = SERVICE_NAMES  # shared/services.py: the one list of the platform's processes
+register_operator_commands(app)  # tasks, workers, doctor, dev, ...: mallops/commands/
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    """Print one line on stderr and return the Exit to raise."""
+    typer.echo(f"mallops: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def serve(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help=f"One of: {', '.join(RUNNABLE)}.")],
+) -> None:
+    """Run one mallops service in the foreground (what compose and `mallops dev` start)."""
+    if service not in RUNNABLE:
+        raise fail(f"unknown service {service!r}; choose one of {', '.join(RUNNABLE)}", EXIT_USAGE)
+    try:
+        module = importlib.import_module(f"services.{service}.main")
+    except ModuleNotFoundError as exc:
+        raise fail(f"service {service!r} is not available in this installation ({exc})", EXIT_USAGE) from exc
+    module.main(list(ctx.args))
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema (Alembic)."""
+    from shared.db import migrate as run_migrations
+
+    run_migrations()
+    typer.echo("database schema is up to date")
+
+
+@app.command("demo-data")
+def demo_data(
+    stores: Annotated[int, typer.Option(min=1, max=100_000, help="Number of stores.")] = 200,
+    months: Annotated[int, typer.Option(min=1, max=120, help="Months of bills and sales.")] = 12,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same data.")] = 42,
+    as_of: Annotated[str | None, typer.Option(help="Today's date for the history, YYYY-MM-DD.")] = None,
+    reset: Annotated[bool, typer.Option(help="Replace demo data that is already there.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")] = False,
+) -> None:
+    """Fill the database with a deterministic demo mall (migrating it first)."""
+    from shared import demo_data as demo
+    from shared.db import migrate as run_migrations
+    from shared.db import session_scope
+
+    try:
+        day = dt.date.fromisoformat(as_of) if as_of else None
+    except ValueError as exc:
+        raise fail(f"--as-of must be YYYY-MM-DD, not {as_of!r}", EXIT_USAGE) from exc
+    run_migrations()
+    try:
+        with session_scope() as session:
+            summary = demo.generate(session, stores=stores, months=months, seed=seed, as_of=day, reset=reset)
+    except demo.DemoDataExists as exc:
+        raise fail(f"{exc}", EXIT_USAGE) from exc
+    if as_json:
+        typer.echo(json.dumps(summary.as_dict()))
+    else:
+        typer.echo(", ".join(f"{value} {key}" for key, value in summary.as_dict().items()))
+
+
+tokens_app = typer.Typer(help="Manage API tokens (works on the database directly).", no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Option("--name", help="Who the token is for; owns the tasks it submits.")],
+    role: Annotated[str, typer.Option("--role", help="user or admin.")] = "user",
+) -> None:
+    """Create a token and print it (the only time it is shown; only its sha256 is stored)."""
+    from shared.db import session_scope
+    from shared.tokens import TokenError, create_token
+
+    try:
+        with session_scope() as session:
+            secret = create_token(session, name, role)
+    except TokenError as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+    typer.echo(secret)
+
+
+@tokens_app.command("list")
+def tokens_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """List tokens: name, role, first characters, created, revoked, last used."""
+    from shared.db import session_scope
+    from shared.tokens import list_tokens
+
+    with session_scope() as session:
+        rows = list_tokens(session)
+    for row in rows:
+        values = {
+            "name": row.name, "role": row.role, "prefix": row.prefix, "active": row.active,
+            "created_at": row.created_at.isoformat(),
+            "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+            "last_used_at": row.last_used_at.isoformat() if row.last_used_at else None,
+        }
+        if as_json:
+            typer.echo(json.dumps(values))
+        else:
+            state = "active" if row.active else f"revoked {values['revoked_at']}"
+            typer.echo(f"{row.name}\t{row.role}\t{row.prefix}...\t{state}\tlast used {values['last_used_at'] or '-'}")
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(name: Annotated[str, typer.Argument(help="The token's name.")]) -> None:
+    """Revoke a token; the gateway refuses it within MALLOPS_TOKEN_CACHE_SECONDS (default 5 s)."""
+    from shared.db import session_scope
+    from shared.tokens import TokenError, revoke_token
+
+    try:
+        with session_scope() as session:
+            changed = revoke_token(session, name)
+    except TokenError as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+    typer.echo(f"revoked {name}" if changed else f"{name} was already revoked")
+
+
+def main() -> None:
+    from mallops.output import run_app
+
+    run_app(app)  # usage errors exit 2 with one line on stderr; no traceback reaches the user

@@ -1,0 +1,20 @@
+"""The operator commands of the ``mallops`` CLI, one module per area, registered on the main app.
+
+Kept apart from ``mallops/cli.py`` (which holds ``serve``, ``migrate``, ``demo-data`` and ``tokens``)
+so that each area can grow without touching the others.
+"""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add every operator command to ``app``."""
+    from mallops.commands import doctor, platform, schedules, stack, tasks
+
+    tasks.register(app)
+    platform.register(app)
+    schedules.register(app)
+    doctor.register(app)
+    stack.register(app)

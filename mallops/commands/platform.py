@@ -1,0 +1,207 @@
+"""``mallops workers|queues|stats|history|ping|catalog``: what the platform is doing, through the gateway."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+
+from mallops.client import TaskFailed, WaitTimeout
+from mallops.output import (
+    JsonOption,
+    client,
+    echo,
+    fail,
+    handles_errors,
+    parse_when,
+    print_json,
+    print_table,
+    stderr,
+)
+
+
+@handles_errors
+def workers(as_json: JsonOption = False) -> None:
+    """Workers online and offline, their queues and active tasks (admin; was: celery_manage --worker-stats)."""
+    with client() as mallops:
+        items = mallops.workers()
+    if as_json:
+        print_json(items)
+        return
+    rows = [
+        [w.get("hostname"), w.get("status"), w.get("queues"), w.get("active"), w.get("processed"),
+         w.get("last_heartbeat")]
+        for w in items
+    ]
+    online = sum(1 for w in items if w.get("status") == "online")
+    print_table(["worker", "status", "queues", "active", "processed", "last heartbeat"], rows,
+                title=f"{online} of {len(items)} worker(s) online", status_columns=[1])
+
+
+@handles_errors
+def queues(as_json: JsonOption = False) -> None:
+    """Each queue's pending messages and consumers (admin; was: celery_manage --queue-stats)."""
+    with client() as mallops:
+        data = mallops.queues()
+    if as_json:
+        print_json(data)
+        return
+    rows = [[name, q.get("pending"), q.get("consumers")] for name, q in data.items()]
+    print_table(["queue", "pending", "consumers"], rows)
+
+
+@handles_errors
+def stats(
+    since: Annotated[str, typer.Option(help="Window start: an age like 30m, 24h, 7d, or an ISO date-time.")
+                     ] = "24h",
+    until: Annotated[str | None, typer.Option(help="Window end (default: now).")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="Only this task name.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Counts by state, success rate, throughput and runtime percentiles (was: celery_manage --task-stats)."""
+    with client() as mallops:
+        data = mallops.stats(since=parse_when(since, "--since"), until=parse_when(until, "--until"), task_name=task)
+    if as_json:
+        print_json(data)
+        return
+    blocks: dict[str, Any] = dict(data.get("tasks") or {})
+    rows = [_stats_row(name, block) for name, block in sorted(blocks.items())]
+    if isinstance(data.get("overall"), dict):
+        rows.append(_stats_row("(all)", data["overall"]))
+    print_table(["task", "total", "ok", "failed", "success", "per min", "p50 s", "p95 s", "p99 s", "wait p95 s"],
+                rows, title=f"tasks sent {data.get('since', since)} .. {data.get('until') or 'now'}")
+
+
+def _stats_row(name: str, block: dict[str, Any]) -> list[Any]:
+    rate = block.get("success_rate")
+    runtime = block.get("runtime") or {}
+    wait = block.get("queue_wait") or {}
+    return [name, block.get("total"), block.get("succeeded"), block.get("failed"),
+            f"{rate * 100:.1f}%" if isinstance(rate, int | float) else "-",
+            _round(block.get("throughput_per_minute")), _round(runtime.get("p50")), _round(runtime.get("p95")),
+            _round(runtime.get("p99")), _round(wait.get("p95"))]
+
+
+def _round(value: Any) -> Any:
+    return round(value, 3) if isinstance(value, float) else value
+
+
+@handles_errors
+def history(
+    task: Annotated[str | None, typer.Option("--task", help="Only this task name.")] = None,
+    status: Annotated[str | None, typer.Option(help="Only this final or current state, e.g. FAILURE.")] = None,
+    since: Annotated[str | None, typer.Option(help="Sent at or after: an age like 2h, 7d, or an ISO date-time.")
+                     ] = None,
+    until: Annotated[str | None, typer.Option(help="Sent before this (same forms as --since).")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="At most this many rows.")] = 50,
+    cursor: Annotated[str | None, typer.Option(help="Continue after a previous page (its next_cursor).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The durable task history, newest first (was: celery_manage --history)."""
+    with client() as mallops:
+        page = mallops.history(task_name=task, status=status, since=parse_when(since, "--since"),
+                               until=parse_when(until, "--until"), cursor=cursor, limit=limit)
+    if as_json:
+        print_json(page)
+        return
+    items = page.get("items", page.get("results", []))
+    rows = [
+        [r.get("task_id"), r.get("task_name"), r.get("state", r.get("status")), r.get("worker"), r.get("sent_at"),
+         _round(r.get("runtime")), _round(r.get("queue_wait"))]
+        for r in items
+    ]
+    print_table(["task_id", "task", "state", "worker", "sent", "runtime s", "wait s"], rows, status_columns=[2])
+    if page.get("next_cursor"):
+        stderr().print(f"more: mallops history --cursor {page['next_cursor']}", markup=False)
+
+
+@handles_errors
+def ping(
+    message: Annotated[str, typer.Option(help="The message test_task echoes.")] = "ping",
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the answer.")] = 30.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Send test_task and time the round trip through gateway, broker and worker (was: celery_manage --test-task)."""
+    started = time.monotonic()
+    with client() as mallops:
+        submitted = mallops.submit("test_task", kwargs={"message": message})
+        try:
+            done = mallops.wait(submitted.task_id, timeout=timeout, poll_interval=0.1)
+        except (TaskFailed, WaitTimeout) as exc:
+            fail(f"ping failed: {exc.message}", exc.exit_code)
+    elapsed_ms = (time.monotonic() - started) * 1000
+    worker = done.raw.get("worker")
+    if as_json:
+        print_json({"task_id": done.task_id, "result": done.result, "worker": worker,
+                    "round_trip_ms": round(elapsed_ms, 1)})
+        return
+    echo(f"pong from {worker or 'a worker'} in {elapsed_ms:.0f} ms: {done.result}")
+
+
+@handles_errors
+def catalog(
+    name: Annotated[str | None, typer.Argument(help="Show this task's arguments.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every task with its queue, schedule and description; with NAME, its arguments."""
+    with client() as mallops:
+        items = mallops.catalog()
+    if name is not None:
+        matches = [t for t in items if name in (_name(t), t.get("celery_name"))]
+        if not matches:
+            fail(f"unknown task {name!r}; `mallops catalog` lists them")
+        task = matches[0]
+        if as_json:
+            print_json(task)
+            return
+        _print_arguments(task)
+        return
+    if as_json:
+        print_json(items)
+        return
+    rows = [[_name(t), t.get("queue"), t.get("schedule_text") or _schedule_text(t.get("schedule")),
+             t.get("description")] for t in items]
+    print_table(["task", "queue", "schedule", "description"], rows, title=f"{len(rows)} tasks")
+
+
+def _name(task: dict[str, Any]) -> str:
+    return str(task.get("task_name") or task.get("name") or "")
+
+
+def _schedule_text(schedule: Any) -> str | None:
+    if not schedule:
+        return None
+    if isinstance(schedule, str):
+        return schedule
+    if isinstance(schedule, dict):
+        if schedule.get("description"):
+            return str(schedule["description"])
+        if schedule.get("every") is not None:
+            return f"every {schedule['every']:g}s"
+        keys = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+        if any(k in schedule for k in keys):
+            return "cron " + " ".join(str(schedule.get(k, "*")) for k in keys)
+    return str(schedule)
+
+
+def _print_arguments(task: dict[str, Any]) -> None:
+    schema = task.get("args_schema") or task.get("schema") or task.get("arguments") or {}
+    props: dict[str, Any] = schema.get("properties", {}) if isinstance(schema, dict) else {}
+    required = set(schema.get("required", [])) if isinstance(schema, dict) else set()
+    echo(f"{_name(task)} (queue {task.get('queue')}): {task.get('description', '')}")
+    rows = []
+    for field_name, spec in props.items():
+        kind = spec.get("type") or " | ".join(
+            str(s.get("type") or s.get("$ref", "").rsplit("/", 1)[-1]) for s in spec.get("anyOf", []))
+        if "enum" in spec:
+            kind = " | ".join(map(str, spec["enum"]))
+        rows.append([field_name, kind or "-", "yes" if field_name in required else "no", spec.get("default"),
+                     spec.get("description")])
+    print_table(["argument", "type", "required", "default", "description"], rows)
+
+
+def register(root: typer.Typer) -> None:
+    for fn, name in ((workers, "workers"), (queues, "queues"), (stats, "stats"), (history, "history"),
+                     (ping, "ping"), (catalog, "catalog")):
+        root.command(name)(fn)

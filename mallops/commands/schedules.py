@@ -1,0 +1,88 @@
+"""``mallops schedules list|enable|disable|set``: the beat entries, changed at runtime (admin)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from mallops.commands.platform import _schedule_text
+from mallops.output import JsonOption, client, echo, fail, handles_errors, print_json, print_table
+
+app = typer.Typer(help="List, enable, disable and re-time the periodic (beat) tasks.", no_args_is_help=True)
+
+CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+
+
+@app.command("list")
+@handles_errors
+def list_schedules(as_json: JsonOption = False) -> None:
+    """Every beat entry with its schedule, last and next run (was: Django admin, django_celery_beat)."""
+    with client() as mallops:
+        items = mallops.schedules()
+    if as_json:
+        print_json(items)
+        return
+    rows = [
+        [s.get("name"), s.get("task_name"), "enabled" if s.get("enabled") else "disabled",
+         s.get("schedule_text") or _schedule_text(s.get("schedule")), s.get("last_run_at"), s.get("next_run_at")]
+        for s in items
+    ]
+    print_table(["name", "task", "state", "schedule", "last run", "next run"], rows, status_columns=[2])
+
+
+@app.command("enable")
+@handles_errors
+def enable(name: Annotated[str, typer.Argument(help="The entry name (a catalog task name).")],
+           as_json: JsonOption = False) -> None:
+    """Let beat run this entry again."""
+    _update(name, as_json, enabled=True)
+
+
+@app.command("disable")
+@handles_errors
+def disable(name: Annotated[str, typer.Argument(help="The entry name (a catalog task name).")],
+            as_json: JsonOption = False) -> None:
+    """Stop beat from running this entry (it stays listed, disabled)."""
+    _update(name, as_json, enabled=False)
+
+
+@app.command("set")
+@handles_errors
+def set_schedule(
+    name: Annotated[str, typer.Argument(help="The entry name (a catalog task name).")],
+    every: Annotated[float | None, typer.Option(min=1, help="Run every this many seconds.")] = None,
+    cron: Annotated[str | None, typer.Option(
+        help="A crontab 'minute hour day-of-month month day-of-week' in the platform's timezone, "
+             "e.g. '0 10 * * 1' for Mondays at 10:00.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Re-time an entry: --every SECONDS or --cron 'm h dom mon dow'."""
+    if (every is None) == (cron is None):
+        fail("give exactly one of --every SECONDS or --cron 'm h dom mon dow'")
+    schedule: dict[str, Any]
+    if every is not None:
+        schedule = {"every": every}
+    else:
+        parts = (cron or "").split()
+        if len(parts) != 5:
+            fail(f"--cron needs 5 fields 'minute hour day-of-month month day-of-week', not {cron!r}")
+        schedule = dict(zip(CRON_FIELDS, parts, strict=True))
+    _update(name, as_json, schedule=schedule)
+
+
+def _update(name: str, as_json: bool, *, enabled: bool | None = None, schedule: dict[str, Any] | None = None
+            ) -> None:
+    with client() as mallops:
+        entry = mallops.update_schedule(name, enabled=enabled, schedule=schedule)
+    if as_json:
+        print_json(entry)
+        return
+    state = "enabled" if entry.get("enabled") else "disabled"
+    timing = entry.get("schedule_text") or _schedule_text(entry.get("schedule")) or "-"
+    echo(f"{entry.get('name', name)}: {state}, {timing}"
+         f" (next run {entry.get('next_run_at') or '-'})")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="schedules")
