@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -55,9 +58,27 @@ def session_factory(settings: Settings | None = None) -> sessionmaker[Session]:
 
 @contextlib.contextmanager
 def session_scope(settings: Settings | None = None) -> Iterator[Session]:
-    """A session in a transaction: committed on success, rolled back on error."""
-    with session_factory(settings)() as session, session.begin():
+    """A session in a transaction: committed on success, rolled back on error.
+
+    When the error interrupted a statement half-way (a soft time limit raised inside a fetch), the
+    connection cannot roll back ("another command is already in progress"): it is then invalidated
+    (closed, never returned to the pool) and the ORIGINAL error propagates, so that a task sees its
+    soft time limit and not a rollback failure that would look like a transient database error.
+    """
+    session = session_factory(settings)()
+    try:
+        session.begin()
         yield session
+        session.commit()
+    except BaseException:
+        try:
+            session.rollback()
+        except Exception:
+            log.warning("rollback failed after an interrupted statement; dropping the connection", exc_info=True)
+            session.invalidate()
+        raise
+    finally:
+        session.close()
 
 
 def alembic_config(url: str) -> Any:

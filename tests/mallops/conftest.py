@@ -34,8 +34,11 @@ CliRunner = Callable[..., CliResult]
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    """``cli("tasks", "list", env={...})``: run the CLI in this process; exit code, stdout, stderr."""
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
+    """``cli("tasks", "list", env={...})``: run the CLI in this process; exit code, stdout, stderr.
+
+    Settings built under the test's environment are dropped afterwards, so they never leak into a
+    later test that reads :func:`get_settings`."""
 
     def run(*args: str, env: Mapping[str, str] | None = None) -> CliResult:
         for key, value in (env or {}).items():
@@ -48,7 +51,8 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
         code = exited.value.code
         return CliResult(code if isinstance(code, int) else 0, out, err)
 
-    return run
+    yield run
+    get_settings.cache_clear()
 
 
 def run_mallops(*args: str, env: Mapping[str, str], cwd: Path = ROOT, timeout: float = 120) -> CliResult:

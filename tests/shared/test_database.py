@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import signal
 
-from sqlalchemy import func, inspect, select
+import pytest
+from sqlalchemy import func, inspect, select, text
 
 from shared import models
 from shared.db import get_engine, session_scope
@@ -63,3 +65,40 @@ def test_timestamps_come_back_as_utc(demo_db: Settings) -> None:
     assert paid_at is not None
     assert paid_at.tzinfo is not None
     assert paid_at.utcoffset() == dt.timedelta(0)
+
+
+class Interrupted(Exception):
+    """What a soft time limit looks like to the code it interrupts: an exception raised by a signal."""
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise Interrupted
+
+
+def _drain(settings: Settings, query: str) -> None:
+    with session_scope(settings) as session:
+        for _ in session.execute(text(query).execution_options(yield_per=10)).partitions():
+            pass
+
+
+def test_a_statement_interrupted_mid_fetch_surfaces_its_own_error_and_leaves_the_pool_usable(
+    migrated: Settings,
+) -> None:
+    # A slow server-side fetch, interrupted by a signal the way Celery's soft time limit interrupts a task.
+    # On PostgreSQL the connection is then mid-protocol and cannot roll back; the caller must still see the
+    # interruption (not an OperationalError that the task base would retry as transient).
+    slow = "SELECT g, pg_sleep(0.005) FROM generate_series(1, 2000) AS g"
+    if get_engine(migrated).dialect.name == "sqlite":
+        slow = ("WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 50000000) "
+                "SELECT n FROM g")
+    previous = signal.signal(signal.SIGALRM, _interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(Interrupted):
+            _drain(migrated, slow)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    for _ in range(6):  # more than the pool holds (5): every pooled connection is healthy
+        with session_scope(migrated) as session:
+            assert session.scalar(text("SELECT 1")) == 1
