@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from shared.models import Bill, utcnow
+from shared.models import Bill, Notification, utcnow
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,20 @@ def mark_overdue(session: Session, as_of: dt.date, now: dt.datetime | None = Non
         select(Bill.status, func.count()).where(Bill.status.in_(("pending", "overdue"))).group_by(Bill.status)
     ).all())
     return OverdueCheck(as_of, newly, int(counts.get("overdue", 0)), int(counts.get("pending", 0)))
+
+
+def unreminded_overdue(session: Session, moved_before: dt.datetime, moved_after: dt.datetime) -> list[int]:
+    """Bills moved to overdue between ``moved_after`` and ``moved_before`` that have no reminder row at all.
+
+    The run that moved them commits before it enqueues their reminders; a worker killed in between
+    leaves them overdue and never reminded (a redelivered run finds nothing new to move). The next run
+    finds them here and enqueues them again. ``moved_before`` leaves the normal path a grace period, so
+    a reminder still in a queue is not asked for twice (and if it is, its dedupe key makes that harmless).
+    """
+    reminded = select(Notification.id).where(Notification.bill_id == Bill.id, Notification.kind == "bill_reminder")
+    return sorted(int(bill_id) for bill_id in session.scalars(
+        select(Bill.id).where(Bill.status == "overdue", Bill.overdue_since < moved_before,
+                              Bill.overdue_since >= moved_after, ~reminded.exists())))
 
 
 def revert_overdue(session: Session, bill_ids: list[int]) -> int:

@@ -21,6 +21,8 @@ from shared.settings import get_settings
 from shared.tasks import MallopsTask, TransientError, register
 
 REMINDER_BATCH = 500  # bill ids per send_bill_reminders message
+REMINDER_GRACE = dt.timedelta(minutes=5)  # an overdue bill with no reminder row after this was left behind
+ORPHAN_LOOKBACK = dt.timedelta(days=2)  # how far back check_pending_bills looks for bills left behind
 
 
 def _owner_headers(task: MallopsTask) -> dict[str, str]:
@@ -37,8 +39,11 @@ def _enqueue(task: MallopsTask, name: str, kwargs: dict[str, Any]) -> None:
 def check_pending_bills(task: MallopsTask, as_of: dt.date | None) -> dict[str, object]:
     settings = get_settings()
     day = as_of or local_today(local_zone(settings.timezone))
+    now = dt.datetime.now(dt.UTC)
     with session_scope(settings) as session:
         check = billing.mark_overdue(session, day)
+        orphans = billing.unreminded_overdue(session, moved_before=now - REMINDER_GRACE,
+                                             moved_after=now - ORPHAN_LOOKBACK)
     batches = billing.chunks(check.newly_overdue, REMINDER_BATCH)
     for done, bill_ids in enumerate(batches):
         try:
@@ -49,7 +54,10 @@ def check_pending_bills(task: MallopsTask, as_of: dt.date | None) -> dict[str, o
                 billing.revert_overdue(session, unsent)
             raise TransientError(f"could not enqueue reminders for {len(unsent)} newly overdue bill(s) "
                                  f"({type(exc).__name__}: {exc}); they are pending again for the retry") from exc
-    return check.counts() | {"reminder_tasks": len(batches)}
+    orphan_batches = billing.chunks(orphans, REMINDER_BATCH)
+    for bill_ids in orphan_batches:  # an earlier run died after its commit: remind them now
+        _enqueue(task, "send_bill_reminders", {"bill_ids": bill_ids})
+    return check.counts() | {"reminder_tasks": len(batches) + len(orphan_batches), "unreminded": len(orphans)}
 
 
 def send_bill_reminders(task: MallopsTask, bill_ids: list[int] | None, days_overdue: int | None) -> dict[str, object]:

@@ -16,6 +16,7 @@ import pytest
 from celery import Celery
 from sqlalchemy import select, update
 
+from services.finance import billing
 from services.finance.periods import local_today
 from shared.cache import revenue_cache_key
 from shared.catalog import CATALOG
@@ -136,6 +137,30 @@ def test_check_pending_bills_marks_overdue_once_and_reminds_each_tenant_in_their
     assert again["overdue"] == len(expected)
     assert again["reminder_tasks"] == 0
     assert len(reminder_rows(settings)) == len(expected)
+
+
+def test_bills_left_behind_by_a_run_that_died_after_its_commit_are_reminded_by_the_next_run(
+    client, workers, demo_db: Settings, smtp: SMTPServer
+) -> None:
+    settings = demo_db
+    expected = unpaid_past_due(settings, DEMO_AS_OF)
+    # what a check_pending_bills killed between its commit and its enqueue leaves: bills overdue for a few
+    # minutes with no reminder row, and no message to remind them (its redelivery finds nothing to move)
+    died_at = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=6)
+    with session_scope(settings) as session:
+        assert billing.mark_overdue(session, DEMO_AS_OF, now=died_at).newly_overdue == sorted(expected)
+
+    counts = run(client, CHECK, as_of=DEMO_AS_OF.isoformat())
+    assert (counts["newly_overdue"], counts["unreminded"], counts["reminder_tasks"]) == (0, len(expected), 1)
+    mails = smtp.wait_for(len(expected), timeout=120)
+    assert sorted(m.rcpt_tos[0] for m in mails) == sorted(t.email for t in tenants_of(settings, expected).values())
+    wait_reminders_sent(settings, len(expected))
+
+    # once reminded they are not swept again, and nothing more is sent
+    again = run(client, CHECK, as_of=DEMO_AS_OF.isoformat())
+    assert (again["unreminded"], again["reminder_tasks"]) == (0, 0)
+    assert len(reminder_rows(settings)) == len(expected)
+    assert len(smtp.messages) == len(expected)
 
 
 def _succeeded_results(log: str, task_name: str, task_id: str | None = None) -> list[dict[str, Any]]:
