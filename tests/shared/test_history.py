@@ -6,6 +6,8 @@ import datetime as dt
 import json
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +27,7 @@ from shared.history import (
 )
 from shared.models import TaskRecord
 from shared.settings import Settings
+from tests.harness import start_redis
 
 T0 = dt.datetime(2026, 11, 1, 8, 0, tzinfo=dt.UTC)
 
@@ -160,8 +163,19 @@ def test_stats_of_an_empty_window(migrated: Settings, task_name: str) -> None:
     assert stats["tasks"] == {}
 
 
-def test_workers_online_offline_and_purged(settings: Settings, clean_broker: None,
-                                           redis_client: redis.Redis[bytes]) -> None:
+@pytest.fixture
+def private_redis(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
+    """``settings`` on a redis-server of this test's own: the run's shared workers heartbeat into the
+    run's Redis at any moment, and must not show up in (or vanish from) what the test counts."""
+    server = start_redis(tmp_path / "redis")
+    try:
+        yield settings.model_copy(update={"redis_url": server.url_base})
+    finally:
+        server.stop()
+
+
+def test_workers_online_offline_and_purged(private_redis: Settings) -> None:
+    settings = private_redis
     now = time.time()
     cache = redis.Redis.from_url(settings.cache_redis_url)
 
