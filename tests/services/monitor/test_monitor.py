@@ -109,10 +109,18 @@ def test_history_and_metrics_are_complete_and_survive_a_monitor_kill(monitor_sta
         monitor.popen.wait(10)
         more = send(app, 1000, 500)
 
-        def all_done() -> bool:
-            return all(AsyncResult(task_id, app=app).state in FINAL for task_id in more)
+        states: Counter[str] = Counter()
 
-        wait_until(all_done, timeout=240, interval=1.0, message="500 tasks finished while the monitor is down")
+        def all_done() -> bool:
+            states.clear()
+            states.update(AsyncResult(task_id, app=app).state for task_id in more)
+            return sum(states[s] for s in FINAL) == len(more)
+
+        try:
+            wait_until(all_done, timeout=300, interval=1.0, message="500 tasks finished while the monitor is down")
+        except pytest.fail.Exception:  # say which states they are stuck in (and leave the worker's log)
+            pytest.fail(f"500 tasks sent while the monitor is down, by state after 300 s: {dict(states)}\n"
+                        f"worker log tail:\n{stack.processes[0].log()[-3000:]}")
         assert finished_rows(stack.settings) == 1000
         stack.monitor()
         wait_until(lambda: finished_rows(stack.settings) == 1500, timeout=240, interval=0.5,
