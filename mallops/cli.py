@@ -52,11 +52,24 @@ def serve(
 
 @app.command()
 def migrate() -> None:
-    """Create or upgrade the database schema (Alembic)."""
+    """Create or upgrade the database schema (Alembic); with MALLOPS_DEMO_DATA=1, also load the demo mall
+    when the database has none (what compose's one-shot `migrate` service runs)."""
     from shared.db import migrate as run_migrations
+    from shared.settings import get_settings
 
     run_migrations()
     typer.echo("database schema is up to date")
+    if get_settings().demo_data:
+        from shared import demo_data as demo
+        from shared.db import session_scope
+
+        try:
+            with session_scope() as session:
+                summary = demo.generate(session)
+        except demo.DemoDataExists:
+            typer.echo("demo data is already there")
+        else:
+            typer.echo("demo data: " + ", ".join(f"{value} {key}" for key, value in summary.as_dict().items()))
 
 
 @app.command("demo-data")

@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     notification_ttl_days: int = Field(default=30, ge=1)
     access_log_ttl_days: int = Field(default=90, ge=1)
     pg_dump_command: str = "pg_dump"  # for backup_database on PostgreSQL (client major >= server's)
+    # `mallops migrate` also loads the demo mall when the database has none (compose's one-shot migrate)
+    demo_data: bool = False
 
     # lifecycle events (shared/events.py) and the monitor (services/monitor)
     events_enabled: bool = True
