@@ -1,0 +1,218 @@
+"""Every dashboard panel and every alert rule, evaluated by a real Prometheus against the real stack.
+
+Starts the monitor tests' stack (its own redis-server, a maintenance worker, the monitor), a gateway
+process and the Debian ``prometheus`` binary with deploy/prometheus/prometheus.yml (targets pointed at
+the local processes, scraping every second, the real alerts.yml). Tasks go through the gateway in two
+batches (successes, failures, a retry) so that counters move between scrapes. Then each PromQL
+expression of each panel (Grafana variables substituted) must return data with a finite value, and
+each alert rule must parse and evaluate.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from shared.catalog import CATALOG
+from shared.db import session_scope
+from shared.settings import Settings
+from shared.tokens import create_token
+from tests.deploy.conftest import ALERT_RULES, PROMETHEUS_CONFIG, alert_rules, load_dashboards, panels, require_tool
+from tests.harness import Process, free_port, service_argv, spawn, wait_until
+from tests.services.monitor.conftest import MonitorStack
+
+pytestmark = pytest.mark.integration
+
+TEST_TASK = CATALOG["test_task"].celery_name
+# Grafana's variables, as the dashboards would get them over the last few minutes of this test
+RATE_INTERVAL, RANGE = "2m", "5m"
+BATCH = [
+    *({"task_name": "test_task", "kwargs": {"message": f"ok {i}"}} for i in range(4)),
+    *({"task_name": "test_task", "kwargs": {"message": f"boom {i}", "fail": True}} for i in range(2)),
+    {"task_name": "test_task", "kwargs": {"message": "transient:retried once"}},
+    {"task_name": "cleanup_cache", "kwargs": {}},
+]
+
+
+@dataclass
+class Prometheus:
+    url: str
+    process: Process
+
+    def query(self, expr: str) -> dict[str, Any]:
+        response = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10)
+        body: dict[str, Any] = response.json()
+        return body
+
+    def scalar(self, expr: str) -> float | None:
+        result = self.query(expr)["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
+
+
+@dataclass
+class Platform:
+    stack: MonitorStack
+    gateway_url: str
+    token: str
+    prometheus: Prometheus
+
+
+def prometheus_config(monitor: str, gateway: str, port: int) -> dict[str, Any]:
+    """deploy/prometheus/prometheus.yml with its targets pointed at this machine, scraping every second."""
+    config: dict[str, Any] = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    local = {"monitor:9808": monitor, "gateway:8000": gateway, "127.0.0.1:9090": f"127.0.0.1:{port}"}
+    for job in config["scrape_configs"]:
+        for static in job["static_configs"]:
+            static["targets"] = [local[target] for target in static["targets"]]
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    config["rule_files"] = [str(ALERT_RULES)]
+    config.pop("alerting")  # no Alertmanager here; rules are still evaluated
+    return config
+
+
+def start_prometheus(config: dict[str, Any], port: int, workdir: Path) -> Prometheus:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_file = workdir / "prometheus.yml"
+    config_file.write_text(yaml.safe_dump(config))
+    argv = [require_tool("prometheus"), f"--config.file={config_file}", f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
+    process = spawn("prometheus", argv, {}, workdir)
+    prometheus = Prometheus(f"http://127.0.0.1:{port}", process)
+
+    def ready() -> bool:
+        if not process.alive():
+            pytest.fail(f"prometheus exited with {process.popen.returncode}:\n{process.log()[-3000:]}")
+        return httpx.get(f"{prometheus.url}/-/ready", timeout=2).status_code == 200
+
+    try:
+        wait_until(ready, timeout=30, interval=0.1, message="prometheus /-/ready")
+    except BaseException:
+        process.stop()
+        raise
+    return prometheus
+
+
+def start_gateway(env: dict[str, str], log_dir: Path) -> tuple[Process, str]:
+    port = free_port()
+    process = spawn("gateway", service_argv("gateway", f"--port={port}"),
+                    env | {"MALLOPS_TASK_MAX_PER_USER": "1000"}, log_dir)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if not process.alive():
+            pytest.fail(f"the gateway exited with {process.popen.returncode}:\n{process.log()[-3000:]}")
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+
+    try:
+        wait_until(ready, timeout=60, interval=0.2, message="the gateway's /readyz")
+    except BaseException:
+        process.stop()
+        raise
+    return process, url
+
+
+@pytest.fixture
+def platform(monitor_stack: MonitorStack, migrated: Settings, tmp_path: Path) -> Iterator[Platform]:
+    stack = monitor_stack
+    stack.worker()
+    stack.monitor()
+    gateway, gateway_url = start_gateway(stack.env, stack.log_dir)
+    stack.processes.append(gateway)  # stopped by the stack's fixture, with the others
+    with session_scope(migrated) as session:
+        token = create_token(session, f"deploy-e2e-{uuid.uuid4().hex[:8]}", "admin")
+    port = free_port()
+    prometheus = start_prometheus(
+        prometheus_config(f"127.0.0.1:{stack.port}", gateway_url.removeprefix("http://"), port), port,
+        tmp_path / "prometheus")
+    try:
+        yield Platform(stack, gateway_url, token, prometheus)
+    finally:
+        prometheus.process.stop()
+
+
+def run_batch(platform: Platform, finished_before: int) -> int:
+    """Submit BATCH through the gateway; wait until Prometheus has scraped all of it from the monitor."""
+    response = httpx.post(f"{platform.gateway_url}/api/v1/tasks/batch", json={"tasks": BATCH}, timeout=30,
+                          headers={"Authorization": f"Bearer {platform.token}"})
+    assert response.status_code == 202, response.text
+    expected = finished_before + len(BATCH)
+    finished = 'sum(celery_task_succeeded_total) + sum(celery_task_failed_total)'
+    wait_until(lambda: platform.prometheus.scalar(finished) == expected, timeout=60, interval=0.2,
+               message=f"Prometheus to scrape {expected} finished tasks from the monitor")
+    return expected
+
+
+def substitute(expr: str) -> str:
+    """Grafana's template variables, as the dashboards would get them."""
+    return (expr.replace("$__rate_interval", RATE_INTERVAL).replace("$__range", RANGE)
+            .replace("$__interval", "1s").replace("$task", TEST_TASK))
+
+
+def legend_labels(legend: str) -> set[str]:
+    return set(re.findall(r"\{\{\s*(\w+)\s*\}\}", legend))
+
+
+def test_every_panel_and_alert_rule_evaluates_with_data(platform: Platform) -> None:
+    prometheus = platform.prometheus
+    finished = run_batch(platform, 0)
+    run_batch(platform, finished)
+
+    # the scrape targets of the real config answer
+    targets = httpx.get(f"{prometheus.url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+    assert {t["labels"]["job"]: t["health"] for t in targets} == {
+        "mallops-monitor": "up", "mallops-gateway": "up", "prometheus": "up"}
+
+    # the drill-down's variable offers the task we ran
+    variable = next(v for v in load_dashboards()["mallops-task.json"]["templating"]["list"] if v["name"] == "task")
+    metric = re.fullmatch(r"label_values\((\w+), name\)", variable["query"]["query"])
+    assert metric is not None
+    names = httpx.get(f"{prometheus.url}/api/v1/label/name/values", params={"match[]": metric[1]},
+                      timeout=10).json()["data"]
+    assert TEST_TASK in names
+
+    problems = []
+    evaluated = 0
+    for file_name, dashboard in load_dashboards().items():
+        for panel in panels(dashboard):
+            for target in panel["targets"]:
+                expr = substitute(target["expr"])
+                where = f"{file_name} / {panel['title']} / {target['refId']}: {expr}"
+                body = prometheus.query(expr)
+                evaluated += 1
+                if body.get("status") != "success":
+                    problems.append(f"{where}\n    does not evaluate: {body.get('error')}")
+                    continue
+                result = body["data"]["result"]
+                values = [float(series["value"][1]) for series in result]
+                if not any(math.isfinite(value) for value in values):
+                    problems.append(f"{where}\n    no data (series: {len(result)}, values: {values})")
+                    continue
+                missing = legend_labels(target.get("legendFormat", "")) - set(result[0]["metric"])
+                if missing:
+                    problems.append(f"{where}\n    the legend uses labels the result lacks: {missing}")
+    assert not problems, "\n".join(problems)
+    assert evaluated >= 40
+
+    for rule in alert_rules():
+        body = prometheus.query(rule["expr"])
+        assert body.get("status") == "success", f"alert {rule['alert']}: {body.get('error')}"
+
+    # and Prometheus itself loaded alerts.yml and evaluates every rule without error
+    def rules_evaluated() -> list[dict[str, Any]] | None:
+        groups = httpx.get(f"{prometheus.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
+        rules = [rule for group in groups for rule in group["rules"]]
+        done = all(rule.get("lastEvaluation", "").startswith("20") for rule in rules)
+        return rules if rules and done else None
+
+    rules = wait_until(rules_evaluated, timeout=20, interval=0.2, message="every alert rule evaluated")
+    assert {rule["name"] for rule in rules} == {rule["alert"] for rule in alert_rules()}
+    assert all(rule["health"] == "ok" for rule in rules), [(r["name"], r.get("lastError")) for r in rules]
