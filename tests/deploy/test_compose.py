@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from tests.deploy.conftest import (
     load_dashboards,
     load_yaml,
     panels,
+    require_tool,
 )
 from tests.harness import ROOT
 
@@ -57,6 +59,30 @@ def container_ports(service: dict[str, Any]) -> set[int]:
 
 def default(field: str) -> Any:
     return Settings.model_fields[field].default
+
+
+# -- the file itself ----------------------------------------------------------------------------------
+
+
+def check_compose_schema(*paths: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [require_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", *map(str, paths)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+def test_compose_files_follow_the_compose_specification() -> None:
+    done = check_compose_schema(COMPOSE_FILE, RABBITMQ_OVERRIDE)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_schema_check_catches_a_misspelt_field(tmp_path: Path) -> None:
+    bad = tmp_path / "compose.yaml"
+    text = COMPOSE_FILE.read_text()
+    bad.write_text(text.replace("    restart: unless-stopped\n", "    restrat: unless-stopped\n", 1))
+    done = check_compose_schema(bad)
+    assert done.returncode == 1
+    assert "'restrat' w" in done.stdout, done.stdout
 
 
 # -- the image -------------------------------------------------------------------------------------
