@@ -33,6 +33,9 @@ ALERTMANAGER_CONFIG = DEPLOY / "alertmanager" / "alertmanager.yml"
 GRAFANA = DEPLOY / "grafana"
 DASHBOARDS = GRAFANA / "dashboards"
 
+# the secrets compose.yaml requires (${NAME:?message}), with a template in .env.example
+REQUIRED_SECRETS = frozenset({"POSTGRES_PASSWORD", "MALLOPS_BOOTSTRAP_ADMIN_TOKEN", "GRAFANA_ADMIN_PASSWORD"})
+
 # Debian packages that provide the tools (scripts/test installs them when missing and run as root)
 TOOL_PACKAGES = {"promtool": "prometheus", "prometheus": "prometheus", "amtool": "prometheus-alertmanager"}
 

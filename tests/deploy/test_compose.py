@@ -25,6 +25,7 @@ from tests.deploy.conftest import (
     GRAFANA,
     PROMETHEUS_CONFIG,
     RABBITMQ_OVERRIDE,
+    REQUIRED_SECRETS,
     Interpolated,
     env_example,
     load_compose,
@@ -36,7 +37,6 @@ from tests.deploy.conftest import (
 from tests.harness import ROOT
 
 ONE_SHOT = {"migrate"}  # runs to completion before the platform starts; everything else stays up
-REQUIRED_SECRETS = {"POSTGRES_PASSWORD", "MALLOPS_BOOTSTRAP_ADMIN_TOKEN", "GRAFANA_ADMIN_PASSWORD"}
 CONDITIONS = {"service_healthy", "service_completed_successfully", "service_started"}
 
 
