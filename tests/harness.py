@@ -146,6 +146,23 @@ def start_redis(workdir: Path, port: int | None = None, appendonly: bool = False
     return server
 
 
+def wait_http_ready(process: Process, url: str, timeout: float = 60.0) -> None:
+    """Poll ``url`` until it answers 200; fail at once, with the process's log, if ``process`` exits.
+    On failure the process is stopped."""
+    import httpx
+
+    def ready() -> bool:
+        if not process.alive():
+            pytest.fail(f"{process.name} exited with {process.popen.returncode}:\n{process.log()[-3000:]}")
+        return httpx.get(url, timeout=2).status_code == 200
+
+    try:
+        wait_until(ready, timeout=timeout, interval=0.1, message=f"{process.name}: {url}")
+    except BaseException:
+        process.stop()
+        raise
+
+
 def service_argv(service: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "mallops", "serve", service, *extra]
 

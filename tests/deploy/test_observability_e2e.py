@@ -27,7 +27,7 @@ from shared.db import session_scope
 from shared.settings import Settings
 from shared.tokens import create_token
 from tests.deploy.conftest import ALERT_RULES, PROMETHEUS_CONFIG, alert_rules, load_dashboards, panels, require_tool
-from tests.harness import Process, free_port, service_argv, spawn, wait_until
+from tests.harness import Process, free_port, service_argv, spawn, wait_http_ready, wait_until
 from tests.services.monitor.conftest import MonitorStack
 
 pytestmark = pytest.mark.integration
@@ -87,17 +87,7 @@ def start_prometheus(config: dict[str, Any], port: int, workdir: Path) -> Promet
             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
     process = spawn("prometheus", argv, {}, workdir)
     prometheus = Prometheus(f"http://127.0.0.1:{port}", process)
-
-    def ready() -> bool:
-        if not process.alive():
-            pytest.fail(f"prometheus exited with {process.popen.returncode}:\n{process.log()[-3000:]}")
-        return httpx.get(f"{prometheus.url}/-/ready", timeout=2).status_code == 200
-
-    try:
-        wait_until(ready, timeout=30, interval=0.1, message="prometheus /-/ready")
-    except BaseException:
-        process.stop()
-        raise
+    wait_http_ready(process, f"{prometheus.url}/-/ready", timeout=30)
     return prometheus
 
 
@@ -106,17 +96,7 @@ def start_gateway(env: dict[str, str], log_dir: Path) -> tuple[Process, str]:
     process = spawn("gateway", service_argv("gateway", f"--port={port}"),
                     env | {"MALLOPS_TASK_MAX_PER_USER": "1000"}, log_dir)
     url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        if not process.alive():
-            pytest.fail(f"the gateway exited with {process.popen.returncode}:\n{process.log()[-3000:]}")
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-
-    try:
-        wait_until(ready, timeout=60, interval=0.2, message="the gateway's /readyz")
-    except BaseException:
-        process.stop()
-        raise
+    wait_http_ready(process, f"{url}/readyz")
     return process, url
 
 
