@@ -120,14 +120,19 @@ def platform(monitor_stack: MonitorStack, migrated: Settings, tmp_path: Path) ->
 
 
 def run_batch(platform: Platform, finished_before: int) -> int:
-    """Submit BATCH through the gateway; wait until Prometheus has scraped all of it from the monitor."""
+    """Submit BATCH through the gateway; wait until Prometheus has scraped all of it from the gateway and
+    the monitor, so that every counter has a sample between two batches (rate() needs the increase)."""
     response = httpx.post(f"{platform.gateway_url}/api/v1/tasks/batch", json={"tasks": BATCH}, timeout=30,
                           headers={"Authorization": f"Bearer {platform.token}"})
     assert response.status_code == 202, response.text
     expected = finished_before + len(BATCH)
-    finished = 'sum(celery_task_succeeded_total) + sum(celery_task_failed_total)'
-    wait_until(lambda: platform.prometheus.scalar(finished) == expected, timeout=60, interval=0.2,
-               message=f"Prometheus to scrape {expected} finished tasks from the monitor")
+    for expr, what in (("sum(mallops_gateway_tasks_submitted_total)", "submitted tasks from the gateway"),
+                       ("sum(celery_task_succeeded_total) + sum(celery_task_failed_total)",
+                        "finished tasks from the monitor")):
+        def scraped(expr: str = expr) -> bool:
+            return platform.prometheus.scalar(expr) == expected
+
+        wait_until(scraped, timeout=60, interval=0.2, message=f"Prometheus to scrape {expected} {what}")
     return expected
 
 
