@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -333,16 +334,40 @@ def queue_lengths(settings: Settings | None = None, workers: Iterable[dict[str, 
             for queue in worker["queues"]:
                 consumers[queue] += 1
     names = list(QUEUES) + sorted(set(consumers) - set(QUEUES))
-    pipe = _broker_client(settings.celery_broker_url).pipeline(transaction=False)
+    url = settings.celery_broker_url
+    pending = _redis_pending(url, names) if url.startswith(("redis://", "rediss://")) else _amqp_pending(url, names)
+    return {name: {"pending": pending[name], "consumers": consumers.get(name, 0)} for name in names}
+
+
+def _redis_pending(url: str, names: list[str]) -> dict[str, int]:
+    """Messages waiting in each queue's Redis lists (the queue and its priority sub-queues), one round trip."""
+    pipe = _broker_client(url).pipeline(transaction=False)
     for name in names:
         for key in priority_keys(name):
             pipe.llen(key)
     sizes = pipe.execute()
     per = len(PRIORITY_STEPS)
-    return {
-        name: {"pending": int(sum(sizes[i * per:(i + 1) * per])), "consumers": consumers.get(name, 0)}
-        for i, name in enumerate(names)
-    }
+    return {name: int(sum(sizes[i * per:(i + 1) * per])) for i, name in enumerate(names)}
+
+
+def _amqp_pending(url: str, names: list[str]) -> dict[str, int]:
+    """Messages ready in each queue of an AMQP broker (RabbitMQ), by a passive declare; a queue that does
+    not exist yet has none."""
+    from kombu import Connection  # type: ignore[attr-defined]
+
+    pending: dict[str, int] = {}
+    with Connection(url, connect_timeout=5) as connection:  # type: ignore[no-untyped-call]
+        for name in names:
+            channel = connection.channel()  # a channel per queue: a 404 closes the channel it happened on
+            try:
+                declared = channel.queue_declare(queue=name, passive=True)
+                pending[name] = int(declared.message_count)
+            except connection.channel_errors:
+                pending[name] = 0
+            finally:
+                with contextlib.suppress(*connection.channel_errors, *connection.connection_errors):
+                    channel.close()
+    return pending
 
 
 # -- helpers ---------------------------------------------------------------------------------------

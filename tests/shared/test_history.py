@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import socket
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -27,7 +30,7 @@ from shared.history import (
 )
 from shared.models import TaskRecord
 from shared.settings import Settings
-from tests.harness import start_redis
+from tests.harness import start_redis, wait_until
 
 T0 = dt.datetime(2026, 11, 1, 8, 0, tzinfo=dt.UTC)
 
@@ -215,3 +218,41 @@ def test_workers_online_offline_and_purged(private_redis: Settings) -> None:
     assert set(lengths) >= {"finance", "reports", "email", "default"}
     cache.close()
     broker.close()
+
+
+RABBITMQ_URL = os.environ.get("MALLOPS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def _rabbitmq_answers() -> bool:
+    url = urlsplit(RABBITMQ_URL)
+    try:
+        socket.create_connection((url.hostname or "127.0.0.1", url.port or 5672), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _rabbitmq_answers(), reason=f"no RabbitMQ answers at {RABBITMQ_URL}")
+def test_queue_lengths_on_rabbitmq(settings: Settings) -> None:
+    from kombu import Connection, Exchange, Queue  # type: ignore[attr-defined]
+
+    name = f"mallops-test-{uuid.uuid4().hex[:8]}"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name, auto_delete=False)
+    on_rabbitmq = settings.model_copy(update={"broker_url": RABBITMQ_URL})
+    consumer = {"hostname": "w@h", "status": "online", "queues": [name]}
+    with Connection(RABBITMQ_URL) as connection:
+        bound = queue(connection.default_channel)
+        bound.declare()
+        try:
+            producer = connection.Producer()
+            for i in range(3):
+                producer.publish({"i": i}, exchange=queue.exchange, routing_key=name)
+            wait_until(lambda: queue_lengths(on_rabbitmq, [consumer])[name]["pending"] == 3, timeout=10,
+                       message="3 messages ready in RabbitMQ")
+            lengths = queue_lengths(on_rabbitmq, [consumer])
+        finally:
+            bound.delete()
+    assert lengths[name] == {"pending": 3, "consumers": 1}
+    # the mallops queues are listed even before anything declared them; an absent queue has nothing waiting
+    assert set(lengths) >= {"finance", "reports", "email", "default"}
+    assert all(isinstance(lengths[q]["pending"], int) for q in ("finance", "reports", "email", "default"))
