@@ -1,9 +1,14 @@
 """The OpenAPI document, with every error response documented as ``application/problem+json``.
 
 FastAPI documents what routes declare; this adds what the cross-cutting parts answer (401 and 429 from
-the token check, 403 for admin routes, 413 from the body limit, 503 when Redis is down, 500) and moves
-every error response to the problem media type with the :class:`Problem` schema, so that a fuzzer that
-checks responses against the document finds them all described.
+the token check, 403 for admin routes, 400 and 413 for unreadable or oversized bodies, 503 when Redis is
+down, 500) and moves every error response to the problem media type with the :class:`Problem` schema, so that
+a fuzzer that checks responses against the document finds them all described.
+
+A submission's body is documented per task: ``TaskSubmission`` is a ``oneOf`` over the catalog, one variant
+per ``task_name`` whose ``kwargs`` is that task's argument model (the same JSON Schema as ``GET /catalog``)
+and whose ``args`` are the same fields by position. What JSON Schema cannot say (``year`` and ``month``
+together, an ``eta`` at most two hours ahead, a field given both by position and by name) is answered 422.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from services.gateway.problems import PROBLEM_MEDIA_TYPE, Problem, ValidationProblem
+from shared.catalog import CATALOG, TaskSpec
 
 ADMIN = "x-mallops-admin"
 DESCRIPTIONS = {
@@ -61,6 +67,8 @@ def _decorate(schema: dict[str, Any]) -> None:
         components[model.__name__] = definition
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
+    if "TaskSubmission" in components:
+        components["TaskSubmission"] = _submission_per_task(components)
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():
             if not isinstance(operation, dict) or "responses" not in operation:
@@ -76,9 +84,7 @@ def _add_errors(path: str, method: str, operation: dict[str, Any]) -> None:
     if operation.pop(ADMIN, False):
         statuses.add(403)
     if operation.get("requestBody") or method in ("post", "put", "patch"):
-        statuses |= {413, 422}
-        if method == "post":
-            statuses.add(400)
+        statuses |= {400, 413, 422}  # 400: a body that is not JSON at all
     if operation.get("parameters"):
         statuses.add(422)
     if "{" in path:
@@ -94,3 +100,50 @@ def _add_errors(path: str, method: str, operation: dict[str, Any]) -> None:
             response["description"] = DESCRIPTIONS.get(int(code), "Error")
         if code in ("429", "503"):
             response["headers"] = RETRY_AFTER
+
+
+def _submission_per_task(components: dict[str, Any]) -> dict[str, Any]:
+    """``TaskSubmission`` as one variant per catalog task, discriminated by ``task_name``."""
+    generic: dict[str, Any] = components["TaskSubmission"]
+    common = {key: value for key, value in generic["properties"].items() if key not in ("task_name", "args",
+                                                                                         "kwargs")}
+    variants: dict[str, str] = {}
+    for spec in sorted(CATALOG.values(), key=lambda s: s.name):
+        model = _arguments_component(spec, components)
+        variant = f"Submit_{spec.name}"
+        arguments = components[model]
+        fields = list(arguments.get("properties", {}))
+        components[variant] = {
+            "title": f"Submit {spec.name}",
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["task_name"],
+            "properties": {
+                "task_name": {"type": "string", "const": spec.name, "description": spec.description},
+                "args": {
+                    "type": "array", "maxItems": len(fields), "items": False,
+                    "prefixItems": [arguments["properties"][field] for field in fields],
+                    "description": f"Positional arguments, in order: {', '.join(fields) or 'none'} (each "
+                                   "field at most once, by position or in kwargs).",
+                },
+                "kwargs": {"$ref": f"#/components/schemas/{model}"},
+                **common,
+            },
+        }
+        variants[spec.name] = f"#/components/schemas/{variant}"
+    return {
+        "title": "TaskSubmission",
+        "description": generic.get("description", "A task to submit: its name and the arguments of its schema."),
+        "oneOf": [{"$ref": ref} for ref in variants.values()],
+        "discriminator": {"propertyName": "task_name", "mapping": variants},
+    }
+
+
+def _arguments_component(spec: TaskSpec, components: dict[str, Any]) -> str:
+    """Put the task's argument model (and the models it uses) into the components; returns its name."""
+    definition = spec.args_model.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, sub in definition.pop("$defs", {}).items():
+        components.setdefault(name, sub)
+    name = spec.args_model.__name__
+    components.setdefault(name, definition)
+    return name

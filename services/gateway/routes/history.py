@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import ValidationError
@@ -39,7 +39,10 @@ def _aware(value: dt.datetime | None, name: str) -> dt.datetime | None:
     return value
 
 
-@router.get("/tasks/history", response_model=HistoryPage, summary="Task history (durable)")
+UNKNOWN_TASK: dict[int | str, dict[str, Any]] = {404: {"description": "task_name is not a catalog task."}}
+
+
+@router.get("/tasks/history", response_model=HistoryPage, summary="Task history (durable)", responses=UNKNOWN_TASK)
 def task_history(
     principal: CurrentPrincipal, session: SessionDep,
     task_name: Annotated[str | None, Query(max_length=200)] = None,
@@ -65,7 +68,7 @@ def task_history(
     return HistoryPage(count=len(items), results=items, next_cursor=page.next_cursor)
 
 
-@router.get("/tasks/stats", response_model=TaskStats, summary="Task statistics over a window")
+@router.get("/tasks/stats", response_model=TaskStats, summary="Task statistics over a window", responses=UNKNOWN_TASK)
 def task_stats(
     principal: CurrentPrincipal, session: SessionDep,
     since: Annotated[dt.datetime | None, Query(description="Window start (default: 24 h before until).")] = None,
