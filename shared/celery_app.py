@@ -61,4 +61,7 @@ def create_celery_app(name: str = "mallops", settings: Settings | None = None) -
         from shared import events
 
         events.install(app, settings)  # lifecycle events for the monitor; once per process
+    from shared import dead_letters
+
+    dead_letters.install(app, settings)  # a malformed message is recorded and dropped, never fatal to a worker
     return app

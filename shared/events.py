@@ -240,6 +240,19 @@ def _emit(type_: str, **fields: Any) -> None:
         log.exception("could not emit %s", type_)
 
 
+def emit_rejected(task_id: str, *, name: Any, queue: Any, owner: Any, exception: str, error: str) -> None:
+    """A ``task-rejected`` event for a message the worker could not run (``shared.dead_letters``)."""
+    fields: dict[str, Any] = {"id": task_id, "name": name if isinstance(name, str) else None,
+                              "queue": queue, "retries": 0, "owner": owner if isinstance(owner, str) else None,
+                              "exception": exception, "error": _truncate(error, ERROR_CHARS)}
+    if _worker.get("hostname"):
+        fields["host"] = _worker["hostname"]
+    _emit("task-rejected", **fields)
+    em = _emitter
+    if em is not None:
+        em.flush()  # the message is gone from the broker: its record must not wait in a buffer
+
+
 def emit_progress(task: Any, current: Any, total: Any) -> None:
     """A PROGRESS update of the running ``task`` (called from MallopsTask.update_state)."""
     _emit("task-progress", **_task_fields(task), current=current, total=total)
@@ -391,7 +404,9 @@ def _on_unknown(sender: Any = None, message: Any = None, exc: Any = None, name: 
     if not id:
         return
     delivery = getattr(message, "delivery_info", None) or {}
+    headers = getattr(message, "headers", None) or {}
     _emit("task-rejected", id=id, name=name, queue=delivery.get("routing_key"), retries=0,
+          owner=headers.get(OWNER_HEADER) if isinstance(headers, dict) else None,
           exception="NotRegistered", error=_truncate(str(exc), ERROR_CHARS) if exc is not None else None)
 
 

@@ -1,0 +1,162 @@
+"""Malformed messages put straight on a queue do not crash a worker, are rejected and are recorded.
+
+A real maintenance worker and a real monitor on a redis-server of the module's own. Messages are LPUSHed
+onto the ``default`` list as kombu's Redis transport would store them (or not at all like it): garbage,
+JSON that is no envelope, an undecodable body, a pickle, an unknown task, no task header, arguments of the
+wrong type. Then a valid task: it succeeds, so the worker kept consuming. Every bad message left the queue
+(nothing is redelivered forever), has a dead letter or a history row with the reason, or both.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from shared.db import session_scope
+from shared.dead_letters import DEAD_LETTERS_KEY
+from shared.models import TaskRecord
+from shared.settings import Settings
+from tests.harness import Process, RedisServer, free_port, service_argv, spawn, wait_until
+
+pytestmark = pytest.mark.integration
+
+QUEUE = "default"
+
+
+def envelope(headers: dict[str, Any], body: bytes, content_type: str = "application/json") -> bytes:
+    """A message as kombu's Redis transport stores it in the queue's list."""
+    return json.dumps({
+        "body": base64.b64encode(body).decode(), "content-encoding": "utf-8", "content-type": content_type,
+        "headers": headers,
+        "properties": {"correlation_id": headers.get("id", "x"), "reply_to": "", "delivery_mode": 2,
+                       "delivery_info": {"exchange": QUEUE, "routing_key": QUEUE}, "priority": 0,
+                       "body_encoding": "base64", "delivery_tag": str(uuid.uuid4())},
+    }).encode()
+
+
+def task_headers(task: str, task_id: str, **extra: Any) -> dict[str, Any]:
+    return {"lang": "py", "task": task, "id": task_id, "shadow": None, "eta": None, "expires": None,
+            "group": None, "group_index": None, "retries": 0, "timelimit": [None, None], "root_id": task_id,
+            "parent_id": None, "argsrepr": "()", "kwargsrepr": "{}", "origin": "tests", "ignore_result": False,
+            "mallops_owner": "mallory", **extra}
+
+
+def task_body(kwargs: dict[str, Any]) -> bytes:
+    return json.dumps([[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]).encode()
+
+
+@pytest.fixture
+def platform(service_env: dict[str, str], migrated: Settings, worker_factory: Callable[..., Process],
+             module_redis: RedisServer, tmp_path: Path) -> Iterator[tuple[dict[str, str], Process, str]]:
+    base = module_redis.url_base
+    for db in (0, 1, 2):
+        module_redis.client(db).flushdb()
+    env = service_env | {"MALLOPS_REDIS_URL": base, "MALLOPS_BROKER_URL": f"{base}/0",
+                         "MALLOPS_RESULT_BACKEND": f"{base}/1", "MALLOPS_TASK_RETRY_BACKOFF": "0"}
+    worker = worker_factory("maintenance", env=env)
+    port = free_port()
+    monitor = spawn("monitor", service_argv("monitor", f"--port={port}", "--name=monitor-security"), env,
+                    tmp_path / "logs")
+    wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200, timeout=60,
+               interval=0.2, message="monitor /health")
+    yield env, worker, f"http://127.0.0.1:{port}"
+    monitor.stop()
+    worker.stop()
+
+
+def in_state(settings: Settings, task_id: str, state: str) -> TaskRecord | None:
+    """The task's history row once it is in ``state``."""
+    with session_scope(settings) as session:
+        row = session.scalar(select(TaskRecord).where(TaskRecord.task_id == task_id))
+        if row is None or row.state != state:
+            return None
+        session.expunge(row)
+        return row
+
+
+def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_consuming(
+    platform: tuple[dict[str, str], Process, str], module_redis: RedisServer, migrated: Settings,
+) -> None:
+    _, worker, _ = platform
+    broker = module_redis.client(0)
+    ids = {name: str(uuid.uuid4()) for name in ("undecodable", "pickle", "unknown", "wrong_types", "valid")}
+    without_id = [
+        b"this is not json {",
+        b"\xff\xfe\xfa not utf-8",
+        b"[1, 2, 3]",
+        b'"a string"',
+        b'{"body": "no properties"}',
+        json.dumps({"body": "!!! not base64 !!!", "headers": {}, "content-type": "application/json",
+                    "properties": {"body_encoding": "base64", "delivery_tag": "t",
+                                   "delivery_info": {"routing_key": QUEUE}}}).encode(),
+        envelope({}, b'{"no": "task header"}'),  # no task header, not protocol 1 either
+    ]
+    with_id = [
+        envelope(task_headers("mallops.maintenance.test_task", ids["undecodable"]), b"\x00 not json at all"),
+        envelope(task_headers("mallops.maintenance.test_task", ids["pickle"]), b"\x80\x04K\x01.",
+                 content_type="application/x-python-serialize"),
+        envelope(task_headers("mallops.maintenance.no_such_task", ids["unknown"]), task_body({})),
+    ]
+    wrong_types = envelope(task_headers("mallops.maintenance.test_task", ids["wrong_types"]),
+                           task_body({"message": ["not", "a", "string"], "fail": "perhaps"}))
+    valid = envelope(task_headers("mallops.maintenance.test_task", ids["valid"]), task_body({"message": "still here"}))
+    for raw in [*without_id, *with_id, wrong_types, valid]:
+        broker.lpush(QUEUE, raw)
+
+    results = module_redis.client(1)
+
+    def finished() -> dict[str, Any] | None:
+        raw = results.get(f"celery-task-meta-{ids['valid']}")
+        meta: dict[str, Any] | None = json.loads(raw) if raw else None
+        return meta if meta and meta["status"] in ("SUCCESS", "FAILURE") else None
+
+    done = wait_until(finished, timeout=60, message="the valid task after the malformed ones")
+    assert done["status"] == "SUCCESS"
+    assert done["result"] == "Task received: still here"
+    assert worker.alive()
+    assert "Unrecoverable error" not in worker.log()
+    # every message left the queue, and none waits to be redelivered
+    assert broker.llen(QUEUE) == 0
+    wait_until(lambda: broker.hlen("unacked") == 0, timeout=10, message="no unacknowledged message left")
+
+    cache = module_redis.client(2)
+    expected = len(without_id) + len(with_id)
+
+    def recorded() -> list[dict[str, Any]] | None:
+        rows = [json.loads(raw) for raw in cache.lrange(DEAD_LETTERS_KEY, 0, -1)]
+        return rows if len(rows) >= expected else None
+
+    letters = wait_until(recorded, timeout=20, message=f"{expected} dead letters")
+    assert len(letters) == expected
+    assert all(letter["reason"] and letter["queue"] == QUEUE for letter in letters), letters
+    by_id = {letter["id"]: letter for letter in letters if letter["id"]}
+    assert set(by_id) == {ids["undecodable"], ids["pickle"], ids["unknown"]}
+    assert by_id[ids["unknown"]]["exception"] == "NotRegistered"
+    assert "no_such_task" in by_id[ids["unknown"]]["reason"]
+    assert by_id[ids["pickle"]]["exception"] == "ContentDisallowed"
+    assert sum("not a JSON message envelope" in letter["reason"] for letter in letters) == 2
+    assert any("this is not json" in (letter["body"] or "") for letter in letters)
+
+    # the history: the ones with an id are REJECTED with the reason, wrong types FAILED with the field errors
+    for name in ("undecodable", "pickle", "unknown"):
+        task_id = ids[name]
+        row = wait_until(functools.partial(in_state, migrated, task_id, "REJECTED"), timeout=30,
+                         message=f"the REJECTED history row of {name}")
+        assert row.error, name
+        assert row.owner == "mallory", name
+    failed = wait_until(lambda: in_state(migrated, ids["wrong_types"], "FAILURE"), timeout=30,
+                        message="the FAILURE row of the wrong argument types")
+    assert failed.exception == "InvalidTaskArguments"
+    assert "message: Input should be a valid string" in (failed.error or "")
+    assert "fail: Input should be a valid boolean" in (failed.error or "")
+    for client in (broker, results, cache):
+        client.close()
