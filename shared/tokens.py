@@ -24,7 +24,7 @@ from shared.models import ApiToken, utcnow
 Role = Literal["user", "admin"]
 ROLES: tuple[str, ...] = get_args(Role)
 TOKEN_PREFIX = "mlp_"  # noqa: S105 - a marker that makes leaked tokens recognisable, not a secret
-PREFIX_LENGTH = 12
+PREFIX_LENGTH = 12  # at most; never more than a quarter of the secret (see visible_prefix)
 MIN_TOKEN_LENGTH = 16
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$")
 BOOTSTRAP_TOKEN_NAME = "bootstrap-admin"  # noqa: S105 - a name, not a secret
@@ -65,6 +65,13 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def visible_prefix(token: str) -> str:
+    """The first characters kept in clear to recognise a token: at most ``PREFIX_LENGTH`` and at most a
+    quarter of it, so that a short chosen token (a 16-character bootstrap token) is not left guessable
+    from its stored prefix and unsalted hash."""
+    return token[: min(PREFIX_LENGTH, len(token) // 4)]
+
+
 def generate_token() -> str:
     """A new random token: ``mlp_`` and 43 URL-safe characters (256 bits)."""
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -89,7 +96,7 @@ def create_token(session: Session, name: str, role: str, token: str | None = Non
         raise TokenError(f"a token must be at least {MIN_TOKEN_LENGTH} characters long")
     if session.scalar(select(ApiToken.id).where(ApiToken.name == name)) is not None:
         raise TokenError(f"a token named {name!r} already exists")
-    row = ApiToken(name=name, role=role, token_hash=hash_token(secret), prefix=secret[:PREFIX_LENGTH])
+    row = ApiToken(name=name, role=role, token_hash=hash_token(secret), prefix=visible_prefix(secret))
     session.add(row)
     try:
         session.flush()
@@ -146,14 +153,16 @@ def ensure_bootstrap_admin(session: Session, token: str) -> bool:
     if len(token) < MIN_TOKEN_LENGTH:
         raise TokenError(f"MALLOPS_BOOTSTRAP_ADMIN_TOKEN must be at least {MIN_TOKEN_LENGTH} characters long")
     digest = hash_token(token)
-    if session.scalar(select(ApiToken.id).where(ApiToken.token_hash == digest)) is not None:
+    existing = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
+    if existing is not None:
+        existing.prefix = visible_prefix(token)  # stored before visible_prefix: 12 characters of it
         return False
     row = session.scalar(select(ApiToken).where(ApiToken.name == BOOTSTRAP_TOKEN_NAME))
     if row is None:
         create_token(session, BOOTSTRAP_TOKEN_NAME, "admin", token)
         return True
     row.token_hash = digest
-    row.prefix = token[:PREFIX_LENGTH]
+    row.prefix = visible_prefix(token)
     row.role = "admin"
     row.revoked_at = None
     return True
