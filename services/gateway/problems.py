@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DataError as SQLAlchemyDataError
 from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
@@ -181,6 +182,14 @@ async def _database_error(request: Request, exc: Exception) -> Response:
                             kind="database-unavailable", headers={"Retry-After": "5"})
 
 
+async def _data_error(request: Request, exc: Exception) -> Response:
+    """A value the database refuses to compare or store (e.g. a NUL character in a PostgreSQL filter)."""
+    log.info("database refused a value on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    return problem_response(request, 422, "a value in this request cannot be used by the database (for "
+                            "example a NUL character)", kind="validation-error",
+                            title="Your request parameters didn't validate", errors=[])
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(request, 500, "the server failed to handle this request; it has been logged",
@@ -194,4 +203,5 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RedisConnectionError, _redis_error)
     app.add_exception_handler(RedisTimeoutError, _redis_error)
     app.add_exception_handler(SQLAlchemyOperationalError, _database_error)
+    app.add_exception_handler(SQLAlchemyDataError, _data_error)
     app.add_exception_handler(Exception, _unexpected_error)
