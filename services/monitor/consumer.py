@@ -37,6 +37,13 @@ PURGE_EVERY = 5.0
 Entry = tuple[str, dict[str, str] | None]
 
 
+def without_nul(event: dict[str, Any]) -> dict[str, Any]:
+    """The event with NUL characters in its strings replaced: PostgreSQL text cannot hold them, and one
+    such value (a task's result echoing its input) would fail its whole batch again and again."""
+    return {key: value.replace("\x00", "\ufffd") if isinstance(value, str) else value
+            for key, value in event.items()}
+
+
 def entry_seq(entry_id: str) -> int:
     """A stream id ``<ms>-<n>`` as one increasing integer (ms * 1000 + n)."""
     ms, _, n = entry_id.partition("-")
@@ -153,7 +160,7 @@ class StreamConsumer:
                 log.warning("skipping stream entry %s: not JSON", entry_id)
                 continue
             if isinstance(event, dict):
-                events.append((entry_seq(entry_id), event))
+                events.append((entry_seq(entry_id), without_nul(event)))
         with session_scope(self.settings) as session:
             deltas = write_events(session, events)
         ids = [entry_id for entry_id, _ in entries]
