@@ -88,7 +88,7 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_consuming(
 ) -> None:
     _, worker, _ = platform
     broker = module_redis.client(0)
-    ids = {name: str(uuid.uuid4()) for name in ("undecodable", "pickle", "unknown", "wrong_types", "valid")}
+    ids = {name: str(uuid.uuid4()) for name in ("undecodable", "pickle", "unknown", "wrong_types", "nul", "valid")}
     without_id = [
         b"this is not json {",
         b"\xff\xfe\xfa not utf-8",
@@ -108,8 +108,10 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_consuming(
     ]
     wrong_types = envelope(task_headers("mallops.maintenance.test_task", ids["wrong_types"]),
                            task_body({"message": ["not", "a", "string"], "fail": "perhaps"}))
+    # valid, but its result echoes a NUL character, which PostgreSQL text cannot hold (the history must cope)
+    nul = envelope(task_headers("mallops.maintenance.test_task", ids["nul"]), task_body({"message": "a\x00b"}))
     valid = envelope(task_headers("mallops.maintenance.test_task", ids["valid"]), task_body({"message": "still here"}))
-    for raw in [*without_id, *with_id, wrong_types, valid]:
+    for raw in [*without_id, *with_id, wrong_types, nul, valid]:
         broker.lpush(QUEUE, raw)
 
     results = module_redis.client(1)
@@ -156,6 +158,10 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_consuming(
     failed = wait_until(lambda: in_state(migrated, ids["wrong_types"], "FAILURE"), timeout=30,
                         message="the FAILURE row of the wrong argument types")
     assert failed.exception == "InvalidTaskArguments"
+    echoed = wait_until(lambda: in_state(migrated, ids["nul"], "SUCCESS"), timeout=30,
+                        message="the SUCCESS row of the task whose result has a NUL character")
+    assert echoed.result_summary == "Task received: a\ufffdb"
+    assert in_state(migrated, ids["valid"], "SUCCESS") is not None  # and the monitor went on
     assert "message: Input should be a valid string" in (failed.error or "")
     assert "fail: Input should be a valid boolean" in (failed.error or "")
     for client in (broker, results, cache):
