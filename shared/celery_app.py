@@ -61,7 +61,8 @@ def create_celery_app(name: str = "mallops", settings: Settings | None = None) -
         from shared import events
 
         events.install(app, settings)  # lifecycle events for the monitor; once per process
-    from shared import dead_letters
+    from shared import dead_letters, revocations
 
     dead_letters.install(app, settings)  # a malformed message is recorded and dropped, never fatal to a worker
+    revocations.install(app, settings)  # a task revoked before a worker started is skipped by it too
     return app
