@@ -39,6 +39,15 @@ def redis_client(settings: Settings | None = None) -> redis.Redis[str]:
     return _client_for((settings or get_settings()).cache_redis_url)
 
 
+@functools.lru_cache(maxsize=8)
+def consumer_loop_client(url: str) -> redis.Redis[bytes]:
+    """A client with one-second timeouts for the few calls a worker makes inside its consumer loop
+    (dead letters, revocation checks): a slow Redis must not stall message consumption. redis-py's pool
+    notices a fork and reconnects in the child."""
+    return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+
+
 def reset_clients() -> None:
     """Forget pooled clients (after fork, or when tests change the settings)."""
     _client_for.cache_clear()
+    consumer_loop_client.cache_clear()

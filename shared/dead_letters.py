@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import threading
 import time
 from queue import Empty
 from typing import Any
@@ -35,7 +33,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
 from shared import events
-from shared.cache import KEY_PREFIX
+from shared.cache import KEY_PREFIX, consumer_loop_client
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("mallops.dead_letters")
@@ -45,19 +43,10 @@ MAX_DEAD_LETTERS = 10_000
 EXCERPT_CHARS = 2000
 
 _url: str | None = None  # the cache Redis of the settings given to install()
-_client: redis.Redis[bytes] | None = None
-_client_key: tuple[int, str] | None = None  # (pid, url) the client was made for
-_client_lock = threading.Lock()
 
 
 def _redis() -> redis.Redis[bytes]:
-    global _client, _client_key
-    key = (os.getpid(), _url or get_settings().cache_redis_url)
-    with _client_lock:
-        if _client is None or _client_key != key:
-            _client = redis.Redis.from_url(key[1], socket_timeout=5, socket_connect_timeout=5)
-            _client_key = key
-        return _client
+    return consumer_loop_client(_url or get_settings().cache_redis_url)
 
 
 def _excerpt(value: Any) -> str | None:

@@ -12,14 +12,12 @@ acknowledged. If Redis cannot be asked, the task runs (revocation is best effort
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from typing import Any
 
 import redis
 from celery import Celery, signals
 
-from shared.cache import KEY_PREFIX
+from shared.cache import KEY_PREFIX, consumer_loop_client
 from shared.settings import Settings
 
 log = logging.getLogger("mallops.revocations")
@@ -32,23 +30,7 @@ def revoked_key(task_id: str) -> str:
     return f"{REVOKED_PREFIX}{task_id}"
 
 
-_url: str | None = None
-_client: redis.Redis[bytes] | None = None
-_client_key: tuple[int, str] | None = None
-_lock = threading.Lock()
-
-
-def _redis() -> redis.Redis[bytes] | None:
-    global _client, _client_key
-    if _url is None:
-        return None
-    key = (os.getpid(), _url)
-    with _lock:
-        if _client is None or _client_key != key:
-            # short timeouts: this runs in the worker's consumer loop
-            _client = redis.Redis.from_url(_url, socket_timeout=1, socket_connect_timeout=1)
-            _client_key = key
-        return _client
+_url: str | None = None  # the cache Redis of the settings given to install()
 
 
 def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
@@ -57,11 +39,10 @@ def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     task_id = getattr(request, "id", None)
     if not task_id or task_id in state.revoked:
         return
-    client = _redis()
-    if client is None:
+    if _url is None:
         return
     try:
-        revoked = bool(client.exists(revoked_key(task_id)))
+        revoked = bool(consumer_loop_client(_url).exists(revoked_key(task_id)))
     except redis.RedisError as exc:
         log.warning("cannot check whether task %s was revoked: %s", task_id, exc)
         return
