@@ -150,7 +150,45 @@ class RedisTransport(kombu_redis.Transport):
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
-    """Celery's consumer; a message whose body cannot be decoded is also recorded as a dead letter."""
+    """Celery's consumer, except that no single message can stop or loop it.
+
+    Celery's handler of a received message raises on some malformed headers (a ``task`` header without an
+    ``id``: KeyError; a ``timelimit`` that is not a pair: TypeError ...). A KeyError counts as a lost
+    connection for kombu's Redis transport: the consumer reconnects and restores the unacknowledged message,
+    which fails again, for ever; any other error stops the worker. Here such a message is dropped
+    (rejected without requeue) and recorded as a dead letter. Real connection errors still propagate.
+    A message whose body cannot be decoded is also recorded (Celery only logs it).
+    """
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        handle = super().create_task_handler(*args, **kwargs)
+        network_errors = tuple(error for error in (*self.connection_errors, *self.channel_errors)
+                               if not issubclass(error, LookupError))
+
+        def on_task_received(message: Any) -> Any:
+            problem = header_problem(getattr(message, "headers", None)) or body_problem(message)
+            if problem is not None:
+                self._drop(message, problem, "InvalidTaskHeaders")
+                return None
+            try:
+                return handle(message)
+            except network_errors:
+                raise
+            except Exception as exc:
+                self._drop(message, f"the worker cannot handle this message: {type(exc).__name__}: {exc}",
+                           type(exc).__name__)
+                return None
+
+        return on_task_received
+
+    def _drop(self, message: Any, reason: str, exception: str) -> None:
+        reject(reason, queue=_queue(message), headers=getattr(message, "headers", None),
+               body=getattr(message, "body", None), exception=exception)
+        try:
+            if not message.acknowledged:
+                message.reject(requeue=False)
+        except Exception as error:  # the connection went away: it will be redelivered, and dropped again
+            log.warning("could not drop the malformed message: %s", error)
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         super().on_decode_error(message, exc)
@@ -158,6 +196,50 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         reject(f"the body cannot be decoded ({message.content_type}): {exc}", queue=delivery.get("routing_key"),
                headers=getattr(message, "headers", None), body=getattr(message, "body", None),
                exception=type(exc).__name__)
+
+
+_OPTIONAL_TEXT_HEADERS = ("root_id", "parent_id", "group", "eta", "expires", "argsrepr", "kwargsrepr", "origin",
+                          "shadow", "lang", events.OWNER_HEADER)
+
+
+def header_problem(headers: Any) -> str | None:
+    """What is wrong with a task message's protocol-2 headers, or None (also for messages that are not
+    protocol 2, which Celery rejects on its own). A wrong type here would make Celery fail later, in a
+    callback, without acknowledging the message: it would hold a worker slot until a restart, then loop."""
+    if not isinstance(headers, dict) or "task" not in headers:
+        return None
+    if not isinstance(headers["task"], str) or not headers["task"]:
+        return "the task header is not a task name"
+    if not isinstance(headers.get("id"), str) or not headers["id"]:
+        return "the id header is missing or not a string"
+    for key in _OPTIONAL_TEXT_HEADERS:
+        if headers.get(key) is not None and not isinstance(headers[key], str):
+            return f"the {key} header is not a string"
+    retries = headers.get("retries")
+    if retries is not None and (type(retries) is not int or retries < 0):
+        return "the retries header is not a count"
+    limits = headers.get("timelimit")
+    if limits is not None and not (isinstance(limits, list | tuple) and len(limits) == 2 and all(
+            limit is None or (type(limit) in (int, float) and limit > 0) for limit in limits)):
+        return "the timelimit header is not a pair of (soft, hard) seconds"
+    return None
+
+
+def body_problem(message: Any) -> str | None:
+    """What is wrong with the shape of a JSON protocol-2 body (``[args, kwargs, embed]``), or None. Celery
+    checks it only in the pool, where a kwargs that is not a mapping fails outside the task and leaves
+    the message unacknowledged. A body that is not JSON is left to Celery (``on_decode_error``)."""
+    headers = getattr(message, "headers", None)
+    if not isinstance(headers, dict) or "task" not in headers or message.content_type != "application/json":
+        return None
+    try:
+        body = json.loads(message.body)
+    except (TypeError, ValueError):
+        return None
+    if not (isinstance(body, list) and len(body) == 3 and isinstance(body[0], list)
+            and isinstance(body[1], dict) and (body[2] is None or isinstance(body[2], dict))):
+        return "the body is not [args (a list), kwargs (an object), options (an object)]"
+    return None
 
 
 def _queue(message: Any) -> str | None:

@@ -2,8 +2,9 @@
 
 A real maintenance worker and a real monitor on a redis-server of the module's own. Messages are LPUSHed
 onto the ``default`` list as kombu's Redis transport would store them (or not at all like it): garbage,
-JSON that is no envelope, an undecodable body, a pickle, an unknown task, no task header, arguments of the
-wrong type. Then a valid task: it succeeds, so the worker kept consuming. Every bad message left the queue
+JSON that is no envelope, an undecodable body, a pickle, an unknown task, no task header, no id or one that is
+not a string, headers of the wrong type, a body that is not [args, kwargs, options], arguments of the wrong
+type. Then a valid task: it succeeds, so the worker kept consuming. Every bad message left the queue
 (nothing is redelivered forever), has a dead letter or a history row with the reason, or both.
 """
 
@@ -43,7 +44,7 @@ def envelope(headers: dict[str, Any], body: bytes, content_type: str = "applicat
     }).encode()
 
 
-def task_headers(task: str, task_id: str, **extra: Any) -> dict[str, Any]:
+def task_headers(task: Any, task_id: Any, **extra: Any) -> dict[str, Any]:
     return {"lang": "py", "task": task, "id": task_id, "shadow": None, "eta": None, "expires": None,
             "group": None, "group_index": None, "retries": 0, "timelimit": [None, None], "root_id": task_id,
             "parent_id": None, "argsrepr": "()", "kwargsrepr": "{}", "origin": "tests", "ignore_result": False,
@@ -88,7 +89,10 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_consuming(
 ) -> None:
     _, worker, _ = platform
     broker = module_redis.client(0)
-    ids = {name: str(uuid.uuid4()) for name in ("undecodable", "pickle", "unknown", "wrong_types", "nul", "valid")}
+    rejected = ("undecodable", "pickle", "unknown", "bad_retries", "bad_timelimit", "task_not_a_name",
+                "kwargs_not_a_mapping", "args_not_a_list", "body_not_a_triple")
+    ids = {name: str(uuid.uuid4()) for name in (*rejected, "wrong_types", "nul", "valid")}
+    test_task = "mallops.maintenance.test_task"
     without_id = [
         b"this is not json {",
         b"\xff\xfe\xfa not utf-8",
@@ -99,18 +103,26 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_consuming(
                     "properties": {"body_encoding": "base64", "delivery_tag": "t",
                                    "delivery_info": {"routing_key": QUEUE}}}).encode(),
         envelope({}, b'{"no": "task header"}'),  # no task header, not protocol 1 either
+        envelope({k: v for k, v in task_headers(test_task, "x").items() if k != "id"}, task_body({})),  # no id
+        envelope(task_headers(test_task, 12345), task_body({})),  # an id that is not a string
     ]
     with_id = [
-        envelope(task_headers("mallops.maintenance.test_task", ids["undecodable"]), b"\x00 not json at all"),
-        envelope(task_headers("mallops.maintenance.test_task", ids["pickle"]), b"\x80\x04K\x01.",
+        envelope(task_headers(test_task, ids["undecodable"]), b"\x00 not json at all"),
+        envelope(task_headers(test_task, ids["pickle"]), b"\x80\x04K\x01.",
                  content_type="application/x-python-serialize"),
         envelope(task_headers("mallops.maintenance.no_such_task", ids["unknown"]), task_body({})),
+        envelope(task_headers(test_task, ids["bad_retries"], retries="many"), task_body({})),
+        envelope(task_headers(test_task, ids["bad_timelimit"], timelimit=[1, 2, 3]), task_body({})),
+        envelope(task_headers(["not", "a", "name"], ids["task_not_a_name"]), task_body({})),
+        envelope(task_headers(test_task, ids["kwargs_not_a_mapping"]), b'[[], ["message"], {}]'),
+        envelope(task_headers(test_task, ids["args_not_a_list"]), b'[{"message": "m"}, {}, {}]'),
+        envelope(task_headers(test_task, ids["body_not_a_triple"]), b'[[]]'),
     ]
-    wrong_types = envelope(task_headers("mallops.maintenance.test_task", ids["wrong_types"]),
+    wrong_types = envelope(task_headers(test_task, ids["wrong_types"]),
                            task_body({"message": ["not", "a", "string"], "fail": "perhaps"}))
     # valid, but its result echoes a NUL character, which PostgreSQL text cannot hold (the history must cope)
-    nul = envelope(task_headers("mallops.maintenance.test_task", ids["nul"]), task_body({"message": "a\x00b"}))
-    valid = envelope(task_headers("mallops.maintenance.test_task", ids["valid"]), task_body({"message": "still here"}))
+    nul = envelope(task_headers(test_task, ids["nul"]), task_body({"message": "a\x00b"}))
+    valid = envelope(task_headers(test_task, ids["valid"]), task_body({"message": "still here"}))
     for raw in [*without_id, *with_id, wrong_types, nul, valid]:
         broker.lpush(QUEUE, raw)
 
@@ -141,7 +153,9 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_consuming(
     assert len(letters) == expected
     assert all(letter["reason"] and letter["queue"] == QUEUE for letter in letters), letters
     by_id = {letter["id"]: letter for letter in letters if letter["id"]}
-    assert set(by_id) == {ids["undecodable"], ids["pickle"], ids["unknown"]}
+    assert set(by_id) == {ids[name] for name in rejected}
+    assert by_id[ids["bad_timelimit"]]["exception"] == "InvalidTaskHeaders"
+    assert by_id[ids["kwargs_not_a_mapping"]]["reason"].startswith("the body is not [args")
     assert by_id[ids["unknown"]]["exception"] == "NotRegistered"
     assert "no_such_task" in by_id[ids["unknown"]]["reason"]
     assert by_id[ids["pickle"]]["exception"] == "ContentDisallowed"
@@ -149,12 +163,12 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_consuming(
     assert any("this is not json" in (letter["body"] or "") for letter in letters)
 
     # the history: the ones with an id are REJECTED with the reason, wrong types FAILED with the field errors
-    for name in ("undecodable", "pickle", "unknown"):
+    for name in rejected:
         task_id = ids[name]
         row = wait_until(functools.partial(in_state, migrated, task_id, "REJECTED"), timeout=30,
                          message=f"the REJECTED history row of {name}")
         assert row.error, name
-        assert row.owner == "mallory", name
+        assert row.owner == "mallory" or name == "task_not_a_name", name
     failed = wait_until(lambda: in_state(migrated, ids["wrong_types"], "FAILURE"), timeout=30,
                         message="the FAILURE row of the wrong argument types")
     assert failed.exception == "InvalidTaskArguments"
