@@ -210,6 +210,8 @@ def header_problem(headers: Any) -> str | None:
         return None
     if not isinstance(headers["task"], str) or not headers["task"]:
         return "the task header is not a task name"
+    if headers["task"].startswith("celery."):
+        return f"{headers['task']} is one of Celery's built-in tasks, which mallops never sends through a queue"
     if not isinstance(headers.get("id"), str) or not headers["id"]:
         return "the id header is missing or not a string"
     for key in _OPTIONAL_TEXT_HEADERS:

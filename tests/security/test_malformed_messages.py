@@ -90,7 +90,7 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_consuming(
     _, worker, _ = platform
     broker = module_redis.client(0)
     rejected = ("undecodable", "pickle", "unknown", "bad_retries", "bad_timelimit", "task_not_a_name",
-                "kwargs_not_a_mapping", "args_not_a_list", "body_not_a_triple")
+                "kwargs_not_a_mapping", "args_not_a_list", "body_not_a_triple", "celery_builtin")
     ids = {name: str(uuid.uuid4()) for name in (*rejected, "wrong_types", "nul", "valid")}
     test_task = "mallops.maintenance.test_task"
     without_id = [
@@ -117,6 +117,7 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_consuming(
         envelope(task_headers(test_task, ids["kwargs_not_a_mapping"]), b'[[], ["message"], {}]'),
         envelope(task_headers(test_task, ids["args_not_a_list"]), b'[{"message": "m"}, {}, {}]'),
         envelope(task_headers(test_task, ids["body_not_a_triple"]), b'[[]]'),
+        envelope(task_headers("celery.accumulate", ids["celery_builtin"]), task_body({})),  # Celery internals
     ]
     wrong_types = envelope(task_headers(test_task, ids["wrong_types"]),
                            task_body({"message": ["not", "a", "string"], "fail": "perhaps"}))
