@@ -2,16 +2,24 @@
 
 Celery's revoke is a broadcast: only the workers online at that moment hear it, and they remember it in
 memory (or in a ``--statedb`` file of their own). A task revoked while its queue's workers were down, or
-redelivered to a worker started since, would run anyway. The gateway therefore also records the id under
-:func:`revoked_key` in the cache Redis for ``MALLOPS_TASK_META_TTL_SECONDS``; every worker checks each task
-it receives against that key (one EXISTS) and, if present, adds the id to Celery's own revoked set, so
-Celery discards it exactly as after a broadcast: state REVOKED, the ``task_revoked`` signal, message
-acknowledged. If Redis cannot be asked, the task runs (revocation is best effort, as in Celery).
+redelivered to a worker started since, would run anyway. The gateway therefore also records the id in the
+sorted set :data:`REVOKED_KEY` of the cache Redis (score: when it may be forgotten, after
+``MALLOPS_TASK_META_TTL_SECONDS``) and bumps :data:`VERSION_KEY`.
+
+Every worker checks each task it receives against its copy of that set and, if the id is there, adds it to
+Celery's own revoked set, so Celery discards it exactly as after a broadcast: state REVOKED, the
+``task_revoked`` signal, message acknowledged. The copy is loaded before the first task a worker receives
+and refreshed at most every :data:`REFRESH_SECONDS` (one GET of the version; the set only when it changed),
+so the check costs no round trip per message; a revoke within that second reaches the online workers by
+the broadcast anyway. If Redis cannot be asked, the last copy is used (revocation is best effort, as in
+Celery).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 import redis
@@ -22,37 +30,68 @@ from shared.settings import Settings
 
 log = logging.getLogger("mallops.revocations")
 
-REVOKED_PREFIX = f"{KEY_PREFIX}revoked:"
+REVOKED_KEY = f"{KEY_PREFIX}revoked"  # sorted set: task id -> epoch seconds after which it is forgotten
+VERSION_KEY = f"{KEY_PREFIX}revoked:version"  # incremented at every revoke
+REFRESH_SECONDS = 1.0
 
 
-def revoked_key(task_id: str) -> str:
-    """Where a revoked task id is kept (value ``1``, with a TTL)."""
-    return f"{REVOKED_PREFIX}{task_id}"
+def queue_revoke(pipe: Any, task_id: str, ttl: float, now: float | None = None) -> None:
+    """Queue the commands that record a revocation on a (sync or asyncio) Redis pipeline."""
+    now = time.time() if now is None else now
+    pipe.zadd(REVOKED_KEY, {task_id: now + ttl})
+    pipe.zremrangebyscore(REVOKED_KEY, "-inf", now)  # forget the expired ones
+    pipe.incr(VERSION_KEY)
 
 
-_url: str | None = None  # the cache Redis of the settings given to install()
+class RevokedIds:
+    """A worker's copy of the durable revocations, refreshed when their version changes."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.ids: frozenset[str] = frozenset()
+        self.version: bytes | None = None
+        self.checked_at: float | None = None
+        self._lock = threading.Lock()
+
+    def __contains__(self, task_id: object) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if self.checked_at is None or now - self.checked_at >= REFRESH_SECONDS:
+                self.checked_at = now
+                self._refresh()
+            return task_id in self.ids
+
+    def _refresh(self) -> None:
+        client = consumer_loop_client(self.url)
+        try:
+            version = client.get(VERSION_KEY)
+            if version is not None and version == self.version:
+                return
+            members = client.zrangebyscore(REVOKED_KEY, time.time(), "+inf")
+        except redis.RedisError as exc:
+            log.warning("cannot read the revoked task ids (%s); using the last %d known", exc, len(self.ids))
+            return
+        self.ids = frozenset(member.decode() for member in members)
+        self.version = version
+
+
+_revoked: RevokedIds | None = None
 
 
 def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     from celery.worker import state
 
     task_id = getattr(request, "id", None)
-    if not task_id or task_id in state.revoked:
+    if not task_id or _revoked is None or task_id in state.revoked:
         return
-    if _url is None:
-        return
-    try:
-        revoked = bool(consumer_loop_client(_url).exists(revoked_key(task_id)))
-    except redis.RedisError as exc:
-        log.warning("cannot check whether task %s was revoked: %s", task_id, exc)
-        return
-    if revoked:
+    if task_id in _revoked:
         log.info("task %s was revoked before this worker received it; discarding it", task_id)
         state.revoked.add(task_id)
 
 
 def install(app: Celery, settings: Settings) -> None:
     """Check every task a worker of this process receives against the durable revocations."""
-    global _url
-    _url = settings.cache_redis_url
+    global _revoked
+    if _revoked is None or _revoked.url != settings.cache_redis_url:
+        _revoked = RevokedIds(settings.cache_redis_url)
     signals.task_received.connect(_on_received, weak=False, dispatch_uid="mallops.revocations.received")

@@ -40,7 +40,7 @@ from services.gateway.submission import BROKER_RETRY_AFTER, Prepared, Submitter,
 from services.gateway.taskstore import READY_STATES, RESULT_KEY, TaskMeta, TaskStore, decode_result, parse_time
 from shared.catalog import get_spec
 from shared.models import TaskRecord
-from shared.revocations import revoked_key
+from shared.revocations import queue_revoke
 from shared.tokens import Principal
 
 router = APIRouter(prefix=API_PREFIX, tags=["tasks"])
@@ -368,7 +368,9 @@ async def revoke_task(
     """Admin: workers discard the task if it has not started, including workers that start later (the id
     is kept for MALLOPS_TASK_META_TTL_SECONDS); with ``terminate`` a running one is killed."""
     terminate = bool(request and request.terminate)
-    await runtime.cache.set(revoked_key(task.task_id), "1", ex=runtime.settings.task_meta_ttl_seconds)
+    async with runtime.cache.pipeline(transaction=True) as pipe:
+        queue_revoke(pipe, task.task_id, runtime.settings.task_meta_ttl_seconds)
+        await pipe.execute()
 
     def broadcast() -> None:
         runtime.celery.control.revoke(task.task_id, terminate=terminate, signal="SIGTERM")
