@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import socket
 import threading
 import time
@@ -37,11 +38,25 @@ PURGE_EVERY = 5.0
 Entry = tuple[str, dict[str, str] | None]
 
 
-def without_nul(event: dict[str, Any]) -> dict[str, Any]:
-    """The event with NUL characters in its strings replaced: PostgreSQL text cannot hold them, and one
-    such value (a task's result echoing its input) would fail its whole batch again and again."""
-    return {key: value.replace("\x00", "\ufffd") if isinstance(value, str) else value
-            for key, value in event.items()}
+def clean_event(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The event made safe to fold into the history, or None if it cannot be used.
+
+    Events come from every mallops process, and some fields from the messages they handled, so they are
+    not trusted: NUL characters in strings are replaced (PostgreSQL text cannot hold them, and one such
+    value, e.g. a task's result echoing its input, would fail its whole batch again and again); a ``ts``
+    that is not a number drops the event; ``retries`` that is not a count becomes 0; an ``id`` is a string.
+    """
+    event = {key: value.replace("\x00", "\ufffd") if isinstance(value, str) else value
+             for key, value in event.items()}
+    ts = event.get("ts")
+    if not isinstance(ts, int | float) or isinstance(ts, bool) or not math.isfinite(ts):
+        return None
+    retries = event.get("retries")
+    if retries is not None and (type(retries) is not int or retries < 0):
+        event["retries"] = 0
+    if "id" in event and not isinstance(event["id"], str):
+        event["id"] = str(event["id"]) if type(event["id"]) is int else None
+    return event
 
 
 def entry_seq(entry_id: str) -> int:
@@ -159,8 +174,11 @@ class StreamConsumer:
             except ValueError:
                 log.warning("skipping stream entry %s: not JSON", entry_id)
                 continue
-            if isinstance(event, dict):
-                events.append((entry_seq(entry_id), without_nul(event)))
+            cleaned = clean_event(event) if isinstance(event, dict) else None
+            if cleaned is None:
+                log.warning("skipping stream entry %s: not a usable event", entry_id)
+                continue
+            events.append((entry_seq(entry_id), cleaned))
         with session_scope(self.settings) as session:
             deltas = write_events(session, events)
         ids = [entry_id for entry_id, _ in entries]

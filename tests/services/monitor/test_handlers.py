@@ -205,3 +205,21 @@ def test_a_failing_live_reader_does_not_break_the_scrape() -> None:
     h.feed(*success_events())
     assert h.value("celery_task_started_total", **LABELS) == 1
     assert h.value("celery_worker_up", hostname="w1@h") is None
+
+
+def test_untrusted_event_fields_are_cleaned_before_they_reach_the_history() -> None:
+    from services.monitor.consumer import clean_event
+
+    base = {"type": "task-rejected", "id": "t1", "ts": 1.0, "retries": 0}
+    assert clean_event(base) == base
+    assert clean_event({**base, "ts": "abc"}) is None
+    assert clean_event({**base, "ts": float("nan")}) is None
+    assert clean_event({**base, "ts": True}) is None
+    assert clean_event({**base, "retries": "many"})["retries"] == 0  # type: ignore[index]
+    assert clean_event({**base, "retries": -3})["retries"] == 0  # type: ignore[index]
+    assert clean_event({**base, "id": 12})["id"] == "12"  # type: ignore[index]
+    assert clean_event({**base, "id": ["x"]})["id"] is None  # type: ignore[index]
+    assert clean_event({**base, "error": "a\x00b"})["error"] == "a\ufffdb"  # type: ignore[index]
+    row = new_row("t1")  # and what is left folds without error
+    assert apply_event(row, clean_event({**base, "retries": "many", "error": "bad\x00"}) or {}, Deltas())
+    assert row["state"] == "REJECTED"
