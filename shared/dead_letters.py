@@ -6,6 +6,11 @@ A message that a worker cannot run ends here instead of crashing the worker or v
   decode): kombu's Redis transport would raise inside the worker's event loop, and Celery stops the whole
   worker ("Unrecoverable error"). :class:`RedisTransport` catches that for the one message, records it and
   goes on consuming;
+- a task message whose headers have the wrong types (no ``id``, ``retries`` that is not a count ...) or
+  whose body is not ``[args, kwargs, options]``, and one of Celery's built-in tasks: Celery would raise in
+  its handler (a KeyError counts as a lost connection, so the message came back for ever) or fail later
+  outside the task and leave the message unacknowledged. :class:`Consumer` checks them first
+  (:func:`header_problem`, :func:`body_problem`) and drops them;
 - an envelope whose body cannot be deserialised (``on_decode_error``): Celery logs and acknowledges it
   without any signal; :class:`Consumer` also records it;
 - no ``task`` header / unknown format (``task_rejected``) and an unregistered task name (``task_unknown``):
@@ -122,8 +127,7 @@ class Channel(kombu_redis.Channel):
             return True
 
     def _get(self, queue: Any, timeout: Any = None) -> Any:
-        self.connection.handed_over = False
-        try:
+        try:  # nothing is delivered here: a ValueError can only be the envelope's
             return super()._get(queue)  # type: ignore[no-untyped-call]
         except ValueError as exc:
             record(f"not a JSON message envelope: {exc}", queue=queue,
@@ -166,9 +170,13 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
                                if not issubclass(error, LookupError))
 
         def on_task_received(message: Any) -> Any:
-            problem = header_problem(getattr(message, "headers", None)) or body_problem(message)
+            problem = header_problem(getattr(message, "headers", None))
             if problem is not None:
                 self._drop(message, problem, "InvalidTaskHeaders")
+                return None
+            problem = body_problem(message)
+            if problem is not None:
+                self._drop(message, problem, "InvalidTaskBody")
                 return None
             try:
                 return handle(message)

@@ -156,6 +156,7 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_consuming(
     by_id = {letter["id"]: letter for letter in letters if letter["id"]}
     assert set(by_id) == {ids[name] for name in rejected}
     assert by_id[ids["bad_timelimit"]]["exception"] == "InvalidTaskHeaders"
+    assert by_id[ids["kwargs_not_a_mapping"]]["exception"] == "InvalidTaskBody"
     assert by_id[ids["kwargs_not_a_mapping"]]["reason"].startswith("the body is not [args")
     assert by_id[ids["unknown"]]["exception"] == "NotRegistered"
     assert "no_such_task" in by_id[ids["unknown"]]["reason"]
