@@ -231,7 +231,7 @@ def redis_dump(server: RedisServer) -> bytes:
     for db in (0, 1, 2):
         client = server.client(db)
         for key in client.scan_iter():
-            kind = client.type(key)  # type: ignore[no-untyped-call]
+            kind = client.type(key)
             parts.append(key)
             if kind == b"string":
                 parts.append(client.get(key) or b"")
