@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 REDIS_MISSING = (
-    "redis-server is not installed and Docker is not available. Install it with "
+    "redis-server is not installed and no Docker engine answers (for a Redis container). Install it with "
     "`apt-get install redis-server` (Debian/Ubuntu) or `brew install redis` (macOS), "
     "or run ./scripts/test, which installs it when run as root."
 )
@@ -116,24 +116,49 @@ def spawn(name: str, argv: list[str], env: Mapping[str, str], log_dir: Path, cwd
 class RedisServer:
     port: int
     process: Process | None
+    host: str = "127.0.0.1"
+    container: Any = None  # a testcontainers RedisContainer when there was no redis-server binary
     url_base: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.url_base = f"redis://127.0.0.1:{self.port}"
+        self.url_base = f"redis://{self.host}:{self.port}"
 
     def client(self, db: int = 0) -> redis.Redis[bytes]:
-        return redis.Redis(host="127.0.0.1", port=self.port, db=db)
+        return redis.Redis(host=self.host, port=self.port, db=db)
 
     def stop(self) -> None:
         if self.process:
             self.process.stop()
+        if self.container is not None:
+            self.container.stop()
+
+
+def redis_container(appendonly: bool = False) -> RedisServer | None:
+    """Redis in a Docker container (testcontainers), or None when no Docker engine answers."""
+    try:
+        from testcontainers.redis import RedisContainer
+
+        container = RedisContainer("redis:7-alpine").with_command(
+            f"redis-server --save '' --appendonly {'yes' if appendonly else 'no'}")
+        container.start()
+    except Exception:  # no docker engine, no image: the caller says how to install redis-server
+        return None
+    server = RedisServer(int(container.get_exposed_port(6379)), None, host=container.get_container_host_ip(),
+                         container=container)
+    wait_until(lambda: server.client().ping(), timeout=30, message="redis in a container")
+    return server
 
 
 def start_redis(workdir: Path, port: int | None = None, appendonly: bool = False) -> RedisServer:
-    """A redis-server of the test's own on a free loopback port."""
+    """A redis-server of the test's own on a free loopback port; without the binary, Redis in a Docker
+    container when an engine answers (``port`` is then the container's); otherwise the test fails saying
+    how to install redis-server."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.fail(REDIS_MISSING)
+        server = redis_container(appendonly) if port is None else None
+        if server is None:
+            pytest.fail(REDIS_MISSING)
+        return server
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [
