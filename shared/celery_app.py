@@ -1,6 +1,12 @@
 """The one Celery app factory that every worker, beat and the gateway use.
 
 Building an app connects to nothing; it only configures. Queues and routes come from the catalog.
+
+Delivery guarantees (docs/reliability.md): messages are acknowledged after the task ran (acks_late) and
+put back when the worker process running them dies (reject_on_worker_lost). On Redis, a message whose
+whole worker died is delivered again after ``MALLOPS_BROKER_VISIBILITY_TIMEOUT`` seconds, found by a
+sweep every ``MALLOPS_BROKER_RESTORE_INTERVAL`` seconds. On RabbitMQ (an ``amqp://`` broker URL) the
+queues are quorum queues and publishing waits for the broker's confirm.
 """
 
 from __future__ import annotations
@@ -14,6 +20,28 @@ from shared.settings import Settings, get_settings
 HARD_TIME_LIMIT = 30 * 60
 SOFT_TIME_LIMIT = 25 * 60
 RESULT_EXPIRES = 60 * 60
+RESULT_STORE_RETRIES = 30
+
+
+def task_queues(settings: Settings) -> list[Queue]:
+    """The catalog's queues; quorum queues (replicated, durable) when the broker is RabbitMQ."""
+    arguments = {"x-queue-type": "quorum"} if settings.broker_is_amqp else None
+    return [
+        Queue(q, Exchange(q, type="direct"), routing_key=q, queue_arguments=arguments)  # type: ignore[no-untyped-call]
+        for q in QUEUES
+    ]
+
+
+def broker_transport_options(settings: Settings) -> dict[str, object]:
+    if settings.broker_is_amqp:
+        # a publish returns only once RabbitMQ has the message (publisher confirms)
+        return {"confirm_publish": True}
+    return {
+        "visibility_timeout": settings.broker_visibility_timeout,
+        # kombu sweeps every interval * throttle seconds (10 * 10 by default): make the interval the only knob
+        "unacked_restore_interval": settings.broker_restore_interval,
+        "unacked_restore_throttle": 1,
+    }
 
 
 def create_celery_app(name: str = "mallops", settings: Settings | None = None) -> Celery:
@@ -36,11 +64,12 @@ def create_celery_app(name: str = "mallops", settings: Settings | None = None) -
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         result_expires=RESULT_EXPIRES,
+        # a result that cannot be stored (Redis restarting) is retried with backoff (10 ms doubling to
+        # 10 s, about 3 minutes in all) instead of failing a task whose work is done
+        result_backend_always_retry=True,
+        result_backend_max_retries=RESULT_STORE_RETRIES,
         result_extended=True,
-        task_queues=[
-            Queue(q, Exchange(q, type="direct"), routing_key=q)  # type: ignore[no-untyped-call]
-            for q in QUEUES
-        ],
+        task_queues=task_queues(settings),
         task_default_queue=DEFAULT_QUEUE,
         task_default_exchange=DEFAULT_QUEUE,
         task_default_routing_key=DEFAULT_QUEUE,
@@ -50,7 +79,7 @@ def create_celery_app(name: str = "mallops", settings: Settings | None = None) -
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
+        broker_transport_options=broker_transport_options(settings),
         result_backend_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
         redbeat_redis_url=settings.cache_redis_url,
         redbeat_key_prefix="mallops:redbeat:",

@@ -33,9 +33,13 @@ class Settings(BaseSettings):
     database_url: str = ""  # empty: SQLite file under data_dir
 
     redis_url: str = "redis://127.0.0.1:6379"
-    broker_url: str = ""  # empty: redis_url, db 0
+    broker_url: str = ""  # empty: redis_url, db 0; amqp://user:password@host:5672/vhost for RabbitMQ (quorum queues)
     result_backend: str = ""  # empty: redis_url, db 1
+    # Redis broker: a message not acknowledged within this many seconds (its worker died) is delivered
+    # again; keep it above the longest task plus its wait in a worker's prefetch, or it runs twice
     broker_visibility_timeout: int = Field(default=7200, ge=1)
+    # Redis broker: seconds between a worker's sweeps that put such messages back on their queue
+    broker_restore_interval: float = Field(default=10.0, gt=0, le=3600)
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=1025, ge=1, le=65535)
@@ -67,6 +71,9 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=2, ge=1)
     task_max_retries: int = Field(default=3, ge=0)
     task_retry_backoff: float = Field(default=30.0, ge=0)
+    # a message whose worker died while running it (SIGKILL, OOM, a crash) is run at most this many times;
+    # the next delivery is dead-lettered (shared.tasks, list mallops:dead_letters) and fails the task
+    task_max_deliveries: int = Field(default=5, ge=1, le=1000)
     beat_max_interval: float = Field(default=5.0, gt=0, le=300)  # beat loop: runtime edits apply within it
     beat_lock_timeout: int = Field(default=30, ge=5)  # a dead beat's lock frees after this many seconds
     backup_keep: int = Field(default=7, ge=1)
@@ -110,6 +117,11 @@ class Settings(BaseSettings):
     @property
     def celery_broker_url(self) -> str:
         return self.broker_url or _redis_db(self.redis_url, 0)
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        """Whether the broker is RabbitMQ (AMQP), whose queues mallops declares as quorum queues."""
+        return self.celery_broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
 
     @property
     def celery_result_backend(self) -> str:

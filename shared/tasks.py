@@ -6,11 +6,20 @@ return a small JSON value):
 - arguments are validated against the task's catalog model before the body runs;
 - transient errors (connections, timeouts, SMTP 4xx, :class:`TransientError`) are retried up to
   ``MALLOPS_TASK_MAX_RETRIES`` times with exponential backoff from ``MALLOPS_TASK_RETRY_BACKOFF``
-  seconds plus jitter; every other exception fails the task at once, type and message kept.
+  seconds plus jitter; every other exception fails the task at once, type and message kept;
+- poison messages are capped: a message is put back on its queue when the worker process running it
+  dies (acks_late, reject_on_worker_lost), which Celery would do forever for a message that kills its
+  worker every time. Each run of a *redelivered* message is counted in Redis (``INCR`` with a TTL,
+  per task id and attempt; a first delivery costs nothing); the run after
+  ``MALLOPS_TASK_MAX_DELIVERIES`` runs does not call the body: it pushes the message onto the
+  dead-letter list ``mallops:dead_letters`` and fails the task with :class:`PoisonMessage`, so the
+  history shows it as FAILURE with the reason.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import random
 import smtplib
@@ -21,12 +30,13 @@ from typing import Any
 import redis.exceptions
 import sqlalchemy.exc
 from celery import Celery, Task
-from celery.exceptions import Retry, SoftTimeLimitExceeded
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 from pydantic import ValidationError
 
 from shared import events
+from shared.cache import DEAD_LETTERS_KEY, DEAD_LETTERS_MAX, DELIVERIES_PREFIX, redis_client
 from shared.catalog import CATALOG, TaskSpec
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 
 log = logging.getLogger("mallops.tasks")
 
@@ -43,6 +53,10 @@ class InvalidTaskArguments(PermanentError, ValueError):
     """The message's arguments do not fit the task's catalog model (one line per bad field).
 
     Raised instead of pydantic's ValidationError, which does not survive the result backend's JSON."""
+
+
+class PoisonMessage(PermanentError):
+    """The message's worker died in each of its last runs: it was dead-lettered instead of run again."""
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -96,6 +110,14 @@ class MallopsTask(Task):  # type: ignore[misc]
     abstract = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        settings = get_settings()
+        deliveries = self.delivery_count(settings)
+        if deliveries > settings.task_max_deliveries:
+            reason = (f"dead-lettered: delivered {deliveries} times and its worker died during each of the "
+                      f"{deliveries - 1} runs (MALLOPS_TASK_MAX_DELIVERIES={settings.task_max_deliveries}); "
+                      f"not run again, kept in {DEAD_LETTERS_KEY}")
+            self.dead_letter(settings, deliveries, reason, args, kwargs)
+            raise PoisonMessage(reason)
         try:
             validated = self.spec.validate(args, kwargs)
         except ValidationError as exc:
@@ -106,18 +128,71 @@ class MallopsTask(Task):  # type: ignore[misc]
         except Retry:
             raise
         except Exception as exc:
-            settings = get_settings()
             if is_transient(exc) and self.request.retries < settings.task_max_retries:
                 delay = retry_delay(self.request.retries, settings.task_retry_backoff)
                 log.warning("%s[%s] transient %s: %s; retry %d in %.1fs", self.name, self.request.id,
                             type(exc).__name__, exc, self.request.retries + 1, delay)
-                raise self.retry(exc=exc, countdown=delay, max_retries=settings.task_max_retries) from exc
+                try:
+                    retry = self.retry(exc=exc, countdown=delay, max_retries=settings.task_max_retries)
+                except Reject as rejected:
+                    # Celery rejects the message *without* requeue when the retry cannot be published
+                    # (the broker is down): the task would be lost. Put it back instead.
+                    log.warning("%s[%s]: its retry could not be published (%s); requeueing the message",
+                                self.name, self.request.id, rejected.reason)
+                    raise Reject(rejected.reason, requeue=True) from exc
+                raise retry from exc
             raise
+
+    def delivery_count(self, settings: Settings) -> int:
+        """Which delivery of this message (and attempt) is running: 1 for a first delivery, else 1 + the
+        runs of redelivered copies so far, this one included. Redis errors count as a first delivery:
+        running a task is better than failing it because the counter cannot be reached."""
+        request = self.request
+        delivery = request.delivery_info or {}
+        if not delivery.get("redelivered") or not request.id:
+            return 1
+        key = f"{DELIVERIES_PREFIX}{request.id}:{request.retries or 0}"
+        ttl = max(86400, settings.broker_visibility_timeout * (settings.task_max_deliveries + 2))
+        try:
+            pipe = redis_client(settings).pipeline(transaction=True)
+            pipe.incr(key)
+            pipe.expire(key, ttl)
+            runs, _ = pipe.execute()
+        except redis.exceptions.RedisError as exc:
+            log.warning("%s[%s]: could not count its delivery (%s); running it", self.name, request.id, exc)
+            return 1
+        return int(runs) + 1
+
+    def dead_letter(self, settings: Settings, deliveries: int, reason: str, args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> None:
+        """Keep the message in the dead-letter list (newest first, capped), for a look and a retry."""
+        request = self.request
+        entry = json.dumps({
+            "task_id": request.id, "task_name": self.name,
+            "queue": (request.delivery_info or {}).get("routing_key") or getattr(self, "queue", None),
+            "args": list(args), "kwargs": kwargs, "retries": request.retries or 0,
+            "owner": request.get(events.OWNER_HEADER), "deliveries": deliveries, "reason": reason,
+            "dead_lettered_at": dt.datetime.now(dt.UTC).isoformat(),
+        }, default=str)
+        log.error("%s[%s] %s", self.name, request.id, reason)
+        try:
+            redis_client(settings).pipeline(transaction=True).lpush(DEAD_LETTERS_KEY, entry).ltrim(
+                DEAD_LETTERS_KEY, 0, DEAD_LETTERS_MAX - 1).execute()
+        except redis.exceptions.RedisError as exc:  # the task still fails, with the reason, in the history
+            log.error("%s[%s]: could not write the dead letter (%s)", self.name, request.id, exc)
 
     def update_state(self, task_id: str | None = None, state: str | None = None, meta: Any = None,
                      **kwargs: Any) -> None:
-        """Store the state as Celery does; a PROGRESS of the running task also becomes a lifecycle event."""
-        super().update_state(task_id=task_id, state=state, meta=meta, **kwargs)
+        """Store the state as Celery does; a PROGRESS of the running task also becomes a lifecycle event.
+
+        PROGRESS is informational: when the result backend cannot be reached it is logged and skipped,
+        rather than failing (and retrying) the work the task is doing."""
+        try:
+            super().update_state(task_id=task_id, state=state, meta=meta, **kwargs)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            if state != "PROGRESS":
+                raise
+            log.warning("%s[%s]: progress not stored (%s)", self.name, self.request.id, exc)
         if state == "PROGRESS" and (task_id is None or task_id == self.request.id):
             progress = meta if isinstance(meta, dict) else {}
             events.emit_progress(self, progress.get("current"), progress.get("total"))

@@ -193,13 +193,17 @@ def service_argv(service: str, *extra: str) -> list[str]:
 
 
 def start_worker(
-    service: str, env: Mapping[str, str], log_dir: Path, *extra: str, hostname: str | None = None
+    service: str, env: Mapping[str, str], log_dir: Path, *extra: str, hostname: str | None = None,
+    command: list[str] | None = None,
 ) -> Process:
-    """Start ``mallops serve <service>`` and wait until its worker answers a ping."""
+    """Start ``mallops serve <service>`` (or ``command`` plus the worker options) and wait until its
+    worker answers a ping."""
     from celery import Celery
 
     hostname = hostname or f"{service}-{time.monotonic_ns()}@127.0.0.1"
-    process = spawn(service, service_argv(service, f"--hostname={hostname}", *extra), env, log_dir)
+    argv = [*command, f"--hostname={hostname}", *extra] if command else service_argv(
+        service, f"--hostname={hostname}", *extra)
+    process = spawn(service, argv, env, log_dir)
     probe = Celery(broker=env["MALLOPS_BROKER_URL"], set_as_current=False)
     try:
         def pinged() -> bool:

@@ -16,7 +16,7 @@ from shared.schedules import ensure_defaults
 from shared.settings import Settings, get_settings
 
 SERVICE = "beat"
-SCHEDULER = "redbeat.RedBeatScheduler"
+SCHEDULER = "services.beat.scheduler.MallopsScheduler"  # RedBeat, riding out Redis outages
 
 
 def create_app(settings: Settings | None = None) -> Celery:

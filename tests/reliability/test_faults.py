@@ -1,0 +1,334 @@
+"""Fault injection against real processes: nothing accepted is lost, and what runs twice is counted.
+
+Each scenario has a quick variant (default suite) and a full one (``-m fault``, ``scripts/faults``);
+the figures of the last full run are in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from services.beat.main import create_app as create_beat_app
+from shared.cache import DEAD_LETTERS_KEY, DELIVERIES_PREFIX
+from shared.catalog import Schedule
+from shared.schedules import update_entry
+from tests.conftest import DEFAULT_PG
+from tests.harness import free_port, wait_until
+from tests.reliability.conftest import BROKERS, SIZES, FaultResults, FaultStack, Outcome
+from tests.reliability.poison_worker import COMMAND as POISON_WORKER
+from tests.reliability.poison_worker import POISON_TASK
+
+LONG = "mallops.maintenance.long_running_task"
+TEST = "mallops.maintenance.test_task"
+CLEANUP = "mallops.maintenance.cleanup_expired_data"
+EMAIL = "mallops.notifier.send_notification_email"
+ACCESS_LOGS = "mallops.reports.process_access_logs"
+
+
+def _events_on(stack: FaultStack, type_: str, host: str, **match: Any) -> list[str]:
+    return [e["id"] for e in stack.ledger().events
+            if e["type"] == type_ and e.get("host") == host and all(e.get(k) == v for k, v in match.items())]
+
+
+def _sent_since(stack: FaultStack, name: str, since: float) -> bool:
+    return any(e["type"] == "task-sent" and e.get("name") == name and e["ts"] > since for e in stack.ledger().events)
+
+
+def _retried(stack: FaultStack, task_id: str) -> int:
+    return stack.ledger().counts[task_id]["task-retried"]
+
+
+def _wait_history(stack: FaultStack, ids: list[str], state: str, timeout: float) -> dict[str, Any]:
+    """Wait until the monitor's history has a row in ``state`` for every id; fail with what it has."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = stack.history(ids)
+        if len(rows) == len(ids) and all(row.state == state for row in rows.values()):
+            return rows
+        if time.monotonic() > deadline:
+            ledger = stack.ledger()
+            odd = {i: (rows[i].state if i in rows else None, dict(ledger.counts[i])) for i in ids
+                   if i not in rows or rows[i].state != state}
+            pytest.fail(f"history after {timeout}s: {len(rows)} rows of {len(ids)}; not {state}: {odd}")
+        time.sleep(0.25)
+
+
+def _record(results: FaultResults, stack: FaultStack, scenario: str, size: str, trials: int, ids: list[str],
+            started: float, notes: str = "", finished: list[str] | None = None) -> Outcome:
+    ledger = stack.ledger()
+    done = finished if finished is not None else ledger.finished(ids)
+    outcome = Outcome(scenario, stack.broker, size, trials, len(ids), len(done), len(ids) - len(done),
+                      len(ledger.duplicated(ids)), round(time.monotonic() - started, 1), notes)
+    results.add(outcome)
+    return outcome
+
+
+# -- workers killed ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("fault_stack", BROKERS, indirect=True)
+def test_worker_sigkill_mid_task_is_redelivered_and_finishes(
+        fault_stack: FaultStack, size: str, fault_results: FaultResults) -> None:
+    kills = 2 if size == "quick" else 20
+    started = time.monotonic()
+    ids = [fault_stack.publish(LONG, steps=3, step_seconds=0.5) for _ in range(kills + 4)]
+    killed: set[str] = set()
+    for _ in range(kills):
+        worker = fault_stack.worker()
+        # mid-task: the first of three progress steps is done
+        running = wait_until(functools.partial(_events_on, fault_stack, "task-progress", worker.name, current=1),
+                             timeout=90, interval=0.1, message=f"a task in progress on {worker.name}")
+        worker.signal(signal.SIGKILL)
+        worker.popen.wait(10)
+        killed.update(running)
+    fault_stack.worker()
+    ledger = fault_stack.wait_finished(ids, timeout=120)
+    outcome = _record(fault_results, fault_stack, "worker SIGKILL mid long_running_task", size, kills, ids, started,
+                      notes=f"{len(killed)} tasks killed mid-run, all redelivered",
+                      finished=ledger.succeeded(ids))
+    assert outcome.lost == 0, f"lost: {set(ids) - set(ledger.succeeded(ids))}"
+    assert killed <= set(ledger.succeeded(ids))
+    for task_id in killed:  # it started again after the kill
+        assert ledger.counts[task_id]["task-started"] >= 2 or ledger.counts[task_id]["task-received"] >= 2
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("fault_stack", BROKERS, indirect=True)
+def test_worker_sigterm_while_busy_finishes_its_tasks(
+        fault_stack: FaultStack, size: str, fault_results: FaultResults) -> None:
+    trials = 1 if size == "quick" else 5
+    started = time.monotonic()
+    ids = [fault_stack.publish(LONG, steps=4, step_seconds=0.5) for _ in range(2 * trials + 2)]
+    finished_in_shutdown = 0
+    for _ in range(trials):
+        worker = fault_stack.worker()
+        running = wait_until(functools.partial(_events_on, fault_stack, "task-progress", worker.name, current=1),
+                             timeout=90, interval=0.1, message=f"a task in progress on {worker.name}")
+        os.kill(worker.pid, signal.SIGTERM)  # the main process only, as `docker stop` or systemd would
+        assert worker.popen.wait(60) == 0, worker.log()[-3000:]
+        done_here = _events_on(fault_stack, "task-succeeded", worker.name)
+        assert set(running) <= set(done_here), "a running task was not finished by the warm shutdown"
+        finished_in_shutdown += len(set(running))
+    fault_stack.worker()
+    ledger = fault_stack.wait_finished(ids, timeout=120)
+    outcome = _record(fault_results, fault_stack, "worker SIGTERM while busy", size, trials, ids, started,
+                      notes=f"{finished_in_shutdown} running tasks finished during the warm shutdown",
+                      finished=ledger.succeeded(ids))
+    assert outcome.lost == 0
+    assert outcome.duplicated == 0
+
+
+# -- a poison message ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("fault_stack", BROKERS, indirect=True)
+def test_poison_message_is_dead_lettered_after_max_deliveries(
+        fault_stack: FaultStack, size: str, fault_results: FaultResults) -> None:
+    trials = 1 if size == "quick" else 3
+    max_deliveries = int(fault_stack.env["MALLOPS_TASK_MAX_DELIVERIES"])
+    started = time.monotonic()
+    fault_stack.worker(command=POISON_WORKER)
+    fault_stack.monitor()
+    poison = [fault_stack.publish(POISON_TASK) for _ in range(trials)]
+    healthy = [fault_stack.publish(TEST, message=f"beside poison {i}") for i in range(5)]
+    ids = poison + healthy
+    ledger = fault_stack.wait_finished(ids, timeout=120)
+    assert set(ledger.succeeded(healthy)) == set(healthy)
+    assert not ledger.succeeded(poison)
+
+    rows = _wait_history(fault_stack, poison, "FAILURE", timeout=60)
+    for row in rows.values():
+        assert row.exception == "PoisonMessage"
+        assert "dead-lettered" in (row.error or "")
+        assert f"MALLOPS_TASK_MAX_DELIVERIES={max_deliveries}" in row.error
+    cache = fault_stack.redis.client(2)
+    letters = [json.loads(raw) for raw in cache.lrange(DEAD_LETTERS_KEY, 0, -1)]
+    runs = {task_id: int(cache.get(f"{DELIVERIES_PREFIX}{task_id}:0") or 0) + 1 for task_id in poison}
+    cache.close()
+    assert sorted(letter["task_id"] for letter in letters) == sorted(poison)
+    assert all(letter["deliveries"] == max_deliveries + 1 for letter in letters)
+    assert all(count == max_deliveries + 1 for count in runs.values())  # N runs that died + the dead-lettering one
+    _record(fault_results, fault_stack, "poison message (SIGKILLs its worker)", size, trials, ids, started,
+            notes=f"each poison message ran {max_deliveries} times, then FAILED (PoisonMessage) and went to "
+                  f"{DEAD_LETTERS_KEY}; 5 healthy tasks beside them succeeded")
+
+
+# -- Redis restarted -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("fault_stack", BROKERS, indirect=True)
+def test_redis_restart_loses_nothing_and_everything_resumes(
+        fault_stack: FaultStack, size: str, fault_results: FaultResults) -> None:
+    restarts = 1 if size == "quick" else 3
+    started = time.monotonic()
+    beat_app = create_beat_app(fault_stack.settings)
+    update_entry(beat_app, "process_access_logs", schedule=Schedule(every=1.0))
+    beat_app.close()
+    worker = fault_stack.worker()
+    fault_stack.monitor()
+    beat = fault_stack.beat()
+    gateway, client = fault_stack.gateway()
+    body = {"task_name": "long_running_task", "kwargs": {"steps": 4, "step_seconds": 0.5}}
+    accepted: list[str] = []
+    outage_answers: list[int] = []
+
+    def submit() -> httpx.Response:
+        return client.post("/api/v1/tasks", json=body)
+
+    def during_outage() -> None:
+        end = time.monotonic() + 3.0  # the outage lasts three seconds; the gateway is asked throughout
+        while time.monotonic() < end:
+            try:
+                outage_answers.append(submit().status_code)
+            except httpx.HTTPError:
+                outage_answers.append(0)
+
+    for _ in range(restarts):
+        for _ in range(6):
+            response = submit()
+            assert response.status_code == 202, response.text
+            accepted.append(response.json()["task_id"])
+        wait_until(lambda: _events_on(fault_stack, "task-progress", worker.name), timeout=60,
+                   message="a task running before the restart")
+        fault_stack.restart_redis(down=during_outage)
+        restarted_at = time.time()
+        wait_until(lambda: client.get("/readyz").status_code == 200, timeout=60, interval=0.2,
+                   message="the gateway ready again by itself")
+        response = submit()
+        assert response.status_code == 202, response.text
+        accepted.append(response.json()["task_id"])
+        wait_until(functools.partial(_sent_since, fault_stack, ACCESS_LOGS, restarted_at),
+                   timeout=60, message="beat sending again after the restart")
+
+    ledger = fault_stack.wait_finished(accepted, timeout=180)
+    rows = _wait_history(fault_stack, accepted, "SUCCESS", timeout=90)
+    outcome = _record(fault_results, fault_stack, "Redis restarted (AOF) with tasks queued and running", size,
+                      restarts, accepted, started, finished=ledger.succeeded(accepted),
+                      notes=f"{outage_answers.count(503)} of {len(outage_answers)} submissions during the outages "
+                            f"answered 503; gateway, worker, beat and monitor never restarted")
+    assert outcome.lost == 0
+    assert len(rows) == len(accepted)
+    assert outage_answers
+    assert set(outage_answers) == {503}, outage_answers
+    assert all(p.alive() for p in (worker, beat, gateway)), "a process died"
+
+
+# -- the database and the SMTP server unavailable ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_database_unavailable_task_retries_then_succeeds(
+        fault_stack: FaultStack, size: str, fault_results: FaultResults) -> None:
+    url = make_url(fault_stack.settings.sqlalchemy_url)
+    if url.get_backend_name() != "postgresql":
+        pytest.skip("the database outage is made with PostgreSQL's ALLOW_CONNECTIONS; SQLite has no server to stop")
+    trials = 1 if size == "quick" else 3
+    admin_url = make_url(os.environ.get("MALLOPS_TEST_POSTGRES_URL", DEFAULT_PG)).set(drivername="postgresql+psycopg")
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = url.database
+    started = time.monotonic()
+    fault_stack.worker()
+    fault_stack.monitor()
+    ids: list[str] = []
+    try:
+        for _ in range(trials):
+            with admin.connect() as conn:
+                conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+                conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                  "WHERE datname = :name AND pid <> pg_backend_pid()"), {"name": name})
+            task_id = fault_stack.publish(CLEANUP)
+            ids.append(task_id)
+            try:
+                wait_until(functools.partial(_retried, fault_stack, task_id), timeout=60,
+                           message="a retry while the database is unavailable")
+            finally:
+                with admin.connect() as conn:
+                    conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
+    ledger = fault_stack.wait_finished(ids, timeout=90)
+    rows = _wait_history(fault_stack, ids, "SUCCESS", timeout=90)
+    outcome = _record(fault_results, fault_stack, "database unavailable during a task", size, trials, ids, started,
+                      finished=ledger.succeeded(ids),
+                      notes="PostgreSQL refused connections and dropped open ones; each task retried "
+                            f"(retries {sorted(row.retries for row in rows.values())}) then succeeded")
+    assert outcome.lost == 0
+    assert all(row.retries >= 1 for row in rows.values())
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_smtp_down_email_is_retried_then_fails_with_the_reason(
+        fault_stack: FaultStack, size: str, fault_results: FaultResults) -> None:
+    trials = 1 if size == "quick" else 3
+    started = time.monotonic()
+    fault_stack.worker("notifier", env={"MALLOPS_SMTP_PORT": str(free_port())})  # nothing listens there
+    fault_stack.monitor()
+    ids = [fault_stack.publish(EMAIL, queue="email", email=f"tenant{i}@mall.example", subject="Fault test",
+                               message="The SMTP server is down.", language="en") for i in range(trials)]
+    ledger = fault_stack.wait_finished(ids, timeout=90)
+    rows = _wait_history(fault_stack, ids, "FAILURE", timeout=60)
+    max_retries = fault_stack.settings.task_max_retries
+    for row in rows.values():
+        assert row.retries == max_retries
+        assert "refused" in (row.error or "").lower(), row.error
+    assert all(ledger.counts[i]["task-retried"] == max_retries for i in ids)
+    outcome = _record(fault_results, fault_stack, "SMTP server down", size, trials, ids, started,
+                      notes=f"each e-mail retried {max_retries} times, then FAILURE: "
+                            f"{next(iter(rows.values())).error}")
+    assert outcome.lost == 0
+
+
+# -- the monitor stopped and started under load -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("fault_stack", BROKERS, indirect=True)
+def test_monitor_restarts_under_load_leave_no_gap_and_no_double_count(
+        fault_stack: FaultStack, size: str, fault_results: FaultResults) -> None:
+    total = 60 if size == "quick" else 600
+    restarts = 2 if size == "quick" else 6
+    started = time.monotonic()
+    worker = fault_stack.worker()
+    monitor = fault_stack.monitor()
+    ids: list[str] = []
+    every = total // (restarts + 1)
+    for i in range(total):
+        ids.append(fault_stack.publish(TEST, message=f"load {i}"))
+        if i and i % every == 0 and i // every <= restarts:
+            # alternately a clean stop and a SIGKILL (its unacknowledged stream entries are read again)
+            if (i // every) % 2:
+                monitor.stop()
+            else:
+                monitor.signal(signal.SIGKILL)
+                monitor.popen.wait(10)
+            monitor = fault_stack.monitor()
+        time.sleep(0.01)  # a steady load of about 100 tasks a second, not a synchronisation
+    ledger = fault_stack.wait_finished(ids, timeout=120)
+    rows = _wait_history(fault_stack, ids, "SUCCESS", timeout=90)
+    labels = {"name": TEST, "hostname": worker.name}
+    counted = wait_until(lambda: (v := fault_stack.metric("celery_task_succeeded_total", **labels)) >= len(ids)
+                         and v, timeout=60, message="the succeeded counter")
+    received = fault_stack.metric("celery_task_received_total", **labels)
+    outcome = _record(fault_results, fault_stack, "monitor stopped/killed and restarted under load", size, restarts,
+                      ids, started, finished=ledger.succeeded(ids),
+                      notes=f"history rows {len(rows)}, celery_task_succeeded_total {counted:g}, "
+                            f"celery_task_received_total {received:g}")
+    assert outcome.lost == 0
+    assert len(rows) == len(ids)
+    assert counted == len(ids)
+    assert received == len(ids)
