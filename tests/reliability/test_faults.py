@@ -24,7 +24,7 @@ from shared.catalog import Schedule
 from shared.schedules import update_entry
 from tests.conftest import DEFAULT_PG
 from tests.harness import free_port, wait_until
-from tests.reliability.conftest import BROKERS, SIZES, FaultResults, FaultStack, Outcome
+from tests.reliability.conftest import BROKERS, FULL_ONLY, SIZES, FaultResults, FaultStack, Outcome
 from tests.reliability.poison_worker import COMMAND as POISON_WORKER
 from tests.reliability.poison_worker import POISON_TASK
 
@@ -33,6 +33,7 @@ TEST = "mallops.maintenance.test_task"
 CLEANUP = "mallops.maintenance.cleanup_expired_data"
 EMAIL = "mallops.notifier.send_notification_email"
 ACCESS_LOGS = "mallops.reports.process_access_logs"
+HEALTHY = 5
 
 
 def _events_on(stack: FaultStack, type_: str, host: str, **match: Any) -> list[str]:
@@ -80,7 +81,7 @@ def _record(results: FaultResults, stack: FaultStack, scenario: str, size: str, 
 @pytest.mark.parametrize("fault_stack", BROKERS, indirect=True)
 def test_worker_sigkill_mid_task_is_redelivered_and_finishes(
         fault_stack: FaultStack, size: str, fault_results: FaultResults) -> None:
-    kills = 2 if size == "quick" else 20
+    kills = 1 if size == "quick" else 20
     started = time.monotonic()
     ids = [fault_stack.publish(LONG, steps=3, step_seconds=0.5) for _ in range(kills + 4)]
     killed: set[str] = set()
@@ -103,7 +104,7 @@ def test_worker_sigkill_mid_task_is_redelivered_and_finishes(
         assert ledger.counts[task_id]["task-started"] >= 2 or ledger.counts[task_id]["task-received"] >= 2
 
 
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("size", FULL_ONLY)  # full run only, to keep the default suite short
 @pytest.mark.parametrize("fault_stack", BROKERS, indirect=True)
 def test_worker_sigterm_while_busy_finishes_its_tasks(
         fault_stack: FaultStack, size: str, fault_results: FaultResults) -> None:
@@ -137,12 +138,12 @@ def test_worker_sigterm_while_busy_finishes_its_tasks(
 def test_poison_message_is_dead_lettered_after_max_deliveries(
         fault_stack: FaultStack, size: str, fault_results: FaultResults) -> None:
     trials = 1 if size == "quick" else 3
-    max_deliveries = int(fault_stack.env["MALLOPS_TASK_MAX_DELIVERIES"])
+    max_deliveries = 2 if size == "quick" else fault_stack.settings.task_max_deliveries  # default: 5
     started = time.monotonic()
-    fault_stack.worker(command=POISON_WORKER)
+    fault_stack.worker(command=POISON_WORKER, env={"MALLOPS_TASK_MAX_DELIVERIES": str(max_deliveries)})
     fault_stack.monitor()
     poison = [fault_stack.publish(POISON_TASK) for _ in range(trials)]
-    healthy = [fault_stack.publish(TEST, message=f"beside poison {i}") for i in range(5)]
+    healthy = [fault_stack.publish(TEST, message=f"beside poison {i}") for i in range(HEALTHY)]
     ids = poison + healthy
     ledger = fault_stack.wait_finished(ids, timeout=120)
     assert set(ledger.succeeded(healthy)) == set(healthy)
@@ -162,7 +163,7 @@ def test_poison_message_is_dead_lettered_after_max_deliveries(
     assert all(count == max_deliveries + 1 for count in runs.values())  # N runs that died + the dead-lettering one
     _record(fault_results, fault_stack, "poison message (SIGKILLs its worker)", size, trials, ids, started,
             notes=f"each poison message ran {max_deliveries} times, then FAILED (PoisonMessage) and went to "
-                  f"{DEAD_LETTERS_KEY}; 5 healthy tasks beside them succeeded")
+                  f"{DEAD_LETTERS_KEY}; {HEALTHY} healthy tasks beside them succeeded")
 
 
 # -- Redis restarted -----------------------------------------------------------------------------------------
@@ -189,7 +190,7 @@ def test_redis_restart_loses_nothing_and_everything_resumes(
         return client.post("/api/v1/tasks", json=body)
 
     def during_outage() -> None:
-        end = time.monotonic() + 3.0  # the outage lasts three seconds; the gateway is asked throughout
+        end = time.monotonic() + 2.0  # the outage lasts two seconds; the gateway is asked throughout
         while time.monotonic() < end:
             try:
                 outage_answers.append(submit().status_code)
@@ -296,7 +297,7 @@ def test_smtp_down_email_is_retried_then_fails_with_the_reason(
 # -- the monitor stopped and started under load -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("size", FULL_ONLY)  # the monitor's own tests cover restarts without load
 @pytest.mark.parametrize("fault_stack", BROKERS, indirect=True)
 def test_monitor_restarts_under_load_leave_no_gap_and_no_double_count(
         fault_stack: FaultStack, size: str, fault_results: FaultResults) -> None:

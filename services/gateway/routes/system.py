@@ -41,7 +41,10 @@ def _database_round_trip(runtime: Runtime) -> None:
 def _broker_round_trip(runtime: Runtime) -> None:
     with runtime.celery.connection_for_write() as connection:
         connection.ensure_connection(max_retries=1, timeout=2)
-        connection.default_channel.client.ping()
+        if connection.transport.driver_type == "redis":
+            connection.default_channel.client.ping()
+        else:  # AMQP: opening and closing a channel is a round trip to the broker
+            connection.channel().close()
 
 
 @router.get("/readyz", response_model=Readiness, summary="Redis, the broker and the database answer",
