@@ -13,7 +13,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import ColumnElement, delete, or_, select, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -54,16 +54,25 @@ def record_manual(
     return int(found)
 
 
-def claim(session: Session, notification_id: int, now: dt.datetime | None = None) -> tuple[Claim, Outgoing | None]:
-    """Take the row for sending. Only one caller gets ``claimed`` for a row until it is released."""
+def claim(session: Session, notification_id: int, now: dt.datetime | None = None, *, take_over: bool = False
+          ) -> tuple[Claim, Outgoing | None]:
+    """Take the row for sending. Only one caller gets ``claimed`` for a row until it is released.
+
+    ``take_over``: the caller runs a *redelivered* message, which the broker hands out again only when the
+    worker of its previous delivery died or lost its connection; a ``sending`` claim is then taken over at
+    once instead of after :data:`STALE_CLAIM`, else an e-mail whose worker died mid-send would never go
+    out (tests/reliability). The e-mail goes out twice only if that worker died in the moment between the
+    SMTP server's acceptance and marking the row sent.
+    """
     now = now or utcnow()
+    stale: ColumnElement[bool] = true() if take_over else Notification.sent_at < now - STALE_CLAIM
     claimed = session.execute(
         update(Notification)
         .where(
             Notification.id == notification_id,
             or_(
                 Notification.status.in_(("queued", "failed")),
-                (Notification.status == "sending") & (Notification.sent_at < now - STALE_CLAIM),
+                (Notification.status == "sending") & stale,
             ),
         )
         .values(status="sending", sent_at=now)

@@ -26,7 +26,9 @@ def send_notification_email(
                 message=message, language=language,
             )
     with session_scope(settings) as session:
-        state, _ = notifications.claim(session, notification_id)
+        # a redelivered message takes over its own claim: its previous run's worker died mid-send
+        redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
+        state, _ = notifications.claim(session, notification_id, take_over=redelivered)
     if state == "missing":
         raise PermanentError(f"notification {notification_id} does not exist")
     if state != "claimed":
