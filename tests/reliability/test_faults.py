@@ -27,7 +27,7 @@ from shared.schedules import update_entry
 from tests.conftest import DEFAULT_PG
 from tests.harness import free_port, wait_until
 from tests.plugins.smtp import SMTPServer
-from tests.reliability.conftest import BROKERS, FULL_ONLY, SIZES, FaultResults, FaultStack, Outcome
+from tests.reliability.conftest import BROKERS, FULL_ONLY, SIZES, FaultResults, FaultStack, Ledger, Outcome
 from tests.reliability.poison_worker import COMMAND as POISON_WORKER
 from tests.reliability.poison_worker import POISON_TASK
 
@@ -50,6 +50,21 @@ def _sent_since(stack: FaultStack, name: str, since: float) -> bool:
 
 def _retried(stack: FaultStack, task_id: str) -> int:
     return stack.ledger().counts[task_id]["task-retried"]
+
+
+def _duplicate_timeline(ledger: Ledger, ids: list[str], restarts_at: list[float]) -> str:
+    """For each task that succeeded twice: when its runs started and succeeded, in seconds after the last
+    Redis restart before them (negative: before the first restart)."""
+    parts = []
+    for task_id in ledger.duplicated(ids):
+        marks = []
+        for event in ledger.events:
+            if event.get("id") == task_id and event["type"] in ("task-started", "task-succeeded"):
+                before = [r for r in restarts_at if r <= event["ts"]]
+                since = event["ts"] - (before[-1] if before else restarts_at[0])
+                marks.append(f"{event['type'].removeprefix('task-')} {since:+.1f}s")
+        parts.append(f"{task_id[:8]}: " + ", ".join(marks))
+    return f"duplicates (s after the restart): {'; '.join(parts)}. " if parts else ""
 
 
 def _wait_history(stack: FaultStack, ids: list[str], state: str, timeout: float) -> dict[str, Any]:
@@ -192,6 +207,7 @@ def test_redis_restart_loses_nothing_and_everything_resumes(
     gateway, client = fault_stack.gateway()
     body = {"task_name": "long_running_task", "kwargs": {"steps": 4, "step_seconds": 0.5}}
     accepted: list[str] = []
+    restarts_at: list[float] = []
     outage_answers: list[int] = []
 
     def submit() -> httpx.Response:
@@ -214,6 +230,7 @@ def test_redis_restart_loses_nothing_and_everything_resumes(
                    message="a task running before the restart")
         fault_stack.restart_redis(down=during_outage)
         restarted_at = time.time()
+        restarts_at.append(restarted_at)
         wait_until(lambda: client.get("/readyz").status_code == 200, timeout=60, interval=0.2,
                    message="the gateway ready again by itself")
         response = submit()
@@ -226,7 +243,8 @@ def test_redis_restart_loses_nothing_and_everything_resumes(
     rows = _wait_history(fault_stack, accepted, "SUCCESS", timeout=90)
     outcome = _record(fault_results, fault_stack, "Redis restarted (AOF) with tasks queued and running", size,
                       restarts, accepted, started, finished=ledger.succeeded(accepted),
-                      notes=f"{outage_answers.count(503)} of {len(outage_answers)} submissions during the outages "
+                      notes=_duplicate_timeline(ledger, accepted, restarts_at)
+                      + f"{outage_answers.count(503)} of {len(outage_answers)} submissions during the outages "
                             f"answered 503; gateway, worker, beat and monitor never restarted")
     assert outcome.lost == 0
     assert len(rows) == len(accepted)
