@@ -22,12 +22,8 @@ EVENT_STREAM = "mallops:events"
 # status, concurrency}; written by each worker's heartbeat, read by shared.history.list_workers
 WORKERS_KEY = "mallops:workers"
 # Poison messages (shared.tasks): runs of a redelivered message, per task id and attempt
-# (``mallops:deliveries:<task_id>:<retries>``, an integer with a TTL), and the dead-letter list, newest
-# first: one JSON object per message that was not run again (task_id, task_name, queue, args, kwargs,
-# retries, owner, deliveries, reason, dead_lettered_at), capped at DEAD_LETTERS_MAX entries.
+# (``mallops:deliveries:<task_id>:<retries>``, an integer with a TTL)
 DELIVERIES_PREFIX = "mallops:deliveries:"
-DEAD_LETTERS_KEY = "mallops:dead_letters"
-DEAD_LETTERS_MAX = 10_000
 
 
 def revenue_cache_key(period: str) -> str:

@@ -11,14 +11,13 @@ return a small JSON value):
   dies (acks_late, reject_on_worker_lost), which Celery would do forever for a message that kills its
   worker every time. Each run of a *redelivered* message is counted in Redis (``INCR`` with a TTL,
   per task id and attempt; a first delivery costs nothing); the run after
-  ``MALLOPS_TASK_MAX_DELIVERIES`` runs does not call the body: it pushes the message onto the
-  dead-letter list ``mallops:dead_letters`` and fails the task with :class:`PoisonMessage`, so the
-  history shows it as FAILURE with the reason.
+  ``MALLOPS_TASK_MAX_DELIVERIES`` runs does not call the body: it records the message in the
+  dead-letter list ``mallops:dead_letters`` (:mod:`shared.dead_letters`) and fails the task with
+  :class:`PoisonMessage`, so the history shows it as FAILURE with the reason.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import random
@@ -33,8 +32,8 @@ from celery import Celery, Task
 from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 from pydantic import ValidationError
 
-from shared import events
-from shared.cache import DEAD_LETTERS_KEY, DEAD_LETTERS_MAX, DELIVERIES_PREFIX, redis_client
+from shared import dead_letters, events
+from shared.cache import DELIVERIES_PREFIX, redis_client
 from shared.catalog import CATALOG, TaskSpec
 from shared.settings import Settings, get_settings
 
@@ -115,8 +114,8 @@ class MallopsTask(Task):  # type: ignore[misc]
         if deliveries > settings.task_max_deliveries:
             reason = (f"dead-lettered: delivered {deliveries} times and its worker died during each of the "
                       f"{deliveries - 1} runs (MALLOPS_TASK_MAX_DELIVERIES={settings.task_max_deliveries}); "
-                      f"not run again, kept in {DEAD_LETTERS_KEY}")
-            self.dead_letter(settings, deliveries, reason, args, kwargs)
+                      "not run again, kept in mallops:dead_letters")
+            self.dead_letter(reason, args, kwargs)
             raise PoisonMessage(reason)
         try:
             validated = self.spec.validate(args, kwargs)
@@ -163,23 +162,14 @@ class MallopsTask(Task):  # type: ignore[misc]
             return 1
         return int(runs) + 1
 
-    def dead_letter(self, settings: Settings, deliveries: int, reason: str, args: tuple[Any, ...],
-                    kwargs: dict[str, Any]) -> None:
-        """Keep the message in the dead-letter list (newest first, capped), for a look and a retry."""
+    def dead_letter(self, reason: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Keep the message in the dead-letter list (``shared.dead_letters``), for a look and a retry."""
         request = self.request
-        entry = json.dumps({
-            "task_id": request.id, "task_name": self.name,
-            "queue": (request.delivery_info or {}).get("routing_key") or getattr(self, "queue", None),
-            "args": list(args), "kwargs": kwargs, "retries": request.retries or 0,
-            "owner": request.get(events.OWNER_HEADER), "deliveries": deliveries, "reason": reason,
-            "dead_lettered_at": dt.datetime.now(dt.UTC).isoformat(),
-        }, default=str)
-        log.error("%s[%s] %s", self.name, request.id, reason)
-        try:
-            redis_client(settings).pipeline(transaction=True).lpush(DEAD_LETTERS_KEY, entry).ltrim(
-                DEAD_LETTERS_KEY, 0, DEAD_LETTERS_MAX - 1).execute()
-        except redis.exceptions.RedisError as exc:  # the task still fails, with the reason, in the history
-            log.error("%s[%s]: could not write the dead letter (%s)", self.name, request.id, exc)
+        headers = {"id": request.id, "task": self.name, "retries": request.retries or 0,
+                   events.OWNER_HEADER: request.get(events.OWNER_HEADER)}
+        body = json.dumps([list(args), kwargs, {}], default=str)
+        queue = (request.delivery_info or {}).get("routing_key") or getattr(self, "queue", None)
+        dead_letters.record(reason, queue=queue, headers=headers, body=body, exception="PoisonMessage")
 
     def update_state(self, task_id: str | None = None, state: str | None = None, meta: Any = None,
                      **kwargs: Any) -> None:

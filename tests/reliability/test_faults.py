@@ -21,8 +21,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from services.beat.main import create_app as create_beat_app
-from shared.cache import DEAD_LETTERS_KEY, DELIVERIES_PREFIX
+from shared.cache import DELIVERIES_PREFIX
 from shared.catalog import Schedule
+from shared.dead_letters import DEAD_LETTERS_KEY
 from shared.schedules import update_entry
 from tests.conftest import DEFAULT_PG
 from tests.harness import free_port, wait_until
@@ -181,8 +182,9 @@ def test_poison_message_is_dead_lettered_after_max_deliveries(
     letters = [json.loads(raw) for raw in cache.lrange(DEAD_LETTERS_KEY, 0, -1)]
     runs = {task_id: int(cache.get(f"{DELIVERIES_PREFIX}{task_id}:0") or 0) + 1 for task_id in poison}
     cache.close()
-    assert sorted(letter["task_id"] for letter in letters) == sorted(poison)
-    assert all(letter["deliveries"] == max_deliveries + 1 for letter in letters)
+    assert sorted(letter["id"] for letter in letters) == sorted(poison)
+    assert all(letter["exception"] == "PoisonMessage" and letter["task"] == POISON_TASK for letter in letters)
+    assert all(f"delivered {max_deliveries + 1} times" in letter["reason"] for letter in letters)
     assert all(count == max_deliveries + 1 for count in runs.values())  # N runs that died + the dead-lettering one
     _record(fault_results, fault_stack, "poison message (SIGKILLs its worker)", size, trials, ids, started,
             notes=f"each poison message ran {max_deliveries} times, then FAILED (PoisonMessage) and went to "
