@@ -38,7 +38,17 @@ from shared.db import session_scope
 from shared.models import TaskRecord
 from shared.settings import Settings
 from shared.tokens import create_token
-from tests.harness import Process, RedisServer, free_port, service_argv, spawn, start_redis, start_worker, wait_until
+from tests.harness import (
+    Process,
+    RedisServer,
+    free_port,
+    service_argv,
+    spawn,
+    start_http_service,
+    start_redis,
+    start_worker,
+    wait_until,
+)
 
 RABBITMQ = ("127.0.0.1", 5672)
 FINAL_EVENTS = ("task-succeeded", "task-failed", "task-revoked", "task-rejected")
@@ -144,33 +154,20 @@ class FaultStack:
         return process
 
     def monitor(self) -> Process:
-        process = spawn("monitor", service_argv("monitor", f"--port={self.monitor_port}", "--name=monitor-fault"),
-                        self.env, self.log_dir)
+        argv = service_argv("monitor", f"--port={self.monitor_port}", "--name=monitor-fault")
+        process = start_http_service("monitor", argv, self.env, self.log_dir,
+                                     f"http://127.0.0.1:{self.monitor_port}/health")
         self.processes.append(process)
-
-        def healthy() -> bool:
-            if not process.alive():
-                pytest.fail(f"monitor exited with {process.popen.returncode}:\n{process.log()[-3000:]}")
-            return httpx.get(f"http://127.0.0.1:{self.monitor_port}/health", timeout=2).status_code == 200
-
-        wait_until(healthy, timeout=60, interval=0.2, message="monitor /health")
         return process
 
     def gateway(self) -> tuple[Process, httpx.Client]:
-        process = spawn("gateway", service_argv("gateway", f"--port={self.gateway_port}"), self.env, self.log_dir)
+        base = f"http://127.0.0.1:{self.gateway_port}"
+        process = start_http_service("gateway", service_argv("gateway", f"--port={self.gateway_port}"), self.env,
+                                     self.log_dir, f"{base}/readyz")
         self.processes.append(process)
         with session_scope(self.settings) as session:
             token = create_token(session, f"faults-{uuid.uuid4().hex[:8]}", "admin")
-        client = httpx.Client(base_url=f"http://127.0.0.1:{self.gateway_port}", timeout=10,
-                              headers={"Authorization": f"Bearer {token}"})
-
-        def ready() -> bool:
-            if not process.alive():
-                pytest.fail(f"gateway exited with {process.popen.returncode}:\n{process.log()[-3000:]}")
-            return client.get("/readyz").status_code == 200
-
-        wait_until(ready, timeout=60, interval=0.2, message="gateway /readyz")
-        return process, client
+        return process, httpx.Client(base_url=base, timeout=10, headers={"Authorization": f"Bearer {token}"})
 
     def beat(self) -> Process:
         process = spawn("beat", service_argv("beat"), self.env, self.log_dir)

@@ -18,7 +18,7 @@ from sqlalchemy import delete
 from shared.db import session_scope
 from shared.models import MonitorMetric, TaskRecord
 from shared.settings import Settings
-from tests.harness import Process, RedisServer, free_port, service_argv, spawn, start_redis, wait_until
+from tests.harness import Process, RedisServer, free_port, service_argv, start_http_service, start_redis
 
 OFFLINE_AFTER = 3.0
 
@@ -43,16 +43,9 @@ class MonitorStack:
         return process
 
     def monitor(self) -> Process:
-        process = spawn("monitor", service_argv("monitor", f"--port={self.port}", "--name=monitor-test"),
-                        self.env, self.log_dir)
+        process = start_http_service("monitor", service_argv("monitor", f"--port={self.port}", "--name=monitor-test"),
+                                     self.env, self.log_dir, f"{self.url}/health")
         self.processes.append(process)
-
-        def healthy() -> bool:
-            if not process.alive():
-                pytest.fail(f"monitor exited with {process.popen.returncode}:\n{process.log()[-3000:]}")
-            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
-
-        wait_until(healthy, timeout=60, interval=0.2, message="monitor /health")
         return process
 
     def samples(self) -> list[tuple[str, dict[str, str], float]]:
