@@ -188,26 +188,6 @@ def wait_http_ready(process: Process, url: str, timeout: float = 60.0) -> None:
         raise
 
 
-def start_http_service(name: str, argv: list[str], env: Mapping[str, str], log_dir: Path, ready_url: str,
-                       timeout: float = 60.0) -> Process:
-    """Spawn an HTTP service and wait until ``ready_url`` answers 200 (fail at once if it exits)."""
-    import httpx
-
-    process = spawn(name, argv, env, log_dir)
-
-    def ready() -> bool:
-        if not process.alive():
-            pytest.fail(f"{name} exited with {process.popen.returncode}:\n{process.log()[-3000:]}")
-        return httpx.get(ready_url, timeout=2).status_code == 200
-
-    try:
-        wait_until(ready, timeout=timeout, interval=0.2, message=f"{name} {ready_url}")
-    except BaseException:
-        process.stop()
-        raise
-    return process
-
-
 def service_argv(service: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "mallops", "serve", service, *extra]
 

@@ -44,9 +44,9 @@ from tests.harness import (
     free_port,
     service_argv,
     spawn,
-    start_http_service,
     start_redis,
     start_worker,
+    wait_http_ready,
     wait_until,
 )
 
@@ -155,16 +155,16 @@ class FaultStack:
 
     def monitor(self) -> Process:
         argv = service_argv("monitor", f"--port={self.monitor_port}", "--name=monitor-fault")
-        process = start_http_service("monitor", argv, self.env, self.log_dir,
-                                     f"http://127.0.0.1:{self.monitor_port}/health")
+        process = spawn("monitor", argv, self.env, self.log_dir)
         self.processes.append(process)
+        wait_http_ready(process, f"http://127.0.0.1:{self.monitor_port}/health")
         return process
 
     def gateway(self) -> tuple[Process, httpx.Client]:
         base = f"http://127.0.0.1:{self.gateway_port}"
-        process = start_http_service("gateway", service_argv("gateway", f"--port={self.gateway_port}"), self.env,
-                                     self.log_dir, f"{base}/readyz")
+        process = spawn("gateway", service_argv("gateway", f"--port={self.gateway_port}"), self.env, self.log_dir)
         self.processes.append(process)
+        wait_http_ready(process, f"{base}/readyz")
         with session_scope(self.settings) as session:
             token = create_token(session, f"faults-{uuid.uuid4().hex[:8]}", "admin")
         return process, httpx.Client(base_url=base, timeout=10, headers={"Authorization": f"Bearer {token}"})

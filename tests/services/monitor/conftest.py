@@ -18,7 +18,7 @@ from sqlalchemy import delete
 from shared.db import session_scope
 from shared.models import MonitorMetric, TaskRecord
 from shared.settings import Settings
-from tests.harness import Process, RedisServer, free_port, service_argv, start_http_service, start_redis
+from tests.harness import Process, RedisServer, free_port, service_argv, spawn, start_redis, wait_http_ready
 
 OFFLINE_AFTER = 3.0
 
@@ -43,9 +43,10 @@ class MonitorStack:
         return process
 
     def monitor(self) -> Process:
-        process = start_http_service("monitor", service_argv("monitor", f"--port={self.port}", "--name=monitor-test"),
-                                     self.env, self.log_dir, f"{self.url}/health")
+        process = spawn("monitor", service_argv("monitor", f"--port={self.port}", "--name=monitor-test"),
+                        self.env, self.log_dir)
         self.processes.append(process)
+        wait_http_ready(process, f"{self.url}/health")
         return process
 
     def samples(self) -> list[tuple[str, dict[str, str], float]]:
