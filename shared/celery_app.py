@@ -90,7 +90,9 @@ def create_celery_app(name: str = "mallops", settings: Settings | None = None) -
         from shared import events
 
         events.install(app, settings)  # lifecycle events for the monitor; once per process
-    from shared import dead_letters, revocations
+    from shared import dead_letters, redelivery, revocations
+
+    redelivery.install(app, settings)  # workers without an event loop also put back a dead worker's messages
 
     dead_letters.install(app, settings)  # a malformed message is recorded and dropped, never fatal to a worker
     revocations.install(app, settings)  # a task revoked before a worker started is skipped by it too

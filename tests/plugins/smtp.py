@@ -48,7 +48,15 @@ class RecordingHandler:
     refusals: list[str] = field(default_factory=list)  # SMTP replies to give before accepting
     attempts: int = 0
     delay: float = 0.0  # seconds to wait before answering DATA: a slow server
+    rcpt_delay: float = 0.0  # seconds to wait before accepting a recipient: a message in flight, not yet taken
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        if self.rcpt_delay:
+            await asyncio.sleep(self.rcpt_delay)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.delay:

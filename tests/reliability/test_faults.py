@@ -371,7 +371,8 @@ def test_notifier_sigkill_while_sending_sends_no_email_twice(
         fault_stack: FaultStack, size: str, smtp: SMTPServer, fault_results: FaultResults) -> None:
     kills, total = 3, 60
     started = time.monotonic()
-    smtp.handler.delay = 0.5  # every e-mail is in flight for half a second: the kills land mid-send
+    # every e-mail is in flight for half a second before the server has it: the kills land mid-send
+    smtp.handler.rcpt_delay = 0.5
     try:
         run = uuid.uuid4().hex[:8]
         addresses = [f"tenant{i}-{run}@mall.example" for i in range(total)]
@@ -386,7 +387,7 @@ def test_notifier_sigkill_while_sending_sends_no_email_twice(
         ledger = fault_stack.wait_finished(ids, timeout=120)
         received = Counter(r for m in smtp.messages for r in m.rcpt_tos if run in r)
     finally:
-        smtp.handler.delay = 0.0
+        smtp.handler.rcpt_delay = 0.0
     twice = [a for a in addresses if received[a] > 1]
     never = [a for a in addresses if received[a] == 0]
     outcome = Outcome("notifier SIGKILL while sending e-mail", fault_stack.broker, size, kills, len(ids),
