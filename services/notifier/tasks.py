@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from email.utils import make_msgid
 from typing import Any
 
 from celery import Celery
@@ -34,9 +33,12 @@ def send_notification_email(
     if state != "claimed":
         return {"notification_id": notification_id, "status": state, "sent": False}
 
-    domain = settings.mail_from.rpartition("@")[2] or None
+    # One Message-ID per notification, the same on every attempt: if a worker dies after the server took
+    # the message but before the row says sent, the redelivered copy is recognisably the same e-mail
+    # (mail stores and clients drop a second message with a Message-ID they already have).
+    domain = settings.mail_from.rpartition("@")[2] or "mallops.invalid"
     msg = mailer.compose(settings, email, subject, message, language,
-                         message_id=make_msgid(idstring=f"notification-{notification_id}", domain=domain))
+                         message_id=f"<notification-{notification_id}@{domain}>")
     try:
         mailer.send(settings, msg)
     except Exception as exc:

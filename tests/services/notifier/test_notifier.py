@@ -78,6 +78,8 @@ def test_english_e_mail_arrives_with_english_templates(client, notifier, smtp: S
     row = notification(settings, outcome["notification_id"])
     assert (row.status, row.kind, row.email) == ("sent", "manual", "alice@example.com")
     assert row.sent_at is not None
+    # the same on every attempt, so a copy re-sent after a worker died mid-send is recognisably the same
+    assert mail.message["Message-ID"] == f"<notification-{row.id}@{settings.mail_from.rpartition('@')[2]}>"
 
 
 def test_chinese_e_mail_arrives_with_chinese_templates(client, notifier, smtp: SMTPServer) -> None:
