@@ -1,20 +1,46 @@
 """Per-token rate limit: at most ``MALLOPS_RATE_LIMIT_PER_MINUTE`` requests in any 60 s, in Redis.
 
-A sliding-window counter: the count of the current minute plus the previous minute's count weighted
-by how much of it still lies inside the last 60 s. One pipelined round trip per request (INCR,
-EXPIRE, GET); a refused request is not counted. Shared by every gateway process using the same Redis.
+An exact sliding log: each token has a sorted set of the times of its accepted requests in the last
+60 s. One Lua script per request (one round trip, atomic, so concurrent requests and several gateway
+processes never let more through than the limit) drops entries older than the window, counts the rest,
+and records the request if it fits; a refused request is not recorded. Times come from the Redis
+server's clock, so gateways on several machines agree. At most ``limit`` entries per token.
+
+(A sliding-window *counter*, the usual cheaper approximation, let 25 of a burst of 80 through a limit
+of 20 when the burst straddled a minute boundary on a slow machine.)
 """
 
 from __future__ import annotations
 
 import math
-import time
+import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
 WINDOW = 60
-KEY = "mallops:gw:rate:{name}:{window}"
+KEY = "mallops:gw:rate:{name}"
+
+# KEYS[1] the token's log; ARGV: window seconds, limit, a unique member for this request.
+# Returns {allowed (1/0), remaining, retry-after in milliseconds}.
+_HIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[1]) * 1000
+local limit = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+if count < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return {1, limit - count - 1, 0}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local wait = window
+if oldest[2] then wait = tonumber(oldest[2]) + window - now end
+return {0, 0, wait}
+"""
 
 
 @dataclass(frozen=True)
@@ -29,31 +55,11 @@ class RateLimiter:
     def __init__(self, client: aioredis.Redis[str], per_minute: int) -> None:
         self._client = client
         self.limit = per_minute
+        self._hit: Any = client.register_script(_HIT)
 
-    async def hit(self, name: str, now: float | None = None) -> Decision:
-        now = time.time() if now is None else now
-        window = int(now // WINDOW)
-        elapsed = now - window * WINDOW
-        current_key = KEY.format(name=name, window=window)
-        previous_key = KEY.format(name=name, window=window - 1)
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.incr(current_key)
-            pipe.expire(current_key, 2 * WINDOW)
-            pipe.get(previous_key)
-            current, _, previous_raw = await pipe.execute()
-        previous = int(previous_raw or 0)
-        weight = (WINDOW - elapsed) / WINDOW
-        estimate = previous * weight + int(current)
-        if estimate <= self.limit:
-            return Decision(True, self.limit, max(0, math.floor(self.limit - estimate)), 0)
-        await self._client.decr(current_key)
-        return Decision(False, self.limit, 0, _retry_after(previous, int(current) - 1, elapsed, self.limit))
-
-
-def _retry_after(previous: int, current: int, elapsed: float, limit: int) -> int:
-    """Seconds until one more request fits, assuming no other request arrives meanwhile."""
-    if current + 1 > limit or previous == 0:
-        return max(1, math.ceil(WINDOW - elapsed))
-    # previous * (WINDOW - t) / WINDOW + current + 1 <= limit  ->  t >= WINDOW * (1 - (limit - current - 1) / previous)
-    t = WINDOW * (1 - (limit - current - 1) / previous)
-    return max(1, math.ceil(t - elapsed))
+    async def hit(self, name: str) -> Decision:
+        allowed, remaining, wait_ms = await self._hit(
+            keys=[KEY.format(name=name)], args=[WINDOW, self.limit, uuid.uuid4().hex])
+        if int(allowed):
+            return Decision(True, self.limit, int(remaining), 0)
+        return Decision(False, self.limit, 0, max(1, math.ceil(int(wait_ms) / 1000)))
