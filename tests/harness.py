@@ -198,21 +198,29 @@ def start_worker(
 ) -> Process:
     """Start ``mallops serve <service>`` (or ``command`` plus the worker options) and wait until its
     worker answers a ping."""
-    from celery import Celery
-
     hostname = hostname or f"{service}-{time.monotonic_ns()}@127.0.0.1"
     argv = [*command, f"--hostname={hostname}", *extra] if command else service_argv(
         service, f"--hostname={hostname}", *extra)
-    process = spawn(service, argv, env, log_dir)
-    probe = Celery(broker=env["MALLOPS_BROKER_URL"], set_as_current=False)
+    return start_celery_worker(service, argv, env, log_dir, env["MALLOPS_BROKER_URL"], hostname)
+
+
+def start_celery_worker(
+    name: str, argv: list[str], env: Mapping[str, str], log_dir: Path, broker_url: str, hostname: str,
+    timeout: float = 60,
+) -> Process:
+    """Start any Celery worker command line (its node name ``hostname``) and wait until it answers a ping."""
+    from celery import Celery
+
+    process = spawn(name, argv, env, log_dir)
+    probe = Celery(broker=broker_url, set_as_current=False)
     try:
         def pinged() -> bool:
             if not process.alive():
-                pytest.fail(f"{service} worker exited with {process.popen.returncode}:\n{process.log()[-3000:]}")
+                pytest.fail(f"{name} worker exited with {process.popen.returncode}:\n{process.log()[-3000:]}")
             replies = probe.control.ping(destination=[hostname], timeout=0.5)
             return any(hostname in reply for reply in replies)
 
-        wait_until(pinged, timeout=60, interval=0.2, message=f"{service} worker {hostname}")
+        wait_until(pinged, timeout=timeout, interval=0.2, message=f"{name} worker {hostname}")
     except BaseException:
         process.stop()
         raise

@@ -1,0 +1,38 @@
+"""``python -m bench run --out bench/results/latest.json``: the whole comparison in one invocation."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+from bench.run import Config, run
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run every scenario; write JSON (and a PNG chart beside it)")
+    p.add_argument("--out", type=Path, default=Path("bench/results/latest.json"))
+    p.add_argument("--quick", action="store_true", help="a smoke run: a few hundred tasks, every scenario once")
+    p.add_argument("--tasks", type=int, help="tasks per throughput run (default 3000)")
+    p.add_argument("--http-tasks", type=int, help="single-request HTTP submissions per run (default 2000)")
+    p.add_argument("--repeats", type=int, help="runs per scenario (default 3)")
+    p.add_argument("--monitor-seconds", type=float, help="sustained synthetic load on the monitor (default 60)")
+    p.add_argument("--no-flower", action="store_true", help="skip the Flower comparison")
+    p.add_argument("--no-chart", action="store_true", help="write only the JSON")
+    p.add_argument("--workdir", type=Path, help="keep logs and data here (default: a temporary directory)")
+    args = parser.parse_args(argv)
+
+    config = Config.quick() if args.quick else Config()
+    for field in ("tasks", "http_tasks", "repeats", "monitor_seconds"):
+        if getattr(args, field) is not None:
+            setattr(config, field, getattr(args, field))
+    if args.no_flower:
+        config.flower = False
+    chart = not args.no_chart and importlib.util.find_spec("matplotlib") is not None
+    run(config, args.out, chart=chart, workdir=args.workdir)
+
+
+if __name__ == "__main__":
+    main()

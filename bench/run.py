@@ -1,0 +1,709 @@
+"""One benchmark run: raw Celery, the Celery-events stack (and Flower), and mallops end to end, side by side.
+
+Everything runs on one machine against one redis-server of the run's own (a free port): database 0 is the
+broker, 1 the result backend, 2 mallops' cache and event stream, 3 the bench's own counters. Processes are
+started with the test harness (``tests.harness``) and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from celery import Celery
+from sqlalchemy import delete, func, select
+
+from bench import http_load
+from bench.measure import PeakRSS, percentiles, spread, tree_memory
+from bench.noop_app import QUEUE, TASK
+from shared.cache import EVENT_STREAM
+from shared.db import migrate, reset_engines, session_scope
+from shared.models import TaskRecord
+from shared.settings import Settings
+from shared.tokens import create_token
+from tests.harness import ROOT, Process, free_port, service_argv, spawn, start_celery_worker, start_redis, wait_until
+
+MALLOPS_TASK = "mallops.maintenance.test_task"
+MONITOR_GROUP = "mallops-monitor"
+
+
+@dataclass
+class Config:
+    tasks: int = 3000  # tasks per throughput run
+    http_tasks: int = 2000  # single-request HTTP submissions per run
+    repeats: int = 3
+    paced_rate: float = 100.0
+    paced_seconds: float = 5.0
+    concurrency: int = 16
+    batch_size: int = 500
+    monitor_seconds: float = 60.0  # sustained synthetic event load on the monitor
+    monitor_backlog: int = 100_000  # synthetic events for the monitor's capacity
+    flower: bool = True
+
+    @classmethod
+    def quick(cls) -> Config:
+        """A smoke run: a few hundred tasks, every scenario once."""
+        return cls(tasks=200, http_tasks=100, repeats=1, paced_rate=50, paced_seconds=1, batch_size=100,
+                   monitor_seconds=1, monitor_backlog=2000, flower=False)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _now_utc(value: Any) -> float:
+    """A Celery ``date_done`` (ISO text, UTC) or a datetime as epoch seconds."""
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return float(value.timestamp())
+
+
+def _ms(values: list[float]) -> dict[str, float | None]:
+    return {k: (None if v is None else round(v * 1000, 2) if k != "n" else v)
+            for k, v in percentiles(values).items()}
+
+
+class Bench:
+    def __init__(self, config: Config, workdir: Path) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.log_dir = workdir / "logs"
+        self.redis = start_redis(workdir / "redis")
+        self.base = self.redis.url_base
+        self.rss = PeakRSS().start()
+        self.rss.watch("redis-server", self.redis.process.pid if self.redis.process else 0)
+        self.rss.watch("bench (publisher, HTTP clients)", os.getpid())
+        self.results: dict[str, Any] = {}
+        self.processes: list[Process] = []
+        self.db = {n: self.redis.client(n) for n in range(4)}
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+        self.rss.stop()
+        for client in self.db.values():
+            client.close()
+        self.redis.stop()
+
+    def started(self, process: Process, role: str | None = None) -> Process:
+        self.processes.append(process)
+        if role:
+            self.rss.watch(role, process.pid)
+        return process
+
+    def stop(self, process: Process, role: str | None = None) -> None:
+        if role:
+            self.rss.sample()
+            self.rss.forget(role)
+        process.stop()
+        self.processes.remove(process)
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def bare_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOPS_", "BENCH_"))}
+        return env | {"BENCH_BROKER_URL": f"{self.base}/0", "BENCH_RESULT_BACKEND": f"{self.base}/1",
+                      "PYTHONPATH": str(ROOT)}
+
+    def bare_worker(self, name: str, *extra: str) -> Process:
+        hostname = f"{name}@bench"
+        argv = [sys.executable, "-m", "celery", "-A", "bench.noop_app", "worker", "-P", "prefork", "-c", "2",
+                "-Q", QUEUE, "-n", hostname, "-l", "WARNING", "--without-mingle", "--without-gossip", *extra]
+        return self.started(start_celery_worker(name, argv, self.bare_env(), self.log_dir, f"{self.base}/0",
+                                                hostname), f"{name} worker")
+
+    def publisher(self, sent_events: bool = False) -> Celery:
+        """A plain publishing app: no result backend (so send_task subscribes to nothing)."""
+        app = Celery("bench-publisher", broker=f"{self.base}/0", set_as_current=False)
+        app.conf.update(task_serializer="json", task_send_sent_event=sent_events,
+                        broker_connection_retry_on_startup=True)
+        return app
+
+    def results_count(self) -> int:
+        return int(self.db[1].dbsize())
+
+    def wait_results(self, count: int, timeout: float) -> float:
+        wait_until(lambda: self.results_count() >= count, timeout=timeout, interval=0.01,
+                   message=f"{count} results")
+        return time.perf_counter()
+
+    def read_results(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start:start + 1000]
+            values = self.db[1].mget([f"celery-task-meta-{i}" for i in chunk])
+            for task_id, raw in zip(chunk, values, strict=True):
+                if raw:
+                    out[task_id] = json.loads(raw)
+        return out
+
+    def timeout_for(self, count: int) -> float:
+        return 60 + count / 20  # generous: at least 20 tasks/s on a loaded machine
+
+    # -- (1) and (2): Celery publisher and worker ---------------------------------------------------
+
+    def publish_drain(self, app: Celery, name: str, queue: str, n: int, kwargs: dict[str, Any] | None = None,
+                      before_done: Any = None) -> dict[str, float]:
+        """Publish ``n`` tasks as fast as one thread can; tasks/s until every result is stored."""
+        self.db[1].flushdb()
+        start = time.perf_counter()
+        for _ in range(n):
+            app.send_task(name, kwargs=kwargs or {}, queue=queue)
+        published = time.perf_counter()
+        done = self.wait_results(n, self.timeout_for(n))
+        if before_done is not None:
+            done = before_done()
+        return {"tasks_per_s": n / (done - start), "publish_per_s": n / (published - start)}
+
+    def paced_celery(self, app: Celery, name: str, queue: str) -> dict[str, Any]:
+        """Submit-to-start and submit-to-finish latency at ``paced_rate`` tasks/s."""
+        self.db[1].flushdb()
+        rate, count = self.config.paced_rate, max(1, int(self.config.paced_rate * self.config.paced_seconds))
+        submitted: dict[str, float] = {}
+        start = time.perf_counter()
+        for i in range(count):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)  # pacing the load, not waiting for a condition
+            task_id = str(uuid.uuid4())
+            submitted[task_id] = time.time()
+            app.send_task(name, task_id=task_id, queue=queue)
+        self.wait_results(count, self.timeout_for(count))
+        results = self.read_results(list(submitted))
+        to_start = [float(r["result"]) - submitted[i] for i, r in results.items()]
+        to_finish = [_now_utc(r["date_done"]) - submitted[i] for i, r in results.items()]
+        return {"rate": rate, "tasks": count, "submit_to_start_ms": _ms(to_start),
+                "submit_to_finish_ms": _ms(to_finish)}
+
+    def idle_memory(self, process: Process) -> dict[str, Any]:
+        """RSS and PSS of a worker's process tree once it is idle (after 2 s without work)."""
+        time.sleep(2)  # settle: memory of a freshly started, idle worker, not a synchronisation
+        return tree_memory(process.pid, pss=True)
+
+    def scenario_raw(self) -> None:
+        log("(1) raw Celery: bare prefork -c 2 worker, acks_late, results in Redis, no events")
+        worker = self.bare_worker("raw")
+        idle = self.idle_memory(worker)
+        app = self.publisher()
+        runs = []
+        for i in range(self.config.repeats):
+            runs.append(self.publish_drain(app, TASK, QUEUE, self.config.tasks))
+            log(f"  run {i + 1}: {runs[-1]['tasks_per_s']:.0f} tasks/s (published {runs[-1]['publish_per_s']:.0f}/s)")
+        paced = self.paced_celery(app, TASK, QUEUE)
+        log(f"  paced {paced['rate']:.0f}/s: start p50 {paced['submit_to_start_ms']['p50']} ms, "
+            f"p99 {paced['submit_to_start_ms']['p99']} ms")
+        app.close()
+        self.stop(worker, "raw worker")
+        self.results["raw"] = {
+            "what": "send_task from one thread -> bare celery worker (prefork -c 2, acks_late, Redis results)",
+            "tasks_per_s": spread([r["tasks_per_s"] for r in runs]),
+            "publish_per_s": spread([r["publish_per_s"] for r in runs]),
+            "paced": paced,
+            "idle_worker_memory": idle,
+            "peak_rss": self.rss.report(["raw worker"]),
+        }
+
+    def events_counts(self) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in self.db[3].hgetall("bench:events").items()}
+
+    def scenario_events(self) -> None:
+        log("(2) Celery-events stack: worker -E, task_send_sent_event, an EventReceiver consuming every event")
+        consumer = self.started(spawn("events-consumer", [sys.executable, "-m", "bench.events_consumer",
+                                                          "--broker", f"{self.base}/0",
+                                                          "--stats-url", f"{self.base}/3"],
+                                      self.bare_env(), self.log_dir), "events consumer (EventReceiver+State)")
+        wait_until(lambda: self.events_counts().get("ready"), timeout=30, message="events consumer")
+        worker = self.bare_worker("events", "-E")
+        app = self.publisher(sent_events=True)
+        runs = []
+        lags: list[float] = []
+        for i in range(self.config.repeats):
+            self.db[3].delete("bench:lags")
+            base = self.events_counts().get("succeeded", 0)
+            n = self.config.tasks
+
+            def consumed(base: int = base, n: int = n) -> float:
+                wait_until(lambda: self.events_counts().get("succeeded", 0) >= base + n,
+                           timeout=self.timeout_for(n), interval=0.01, message="task-succeeded events")
+                return time.perf_counter()
+
+            runs.append(self.publish_drain(app, TASK, QUEUE, n, before_done=consumed))
+            lags += [float(v) for v in self.db[3].lrange("bench:lags", 0, -1)]
+            log(f"  run {i + 1}: {runs[-1]['tasks_per_s']:.0f} tasks/s (published {runs[-1]['publish_per_s']:.0f}/s)")
+        self.db[3].delete("bench:lags")
+        paced = self.paced_celery(app, TASK, QUEUE)
+        wait_until(lambda: self.db[3].llen("bench:lags") >= paced["tasks"], timeout=30, message="paced lags")
+        paced["event_lag_ms"] = _ms([float(v) for v in self.db[3].lrange("bench:lags", 0, -1)])
+        log(f"  paced {paced['rate']:.0f}/s: start p50 {paced['submit_to_start_ms']['p50']} ms, "
+            f"p99 {paced['submit_to_start_ms']['p99']} ms")
+        app.close()
+        self.results["events"] = {
+            "what": "the same with -E and task_send_sent_event, plus an EventReceiver process keeping "
+                    "celery.events.State (what Flower and celery-exporter run)",
+            "tasks_per_s": spread([r["tasks_per_s"] for r in runs]),
+            "publish_per_s": spread([r["publish_per_s"] for r in runs]),
+            "event_lag_ms": _ms(lags),
+            "paced": paced,
+            "peak_rss": self.rss.report(["events worker", "events consumer (EventReceiver+State)"]),
+        }
+        self.stop(consumer, "events consumer (EventReceiver+State)")
+        if self.config.flower:
+            self.scenario_flower()
+        self.stop(worker, "events worker")
+
+    def scenario_flower(self) -> None:
+        version = _version("flower")
+        if version is None:
+            self.results["flower"] = {"skipped": "flower is not installed (pip install -e '.[bench]')"}
+            return
+        log(f"    Flower {version}: POST /api/task/async-apply/{TASK}, {self.config.concurrency} clients")
+        port = free_port()
+        env = self.bare_env() | {"FLOWER_UNAUTHENTICATED_API": "true"}
+        flower = self.started(spawn("flower", [sys.executable, "-m", "celery", "-A", "bench.noop_app", "flower",
+                                               f"--port={port}", "--address=127.0.0.1"], env, self.log_dir),
+                              "flower")
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: httpx.get(f"{base}/healthcheck", timeout=2).status_code == 200, timeout=60,
+                   interval=0.2, message="flower /healthcheck")
+        url = f"{base}/api/task/async-apply/{TASK}"
+        runs = []
+        for i in range(self.config.repeats):
+            result = http_load.run(http_load.closed_loop(url, {}, lambda _i: {}, self.config.http_tasks,
+                                                         self.config.concurrency))
+            runs.append(result.summary())
+            log(f"    run {i + 1}: {result.rate:.0f} req/s, p50 {runs[-1]['latency_ms']['p50']} ms, "
+                f"p99 {runs[-1]['latency_ms']['p99']} ms, errors {result.errors}")
+        self.results["flower"] = {
+            "what": f"Flower {version} POST /api/task/async-apply/<name>, {self.config.concurrency} concurrent "
+                    f"clients (with the -E worker running)",
+            "version": version,
+            "req_per_s": spread([r["req_per_s"] for r in runs]),
+            "latency_ms": _median_latency(runs),
+            "runs": runs,
+            "peak_rss": self.rss.report(["flower"]),
+        }
+        self.stop(flower, "flower")
+        wait_until(lambda: self.db[0].llen(QUEUE) == 0, timeout=self.timeout_for(self.config.http_tasks * 3),
+                   interval=0.1, message="the Flower-submitted tasks to drain")
+
+    # -- (3) mallops -------------------------------------------------------------------------------
+
+    def mallops_env(self, **overrides: str) -> dict[str, str]:
+        data = self.workdir / "data"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOPS_", "BENCH_"))}
+        env |= {
+            "MALLOPS_ENVIRONMENT": "development",
+            "MALLOPS_DATA_DIR": str(data),
+            "MALLOPS_DATABASE_URL": f"sqlite:///{data / 'mallops.db'}",
+            "MALLOPS_REDIS_URL": self.base,
+            "MALLOPS_LOG_LEVEL": "WARNING",
+            "MALLOPS_WORKER_CONCURRENCY": "2",
+            "MALLOPS_RATE_LIMIT_PER_MINUTE": "100000000",
+            "PYTHONPATH": str(ROOT),
+        }
+        return env | overrides
+
+    def mallops_settings(self) -> Settings:
+        env = self.mallops_env()
+        return Settings(environment="development", data_dir=Path(env["MALLOPS_DATA_DIR"]),
+                        database_url=env["MALLOPS_DATABASE_URL"], redis_url=self.base)
+
+    def mallops_worker(self, role: str, **env: str) -> Process:
+        hostname = f"maintenance-{role}@bench"
+        argv = service_argv("maintenance", f"--hostname={hostname}")
+        return self.started(start_celery_worker("maintenance", argv, self.mallops_env(**env), self.log_dir,
+                                                f"{self.base}/0", hostname), f"mallops worker ({role})")
+
+    def history_done(self) -> int:
+        with session_scope(self.settings) as session:
+            return int(session.scalar(select(func.count()).select_from(TaskRecord)
+                                      .where(TaskRecord.state == "SUCCESS")) or 0)
+
+    def stream_drained(self) -> bool:
+        groups = self.db[2].xinfo_groups(EVENT_STREAM)  # type: ignore[no-untyped-call]
+        return any(g["name"] in (MONITOR_GROUP, MONITOR_GROUP.encode()) and not g["pending"] and not g.get("lag")
+                   for g in groups)
+
+    def reset_history(self) -> None:
+        wait_until(self.stream_drained, timeout=120, interval=0.05, message="the monitor to catch up")
+        with session_scope(self.settings) as session:
+            session.execute(delete(TaskRecord))
+        self.db[1].flushdb()
+
+    def wait_history(self, count: int) -> float:
+        wait_until(lambda: self.history_done() >= count, timeout=self.timeout_for(count), interval=0.05,
+                   message=f"{count} tasks in task_history")
+        return time.perf_counter()
+
+    def worker_only(self, role: str, label: str) -> dict[str, Any]:
+        """Drain rate of a mallops worker fed by a plain publisher (no gateway, no monitor)."""
+        app = self.publisher()
+        runs = []
+        for i in range(self.config.repeats):
+            runs.append(self.publish_drain(app, MALLOPS_TASK, "default", self.config.tasks))
+            log(f"  {label} run {i + 1}: {runs[-1]['tasks_per_s']:.0f} tasks/s")
+        app.close()
+        return {"tasks_per_s": spread([r["tasks_per_s"] for r in runs])}
+
+    def scenario_mallops(self) -> None:
+        log("(3) mallops: gateway (HTTP) -> maintenance worker -> monitor -> task_history")
+        self.settings = self.mallops_settings()
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        migrate(self.settings)
+        with session_scope(self.settings) as session:
+            token = create_token(session, f"bench-{uuid.uuid4().hex[:6]}", "admin")
+        headers = {"Authorization": f"Bearer {token}"}
+        result: dict[str, Any] = {}
+
+        # the worker alone: idle memory and the cost of emitting lifecycle events (on here, off below)
+        worker = self.mallops_worker("events on")
+        result["idle_worker_memory"] = self.idle_memory(worker)
+        result["worker_events_on"] = self.worker_only("events on", "worker alone, events on ")
+        self.db[2].delete(EVENT_STREAM)  # the monitor below starts from an empty stream
+
+        gw_port, mon_port = free_port(), free_port()
+        env = self.mallops_env()
+        gateway = self.started(spawn("gateway", service_argv("gateway", f"--port={gw_port}"), env, self.log_dir),
+                               "mallops gateway")
+        monitor = self.started(spawn("monitor", service_argv("monitor", f"--port={mon_port}", "--name=bench"),
+                                     env, self.log_dir), "mallops monitor")
+        gw, mon = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{mon_port}"
+        wait_until(lambda: httpx.get(f"{gw}/readyz", timeout=2).status_code == 200, timeout=60, interval=0.2,
+                   message="gateway /readyz")
+        wait_until(lambda: httpx.get(f"{mon}/health", timeout=2).status_code == 200, timeout=60, interval=0.2,
+                   message="monitor /health")
+        one = {"task_name": "test_task"}
+
+        batch_runs, single_runs = [], []
+        n, size = self.config.tasks, self.config.batch_size
+        batch_body = {"tasks": [one] * size}
+        for i in range(self.config.repeats):
+            self.reset_history()
+            start = time.perf_counter()
+            load = http_load.run(http_load.closed_loop(
+                f"{gw}/api/v1/tasks/batch", headers, lambda _i: batch_body, n // size, 2))
+            done = self.wait_history(n // size * size)
+            batch_runs.append({"tasks_per_s": (n // size * size) / (done - start),
+                               "submit_per_s": (n // size * size) / load.seconds, "errors": load.errors})
+            log(f"  batch run {i + 1}: {batch_runs[-1]['tasks_per_s']:.0f} tasks/s end to end, "
+                f"submitted {batch_runs[-1]['submit_per_s']:.0f}/s")
+        n = self.config.http_tasks
+        for i in range(self.config.repeats):
+            self.reset_history()
+            start = time.perf_counter()
+            load = http_load.run(http_load.closed_loop(f"{gw}/api/v1/tasks", headers, lambda _i: one, n,
+                                                       self.config.concurrency))
+            done = self.wait_history(n)
+            single_runs.append({"tasks_per_s": n / (done - start), **load.summary()})
+            log(f"  single run {i + 1}: {single_runs[-1]['tasks_per_s']:.0f} tasks/s end to end, "
+                f"{load.rate:.0f} req/s, p50 {single_runs[-1]['latency_ms']['p50']} ms, "
+                f"p99 {single_runs[-1]['latency_ms']['p99']} ms")
+
+        # paced latency, over HTTP, to the history
+        self.reset_history()
+        paced_load = http_load.run(http_load.paced(f"{gw}/api/v1/tasks", headers, lambda _i: one,
+                                                   self.config.paced_rate, self.config.paced_seconds))
+        submitted = {answer["task_id"]: at for at, answer in paced_load.answers}
+        self.wait_history(len(submitted))
+        with session_scope(self.settings) as session:
+            rows = session.execute(select(TaskRecord.task_id, TaskRecord.started_at, TaskRecord.finished_at,
+                                          TaskRecord.updated_at).where(TaskRecord.task_id.in_(list(submitted))))
+            rows_list = list(rows)
+        paced = {
+            "rate": self.config.paced_rate, "tasks": len(submitted),
+            "http_latency_ms": paced_load.summary()["latency_ms"],
+            "submit_to_start_ms": _ms([_now_utc(r.started_at) - submitted[r.task_id] for r in rows_list]),
+            "submit_to_finish_ms": _ms([_now_utc(r.finished_at) - submitted[r.task_id] for r in rows_list]),
+            "monitor_lag_ms": _ms([_now_utc(r.updated_at) - _now_utc(r.finished_at) for r in rows_list]),
+        }
+        log(f"  paced {paced['rate']:.0f}/s: start p50 {paced['submit_to_start_ms']['p50']} ms, "
+            f"p99 {paced['submit_to_start_ms']['p99']} ms; monitor lag p50 {paced['monitor_lag_ms']['p50']} ms")
+        events_per_task = self._events_per_task()
+
+        result |= {
+            "what": "HTTP POST to the gateway (uvicorn, uvloop, httptools) -> maintenance worker (prefork -c 2, "
+                    "lifecycle events on) -> monitor -> task_history; a run ends when the history holds every task",
+            "batch": {"tasks_per_s": spread([r["tasks_per_s"] for r in batch_runs]),
+                      "submit_per_s": spread([r["submit_per_s"] for r in batch_runs]),
+                      "batch_size": self.config.batch_size, "concurrent_requests": 2},
+            "single": {"tasks_per_s": spread([r["tasks_per_s"] for r in single_runs]),
+                       "req_per_s": spread([r["req_per_s"] for r in single_runs]),
+                       "latency_ms": _median_latency(single_runs), "concurrency": self.config.concurrency,
+                       "runs": single_runs},
+            "paced": paced,
+            "events_per_task": events_per_task,
+        }
+        self.results["mallops"] = result
+        self.scenario_monitor(mon, monitor)
+        result["peak_rss"] = self.rss.report(["mallops gateway", "mallops worker (events on)", "mallops monitor"])
+        self.stop(gateway, "mallops gateway")
+        self.stop(monitor, "mallops monitor")
+        self.stop(worker, "mallops worker (events on)")
+
+        worker = self.mallops_worker("events off", MALLOPS_EVENTS_ENABLED="false")
+        result["worker_events_off"] = self.worker_only("events off", "worker alone, events off")
+        self.stop(worker, "mallops worker (events off)")
+        reset_engines()
+
+    def _events_per_task(self) -> float:
+        """Stream entries per task of the last (paced) run: what one task costs the monitor."""
+        entries = self.db[2].xrevrange(EVENT_STREAM, count=2000)
+        tasks = set()
+        count = 0
+        for _, fields in entries:
+            event = json.loads(fields[b"e"])
+            if event.get("type", "").startswith("task-"):
+                tasks.add(event.get("id"))
+                count += 1
+        return round(count / len(tasks), 2) if tasks else 0.0
+
+    # -- the monitor under synthetic load ------------------------------------------------------------
+
+    def push_events(self, tasks: int, prefix: str) -> int:
+        """XADD four lifecycle events per synthetic task, as the platform's emitters do, pipelined."""
+        pipe = self.db[2].pipeline(transaction=False)
+        now = time.time()
+        count = 0
+        for i in range(tasks):
+            task_id = f"{prefix}-{i}"
+            common = {"id": task_id, "name": MALLOPS_TASK, "queue": "default", "retries": 0, "owner": "bench",
+                      "host": "synthetic@bench", "pid": 1}
+            for type_, extra in (("task-sent", {"args": None}), ("task-received", {"args": None}),
+                                 ("task-started", {}), ("task-succeeded", {"runtime": 0.001, "result": "'ok'"})):
+                data = json.dumps({**common, **extra, "type": type_, "ts": now}, separators=(",", ":"))
+                pipe.xadd(EVENT_STREAM, {"e": data}, maxlen=500_000, approximate=True)
+                count += 1
+            if i % 250 == 249:
+                pipe.execute()
+        pipe.execute()
+        return count
+
+    def scenario_monitor(self, mon: str, monitor: Process) -> None:
+        log("monitor: synthetic lifecycle events pushed into the stream")
+
+        def stats() -> dict[str, Any]:
+            answer: dict[str, Any] = httpx.get(f"{mon}/stats", timeout=5).json()
+            return answer
+
+        self.reset_history()
+        tasks = self.config.monitor_backlog // 4
+        pushed_at = time.perf_counter()
+        events = self.push_events(tasks, f"cap-{uuid.uuid4().hex[:6]}")
+        push_seconds = time.perf_counter() - pushed_at
+        wait_until(self.stream_drained, timeout=self.timeout_for(events), interval=0.05, message="backlog drained")
+        capacity = events / (time.perf_counter() - pushed_at)
+        log(f"  capacity: {events} events in a backlog processed at {capacity:.0f} events/s "
+            f"(pushed at {events / push_seconds:.0f}/s)")
+
+        peak = self.results["mallops"]["batch"]["tasks_per_s"]["median"] or 0
+        per_task = self.results["mallops"].get("events_per_task") or 4
+        rate = max(5 * peak * per_task, 100.0)
+        lags, rss = [], []
+        tick = 0.1
+        per_tick = max(1, round(rate * tick / 4))
+        total_events = 0
+        prefix = f"sus-{uuid.uuid4().hex[:6]}"
+        start = time.perf_counter()
+        next_sample = start
+        i = 0
+        while time.perf_counter() - start < self.config.monitor_seconds:
+            total_events += self.push_events(per_tick, f"{prefix}-{i}")
+            i += 1
+            now = time.perf_counter()
+            if now >= next_sample:
+                next_sample = now + 0.5
+                lags.append(float(stats()["lag_seconds"]))
+                rss.append(round(tree_memory(monitor.pid)["rss_mb"], 1))
+            delay = start + i * tick - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)  # pacing the load
+        sent_seconds = time.perf_counter() - start
+        wait_until(self.stream_drained, timeout=self.timeout_for(total_events), interval=0.05,
+                   message="sustained load drained")
+        drained = time.perf_counter() - start
+        self.results["monitor"] = {
+            "what": "synthetic task-sent/received/started/succeeded events XADDed into mallops:events; the "
+                    "monitor (SQLite history) folds them into task_history",
+            "capacity_events_per_s": round(capacity, 1),
+            "backlog_events": events,
+            "sustained": {
+                "target_events_per_s": round(rate, 1),
+                "achieved_push_events_per_s": round(total_events / sent_seconds, 1),
+                "seconds": round(sent_seconds, 1),
+                "events": total_events,
+                "tasks": total_events // 4,
+                "drained_after_s": round(drained, 1),
+                "lag_s": {k: (None if v is None else round(v, 3)) for k, v in percentiles(lags).items()},
+                "rss_mb": {"first": rss[0] if rss else None, "last": rss[-1] if rss else None,
+                           "max": max(rss) if rss else None, "samples": rss},
+            },
+        }
+        log(f"  sustained {rate:.0f} events/s for {sent_seconds:.0f} s: lag max "
+            f"{max(lags) if lags else 0:.2f} s, RSS {rss[0] if rss else '?'} -> {rss[-1] if rss else '?'} MB")
+        self.reset_history()
+
+
+def _median_latency(runs: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Per percentile, the median over runs."""
+    import statistics
+
+    keys = ("p50", "p95", "p99", "max")
+    return {k: round(statistics.median([r["latency_ms"][k] for r in runs if r["latency_ms"][k] is not None]), 2)
+            for k in keys if any(r["latency_ms"][k] is not None for r in runs)}
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    redis_version = ""
+    binary = shutil.which("redis-server")
+    if binary:
+        redis_version = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                                       check=False).stdout.strip()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "celery": _version("celery"), "kombu": _version("kombu"), "redis_py": _version("redis"),
+        "hiredis": _version("hiredis"), "uvicorn": _version("uvicorn"), "flower": _version("flower"),
+        "redis_server": redis_version,
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every target of issue 8, with the measured value and met/missed."""
+    raw = results.get("raw", {}).get("tasks_per_s", {}).get("median")
+    events = results.get("events", {}).get("tasks_per_s", {}).get("median")
+    mallops = results.get("mallops", {})
+    batch = mallops.get("batch", {}).get("tasks_per_s", {}).get("median")
+    batch_submit = mallops.get("batch", {}).get("submit_per_s", {}).get("median")
+    single = mallops.get("single", {})
+    flower = results.get("flower", {})
+    on = mallops.get("worker_events_on", {}).get("tasks_per_s", {}).get("median")
+    off = mallops.get("worker_events_off", {}).get("tasks_per_s", {}).get("median")
+    paced = mallops.get("paced", {}).get("submit_to_start_ms", {})
+    monitor = results.get("monitor", {})
+    sustained = monitor.get("sustained", {})
+    idle = mallops.get("idle_worker_memory", {}).get("rss_mb")
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, target: str, value: float | None, met: bool | None, unit: str = "") -> None:
+        out.append({"target": name, "wanted": target, "value": value, "unit": unit, "met": met})
+
+    def ge(value: float | None, limit: float) -> bool | None:
+        return None if value is None else value >= limit
+
+    def le(value: float | None, limit: float) -> bool | None:
+        return None if value is None else value <= limit
+
+    r = ratio(batch, raw)
+    add("mallops end to end (HTTP batch, monitoring on) / raw Celery", ">= 0.8", r, ge(r, 0.8), "x")
+    r = ratio(batch, events)
+    add("mallops end to end (HTTP batch) / Celery-events stack", ">= 1.5", r, ge(r, 1.5), "x")
+    overhead = round((off - on) / off * 100, 1) if on and off else None
+    add("worker throughput lost to mallops lifecycle events", "<= 10 %", overhead, le(overhead, 10), "%")
+    flower_rate = flower.get("req_per_s", {}).get("median")
+    r = ratio(single.get("req_per_s", {}).get("median"), flower_rate)
+    add("single-request HTTP submission / Flower async-apply (16 clients)", ">= 2 (aim 4)", r, ge(r, 2), "x")
+    mp99, fp99 = single.get("latency_ms", {}).get("p99"), flower.get("latency_ms", {}).get("p99")
+    r = ratio(mp99, fp99)
+    add("single-request p99 / Flower p99", "< 0.2", r, None if r is None else r < 0.2, "x")
+    add("batch submission rate", ">= 5000", batch_submit, ge(batch_submit, 5000), "tasks/s")
+    add("p99 submit-to-start at 100 tasks/s", "< 20", paced.get("p99"), None if paced.get("p99") is None
+        else paced["p99"] < 20, "ms")
+    add("p50 submit-to-start at 100 tasks/s", "< 5", paced.get("p50"), None if paced.get("p50") is None
+        else paced["p50"] < 5, "ms")
+    peak_events = (batch or 0) * (mallops.get("events_per_task") or 4)
+    r = ratio(monitor.get("capacity_events_per_s"), peak_events)
+    add("monitor capacity / platform peak event rate", ">= 5", r, ge(r, 5), "x")
+    lag = sustained.get("lag_s", {}).get("max")
+    add("monitor lag at 5x peak event rate (max sampled)", "< 1", lag, None if lag is None else lag < 1, "s")
+    rss = sustained.get("rss_mb", {}).get("max")
+    add(f"monitor RSS over the sustained run ({sustained.get('tasks', 0):,} tasks, not 1,000,000)", "< 150 flat",
+        rss, le(rss, 150), "MB")
+    add("idle domain worker RSS, all processes", "<= 151", idle, le(idle, 151), "MB")
+    return out
+
+
+def run(config: Config, out: Path, chart: bool = True, workdir: Path | None = None) -> dict[str, Any]:
+    started = time.time()
+    with _workdir(workdir) as path:
+        bench = Bench(config, path)
+        try:
+            bench.scenario_raw()
+            bench.scenario_events()
+            bench.scenario_mallops()
+        finally:
+            bench.close()
+        results = bench.results
+        results["rss_redis_and_bench"] = bench.rss.report(["redis-server", "bench (publisher, HTTP clients)"])
+    raw = results["raw"]["tasks_per_s"]["median"]
+    report = {
+        "command": " ".join(["python", "-m", "bench", *sys.argv[1:]]),
+        "started_at": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(timespec="seconds"),
+        "duration_s": round(time.time() - started, 1),
+        "machine": machine() | {"loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "config": asdict(config),
+        "ratios_to_raw": {
+            "raw": 1.0,
+            "events": ratio(results["events"]["tasks_per_s"]["median"], raw),
+            "mallops_batch": ratio(results["mallops"]["batch"]["tasks_per_s"]["median"], raw),
+            "mallops_single": ratio(results["mallops"]["single"]["tasks_per_s"]["median"], raw),
+        },
+        "results": results,
+        "targets": targets(results),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    log(f"wrote {out}")
+    if chart:
+        from bench.chart import draw
+
+        png = out.with_suffix(".png")
+        draw(report, png)
+        log(f"wrote {png}")
+    return report
+
+
+@contextlib.contextmanager
+def _workdir(path: Path | None) -> Iterator[Path]:
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="mallops-bench-") as tmp:
+        yield Path(tmp)
