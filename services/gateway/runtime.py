@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.gateway.accesslog import AccessLogBuffer
 from services.gateway.auth import TokenCache
+from services.gateway.broker import Publisher
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.ratelimit import RateLimiter
 from shared.celery_app import create_celery_app
@@ -30,7 +31,8 @@ SOCKET_TIMEOUT = 5.0
 
 
 def create_gateway_celery(settings: Settings) -> Celery:
-    """The gateway's one Celery app: publishes only.
+    """The gateway's one Celery app: it builds task messages (published by :mod:`services.gateway.broker`)
+    and sends control commands (revoke); it never runs or waits on a task.
 
     The result backend is disabled on purpose: with the Redis backend, ``send_task`` subscribes this
     process to every submitted task's result channel (``on_task_call``), which costs a round trip per
@@ -66,6 +68,7 @@ def async_redis(url: str) -> aioredis.Redis[str]:
 class Runtime:
     settings: Settings
     celery: Celery
+    publisher: Publisher  # task messages onto the broker, from the event loop
     cache: aioredis.Redis[str]  # cache db: task metadata, quotas, idempotency, rate limits, access log
     results: aioredis.Redis[str]  # Celery's result backend db, read only
     sessions: sessionmaker[Session]
@@ -79,9 +82,11 @@ class Runtime:
     def build(cls, settings: Settings) -> Runtime:
         cache = async_redis(settings.cache_redis_url)
         sessions = session_factory(settings)
+        celery = create_gateway_celery(settings)
         return cls(
             settings=settings,
-            celery=create_gateway_celery(settings),
+            celery=celery,
+            publisher=Publisher(celery, async_redis(settings.celery_broker_url)),
             cache=cache,
             results=async_redis(settings.celery_result_backend),
             sessions=sessions,
@@ -98,4 +103,5 @@ class Runtime:
         await self.access_log.stop()
         await self.cache.aclose()  # type: ignore[attr-defined]  # types-redis predates aclose
         await self.results.aclose()  # type: ignore[attr-defined]
+        await self.publisher.client.aclose()  # type: ignore[attr-defined]
         self.celery.close()

@@ -2,13 +2,13 @@
 
 Order of checks, so that nothing is enqueued for a request that is refused: every item is validated
 (unknown task 404, bad arguments 422, bad timing 422); then the owner's quota is reserved atomically
-(429); then the metadata is recorded and the messages are published on one pooled broker connection.
+(429); then the metadata is recorded and the messages are published in one pipelined round trip on the
+gateway's pooled asyncio broker connection (:mod:`services.gateway.broker`).
 If publishing fails, the reservation and metadata are undone and the answer is 503 with Retry-After.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import uuid
@@ -16,26 +16,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from services.gateway.broker import TaskMessage
 from services.gateway.problems import ProblemError, describe_errors, field_errors
 from services.gateway.runtime import Runtime
 from services.gateway.schemas import TaskAccepted, TaskSubmission
 from services.gateway.taskstore import READY_STATES, TaskMeta, TaskStore
 from shared.catalog import TaskArgumentError, TaskSpec, get_spec
+from shared.events import OWNER_HEADER
 from shared.models import TaskRecord
 from shared.tokens import Principal
 
 log = logging.getLogger("mallops.gateway")
 
-# A pooled connection may have gone stale: one immediate reconnect, then give up (fast 503).
-PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
-POOL_TIMEOUT = 5.0
 BROKER_RETRY_AFTER = "5"
 KWARGS_REPR_MAX = 1024  # what monitors and `celery inspect` show of the arguments
 
@@ -110,43 +108,10 @@ def _invalid(errors: list[dict[str, Any]]) -> ProblemError:
                         title="The task's arguments do not fit its schema", errors=errors)
 
 
-def publish(app: Celery, items: Sequence[Prepared], owner: str) -> None:
-    """Publish every item on one pooled producer (one broker connection). Blocking: run in a thread.
-
-    With kombu's Redis transport a publish returns once Redis has the message (LPUSH answered), which
-    is the confirmation a 202 promises. Several items go through kombu's ``Producer.batch()``: their
-    LPUSHes are sent in one pipeline, one round trip for the whole batch, flushed before this returns.
-
-    Messages are built and sent with Celery's own ``app.amqp.create_task_message`` and
-    ``send_task_message`` (what ``send_task`` calls, signals included), without ``send_task``'s per-call
-    routing lookup and result object: the catalog already names the queue, and the gateway never waits
-    on a result object. ``ignore_result`` is False in the message: the worker stores the result that
-    GET /tasks/{id} reads (True would tell it not to).
-    """
-    amqp = app.amqp
-    headers = {"mallops_owner": owner}
-    with contextlib.ExitStack() as stack:
-        producer = stack.enter_context(app.producer_pool.acquire(block=True, timeout=POOL_TIMEOUT))
-        batched = len(items) > 1 and hasattr(producer, "batch")  # kombu >= 5.7; older: one push per message
-        if batched:
-            stack.enter_context(producer.batch(max_size=len(items) + 1))
-        for item in items:
-            name = item.spec.celery_name
-            message = amqp.create_task_message(
-                item.task_id, name, (), item.validated, countdown=item.countdown, eta=item.eta,
-                ignore_result=False, argsrepr="()", kwargsrepr=item.kwargs_repr,
-            )
-            amqp.send_task_message(
-                producer, name, message,
-                queue=amqp.queues[item.spec.queue],
-                headers=headers,
-                priority=item.priority,
-                # the workers declare their queues; a Redis list needs no declaration to be pushed to
-                declare=[],
-                # a batch is flushed once, with no automatic retry (kombu: delivery would be uncertain)
-                retry=not batched,
-                retry_policy=PUBLISH_RETRY_POLICY,
-            )
+def messages(items: Sequence[Prepared]) -> list[TaskMessage]:
+    """The broker messages of validated submissions: the catalog names the task and its queue."""
+    return [TaskMessage(item.task_id, item.spec.celery_name, item.spec.queue, item.validated, item.kwargs_repr,
+                        countdown=item.countdown, eta=item.eta, priority=item.priority) for item in items]
 
 
 class Submitter:
@@ -170,7 +135,7 @@ class Submitter:
         try:
             await self.store.record(metas)
             recorded = True
-            await run_in_threadpool(publish, self.runtime.celery, items, owner)
+            await self.runtime.publisher.publish(messages(items), {OWNER_HEADER: owner})
         except (OperationalError, KombuError, RedisError, OSError, TimeoutError) as exc:
             log.warning("cannot enqueue %d task(s) for %s: %s", len(items), owner, exc)
             self.runtime.metrics.publish_failures.inc()

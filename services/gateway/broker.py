@@ -1,0 +1,126 @@
+"""Publishing task messages from the event loop: Celery builds them, the gateway's asyncio Redis client pushes them.
+
+Through kombu, every submission went to a worker thread (the Redis client there blocks), through kombu's
+Producer and Channel, and out on a socket of its own: under load most of the gateway's CPU per request
+(see docs/performance.md). Here the message is the one Celery makes (``app.amqp.create_task_message``,
+protocol 2, the signals ``before_task_publish`` and ``after_task_publish`` sent as Celery sends them), in
+the envelope kombu's Redis transport writes (:func:`envelope`: JSON with a base64 body, the
+``delivery_info``, a delivery tag) and LPUSHed onto the list kombu would choose (the queue, or its
+priority sub-list). A batch is one pipelined round trip. With the Redis transport a publish is complete
+when Redis has answered the LPUSH: the confirmation a 202 promises.
+
+``tests/services/gateway/test_broker.py`` compares the envelope with what kombu publishes, field by field,
+and real workers consume what this module sends in every gateway test.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import uuid
+from bisect import bisect
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from celery import Celery, signals
+from kombu.serialization import dumps as kombu_dumps
+
+# kombu.transport.redis.Channel: how a message's priority picks its list
+PRIORITY_STEPS = (0, 3, 6, 9)
+PRIORITY_SEPARATOR = "\x06\x16"
+MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 0, 9, 0
+PERSISTENT = 2
+
+
+def message_priority(priority: Any) -> int:
+    """The priority kombu stores and routes by: an int from 0 to 9 (0 when missing or not a number)."""
+    try:
+        return max(min(int(priority), MAX_PRIORITY), MIN_PRIORITY)
+    except (TypeError, ValueError):
+        return DEFAULT_PRIORITY
+
+
+def list_key(queue: str, priority: int) -> str:
+    """The Redis list kombu pushes a message of ``priority`` onto: the queue's, or a priority step's."""
+    step = PRIORITY_STEPS[bisect(PRIORITY_STEPS, priority) - 1]
+    return f"{queue}{PRIORITY_SEPARATOR}{step}" if step else queue
+
+
+def delivery_tags(count: int) -> list[str]:
+    """``count`` random UUID4 strings from one call to the OS's random source."""
+    raw = os.urandom(16 * count)
+    return [str(uuid.UUID(bytes=raw[i * 16:(i + 1) * 16], version=4)) for i in range(count)]
+
+
+def envelope(body: Any, headers: dict[str, Any], properties: dict[str, Any], queue: str, priority: int | None,
+             delivery_tag: str) -> str:
+    """The JSON kombu's Redis transport stores for a message published to ``queue`` (anonymous direct
+    exchange, routing key = queue name), with ``body`` serialised as JSON and base64-encoded."""
+    content_type, content_encoding, payload = kombu_dumps(body, serializer="json")  # type: ignore[no-untyped-call]
+    data = payload.encode(content_encoding) if isinstance(payload, str) else payload
+    props = dict(properties)
+    props.update(
+        delivery_mode=PERSISTENT,
+        delivery_info={"exchange": "", "routing_key": queue},
+        priority=priority or DEFAULT_PRIORITY,
+        body_encoding="base64",
+        delivery_tag=delivery_tag,
+    )
+    return json.dumps({
+        "body": base64.b64encode(data).decode("ascii"),
+        "content-encoding": content_encoding,
+        "content-type": content_type,
+        "headers": headers,
+        "properties": props,
+    })
+
+
+class TaskMessage:
+    """One task to publish: what :meth:`Publisher.publish` needs of a validated submission."""
+
+    __slots__ = ("countdown", "eta", "kwargs", "kwargs_repr", "name", "priority", "queue", "task_id")
+
+    def __init__(self, task_id: str, name: str, queue: str, kwargs: dict[str, Any], kwargs_repr: str,
+                 countdown: float | None = None, eta: Any = None, priority: int | None = None) -> None:
+        self.task_id, self.name, self.queue = task_id, name, queue
+        self.kwargs, self.kwargs_repr = kwargs, kwargs_repr
+        self.countdown, self.eta, self.priority = countdown, eta, priority
+
+
+class Publisher:
+    """Builds task messages with ``app``'s own message factory and pushes them with ``client``."""
+
+    def __init__(self, app: Celery, client: aioredis.Redis[str]) -> None:
+        self.app = app
+        self.client = client
+
+    async def publish(self, messages: Sequence[TaskMessage], headers: dict[str, Any]) -> None:
+        """Push every message in one pipelined round trip; raises redis errors (nothing is retried: a
+        message is in the broker exactly when its LPUSH was answered)."""
+        amqp = self.app.amqp
+        sent: list[tuple[str, Any, dict[str, Any], str]] = []
+        tags = delivery_tags(len(messages))
+        async with self.client.pipeline(transaction=False) as pipe:
+            for message, tag in zip(messages, tags, strict=True):
+                task = amqp.create_task_message(
+                    message.task_id, message.name, (), message.kwargs, countdown=message.countdown,
+                    eta=message.eta, ignore_result=False, argsrepr="()", kwargsrepr=message.kwargs_repr,
+                )
+                task_headers, properties, body = task.headers, task.properties, task.body
+                task_headers.update(headers)
+                if message.priority is not None:
+                    properties["priority"] = message.priority
+                signals.before_task_publish.send(
+                    sender=message.name, body=body, exchange="", routing_key=message.queue, declare=[],
+                    headers=task_headers, properties=properties, retry_policy=None,
+                )
+                priority = message_priority(properties.get("priority"))
+                pipe.lpush(list_key(message.queue, priority),
+                           envelope(body, task_headers, properties, message.queue, properties.get("priority"), tag))
+                sent.append((message.name, body, task_headers, message.queue))
+            await pipe.execute()
+        for name, body, task_headers, queue in sent:
+            signals.after_task_publish.send(sender=name, body=body, headers=task_headers, exchange="",
+                                            routing_key=queue)
