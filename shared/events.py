@@ -185,7 +185,9 @@ class EventEmitter:
 _emitter: EventEmitter | None = None
 _installed = False
 _install_lock = threading.Lock()
-_started: dict[str, float] = {}  # task id -> perf_counter at task_prerun (this process)
+# (task id, attempt) -> perf_counter at task_prerun (this process). The attempt is part of the key: in a
+# threads pool a retry may start in another thread before the attempt that published it has finished.
+_started: dict[tuple[str, int], float] = {}
 _worker: dict[str, Any] = {}  # the worker main process: hostname, service, queues, concurrency
 
 
@@ -338,12 +340,12 @@ def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
 def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None, **_: Any) -> None:
     if task is None or task_id is None:
         return
-    _started[task_id] = time.perf_counter()
+    _started[(task_id, task.request.retries or 0)] = time.perf_counter()
     _emit("task-started", **_task_fields(task))
 
 
-def _runtime(task_id: str | None) -> float | None:
-    start = _started.get(task_id or "")
+def _runtime(task_id: str | None, attempt: int) -> float | None:
+    start = _started.get((task_id or "", attempt))
     return round(time.perf_counter() - start, 6) if start is not None else None
 
 
@@ -351,7 +353,8 @@ def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
     if sender is None:
         return
     fields = _task_fields(sender)
-    _emit("task-succeeded", **fields, runtime=_runtime(fields["id"]), result=_truncate(result, SUMMARY_CHARS))
+    _emit("task-succeeded", **fields, runtime=_runtime(fields["id"], fields["retries"]),
+          result=_truncate(result, SUMMARY_CHARS))
 
 
 def _on_failure(sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
@@ -360,7 +363,7 @@ def _on_failure(sender: Any = None, task_id: str | None = None, exception: BaseE
         return
     fields = _task_fields(sender)
     fields["id"] = task_id or fields["id"]
-    _emit("task-failed", **fields, runtime=_runtime(fields["id"]),
+    _emit("task-failed", **fields, runtime=_runtime(fields["id"], fields["retries"]),
           exception=type(exception).__name__ if exception is not None else None,
           error=_truncate(str(exception), ERROR_CHARS) if exception is not None else None)
 
@@ -376,7 +379,8 @@ def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: 
 
 def _on_postrun(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
     """The task's outcome is in the stream before the worker acknowledges its message."""
-    _started.pop(task_id or "", None)
+    attempt = (getattr(getattr(sender, "request", None), "retries", None) or 0) if sender is not None else 0
+    _started.pop((task_id or "", attempt), None)
     em = _emitter
     if em is not None:
         em.flush()

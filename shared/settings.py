@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     mail_from: str = "mallops@mall.example"
     notifier_pool: Literal["threads", "prefork", "solo"] = "threads"  # e-mail is I/O-bound
     notifier_concurrency: int = Field(default=8, ge=1, le=200)
+    # maintenance tasks wait on the database, Redis, pg_dump or a timer: threads, in one process
+    maintenance_pool: Literal["threads", "prefork", "solo"] = "threads"
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(default=8000, ge=1, le=65535)
