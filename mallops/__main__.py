@@ -1,3 +1,3 @@
-from mallops.cli import main
+from mallops.entry import main
 
 main()
