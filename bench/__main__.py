@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--monitor-seconds", type=float, help="sustained synthetic load on the monitor (default 60)")
     p.add_argument("--no-flower", action="store_true", help="skip the Flower comparison")
     p.add_argument("--no-chart", action="store_true", help="write only the JSON")
+    p.add_argument("--profile", type=Path, help="py-spy the mallops processes into this directory (raw stacks)")
     p.add_argument("--workdir", type=Path, help="keep logs and data here (default: a temporary directory)")
     args = parser.parse_args(argv)
 
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     for field in ("tasks", "http_tasks", "repeats", "monitor_seconds"):
         if getattr(args, field) is not None:
             setattr(config, field, getattr(args, field))
+    if args.profile:
+        config.profile_dir = str(args.profile)
     if args.no_flower:
         config.flower = False
     chart = not args.no_chart and importlib.util.find_spec("matplotlib") is not None

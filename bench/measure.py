@@ -43,11 +43,23 @@ def spread(runs: Sequence[float]) -> dict[str, Any]:
     }
 
 
-def tree(pid: int) -> list[psutil.Process]:
-    """``pid`` and every process below it."""
+def cpu_per_task(before: dict[str, float], after: dict[str, float], tasks: int) -> dict[str, float]:
+    """CPU milliseconds per task of each watched process tree between two :meth:`PeakRSS.cpu` readings."""
+    return {role: round((after[role] - before.get(role, 0.0)) * 1000 / tasks, 3)
+            for role in after if tasks and role in before}
+
+
+def median_cpu(runs: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Per role, the median of several runs' :func:`cpu_per_task`."""
+    roles = {role for run in runs for role in run}
+    return {role: round(statistics.median([run[role] for run in runs if role in run]), 3) for role in sorted(roles)}
+
+
+def tree(pid: int, children: bool = True) -> list[psutil.Process]:
+    """``pid`` and (unless ``children`` is False) every process below it."""
     try:
         root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)] if children else [root]
     except psutil.NoSuchProcess:
         return []
 
@@ -82,6 +94,7 @@ class PeakRSS:
 
     interval: float = 0.25
     roots: dict[str, int] = field(default_factory=dict)
+    alone: set[str] = field(default_factory=set)  # roles measured without their child processes
     peaks: dict[str, dict[int, tuple[str, int]]] = field(default_factory=dict)
     peak_totals: dict[str, int] = field(default_factory=dict)
     series: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
@@ -89,9 +102,11 @@ class PeakRSS:
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def watch(self, role: str, pid: int) -> None:
+    def watch(self, role: str, pid: int, children: bool = True) -> None:
         with self._lock:
             self.roots[role] = pid
+            if not children:
+                self.alone.add(role)
 
     def forget(self, role: str) -> None:
         with self._lock:
@@ -113,7 +128,7 @@ class PeakRSS:
         now = time.monotonic()
         for role, pid in roots.items():
             total = 0
-            for proc in tree(pid):
+            for proc in tree(pid, role not in self.alone):
                 try:
                     rss = proc.memory_info().rss
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -124,6 +139,22 @@ class PeakRSS:
                     per[proc.pid] = (per.get(proc.pid, ("", 0))[0] or _label(proc), rss)
             self.peak_totals[role] = max(self.peak_totals.get(role, 0), total)
             self.series.setdefault(role, []).append((now, total))
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds (user + system) used so far by each watched tree's live processes."""
+        with self._lock:
+            roots = dict(self.roots)
+        out: dict[str, float] = {}
+        for role, pid in roots.items():
+            total = 0.0
+            for proc in tree(pid, role not in self.alone):
+                try:
+                    times = proc.cpu_times()
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                total += times.user + times.system
+            out[role] = total
+        return out
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -1,0 +1,48 @@
+"""The bench's smoke run: every scenario once on a few hundred tasks. It checks that the harness works and
+writes a complete report; it asserts nothing about speed (that is docs/performance.md's business)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.harness import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_quick_bench_run_writes_a_complete_report(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOPS_")} | {"PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-m", "bench", "run", "--quick", "--out", str(out), "--workdir", str(tmp_path / "work")]
+    charted = importlib.util.find_spec("matplotlib") is not None
+    if not charted:
+        argv.append("--no-chart")
+    run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    report = json.loads(out.read_text())
+    results = report["results"]
+    for scenario in ("raw", "events"):
+        assert results[scenario]["tasks_per_s"]["median"] > 0
+        assert results[scenario]["paced"]["submit_to_start_ms"]["n"] == results[scenario]["paced"]["tasks"]
+    mallops = results["mallops"]
+    for form in ("batch", "single"):
+        assert mallops[form]["tasks_per_s"]["median"] > 0
+    assert mallops["single"]["runs"][0]["errors"] == 0
+    assert mallops["paced"]["submit_to_finish_ms"]["n"] == mallops["paced"]["tasks"]
+    assert mallops["worker_events_on"]["tasks_per_s"]["median"] > 0
+    assert mallops["worker_events_off"]["tasks_per_s"]["median"] > 0
+    assert mallops["idle_worker_memory"]["rss_mb"] > 0
+    assert results["monitor"]["capacity_events_per_s"] > 0
+    assert set(report["ratios_to_raw"]) == {"raw", "events", "mallops_batch", "mallops_single"}
+    assert {t["target"] for t in report["targets"]} >= {"batch submission rate"}
+    assert all(t["met"] in (True, False, None) for t in report["targets"])
+    if charted:
+        assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
