@@ -16,6 +16,7 @@ never regress a task.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,7 @@ def labels_of(metric: str) -> tuple[str, ...]:
     return FAILED_LABELS if metric == "celery_task_failed" else TASK_LABELS
 
 
+@functools.lru_cache(maxsize=65_536)  # a few per event, from a bounded set of label values: keep them
 def series_key(metric: str, values: tuple[str, ...], part: str = "") -> str:
     """The persisted key of one series (``part``: "" for a counter, ``b<i>`` or ``sum`` for a histogram)."""
     return json.dumps([metric, list(values), part], separators=(",", ":"), ensure_ascii=False)

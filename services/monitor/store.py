@@ -23,6 +23,22 @@ METRICS: Table = MonitorMetric.__table__  # type: ignore[assignment]
 ROW_COLUMNS = [c.name for c in HISTORY.columns]
 
 
+def _upsert_history(session: Session) -> Any:
+    """``INSERT ... ON CONFLICT (task_id) DO UPDATE`` of every column, built once per dialect."""
+    name = session.get_bind().dialect.name
+    stmt = _UPSERTS.get(name)
+    if stmt is None:
+        insert = _insert(session, HISTORY)
+        stmt = _UPSERTS[name] = insert.on_conflict_do_update(
+            index_elements=["task_id"],
+            set_={col: insert.excluded[col] for col in ROW_COLUMNS if col != "task_id"},
+        )
+    return stmt
+
+
+_UPSERTS: dict[str, Any] = {}
+
+
 def _insert(session: Session, table: Table) -> Any:
     name = session.get_bind().dialect.name
     if name == "postgresql":
@@ -70,11 +86,7 @@ def write_events(session: Session, events: Sequence[tuple[int, dict[str, Any]]],
                 touched[row["task_id"]] = row
         values = [finish_row(row, now) for row in touched.values()]
         if values:
-            stmt = _insert(session, HISTORY)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["task_id"],
-                set_={col: stmt.excluded[col] for col in ROW_COLUMNS if col != "task_id"},
-            )
+            stmt = _upsert_history(session)
             for start in range(0, len(values), CHUNK):
                 session.execute(stmt, values[start:start + CHUNK])
     add_metric_deltas(session, deltas)
