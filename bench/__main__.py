@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 from pathlib import Path
 
 from bench.run import Config, run
@@ -23,7 +24,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-chart", action="store_true", help="write only the JSON")
     p.add_argument("--profile", type=Path, help="py-spy the mallops processes into this directory (raw stacks)")
     p.add_argument("--workdir", type=Path, help="keep logs and data here (default: a temporary directory)")
+    rp = sub.add_parser("report", help="print a report's tables as Markdown (for docs/performance.md)")
+    rp.add_argument("file", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "report":
+        from bench.report import markdown
+
+        print(markdown(json.loads(args.file.read_text())), end="")
+        return
 
     config = Config.quick() if args.quick else Config()
     for field in ("tasks", "http_tasks", "repeats", "monitor_seconds"):
