@@ -9,6 +9,8 @@ from pathlib import Path
 
 from bench.run import Config, run
 
+BEGIN, END = "<!-- bench report: begin -->", "<!-- bench report: end -->"
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
@@ -26,11 +28,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workdir", type=Path, help="keep logs and data here (default: a temporary directory)")
     rp = sub.add_parser("report", help="print a report's tables as Markdown (for docs/performance.md)")
     rp.add_argument("file", type=Path)
+    rp.add_argument("--into", type=Path, help="replace the generated part of this Markdown file (between "
+                    f"{BEGIN!r} and {END!r}) instead of printing")
     args = parser.parse_args(argv)
     if args.command == "report":
         from bench.report import markdown
 
-        print(markdown(json.loads(args.file.read_text())), end="")
+        text = markdown(json.loads(args.file.read_text()))
+        if args.into is None:
+            print(text, end="")
+            return
+        doc = args.into.read_text()
+        head, _, rest = doc.partition(BEGIN)
+        _, found, tail = rest.partition(END)
+        if not found:
+            parser.error(f"{args.into} has no {BEGIN} ... {END} block")
+        args.into.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
         return
 
     config = Config.quick() if args.quick else Config()

@@ -40,7 +40,16 @@ def markdown(report: dict[str, Any]) -> str:
     flower = r.get("flower", {})
     alone = mallops["front_door_alone"]
     ratios = report["ratios_to_raw"]
+    m = report["machine"]
     lines = [
+        f"- Machine: {m['nproc']} cores ({m['cpu_model']}), {m['platform']}; load average "
+        f"{', '.join(str(x) for x in m['loadavg_at_start'])} at the start and "
+        f"{', '.join(str(x) for x in m.get('loadavg_at_end', []))} at the end (the machine is shared: "
+        "other processes used the same 2 cores during the run).",
+        f"- Python {m['python']}, Celery {m['celery']}, kombu {m['kombu']}, redis-py {m['redis_py']} (hiredis "
+        f"{m['hiredis']}), uvicorn {m['uvicorn']}, Flower {m['flower']}; {m['redis_server'].split(' sha=')[0]}.",
+        f"- Command: `{report['command']}`",
+        "",
         f"Run of {report['started_at']} ({report['duration_s']:.0f} s), config: "
         f"{report['config']['tasks']} tasks per throughput run, {report['config']['http_tasks']} single HTTP "
         f"requests per run, {report['config']['repeats']} runs each (median, min–max, ± half the spread).",
