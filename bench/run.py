@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,6 +40,8 @@ from shared.tokens import create_token
 from tests.harness import ROOT, Process, free_port, service_argv, spawn, start_celery_worker, start_redis, wait_until
 
 MALLOPS_TASK = "mallops.maintenance.test_task"
+MALLOPS_BODY = {"task_name": "test_task"}
+RAW_QUEUE, EVENTS_QUEUE = QUEUE, f"{QUEUE}-events"  # one queue per stack: all three stay up together
 MONITOR_GROUP = "mallops-monitor"
 
 
@@ -148,10 +151,10 @@ class Bench:
         return env | {"BENCH_BROKER_URL": f"{self.base}/0", "BENCH_RESULT_BACKEND": f"{self.base}/1",
                       "PYTHONPATH": str(ROOT)}
 
-    def bare_worker(self, name: str, *extra: str) -> Process:
+    def bare_worker(self, name: str, queue: str, *extra: str) -> Process:
         hostname = f"{name}@bench"
         argv = [sys.executable, "-m", "celery", "-A", "bench.noop_app", "worker", "-P", "prefork", "-c", "2",
-                "-Q", QUEUE, "-n", hostname, "-l", "WARNING", "--without-mingle", "--without-gossip", *extra]
+                "-Q", queue, "-n", hostname, "-l", "WARNING", "--without-mingle", "--without-gossip", *extra]
         return self.started(start_celery_worker(name, argv, self.bare_env(), self.log_dir, f"{self.base}/0",
                                                 hostname), f"{name} worker")
 
@@ -225,117 +228,10 @@ class Bench:
         time.sleep(2)  # settle: memory of a freshly started, idle worker, not a synchronisation
         return tree_memory(process.pid, pss=True)
 
-    def scenario_raw(self) -> None:
-        log("(1) raw Celery: bare prefork -c 2 worker, acks_late, results in Redis, no events")
-        worker = self.bare_worker("raw")
-        idle = self.idle_memory(worker)
-        app = self.publisher()
-        runs = []
-        for i in range(self.config.repeats):
-            runs.append(self.publish_drain(app, TASK, QUEUE, self.config.tasks))
-            log(f"  run {i + 1}: {runs[-1]['tasks_per_s']:.0f} tasks/s (published {runs[-1]['publish_per_s']:.0f}/s)")
-        paced = self.paced_celery(app, TASK, QUEUE)
-        log(f"  paced {paced['rate']:.0f}/s: start p50 {paced['submit_to_start_ms']['p50']} ms, "
-            f"p99 {paced['submit_to_start_ms']['p99']} ms")
-        app.close()
-        self.stop(worker, "raw worker")
-        self.results["raw"] = {
-            "what": "send_task from one thread -> bare celery worker (prefork -c 2, acks_late, Redis results)",
-            "tasks_per_s": spread([r["tasks_per_s"] for r in runs]),
-            "publish_per_s": spread([r["publish_per_s"] for r in runs]),
-            "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in runs]),
-            "paced": paced,
-            "idle_worker_memory": idle,
-            "peak_rss": self.rss.report(["raw worker"]),
-        }
+    # -- scenario helpers ------------------------------------------------------------------------------
 
     def events_counts(self) -> dict[str, int]:
         return {k.decode(): int(v) for k, v in self.db[3].hgetall("bench:events").items()}
-
-    def scenario_events(self) -> None:
-        log("(2) Celery-events stack: worker -E, task_send_sent_event, an EventReceiver consuming every event")
-        consumer = self.started(spawn("events-consumer", [sys.executable, "-m", "bench.events_consumer",
-                                                          "--broker", f"{self.base}/0",
-                                                          "--stats-url", f"{self.base}/3"],
-                                      self.bare_env(), self.log_dir), "events consumer (EventReceiver+State)")
-        wait_until(lambda: self.events_counts().get("ready"), timeout=30, message="events consumer")
-        worker = self.bare_worker("events", "-E")
-        app = self.publisher(sent_events=True)
-        runs = []
-        lags: list[float] = []
-        for i in range(self.config.repeats):
-            self.db[3].delete("bench:lags")
-            base = self.events_counts().get("succeeded", 0)
-            n = self.config.tasks
-
-            def consumed(base: int = base, n: int = n) -> float:
-                wait_until(lambda: self.events_counts().get("succeeded", 0) >= base + n,
-                           timeout=self.timeout_for(n), interval=0.01, message="task-succeeded events")
-                return time.perf_counter()
-
-            runs.append(self.publish_drain(app, TASK, QUEUE, n, before_done=consumed))
-            lags += [float(v) for v in self.db[3].lrange("bench:lags", 0, -1)]
-            log(f"  run {i + 1}: {runs[-1]['tasks_per_s']:.0f} tasks/s (published {runs[-1]['publish_per_s']:.0f}/s)")
-        self.db[3].delete("bench:lags")
-        paced = self.paced_celery(app, TASK, QUEUE)
-        wait_until(lambda: self.db[3].llen("bench:lags") >= paced["tasks"], timeout=30, message="paced lags")
-        paced["event_lag_ms"] = _ms([float(v) for v in self.db[3].lrange("bench:lags", 0, -1)])
-        log(f"  paced {paced['rate']:.0f}/s: start p50 {paced['submit_to_start_ms']['p50']} ms, "
-            f"p99 {paced['submit_to_start_ms']['p99']} ms")
-        app.close()
-        self.results["events"] = {
-            "what": "the same with -E and task_send_sent_event, plus an EventReceiver process keeping "
-                    "celery.events.State (what Flower and celery-exporter run)",
-            "tasks_per_s": spread([r["tasks_per_s"] for r in runs]),
-            "publish_per_s": spread([r["publish_per_s"] for r in runs]),
-            "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in runs]),
-            "event_lag_ms": _ms(lags),
-            "paced": paced,
-            "peak_rss": self.rss.report(["events worker", "events consumer (EventReceiver+State)"]),
-        }
-        self.stop(consumer, "events consumer (EventReceiver+State)")
-        self.stop(worker, "events worker")
-        if self.config.flower:
-            self.scenario_flower()
-
-    def scenario_flower(self) -> None:
-        version = _version("flower")
-        if version is None:
-            self.results["flower"] = {"skipped": "flower is not installed (pip install -e '.[bench]')"}
-            return
-        log(f"    Flower {version}: POST /api/task/async-apply/{TASK}, {self.config.concurrency} clients")
-        port = free_port()
-        env = self.bare_env() | {"FLOWER_UNAUTHENTICATED_API": "true"}
-        flower = self.started(spawn("flower", [sys.executable, "-m", "celery", "-A", "bench.noop_app", "flower",
-                                               f"--port={port}", "--address=127.0.0.1"], env, self.log_dir),
-                              "flower")
-        base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: httpx.get(f"{base}/healthcheck", timeout=2).status_code == 200, timeout=60,
-                   interval=0.2, message="flower /healthcheck")
-        url = f"{base}/api/task/async-apply/{TASK}"
-        runs = []
-        for i in range(self.config.repeats):
-            cpu = self.rss.cpu()
-            result = http_load.run(http_load.closed_loop(url, {}, lambda _i: {}, self.config.http_tasks,
-                                                         self.config.concurrency))
-            runs.append(result.summary() | {"cpu_ms_per_task": cpu_per_task(cpu, self.rss.cpu(),
-                                                                              self.config.http_tasks)})
-            log(f"    run {i + 1}: {result.rate:.0f} req/s, p50 {runs[-1]['latency_ms']['p50']} ms, "
-                f"p99 {runs[-1]['latency_ms']['p99']} ms, errors {result.errors}")
-        self.results["flower"] = {
-            "what": f"Flower {version} POST /api/task/async-apply/<name>, {self.config.concurrency} concurrent "
-                    f"clients; the front door alone (no worker consumes: Flower and Redis are all that run)",
-            "version": version,
-            "req_per_s": spread([r["req_per_s"] for r in runs]),
-            "latency_ms": _median_latency(runs),
-            "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in runs]),
-            "runs": runs,
-            "peak_rss": self.rss.report(["flower"]),
-        }
-        self.stop(flower, "flower")
-        self.db[0].delete(QUEUE)  # nothing consumed them: the front door alone was measured
-
-    # -- (3) mallops -------------------------------------------------------------------------------
 
     def mallops_env(self, **overrides: str) -> dict[str, str]:
         data = self.workdir / "data"
@@ -396,155 +292,270 @@ class Bench:
         return {"tasks_per_s": spread([r["tasks_per_s"] for r in runs]),
                 "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in runs])}
 
-    def scenario_mallops(self) -> None:
-        log("(3) mallops: gateway (HTTP) -> maintenance worker -> monitor -> task_history")
+    def http_single(self, url: str, headers: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+        """``http_tasks`` single POSTs from ``concurrency`` clients: req/s, latency, CPU per request."""
+        cpu = self.rss.cpu()
+        load = http_load.run(http_load.closed_loop(url, headers, lambda _i: body, self.config.http_tasks,
+                                                   self.config.concurrency))
+        return load.summary() | {"cpu_ms_per_task": cpu_per_task(cpu, self.rss.cpu(), self.config.http_tasks)}
+
+    def http_batches(self, url: str, headers: dict[str, str]) -> dict[str, Any]:
+        """``tasks`` tasks as batches of ``batch_size``, two requests in flight: tasks/s submitted."""
+        n, size = self.config.tasks // self.config.batch_size, self.config.batch_size
+        body = {"tasks": [MALLOPS_BODY] * size}
+        cpu = self.rss.cpu()
+        load = http_load.run(http_load.closed_loop(url, headers, lambda _i: body, n, 2))
+        return {"tasks": n * size, "submit_per_s": n * size / load.seconds, "errors": load.errors,
+                "cpu_ms_per_task": cpu_per_task(cpu, self.rss.cpu(), n * size)}
+
+    # -- phase 0: the front doors alone ----------------------------------------------------------------
+
+    def setup_mallops(self) -> None:
         self.settings = self.mallops_settings()
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         migrate(self.settings)
         with session_scope(self.settings) as session:
             token = create_token(session, f"bench-{uuid.uuid4().hex[:6]}", "admin")
-        headers = {"Authorization": f"Bearer {token}"}
-        result: dict[str, Any] = {}
+        self.headers = {"Authorization": f"Bearer {token}"}
+        port = free_port()
+        self.gateway = self.started(spawn("gateway", service_argv("gateway", f"--port={port}"), self.mallops_env(),
+                                          self.log_dir), "mallops gateway")
+        self.gw = f"http://127.0.0.1:{port}"
+        wait_until(lambda: httpx.get(f"{self.gw}/readyz", timeout=2).status_code == 200, timeout=60,
+                   interval=0.2, message="gateway /readyz")
 
-        # the front door alone: the gateway, with nothing consuming (what Flower's number measures)
-        gw_port, mon_port = free_port(), free_port()
-        env = self.mallops_env()
-        gateway = self.started(spawn("gateway", service_argv("gateway", f"--port={gw_port}"), env, self.log_dir),
-                               "mallops gateway")
-        gw, mon = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{mon_port}"
-        wait_until(lambda: httpx.get(f"{gw}/readyz", timeout=2).status_code == 200, timeout=60, interval=0.2,
-                   message="gateway /readyz")
-        one = {"task_name": "test_task"}
-        n, size = self.config.tasks, self.config.batch_size
-        batch_body = {"tasks": [one] * size}
-        alone_single: list[dict[str, Any]] = []
-        alone_batch: list[dict[str, Any]] = []
+    def front_doors(self) -> None:
+        """Flower's async-apply and the gateway, each with nothing consuming, in alternation."""
+        log(f"front doors alone, {self.config.concurrency} clients: Flower async-apply and the gateway")
+        version = _version("flower") if self.config.flower else None
+        flower_url, flower = None, None
+        if version is not None:
+            port = free_port()
+            env = self.bare_env() | {"FLOWER_UNAUTHENTICATED_API": "true"}
+            flower = self.started(spawn("flower", [sys.executable, "-m", "celery", "-A", "bench.noop_app", "flower",
+                                                   f"--port={port}", "--address=127.0.0.1"], env, self.log_dir),
+                                  "flower")
+            wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=2).status_code == 200,
+                       timeout=60, interval=0.2, message="flower /healthcheck")
+            flower_url = f"http://127.0.0.1:{port}/api/task/async-apply/{TASK}"
+        flower_runs: list[dict[str, Any]] = []
+        single: list[dict[str, Any]] = []
+        batch: list[dict[str, Any]] = []
         for i in range(self.config.repeats):
-            cpu = self.rss.cpu()
-            load = http_load.run(http_load.closed_loop(f"{gw}/api/v1/tasks", headers, lambda _i: one,
-                                                       self.config.http_tasks, self.config.concurrency))
-            alone_single.append(load.summary() | {"cpu_ms_per_task": cpu_per_task(cpu, self.rss.cpu(),
-                                                                                   self.config.http_tasks)})
-            cpu = self.rss.cpu()
-            load = http_load.run(http_load.closed_loop(f"{gw}/api/v1/tasks/batch", headers, lambda _i: batch_body,
-                                                       n // size, 2))
-            alone_batch.append({"submit_per_s": (n // size * size) / load.seconds, "errors": load.errors,
-                                "cpu_ms_per_task": cpu_per_task(cpu, self.rss.cpu(), n // size * size)})
-            log(f"  front door alone run {i + 1}: single {alone_single[-1]['req_per_s']:.0f} req/s "
-                f"(p50 {alone_single[-1]['latency_ms']['p50']} ms, p99 {alone_single[-1]['latency_ms']['p99']} ms), "
-                f"batch {alone_batch[-1]['submit_per_s']:.0f} tasks/s")
-            self.db[0].delete("default")
-        result["front_door_alone"] = {
+            if flower_url is not None:
+                flower_runs.append(self.http_single(flower_url, {}, {}))
+            single.append(self.http_single(f"{self.gw}/api/v1/tasks", self.headers, MALLOPS_BODY))
+            batch.append(self.http_batches(f"{self.gw}/api/v1/tasks/batch", self.headers))
+            log(f"  run {i + 1}: Flower {flower_runs[-1]['req_per_s'] if flower_runs else '-'} req/s "
+                f"(p99 {flower_runs[-1]['latency_ms']['p99'] if flower_runs else '-'} ms); gateway "
+                f"{single[-1]['req_per_s']} req/s (p99 {single[-1]['latency_ms']['p99']} ms), "
+                f"batch {batch[-1]['submit_per_s']:.0f} tasks/s")
+            self.db[0].delete(QUEUE, "default")  # nothing consumed them
+        if flower is not None:
+            self.results["flower"] = {
+                "what": f"Flower {version} POST /api/task/async-apply/<name>, {self.config.concurrency} concurrent "
+                        "clients; the front door alone (no worker consumes: Flower and Redis are all that run)",
+                "version": version,
+                "req_per_s": spread([r["req_per_s"] for r in flower_runs]),
+                "latency_ms": _median_latency(flower_runs),
+                "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in flower_runs]),
+                "runs": flower_runs,
+                "peak_rss": self.rss.report(["flower"]),
+            }
+            self.stop(flower, "flower")
+        else:
+            self.results["flower"] = {"skipped": "--no-flower, or flower is not installed (pip install -e '.[bench]')"}
+        self.results["mallops"] = {"front_door_alone": {
             "what": "the gateway alone, nothing consuming (the queue is emptied after each run)",
-            "single": {"req_per_s": spread([r["req_per_s"] for r in alone_single]),
-                       "latency_ms": _median_latency(alone_single), "concurrency": self.config.concurrency,
-                       "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in alone_single])},
-            "batch": {"submit_per_s": spread([r["submit_per_s"] for r in alone_batch]),
-                      "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in alone_batch])},
-        }
+            "single": {"req_per_s": spread([r["req_per_s"] for r in single]),
+                       "latency_ms": _median_latency(single), "concurrency": self.config.concurrency,
+                       "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in single])},
+            "batch": {"submit_per_s": spread([r["submit_per_s"] for r in batch]),
+                      "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in batch])},
+        }}
         self.db[2].delete(EVENT_STREAM)
 
-        # the worker alone: idle memory and the cost of emitting lifecycle events (on here, off below)
-        worker = self.mallops_worker("events on")
-        result["idle_worker_memory"] = self.idle_memory(worker)
-        with self.profiled("worker-alone-events-on", worker):
-            result["worker_events_on"] = self.worker_only("events on", "worker alone, events on ")
-        self.db[2].delete(EVENT_STREAM)  # the monitor below starts from an empty stream
+    # -- phase 1: every stack up -----------------------------------------------------------------------
 
-        monitor = self.started(spawn("monitor", service_argv("monitor", f"--port={mon_port}", "--name=bench"),
-                                     env, self.log_dir), "mallops monitor")
-        wait_until(lambda: httpx.get(f"{mon}/health", timeout=2).status_code == 200, timeout=60, interval=0.2,
-                   message="monitor /health")
-        batch_runs: list[dict[str, Any]] = []
-        single_runs: list[dict[str, Any]] = []
-        profile = contextlib.ExitStack()
-        profile.enter_context(self.profiled("batch", gateway, worker, monitor))
-        for i in range(self.config.repeats):
-            self.reset_history()
-            cpu = self.rss.cpu()
-            start = time.perf_counter()
-            load = http_load.run(http_load.closed_loop(
-                f"{gw}/api/v1/tasks/batch", headers, lambda _i: batch_body, n // size, 2))
-            done = self.wait_history(n // size * size)
-            batch_runs.append({"tasks_per_s": (n // size * size) / (done - start),
-                               "submit_per_s": (n // size * size) / load.seconds, "errors": load.errors,
-                               "cpu_ms_per_task": cpu_per_task(cpu, self.rss.cpu(), n // size * size)})
-            log(f"  batch run {i + 1}: {batch_runs[-1]['tasks_per_s']:.0f} tasks/s end to end, "
-                f"submitted {batch_runs[-1]['submit_per_s']:.0f}/s")
-        profile.close()
-        profile.enter_context(self.profiled("single", gateway, worker, monitor))
-        n = self.config.http_tasks
-        for i in range(self.config.repeats):
-            self.reset_history()
-            cpu = self.rss.cpu()
-            start = time.perf_counter()
-            load = http_load.run(http_load.closed_loop(f"{gw}/api/v1/tasks", headers, lambda _i: one, n,
-                                                       self.config.concurrency))
-            done = self.wait_history(n)
-            single_runs.append({"tasks_per_s": n / (done - start), **load.summary(),
-                                "cpu_ms_per_task": cpu_per_task(cpu, self.rss.cpu(), n)})
-            log(f"  single run {i + 1}: {single_runs[-1]['tasks_per_s']:.0f} tasks/s end to end, "
-                f"{load.rate:.0f} req/s, p50 {single_runs[-1]['latency_ms']['p50']} ms, "
-                f"p99 {single_runs[-1]['latency_ms']['p99']} ms")
+    def start_stacks(self) -> None:
+        log("starting the three stacks (idle memory of each worker 2 s after it answers a ping)")
+        self.raw_worker = self.bare_worker("raw", RAW_QUEUE)
+        self.results["raw"] = {"idle_worker_memory": self.idle_memory(self.raw_worker)}
+        self.consumer = self.started(
+            spawn("events-consumer", [sys.executable, "-m", "bench.events_consumer", "--broker", f"{self.base}/0",
+                                      "--stats-url", f"{self.base}/3"], self.bare_env(), self.log_dir),
+            "events consumer (EventReceiver+State)")
+        wait_until(lambda: self.events_counts().get("ready"), timeout=30, message="events consumer")
+        self.events_worker = self.bare_worker("events", EVENTS_QUEUE, "-E")
+        self.results["events"] = {}
+        self.worker = self.mallops_worker("events on")
+        self.results["mallops"]["idle_worker_memory"] = self.idle_memory(self.worker)
+        port = free_port()
+        self.monitor = self.started(spawn("monitor", service_argv("monitor", f"--port={port}", "--name=bench"),
+                                          self.mallops_env(), self.log_dir), "mallops monitor")
+        self.mon = f"http://127.0.0.1:{port}"
+        wait_until(lambda: httpx.get(f"{self.mon}/health", timeout=2).status_code == 200, timeout=60,
+                   interval=0.2, message="monitor /health")
+        self.raw_app = self.publisher()
+        self.events_app = self.publisher(sent_events=True)
 
-        profile.close()
+    # -- phase 2: throughput, the scenarios in turn within each round ---------------------------------
 
-        # paced latency, over HTTP, to the history
+    def events_drain(self) -> dict[str, Any]:
+        base, n = self.events_counts().get("succeeded", 0), self.config.tasks
+
+        def consumed() -> float:
+            wait_until(lambda: self.events_counts().get("succeeded", 0) >= base + n, timeout=self.timeout_for(n),
+                       interval=0.01, message="task-succeeded events")
+            return time.perf_counter()
+
+        return self.publish_drain(self.events_app, TASK, EVENTS_QUEUE, n, before_done=consumed)
+
+    def mallops_round(self, form: str) -> dict[str, Any]:
         self.reset_history()
-        paced_load = http_load.run(http_load.paced(f"{gw}/api/v1/tasks", headers, lambda _i: one,
-                                                   self.config.paced_rate, self.config.paced_seconds))
-        submitted = {answer["task_id"]: at for at, answer in paced_load.answers}
-        self.wait_history(len(submitted))
-        with session_scope(self.settings) as session:
-            rows = session.execute(select(TaskRecord.task_id, TaskRecord.started_at, TaskRecord.finished_at,
-                                          TaskRecord.updated_at).where(TaskRecord.task_id.in_(list(submitted))))
-            rows_list = list(rows)
-        paced = {
-            "rate": self.config.paced_rate, "tasks": len(submitted),
-            "http_latency_ms": paced_load.summary()["latency_ms"],
-            "submit_to_start_ms": _ms([_now_utc(r.started_at) - submitted[r.task_id] for r in rows_list]),
-            "submit_to_finish_ms": _ms([_now_utc(r.finished_at) - submitted[r.task_id] for r in rows_list]),
-            "monitor_lag_ms": _ms([_now_utc(r.updated_at) - _now_utc(r.finished_at) for r in rows_list]),
-        }
-        log(f"  paced {paced['rate']:.0f}/s: start p50 {paced['submit_to_start_ms']['p50']} ms, "
-            f"p99 {paced['submit_to_start_ms']['p99']} ms; monitor lag p50 {paced['monitor_lag_ms']['p50']} ms")
-        events_per_task = self._events_per_task()
+        start = time.perf_counter()
+        if form == "batch":
+            run = self.http_batches(f"{self.gw}/api/v1/tasks/batch", self.headers)
+        else:
+            run = self.http_single(f"{self.gw}/api/v1/tasks", self.headers, MALLOPS_BODY)
+        tasks = run.get("tasks", self.config.http_tasks)
+        cpu = self.rss.cpu()
+        done = self.wait_history(tasks)
+        after = cpu_per_task(cpu, self.rss.cpu(), tasks)  # the drain after the last answer
+        run["cpu_ms_per_task"] = {k: round(v + after.get(k, 0.0), 3) for k, v in run["cpu_ms_per_task"].items()}
+        return run | {"tasks_per_s": tasks / (done - start)}
 
-        result |= {
-            "what": "HTTP POST to the gateway (uvicorn, uvloop, httptools) -> maintenance worker (prefork -c 2, "
-                    "lifecycle events on) -> monitor -> task_history; a run ends when the history holds every task",
-            "batch": {"tasks_per_s": spread([r["tasks_per_s"] for r in batch_runs]),
-                      "submit_per_s": spread([r["submit_per_s"] for r in batch_runs]),
-                      "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in batch_runs]),
+    def throughput(self) -> None:
+        log(f"throughput: {self.config.repeats} rounds of raw, events, mallops batch, mallops single")
+        raw: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        batch: list[dict[str, Any]] = []
+        single: list[dict[str, Any]] = []
+        lags: list[float] = []
+        for i in range(self.config.repeats):
+            raw.append(self.publish_drain(self.raw_app, TASK, RAW_QUEUE, self.config.tasks))
+            self.db[3].delete("bench:lags")
+            events.append(self.events_drain())
+            lags += [float(v) for v in self.db[3].lrange("bench:lags", 0, -1)]
+            with self.profiled(f"batch-{i}", self.gateway, self.worker, self.monitor):
+                batch.append(self.mallops_round("batch"))
+            with self.profiled(f"single-{i}", self.gateway, self.worker, self.monitor):
+                single.append(self.mallops_round("single"))
+            log(f"  round {i + 1}: raw {raw[-1]['tasks_per_s']:.0f}, events {events[-1]['tasks_per_s']:.0f}, "
+                f"mallops batch {batch[-1]['tasks_per_s']:.0f} (submitted {batch[-1]['submit_per_s']:.0f}/s), "
+                f"single {single[-1]['tasks_per_s']:.0f} tasks/s (p99 {single[-1]['latency_ms']['p99']} ms)")
+        self.results["raw"] |= {
+            "what": "send_task from one thread -> bare celery worker (prefork -c 2, acks_late, Redis results)",
+            "tasks_per_s": spread([r["tasks_per_s"] for r in raw]),
+            "publish_per_s": spread([r["publish_per_s"] for r in raw]),
+            "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in raw]),
+        }
+        self.results["events"] |= {
+            "what": "the same with -E and task_send_sent_event, plus an EventReceiver process keeping "
+                    "celery.events.State (what Flower and celery-exporter run); a run ends when it has every "
+                    "task-succeeded",
+            "tasks_per_s": spread([r["tasks_per_s"] for r in events]),
+            "publish_per_s": spread([r["publish_per_s"] for r in events]),
+            "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in events]),
+            "event_lag_ms": _ms(lags),
+        }
+        self.results["mallops"] |= {
+            "what": "HTTP POST to the gateway (uvicorn, uvloop, httptools) -> maintenance worker (its default "
+                    "threads pool, 2 threads, lifecycle events on) -> monitor -> task_history; a run ends when "
+                    "the history holds every task",
+            "batch": {"tasks_per_s": spread([r["tasks_per_s"] for r in batch]),
+                      "submit_per_s": spread([r["submit_per_s"] for r in batch]),
+                      "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in batch]),
                       "batch_size": self.config.batch_size, "concurrent_requests": 2},
-            "single": {"tasks_per_s": spread([r["tasks_per_s"] for r in single_runs]),
-                       "req_per_s": spread([r["req_per_s"] for r in single_runs]),
-                       "latency_ms": _median_latency(single_runs), "concurrency": self.config.concurrency,
-                       "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in single_runs]),
-                       "runs": single_runs},
-            "paced": paced,
-            "events_per_task": events_per_task,
+            "single": {"tasks_per_s": spread([r["tasks_per_s"] for r in single]),
+                       "req_per_s": spread([r["req_per_s"] for r in single]),
+                       "latency_ms": _median_latency(single), "concurrency": self.config.concurrency,
+                       "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in single]),
+                       "runs": single},
         }
-        self.results["mallops"] = result
-        self.scenario_monitor(mon, monitor)
-        result["peak_rss"] = self.rss.report(["mallops gateway", "mallops worker (events on)", "mallops monitor"])
-        self.stop(gateway, "mallops gateway")
-        self.stop(monitor, "mallops monitor")
-        self.stop(worker, "mallops worker (events on)")
 
+    # -- phase 3: latency at a paced rate ---------------------------------------------------------------
+
+    def latency(self) -> None:
+        log(f"latency at a paced {self.config.paced_rate:g} tasks/s for {self.config.paced_seconds:g} s")
+        self.results["raw"]["paced"] = self.paced_celery(self.raw_app, TASK, RAW_QUEUE)
+        self.db[3].delete("bench:lags")
+        paced = self.paced_celery(self.events_app, TASK, EVENTS_QUEUE)
+        wait_until(lambda: self.db[3].llen("bench:lags") >= paced["tasks"], timeout=30, message="paced lags")
+        paced["event_lag_ms"] = _ms([float(v) for v in self.db[3].lrange("bench:lags", 0, -1)])
+        self.results["events"]["paced"] = paced
+        self.results["mallops"]["paced"] = self.paced_mallops()
+        for name in ("raw", "events", "mallops"):
+            p = self.results[name]["paced"]
+            log(f"  {name}: submit-to-start p50 {p['submit_to_start_ms']['p50']} ms, p99 "
+                f"{p['submit_to_start_ms']['p99']} ms")
+
+    def paced_mallops(self) -> dict[str, Any]:
+        self.reset_history()
+        lag_samples: list[float] = []
+        sampling = threading.Event()
+
+        def sample_lag() -> None:  # the monitor's own lag metric: age of the oldest entry of its batch
+            with httpx.Client(timeout=5) as client:
+                while not sampling.wait(0.05):
+                    with contextlib.suppress(httpx.HTTPError):
+                        lag_samples.append(float(client.get(f"{self.mon}/stats").json()["lag_seconds"]))
+
+        sampler = threading.Thread(target=sample_lag, daemon=True)
+        sampler.start()
+        load = http_load.run(http_load.paced(f"{self.gw}/api/v1/tasks", self.headers, lambda _i: MALLOPS_BODY,
+                                             self.config.paced_rate, self.config.paced_seconds))
+        submitted = {answer["task_id"]: at for at, answer in load.answers}
+        self.wait_history(len(submitted))
+        sampling.set()
+        sampler.join(10)
+        with session_scope(self.settings) as session:
+            rows = list(session.execute(select(TaskRecord.task_id, TaskRecord.started_at, TaskRecord.finished_at,
+                                               TaskRecord.updated_at)
+                                        .where(TaskRecord.task_id.in_(list(submitted)))))
+        self.results["mallops"]["events_per_task"] = self._events_per_task()
+        return {
+            "rate": self.config.paced_rate, "tasks": len(submitted),
+            "http_latency_ms": load.summary()["latency_ms"],
+            "submit_to_start_ms": _ms([_now_utc(r.started_at) - submitted[r.task_id] for r in rows]),
+            "submit_to_finish_ms": _ms([_now_utc(r.finished_at) - submitted[r.task_id] for r in rows]),
+            # what /metrics shows as mallops_monitor_event_lag_seconds, sampled every 50 ms
+            "monitor_lag_ms": _ms(lag_samples),
+            # until a task's row is complete: includes the worker's buffering of task-received (flushed
+            # every MALLOPS_EVENTS_FLUSH_INTERVAL, 0.1 s), which usually arrives after the outcome
+            "row_complete_after_finish_ms": _ms([_now_utc(r.updated_at) - _now_utc(r.finished_at) for r in rows]),
+        }
+
+    # -- phase 4: the baselines stop; the monitor and the mallops worker alone -----------------------------
+
+    def stop_baselines(self) -> None:
+        self.raw_app.close()
+        self.events_app.close()
+        self.results["raw"]["peak_rss"] = self.rss.report(["raw worker"])
+        self.results["events"]["peak_rss"] = self.rss.report(["events worker", "events consumer (EventReceiver+State)"])
+        self.stop(self.consumer, "events consumer (EventReceiver+State)")
+        self.stop(self.events_worker, "events worker")
+        self.stop(self.raw_worker, "raw worker")
+
+    def mallops_alone(self) -> None:
+        result = self.results["mallops"]
+        self.scenario_monitor(self.mon, self.monitor)
+        result["peak_rss"] = self.rss.report(["mallops gateway", "mallops worker (events on)", "mallops monitor"])
+        self.stop(self.gateway, "mallops gateway")
+        self.stop(self.monitor, "mallops monitor")
+        log("the mallops worker alone, fed by a plain publisher: lifecycle events on, off, and on prefork -c 2")
+        with self.profiled("worker-alone-events-on", self.worker):
+            result["worker_events_on"] = self.worker_only("events on", "events on ")
+        self.stop(self.worker, "mallops worker (events on)")
         worker = self.mallops_worker("events off", MALLOPS_EVENTS_ENABLED="false")
         with self.profiled("worker-alone-events-off", worker):
-            result["worker_events_off"] = self.worker_only("events off", "worker alone, events off")
+            result["worker_events_off"] = self.worker_only("events off", "events off")
         self.stop(worker, "mallops worker (events off)")
-
-        # the same worker on the bare worker's pool (prefork -c 2), for a like-for-like comparison
-        if not self.config.prefork_comparison:
-            reset_engines()
-            return
-        worker = self.mallops_worker("prefork", "--pool=prefork")
-        result["prefork_idle_worker_memory"] = self.idle_memory(worker)
-        result["prefork_worker_events_on"] = self.worker_only("prefork", "worker alone, prefork, events on")
-        self.stop(worker, "mallops worker (prefork)")
+        if self.config.prefork_comparison:
+            worker = self.mallops_worker("prefork", "--pool=prefork")
+            result["prefork_idle_worker_memory"] = self.idle_memory(worker)
+            result["prefork_worker_events_on"] = self.worker_only("prefork", "prefork, events on")
+            self.stop(worker, "mallops worker (prefork)")
         reset_engines()
 
     def _events_per_task(self) -> float:
@@ -645,6 +656,12 @@ class Bench:
         self.reset_history()
 
 
+def _worker_cpu(block: dict[str, Any]) -> float | None:
+    """The worker's own CPU ms per task in a worker-alone block."""
+    values = [v for role, v in (block.get("cpu_ms_per_task") or {}).items() if "worker" in role]
+    return sum(values) if values else None
+
+
 def _median_latency(runs: list[dict[str, Any]]) -> dict[str, float | None]:
     """Per percentile, the median over runs."""
     import statistics
@@ -686,7 +703,6 @@ def machine() -> dict[str, Any]:
         "celery": _version("celery"), "kombu": _version("kombu"), "redis_py": _version("redis"),
         "hiredis": _version("hiredis"), "uvicorn": _version("uvicorn"), "flower": _version("flower"),
         "redis_server": redis_version,
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -726,7 +742,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     r = ratio(batch, events)
     add("mallops end to end (HTTP batch) / Celery-events stack", ">= 1.5", r, ge(r, 1.5), "x")
     overhead = round((off - on) / off * 100, 1) if on and off else None
-    add("worker throughput lost to mallops lifecycle events", "<= 10 %", overhead, le(overhead, 10), "%")
+    add("worker throughput lost to mallops lifecycle events", "<=10", overhead, le(overhead, 10), "%")
+    cpu_on = _worker_cpu(mallops.get("worker_events_on", {}))
+    cpu_off = _worker_cpu(mallops.get("worker_events_off", {}))
+    cpu_overhead = round((cpu_on - cpu_off) / cpu_off * 100, 1) if cpu_on and cpu_off else None
+    add("worker CPU per task added by mallops lifecycle events", "<=10", cpu_overhead, le(cpu_overhead, 10), "%")
     flower_rate = flower.get("req_per_s", {}).get("median")
     r = ratio(single.get("req_per_s", {}).get("median"), flower_rate)
     add("single-request HTTP submission / Flower async-apply (16 clients, front doors alone)", ">= 2 (aim 4)", r,
@@ -759,12 +779,17 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def run(config: Config, out: Path, chart: bool = True, workdir: Path | None = None) -> dict[str, Any]:
     started = time.time()
+    loadavg_at_start = [round(x, 2) for x in os.getloadavg()]
     with _workdir(workdir) as path:
         bench = Bench(config, path)
         try:
-            bench.scenario_raw()
-            bench.scenario_events()
-            bench.scenario_mallops()
+            bench.setup_mallops()
+            bench.front_doors()
+            bench.start_stacks()
+            bench.throughput()
+            bench.latency()
+            bench.stop_baselines()
+            bench.mallops_alone()
         finally:
             bench.close()
         results = bench.results
@@ -774,7 +799,8 @@ def run(config: Config, out: Path, chart: bool = True, workdir: Path | None = No
         "command": " ".join(["python", "-m", "bench", *sys.argv[1:]]),
         "started_at": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(timespec="seconds"),
         "duration_s": round(time.time() - started, 1),
-        "machine": machine() | {"loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "machine": machine() | {"loadavg_at_start": loadavg_at_start,
+                                "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
         "config": asdict(config),
         "ratios_to_raw": {
             "raw": 1.0,
