@@ -34,9 +34,10 @@ def draw(report: dict[str, Any], path: Path) -> None:
           mallops["single"]["tasks_per_s"]],
          "End-to-end throughput (median of runs, min-max bars)", "tasks/s")
     flower = r.get("flower", {}).get("req_per_s")
-    _bar(axes[0][1], ["Flower\nasync-apply", "mallops\nPOST /tasks", "mallops\nPOST /tasks/batch"],
-         [flower, mallops["single"]["req_per_s"], mallops["batch"]["submit_per_s"]],
-         f"Submission over HTTP ({mallops['single']['concurrency']} clients; batch: tasks/s)", "requests/s")
+    alone = mallops["front_door_alone"]
+    _bar(axes[0][1], ["Flower\nasync-apply", "mallops\nPOST /tasks", "mallops\nPOST /tasks/batch\n(tasks/s)"],
+         [flower, alone["single"]["req_per_s"], alone["batch"]["submit_per_s"]],
+         f"HTTP submission, front door alone ({alone['single']['concurrency']} clients)", "requests/s")
     axes[0][1].set_yscale("log")
 
     ax = axes[1][0]
@@ -58,7 +59,9 @@ def draw(report: dict[str, Any], path: Path) -> None:
     ax = axes[1][1]
     rss: list[tuple[str, float]] = []
     rss.append(("bare worker idle", r["raw"]["idle_worker_memory"]["rss_mb"]))
-    rss.append(("mallops worker idle", mallops["idle_worker_memory"]["rss_mb"]))
+    rss.append(("mallops worker idle (threads)", mallops["idle_worker_memory"]["rss_mb"]))
+    if "prefork_idle_worker_memory" in mallops:
+        rss.append(("mallops worker idle (prefork -c 2)", mallops["prefork_idle_worker_memory"]["rss_mb"]))
     for block in (r["raw"]["peak_rss"], r["events"]["peak_rss"], r.get("flower", {}).get("peak_rss", {}),
                   mallops["peak_rss"]):
         for role, value in block.items():
