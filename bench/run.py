@@ -41,6 +41,7 @@ from tests.harness import ROOT, Process, free_port, service_argv, spawn, start_c
 
 MALLOPS_TASK = "mallops.maintenance.test_task"
 MALLOPS_BODY = {"task_name": "test_task"}
+WARM_UP = 100  # tasks or requests through each stack before anything is measured
 RAW_QUEUE, EVENTS_QUEUE = QUEUE, f"{QUEUE}-events"  # one queue per stack: all three stay up together
 MONITOR_GROUP = "mallops-monitor"
 
@@ -292,16 +293,18 @@ class Bench:
         return {"tasks_per_s": spread([r["tasks_per_s"] for r in runs]),
                 "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in runs])}
 
-    def http_single(self, url: str, headers: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    def http_single(self, url: str, headers: dict[str, str], body: dict[str, Any], requests: int | None = None
+                    ) -> dict[str, Any]:
         """``http_tasks`` single POSTs from ``concurrency`` clients: req/s, latency, CPU per request."""
+        requests = requests or self.config.http_tasks
         cpu = self.rss.cpu()
-        load = http_load.run(http_load.closed_loop(url, headers, lambda _i: body, self.config.http_tasks,
-                                                   self.config.concurrency))
-        return load.summary() | {"cpu_ms_per_task": cpu_per_task(cpu, self.rss.cpu(), self.config.http_tasks)}
+        load = http_load.run(http_load.closed_loop(url, headers, lambda _i: body, requests, self.config.concurrency))
+        return load.summary() | {"cpu_ms_per_task": cpu_per_task(cpu, self.rss.cpu(), requests)}
 
-    def http_batches(self, url: str, headers: dict[str, str]) -> dict[str, Any]:
+    def http_batches(self, url: str, headers: dict[str, str], tasks: int | None = None) -> dict[str, Any]:
         """``tasks`` tasks as batches of ``batch_size``, two requests in flight: tasks/s submitted."""
-        n, size = self.config.tasks // self.config.batch_size, self.config.batch_size
+        size = min(self.config.batch_size, tasks or self.config.tasks)
+        n = (tasks or self.config.tasks) // size
         body = {"tasks": [MALLOPS_BODY] * size}
         cpu = self.rss.cpu()
         load = http_load.run(http_load.closed_loop(url, headers, lambda _i: body, n, 2))
@@ -338,6 +341,12 @@ class Bench:
             wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=2).status_code == 200,
                        timeout=60, interval=0.2, message="flower /healthcheck")
             flower_url = f"http://127.0.0.1:{port}/api/task/async-apply/{TASK}"
+        warm = max(WARM_UP, self.config.concurrency)  # first requests build caches and connection pools
+        if flower_url is not None:
+            self.http_single(flower_url, {}, {}, warm)
+        self.http_single(f"{self.gw}/api/v1/tasks", self.headers, MALLOPS_BODY, warm)
+        self.http_batches(f"{self.gw}/api/v1/tasks/batch", self.headers, warm)
+        self.db[0].delete(QUEUE, "default")
         flower_runs: list[dict[str, Any]] = []
         single: list[dict[str, Any]] = []
         batch: list[dict[str, Any]] = []
@@ -401,8 +410,8 @@ class Bench:
 
     # -- phase 2: throughput, the scenarios in turn within each round ---------------------------------
 
-    def events_drain(self) -> dict[str, Any]:
-        base, n = self.events_counts().get("succeeded", 0), self.config.tasks
+    def events_drain(self, tasks: int | None = None) -> dict[str, Any]:
+        base, n = self.events_counts().get("succeeded", 0), tasks or self.config.tasks
 
         def consumed() -> float:
             wait_until(lambda: self.events_counts().get("succeeded", 0) >= base + n, timeout=self.timeout_for(n),
@@ -411,21 +420,29 @@ class Bench:
 
         return self.publish_drain(self.events_app, TASK, EVENTS_QUEUE, n, before_done=consumed)
 
-    def mallops_round(self, form: str) -> dict[str, Any]:
+    def mallops_round(self, form: str, tasks: int | None = None) -> dict[str, Any]:
         self.reset_history()
         start = time.perf_counter()
         if form == "batch":
-            run = self.http_batches(f"{self.gw}/api/v1/tasks/batch", self.headers)
+            run = self.http_batches(f"{self.gw}/api/v1/tasks/batch", self.headers, tasks)
         else:
-            run = self.http_single(f"{self.gw}/api/v1/tasks", self.headers, MALLOPS_BODY)
-        tasks = run.get("tasks", self.config.http_tasks)
+            run = self.http_single(f"{self.gw}/api/v1/tasks", self.headers, MALLOPS_BODY, tasks)
+        tasks = run.get("tasks", tasks or self.config.http_tasks)
         cpu = self.rss.cpu()
         done = self.wait_history(tasks)
         after = cpu_per_task(cpu, self.rss.cpu(), tasks)  # the drain after the last answer
         run["cpu_ms_per_task"] = {k: round(v + after.get(k, 0.0), 3) for k, v in run["cpu_ms_per_task"].items()}
         return run | {"tasks_per_s": tasks / (done - start)}
 
+    def warm_up(self) -> None:
+        """A few tasks through every stack, not measured: pool children, connections and caches ready."""
+        self.publish_drain(self.raw_app, TASK, RAW_QUEUE, WARM_UP)
+        self.events_drain(WARM_UP)
+        self.mallops_round("batch", WARM_UP)
+        self.mallops_round("single", WARM_UP)
+
     def throughput(self) -> None:
+        self.warm_up()
         log(f"throughput: {self.config.repeats} rounds of raw, events, mallops batch, mallops single")
         raw: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
