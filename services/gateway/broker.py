@@ -89,10 +89,22 @@ class TaskMessage:
         self.countdown, self.eta, self.priority = countdown, eta, priority
 
 
+# kombu Redis transport options that change where or how a message is stored: this module writes kombu's
+# defaults, so an app configured with any of them must not use it
+UNSUPPORTED_TRANSPORT_OPTIONS = ("global_keyprefix", "priority_steps", "sep", "queue_order_strategy")
+
+
 class Publisher:
     """Builds task messages with ``app``'s own message factory and pushes them with ``client``."""
 
     def __init__(self, app: Celery, client: aioredis.Redis[str]) -> None:
+        options = app.conf.broker_transport_options or {}
+        unsupported = sorted(set(options) & set(UNSUPPORTED_TRANSPORT_OPTIONS))
+        if unsupported:
+            raise ValueError(f"the gateway's publisher writes kombu's default Redis layout; "
+                             f"broker_transport_options {unsupported} would change it")
+        if not str(app.conf.broker_url or "").startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("the gateway's publisher needs a Redis broker")
         self.app = app
         self.client = client
 
