@@ -1,7 +1,8 @@
 """One benchmark run: raw Celery, the Celery-events stack (and Flower), and mallops end to end, side by side.
 
 Everything runs on one machine against one redis-server of the run's own (a free port): database 0 is the
-broker, 1 the result backend, 2 mallops' cache and event stream, 3 the bench's own counters. Processes are
+broker, 1 the result backend, 2 mallops' cache and event stream, 3 the bench's own counters, 4 and 5 the
+brokers of the events-off and prefork workers in the worker-alone comparison. Processes are
 started with the test harness (``tests.harness``) and stopped by PID.
 """
 
@@ -159,9 +160,9 @@ class Bench:
         return self.started(start_celery_worker(name, argv, self.bare_env(), self.log_dir, f"{self.base}/0",
                                                 hostname), f"{name} worker")
 
-    def publisher(self, sent_events: bool = False) -> Celery:
+    def publisher(self, sent_events: bool = False, db: int = 0) -> Celery:
         """A plain publishing app: no result backend (so send_task subscribes to nothing)."""
-        app = Celery("bench-publisher", broker=f"{self.base}/0", set_as_current=False)
+        app = Celery("bench-publisher", broker=f"{self.base}/{db}", set_as_current=False)
         app.conf.update(task_serializer="json", task_send_sent_event=sent_events,
                         broker_connection_retry_on_startup=True)
         return app
@@ -258,8 +259,9 @@ class Bench:
         """``mallops serve maintenance`` (its default pool: threads) and its RSS watched as ``role``."""
         hostname = f"maintenance-{role.replace(' ', '-')}@bench"
         argv = service_argv("maintenance", f"--hostname={hostname}", *extra)
+        broker = env.get("MALLOPS_BROKER_URL", f"{self.base}/0")
         return self.started(start_celery_worker("maintenance", argv, self.mallops_env(**env), self.log_dir,
-                                                f"{self.base}/0", hostname), f"mallops worker ({role})")
+                                                broker, hostname), f"mallops worker ({role})")
 
     def history_done(self) -> int:
         with session_scope(self.settings) as session:
@@ -282,16 +284,23 @@ class Bench:
                    message=f"{count} tasks in task_history")
         return time.perf_counter()
 
-    def worker_only(self, role: str, label: str) -> dict[str, Any]:
-        """Drain rate of a mallops worker fed by a plain publisher (no gateway, no monitor)."""
-        app = self.publisher()
-        runs = []
+    def worker_rounds(self, workers: dict[str, int]) -> dict[str, dict[str, Any]]:
+        """Drain rates of several mallops workers, each on a broker database of its own (``workers``: label
+        -> database), fed by a plain publisher (no gateway, no monitor), one run of each per round."""
+        apps = {label: self.publisher(db=db) for label, db in workers.items()}
+        runs: dict[str, list[dict[str, Any]]] = {label: [] for label in workers}
+        for app in apps.values():  # warm up
+            self.publish_drain(app, MALLOPS_TASK, "default", WARM_UP)
         for i in range(self.config.repeats):
-            runs.append(self.publish_drain(app, MALLOPS_TASK, "default", self.config.tasks))
-            log(f"  {label} run {i + 1}: {runs[-1]['tasks_per_s']:.0f} tasks/s")
-        app.close()
-        return {"tasks_per_s": spread([r["tasks_per_s"] for r in runs]),
-                "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in runs])}
+            for label, app in apps.items():
+                runs[label].append(self.publish_drain(app, MALLOPS_TASK, "default", self.config.tasks))
+            log(f"  round {i + 1}: " + ", ".join(f"{label} {runs[label][-1]['tasks_per_s']:.0f}" for label in workers)
+                + " tasks/s")
+        for app in apps.values():
+            app.close()
+        return {label: {"tasks_per_s": spread([r["tasks_per_s"] for r in runs[label]]),
+                        "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in runs[label]])}
+                for label in workers}
 
     def http_single(self, url: str, headers: dict[str, str], body: dict[str, Any], requests: int | None = None
                     ) -> dict[str, Any]:
@@ -561,18 +570,23 @@ class Bench:
         self.stop(self.gateway, "mallops gateway")
         self.stop(self.monitor, "mallops monitor")
         log("the mallops worker alone, fed by a plain publisher: lifecycle events on, off, and on prefork -c 2")
-        with self.profiled("worker-alone-events-on", self.worker):
-            result["worker_events_on"] = self.worker_only("events on", "events on ")
-        self.stop(self.worker, "mallops worker (events on)")
-        worker = self.mallops_worker("events off", MALLOPS_EVENTS_ENABLED="false")
-        with self.profiled("worker-alone-events-off", worker):
-            result["worker_events_off"] = self.worker_only("events off", "events off")
-        self.stop(worker, "mallops worker (events off)")
+        # each worker on a broker database of its own, so that all three stay up and run in turn
+        workers = {"events on": 0, "events off": 4}
+        off = self.mallops_worker("events off", MALLOPS_EVENTS_ENABLED="false", MALLOPS_BROKER_URL=f"{self.base}/4")
+        prefork = None
         if self.config.prefork_comparison:
-            worker = self.mallops_worker("prefork", "--pool=prefork")
-            result["prefork_idle_worker_memory"] = self.idle_memory(worker)
-            result["prefork_worker_events_on"] = self.worker_only("prefork", "prefork, events on")
-            self.stop(worker, "mallops worker (prefork)")
+            prefork = self.mallops_worker("prefork", "--pool=prefork", MALLOPS_BROKER_URL=f"{self.base}/5")
+            result["prefork_idle_worker_memory"] = self.idle_memory(prefork)
+            workers["prefork"] = 5
+        with self.profiled("worker-alone", self.worker, off):
+            rounds = self.worker_rounds(workers)
+        result["worker_events_on"] = rounds["events on"]
+        result["worker_events_off"] = rounds["events off"]
+        if prefork is not None:
+            result["prefork_worker_events_on"] = rounds["prefork"]
+            self.stop(prefork, "mallops worker (prefork)")
+        self.stop(off, "mallops worker (events off)")
+        self.stop(self.worker, "mallops worker (events on)")
         reset_engines()
 
     def _events_per_task(self) -> float:
