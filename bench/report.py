@@ -114,9 +114,12 @@ def markdown(report: dict[str, Any]) -> str:
         f"{_cpu(mallops['worker_events_off'].get('cpu_ms_per_task'), 'worker')} |",
     ]
     if "prefork_worker_events_on" in mallops:
-        lines.append(f"| mallops worker alone on prefork -c 2, events on (tasks/s; worker CPU ms per task) | "
-                     f"{_spread(mallops['prefork_worker_events_on']['tasks_per_s'])}; "
-                     f"{_cpu(mallops['prefork_worker_events_on'].get('cpu_ms_per_task'), 'worker')} |")
+        lines.append(f"| mallops worker alone on prefork -c 2, events on / off (tasks/s) | "
+                     f"{_spread(mallops['prefork_worker_events_on']['tasks_per_s'])} / "
+                     f"{_spread(mallops.get('prefork_worker_events_off', {}).get('tasks_per_s'))} |")
+        lines.append(f"| mallops worker alone on prefork -c 2, events on / off (worker CPU ms per task) | "
+                     f"{_cpu(mallops['prefork_worker_events_on'].get('cpu_ms_per_task'), 'worker')} / "
+                     f"{_cpu(mallops.get('prefork_worker_events_off', {}).get('cpu_ms_per_task'), 'worker')} |")
     lines.append(f"| bare Celery worker alone, prefork -c 2 (worker CPU ms per task) | "
                  f"{_cpu(raw.get('cpu_ms_per_task'), 'worker')} |")
     monitor = r.get("monitor", {})

@@ -1,8 +1,8 @@
 """One benchmark run: raw Celery, the Celery-events stack (and Flower), and mallops end to end, side by side.
 
 Everything runs on one machine against one redis-server of the run's own (a free port): database 0 is the
-broker, 1 the result backend, 2 mallops' cache and event stream, 3 the bench's own counters, 4 and 5 the
-brokers of the events-off and prefork workers in the worker-alone comparison. Processes are
+broker, 1 the result backend, 2 mallops' cache and event stream, 3 the bench's own counters, 4 to 6 the
+brokers of the other workers of the worker-alone comparison. Processes are
 started with the test harness (``tests.harness``) and stopped by PID.
 """
 
@@ -43,6 +43,10 @@ from tests.harness import ROOT, Process, free_port, service_argv, spawn, start_c
 MALLOPS_TASK = "mallops.maintenance.test_task"
 MALLOPS_BODY = {"task_name": "test_task"}
 WARM_UP = 100  # tasks or requests through each stack before anything is measured
+SHARED_ROLES = ("redis-server", "bench (publisher, HTTP clients)")
+RAW_ROLES = ("raw worker", *SHARED_ROLES)
+EVENTS_ROLES = ("events worker", "events consumer (EventReceiver+State)", *SHARED_ROLES)
+MALLOPS_ROLES = ("mallops gateway", "mallops worker (events on)", "mallops monitor", *SHARED_ROLES)
 RAW_QUEUE, EVENTS_QUEUE = QUEUE, f"{QUEUE}-events"  # one queue per stack: all three stay up together
 MONITOR_GROUP = "mallops-monitor"
 
@@ -299,7 +303,8 @@ class Bench:
         for app in apps.values():
             app.close()
         return {label: {"tasks_per_s": spread([r["tasks_per_s"] for r in runs[label]]),
-                        "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in runs[label]])}
+                        "cpu_ms_per_task": _only(median_cpu([r["cpu_ms_per_task"] for r in runs[label]]),
+                                                 (f"mallops worker ({label})", *SHARED_ROLES))}
                 for label in workers}
 
     def http_single(self, url: str, headers: dict[str, str], body: dict[str, Any], requests: int | None = None
@@ -376,7 +381,8 @@ class Bench:
                 "version": version,
                 "req_per_s": spread([r["req_per_s"] for r in flower_runs]),
                 "latency_ms": _median_latency(flower_runs),
-                "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in flower_runs]),
+                "cpu_ms_per_task": _only(median_cpu([r["cpu_ms_per_task"] for r in flower_runs]),
+                                         ("flower", *SHARED_ROLES)),
                 "runs": flower_runs,
                 "peak_rss": self.rss.report(["flower"]),
             }
@@ -387,9 +393,11 @@ class Bench:
             "what": "the gateway alone, nothing consuming (the queue is emptied after each run)",
             "single": {"req_per_s": spread([r["req_per_s"] for r in single]),
                        "latency_ms": _median_latency(single), "concurrency": self.config.concurrency,
-                       "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in single])},
+                       "cpu_ms_per_task": _only(median_cpu([r["cpu_ms_per_task"] for r in single]),
+                                                ("mallops gateway", *SHARED_ROLES))},
             "batch": {"submit_per_s": spread([r["submit_per_s"] for r in batch]),
-                      "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in batch])},
+                      "cpu_ms_per_task": _only(median_cpu([r["cpu_ms_per_task"] for r in batch]),
+                                               ("mallops gateway", *SHARED_ROLES))},
         }}
         self.db[2].delete(EVENT_STREAM)
 
@@ -474,7 +482,7 @@ class Bench:
             "what": "send_task from one thread -> bare celery worker (prefork -c 2, acks_late, Redis results)",
             "tasks_per_s": spread([r["tasks_per_s"] for r in raw]),
             "publish_per_s": spread([r["publish_per_s"] for r in raw]),
-            "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in raw]),
+            "cpu_ms_per_task": _only(median_cpu([r["cpu_ms_per_task"] for r in raw]), RAW_ROLES),
         }
         self.results["events"] |= {
             "what": "the same with -E and task_send_sent_event, plus an EventReceiver process keeping "
@@ -482,7 +490,7 @@ class Bench:
                     "task-succeeded",
             "tasks_per_s": spread([r["tasks_per_s"] for r in events]),
             "publish_per_s": spread([r["publish_per_s"] for r in events]),
-            "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in events]),
+            "cpu_ms_per_task": _only(median_cpu([r["cpu_ms_per_task"] for r in events]), EVENTS_ROLES),
             "event_lag_ms": _ms(lags),
         }
         self.results["mallops"] |= {
@@ -491,12 +499,13 @@ class Bench:
                     "the history holds every task",
             "batch": {"tasks_per_s": spread([r["tasks_per_s"] for r in batch]),
                       "submit_per_s": spread([r["submit_per_s"] for r in batch]),
-                      "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in batch]),
+                      "cpu_ms_per_task": _only(median_cpu([r["cpu_ms_per_task"] for r in batch]), MALLOPS_ROLES),
                       "batch_size": self.config.batch_size, "concurrent_requests": 2},
             "single": {"tasks_per_s": spread([r["tasks_per_s"] for r in single]),
                        "req_per_s": spread([r["req_per_s"] for r in single]),
                        "latency_ms": _median_latency(single), "concurrency": self.config.concurrency,
-                       "cpu_ms_per_task": median_cpu([r["cpu_ms_per_task"] for r in single]),
+                       "cpu_ms_per_task": _only(median_cpu([r["cpu_ms_per_task"] for r in single]),
+                                                MALLOPS_ROLES),
                        "runs": single},
         }
 
@@ -573,18 +582,22 @@ class Bench:
         # each worker on a broker database of its own, so that all three stay up and run in turn
         workers = {"events on": 0, "events off": 4}
         off = self.mallops_worker("events off", MALLOPS_EVENTS_ENABLED="false", MALLOPS_BROKER_URL=f"{self.base}/4")
-        prefork = None
+        prefork, prefork_off = None, None
         if self.config.prefork_comparison:
             prefork = self.mallops_worker("prefork", "--pool=prefork", MALLOPS_BROKER_URL=f"{self.base}/5")
             result["prefork_idle_worker_memory"] = self.idle_memory(prefork)
-            workers["prefork"] = 5
+            prefork_off = self.mallops_worker("prefork events off", "--pool=prefork", MALLOPS_EVENTS_ENABLED="false",
+                                              MALLOPS_BROKER_URL=f"{self.base}/6")
+            workers |= {"prefork": 5, "prefork events off": 6}
         with self.profiled("worker-alone", self.worker, off):
             rounds = self.worker_rounds(workers)
         result["worker_events_on"] = rounds["events on"]
         result["worker_events_off"] = rounds["events off"]
-        if prefork is not None:
+        if prefork is not None and prefork_off is not None:
             result["prefork_worker_events_on"] = rounds["prefork"]
+            result["prefork_worker_events_off"] = rounds["prefork events off"]
             self.stop(prefork, "mallops worker (prefork)")
+            self.stop(prefork_off, "mallops worker (prefork events off)")
         self.stop(off, "mallops worker (events off)")
         self.stop(self.worker, "mallops worker (events on)")
         reset_engines()
@@ -687,6 +700,11 @@ class Bench:
         self.reset_history()
 
 
+def _only(cpu: dict[str, float], roles: tuple[str, ...]) -> dict[str, float]:
+    """The CPU figures of a stack's own processes (the other stacks idle meanwhile)."""
+    return {role: value for role, value in cpu.items() if role in roles}
+
+
 def _worker_cpu(block: dict[str, Any]) -> float | None:
     """The worker's own CPU ms per task in a worker-alone block."""
     values = [v for role, v in (block.get("cpu_ms_per_task") or {}).items() if "worker" in role]
@@ -778,6 +796,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     cpu_off = _worker_cpu(mallops.get("worker_events_off", {}))
     cpu_overhead = round((cpu_on - cpu_off) / cpu_off * 100, 1) if cpu_on and cpu_off else None
     add("worker CPU per task added by mallops lifecycle events", "<=10", cpu_overhead, le(cpu_overhead, 10), "%")
+    p_on = mallops.get("prefork_worker_events_on", {}).get("tasks_per_s", {}).get("median")
+    p_off = mallops.get("prefork_worker_events_off", {}).get("tasks_per_s", {}).get("median")
+    if p_on and p_off:
+        p_overhead = round((p_off - p_on) / p_off * 100, 1)
+        add("the same on prefork -c 2 (throughput lost)", "<=10", p_overhead, le(p_overhead, 10), "%")
     flower_rate = flower.get("req_per_s", {}).get("median")
     r = ratio(single.get("req_per_s", {}).get("median"), flower_rate)
     add("single-request HTTP submission / Flower async-apply (16 clients, front doors alone)", ">= 2 (aim 4)", r,
