@@ -273,7 +273,7 @@ class Bench:
                                       .where(TaskRecord.state == "SUCCESS")) or 0)
 
     def stream_drained(self) -> bool:
-        groups = self.db[2].xinfo_groups(EVENT_STREAM)  # type: ignore[no-untyped-call]
+        groups = self.db[2].xinfo_groups(EVENT_STREAM)
         return any(g["name"] in (MONITOR_GROUP, MONITOR_GROUP.encode()) and not g["pending"] and not g.get("lag")
                    for g in groups)
 

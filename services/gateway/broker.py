@@ -10,22 +10,26 @@ priority sub-list). A batch is one pipelined round trip. With the Redis transpor
 when Redis has answered the LPUSH: the confirmation a 202 promises.
 
 ``tests/services/gateway/test_broker.py`` compares the envelope with what kombu publishes, field by field,
-and real workers consume what this module sends in every gateway test.
+and real workers consume what this module sends in every gateway test. On any other broker (RabbitMQ,
+``deploy/compose.rabbitmq.yaml``), or a Redis broker with another key layout, :class:`KombuPublisher`
+publishes through kombu in a worker thread, as the gateway did before.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import uuid
 from bisect import bisect
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from celery import Celery, signals
 from kombu.serialization import dumps as kombu_dumps
+from starlette.concurrency import run_in_threadpool
 
 # kombu.transport.redis.Channel: how a message's priority picks its list
 PRIORITY_STEPS = (0, 3, 6, 9)
@@ -90,23 +94,44 @@ class TaskMessage:
 
 
 # kombu Redis transport options that change where or how a message is stored: this module writes kombu's
-# defaults, so an app configured with any of them must not use it
-UNSUPPORTED_TRANSPORT_OPTIONS = ("global_keyprefix", "priority_steps", "sep", "queue_order_strategy")
+# defaults, so an app configured with any of them publishes through kombu instead
+REDIS_LAYOUT_OPTIONS = ("global_keyprefix", "priority_steps", "sep", "queue_order_strategy")
+# kombu path: a pooled connection may have gone stale: one immediate reconnect, then give up (fast 503)
+PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+POOL_TIMEOUT = 5.0
+
+
+class TaskPublisher(Protocol):
+    async def publish(self, messages: Sequence[TaskMessage], headers: dict[str, Any]) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def writes_kombu_redis_layout(app: Celery) -> bool:
+    """Whether ``app``'s broker is Redis with kombu's default key layout (what :class:`Publisher` writes)."""
+    url = str(app.conf.broker_url or "")
+    options = app.conf.broker_transport_options or {}
+    return url.startswith(("redis://", "rediss://", "unix://")) and not set(options) & set(REDIS_LAYOUT_OPTIONS)
+
+
+def task_publisher(app: Celery, client_factory: Callable[[str], aioredis.Redis[str]]) -> TaskPublisher:
+    """The fast path on a Redis broker with kombu's layout; kombu itself on any other broker (RabbitMQ)."""
+    if writes_kombu_redis_layout(app):
+        return Publisher(app, client_factory(str(app.conf.broker_url)))
+    return KombuPublisher(app)
 
 
 class Publisher:
     """Builds task messages with ``app``'s own message factory and pushes them with ``client``."""
 
     def __init__(self, app: Celery, client: aioredis.Redis[str]) -> None:
-        options = app.conf.broker_transport_options or {}
-        unsupported = sorted(set(options) & set(UNSUPPORTED_TRANSPORT_OPTIONS))
-        if unsupported:
-            raise ValueError(f"the gateway's publisher writes kombu's default Redis layout; "
-                             f"broker_transport_options {unsupported} would change it")
-        if not str(app.conf.broker_url or "").startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("the gateway's publisher needs a Redis broker")
+        if not writes_kombu_redis_layout(app):
+            raise ValueError("Publisher writes kombu's default Redis layout; this app's broker has another")
         self.app = app
         self.client = client
+
+    async def aclose(self) -> None:
+        await self.client.aclose()  # type: ignore[attr-defined]  # types-redis predates aclose
 
     async def publish(self, messages: Sequence[TaskMessage], headers: dict[str, Any]) -> None:
         """Push every message in one pipelined round trip; raises redis errors (nothing is retried: a
@@ -136,3 +161,37 @@ class Publisher:
         for name, body, task_headers, queue in sent:
             signals.after_task_publish.send(sender=name, body=body, headers=task_headers, exchange="",
                                             routing_key=queue)
+
+
+class KombuPublisher:
+    """Publishing through kombu (any broker Celery supports), in a worker thread: the blocking client."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    async def publish(self, messages: Sequence[TaskMessage], headers: dict[str, Any]) -> None:
+        await run_in_threadpool(self.publish_blocking, messages, headers)
+
+    async def aclose(self) -> None:
+        return None
+
+    def publish_blocking(self, messages: Sequence[TaskMessage], headers: dict[str, Any]) -> None:
+        """Every message on one pooled producer; several in kombu's ``Producer.batch()`` where it has one."""
+        amqp = self.app.amqp
+        with contextlib.ExitStack() as stack:
+            producer = stack.enter_context(self.app.producer_pool.acquire(block=True, timeout=POOL_TIMEOUT))
+            batched = len(messages) > 1 and hasattr(producer, "batch")  # kombu >= 5.7
+            if batched:
+                stack.enter_context(producer.batch(max_size=len(messages) + 1))
+            for message in messages:
+                task = amqp.create_task_message(
+                    message.task_id, message.name, (), message.kwargs, countdown=message.countdown,
+                    eta=message.eta, ignore_result=False, argsrepr="()", kwargsrepr=message.kwargs_repr,
+                )
+                amqp.send_task_message(
+                    producer, message.name, task, queue=amqp.queues[message.queue], headers=headers,
+                    priority=message.priority,
+                    declare=[],  # the workers declare their queues
+                    # a batch is flushed once, with no automatic retry (kombu: delivery would be uncertain)
+                    retry=not batched, retry_policy=PUBLISH_RETRY_POLICY,
+                )

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.gateway.accesslog import AccessLogBuffer
 from services.gateway.auth import TokenCache
-from services.gateway.broker import Publisher
+from services.gateway.broker import TaskPublisher, task_publisher
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.ratelimit import RateLimiter
 from shared.celery_app import create_celery_app
@@ -68,7 +68,7 @@ def async_redis(url: str) -> aioredis.Redis[str]:
 class Runtime:
     settings: Settings
     celery: Celery
-    publisher: Publisher  # task messages onto the broker, from the event loop
+    publisher: TaskPublisher  # task messages onto the broker (from the event loop on Redis)
     cache: aioredis.Redis[str]  # cache db: task metadata, quotas, idempotency, rate limits, access log
     results: aioredis.Redis[str]  # Celery's result backend db, read only
     sessions: sessionmaker[Session]
@@ -86,7 +86,7 @@ class Runtime:
         return cls(
             settings=settings,
             celery=celery,
-            publisher=Publisher(celery, async_redis(settings.celery_broker_url)),
+            publisher=task_publisher(celery, async_redis),
             cache=cache,
             results=async_redis(settings.celery_result_backend),
             sessions=sessions,
@@ -103,5 +103,5 @@ class Runtime:
         await self.access_log.stop()
         await self.cache.aclose()  # type: ignore[attr-defined]  # types-redis predates aclose
         await self.results.aclose()  # type: ignore[attr-defined]
-        await self.publisher.client.aclose()  # type: ignore[attr-defined]
+        await self.publisher.aclose()
         self.celery.close()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from services.gateway.broker import Publisher, TaskMessage, list_key
+from services.gateway.broker import KombuPublisher, Publisher, TaskMessage, list_key, task_publisher
 from services.gateway.runtime import async_redis, create_gateway_celery
 from shared.catalog import CATALOG
 from shared.settings import Settings
@@ -92,3 +92,39 @@ def test_nothing_is_left_half_published_when_redis_is_gone() -> None:
             asyncio.run(publish())
     finally:
         app.close()
+
+
+@pytest.mark.parametrize(("broker_url", "transport_options", "fast"), [
+    ("redis://127.0.0.1:6379/0", {}, True),
+    ("redis://127.0.0.1:6379/0", {"global_keyprefix": "x:"}, False),
+    ("amqp://guest:guest@127.0.0.1:5672//", {}, False),
+])
+def test_other_brokers_and_layouts_publish_through_kombu(broker_url: str, transport_options: dict[str, Any],
+                                                         fast: bool) -> None:
+    app = create_gateway_celery(Settings(broker_url=broker_url, events_enabled=False))
+    app.conf.broker_transport_options = {**app.conf.broker_transport_options, **transport_options}
+    try:
+        publisher = task_publisher(app, async_redis)
+        assert isinstance(publisher, Publisher if fast else KombuPublisher)
+        asyncio.run(publisher.aclose())
+    finally:
+        app.close()
+
+
+def test_the_kombu_path_publishes_a_batch(redis_server: RedisServer) -> None:
+    settings = Settings(redis_url=redis_server.url_base, broker_url=f"{redis_server.url_base}/5",
+                        events_enabled=False)
+    app = create_gateway_celery(settings)
+    client = redis_server.client(5)
+    client.flushdb()
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    try:
+        asyncio.run(KombuPublisher(app).publish(
+            [TaskMessage(i, "mallops.maintenance.test_task", "default", {}, "{}") for i in ids],
+            {"mallops_owner": "bob"}))
+        pushed = [_decode(raw) for raw in client.lrange("default", 0, -1)]
+    finally:
+        client.close()
+        app.close()
+    assert sorted(m["headers"]["id"] for m in pushed) == sorted(ids)
+    assert {m["headers"]["mallops_owner"] for m in pushed} == {"bob"}
