@@ -26,6 +26,7 @@ from bisect import bisect
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import redis
 import redis.asyncio as aioredis
 from celery import Celery, signals
 from kombu.serialization import dumps as kombu_dumps
@@ -134,33 +135,48 @@ class Publisher:
         await self.client.aclose()  # type: ignore[attr-defined]  # types-redis predates aclose
 
     async def publish(self, messages: Sequence[TaskMessage], headers: dict[str, Any]) -> None:
-        """Push every message in one pipelined round trip; raises redis errors (nothing is retried: a
-        message is in the broker exactly when its LPUSH was answered)."""
+        """Push every message in one pipelined round trip; raises redis errors.
+
+        A message is in the broker exactly when its LPUSH was answered. A single message whose pooled
+        connection turns out dead (Redis restarted since it was last used) is pushed once more on a new
+        connection at once, as kombu's publish retry did; a batch is not (a pipeline that failed half-way
+        would be pushed twice), the caller answers 503 and the client repeats it.
+        """
         amqp = self.app.amqp
+        pushes: list[tuple[str, str]] = []
         sent: list[tuple[str, Any, dict[str, Any], str]] = []
-        tags = delivery_tags(len(messages))
-        async with self.client.pipeline(transaction=False) as pipe:
-            for message, tag in zip(messages, tags, strict=True):
-                task = amqp.create_task_message(
-                    message.task_id, message.name, (), message.kwargs, countdown=message.countdown,
-                    eta=message.eta, ignore_result=False, argsrepr="()", kwargsrepr=message.kwargs_repr,
-                )
-                task_headers, properties, body = task.headers, task.properties, task.body
-                task_headers.update(headers)
-                if message.priority is not None:
-                    properties["priority"] = message.priority
-                signals.before_task_publish.send(
-                    sender=message.name, body=body, exchange="", routing_key=message.queue, declare=[],
-                    headers=task_headers, properties=properties, retry_policy=None,
-                )
-                priority = message_priority(properties.get("priority"))
-                pipe.lpush(list_key(message.queue, priority),
-                           envelope(body, task_headers, properties, message.queue, properties.get("priority"), tag))
-                sent.append((message.name, body, task_headers, message.queue))
-            await pipe.execute()
+        for message, tag in zip(messages, delivery_tags(len(messages)), strict=True):
+            task = amqp.create_task_message(
+                message.task_id, message.name, (), message.kwargs, countdown=message.countdown,
+                eta=message.eta, ignore_result=False, argsrepr="()", kwargsrepr=message.kwargs_repr,
+            )
+            task_headers, properties, body = task.headers, task.properties, task.body
+            task_headers.update(headers)
+            if message.priority is not None:
+                properties["priority"] = message.priority
+            signals.before_task_publish.send(
+                sender=message.name, body=body, exchange="", routing_key=message.queue, declare=[],
+                headers=task_headers, properties=properties, retry_policy=None,
+            )
+            priority = message_priority(properties.get("priority"))
+            pushes.append((list_key(message.queue, priority),
+                           envelope(body, task_headers, properties, message.queue, properties.get("priority"), tag)))
+            sent.append((message.name, body, task_headers, message.queue))
+        try:
+            await self._push(pushes)
+        except redis.ConnectionError:
+            if len(pushes) > 1:
+                raise
+            await self._push(pushes)  # the failed connection was dropped: this one is new
         for name, body, task_headers, queue in sent:
             signals.after_task_publish.send(sender=name, body=body, headers=task_headers, exchange="",
                                             routing_key=queue)
+
+    async def _push(self, pushes: Sequence[tuple[str, str]]) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key, payload in pushes:
+                pipe.lpush(key, payload)
+            await pipe.execute()
 
 
 class KombuPublisher:
