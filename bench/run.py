@@ -260,7 +260,9 @@ class Bench:
                         database_url=env["MALLOPS_DATABASE_URL"], redis_url=self.base)
 
     def mallops_worker(self, role: str, *extra: str, **env: str) -> Process:
-        """``mallops serve maintenance`` (its default pool: threads) and its RSS watched as ``role``."""
+        """``mallops serve maintenance`` on the threads pool (``MALLOPS_MAINTENANCE_POOL=threads``; the default
+        is prefork, which ``--pool=prefork`` variants measure) and its RSS watched as ``role``."""
+        env = {"MALLOPS_MAINTENANCE_POOL": "threads", **env}
         hostname = f"maintenance-{role.replace(' ', '-')}@bench"
         argv = service_argv("maintenance", f"--hostname={hostname}", *extra)
         broker = env.get("MALLOPS_BROKER_URL", f"{self.base}/0")

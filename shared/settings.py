@@ -51,8 +51,9 @@ class Settings(BaseSettings):
     mail_from: str = "mallops@mall.example"
     notifier_pool: Literal["threads", "prefork", "solo"] = "threads"  # e-mail is I/O-bound
     notifier_concurrency: int = Field(default=8, ge=1, le=200)
-    # maintenance tasks wait on the database, Redis, pg_dump or a timer: threads, in one process
-    maintenance_pool: Literal["threads", "prefork", "solo"] = "threads"
+    # prefork: Celery's soft/hard time limits, reject_on_worker_lost and revoke --terminate need it (long_running_task,
+    # backup_database); `threads` idles in one ~90 MB process instead of ~250 MB (docs/performance.md)
+    maintenance_pool: Literal["threads", "prefork", "solo"] = "prefork"
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(default=8000, ge=1, le=65535)

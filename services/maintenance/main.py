@@ -1,13 +1,10 @@
 """Entry point of the maintenance worker (``mallops serve maintenance``).
 
-Maintenance tasks are I/O-bound: backups wait on pg_dump or SQLite's online backup, clean-ups on the
-database and Redis, the diagnostics on a timer. The worker therefore defaults to Celery's ``threads``
-pool (``MALLOPS_MAINTENANCE_POOL``) with ``MALLOPS_WORKER_CONCURRENCY`` threads in one process: no
-pool children to fork, no parent-to-child hand-off per task. pg_dump runs with its own timeout, which
-bounds a backup where the threads pool cannot enforce Celery's time limits; ``revoke --terminate`` needs
-``MALLOPS_MAINTENANCE_POOL=prefork``. Arguments given to ``mallops serve maintenance`` override these.
-The bench (docs/performance.md) measures both: for short tasks threads use less CPU per task and about a
-third of the memory of prefork's parent and two children.
+The pool is ``MALLOPS_MAINTENANCE_POOL``: ``prefork`` by default, because Celery enforces its soft and
+hard time limits, ``reject_on_worker_lost`` and ``revoke --terminate`` only there (``long_running_task``,
+``backup_database``). Its tasks are I/O-bound, so ``threads`` is a valid choice that idles in one process
+of about 90 MB instead of about 250 MB for prefork's parent and two children (docs/performance.md), at
+the price of those guarantees. Arguments given to ``mallops serve maintenance`` override these.
 """
 
 from __future__ import annotations
