@@ -177,6 +177,17 @@ def start_beat(name: str, env: dict[str, str], log_dir: Path) -> Process:
     return spawn(name, service_argv("beat"), env, log_dir)
 
 
+def only_access_logs_every_second(settings: Settings) -> Celery:
+    """The default schedule with every entry disabled but process_access_logs, every second."""
+    app = create_app(settings)
+    schedules.delete_all(app)
+    schedules.ensure_defaults(app)
+    for name in SCHEDULED:
+        schedules.update_entry(app, name, enabled=False)
+    schedules.update_entry(app, "process_access_logs", enabled=True, schedule=Schedule(every=1))
+    return app
+
+
 def sends(process: Process) -> int:
     return process.log().count("Scheduler: Sending due task")
 
@@ -185,12 +196,7 @@ def test_a_second_beat_waits_for_the_lock_and_takes_over(
     settings: Settings, service_env: dict[str, str], beat_broker: str, redis_server: RedisServer,
     tmp_path: Path,
 ) -> None:
-    app = create_app(settings)
-    schedules.delete_all(app)
-    schedules.ensure_defaults(app)
-    for name in SCHEDULED:
-        schedules.update_entry(app, name, enabled=False)
-    schedules.update_entry(app, "process_access_logs", enabled=True, schedule=Schedule(every=1))
+    app = only_access_logs_every_second(settings)
 
     env = service_env | {"MALLOPS_BROKER_URL": beat_broker, "MALLOPS_BEAT_MAX_INTERVAL": "1",
                          "MALLOPS_BEAT_LOCK_TIMEOUT": "60"}
@@ -230,13 +236,8 @@ def test_a_running_beat_follows_runtime_changes_without_a_restart(
     settings: Settings, service_env: dict[str, str], beat_broker: str, redis_server: RedisServer,
     tmp_path: Path,
 ) -> None:
-    app = create_app(settings)
-    schedules.delete_all(app)
-    schedules.ensure_defaults(app)
-    for name in SCHEDULED:
-        schedules.update_entry(app, name, enabled=False)
+    app = only_access_logs_every_second(settings)
     access, bills = CATALOG["process_access_logs"].celery_name, CATALOG["check_pending_bills"].celery_name
-    schedules.update_entry(app, "process_access_logs", enabled=True, schedule=Schedule(every=1))
 
     def count(task: str) -> int:
         return sum(1 for m in published(redis_server) if m["task"] == task)
