@@ -28,8 +28,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workdir", type=Path, help="keep logs and data here (default: a temporary directory)")
     rp = sub.add_parser("report", help="print a report's tables as Markdown (for docs/performance.md)")
     rp.add_argument("file", type=Path)
-    rp.add_argument("--into", type=Path, help="replace the generated part of this Markdown file (between "
-                    f"{BEGIN!r} and {END!r}) instead of printing")
+    rp.add_argument(
+        "--into",
+        type=Path,
+        help=f"replace the generated part of this Markdown file (between {BEGIN!r} and {END!r}) instead of printing",
+    )
     args = parser.parse_args(argv)
     if args.command == "report":
         from bench.report import markdown

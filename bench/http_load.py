@@ -32,8 +32,13 @@ class LoadResult:
 
     def summary(self) -> dict[str, Any]:
         ms = [lat * 1000 for lat in self.latencies]
-        return {"requests": self.requests, "seconds": round(self.seconds, 3), "req_per_s": round(self.rate, 1),
-                "errors": self.errors, "latency_ms": {k: _round(v) for k, v in percentiles(ms).items()}}
+        return {
+            "requests": self.requests,
+            "seconds": round(self.seconds, 3),
+            "req_per_s": round(self.rate, 1),
+            "errors": self.errors,
+            "latency_ms": {k: _round(v) for k, v in percentiles(ms).items()},
+        }
 
 
 def _round(value: float | None) -> float | None:
@@ -56,8 +61,9 @@ class Connection:
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.path = parts.path or "/"
         extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self.head = (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                     f"Content-Type: application/json\r\n{extra}")
+        self.head = (
+            f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n{extra}"
+        )
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -102,8 +108,7 @@ async def _post(conn: Connection, body: bytes, result: LoadResult) -> None:
     result.answers.append((submitted, json.loads(answer)))
 
 
-async def closed_loop(url: str, headers: dict[str, str], body: Body, requests: int, concurrency: int
-                      ) -> LoadResult:
+async def closed_loop(url: str, headers: dict[str, str], body: Body, requests: int, concurrency: int) -> LoadResult:
     """``requests`` POSTs to ``url`` from ``concurrency`` clients, each sending its next one when answered."""
     result = LoadResult(requests, 0.0)
     connections = [Connection(url, headers) for _ in range(concurrency)]

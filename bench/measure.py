@@ -45,8 +45,11 @@ def spread(runs: Sequence[float]) -> dict[str, Any]:
 
 def cpu_per_task(before: dict[str, float], after: dict[str, float], tasks: int) -> dict[str, float]:
     """CPU milliseconds per task of each watched process tree between two :meth:`PeakRSS.cpu` readings."""
-    return {role: round((after[role] - before.get(role, 0.0)) * 1000 / tasks, 3)
-            for role in after if tasks and role in before}
+    return {
+        role: round((after[role] - before.get(role, 0.0)) * 1000 / tasks, 3)
+        for role in after
+        if tasks and role in before
+    }
 
 
 def median_cpu(runs: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -70,8 +73,14 @@ def tree_memory(pid: int, pss: bool = False) -> dict[str, Any]:
     for proc in tree(pid):
         try:
             info = proc.memory_full_info() if pss else proc.memory_info()
-            processes.append({"pid": proc.pid, "name": _label(proc), "rss_mb": round(info.rss / MB, 1),
-                              **({"pss_mb": round(info.pss / MB, 1)} if pss else {})})
+            processes.append(
+                {
+                    "pid": proc.pid,
+                    "name": _label(proc),
+                    "rss_mb": round(info.rss / MB, 1),
+                    **({"pss_mb": round(info.pss / MB, 1)} if pss else {}),
+                }
+            )
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     result: dict[str, Any] = {"rss_mb": round(sum(p["rss_mb"] for p in processes), 1), "processes": processes}
@@ -167,7 +176,9 @@ class PeakRSS:
             per = self.peaks.get(role, {})
             out[role] = {
                 "peak_total_mb": round(self.peak_totals.get(role, 0) / MB, 1),
-                "processes": [{"pid": pid, "name": name, "peak_rss_mb": round(rss / MB, 1)}
-                              for pid, (name, rss) in sorted(per.items())],
+                "processes": [
+                    {"pid": pid, "name": name, "peak_rss_mb": round(rss / MB, 1)}
+                    for pid, (name, rss) in sorted(per.items())
+                ],
             }
         return out

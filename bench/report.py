@@ -62,22 +62,30 @@ def markdown(report: dict[str, Any]) -> str:
     def total_cpu(block: dict[str, float] | None) -> str:
         return _n(sum(block.values()), 2) if block else "–"
 
-    lines.append(f"| (1) raw Celery (prefork -c 2, no events) | {_spread(raw['tasks_per_s'])} | 1.00 "
-                 f"| {_spread(raw['publish_per_s'])} | {_pct(raw['paced']['submit_to_start_ms'], '')} "
-                 f"| {_pct(raw['paced']['submit_to_finish_ms'], '')} | {total_cpu(raw.get('cpu_ms_per_task'))} |")
-    lines.append(f"| (2) Celery events stack (-E, sent events, EventReceiver) | {_spread(events['tasks_per_s'])} "
-                 f"| {_n(ratios['events'], 2)} | {_spread(events['publish_per_s'])} "
-                 f"| {_pct(events['paced']['submit_to_start_ms'], '')} "
-                 f"| {_pct(events['paced']['submit_to_finish_ms'], '')} | {total_cpu(events.get('cpu_ms_per_task'))} |")
-    lines.append(f"| (3) mallops, HTTP batch of {mallops['batch']['batch_size']} → worker → monitor → history "
-                 f"| {_spread(mallops['batch']['tasks_per_s'])} | {_n(ratios['mallops_batch'], 2)} "
-                 f"| {_spread(mallops['batch']['submit_per_s'])} | (paced run below) | | "
-                 f"{total_cpu(mallops['batch'].get('cpu_ms_per_task'))} |")
-    lines.append(f"| (3) mallops, HTTP single requests, {mallops['single']['concurrency']} clients "
-                 f"| {_spread(mallops['single']['tasks_per_s'])} | {_n(ratios['mallops_single'], 2)} "
-                 f"| {_spread(mallops['single']['req_per_s'])} | {_pct(mallops['paced']['submit_to_start_ms'], '')} "
-                 f"| {_pct(mallops['paced']['submit_to_finish_ms'], '')} "
-                 f"| {total_cpu(mallops['single'].get('cpu_ms_per_task'))} |")
+    lines.append(
+        f"| (1) raw Celery (prefork -c 2, no events) | {_spread(raw['tasks_per_s'])} | 1.00 "
+        f"| {_spread(raw['publish_per_s'])} | {_pct(raw['paced']['submit_to_start_ms'], '')} "
+        f"| {_pct(raw['paced']['submit_to_finish_ms'], '')} | {total_cpu(raw.get('cpu_ms_per_task'))} |"
+    )
+    lines.append(
+        f"| (2) Celery events stack (-E, sent events, EventReceiver) | {_spread(events['tasks_per_s'])} "
+        f"| {_n(ratios['events'], 2)} | {_spread(events['publish_per_s'])} "
+        f"| {_pct(events['paced']['submit_to_start_ms'], '')} "
+        f"| {_pct(events['paced']['submit_to_finish_ms'], '')} | {total_cpu(events.get('cpu_ms_per_task'))} |"
+    )
+    lines.append(
+        f"| (3) mallops, HTTP batch of {mallops['batch']['batch_size']} → worker → monitor → history "
+        f"| {_spread(mallops['batch']['tasks_per_s'])} | {_n(ratios['mallops_batch'], 2)} "
+        f"| {_spread(mallops['batch']['submit_per_s'])} | (paced run below) | | "
+        f"{total_cpu(mallops['batch'].get('cpu_ms_per_task'))} |"
+    )
+    lines.append(
+        f"| (3) mallops, HTTP single requests, {mallops['single']['concurrency']} clients "
+        f"| {_spread(mallops['single']['tasks_per_s'])} | {_n(ratios['mallops_single'], 2)} "
+        f"| {_spread(mallops['single']['req_per_s'])} | {_pct(mallops['paced']['submit_to_start_ms'], '')} "
+        f"| {_pct(mallops['paced']['submit_to_finish_ms'], '')} "
+        f"| {total_cpu(mallops['single'].get('cpu_ms_per_task'))} |"
+    )
     lines += [
         "",
         f"Latency columns: a paced {mallops['paced']['rate']:g} tasks/s for "
@@ -114,14 +122,20 @@ def markdown(report: dict[str, Any]) -> str:
         f"{_cpu(mallops['worker_events_off'].get('cpu_ms_per_task'), 'worker')} |",
     ]
     if "prefork_worker_events_on" in mallops:
-        lines.append(f"| mallops worker alone on prefork -c 2, events on / off (tasks/s) | "
-                     f"{_spread(mallops['prefork_worker_events_on']['tasks_per_s'])} / "
-                     f"{_spread(mallops.get('prefork_worker_events_off', {}).get('tasks_per_s'))} |")
-        lines.append(f"| mallops worker alone on prefork -c 2, events on / off (worker CPU ms per task) | "
-                     f"{_cpu(mallops['prefork_worker_events_on'].get('cpu_ms_per_task'), 'worker')} / "
-                     f"{_cpu(mallops.get('prefork_worker_events_off', {}).get('cpu_ms_per_task'), 'worker')} |")
-    lines.append(f"| bare Celery worker alone, prefork -c 2 (worker CPU ms per task) | "
-                 f"{_cpu(raw.get('cpu_ms_per_task'), 'worker')} |")
+        lines.append(
+            f"| mallops worker alone on prefork -c 2, events on / off (tasks/s) | "
+            f"{_spread(mallops['prefork_worker_events_on']['tasks_per_s'])} / "
+            f"{_spread(mallops.get('prefork_worker_events_off', {}).get('tasks_per_s'))} |"
+        )
+        lines.append(
+            f"| mallops worker alone on prefork -c 2, events on / off (worker CPU ms per task) | "
+            f"{_cpu(mallops['prefork_worker_events_on'].get('cpu_ms_per_task'), 'worker')} / "
+            f"{_cpu(mallops.get('prefork_worker_events_off', {}).get('cpu_ms_per_task'), 'worker')} |"
+        )
+    lines.append(
+        f"| bare Celery worker alone, prefork -c 2 (worker CPU ms per task) | "
+        f"{_cpu(raw.get('cpu_ms_per_task'), 'worker')} |"
+    )
     monitor = r.get("monitor", {})
     sustained = monitor.get("sustained", {})
     lag, rss = sustained.get("lag_s") or {}, sustained.get("rss_mb") or {}
@@ -138,12 +152,19 @@ def markdown(report: dict[str, Any]) -> str:
         f"{_n(mallops['idle_worker_memory']['rss_mb'], 1)} / {_n(mallops['idle_worker_memory'].get('pss_mb'), 1)} MB |",
     ]
     if "prefork_idle_worker_memory" in mallops:
-        lines.append(f"| idle worker RSS / PSS: mallops maintenance on prefork -c 2 | "
-                     f"{_n(mallops['prefork_idle_worker_memory']['rss_mb'], 1)} / "
-                     f"{_n(mallops['prefork_idle_worker_memory'].get('pss_mb'), 1)} MB |")
+        lines.append(
+            f"| idle worker RSS / PSS: mallops maintenance on prefork -c 2 | "
+            f"{_n(mallops['prefork_idle_worker_memory']['rss_mb'], 1)} / "
+            f"{_n(mallops['prefork_idle_worker_memory'].get('pss_mb'), 1)} MB |"
+        )
     lines += ["", "Peak RSS during the run (MB, whole process tree; each process's own peak in brackets):", ""]
-    blocks = [raw.get("peak_rss", {}), events.get("peak_rss", {}), flower.get("peak_rss", {}),
-              mallops.get("peak_rss", {}), r.get("rss_redis_and_bench", {})]
+    blocks = [
+        raw.get("peak_rss", {}),
+        events.get("peak_rss", {}),
+        flower.get("peak_rss", {}),
+        mallops.get("peak_rss", {}),
+        r.get("rss_redis_and_bench", {}),
+    ]
     lines += ["| process | peak RSS MB |", "|---|---|"]
     for block in blocks:
         for role, value in block.items():

@@ -69,8 +69,18 @@ class Config:
     @classmethod
     def quick(cls) -> Config:
         """A smoke run: a few hundred tasks, every scenario once."""
-        return cls(tasks=200, http_tasks=100, repeats=1, paced_rate=50, paced_seconds=1, batch_size=100,
-                   monitor_seconds=1, monitor_backlog=2000, flower=False, prefork_comparison=False)
+        return cls(
+            tasks=200,
+            http_tasks=100,
+            repeats=1,
+            paced_rate=50,
+            paced_seconds=1,
+            batch_size=100,
+            monitor_seconds=1,
+            monitor_backlog=2000,
+            flower=False,
+            prefork_comparison=False,
+        )
 
 
 def log(message: str) -> None:
@@ -87,8 +97,7 @@ def _now_utc(value: Any) -> float:
 
 
 def _ms(values: list[float]) -> dict[str, float | None]:
-    return {k: (None if v is None else round(v * 1000, 2) if k != "n" else v)
-            for k, v in percentiles(values).items()}
+    return {k: (None if v is None else round(v * 1000, 2) if k != "n" else v) for k, v in percentiles(values).items()}
 
 
 class Bench:
@@ -116,8 +125,20 @@ class Bench:
         spies = []
         for process in processes:
             target = out / f"{name}-{process.name}.txt"
-            argv = [str(_venv_bin("py-spy")), "record", "-p", str(process.pid), "--subprocesses", "--nonblocking",
-                    "--rate", "250", "--format", "raw", "-o", str(target)]
+            argv = [
+                str(_venv_bin("py-spy")),
+                "record",
+                "-p",
+                str(process.pid),
+                "--subprocesses",
+                "--nonblocking",
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "-o",
+                str(target),
+            ]
             spies.append(spawn(f"py-spy-{process.name}", argv, os.environ, self.log_dir))
         time.sleep(1)  # py-spy attaches asynchronously; a profile that misses the start is still useful
         try:
@@ -154,35 +175,58 @@ class Bench:
 
     def bare_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOPS_", "BENCH_"))}
-        return env | {"BENCH_BROKER_URL": f"{self.base}/0", "BENCH_RESULT_BACKEND": f"{self.base}/1",
-                      "PYTHONPATH": str(ROOT)}
+        return env | {
+            "BENCH_BROKER_URL": f"{self.base}/0",
+            "BENCH_RESULT_BACKEND": f"{self.base}/1",
+            "PYTHONPATH": str(ROOT),
+        }
 
     def bare_worker(self, name: str, queue: str, *extra: str) -> Process:
         hostname = f"{name}@bench"
-        argv = [sys.executable, "-m", "celery", "-A", "bench.noop_app", "worker", "-P", "prefork", "-c", "2",
-                "-Q", queue, "-n", hostname, "-l", "WARNING", "--without-mingle", "--without-gossip", *extra]
-        return self.started(start_celery_worker(name, argv, self.bare_env(), self.log_dir, f"{self.base}/0",
-                                                hostname), f"{name} worker")
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench.noop_app",
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            "2",
+            "-Q",
+            queue,
+            "-n",
+            hostname,
+            "-l",
+            "WARNING",
+            "--without-mingle",
+            "--without-gossip",
+            *extra,
+        ]
+        return self.started(
+            start_celery_worker(name, argv, self.bare_env(), self.log_dir, f"{self.base}/0", hostname), f"{name} worker"
+        )
 
     def publisher(self, sent_events: bool = False, db: int = 0) -> Celery:
         """A plain publishing app: no result backend (so send_task subscribes to nothing)."""
         app = Celery("bench-publisher", broker=f"{self.base}/{db}", set_as_current=False)
-        app.conf.update(task_serializer="json", task_send_sent_event=sent_events,
-                        broker_connection_retry_on_startup=True)
+        app.conf.update(
+            task_serializer="json", task_send_sent_event=sent_events, broker_connection_retry_on_startup=True
+        )
         return app
 
     def results_count(self) -> int:
         return int(self.db[1].dbsize())
 
     def wait_results(self, count: int, timeout: float) -> float:
-        wait_until(lambda: self.results_count() >= count, timeout=timeout, interval=0.01,
-                   message=f"{count} results")
+        wait_until(lambda: self.results_count() >= count, timeout=timeout, interval=0.01, message=f"{count} results")
         return time.perf_counter()
 
     def read_results(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), 1000):
-            chunk = ids[start:start + 1000]
+            chunk = ids[start : start + 1000]
             values = self.db[1].mget([f"celery-task-meta-{i}" for i in chunk])
             for task_id, raw in zip(chunk, values, strict=True):
                 if raw:
@@ -194,8 +238,9 @@ class Bench:
 
     # -- (1) and (2): Celery publisher and worker ---------------------------------------------------
 
-    def publish_drain(self, app: Celery, name: str, queue: str, n: int, kwargs: dict[str, Any] | None = None,
-                      before_done: Any = None) -> dict[str, Any]:
+    def publish_drain(
+        self, app: Celery, name: str, queue: str, n: int, kwargs: dict[str, Any] | None = None, before_done: Any = None
+    ) -> dict[str, Any]:
         """Publish ``n`` tasks as fast as one thread can; tasks/s until every result is stored."""
         self.db[1].flushdb()
         cpu = self.rss.cpu()
@@ -206,8 +251,11 @@ class Bench:
         done = self.wait_results(n, self.timeout_for(n))
         if before_done is not None:
             done = before_done()
-        return {"tasks_per_s": n / (done - start), "publish_per_s": n / (published - start),
-                "cpu_ms_per_task": cpu_per_task(cpu, self.rss.cpu(), n)}
+        return {
+            "tasks_per_s": n / (done - start),
+            "publish_per_s": n / (published - start),
+            "cpu_ms_per_task": cpu_per_task(cpu, self.rss.cpu(), n),
+        }
 
     def paced_celery(self, app: Celery, name: str, queue: str) -> dict[str, Any]:
         """Submit-to-start and submit-to-finish latency at ``paced_rate`` tasks/s."""
@@ -226,8 +274,12 @@ class Bench:
         results = self.read_results(list(submitted))
         to_start = [float(r["result"]) - submitted[i] for i, r in results.items()]
         to_finish = [_now_utc(r["date_done"]) - submitted[i] for i, r in results.items()]
-        return {"rate": rate, "tasks": count, "submit_to_start_ms": _ms(to_start),
-                "submit_to_finish_ms": _ms(to_finish)}
+        return {
+            "rate": rate,
+            "tasks": count,
+            "submit_to_start_ms": _ms(to_start),
+            "submit_to_finish_ms": _ms(to_finish),
+        }
 
     def idle_memory(self, process: Process) -> dict[str, Any]:
         """RSS and PSS of a worker's process tree once it is idle (after 2 s without work)."""
@@ -256,8 +308,12 @@ class Bench:
 
     def mallops_settings(self) -> Settings:
         env = self.mallops_env()
-        return Settings(environment="development", data_dir=Path(env["MALLOPS_DATA_DIR"]),
-                        database_url=env["MALLOPS_DATABASE_URL"], redis_url=self.base)
+        return Settings(
+            environment="development",
+            data_dir=Path(env["MALLOPS_DATA_DIR"]),
+            database_url=env["MALLOPS_DATABASE_URL"],
+            redis_url=self.base,
+        )
 
     def mallops_worker(self, role: str, *extra: str, **env: str) -> Process:
         """``mallops serve maintenance`` on the threads pool (``MALLOPS_MAINTENANCE_POOL=threads``; the default
@@ -266,18 +322,23 @@ class Bench:
         hostname = f"maintenance-{role.replace(' ', '-')}@bench"
         argv = service_argv("maintenance", f"--hostname={hostname}", *extra)
         broker = env.get("MALLOPS_BROKER_URL", f"{self.base}/0")
-        return self.started(start_celery_worker("maintenance", argv, self.mallops_env(**env), self.log_dir,
-                                                broker, hostname), f"mallops worker ({role})")
+        return self.started(
+            start_celery_worker("maintenance", argv, self.mallops_env(**env), self.log_dir, broker, hostname),
+            f"mallops worker ({role})",
+        )
 
     def history_done(self) -> int:
         with session_scope(self.settings) as session:
-            return int(session.scalar(select(func.count()).select_from(TaskRecord)
-                                      .where(TaskRecord.state == "SUCCESS")) or 0)
+            return int(
+                session.scalar(select(func.count()).select_from(TaskRecord).where(TaskRecord.state == "SUCCESS")) or 0
+            )
 
     def stream_drained(self) -> bool:
         groups = self.db[2].xinfo_groups(EVENT_STREAM)
-        return any(g["name"] in (MONITOR_GROUP, MONITOR_GROUP.encode()) and not g["pending"] and not g.get("lag")
-                   for g in groups)
+        return any(
+            g["name"] in (MONITOR_GROUP, MONITOR_GROUP.encode()) and not g["pending"] and not g.get("lag")
+            for g in groups
+        )
 
     def reset_history(self) -> None:
         wait_until(self.stream_drained, timeout=120, interval=0.05, message="the monitor to catch up")
@@ -286,8 +347,12 @@ class Bench:
         self.db[1].flushdb()
 
     def wait_history(self, count: int) -> float:
-        wait_until(lambda: self.history_done() >= count, timeout=self.timeout_for(count), interval=0.05,
-                   message=f"{count} tasks in task_history")
+        wait_until(
+            lambda: self.history_done() >= count,
+            timeout=self.timeout_for(count),
+            interval=0.05,
+            message=f"{count} tasks in task_history",
+        )
         return time.perf_counter()
 
     def worker_rounds(self, workers: dict[str, int]) -> dict[str, dict[str, Any]]:
@@ -300,17 +365,27 @@ class Bench:
         for i in range(self.config.repeats):
             for label, app in apps.items():
                 runs[label].append(self.publish_drain(app, MALLOPS_TASK, "default", self.config.tasks))
-            log(f"  round {i + 1}: " + ", ".join(f"{label} {runs[label][-1]['tasks_per_s']:.0f}" for label in workers)
-                + " tasks/s")
+            log(
+                f"  round {i + 1}: "
+                + ", ".join(f"{label} {runs[label][-1]['tasks_per_s']:.0f}" for label in workers)
+                + " tasks/s"
+            )
         for app in apps.values():
             app.close()
-        return {label: {"tasks_per_s": spread([r["tasks_per_s"] for r in runs[label]]),
-                        "cpu_ms_per_task": _only(median_cpu([r["cpu_ms_per_task"] for r in runs[label]]),
-                                                 (f"mallops worker ({label})", *SHARED_ROLES))}
-                for label in workers}
+        return {
+            label: {
+                "tasks_per_s": spread([r["tasks_per_s"] for r in runs[label]]),
+                "cpu_ms_per_task": _only(
+                    median_cpu([r["cpu_ms_per_task"] for r in runs[label]]),
+                    (f"mallops worker ({label})", *SHARED_ROLES),
+                ),
+            }
+            for label in workers
+        }
 
-    def http_single(self, url: str, headers: dict[str, str], body: dict[str, Any], requests: int | None = None
-                    ) -> dict[str, Any]:
+    def http_single(
+        self, url: str, headers: dict[str, str], body: dict[str, Any], requests: int | None = None
+    ) -> dict[str, Any]:
         """``http_tasks`` single POSTs from ``concurrency`` clients: req/s, latency, CPU per request."""
         requests = requests or self.config.http_tasks
         cpu = self.rss.cpu()
@@ -324,8 +399,12 @@ class Bench:
         body = {"tasks": [MALLOPS_BODY] * size}
         cpu = self.rss.cpu()
         load = http_load.run(http_load.closed_loop(url, headers, lambda _i: body, n, 2))
-        return {"tasks": n * size, "submit_per_s": n * size / load.seconds, "errors": load.errors,
-                "cpu_ms_per_task": cpu_per_task(cpu, self.rss.cpu(), n * size)}
+        return {
+            "tasks": n * size,
+            "submit_per_s": n * size / load.seconds,
+            "errors": load.errors,
+            "cpu_ms_per_task": cpu_per_task(cpu, self.rss.cpu(), n * size),
+        }
 
     # -- phase 0: the front doors alone ----------------------------------------------------------------
 
@@ -337,11 +416,17 @@ class Bench:
             token = create_token(session, f"bench-{uuid.uuid4().hex[:6]}", "admin")
         self.headers = {"Authorization": f"Bearer {token}"}
         port = free_port()
-        self.gateway = self.started(spawn("gateway", service_argv("gateway", f"--port={port}"), self.mallops_env(),
-                                          self.log_dir), "mallops gateway")
+        self.gateway = self.started(
+            spawn("gateway", service_argv("gateway", f"--port={port}"), self.mallops_env(), self.log_dir),
+            "mallops gateway",
+        )
         self.gw = f"http://127.0.0.1:{port}"
-        wait_until(lambda: httpx.get(f"{self.gw}/readyz", timeout=2).status_code == 200, timeout=60,
-                   interval=0.2, message="gateway /readyz")
+        wait_until(
+            lambda: httpx.get(f"{self.gw}/readyz", timeout=2).status_code == 200,
+            timeout=60,
+            interval=0.2,
+            message="gateway /readyz",
+        )
 
     def front_doors(self) -> None:
         """Flower's async-apply and the gateway, each with nothing consuming, in alternation."""
@@ -351,11 +436,30 @@ class Bench:
         if version is not None:
             port = free_port()
             env = self.bare_env() | {"FLOWER_UNAUTHENTICATED_API": "true"}
-            flower = self.started(spawn("flower", [sys.executable, "-m", "celery", "-A", "bench.noop_app", "flower",
-                                                   f"--port={port}", "--address=127.0.0.1"], env, self.log_dir),
-                                  "flower")
-            wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=2).status_code == 200,
-                       timeout=60, interval=0.2, message="flower /healthcheck")
+            flower = self.started(
+                spawn(
+                    "flower",
+                    [
+                        sys.executable,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "bench.noop_app",
+                        "flower",
+                        f"--port={port}",
+                        "--address=127.0.0.1",
+                    ],
+                    env,
+                    self.log_dir,
+                ),
+                "flower",
+            )
+            wait_until(
+                lambda: httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=2).status_code == 200,
+                timeout=60,
+                interval=0.2,
+                message="flower /healthcheck",
+            )
             flower_url = f"http://127.0.0.1:{port}/api/task/async-apply/{TASK}"
         warm = max(WARM_UP, self.config.concurrency)  # first requests build caches and connection pools
         if flower_url is not None:
@@ -371,36 +475,48 @@ class Bench:
                 flower_runs.append(self.http_single(flower_url, {}, {}))
             single.append(self.http_single(f"{self.gw}/api/v1/tasks", self.headers, MALLOPS_BODY))
             batch.append(self.http_batches(f"{self.gw}/api/v1/tasks/batch", self.headers))
-            log(f"  run {i + 1}: Flower {flower_runs[-1]['req_per_s'] if flower_runs else '-'} req/s "
+            log(
+                f"  run {i + 1}: Flower {flower_runs[-1]['req_per_s'] if flower_runs else '-'} req/s "
                 f"(p99 {flower_runs[-1]['latency_ms']['p99'] if flower_runs else '-'} ms); gateway "
                 f"{single[-1]['req_per_s']} req/s (p99 {single[-1]['latency_ms']['p99']} ms), "
-                f"batch {batch[-1]['submit_per_s']:.0f} tasks/s")
+                f"batch {batch[-1]['submit_per_s']:.0f} tasks/s"
+            )
             self.db[0].delete(QUEUE, "default")  # nothing consumed them
         if flower is not None:
             self.results["flower"] = {
                 "what": f"Flower {version} POST /api/task/async-apply/<name>, {self.config.concurrency} concurrent "
-                        "clients; the front door alone (no worker consumes: Flower and Redis are all that run)",
+                "clients; the front door alone (no worker consumes: Flower and Redis are all that run)",
                 "version": version,
                 "req_per_s": spread([r["req_per_s"] for r in flower_runs]),
                 "latency_ms": _median_latency(flower_runs),
-                "cpu_ms_per_task": _only(median_cpu([r["cpu_ms_per_task"] for r in flower_runs]),
-                                         ("flower", *SHARED_ROLES)),
+                "cpu_ms_per_task": _only(
+                    median_cpu([r["cpu_ms_per_task"] for r in flower_runs]), ("flower", *SHARED_ROLES)
+                ),
                 "runs": flower_runs,
                 "peak_rss": self.rss.report(["flower"]),
             }
             self.stop(flower, "flower")
         else:
             self.results["flower"] = {"skipped": "--no-flower, or flower is not installed (pip install -e '.[bench]')"}
-        self.results["mallops"] = {"front_door_alone": {
-            "what": "the gateway alone, nothing consuming (the queue is emptied after each run)",
-            "single": {"req_per_s": spread([r["req_per_s"] for r in single]),
-                       "latency_ms": _median_latency(single), "concurrency": self.config.concurrency,
-                       "cpu_ms_per_task": _only(median_cpu([r["cpu_ms_per_task"] for r in single]),
-                                                ("mallops gateway", *SHARED_ROLES))},
-            "batch": {"submit_per_s": spread([r["submit_per_s"] for r in batch]),
-                      "cpu_ms_per_task": _only(median_cpu([r["cpu_ms_per_task"] for r in batch]),
-                                               ("mallops gateway", *SHARED_ROLES))},
-        }}
+        self.results["mallops"] = {
+            "front_door_alone": {
+                "what": "the gateway alone, nothing consuming (the queue is emptied after each run)",
+                "single": {
+                    "req_per_s": spread([r["req_per_s"] for r in single]),
+                    "latency_ms": _median_latency(single),
+                    "concurrency": self.config.concurrency,
+                    "cpu_ms_per_task": _only(
+                        median_cpu([r["cpu_ms_per_task"] for r in single]), ("mallops gateway", *SHARED_ROLES)
+                    ),
+                },
+                "batch": {
+                    "submit_per_s": spread([r["submit_per_s"] for r in batch]),
+                    "cpu_ms_per_task": _only(
+                        median_cpu([r["cpu_ms_per_task"] for r in batch]), ("mallops gateway", *SHARED_ROLES)
+                    ),
+                },
+            }
+        }
         self.db[2].delete(EVENT_STREAM)
 
     # -- phase 1: every stack up -----------------------------------------------------------------------
@@ -410,20 +526,41 @@ class Bench:
         self.raw_worker = self.bare_worker("raw", RAW_QUEUE)
         self.results["raw"] = {"idle_worker_memory": self.idle_memory(self.raw_worker)}
         self.consumer = self.started(
-            spawn("events-consumer", [sys.executable, "-m", "bench.events_consumer", "--broker", f"{self.base}/0",
-                                      "--stats-url", f"{self.base}/3"], self.bare_env(), self.log_dir),
-            "events consumer (EventReceiver+State)")
+            spawn(
+                "events-consumer",
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.events_consumer",
+                    "--broker",
+                    f"{self.base}/0",
+                    "--stats-url",
+                    f"{self.base}/3",
+                ],
+                self.bare_env(),
+                self.log_dir,
+            ),
+            "events consumer (EventReceiver+State)",
+        )
         wait_until(lambda: self.events_counts().get("ready"), timeout=30, message="events consumer")
         self.events_worker = self.bare_worker("events", EVENTS_QUEUE, "-E")
         self.results["events"] = {}
         self.worker = self.mallops_worker("events on")
         self.results["mallops"]["idle_worker_memory"] = self.idle_memory(self.worker)
         port = free_port()
-        self.monitor = self.started(spawn("monitor", service_argv("monitor", f"--port={port}", "--name=bench"),
-                                          self.mallops_env(), self.log_dir), "mallops monitor")
+        self.monitor = self.started(
+            spawn(
+                "monitor", service_argv("monitor", f"--port={port}", "--name=bench"), self.mallops_env(), self.log_dir
+            ),
+            "mallops monitor",
+        )
         self.mon = f"http://127.0.0.1:{port}"
-        wait_until(lambda: httpx.get(f"{self.mon}/health", timeout=2).status_code == 200, timeout=60,
-                   interval=0.2, message="monitor /health")
+        wait_until(
+            lambda: httpx.get(f"{self.mon}/health", timeout=2).status_code == 200,
+            timeout=60,
+            interval=0.2,
+            message="monitor /health",
+        )
         self.raw_app = self.publisher()
         self.events_app = self.publisher(sent_events=True)
 
@@ -433,8 +570,12 @@ class Bench:
         base, n = self.events_counts().get("succeeded", 0), tasks or self.config.tasks
 
         def consumed() -> float:
-            wait_until(lambda: self.events_counts().get("succeeded", 0) >= base + n, timeout=self.timeout_for(n),
-                       interval=0.01, message="task-succeeded events")
+            wait_until(
+                lambda: self.events_counts().get("succeeded", 0) >= base + n,
+                timeout=self.timeout_for(n),
+                interval=0.01,
+                message="task-succeeded events",
+            )
             return time.perf_counter()
 
         return self.publish_drain(self.events_app, TASK, EVENTS_QUEUE, n, before_done=consumed)
@@ -477,9 +618,11 @@ class Bench:
                 batch.append(self.mallops_round("batch"))
             with self.profiled(f"single-{i}", self.gateway, self.worker, self.monitor):
                 single.append(self.mallops_round("single"))
-            log(f"  round {i + 1}: raw {raw[-1]['tasks_per_s']:.0f}, events {events[-1]['tasks_per_s']:.0f}, "
+            log(
+                f"  round {i + 1}: raw {raw[-1]['tasks_per_s']:.0f}, events {events[-1]['tasks_per_s']:.0f}, "
                 f"mallops batch {batch[-1]['tasks_per_s']:.0f} (submitted {batch[-1]['submit_per_s']:.0f}/s), "
-                f"single {single[-1]['tasks_per_s']:.0f} tasks/s (p99 {single[-1]['latency_ms']['p99']} ms)")
+                f"single {single[-1]['tasks_per_s']:.0f} tasks/s (p99 {single[-1]['latency_ms']['p99']} ms)"
+            )
         self.results["raw"] |= {
             "what": "send_task from one thread -> bare celery worker (prefork -c 2, acks_late, Redis results)",
             "tasks_per_s": spread([r["tasks_per_s"] for r in raw]),
@@ -488,8 +631,8 @@ class Bench:
         }
         self.results["events"] |= {
             "what": "the same with -E and task_send_sent_event, plus an EventReceiver process keeping "
-                    "celery.events.State (what Flower and celery-exporter run); a run ends when it has every "
-                    "task-succeeded",
+            "celery.events.State (what Flower and celery-exporter run); a run ends when it has every "
+            "task-succeeded",
             "tasks_per_s": spread([r["tasks_per_s"] for r in events]),
             "publish_per_s": spread([r["publish_per_s"] for r in events]),
             "cpu_ms_per_task": _only(median_cpu([r["cpu_ms_per_task"] for r in events]), EVENTS_ROLES),
@@ -497,18 +640,23 @@ class Bench:
         }
         self.results["mallops"] |= {
             "what": "HTTP POST to the gateway (uvicorn, uvloop, httptools) -> maintenance worker (its default "
-                    "threads pool, 2 threads, lifecycle events on) -> monitor -> task_history; a run ends when "
-                    "the history holds every task",
-            "batch": {"tasks_per_s": spread([r["tasks_per_s"] for r in batch]),
-                      "submit_per_s": spread([r["submit_per_s"] for r in batch]),
-                      "cpu_ms_per_task": _only(median_cpu([r["cpu_ms_per_task"] for r in batch]), MALLOPS_ROLES),
-                      "batch_size": self.config.batch_size, "concurrent_requests": 2},
-            "single": {"tasks_per_s": spread([r["tasks_per_s"] for r in single]),
-                       "req_per_s": spread([r["req_per_s"] for r in single]),
-                       "latency_ms": _median_latency(single), "concurrency": self.config.concurrency,
-                       "cpu_ms_per_task": _only(median_cpu([r["cpu_ms_per_task"] for r in single]),
-                                                MALLOPS_ROLES),
-                       "runs": single},
+            "threads pool, 2 threads, lifecycle events on) -> monitor -> task_history; a run ends when "
+            "the history holds every task",
+            "batch": {
+                "tasks_per_s": spread([r["tasks_per_s"] for r in batch]),
+                "submit_per_s": spread([r["submit_per_s"] for r in batch]),
+                "cpu_ms_per_task": _only(median_cpu([r["cpu_ms_per_task"] for r in batch]), MALLOPS_ROLES),
+                "batch_size": self.config.batch_size,
+                "concurrent_requests": 2,
+            },
+            "single": {
+                "tasks_per_s": spread([r["tasks_per_s"] for r in single]),
+                "req_per_s": spread([r["req_per_s"] for r in single]),
+                "latency_ms": _median_latency(single),
+                "concurrency": self.config.concurrency,
+                "cpu_ms_per_task": _only(median_cpu([r["cpu_ms_per_task"] for r in single]), MALLOPS_ROLES),
+                "runs": single,
+            },
         }
 
     # -- phase 3: latency at a paced rate ---------------------------------------------------------------
@@ -524,8 +672,10 @@ class Bench:
         self.results["mallops"]["paced"] = self.paced_mallops()
         for name in ("raw", "events", "mallops"):
             p = self.results[name]["paced"]
-            log(f"  {name}: submit-to-start p50 {p['submit_to_start_ms']['p50']} ms, p99 "
-                f"{p['submit_to_start_ms']['p99']} ms")
+            log(
+                f"  {name}: submit-to-start p50 {p['submit_to_start_ms']['p50']} ms, p99 "
+                f"{p['submit_to_start_ms']['p99']} ms"
+            )
 
     def paced_mallops(self) -> dict[str, Any]:
         self.reset_history()
@@ -540,19 +690,31 @@ class Bench:
 
         sampler = threading.Thread(target=sample_lag, daemon=True)
         sampler.start()
-        load = http_load.run(http_load.paced(f"{self.gw}/api/v1/tasks", self.headers, lambda _i: MALLOPS_BODY,
-                                             self.config.paced_rate, self.config.paced_seconds))
+        load = http_load.run(
+            http_load.paced(
+                f"{self.gw}/api/v1/tasks",
+                self.headers,
+                lambda _i: MALLOPS_BODY,
+                self.config.paced_rate,
+                self.config.paced_seconds,
+            )
+        )
         submitted = {answer["task_id"]: at for at, answer in load.answers}
         self.wait_history(len(submitted))
         sampling.set()
         sampler.join(10)
         with session_scope(self.settings) as session:
-            rows = list(session.execute(select(TaskRecord.task_id, TaskRecord.started_at, TaskRecord.finished_at,
-                                               TaskRecord.updated_at)
-                                        .where(TaskRecord.task_id.in_(list(submitted)))))
+            rows = list(
+                session.execute(
+                    select(
+                        TaskRecord.task_id, TaskRecord.started_at, TaskRecord.finished_at, TaskRecord.updated_at
+                    ).where(TaskRecord.task_id.in_(list(submitted)))
+                )
+            )
         self.results["mallops"]["events_per_task"] = self._events_per_task()
         return {
-            "rate": self.config.paced_rate, "tasks": len(submitted),
+            "rate": self.config.paced_rate,
+            "tasks": len(submitted),
             "http_latency_ms": load.summary()["latency_ms"],
             "submit_to_start_ms": _ms([_now_utc(r.started_at) - submitted[r.task_id] for r in rows]),
             "submit_to_finish_ms": _ms([_now_utc(r.finished_at) - submitted[r.task_id] for r in rows]),
@@ -588,8 +750,12 @@ class Bench:
         if self.config.prefork_comparison:
             prefork = self.mallops_worker("prefork", "--pool=prefork", MALLOPS_BROKER_URL=f"{self.base}/5")
             result["prefork_idle_worker_memory"] = self.idle_memory(prefork)
-            prefork_off = self.mallops_worker("prefork events off", "--pool=prefork", MALLOPS_EVENTS_ENABLED="false",
-                                              MALLOPS_BROKER_URL=f"{self.base}/6")
+            prefork_off = self.mallops_worker(
+                "prefork events off",
+                "--pool=prefork",
+                MALLOPS_EVENTS_ENABLED="false",
+                MALLOPS_BROKER_URL=f"{self.base}/6",
+            )
             workers |= {"prefork": 5, "prefork events off": 6}
         with self.profiled("worker-alone", self.worker, off):
             rounds = self.worker_rounds(workers)
@@ -625,10 +791,21 @@ class Bench:
         count = 0
         for i in range(tasks):
             task_id = f"{prefix}-{i}"
-            common = {"id": task_id, "name": MALLOPS_TASK, "queue": "default", "retries": 0, "owner": "bench",
-                      "host": "synthetic@bench", "pid": 1}
-            for type_, extra in (("task-sent", {"args": None}), ("task-received", {"args": None}),
-                                 ("task-started", {}), ("task-succeeded", {"runtime": 0.001, "result": "'ok'"})):
+            common = {
+                "id": task_id,
+                "name": MALLOPS_TASK,
+                "queue": "default",
+                "retries": 0,
+                "owner": "bench",
+                "host": "synthetic@bench",
+                "pid": 1,
+            }
+            for type_, extra in (
+                ("task-sent", {"args": None}),
+                ("task-received", {"args": None}),
+                ("task-started", {}),
+                ("task-succeeded", {"runtime": 0.001, "result": "'ok'"}),
+            ):
                 data = json.dumps({**common, **extra, "type": type_, "ts": now}, separators=(",", ":"))
                 pipe.xadd(EVENT_STREAM, {"e": data}, maxlen=500_000, approximate=True)
                 count += 1
@@ -651,8 +828,10 @@ class Bench:
         push_seconds = time.perf_counter() - pushed_at
         wait_until(self.stream_drained, timeout=self.timeout_for(events), interval=0.05, message="backlog drained")
         capacity = events / (time.perf_counter() - pushed_at)
-        log(f"  capacity: {events} events in a backlog processed at {capacity:.0f} events/s "
-            f"(pushed at {events / push_seconds:.0f}/s)")
+        log(
+            f"  capacity: {events} events in a backlog processed at {capacity:.0f} events/s "
+            f"(pushed at {events / push_seconds:.0f}/s)"
+        )
 
         peak = self.results["mallops"]["batch"]["tasks_per_s"]["median"] or 0
         per_task = self.results["mallops"].get("events_per_task") or 4
@@ -677,12 +856,13 @@ class Bench:
             if delay > 0:
                 time.sleep(delay)  # pacing the load
         sent_seconds = time.perf_counter() - start
-        wait_until(self.stream_drained, timeout=self.timeout_for(total_events), interval=0.05,
-                   message="sustained load drained")
+        wait_until(
+            self.stream_drained, timeout=self.timeout_for(total_events), interval=0.05, message="sustained load drained"
+        )
         drained = time.perf_counter() - start
         self.results["monitor"] = {
             "what": "synthetic task-sent/received/started/succeeded events XADDed into mallops:events; the "
-                    "monitor (SQLite history) folds them into task_history",
+            "monitor (SQLite history) folds them into task_history",
             "capacity_events_per_s": round(capacity, 1),
             "backlog_events": events,
             "sustained": {
@@ -693,12 +873,18 @@ class Bench:
                 "tasks": total_events // 4,
                 "drained_after_s": round(drained, 1),
                 "lag_s": {k: (None if v is None else round(v, 3)) for k, v in percentiles(lags).items()},
-                "rss_mb": {"first": rss[0] if rss else None, "last": rss[-1] if rss else None,
-                           "max": max(rss) if rss else None, "samples": rss},
+                "rss_mb": {
+                    "first": rss[0] if rss else None,
+                    "last": rss[-1] if rss else None,
+                    "max": max(rss) if rss else None,
+                    "samples": rss,
+                },
             },
         }
-        log(f"  sustained {rate:.0f} events/s for {sent_seconds:.0f} s: lag max "
-            f"{max(lags) if lags else 0:.2f} s, RSS {rss[0] if rss else '?'} -> {rss[-1] if rss else '?'} MB")
+        log(
+            f"  sustained {rate:.0f} events/s for {sent_seconds:.0f} s: lag max "
+            f"{max(lags) if lags else 0:.2f} s, RSS {rss[0] if rss else '?'} -> {rss[-1] if rss else '?'} MB"
+        )
         self.reset_history()
 
 
@@ -718,8 +904,11 @@ def _median_latency(runs: list[dict[str, Any]]) -> dict[str, float | None]:
     import statistics
 
     keys = ("p50", "p95", "p99", "max")
-    return {k: round(statistics.median([r["latency_ms"][k] for r in runs if r["latency_ms"][k] is not None]), 2)
-            for k in keys if any(r["latency_ms"][k] is not None for r in runs)}
+    return {
+        k: round(statistics.median([r["latency_ms"][k] for r in runs if r["latency_ms"][k] is not None]), 2)
+        for k in keys
+        if any(r["latency_ms"][k] is not None for r in runs)
+    }
 
 
 def _venv_bin(name: str) -> Path:
@@ -744,15 +933,20 @@ def machine() -> dict[str, Any]:
     redis_version = ""
     binary = shutil.which("redis-server")
     if binary:
-        redis_version = subprocess.run([binary, "--version"], capture_output=True, text=True,
-                                       check=False).stdout.strip()
+        redis_version = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
     return {
         "nproc": os.cpu_count(),
         "cpu_model": model,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "celery": _version("celery"), "kombu": _version("kombu"), "redis_py": _version("redis"),
-        "hiredis": _version("hiredis"), "uvicorn": _version("uvicorn"), "flower": _version("flower"),
+        "celery": _version("celery"),
+        "kombu": _version("kombu"),
+        "redis_py": _version("redis"),
+        "hiredis": _version("hiredis"),
+        "uvicorn": _version("uvicorn"),
+        "flower": _version("flower"),
         "redis_server": redis_version,
     }
 
@@ -805,28 +999,53 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         add("the same on prefork -c 2 (throughput lost)", "<=10", p_overhead, le(p_overhead, 10), "%")
     flower_rate = flower.get("req_per_s", {}).get("median")
     r = ratio(single.get("req_per_s", {}).get("median"), flower_rate)
-    add("single-request HTTP submission / Flower async-apply (16 clients, front doors alone)", ">= 2 (aim 4)", r,
-        ge(r, 2), "x")
+    add(
+        "single-request HTTP submission / Flower async-apply (16 clients, front doors alone)",
+        ">= 2 (aim 4)",
+        r,
+        ge(r, 2),
+        "x",
+    )
     mp99, fp99 = single.get("latency_ms", {}).get("p99"), flower.get("latency_ms", {}).get("p99")
     r = ratio(mp99, fp99)
     add("single-request p99 / Flower p99", "< 0.2", r, None if r is None else r < 0.2, "x")
     add("batch submission rate (front door alone)", ">= 5000", batch_submit, ge(batch_submit, 5000), "tasks/s")
     rate = mallops.get("paced", {}).get("rate", 100)
-    add(f"p99 submit-to-start at {rate:g} tasks/s (HTTP, to the worker)", "< 20", paced.get("p99"),
-        None if paced.get("p99") is None else paced["p99"] < 20, "ms")
-    add(f"p50 submit-to-start at {rate:g} tasks/s (HTTP, to the worker)", "< 5", paced.get("p50"),
-        None if paced.get("p50") is None else paced["p50"] < 5, "ms")
+    add(
+        f"p99 submit-to-start at {rate:g} tasks/s (HTTP, to the worker)",
+        "< 20",
+        paced.get("p99"),
+        None if paced.get("p99") is None else paced["p99"] < 20,
+        "ms",
+    )
+    add(
+        f"p50 submit-to-start at {rate:g} tasks/s (HTTP, to the worker)",
+        "< 5",
+        paced.get("p50"),
+        None if paced.get("p50") is None else paced["p50"] < 5,
+        "ms",
+    )
     peak_events = (batch or 0) * (mallops.get("events_per_task") or 4)
     r = ratio(monitor.get("capacity_events_per_s"), peak_events)
     add("monitor capacity / platform peak event rate", ">= 5", r, ge(r, 5), "x")
     lag = sustained.get("lag_s", {}).get("max")
     add("monitor lag at 5x peak event rate (max sampled)", "< 1", lag, None if lag is None else lag < 1, "s")
     rss = sustained.get("rss_mb", {}).get("max")
-    add(f"monitor RSS over the sustained run ({sustained.get('tasks', 0):,} tasks, not 1,000,000)", "< 150 flat",
-        rss, le(rss, 150), "MB")
+    add(
+        f"monitor RSS over the sustained run ({sustained.get('tasks', 0):,} tasks, not 1,000,000)",
+        "< 150 flat",
+        rss,
+        le(rss, 150),
+        "MB",
+    )
     bare = results.get("raw", {}).get("idle_worker_memory", {}).get("rss_mb")
-    add(f"idle domain worker RSS, all processes (threads pool; bare prefork -c 2 here: {bare} MB)", "<= 151",
-        idle, le(idle, 151), "MB")
+    add(
+        f"idle domain worker RSS, all processes (threads pool; bare prefork -c 2 here: {bare} MB)",
+        "<= 151",
+        idle,
+        le(idle, 151),
+        "MB",
+    )
     prefork = mallops.get("prefork_idle_worker_memory", {}).get("rss_mb")
     if prefork is not None:
         add("idle domain worker RSS on prefork -c 2, all processes", "<= 151", prefork, le(prefork, 151), "MB")
@@ -855,8 +1074,8 @@ def run(config: Config, out: Path, chart: bool = True, workdir: Path | None = No
         "command": " ".join(["python", "-m", "bench", *sys.argv[1:]]),
         "started_at": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(timespec="seconds"),
         "duration_s": round(time.time() - started, 1),
-        "machine": machine() | {"loadavg_at_start": loadavg_at_start,
-                                "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "machine": machine()
+        | {"loadavg_at_start": loadavg_at_start, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
         "config": asdict(config),
         "ratios_to_raw": {
             "raw": 1.0,

@@ -135,7 +135,10 @@ def tokens_list(
         rows = list_tokens(session)
     for row in rows:
         values = {
-            "name": row.name, "role": row.role, "prefix": row.prefix, "active": row.active,
+            "name": row.name,
+            "role": row.role,
+            "prefix": row.prefix,
+            "active": row.active,
             "created_at": row.created_at.isoformat(),
             "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
             "last_used_at": row.last_used_at.isoformat() if row.last_used_at else None,

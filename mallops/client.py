@@ -164,8 +164,9 @@ class Task:
                 parsed = None
         error = data.get("error")
         if isinstance(error, Mapping):  # {"type": ..., "message": ...} or similar
-            error = ": ".join(str(v) for v in (error.get("type") or error.get("exception"), error.get("message"))
-                              if v) or str(dict(error))
+            error = ": ".join(
+                str(v) for v in (error.get("type") or error.get("exception"), error.get("message")) if v
+            ) or str(dict(error))
         return cls(
             task_id=str(data.get("task_id", "")),
             task_name=str(data.get("task_name") or ""),
@@ -234,14 +235,22 @@ class Client:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     # -- transport ---------------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
-                json: Any = None, headers: Mapping[str, str] | None = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
         """One HTTP request; the decoded JSON body, or a :class:`MallopsError`."""
         try:
             response = self._http.request(method, path, params=params, json=json, headers=headers)
@@ -256,8 +265,10 @@ class Client:
             try:
                 return response.json()
             except ValueError as exc:
-                raise GatewayError(f"the gateway at {self.url} answered {method} {path} with something that "
-                                   "is not JSON", status=response.status_code) from exc
+                raise GatewayError(
+                    f"the gateway at {self.url} answered {method} {path} with something that is not JSON",
+                    status=response.status_code,
+                ) from exc
         raise self._error(response)
 
     def _error(self, response: httpx.Response) -> MallopsError:
@@ -282,8 +293,9 @@ class Client:
             return NotFound(detail, status=status, problem=problem)
         if status in (502, 503, 504):
             later = f"; retry after {retry_after:g}s" if retry_after is not None else ""
-            return Unreachable(f"the gateway at {self.url} is unavailable: {detail}{later}", status=status,
-                               retry_after=retry_after)
+            return Unreachable(
+                f"the gateway at {self.url} is unavailable: {detail}{later}", status=status, retry_after=retry_after
+            )
         if 400 <= status < 500:
             later = f" (retry after {retry_after:g}s)" if status == 429 and retry_after is not None else ""
             return InvalidRequest(f"{detail}{later}", status=status, problem=problem)
@@ -314,8 +326,14 @@ class Client:
     ) -> Task:
         """Submit a catalog task; the answer (202) means it is in the broker. NotFound for an unknown
         task name, InvalidRequest (422) for arguments that do not fit its schema."""
-        body = _params(task_name=task_name, args=list(args), kwargs=dict(kwargs or {}), countdown=countdown,
-                       eta=_when(eta), priority=priority)
+        body = _params(
+            task_name=task_name,
+            args=list(args),
+            kwargs=dict(kwargs or {}),
+            countdown=countdown,
+            eta=_when(eta),
+            priority=priority,
+        )
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return Task.from_json(self.request("POST", f"{API}/tasks", json=body, headers=headers))
 
@@ -367,24 +385,43 @@ class Client:
         """Re-submit a failed task with its original arguments; the new task."""
         return Task.from_json(self.request("POST", f"{API}/tasks/{task_id}/retry"))
 
-    def list_tasks(self, *, status: str | None = None, task_name: str | None = None, limit: int | None = None,
-                   offset: int | None = None) -> dict[str, Any]:
+    def list_tasks(
+        self,
+        *,
+        status: str | None = None,
+        task_name: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> dict[str, Any]:
         """Active and recent tasks: ``{"count": n, "results": [...]}``."""
         params = _params(status=status, task_name=task_name, limit=limit, offset=offset)
         return dict(self.request("GET", f"{API}/tasks", params=params))
 
-    def stats(self, *, since: dt.datetime | str | None = None, until: dt.datetime | str | None = None,
-              task_name: str | None = None) -> dict[str, Any]:
+    def stats(
+        self,
+        *,
+        since: dt.datetime | str | None = None,
+        until: dt.datetime | str | None = None,
+        task_name: str | None = None,
+    ) -> dict[str, Any]:
         """Counts by state, success rate, throughput and percentiles, overall and per task name."""
         params = _params(since=_when(since), until=_when(until), task_name=task_name)
         return dict(self.request("GET", f"{API}/tasks/stats", params=params))
 
-    def history(self, *, task_name: str | None = None, status: str | None = None,
-                since: dt.datetime | str | None = None, until: dt.datetime | str | None = None,
-                cursor: str | None = None, limit: int | None = None) -> dict[str, Any]:
+    def history(
+        self,
+        *,
+        task_name: str | None = None,
+        status: str | None = None,
+        since: dt.datetime | str | None = None,
+        until: dt.datetime | str | None = None,
+        cursor: str | None = None,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
         """One page of the durable task history, newest first, with ``next_cursor`` to continue."""
-        params = _params(task_name=task_name, status=status, since=_when(since), until=_when(until),
-                         cursor=cursor, limit=limit)
+        params = _params(
+            task_name=task_name, status=status, since=_when(since), until=_when(until), cursor=cursor, limit=limit
+        )
         return dict(self.request("GET", f"{API}/tasks/history", params=params))
 
     # -- platform ----------------------------------------------------------------------------------
@@ -409,8 +446,9 @@ class Client:
         """The beat entries (admin)."""
         return _items(self.request("GET", f"{API}/schedules"), "schedules")
 
-    def update_schedule(self, name: str, *, enabled: bool | None = None,
-                        schedule: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def update_schedule(
+        self, name: str, *, enabled: bool | None = None, schedule: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Enable, disable or re-time a beat entry (admin)."""
         body = _params(enabled=enabled, schedule=dict(schedule) if schedule is not None else None)
         return dict(self.request("PATCH", f"{API}/schedules/{name}", json=body))

@@ -44,8 +44,10 @@ from shared.files import atomic_write
 from shared.services import SERVICE_SPECS, ServiceSpec, probe
 from shared.settings import Settings
 
-REDIS_MISSING = ("redis-server is not installed: install it with `apt-get install redis-server` (Debian/Ubuntu) "
-                 "or `brew install redis` (macOS), or set MALLOPS_REDIS_URL to a Redis you have")
+REDIS_MISSING = (
+    "redis-server is not installed: install it with `apt-get install redis-server` (Debian/Ubuntu) "
+    "or `brew install redis` (macOS), or set MALLOPS_REDIS_URL to a Redis you have"
+)
 MAIL_PROCESS = "mail"
 
 
@@ -77,8 +79,12 @@ class DevPlan:
 
     def child_settings(self) -> Settings:
         """The settings the children will read: this process's, with what ``mallops dev`` sets."""
-        overrides: dict[str, Any] = {"data_dir": self.data_dir, "smtp_host": "127.0.0.1",
-                                     "smtp_port": self.settings.smtp_port, "smtp_starttls": False}
+        overrides: dict[str, Any] = {
+            "data_dir": self.data_dir,
+            "smtp_host": "127.0.0.1",
+            "smtp_port": self.settings.smtp_port,
+            "smtp_starttls": False,
+        }
         if self.env.get("MALLOPS_REDIS_URL"):
             overrides["redis_url"] = self.env["MALLOPS_REDIS_URL"]
         return self.settings.model_copy(update=overrides)
@@ -90,8 +96,18 @@ def service_argv(spec: ServiceSpec) -> list[str]:
 
 
 def mail_catcher_argv(port: int, mail_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "aiosmtpd", "--nosetuid", "--smtputf8", "--listen", f"127.0.0.1:{port}",
-            "--class", "aiosmtpd.handlers.Mailbox", str(mail_dir)]
+    return [
+        sys.executable,
+        "-m",
+        "aiosmtpd",
+        "--nosetuid",
+        "--smtputf8",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--class",
+        "aiosmtpd.handlers.Mailbox",
+        str(mail_dir),
+    ]
 
 
 def make_plan(settings: Settings, environ: Mapping[str, str]) -> DevPlan:
@@ -103,22 +119,26 @@ def make_plan(settings: Settings, environ: Mapping[str, str]) -> DevPlan:
     if not token:
         token, generated = _stored_token(dev_dir / "admin-token")
     explicit_redis = bool(environ.get("MALLOPS_REDIS_URL") or environ.get("MALLOPS_BROKER_URL")) or bool(
-        {"redis_url", "broker_url"} & settings.model_fields_set)
+        {"redis_url", "broker_url"} & settings.model_fields_set
+    )
     env = dict(environ)
-    env.update({
-        "MALLOPS_DATA_DIR": str(data_dir),
-        "MALLOPS_BOOTSTRAP_ADMIN_TOKEN": token,
-        "MALLOPS_SMTP_HOST": "127.0.0.1",
-        "MALLOPS_SMTP_PORT": str(settings.smtp_port),
-        "MALLOPS_SMTP_STARTTLS": "false",
-        "MALLOPS_GATEWAY_PORT": str(settings.gateway_port),
-        "MALLOPS_MONITOR_PORT": str(settings.monitor_port),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "MALLOPS_DATA_DIR": str(data_dir),
+            "MALLOPS_BOOTSTRAP_ADMIN_TOKEN": token,
+            "MALLOPS_SMTP_HOST": "127.0.0.1",
+            "MALLOPS_SMTP_PORT": str(settings.smtp_port),
+            "MALLOPS_SMTP_STARTTLS": "false",
+            "MALLOPS_GATEWAY_PORT": str(settings.gateway_port),
+            "MALLOPS_MONITOR_PORT": str(settings.monitor_port),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     if explicit_redis:
         env.setdefault("MALLOPS_REDIS_URL", settings.redis_url)
-    plan = DevPlan(settings, data_dir, dev_dir, mail_dir, env, token, generated,
-                   settings.redis_url if explicit_redis else None)
+    plan = DevPlan(
+        settings, data_dir, dev_dir, mail_dir, env, token, generated, settings.redis_url if explicit_redis else None
+    )
     plan.commands = {name: service_argv(spec) for name, spec in SERVICE_SPECS.items()}
     plan.commands[MAIL_PROCESS] = mail_catcher_argv(settings.smtp_port, mail_dir)
     return plan
@@ -179,8 +199,9 @@ class StackManager(Manager):  # type: ignore[misc]  # honcho has no type hints
 
     def terminate(self) -> None:
         if not self.stopping.is_set() and self.failure is None and not self.stop_requested:
-            died = [(name, p.get("returncode")) for name, p in self._processes.items()
-                    if p.get("returncode") is not None]
+            died = [
+                (name, p.get("returncode")) for name, p in self._processes.items() if p.get("returncode") is not None
+            ]
             if died:
                 self.failure = f"{died[0][0]} exited with code {died[0][1]}"
             else:
@@ -241,8 +262,11 @@ class DevStack:
 
     def _check_ports(self) -> None:
         s = self.plan.child_settings()
-        for setting, port in (("MALLOPS_GATEWAY_PORT", s.gateway_port), ("MALLOPS_MONITOR_PORT", s.monitor_port),
-                              ("MALLOPS_SMTP_PORT", s.smtp_port)):
+        for setting, port in (
+            ("MALLOPS_GATEWAY_PORT", s.gateway_port),
+            ("MALLOPS_MONITOR_PORT", s.monitor_port),
+            ("MALLOPS_SMTP_PORT", s.smtp_port),
+        ):
             if port_in_use(port):
                 raise DevError(f"port {port} ({setting}) is already in use; set {setting} to a free port")
 
@@ -253,19 +277,43 @@ class DevStack:
         workdir = self.plan.dev_dir / "redis"
         workdir.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--appendonly", "yes",
-                "--save", "", "--maxmemory-policy", "noeviction", "--daemonize", "no",
-                "--logfile", str(workdir / "redis.log")]
-        self.redis = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,  # noqa: S603
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+        argv = [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(workdir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(workdir / "redis.log"),
+        ]
+        self.redis = subprocess.Popen(  # noqa: S603
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         url = f"redis://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
         import redis as redis_lib
 
         while True:
             if self.redis.poll() is not None:
-                log = (workdir / "redis.log").read_text(errors="replace")[-500:] if (workdir / "redis.log").exists() \
+                log = (
+                    (workdir / "redis.log").read_text(errors="replace")[-500:]
+                    if (workdir / "redis.log").exists()
                     else ""
+                )
                 raise DevError(f"redis-server exited with code {self.redis.returncode}: {' '.join(log.split())}")
             try:
                 client = redis_lib.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
@@ -391,8 +439,11 @@ class DevStack:
         write_private(env_file, "".join(f"export {key}={shlex.quote(value)}\n" for key, value in exports.items()))
         stack_file = plan.dev_dir / "stack.json"
         write_private(stack_file, json.dumps(info, indent=2) + "\n")
-        token_note = " (generated; kept in " + str(plan.dev_dir / "admin-token") + ")" if not \
-            plan.settings.bootstrap_admin_token.get_secret_value() else " (MALLOPS_BOOTSTRAP_ADMIN_TOKEN)"
+        token_note = (
+            " (generated; kept in " + str(plan.dev_dir / "admin-token") + ")"
+            if not plan.settings.bootstrap_admin_token.get_secret_value()
+            else " (MALLOPS_BOOTSTRAP_ADMIN_TOKEN)"
+        )
         lines = [
             f"mallops dev is ready ({took:.1f}s): every service answers",
             f"  gateway      {info['gateway_url']}",

@@ -29,10 +29,23 @@ R = TypeVar("R")
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 
 STATUS_STYLES = {
-    "SUCCESS": "green", "FAILURE": "bold red", "REVOKED": "magenta", "REJECTED": "red", "RETRY": "yellow",
-    "STARTED": "cyan", "PROGRESS": "cyan", "RECEIVED": "blue", "PENDING": "dim", "SENT": "dim",
-    "online": "green", "offline": "red", "ok": "green", "warning": "yellow", "problem": "bold red",
-    "enabled": "green", "disabled": "dim",
+    "SUCCESS": "green",
+    "FAILURE": "bold red",
+    "REVOKED": "magenta",
+    "REJECTED": "red",
+    "RETRY": "yellow",
+    "STARTED": "cyan",
+    "PROGRESS": "cyan",
+    "RECEIVED": "blue",
+    "PENDING": "dim",
+    "SENT": "dim",
+    "online": "green",
+    "offline": "red",
+    "ok": "green",
+    "warning": "yellow",
+    "problem": "bold red",
+    "enabled": "green",
+    "disabled": "dim",
 }
 
 
@@ -115,8 +128,13 @@ def styled(value: str) -> str:
     return f"[{style}]{value}[/{style}]" if style else value
 
 
-def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None,
-                status_columns: Sequence[int] = ()) -> None:
+def print_table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    title: str | None = None,
+    status_columns: Sequence[int] = (),
+) -> None:
     """A rich table on a terminal; a header line and tab-separated rows when piped."""
     texts = [[cell(v) for v in row] for row in rows]
     out = stdout()
@@ -219,8 +237,9 @@ def parse_when(text: str | None, option: str) -> str | None:
     try:
         when = dt.datetime.fromisoformat(value)
     except ValueError:
-        fail(f"{option} must be an ISO date/time (2026-11-14, 2026-11-14T08:00) or an age like 30m, 2h, 7d; "
-             f"not {text!r}")
+        fail(
+            f"{option} must be an ISO date/time (2026-11-14, 2026-11-14T08:00) or an age like 30m, 2h, 7d; not {text!r}"
+        )
     if when.tzinfo is None:
         when = when.astimezone()  # local time, as typed by the operator
     return when.astimezone(dt.UTC).isoformat()

@@ -226,93 +226,151 @@ CATALOG: Mapping[str, TaskSpec] = {
     for spec in (
         # finance
         _spec(
-            "check_pending_bills", "finance", "finance", CheckPendingBillsArgs,
+            "check_pending_bills",
+            "finance",
+            "finance",
+            CheckPendingBillsArgs,
             "Mark bills past their due date as overdue and enqueue reminders for them.",
             Schedule(minute="*"),
         ),
         _spec(
-            "send_bill_reminders", "finance", "finance", SendBillRemindersArgs,
+            "send_bill_reminders",
+            "finance",
+            "finance",
+            SendBillRemindersArgs,
             "Send at most one reminder e-mail per overdue bill per day.",
         ),
         _spec(
-            "calculate_monthly_revenue", "finance", "finance", MonthArgs,
+            "calculate_monthly_revenue",
+            "finance",
+            "finance",
+            MonthArgs,
             "Revenue by store and by category for a month, from payments; stored and cached.",
         ),
         # reports
         _spec(
-            "generate_hourly_report", "reports", "reports", HourlyReportArgs,
+            "generate_hourly_report",
+            "reports",
+            "reports",
+            HourlyReportArgs,
             "Sales and billing figures for one hour, stored as a report with CSV and HTML.",
             Schedule(minute="0"),
         ),
         _spec(
-            "generate_daily_report", "reports", "reports", DailyReportArgs,
+            "generate_daily_report",
+            "reports",
+            "reports",
+            DailyReportArgs,
             "Sales and billing figures for one day, stored as a report with CSV and HTML.",
         ),
         _spec(
-            "generate_weekly_report", "reports", "reports", WeeklyReportArgs,
+            "generate_weekly_report",
+            "reports",
+            "reports",
+            WeeklyReportArgs,
             "Sales and billing figures for one week (Monday to Sunday).",
             Schedule(minute="0", hour="10", day_of_week="1"),
         ),
         _spec(
-            "generate_monthly_report", "reports", "reports", MonthArgs,
+            "generate_monthly_report",
+            "reports",
+            "reports",
+            MonthArgs,
             "Sales and billing figures for one calendar month.",
             Schedule(minute="0", hour="0", day_of_month="1"),
         ),
         _spec(
-            "export_data", "reports", "reports", ExportDataArgs,
+            "export_data",
+            "reports",
+            "reports",
+            ExportDataArgs,
             "Export a dataset to CSV or XLSX in the export store, for download through the gateway.",
         ),
         _spec(
-            "process_access_logs", "reports", "reports", ProcessAccessLogsArgs,
+            "process_access_logs",
+            "reports",
+            "reports",
+            ProcessAccessLogsArgs,
             "Move the gateway's buffered access log into the access_logs table.",
             Schedule(every=30.0),
         ),
         _spec(
-            "generate_access_statistics", "reports", "reports", AccessStatisticsArgs,
+            "generate_access_statistics",
+            "reports",
+            "reports",
+            AccessStatisticsArgs,
             "Daily request statistics per path, user and status.",
             Schedule(minute="0", hour="1"),
         ),
         _spec(
-            "cleanup_old_access_records", "reports", "reports", RetentionArgs,
+            "cleanup_old_access_records",
+            "reports",
+            "reports",
+            RetentionArgs,
             "Delete access records older than the retention period.",
         ),
         # notifier
         _spec(
-            "send_notification_email", "notifier", "email", SendNotificationEmailArgs,
+            "send_notification_email",
+            "notifier",
+            "email",
+            SendNotificationEmailArgs,
             "Send one notification e-mail over SMTP, in Chinese or English.",
         ),
         _spec(
-            "cleanup_old_notifications", "notifier", "email", NotificationRetentionArgs,
+            "cleanup_old_notifications",
+            "notifier",
+            "email",
+            NotificationRetentionArgs,
             "Delete notifications older than the retention period.",
             Schedule(minute="0", hour="2"),
         ),
         # maintenance
         _spec(
-            "backup_database", "maintenance", "default", BackupDatabaseArgs,
+            "backup_database",
+            "maintenance",
+            "default",
+            BackupDatabaseArgs,
             "Back up the database (pg_dump or SQLite online backup), keeping the last N.",
         ),
         _spec(
-            "cleanup_cache", "maintenance", "default", CleanupCacheArgs,
+            "cleanup_cache",
+            "maintenance",
+            "default",
+            CleanupCacheArgs,
             "Delete mallops cache keys by prefix, with SCAN.",
         ),
         _spec(
-            "cleanup_expired_data", "maintenance", "default", NoArgs,
+            "cleanup_expired_data",
+            "maintenance",
+            "default",
+            NoArgs,
             "Delete expired exports, reports and old task history, in batches.",
         ),
         _spec(
-            "test_task", "maintenance", "default", TestTaskArgs,
+            "test_task",
+            "maintenance",
+            "default",
+            TestTaskArgs,
             "Echo a message: 'Task received: <message>'. Fails on request.",
         ),
         _spec(
-            "long_running_task", "maintenance", "default", LongRunningTaskArgs,
+            "long_running_task",
+            "maintenance",
+            "default",
+            LongRunningTaskArgs,
             "Sleep in steps, reporting PROGRESS {current, total} after each.",
         ),
     )
 }
 
 SERVICES: tuple[str, ...] = ("finance", "reports", "notifier", "maintenance")
-SERVICE_QUEUES: Mapping[str, str] = {"finance": "finance", "reports": "reports", "notifier": "email",
-                                     "maintenance": "default"}
+SERVICE_QUEUES: Mapping[str, str] = {
+    "finance": "finance",
+    "reports": "reports",
+    "notifier": "email",
+    "maintenance": "default",
+}
 BY_CELERY_NAME: Mapping[str, TaskSpec] = {spec.celery_name: spec for spec in CATALOG.values()}
 
 

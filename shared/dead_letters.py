@@ -63,15 +63,21 @@ def _excerpt(value: Any) -> str | None:
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
 
 
-def record(reason: str, *, queue: str | None = None, headers: Any = None, body: Any = None,
-           exception: str = "MalformedMessage") -> None:
+def record(
+    reason: str, *, queue: str | None = None, headers: Any = None, body: Any = None, exception: str = "MalformedMessage"
+) -> None:
     """Keep a dead letter for a message that was dropped; never raises (a worker must go on)."""
     headers = headers if isinstance(headers, dict) else {}
     task_id = headers.get("id") if isinstance(headers.get("id"), str) else None
     task_name = headers.get("task") if isinstance(headers.get("task"), str) else None
     entry = {
-        "ts": time.time(), "reason": _excerpt(reason), "exception": exception, "queue": queue, "id": task_id,
-        "task": task_name, "headers": _excerpt(json.dumps(headers, default=repr)) if headers else None,
+        "ts": time.time(),
+        "reason": _excerpt(reason),
+        "exception": exception,
+        "queue": queue,
+        "id": task_id,
+        "task": task_name,
+        "headers": _excerpt(json.dumps(headers, default=repr)) if headers else None,
         "body": _excerpt(body),
     }
     log.error("dead letter from queue %s (task %s, id %s): %s", queue, task_name, task_id, reason)
@@ -84,13 +90,20 @@ def record(reason: str, *, queue: str | None = None, headers: Any = None, body: 
         log.error("could not record the dead letter in Redis: %s", exc)
 
 
-def reject(reason: str, *, queue: str | None = None, headers: Any = None, body: Any = None,
-           exception: str = "MalformedMessage") -> None:
+def reject(
+    reason: str, *, queue: str | None = None, headers: Any = None, body: Any = None, exception: str = "MalformedMessage"
+) -> None:
     """Record a dead letter and, if the message names a task id, a ``task-rejected`` event for its history."""
     record(reason, queue=queue, headers=headers, body=body, exception=exception)
     if isinstance(headers, dict) and isinstance(headers.get("id"), str):
-        events.emit_rejected(headers["id"], name=headers.get("task"), queue=queue,
-                             owner=headers.get(events.OWNER_HEADER), exception=exception, error=reason)
+        events.emit_rejected(
+            headers["id"],
+            name=headers.get("task"),
+            queue=queue,
+            owner=headers.get(events.OWNER_HEADER),
+            exception=exception,
+            error=reason,
+        )
 
 
 # -- the broker transport ------------------------------------------------------------------------------
@@ -130,8 +143,11 @@ class Channel(kombu_redis.Channel):
         try:  # nothing is delivered here: a ValueError can only be the envelope's
             return super()._get(queue)  # type: ignore[no-untyped-call]
         except ValueError as exc:
-            record(f"not a JSON message envelope: {exc}", queue=queue,
-                   body=getattr(exc, "doc", None) or getattr(exc, "object", None))
+            record(
+                f"not a JSON message envelope: {exc}",
+                queue=queue,
+                body=getattr(exc, "doc", None) or getattr(exc, "object", None),
+            )
             raise Empty() from exc
 
 
@@ -166,8 +182,9 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         handle = super().create_task_handler(*args, **kwargs)
-        network_errors = tuple(error for error in (*self.connection_errors, *self.channel_errors)
-                               if not issubclass(error, LookupError))
+        network_errors = tuple(
+            error for error in (*self.connection_errors, *self.channel_errors) if not issubclass(error, LookupError)
+        )
 
         def on_task_received(message: Any) -> Any:
             problem = header_problem(getattr(message, "headers", None))
@@ -183,15 +200,21 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
             except network_errors:
                 raise
             except Exception as exc:
-                self._drop(message, f"the worker cannot handle this message: {type(exc).__name__}: {exc}",
-                           type(exc).__name__)
+                self._drop(
+                    message, f"the worker cannot handle this message: {type(exc).__name__}: {exc}", type(exc).__name__
+                )
                 return None
 
         return on_task_received
 
     def _drop(self, message: Any, reason: str, exception: str) -> None:
-        reject(reason, queue=_queue(message), headers=getattr(message, "headers", None),
-               body=getattr(message, "body", None), exception=exception)
+        reject(
+            reason,
+            queue=_queue(message),
+            headers=getattr(message, "headers", None),
+            body=getattr(message, "body", None),
+            exception=exception,
+        )
         try:
             if not message.acknowledged:
                 message.reject(requeue=False)
@@ -201,13 +224,28 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         super().on_decode_error(message, exc)
         delivery = getattr(message, "delivery_info", None) or {}
-        reject(f"the body cannot be decoded ({message.content_type}): {exc}", queue=delivery.get("routing_key"),
-               headers=getattr(message, "headers", None), body=getattr(message, "body", None),
-               exception=type(exc).__name__)
+        reject(
+            f"the body cannot be decoded ({message.content_type}): {exc}",
+            queue=delivery.get("routing_key"),
+            headers=getattr(message, "headers", None),
+            body=getattr(message, "body", None),
+            exception=type(exc).__name__,
+        )
 
 
-_OPTIONAL_TEXT_HEADERS = ("root_id", "parent_id", "group", "eta", "expires", "argsrepr", "kwargsrepr", "origin",
-                          "shadow", "lang", events.OWNER_HEADER)
+_OPTIONAL_TEXT_HEADERS = (
+    "root_id",
+    "parent_id",
+    "group",
+    "eta",
+    "expires",
+    "argsrepr",
+    "kwargsrepr",
+    "origin",
+    "shadow",
+    "lang",
+    events.OWNER_HEADER,
+)
 
 
 def header_problem(headers: Any) -> str | None:
@@ -229,8 +267,11 @@ def header_problem(headers: Any) -> str | None:
     if retries is not None and (type(retries) is not int or retries < 0):
         return "the retries header is not a count"
     limits = headers.get("timelimit")
-    if limits is not None and not (isinstance(limits, list | tuple) and len(limits) == 2 and all(
-            limit is None or (type(limit) in (int, float) and limit > 0) for limit in limits)):
+    if limits is not None and not (
+        isinstance(limits, list | tuple)
+        and len(limits) == 2
+        and all(limit is None or (type(limit) in (int, float) and limit > 0) for limit in limits)
+    ):
         return "the timelimit header is not a pair of (soft, hard) seconds"
     return None
 
@@ -246,8 +287,13 @@ def body_problem(message: Any) -> str | None:
         body = json.loads(message.body)
     except (TypeError, ValueError):
         return None
-    if not (isinstance(body, list) and len(body) == 3 and isinstance(body[0], list)
-            and isinstance(body[1], dict) and (body[2] is None or isinstance(body[2], dict))):
+    if not (
+        isinstance(body, list)
+        and len(body) == 3
+        and isinstance(body[0], list)
+        and isinstance(body[1], dict)
+        and (body[2] is None or isinstance(body[2], dict))
+    ):
         return "the body is not [args (a list), kwargs (an object), options (an object)]"
     return None
 
@@ -260,13 +306,23 @@ def _queue(message: Any) -> str | None:
 
 def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:
     reason = f"rejected: {exc}" if exc is not None else "rejected: not a task message (no task name)"
-    record(reason, queue=_queue(message), headers=getattr(message, "headers", None),
-           body=getattr(message, "body", None), exception=type(exc).__name__ if exc is not None else "UnknownFormat")
+    record(
+        reason,
+        queue=_queue(message),
+        headers=getattr(message, "headers", None),
+        body=getattr(message, "body", None),
+        exception=type(exc).__name__ if exc is not None else "UnknownFormat",
+    )
 
 
 def _on_unknown(sender: Any = None, message: Any = None, exc: Any = None, name: Any = None, **_: Any) -> None:
-    record(f"unknown task {name!r}", queue=_queue(message), headers=getattr(message, "headers", None),
-           body=getattr(message, "body", None), exception="NotRegistered")
+    record(
+        f"unknown task {name!r}",
+        queue=_queue(message),
+        headers=getattr(message, "headers", None),
+        body=getattr(message, "body", None),
+        exception="NotRegistered",
+    )
 
 
 def install(app: Celery, settings: Settings) -> None:

@@ -21,9 +21,14 @@ CATEGORIES = ("dining", "fashion", "electronics", "grocery", "entertainment", "b
 _ZH_BRANDS = ("悦享", "时光", "优品", "星河", "鲜果", "锦绣", "乐活", "云裳", "小熊", "潮玩")
 _EN_BRANDS = ("Urban", "Nova", "Harbor", "Maple", "Lumen", "Cedar", "Orbit", "Pebble", "Atlas", "Sunny")
 _KIND_WORDS = {
-    "dining": ("餐厅", "Kitchen"), "fashion": ("服饰", "Apparel"), "electronics": ("数码", "Electronics"),
-    "grocery": ("超市", "Market"), "entertainment": ("影城", "Cinema"), "beauty": ("美妆", "Beauty"),
-    "sports": ("运动", "Sports"), "kids": ("童装", "Kids"),
+    "dining": ("餐厅", "Kitchen"),
+    "fashion": ("服饰", "Apparel"),
+    "electronics": ("数码", "Electronics"),
+    "grocery": ("超市", "Market"),
+    "entertainment": ("影城", "Cinema"),
+    "beauty": ("美妆", "Beauty"),
+    "sports": ("运动", "Sports"),
+    "kids": ("童装", "Kids"),
 }
 BATCH = 5000
 
@@ -63,8 +68,16 @@ def _insert(session: Session, model: type[models.Base], rows: list[dict[str, Any
 
 def clear(session: Session) -> None:
     """Delete every domain row (not tokens or task history)."""
-    for model in (models.Notification, models.MonthlyRevenue, models.Payment, models.Bill, models.Sale,
-                  models.Lease, models.Tenant, models.Store):
+    for model in (
+        models.Notification,
+        models.MonthlyRevenue,
+        models.Payment,
+        models.Bill,
+        models.Sale,
+        models.Lease,
+        models.Tenant,
+        models.Store,
+    ):
         session.execute(delete(model))
 
 
@@ -99,21 +112,38 @@ def generate(
         word = _KIND_WORDS[category][0 if zh else 1]
         name = f"{brand}{word}" if zh else f"{brand} {word}"
         area = Decimal(rng.randrange(40, 800))
-        store_rows.append({
-            "id": i, "code": f"S{i:04d}", "name": f"{name} {i:03d}", "category": category,
-            "floor": rng.randrange(-1, 6), "area_sqm": area,
-            "opened_on": history_start - dt.timedelta(days=rng.randrange(30, 2000)),
-        })
-        tenant_rows.append({
-            "id": i, "name": f"{name}{'有限公司' if zh else ' Ltd.'}",
-            "contact_name": f"Contact {i:04d}", "email": f"tenant{i:04d}@example.com",
-            "phone": f"+86 21 {rng.randrange(10_000_000, 99_999_999)}", "language": "zh_CN" if zh else "en",
-        })
+        store_rows.append(
+            {
+                "id": i,
+                "code": f"S{i:04d}",
+                "name": f"{name} {i:03d}",
+                "category": category,
+                "floor": rng.randrange(-1, 6),
+                "area_sqm": area,
+                "opened_on": history_start - dt.timedelta(days=rng.randrange(30, 2000)),
+            }
+        )
+        tenant_rows.append(
+            {
+                "id": i,
+                "name": f"{name}{'有限公司' if zh else ' Ltd.'}",
+                "contact_name": f"Contact {i:04d}",
+                "email": f"tenant{i:04d}@example.com",
+                "phone": f"+86 21 {rng.randrange(10_000_000, 99_999_999)}",
+                "language": "zh_CN" if zh else "en",
+            }
+        )
         rate = Decimal(rng.randrange(180, 650))
-        lease_rows.append({
-            "id": i, "store_id": i, "tenant_id": i, "start_date": store_rows[-1]["opened_on"],
-            "end_date": as_of.replace(year=as_of.year + 3, day=1), "monthly_rent": area * rate,
-        })
+        lease_rows.append(
+            {
+                "id": i,
+                "store_id": i,
+                "tenant_id": i,
+                "start_date": store_rows[-1]["opened_on"],
+                "end_date": as_of.replace(year=as_of.year + 3, day=1),
+                "monthly_rent": area * rate,
+            }
+        )
 
     bill_rows: list[dict[str, Any]] = []
     payment_rows: list[dict[str, Any]] = []
@@ -127,22 +157,37 @@ def generate(
             paid = due < as_of and rng.random() > 0.08
             if start == month_starts[-1]:
                 paid = rng.random() < 0.3 and as_of.day > 10
-            bill_rows.append({
-                "id": bill_id, "lease_id": lease["id"], "store_id": lease["store_id"],
-                "tenant_id": lease["tenant_id"], "period": f"{start:%Y-%m}", "kind": "rent",
-                "amount": lease["monthly_rent"], "issued_on": start, "due_date": due,
-                "status": "paid" if paid else "pending", "overdue_since": None, "paid_at": None,
-            })
+            bill_rows.append(
+                {
+                    "id": bill_id,
+                    "lease_id": lease["id"],
+                    "store_id": lease["store_id"],
+                    "tenant_id": lease["tenant_id"],
+                    "period": f"{start:%Y-%m}",
+                    "kind": "rent",
+                    "amount": lease["monthly_rent"],
+                    "issued_on": start,
+                    "due_date": due,
+                    "status": "paid" if paid else "pending",
+                    "overdue_since": None,
+                    "paid_at": None,
+                }
+            )
             if paid:
                 day = start + dt.timedelta(days=rng.randrange(1, 20))
                 day = min(day, as_of)
                 paid_at = dt.datetime.combine(day, dt.time(rng.randrange(8, 20), rng.randrange(60)), dt.UTC)
                 bill_rows[-1]["paid_at"] = paid_at
-                payment_rows.append({
-                    "id": len(payment_rows) + 1, "bill_id": bill_id, "store_id": lease["store_id"],
-                    "amount": lease["monthly_rent"], "paid_at": paid_at,
-                    "method": ("bank_transfer", "card", "cash")[rng.randrange(3)],
-                })
+                payment_rows.append(
+                    {
+                        "id": len(payment_rows) + 1,
+                        "bill_id": bill_id,
+                        "store_id": lease["store_id"],
+                        "amount": lease["monthly_rent"],
+                        "paid_at": paid_at,
+                        "method": ("bank_transfer", "card", "cash")[rng.randrange(3)],
+                    }
+                )
             elif due < as_of:
                 unpaid_past_due += 1
 
@@ -153,8 +198,14 @@ def generate(
         weekend = 1.4 if day.weekday() >= 5 else 1.0
         for s in store_rows:
             amount = Decimal(int(base[s["id"]] * weekend * rng.uniform(0.6, 1.4)))
-            sale_rows.append({"store_id": s["id"], "day": day, "amount": amount,
-                              "transactions": max(1, int(amount / rng.randrange(60, 300)))})
+            sale_rows.append(
+                {
+                    "store_id": s["id"],
+                    "day": day,
+                    "amount": amount,
+                    "transactions": max(1, int(amount / rng.randrange(60, 300))),
+                }
+            )
         day += dt.timedelta(days=1)
 
     _insert(session, models.Store, store_rows)
@@ -164,8 +215,15 @@ def generate(
     _insert(session, models.Payment, payment_rows)
     _insert(session, models.Sale, sale_rows)
     _resync_sequences(session)
-    return DemoSummary(len(store_rows), len(tenant_rows), len(lease_rows), len(bill_rows),
-                       len(payment_rows), len(sale_rows), unpaid_past_due)
+    return DemoSummary(
+        len(store_rows),
+        len(tenant_rows),
+        len(lease_rows),
+        len(bill_rows),
+        len(payment_rows),
+        len(sale_rows),
+        unpaid_past_due,
+    )
 
 
 def _resync_sequences(session: Session) -> None:
@@ -175,7 +233,9 @@ def _resync_sequences(session: Session) -> None:
     from sqlalchemy import text
 
     for table in ("stores", "tenants", "leases", "bills", "payments"):
-        session.execute(text(
-            f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "  # noqa: S608 - fixed table names
-            f"COALESCE((SELECT MAX(id) FROM {table}), 1))"
-        ))
+        session.execute(
+            text(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "  # noqa: S608 - fixed table names
+                f"COALESCE((SELECT MAX(id) FROM {table}), 1))"
+            )
+        )

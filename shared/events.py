@@ -244,9 +244,15 @@ def _emit(type_: str, **fields: Any) -> None:
 
 def emit_rejected(task_id: str, *, name: Any, queue: Any, owner: Any, exception: str, error: str) -> None:
     """A ``task-rejected`` event for a message the worker could not run (``shared.dead_letters``)."""
-    fields: dict[str, Any] = {"id": task_id, "name": name if isinstance(name, str) else None,
-                              "queue": queue, "retries": 0, "owner": owner if isinstance(owner, str) else None,
-                              "exception": exception, "error": _truncate(error, ERROR_CHARS)}
+    fields: dict[str, Any] = {
+        "id": task_id,
+        "name": name if isinstance(name, str) else None,
+        "queue": queue,
+        "retries": 0,
+        "owner": owner if isinstance(owner, str) else None,
+        "exception": exception,
+        "error": _truncate(error, ERROR_CHARS),
+    }
     if _worker.get("hostname"):
         fields["host"] = _worker["hostname"]
     _emit("task-rejected", **fields)
@@ -309,8 +315,15 @@ def _request_fields(request: Any) -> dict[str, Any]:
 # -- signal handlers -------------------------------------------------------------------------------
 
 
-def _on_after_publish(sender: Any = None, body: Any = None, exchange: Any = None, routing_key: Any = None,
-                      headers: Any = None, properties: Any = None, **_: Any) -> None:
+def _on_after_publish(
+    sender: Any = None,
+    body: Any = None,
+    exchange: Any = None,
+    routing_key: Any = None,
+    headers: Any = None,
+    properties: Any = None,
+    **_: Any,
+) -> None:
     headers = headers or {}
     task_id = headers.get("id")
     if not task_id:  # protocol 1 or not a task message
@@ -333,8 +346,11 @@ def _on_after_publish(sender: Any = None, body: Any = None, exchange: Any = None
 def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     if request is None:
         return
-    _emit("task-received", **_request_fields(request),
-          args=_args_summary(getattr(request, "argsrepr", None), getattr(request, "kwargsrepr", None)))
+    _emit(
+        "task-received",
+        **_request_fields(request),
+        args=_args_summary(getattr(request, "argsrepr", None), getattr(request, "kwargsrepr", None)),
+    )
 
 
 def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None, **_: Any) -> None:
@@ -353,19 +369,28 @@ def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
     if sender is None:
         return
     fields = _task_fields(sender)
-    _emit("task-succeeded", **fields, runtime=_runtime(fields["id"], fields["retries"]),
-          result=_truncate(result, SUMMARY_CHARS))
+    _emit(
+        "task-succeeded",
+        **fields,
+        runtime=_runtime(fields["id"], fields["retries"]),
+        result=_truncate(result, SUMMARY_CHARS),
+    )
 
 
-def _on_failure(sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
-                **_: Any) -> None:
+def _on_failure(
+    sender: Any = None, task_id: str | None = None, exception: BaseException | None = None, **_: Any
+) -> None:
     if sender is None:
         return
     fields = _task_fields(sender)
     fields["id"] = task_id or fields["id"]
-    _emit("task-failed", **fields, runtime=_runtime(fields["id"], fields["retries"]),
-          exception=type(exception).__name__ if exception is not None else None,
-          error=_truncate(str(exception), ERROR_CHARS) if exception is not None else None)
+    _emit(
+        "task-failed",
+        **fields,
+        runtime=_runtime(fields["id"], fields["retries"]),
+        exception=type(exception).__name__ if exception is not None else None,
+        error=_truncate(str(exception), ERROR_CHARS) if exception is not None else None,
+    )
 
 
 def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
@@ -373,8 +398,12 @@ def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: 
         return
     fields = _task_fields(sender)
     exc = reason if isinstance(reason, BaseException) else None
-    _emit("task-retried", **fields, exception=type(exc).__name__ if exc else None,
-          error=_truncate(str(reason), ERROR_CHARS) if reason is not None else None)
+    _emit(
+        "task-retried",
+        **fields,
+        exception=type(exc).__name__ if exc else None,
+        error=_truncate(str(reason), ERROR_CHARS) if reason is not None else None,
+    )
 
 
 def _on_postrun(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
@@ -386,8 +415,7 @@ def _on_postrun(sender: Any = None, task_id: str | None = None, **_: Any) -> Non
         em.flush()
 
 
-def _on_revoked(sender: Any = None, request: Any = None, terminated: Any = None, expired: Any = None,
-                **_: Any) -> None:
+def _on_revoked(sender: Any = None, request: Any = None, terminated: Any = None, expired: Any = None, **_: Any) -> None:
     if request is None:
         return
     _emit("task-revoked", **_request_fields(request), terminated=bool(terminated), expired=bool(expired))
@@ -398,20 +426,34 @@ def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: 
     if not headers.get("id"):
         return
     delivery = getattr(message, "delivery_info", None) or {}
-    _emit("task-rejected", id=headers["id"], name=headers.get("task"), queue=delivery.get("routing_key"),
-          retries=headers.get("retries") or 0, owner=headers.get(OWNER_HEADER),
-          error=_truncate(str(exc), ERROR_CHARS) if exc is not None else None)
+    _emit(
+        "task-rejected",
+        id=headers["id"],
+        name=headers.get("task"),
+        queue=delivery.get("routing_key"),
+        retries=headers.get("retries") or 0,
+        owner=headers.get(OWNER_HEADER),
+        error=_truncate(str(exc), ERROR_CHARS) if exc is not None else None,
+    )
 
 
-def _on_unknown(sender: Any = None, message: Any = None, exc: Any = None, name: Any = None, id: Any = None,
-                **_: Any) -> None:
+def _on_unknown(
+    sender: Any = None, message: Any = None, exc: Any = None, name: Any = None, id: Any = None, **_: Any
+) -> None:
     if not id:
         return
     delivery = getattr(message, "delivery_info", None) or {}
     headers = getattr(message, "headers", None) or {}
-    _emit("task-rejected", id=id, name=name, queue=delivery.get("routing_key"), retries=0,
-          owner=headers.get(OWNER_HEADER) if isinstance(headers, dict) else None,
-          exception="NotRegistered", error=_truncate(str(exc), ERROR_CHARS) if exc is not None else None)
+    _emit(
+        "task-rejected",
+        id=id,
+        name=name,
+        queue=delivery.get("routing_key"),
+        retries=0,
+        owner=headers.get(OWNER_HEADER) if isinstance(headers, dict) else None,
+        exception="NotRegistered",
+        error=_truncate(str(exc), ERROR_CHARS) if exc is not None else None,
+    )
 
 
 # -- workers ---------------------------------------------------------------------------------------
@@ -431,11 +473,20 @@ def _worker_fields() -> dict[str, Any]:
 
 
 def _worker_record(fields: dict[str, Any], status: str) -> str:
-    return json.dumps({
-        "hostname": fields["host"], "service": fields["service"], "pid": os.getpid(),
-        "queues": fields["queues"], "concurrency": fields["concurrency"], "active": fields["active"],
-        "processed": fields["processed"], "last_heartbeat": time.time(), "status": status,
-    }, separators=(",", ":"))
+    return json.dumps(
+        {
+            "hostname": fields["host"],
+            "service": fields["service"],
+            "pid": os.getpid(),
+            "queues": fields["queues"],
+            "concurrency": fields["concurrency"],
+            "active": fields["active"],
+            "processed": fields["processed"],
+            "last_heartbeat": time.time(),
+            "status": status,
+        },
+        separators=(",", ":"),
+    )
 
 
 def heartbeat(status: str = "online", type_: str = "worker-heartbeat") -> None:

@@ -20,8 +20,9 @@ def atomic_write(path: Path, mode: str = "w", encoding: str | None = "utf-8") ->
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding, newline="" if "b" not in mode else None) \
-                as handle:
+        with os.fdopen(
+            fd, mode, encoding=None if "b" in mode else encoding, newline="" if "b" not in mode else None
+        ) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

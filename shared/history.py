@@ -34,7 +34,15 @@ from shared.settings import Settings, get_settings
 # Celery's state names, plus PROGRESS (a running task that reported progress) and SENT (published,
 # not yet received by a worker).
 STATES: tuple[str, ...] = (
-    "SENT", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED", "REJECTED",
+    "SENT",
+    "RECEIVED",
+    "STARTED",
+    "PROGRESS",
+    "RETRY",
+    "SUCCESS",
+    "FAILURE",
+    "REVOKED",
+    "REJECTED",
 )
 FINAL_STATES: frozenset[str] = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED"})
 MAX_PAGE = 500
@@ -266,8 +274,11 @@ def _summary(acc: _Acc, window: float) -> dict[str, Any]:
         "success_rate": succeeded / (succeeded + failed) if succeeded + failed else None,
         "throughput_per_second": finished / window,
         "throughput_per_minute": finished * 60.0 / window,
-        "runtime": {"p50": percentile(runtimes, 0.5), "p95": percentile(runtimes, 0.95),
-                    "p99": percentile(runtimes, 0.99)},
+        "runtime": {
+            "p50": percentile(runtimes, 0.5),
+            "p95": percentile(runtimes, 0.95),
+            "p99": percentile(runtimes, 0.99),
+        },
         "queue_wait": {"p50": percentile(waits, 0.5), "p95": percentile(waits, 0.95)},
     }
 
@@ -296,18 +307,20 @@ def list_workers(settings: Settings | None = None, *, now: float | None = None) 
         if silence > settings.worker_purge_after:
             continue
         online = info.get("status") != "offline" and silence <= settings.worker_offline_after
-        workers.append({
-            "hostname": hostname,
-            "status": "online" if online else "offline",
-            "service": info.get("service"),
-            "pid": info.get("pid"),
-            "queues": list(info.get("queues") or []),
-            "concurrency": info.get("concurrency"),
-            "active": int(info.get("active") or 0) if online else 0,
-            "processed": int(info.get("processed") or 0),
-            "last_heartbeat": _iso(dt.datetime.fromtimestamp(last, dt.UTC)),
-            "seconds_since_heartbeat": round(max(silence, 0.0), 3),
-        })
+        workers.append(
+            {
+                "hostname": hostname,
+                "status": "online" if online else "offline",
+                "service": info.get("service"),
+                "pid": info.get("pid"),
+                "queues": list(info.get("queues") or []),
+                "concurrency": info.get("concurrency"),
+                "active": int(info.get("active") or 0) if online else 0,
+                "processed": int(info.get("processed") or 0),
+                "last_heartbeat": _iso(dt.datetime.fromtimestamp(last, dt.UTC)),
+                "seconds_since_heartbeat": round(max(silence, 0.0), 3),
+            }
+        )
     return sorted(workers, key=lambda w: w["hostname"])
 
 
@@ -321,8 +334,9 @@ def priority_keys(queue: str) -> list[str]:
     return [queue if pri == 0 else f"{queue}{PRIORITY_SEP}{pri}" for pri in PRIORITY_STEPS]
 
 
-def queue_lengths(settings: Settings | None = None, workers: Iterable[dict[str, Any]] | None = None
-                  ) -> dict[str, dict[str, int]]:
+def queue_lengths(
+    settings: Settings | None = None, workers: Iterable[dict[str, Any]] | None = None
+) -> dict[str, dict[str, int]]:
     """``{queue: {"pending": messages waiting in the broker, "consumers": online workers}}`` for every
     mallops queue and any other queue an online worker consumes. ``pending`` counts the Redis priority
     sub-queues too; ``workers`` (from :func:`list_workers`) saves reading them again."""
@@ -347,7 +361,7 @@ def _redis_pending(url: str, names: list[str]) -> dict[str, int]:
             pipe.llen(key)
     sizes = pipe.execute()
     per = len(PRIORITY_STEPS)
-    return {name: int(sum(sizes[i * per:(i + 1) * per])) for i, name in enumerate(names)}
+    return {name: int(sum(sizes[i * per : (i + 1) * per])) for i, name in enumerate(names)}
 
 
 def _amqp_pending(url: str, names: list[str]) -> dict[str, int]:

@@ -246,9 +246,7 @@ class AccessLog(Base):
 
 class AccessStatistic(Base):
     __tablename__ = "access_statistics"
-    __table_args__ = (
-        UniqueConstraint("day", "path", "principal", "status", name="uq_access_statistics_key"),
-    )
+    __table_args__ = (UniqueConstraint("day", "path", "principal", "status", name="uq_access_statistics_key"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     day: Mapped[dt.date] = mapped_column(Date, index=True)

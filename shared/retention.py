@@ -42,9 +42,7 @@ def delete_in_batches(
     pk = model.__mapper__.primary_key[0]
     deleted = 0
     while True:
-        rows = session.execute(
-            select(pk, *extra_columns).where(condition).order_by(pk).limit(batch_size)
-        ).all()
+        rows = session.execute(select(pk, *extra_columns).where(condition).order_by(pk).limit(batch_size)).all()
         if not rows:
             session.commit()
             return deleted

@@ -93,10 +93,15 @@ def schedule_from_dict(data: Mapping[str, Any]) -> Schedule:
         if not isinstance(value, str):
             raise ValueError(f"crontab field {name!r} must be a string such as '*', '0' or '*/5'")
         values[name] = value
-    return validate_schedule(Schedule(
-        minute=values["minute"], hour=values["hour"], day_of_week=values["day_of_week"],
-        day_of_month=values["day_of_month"], month_of_year=values["month_of_year"],
-    ))
+    return validate_schedule(
+        Schedule(
+            minute=values["minute"],
+            hour=values["hour"],
+            day_of_week=values["day_of_week"],
+            day_of_month=values["day_of_month"],
+            month_of_year=values["month_of_year"],
+        )
+    )
 
 
 def validate_schedule(schedule: Schedule) -> Schedule:
@@ -252,7 +257,7 @@ def _remove_strays(app: Celery) -> list[str]:
                 pipe.zrem(conf.schedule_key, key)
                 pipe.delete(key)
                 pipe.execute()
-            removed.append(key[len(conf.key_prefix):])
+            removed.append(key[len(conf.key_prefix) :])
     return removed
 
 

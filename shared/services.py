@@ -95,23 +95,36 @@ SERVICE_SPECS: Mapping[str, ServiceSpec] = {
     spec.name: spec
     for spec in (
         ServiceSpec(
-            "gateway", "api", "The HTTP API (FastAPI/uvicorn): submit, follow and manage tasks.",
-            readiness="http", port_settings=("gateway_port",), ready_path="/readyz",
+            "gateway",
+            "api",
+            "The HTTP API (FastAPI/uvicorn): submit, follow and manage tasks.",
+            readiness="http",
+            port_settings=("gateway_port",),
+            ready_path="/readyz",
         ),
         *(
             ServiceSpec(
-                service, "worker", f"Celery worker for the {queue!r} queue.",
-                readiness="celery-ping", queue=queue,
+                service,
+                "worker",
+                f"Celery worker for the {queue!r} queue.",
+                readiness="celery-ping",
+                queue=queue,
             )
             for service, queue in SERVICE_QUEUES.items()
         ),
         ServiceSpec(
-            "beat", "scheduler", "The scheduler (celery-redbeat): enqueues the periodic tasks.",
+            "beat",
+            "scheduler",
+            "The scheduler (celery-redbeat): enqueues the periodic tasks.",
             readiness="redbeat-lock",
         ),
         ServiceSpec(
-            "monitor", "monitor", "Task lifecycle events to Prometheus metrics and SQL task history.",
-            readiness="http", port_settings=("monitor_port",), ready_path="/health",
+            "monitor",
+            "monitor",
+            "Task lifecycle events to Prometheus metrics and SQL task history.",
+            readiness="http",
+            port_settings=("monitor_port",),
+            ready_path="/health",
         ),
     )
 }
@@ -150,8 +163,7 @@ def redbeat_lock_key(settings: Settings) -> str:
     return lock if lock.startswith(prefix) else prefix + lock
 
 
-def probe(spec: ServiceSpec, settings: Settings, *, timeout: float = 2.0, hostname: str | None = None
-          ) -> ProbeResult:
+def probe(spec: ServiceSpec, settings: Settings, *, timeout: float = 2.0, hostname: str | None = None) -> ProbeResult:
     """Run ``spec``'s readiness check once. Never raises for an unreachable service: ``ready`` is False."""
     try:
         if spec.readiness == "http":

@@ -112,16 +112,19 @@ class MallopsTask(Task):  # type: ignore[misc]
         settings = get_settings()
         deliveries = self.delivery_count(settings)
         if deliveries > settings.task_max_deliveries:
-            reason = (f"dead-lettered: delivered {deliveries} times and its worker died during each of the "
-                      f"{deliveries - 1} runs (MALLOPS_TASK_MAX_DELIVERIES={settings.task_max_deliveries}); "
-                      "not run again, kept in mallops:dead_letters")
+            reason = (
+                f"dead-lettered: delivered {deliveries} times and its worker died during each of the "
+                f"{deliveries - 1} runs (MALLOPS_TASK_MAX_DELIVERIES={settings.task_max_deliveries}); "
+                "not run again, kept in mallops:dead_letters"
+            )
             self.dead_letter(reason, args, kwargs)
             raise PoisonMessage(reason)
         try:
             validated = self.spec.validate(args, kwargs)
         except ValidationError as exc:
-            raise InvalidTaskArguments(f"invalid arguments for {self.spec.name}: "
-                                       f"{describe_validation_error(exc)}") from None
+            raise InvalidTaskArguments(
+                f"invalid arguments for {self.spec.name}: {describe_validation_error(exc)}"
+            ) from None
         try:
             return self.run(**validated.model_dump())
         except Retry:
@@ -129,15 +132,26 @@ class MallopsTask(Task):  # type: ignore[misc]
         except Exception as exc:
             if is_transient(exc) and self.request.retries < settings.task_max_retries:
                 delay = retry_delay(self.request.retries, settings.task_retry_backoff)
-                log.warning("%s[%s] transient %s: %s; retry %d in %.1fs", self.name, self.request.id,
-                            type(exc).__name__, exc, self.request.retries + 1, delay)
+                log.warning(
+                    "%s[%s] transient %s: %s; retry %d in %.1fs",
+                    self.name,
+                    self.request.id,
+                    type(exc).__name__,
+                    exc,
+                    self.request.retries + 1,
+                    delay,
+                )
                 try:
                     retry = self.retry(exc=exc, countdown=delay, max_retries=settings.task_max_retries)
                 except Reject as rejected:
                     # Celery rejects the message *without* requeue when the retry cannot be published
                     # (the broker is down): the task would be lost. Put it back instead.
-                    log.warning("%s[%s]: its retry could not be published (%s); requeueing the message",
-                                self.name, self.request.id, rejected.reason)
+                    log.warning(
+                        "%s[%s]: its retry could not be published (%s); requeueing the message",
+                        self.name,
+                        self.request.id,
+                        rejected.reason,
+                    )
                     raise Reject(rejected.reason, requeue=True) from exc
                 raise retry from exc
             raise
@@ -165,14 +179,19 @@ class MallopsTask(Task):  # type: ignore[misc]
     def dead_letter(self, reason: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Keep the message in the dead-letter list (``shared.dead_letters``), for a look and a retry."""
         request = self.request
-        headers = {"id": request.id, "task": self.name, "retries": request.retries or 0,
-                   events.OWNER_HEADER: request.get(events.OWNER_HEADER)}
+        headers = {
+            "id": request.id,
+            "task": self.name,
+            "retries": request.retries or 0,
+            events.OWNER_HEADER: request.get(events.OWNER_HEADER),
+        }
         body = json.dumps([list(args), kwargs, {}], default=str)
         queue = (request.delivery_info or {}).get("routing_key") or getattr(self, "queue", None)
         dead_letters.record(reason, queue=queue, headers=headers, body=body, exception="PoisonMessage")
 
-    def update_state(self, task_id: str | None = None, state: str | None = None, meta: Any = None,
-                     **kwargs: Any) -> None:
+    def update_state(
+        self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kwargs: Any
+    ) -> None:
         """Store the state as Celery does; a PROGRESS of the running task also becomes a lifecycle event.
 
         PROGRESS is informational: when the result backend cannot be reached it is logged and skipped,

@@ -49,8 +49,10 @@ def _choose_database() -> str:
         return "sqlite"
     if choice == "postgres":
         if not pg_url and not _postgres_answers():
-            pytest.fail("MALLOPS_TEST_DB=postgres but no PostgreSQL answers on 127.0.0.1:5432 "
-                        "and MALLOPS_TEST_POSTGRES_URL is not set")
+            pytest.fail(
+                "MALLOPS_TEST_DB=postgres but no PostgreSQL answers on 127.0.0.1:5432 "
+                "and MALLOPS_TEST_POSTGRES_URL is not set"
+            )
         return "postgres"
     return "postgres" if pg_url or _postgres_answers() else "sqlite"
 
@@ -60,9 +62,7 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if _choose_database() == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'mallops-test.db'}"
         return
-    admin_url = make_url(os.environ.get("MALLOPS_TEST_POSTGRES_URL", DEFAULT_PG)).set(
-        drivername="postgresql+psycopg"
-    )
+    admin_url = make_url(os.environ.get("MALLOPS_TEST_POSTGRES_URL", DEFAULT_PG)).set(drivername="postgresql+psycopg")
     name = f"mallops_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -85,7 +85,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture(scope="session")
 def service_env(
-    database_url: str, redis_server: RedisServer, smtp_server: SMTPServer,
+    database_url: str,
+    redis_server: RedisServer,
+    smtp_server: SMTPServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, str]]:
     """The MALLOPS_* environment of this run, applied to the test process and given to children."""
@@ -163,8 +165,7 @@ def worker_factory(
     started: list[Process] = []
     log_dir = tmp_path_factory.mktemp("logs")
 
-    def start(service: str, *extra: str, env: dict[str, str] | None = None, hostname: str | None = None
-              ) -> Process:
+    def start(service: str, *extra: str, env: dict[str, str] | None = None, hostname: str | None = None) -> Process:
         process = start_worker(service, env or service_env, log_dir, *extra, hostname=hostname)
         started.append(process)
         return process

@@ -139,12 +139,14 @@ def redis_container(appendonly: bool = False) -> RedisServer | None:
         from testcontainers.redis import RedisContainer
 
         container = RedisContainer("redis:7-alpine").with_command(
-            f"redis-server --save '' --appendonly {'yes' if appendonly else 'no'}")
+            f"redis-server --save '' --appendonly {'yes' if appendonly else 'no'}"
+        )
         container.start()
     except Exception:  # no docker engine, no image: the caller says how to install redis-server
         return None
-    server = RedisServer(int(container.get_exposed_port(6379)), None, host=container.get_container_host_ip(),
-                         container=container)
+    server = RedisServer(
+        int(container.get_exposed_port(6379)), None, host=container.get_container_host_ip(), container=container
+    )
     wait_until(lambda: server.client().ping(), timeout=30, message="redis in a container")
     return server
 
@@ -162,8 +164,19 @@ def start_redis(workdir: Path, port: int | None = None, appendonly: bool = False
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [
-        binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
-        "--save", "", "--appendonly", "yes" if appendonly else "no", "--daemonize", "no",
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(workdir),
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--daemonize",
+        "no",
     ]
     process = spawn(f"redis-{port}", argv, os.environ, workdir)
     server = RedisServer(port, process)
@@ -193,19 +206,31 @@ def service_argv(service: str, *extra: str) -> list[str]:
 
 
 def start_worker(
-    service: str, env: Mapping[str, str], log_dir: Path, *extra: str, hostname: str | None = None,
+    service: str,
+    env: Mapping[str, str],
+    log_dir: Path,
+    *extra: str,
+    hostname: str | None = None,
     command: list[str] | None = None,
 ) -> Process:
     """Start ``mallops serve <service>`` (or ``command`` plus the worker options) and wait until its
     worker answers a ping."""
     hostname = hostname or f"{service}-{time.monotonic_ns()}@127.0.0.1"
-    argv = [*command, f"--hostname={hostname}", *extra] if command else service_argv(
-        service, f"--hostname={hostname}", *extra)
+    argv = (
+        [*command, f"--hostname={hostname}", *extra]
+        if command
+        else service_argv(service, f"--hostname={hostname}", *extra)
+    )
     return start_celery_worker(service, argv, env, log_dir, env["MALLOPS_BROKER_URL"], hostname)
 
 
 def start_celery_worker(
-    name: str, argv: list[str], env: Mapping[str, str], log_dir: Path, broker_url: str, hostname: str,
+    name: str,
+    argv: list[str],
+    env: Mapping[str, str],
+    log_dir: Path,
+    broker_url: str,
+    hostname: str,
     timeout: float = 60,
 ) -> Process:
     """Start any Celery worker command line (its node name ``hostname``) and wait until it answers a ping."""
@@ -214,6 +239,7 @@ def start_celery_worker(
     process = spawn(name, argv, env, log_dir)
     probe = Celery(broker=broker_url, set_as_current=False)
     try:
+
         def pinged() -> bool:
             if not process.alive():
                 pytest.fail(f"{name} worker exited with {process.popen.returncode}:\n{process.log()[-3000:]}")

@@ -23,9 +23,14 @@ def imported_modules(path: Path) -> set[str]:
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level > 1:
             names.add("<relative import above the package>")
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-              and node.func.attr == "import_module" and node.args
-              and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             names.add(node.args[0].value)
     return names
 
@@ -79,8 +84,10 @@ def test_shared_may_not_import_a_service(tmp_path: Path) -> None:
     (tmp_path / "services" / "gateway" / "__init__.py").write_text("")
     (tmp_path / "shared").mkdir()
     (tmp_path / "shared" / "catalog.py").write_text("from services.gateway import app\n")
-    assert boundary_violations(tmp_path) == ["shared/catalog.py imports services.gateway",
-                                             "shared/catalog.py imports services.gateway.app"]
+    assert boundary_violations(tmp_path) == [
+        "shared/catalog.py imports services.gateway",
+        "shared/catalog.py imports services.gateway.app",
+    ]
 
 
 def test_every_service_folder_is_a_package() -> None:

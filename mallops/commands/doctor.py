@@ -82,8 +82,11 @@ def check_redis(settings: Settings) -> list[Check]:
     import redis
 
     checks: list[Check] = []
-    targets = (("broker", settings.celery_broker_url), ("result backend", settings.celery_result_backend),
-               ("cache", settings.cache_redis_url))
+    targets = (
+        ("broker", settings.celery_broker_url),
+        ("result backend", settings.celery_result_backend),
+        ("cache", settings.cache_redis_url),
+    )
     for name, url in targets:
         client = redis.Redis.from_url(url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
         try:
@@ -94,8 +97,7 @@ def check_redis(settings: Settings) -> list[Check]:
         finally:
             client.close()
     if checks[0].status == "ok":
-        text_client = redis.Redis.from_url(settings.celery_broker_url, socket_timeout=TIMEOUT,
-                                           decode_responses=True)
+        text_client = redis.Redis.from_url(settings.celery_broker_url, socket_timeout=TIMEOUT, decode_responses=True)
         try:
             config = {**text_client.config_get("appendonly"), **text_client.config_get("maxmemory-policy")}
         except redis.RedisError:
@@ -103,12 +105,22 @@ def check_redis(settings: Settings) -> list[Check]:
         finally:
             text_client.close()
         if config.get("appendonly") == "no":
-            checks.append(Check("redis durability", "warning",
-                                "appendonly is off: queued tasks are lost if Redis restarts (set appendonly yes)"))
+            checks.append(
+                Check(
+                    "redis durability",
+                    "warning",
+                    "appendonly is off: queued tasks are lost if Redis restarts (set appendonly yes)",
+                )
+            )
         policy = config.get("maxmemory-policy")
         if policy and policy != "noeviction":
-            checks.append(Check("redis durability", "warning",
-                                f"maxmemory-policy is {policy}: Redis may evict queued tasks (use noeviction)"))
+            checks.append(
+                Check(
+                    "redis durability",
+                    "warning",
+                    f"maxmemory-policy is {policy}: Redis may evict queued tasks (use noeviction)",
+                )
+            )
     return checks
 
 
@@ -116,8 +128,10 @@ def check_database(settings: Settings) -> list[Check]:
     from alembic.script import ScriptDirectory
     from sqlalchemy import create_engine, inspect, text
 
-    engine = create_engine(settings.sqlalchemy_url, connect_args={"connect_timeout": int(TIMEOUT)}
-                           if settings.sqlalchemy_url.startswith("postgresql") else {})
+    engine = create_engine(
+        settings.sqlalchemy_url,
+        connect_args={"connect_timeout": int(TIMEOUT)} if settings.sqlalchemy_url.startswith("postgresql") else {},
+    )
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
@@ -134,8 +148,13 @@ def check_database(settings: Settings) -> list[Check]:
     if current is None:
         return [Check("database", "problem", f"{where}: not migrated (run `mallops migrate`)")]
     if current not in heads:
-        return [Check("database", "warning", f"{where}: at revision {current}, code expects {', '.join(heads)} "
-                                             "(run `mallops migrate`)")]
+        return [
+            Check(
+                "database",
+                "warning",
+                f"{where}: at revision {current}, code expects {', '.join(heads)} (run `mallops migrate`)",
+            )
+        ]
     return [Check("database", "ok", f"{where} (revision {current})")]
 
 
@@ -188,8 +207,13 @@ def check_beat(settings: Settings) -> list[Check]:
         client.close()
     if not token:
         return [Check("beat", "problem", f"nobody holds the RedBeat lock {key}: no beat is scheduling")]
-    return [Check("beat", "ok", f"lock {key} held by {describe_lock_token(token)}; expires in {ttl / 1000:.0f}s "
-                                "unless renewed")]
+    return [
+        Check(
+            "beat",
+            "ok",
+            f"lock {key} held by {describe_lock_token(token)}; expires in {ttl / 1000:.0f}s unless renewed",
+        )
+    ]
 
 
 def describe_lock_token(token: str) -> str:
@@ -230,15 +254,22 @@ def check_monitor(settings: Settings) -> list[Check]:
     if isinstance(stats, dict):
         lag = float(stats.get("lag_seconds") or 0.0)
         status: Status = "ok" if lag < 60 and stats.get("connected", True) else "warning"
-        detail = (f"{base}: {lag:.1f}s behind the event stream, {behind} event(s) unread, {pending} unacknowledged, "
-                  f"{stats.get('events_processed', '?')} processed")
+        detail = (
+            f"{base}: {lag:.1f}s behind the event stream, {behind} event(s) unread, {pending} unacknowledged, "
+            f"{stats.get('events_processed', '?')} processed"
+        )
         if stats.get("last_error"):
             detail += f"; last error: {stats['last_error']}"
         return [Check("monitor", status, detail)]
     if not groups:
         return [Check("monitor", "problem", f"{base} does not answer and no monitor reads {EVENT_STREAM}")]
-    return [Check("monitor", "problem" if behind else "warning",
-                  f"{base} does not answer; its group has {behind} unread event(s) of {length}")]
+    return [
+        Check(
+            "monitor",
+            "problem" if behind else "warning",
+            f"{base} does not answer; its group has {behind} unread event(s) of {length}",
+        )
+    ]
 
 
 def run_checks(settings: Settings) -> list[Check]:
@@ -268,8 +299,12 @@ def doctor(as_json: JsonOption = False) -> None:
     if as_json:
         print_json({"ok": not problems, "checks": [asdict(c) for c in checks]})
     else:
-        print_table(["check", "status", "detail"], [[c.area, c.status, c.detail] for c in checks],
-                    title="mallops doctor", status_columns=[1])
+        print_table(
+            ["check", "status", "detail"],
+            [[c.area, c.status, c.detail] for c in checks],
+            title="mallops doctor",
+            status_columns=[1],
+        )
         if problems:
             say_error(f"{len(problems)} problem(s): " + "; ".join(c.area for c in problems))
     raise typer.Exit(EXIT_UNREACHABLE if problems else EXIT_OK)

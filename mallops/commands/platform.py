@@ -30,13 +30,23 @@ def workers(as_json: JsonOption = False) -> None:
         print_json(items)
         return
     rows = [
-        [w.get("hostname"), w.get("status"), w.get("queues"), w.get("active"), w.get("processed"),
-         w.get("last_heartbeat")]
+        [
+            w.get("hostname"),
+            w.get("status"),
+            w.get("queues"),
+            w.get("active"),
+            w.get("processed"),
+            w.get("last_heartbeat"),
+        ]
         for w in items
     ]
     online = sum(1 for w in items if w.get("status") == "online")
-    print_table(["worker", "status", "queues", "active", "processed", "last heartbeat"], rows,
-                title=f"{online} of {len(items)} worker(s) online", status_columns=[1])
+    print_table(
+        ["worker", "status", "queues", "active", "processed", "last heartbeat"],
+        rows,
+        title=f"{online} of {len(items)} worker(s) online",
+        status_columns=[1],
+    )
 
 
 @handles_errors
@@ -53,8 +63,7 @@ def queues(as_json: JsonOption = False) -> None:
 
 @handles_errors
 def stats(
-    since: Annotated[str, typer.Option(help="Window start: an age like 30m, 24h, 7d, or an ISO date-time.")
-                     ] = "24h",
+    since: Annotated[str, typer.Option(help="Window start: an age like 30m, 24h, 7d, or an ISO date-time.")] = "24h",
     until: Annotated[str | None, typer.Option(help="Window end (default: now).")] = None,
     task: Annotated[str | None, typer.Option("--task", help="Only this task name.")] = None,
     as_json: JsonOption = False,
@@ -69,18 +78,29 @@ def stats(
     rows = [_stats_row(name, block) for name, block in sorted(blocks.items())]
     if isinstance(data.get("overall"), dict):
         rows.append(_stats_row("(all)", data["overall"]))
-    print_table(["task", "total", "ok", "failed", "success", "per min", "p50 s", "p95 s", "p99 s", "wait p95 s"],
-                rows, title=f"tasks sent {data.get('since', since)} .. {data.get('until') or 'now'}")
+    print_table(
+        ["task", "total", "ok", "failed", "success", "per min", "p50 s", "p95 s", "p99 s", "wait p95 s"],
+        rows,
+        title=f"tasks sent {data.get('since', since)} .. {data.get('until') or 'now'}",
+    )
 
 
 def _stats_row(name: str, block: dict[str, Any]) -> list[Any]:
     rate = block.get("success_rate")
     runtime = block.get("runtime") or {}
     wait = block.get("queue_wait") or {}
-    return [name, block.get("total"), block.get("succeeded"), block.get("failed"),
-            f"{rate * 100:.1f}%" if isinstance(rate, int | float) else "-",
-            _round(block.get("throughput_per_minute")), _round(runtime.get("p50")), _round(runtime.get("p95")),
-            _round(runtime.get("p99")), _round(wait.get("p95"))]
+    return [
+        name,
+        block.get("total"),
+        block.get("succeeded"),
+        block.get("failed"),
+        f"{rate * 100:.1f}%" if isinstance(rate, int | float) else "-",
+        _round(block.get("throughput_per_minute")),
+        _round(runtime.get("p50")),
+        _round(runtime.get("p95")),
+        _round(runtime.get("p99")),
+        _round(wait.get("p95")),
+    ]
 
 
 def _round(value: Any) -> Any:
@@ -91,8 +111,9 @@ def _round(value: Any) -> Any:
 def history(
     task: Annotated[str | None, typer.Option("--task", help="Only this task name.")] = None,
     status: Annotated[str | None, typer.Option(help="Only this final or current state, e.g. FAILURE.")] = None,
-    since: Annotated[str | None, typer.Option(help="Sent at or after: an age like 2h, 7d, or an ISO date-time.")
-                     ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Sent at or after: an age like 2h, 7d, or an ISO date-time.")
+    ] = None,
     until: Annotated[str | None, typer.Option(help="Sent before this (same forms as --since).")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500, help="At most this many rows.")] = 50,
     cursor: Annotated[str | None, typer.Option(help="Continue after a previous page (its next_cursor).")] = None,
@@ -100,15 +121,28 @@ def history(
 ) -> None:
     """The durable task history, newest first (was: celery_manage --history)."""
     with client() as mallops:
-        page = mallops.history(task_name=task, status=status, since=parse_when(since, "--since"),
-                               until=parse_when(until, "--until"), cursor=cursor, limit=limit)
+        page = mallops.history(
+            task_name=task,
+            status=status,
+            since=parse_when(since, "--since"),
+            until=parse_when(until, "--until"),
+            cursor=cursor,
+            limit=limit,
+        )
     if as_json:
         print_json(page)
         return
     items = page.get("items", page.get("results", []))
     rows = [
-        [r.get("task_id"), r.get("task_name"), r.get("state", r.get("status")), r.get("worker"), r.get("sent_at"),
-         _round(r.get("runtime")), _round(r.get("queue_wait"))]
+        [
+            r.get("task_id"),
+            r.get("task_name"),
+            r.get("state", r.get("status")),
+            r.get("worker"),
+            r.get("sent_at"),
+            _round(r.get("runtime")),
+            _round(r.get("queue_wait")),
+        ]
         for r in items
     ]
     print_table(["task_id", "task", "state", "worker", "sent", "runtime s", "wait s"], rows, status_columns=[2])
@@ -133,8 +167,9 @@ def ping(
     elapsed_ms = (time.monotonic() - started) * 1000
     worker = done.raw.get("worker")
     if as_json:
-        print_json({"task_id": done.task_id, "result": done.result, "worker": worker,
-                    "round_trip_ms": round(elapsed_ms, 1)})
+        print_json(
+            {"task_id": done.task_id, "result": done.result, "worker": worker, "round_trip_ms": round(elapsed_ms, 1)}
+        )
         return
     echo(f"pong from {worker or 'a worker'} in {elapsed_ms:.0f} ms: {done.result}")
 
@@ -160,8 +195,10 @@ def catalog(
     if as_json:
         print_json(items)
         return
-    rows = [[_name(t), t.get("queue"), t.get("schedule_text") or _schedule_text(t.get("schedule")),
-             t.get("description")] for t in items]
+    rows = [
+        [_name(t), t.get("queue"), t.get("schedule_text") or _schedule_text(t.get("schedule")), t.get("description")]
+        for t in items
+    ]
     print_table(["task", "queue", "schedule", "description"], rows, title=f"{len(rows)} tasks")
 
 
@@ -193,15 +230,29 @@ def _print_arguments(task: dict[str, Any]) -> None:
     rows = []
     for field_name, spec in props.items():
         kind = spec.get("type") or " | ".join(
-            str(s.get("type") or s.get("$ref", "").rsplit("/", 1)[-1]) for s in spec.get("anyOf", []))
+            str(s.get("type") or s.get("$ref", "").rsplit("/", 1)[-1]) for s in spec.get("anyOf", [])
+        )
         if "enum" in spec:
             kind = " | ".join(map(str, spec["enum"]))
-        rows.append([field_name, kind or "-", "yes" if field_name in required else "no", spec.get("default"),
-                     spec.get("description")])
+        rows.append(
+            [
+                field_name,
+                kind or "-",
+                "yes" if field_name in required else "no",
+                spec.get("default"),
+                spec.get("description"),
+            ]
+        )
     print_table(["argument", "type", "required", "default", "description"], rows)
 
 
 def register(root: typer.Typer) -> None:
-    for fn, name in ((workers, "workers"), (queues, "queues"), (stats, "stats"), (history, "history"),
-                     (ping, "ping"), (catalog, "catalog")):
+    for fn, name in (
+        (workers, "workers"),
+        (queues, "queues"),
+        (stats, "stats"),
+        (history, "history"),
+        (ping, "ping"),
+        (catalog, "catalog"),
+    ):
         root.command(name)(fn)

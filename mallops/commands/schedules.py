@@ -24,8 +24,14 @@ def list_schedules(as_json: JsonOption = False) -> None:
         print_json(items)
         return
     rows = [
-        [s.get("name"), s.get("task_name"), "enabled" if s.get("enabled") else "disabled",
-         s.get("schedule_text") or _schedule_text(s.get("schedule")), s.get("last_run_at"), s.get("next_run_at")]
+        [
+            s.get("name"),
+            s.get("task_name"),
+            "enabled" if s.get("enabled") else "disabled",
+            s.get("schedule_text") or _schedule_text(s.get("schedule")),
+            s.get("last_run_at"),
+            s.get("next_run_at"),
+        ]
         for s in items
     ]
     print_table(["name", "task", "state", "schedule", "last run", "next run"], rows, status_columns=[2])
@@ -33,16 +39,18 @@ def list_schedules(as_json: JsonOption = False) -> None:
 
 @app.command("enable")
 @handles_errors
-def enable(name: Annotated[str, typer.Argument(help="The entry name (a catalog task name).")],
-           as_json: JsonOption = False) -> None:
+def enable(
+    name: Annotated[str, typer.Argument(help="The entry name (a catalog task name).")], as_json: JsonOption = False
+) -> None:
     """Let beat run this entry again."""
     _update(name, as_json, enabled=True)
 
 
 @app.command("disable")
 @handles_errors
-def disable(name: Annotated[str, typer.Argument(help="The entry name (a catalog task name).")],
-            as_json: JsonOption = False) -> None:
+def disable(
+    name: Annotated[str, typer.Argument(help="The entry name (a catalog task name).")], as_json: JsonOption = False
+) -> None:
     """Stop beat from running this entry (it stays listed, disabled)."""
     _update(name, as_json, enabled=False)
 
@@ -52,9 +60,13 @@ def disable(name: Annotated[str, typer.Argument(help="The entry name (a catalog 
 def set_schedule(
     name: Annotated[str, typer.Argument(help="The entry name (a catalog task name).")],
     every: Annotated[float | None, typer.Option(min=1, help="Run every this many seconds.")] = None,
-    cron: Annotated[str | None, typer.Option(
-        help="A crontab 'minute hour day-of-month month day-of-week' in the platform's timezone, "
-             "e.g. '0 10 * * 1' for Mondays at 10:00.")] = None,
+    cron: Annotated[
+        str | None,
+        typer.Option(
+            help="A crontab 'minute hour day-of-month month day-of-week' in the platform's timezone, "
+            "e.g. '0 10 * * 1' for Mondays at 10:00."
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Re-time an entry: --every SECONDS or --cron 'm h dom mon dow'."""
@@ -71,8 +83,7 @@ def set_schedule(
     _update(name, as_json, schedule=schedule)
 
 
-def _update(name: str, as_json: bool, *, enabled: bool | None = None, schedule: dict[str, Any] | None = None
-            ) -> None:
+def _update(name: str, as_json: bool, *, enabled: bool | None = None, schedule: dict[str, Any] | None = None) -> None:
     with client() as mallops:
         entry = mallops.update_schedule(name, enabled=enabled, schedule=schedule)
     if as_json:
@@ -80,8 +91,7 @@ def _update(name: str, as_json: bool, *, enabled: bool | None = None, schedule: 
         return
     state = "enabled" if entry.get("enabled") else "disabled"
     timing = entry.get("schedule_text") or _schedule_text(entry.get("schedule")) or "-"
-    echo(f"{entry.get('name', name)}: {state}, {timing}"
-         f" (next run {entry.get('next_run_at') or '-'})")
+    echo(f"{entry.get('name', name)}: {state}, {timing} (next run {entry.get('next_run_at') or '-'})")
 
 
 def register(root: typer.Typer) -> None:

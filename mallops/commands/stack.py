@@ -31,8 +31,6 @@ def probe_command(
     raise typer.Exit(EXIT_OK if result.ready else EXIT_NOT_READY)
 
 
-
-
 def dev_command(
     ready_timeout: Annotated[float, typer.Option(min=5, help="Stop with an error if not ready by then (s).")] = 180,
     demo_data: Annotated[bool, typer.Option(help="Load the demo mall on the first start.")] = True,
@@ -85,17 +83,27 @@ def mail_command(
         if show == number:
             typer.echo(message.as_string())
             return
-        rows.append({"n": number, "date": message.get("Date"), "from": message.get("From"),
-                     "to": message.get("To"), "subject": message.get("Subject"), "file": key})
+        rows.append(
+            {
+                "n": number,
+                "date": message.get("Date"),
+                "from": message.get("From"),
+                "to": message.get("To"),
+                "subject": message.get("Subject"),
+                "file": key,
+            }
+        )
     if show is not None:
         typer.echo(f"mallops: there is no message {show} (the list has {len(rows)})", err=True)
         raise typer.Exit(EXIT_USAGE)
     if as_json:
         typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
-    print_table(["n", "date", "from", "to", "subject"],
-                [[r["n"], r["date"], r["from"], r["to"], r["subject"]] for r in rows],
-                title=f"{len(entries)} message(s) in {maildir}")
+    print_table(
+        ["n", "date", "from", "to", "subject"],
+        [[r["n"], r["date"], r["from"], r["to"], r["subject"]] for r in rows],
+        title=f"{len(entries)} message(s) in {maildir}",
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -25,8 +25,22 @@ from mallops.output import (
 
 app = typer.Typer(help="Submit, follow and manage tasks.", no_args_is_help=True)
 
-TASK_FIELDS = ("task_id", "task_name", "status", "queue", "worker", "owner", "retries", "progress", "sent_at",
-               "started_at", "finished_at", "duration", "result", "error")
+TASK_FIELDS = (
+    "task_id",
+    "task_name",
+    "status",
+    "queue",
+    "worker",
+    "owner",
+    "retries",
+    "progress",
+    "sent_at",
+    "started_at",
+    "finished_at",
+    "duration",
+    "result",
+    "error",
+)
 
 
 @app.command("list")
@@ -47,8 +61,12 @@ def list_tasks(
         [t.get("task_id"), t.get("task_name"), t.get("status"), t.get("queue"), t.get("owner"), t.get("sent_at")]
         for t in page.get("results", [])
     ]
-    print_table(["task_id", "task", "status", "queue", "owner", "sent"], rows,
-                title=f"{page.get('count', len(rows))} task(s)", status_columns=[2])
+    print_table(
+        ["task_id", "task", "status", "queue", "owner", "sent"],
+        rows,
+        title=f"{page.get('count', len(rows))} task(s)",
+        status_columns=[2],
+    )
 
 
 @app.command("send")
@@ -64,8 +82,9 @@ def send(
         str | None, typer.Option(help="Re-sending with the same key and body enqueues nothing new.")
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the result, with live progress.")] = False,
-    timeout: Annotated[float | None, typer.Option(min=0.1, help="With --wait: give up after this many seconds.")
-                       ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(min=0.1, help="With --wait: give up after this many seconds.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the task id (or the result).")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -77,16 +96,25 @@ def send(
     positional = parse_json_option(args, "--args", list)
     keywords = parse_json_option(kwargs, "--kwargs", dict)
     with client() as mallops:
-        submitted = mallops.submit(task_name, positional, keywords, countdown=countdown, eta=eta,
-                                   priority=priority, idempotency_key=idempotency_key)
+        submitted = mallops.submit(
+            task_name,
+            positional,
+            keywords,
+            countdown=countdown,
+            eta=eta,
+            priority=priority,
+            idempotency_key=idempotency_key,
+        )
         if not wait:
             if as_json:
                 print_json(submitted.raw)
             elif quiet:
                 echo(submitted.task_id)
             else:
-                echo(f"submitted {submitted.task_name or task_name} as {submitted.task_id}"
-                     f" (queue {submitted.queue or '-'}, {submitted.status})")
+                echo(
+                    f"submitted {submitted.task_name or task_name} as {submitted.task_id}"
+                    f" (queue {submitted.queue or '-'}, {submitted.status})"
+                )
             return
         if not as_json and not quiet:
             stderr().print(f"submitted {task_name} as {submitted.task_id}", markup=False)
@@ -173,11 +201,13 @@ def follow(mallops: Client, task_id: str, *, timeout: float | None, quiet: bool)
     elif err.is_terminal:
         return _follow_with_bar(mallops, task_id, timeout, err)
     else:
+
         def reporter(task: Task) -> None:
             line = f"{task.task_id} {task.status}"
             if task.progress is not None:
                 line += f" {task.progress.current}/{task.progress.total}"
             err.print(line, markup=False, highlight=False)
+
     return _wait(mallops, task_id, timeout, reporter)
 
 
@@ -202,8 +232,13 @@ def _follow_with_bar(mallops: Client, task_id: str, timeout: float | None, err: 
 
         def update(task: Task) -> None:
             if task.progress is not None and task.progress.total:
-                bar.update(bar_id, total=task.progress.total, completed=task.progress.current, state=task.status,
-                           description=task.task_name or task_id[:8])
+                bar.update(
+                    bar_id,
+                    total=task.progress.total,
+                    completed=task.progress.current,
+                    state=task.status,
+                    description=task.task_name or task_id[:8],
+                )
             else:
                 bar.update(bar_id, state=task.status, description=task.task_name or task_id[:8])
             if task.ready and task.successful:

@@ -19,8 +19,12 @@ class OverdueCheck:
     pending: int  # bills still pending (not yet due)
 
     def counts(self) -> dict[str, object]:
-        return {"as_of": self.as_of.isoformat(), "newly_overdue": len(self.newly_overdue),
-                "overdue": self.overdue, "pending": self.pending}
+        return {
+            "as_of": self.as_of.isoformat(),
+            "newly_overdue": len(self.newly_overdue),
+            "overdue": self.overdue,
+            "pending": self.pending,
+        }
 
 
 def mark_overdue(session: Session, as_of: dt.date, now: dt.datetime | None = None) -> OverdueCheck:
@@ -37,9 +41,11 @@ def mark_overdue(session: Session, as_of: dt.date, now: dt.datetime | None = Non
         .execution_options(synchronize_session=False)
     )
     newly = sorted(int(bill_id) for bill_id in moved.scalars())
-    counts = dict(session.execute(
-        select(Bill.status, func.count()).where(Bill.status.in_(("pending", "overdue"))).group_by(Bill.status)
-    ).all())
+    counts = dict(
+        session.execute(
+            select(Bill.status, func.count()).where(Bill.status.in_(("pending", "overdue"))).group_by(Bill.status)
+        ).all()
+    )
     return OverdueCheck(as_of, newly, int(counts.get("overdue", 0)), int(counts.get("pending", 0)))
 
 
@@ -52,9 +58,17 @@ def unreminded_overdue(session: Session, moved_before: dt.datetime, moved_after:
     a reminder still in a queue is not asked for twice (and if it is, its dedupe key makes that harmless).
     """
     reminded = select(Notification.id).where(Notification.bill_id == Bill.id, Notification.kind == "bill_reminder")
-    return sorted(int(bill_id) for bill_id in session.scalars(
-        select(Bill.id).where(Bill.status == "overdue", Bill.overdue_since < moved_before,
-                              Bill.overdue_since >= moved_after, ~reminded.exists())))
+    return sorted(
+        int(bill_id)
+        for bill_id in session.scalars(
+            select(Bill.id).where(
+                Bill.status == "overdue",
+                Bill.overdue_since < moved_before,
+                Bill.overdue_since >= moved_after,
+                ~reminded.exists(),
+            )
+        )
+    )
 
 
 def revert_overdue(session: Session, bill_ids: list[int]) -> int:
@@ -63,7 +77,8 @@ def revert_overdue(session: Session, bill_ids: list[int]) -> int:
     reverted = 0
     for batch in chunks(sorted(set(bill_ids)), 500):
         result = session.execute(
-            update(Bill).where(Bill.id.in_(batch), Bill.status == "overdue")
+            update(Bill)
+            .where(Bill.id.in_(batch), Bill.status == "overdue")
             .values(status="pending", overdue_since=None)
             .execution_options(synchronize_session=False)
         )

@@ -43,7 +43,7 @@ _MESSAGE = {
     ),
     "en": string.Template(
         "Dear $contact,\n\n"
-        "The $kind bill for $period of your store \"$store\" ($code), bill no. $bill_id, "
+        'The $kind bill for $period of your store "$store" ($code), bill no. $bill_id, '
         "amount CNY $amount, was due on $due_date and is now $days day(s) overdue.\n\n"
         "Please pay it as soon as possible. If you have already paid, please ignore this reminder. "
         "For questions, contact the mall's finance office."
@@ -63,9 +63,14 @@ def render(bill: Bill, tenant: Tenant, store: Store, today: dt.date) -> tuple[st
     """(language, subject, message) of the reminder for ``bill``."""
     language = language_of(tenant)
     values = {
-        "contact": tenant.contact_name, "store": store.name, "code": store.code, "period": bill.period,
-        "kind": _KIND_NAMES[language].get(bill.kind, bill.kind), "bill_id": bill.id,
-        "amount": f"{Decimal(bill.amount):,.2f}", "due_date": bill.due_date.isoformat(),
+        "contact": tenant.contact_name,
+        "store": store.name,
+        "code": store.code,
+        "period": bill.period,
+        "kind": _KIND_NAMES[language].get(bill.kind, bill.kind),
+        "bill_id": bill.id,
+        "amount": f"{Decimal(bill.amount):,.2f}",
+        "due_date": bill.due_date.isoformat(),
         "days": (today - bill.due_date).days,
     }
     return language, _SUBJECT[language].substitute(values)[:200], _MESSAGE[language].substitute(values)
@@ -82,8 +87,13 @@ class Reminder:
     language: str
 
     def email_kwargs(self) -> dict[str, object]:
-        return {"email": self.email, "subject": self.subject, "message": self.message,
-                "language": self.language, "notification_id": self.notification_id}
+        return {
+            "email": self.email,
+            "subject": self.subject,
+            "message": self.message,
+            "language": self.language,
+            "notification_id": self.notification_id,
+        }
 
 
 @dataclass
@@ -97,9 +107,15 @@ class ReminderRun:
     to_send: list[Reminder] = field(default_factory=list)
 
     def counts(self) -> dict[str, object]:
-        return {"date": self.day.isoformat(), "bills": self.bills, "created": self.created,
-                "already_reminded": self.already_reminded, "invalid_address": self.invalid_address,
-                "not_overdue": self.not_overdue, "enqueued": len(self.to_send)}
+        return {
+            "date": self.day.isoformat(),
+            "bills": self.bills,
+            "created": self.created,
+            "already_reminded": self.already_reminded,
+            "invalid_address": self.invalid_address,
+            "not_overdue": self.not_overdue,
+            "enqueued": len(self.to_send),
+        }
 
 
 def _valid_address(address: str) -> str | None:
@@ -141,25 +157,38 @@ def prepare(
     for bill, tenant, store in rows:
         language, subject, message = render(bill, tenant, store, today)
         address = _valid_address(tenant.email)
-        values.append({
-            "dedupe_key": dedupe_key(bill.id, today), "kind": KIND, "tenant_id": tenant.id, "bill_id": bill.id,
-            "email": address or tenant.email, "subject": subject, "message": message, "language": language,
-            "status": "queued" if address else "failed",
-            "error": None if address else f"invalid e-mail address {tenant.email!r}", "created_at": now,
-        })
+        values.append(
+            {
+                "dedupe_key": dedupe_key(bill.id, today),
+                "kind": KIND,
+                "tenant_id": tenant.id,
+                "bill_id": bill.id,
+                "email": address or tenant.email,
+                "subject": subject,
+                "message": message,
+                "language": language,
+                "status": "queued" if address else "failed",
+                "error": None if address else f"invalid e-mail address {tenant.email!r}",
+                "created_at": now,
+            }
+        )
     keys = [v["dedupe_key"] for v in values]
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     for i in range(0, len(values), INSERT_BATCH):
         created = session.execute(
-            insert(Notification).values(values[i : i + INSERT_BATCH])
+            insert(Notification)
+            .values(values[i : i + INSERT_BATCH])
             .on_conflict_do_nothing(index_elements=["dedupe_key"])
             .returning(Notification.id)
         )
         run.created += len(created.all())
 
     for i in range(0, len(keys), INSERT_BATCH):
-        for row in session.scalars(select(Notification).where(Notification.dedupe_key.in_(keys[i : i + INSERT_BATCH]))
-                                   .order_by(Notification.id)):
+        for row in session.scalars(
+            select(Notification)
+            .where(Notification.dedupe_key.in_(keys[i : i + INSERT_BATCH]))
+            .order_by(Notification.id)
+        ):
             if row.status == "queued":
                 run.to_send.append(Reminder(row.id, row.email, row.subject, row.message, row.language))
             elif row.status == "failed" and row.error and row.error.startswith("invalid e-mail address"):

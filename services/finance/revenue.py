@@ -54,16 +54,23 @@ class MonthlyRevenueResult:
 
     def summary(self) -> dict[str, Any]:
         """Small JSON: totals and the category breakdown (money as decimal strings)."""
-        return {"period": self.period, "total": str(self.total), "payments": sum(s.payments for s in self.stores),
-                "stores": len(self.stores), "by_category": self.by_category(),
-                "computed_at": self.computed_at.isoformat()}
+        return {
+            "period": self.period,
+            "total": str(self.total),
+            "payments": sum(s.payments for s in self.stores),
+            "stores": len(self.stores),
+            "by_category": self.by_category(),
+            "computed_at": self.computed_at.isoformat(),
+        }
 
     def full(self) -> dict[str, Any]:
         """The summary plus one entry per store, largest first (what the cache holds)."""
-        return self.summary() | {"by_store": [
-            {"store_id": s.store_id, "category": s.category, "amount": str(s.amount), "payments": s.payments}
-            for s in sorted(self.stores, key=lambda s: (-s.amount, s.store_id))
-        ]}
+        return self.summary() | {
+            "by_store": [
+                {"store_id": s.store_id, "category": s.category, "amount": str(s.amount), "payments": s.payments}
+                for s in sorted(self.stores, key=lambda s: (-s.amount, s.store_id))
+            ]
+        }
 
 
 def calculate(session: Session, year: int, month: int, tz: zoneinfo.ZoneInfo) -> MonthlyRevenueResult:
@@ -77,15 +84,27 @@ def calculate(session: Session, year: int, month: int, tz: zoneinfo.ZoneInfo) ->
         .group_by(Payment.store_id, Store.category)
         .order_by(Payment.store_id)
     ).all()
-    stores = [StoreRevenue(int(store_id), str(category), Decimal(str(amount)).quantize(CENT), int(count))
-              for store_id, category, amount, count in rows]
+    stores = [
+        StoreRevenue(int(store_id), str(category), Decimal(str(amount)).quantize(CENT), int(count))
+        for store_id, category, amount, count in rows
+    ]
     now = utcnow()
     session.execute(delete(MonthlyRevenue).where(MonthlyRevenue.period == period))
     if stores:
-        session.execute(insert(MonthlyRevenue), [
-            {"period": period, "store_id": s.store_id, "category": s.category, "amount": s.amount,
-             "payments": s.payments, "computed_at": now} for s in stores
-        ])
+        session.execute(
+            insert(MonthlyRevenue),
+            [
+                {
+                    "period": period,
+                    "store_id": s.store_id,
+                    "category": s.category,
+                    "amount": s.amount,
+                    "payments": s.payments,
+                    "computed_at": now,
+                }
+                for s in stores
+            ],
+        )
     return MonthlyRevenueResult(period, stores, now)
 
 

@@ -42,8 +42,9 @@ def check_pending_bills(task: MallopsTask, as_of: dt.date | None) -> dict[str, o
     now = dt.datetime.now(dt.UTC)
     with session_scope(settings) as session:
         check = billing.mark_overdue(session, day)
-        orphans = billing.unreminded_overdue(session, moved_before=now - REMINDER_GRACE,
-                                             moved_after=now - ORPHAN_LOOKBACK)
+        orphans = billing.unreminded_overdue(
+            session, moved_before=now - REMINDER_GRACE, moved_after=now - ORPHAN_LOOKBACK
+        )
     batches = billing.chunks(check.newly_overdue, REMINDER_BATCH)
     for done, bill_ids in enumerate(batches):
         try:
@@ -52,8 +53,10 @@ def check_pending_bills(task: MallopsTask, as_of: dt.date | None) -> dict[str, o
             unsent = [bill_id for batch in batches[done:] for bill_id in batch]
             with session_scope(settings) as session:
                 billing.revert_overdue(session, unsent)
-            raise TransientError(f"could not enqueue reminders for {len(unsent)} newly overdue bill(s) "
-                                 f"({type(exc).__name__}: {exc}); they are pending again for the retry") from exc
+            raise TransientError(
+                f"could not enqueue reminders for {len(unsent)} newly overdue bill(s) "
+                f"({type(exc).__name__}: {exc}); they are pending again for the retry"
+            ) from exc
     orphan_batches = billing.chunks(orphans, REMINDER_BATCH)
     for bill_ids in orphan_batches:  # an earlier run died after its commit: remind them now
         _enqueue(task, "send_bill_reminders", {"bill_ids": bill_ids})
@@ -64,8 +67,9 @@ def send_bill_reminders(task: MallopsTask, bill_ids: list[int] | None, days_over
     settings = get_settings()
     today = local_today(local_zone(settings.timezone))
     with session_scope(settings) as session:
-        run = reminders.prepare(session, today=today, bill_ids=bill_ids,
-                                days_overdue=None if bill_ids is not None else days_overdue)
+        run = reminders.prepare(
+            session, today=today, bill_ids=bill_ids, days_overdue=None if bill_ids is not None else days_overdue
+        )
     for reminder in run.to_send:
         _enqueue(task, "send_notification_email", reminder.email_kwargs())
     return run.counts()

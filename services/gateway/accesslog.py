@@ -68,8 +68,9 @@ class AccessLogBuffer:
                 now = time.monotonic()
                 if now - self._last_error_log > 60:
                     self._last_error_log = now
-                    log.warning("cannot write the access log to Redis (%s); %d entries waiting",
-                                exc, len(self._pending))
+                    log.warning(
+                        "cannot write the access log to Redis (%s); %d entries waiting", exc, len(self._pending)
+                    )
                 await asyncio.sleep(1.0)
 
     async def flush(self) -> int:

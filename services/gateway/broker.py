@@ -56,11 +56,12 @@ def list_key(queue: str, priority: int) -> str:
 def delivery_tags(count: int) -> list[str]:
     """``count`` random UUID4 strings from one call to the OS's random source."""
     raw = os.urandom(16 * count)
-    return [str(uuid.UUID(bytes=raw[i * 16:(i + 1) * 16], version=4)) for i in range(count)]
+    return [str(uuid.UUID(bytes=raw[i * 16 : (i + 1) * 16], version=4)) for i in range(count)]
 
 
-def envelope(body: Any, headers: dict[str, Any], properties: dict[str, Any], queue: str, priority: int | None,
-             delivery_tag: str) -> str:
+def envelope(
+    body: Any, headers: dict[str, Any], properties: dict[str, Any], queue: str, priority: int | None, delivery_tag: str
+) -> str:
     """The JSON kombu's Redis transport stores for a message published to ``queue`` (anonymous direct
     exchange, routing key = queue name), with ``body`` serialised as JSON and base64-encoded."""
     content_type, content_encoding, payload = kombu_dumps(body, serializer="json")  # type: ignore[no-untyped-call]
@@ -73,13 +74,15 @@ def envelope(body: Any, headers: dict[str, Any], properties: dict[str, Any], que
         body_encoding="base64",
         delivery_tag=delivery_tag,
     )
-    return json.dumps({
-        "body": base64.b64encode(data).decode("ascii"),
-        "content-encoding": content_encoding,
-        "content-type": content_type,
-        "headers": headers,
-        "properties": props,
-    })
+    return json.dumps(
+        {
+            "body": base64.b64encode(data).decode("ascii"),
+            "content-encoding": content_encoding,
+            "content-type": content_type,
+            "headers": headers,
+            "properties": props,
+        }
+    )
 
 
 class TaskMessage:
@@ -87,8 +90,17 @@ class TaskMessage:
 
     __slots__ = ("countdown", "eta", "kwargs", "kwargs_repr", "name", "priority", "queue", "task_id")
 
-    def __init__(self, task_id: str, name: str, queue: str, kwargs: dict[str, Any], kwargs_repr: str,
-                 countdown: float | None = None, eta: Any = None, priority: int | None = None) -> None:
+    def __init__(
+        self,
+        task_id: str,
+        name: str,
+        queue: str,
+        kwargs: dict[str, Any],
+        kwargs_repr: str,
+        countdown: float | None = None,
+        eta: Any = None,
+        priority: int | None = None,
+    ) -> None:
         self.task_id, self.name, self.queue = task_id, name, queue
         self.kwargs, self.kwargs_repr = kwargs, kwargs_repr
         self.countdown, self.eta, self.priority = countdown, eta, priority
@@ -147,20 +159,37 @@ class Publisher:
         sent: list[tuple[str, Any, dict[str, Any], str]] = []
         for message, tag in zip(messages, delivery_tags(len(messages)), strict=True):
             task = amqp.create_task_message(
-                message.task_id, message.name, (), message.kwargs, countdown=message.countdown,
-                eta=message.eta, ignore_result=False, argsrepr="()", kwargsrepr=message.kwargs_repr,
+                message.task_id,
+                message.name,
+                (),
+                message.kwargs,
+                countdown=message.countdown,
+                eta=message.eta,
+                ignore_result=False,
+                argsrepr="()",
+                kwargsrepr=message.kwargs_repr,
             )
             task_headers, properties, body = task.headers, task.properties, task.body
             task_headers.update(headers)
             if message.priority is not None:
                 properties["priority"] = message.priority
             signals.before_task_publish.send(
-                sender=message.name, body=body, exchange="", routing_key=message.queue, declare=[],
-                headers=task_headers, properties=properties, retry_policy=None,
+                sender=message.name,
+                body=body,
+                exchange="",
+                routing_key=message.queue,
+                declare=[],
+                headers=task_headers,
+                properties=properties,
+                retry_policy=None,
             )
             priority = message_priority(properties.get("priority"))
-            pushes.append((list_key(message.queue, priority),
-                           envelope(body, task_headers, properties, message.queue, properties.get("priority"), tag)))
+            pushes.append(
+                (
+                    list_key(message.queue, priority),
+                    envelope(body, task_headers, properties, message.queue, properties.get("priority"), tag),
+                )
+            )
             sent.append((message.name, body, task_headers, message.queue))
         try:
             await self._push(pushes)
@@ -169,8 +198,9 @@ class Publisher:
                 raise
             await self._push(pushes)  # the failed connection was dropped: this one is new
         for name, body, task_headers, queue in sent:
-            signals.after_task_publish.send(sender=name, body=body, headers=task_headers, exchange="",
-                                            routing_key=queue)
+            signals.after_task_publish.send(
+                sender=name, body=body, headers=task_headers, exchange="", routing_key=queue
+            )
 
     async def _push(self, pushes: Sequence[tuple[str, str]]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
@@ -201,13 +231,25 @@ class KombuPublisher:
                 stack.enter_context(producer.batch(max_size=len(messages) + 1))
             for message in messages:
                 task = amqp.create_task_message(
-                    message.task_id, message.name, (), message.kwargs, countdown=message.countdown,
-                    eta=message.eta, ignore_result=False, argsrepr="()", kwargsrepr=message.kwargs_repr,
+                    message.task_id,
+                    message.name,
+                    (),
+                    message.kwargs,
+                    countdown=message.countdown,
+                    eta=message.eta,
+                    ignore_result=False,
+                    argsrepr="()",
+                    kwargsrepr=message.kwargs_repr,
                 )
                 amqp.send_task_message(
-                    producer, message.name, task, queue=amqp.queues[message.queue], headers=headers,
+                    producer,
+                    message.name,
+                    task,
+                    queue=amqp.queues[message.queue],
+                    headers=headers,
                     priority=message.priority,
                     declare=[],  # the workers declare their queues
                     # a batch is flushed once, with no automatic retry (kombu: delivery would be uncertain)
-                    retry=not batched, retry_policy=PUBLISH_RETRY_POLICY,
+                    retry=not batched,
+                    retry_policy=PUBLISH_RETRY_POLICY,
                 )

@@ -61,9 +61,11 @@ async def current_principal(
     decision = await runtime.limiter.hit(principal.name)
     if not decision.allowed:
         raise ProblemError(
-            429, f"rate limit of {decision.limit} requests per minute exceeded for token {principal.name!r}; "
+            429,
+            f"rate limit of {decision.limit} requests per minute exceeded for token {principal.name!r}; "
             f"retry in {decision.retry_after} s",
-            kind="rate-limited", title="Too Many Requests",
+            kind="rate-limited",
+            title="Too Many Requests",
             headers={"Retry-After": str(decision.retry_after), "RateLimit-Limit": str(decision.limit)},
         )
     return principal

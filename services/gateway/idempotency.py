@@ -50,11 +50,18 @@ class IdempotencyClaim:
                 continue  # expired or released between SET and GET: try again
             stored = json.loads(raw)
             if stored.get("fp") != self.fp:
-                raise ProblemError(409, "this Idempotency-Key was already used with a different request body",
-                                   kind="idempotency-conflict")
+                raise ProblemError(
+                    409,
+                    "this Idempotency-Key was already used with a different request body",
+                    kind="idempotency-conflict",
+                )
             if stored.get("state") != "done":
-                raise ProblemError(409, "a request with this Idempotency-Key is still being processed",
-                                   kind="idempotency-in-progress", headers={"Retry-After": "1"})
+                raise ProblemError(
+                    409,
+                    "a request with this Idempotency-Key is still being processed",
+                    kind="idempotency-in-progress",
+                    headers={"Retry-After": "1"},
+                )
             return Replay(int(stored["status"]), stored["body"])
         raise ProblemError(409, "this Idempotency-Key is changing state too fast; retry", kind="idempotency-conflict")
 

@@ -20,19 +20,27 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "mallops_gateway_requests_total", "HTTP requests answered by the gateway.",
-            ["method", "route", "status"], registry=self.registry,
+            "mallops_gateway_requests_total",
+            "HTTP requests answered by the gateway.",
+            ["method", "route", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "mallops_gateway_request_duration_seconds", "Time to answer an HTTP request (streams: until closed).",
-            ["method", "route"], buckets=BUCKETS, registry=self.registry,
+            "mallops_gateway_request_duration_seconds",
+            "Time to answer an HTTP request (streams: until closed).",
+            ["method", "route"],
+            buckets=BUCKETS,
+            registry=self.registry,
         )
         self.tasks_submitted = Counter(
-            "mallops_gateway_tasks_submitted_total", "Tasks the gateway put into the broker.",
-            ["task_name"], registry=self.registry,
+            "mallops_gateway_tasks_submitted_total",
+            "Tasks the gateway put into the broker.",
+            ["task_name"],
+            registry=self.registry,
         )
         self.publish_failures = Counter(
-            "mallops_gateway_publish_failures_total", "Submissions refused with 503 because the broker failed.",
+            "mallops_gateway_publish_failures_total",
+            "Submissions refused with 503 because the broker failed.",
             registry=self.registry,
         )
 

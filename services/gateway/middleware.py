@@ -80,24 +80,39 @@ class BodyLimitMiddleware:
 
 
 async def _send_too_large(scope: Scope, send: Send, limit: int) -> None:
-    await _send_problem(scope, send, 413, f"the request body is larger than {limit} bytes",
-                        title="Content Too Large", kind="body-too-large")
+    await _send_problem(
+        scope,
+        send,
+        413,
+        f"the request body is larger than {limit} bytes",
+        title="Content Too Large",
+        kind="body-too-large",
+    )
 
 
-async def _send_problem(scope: Scope, send: Send, status: int, detail: str, *, title: str = "Bad Request",
-                        kind: str | None = None) -> None:
-    body = json.dumps({
-        "type": f"urn:mallops:problem:{kind}" if kind else "about:blank",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "instance": scope.get("path"),
-    }).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
-        (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-    ]})
+async def _send_problem(
+    scope: Scope, send: Send, status: int, detail: str, *, title: str = "Bad Request", kind: str | None = None
+) -> None:
+    body = json.dumps(
+        {
+            "type": f"urn:mallops:problem:{kind}" if kind else "about:blank",
+            "title": title,
+            "status": status,
+            "detail": detail,
+            "instance": scope.get("path"),
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -138,20 +153,21 @@ class AccountingMiddleware:
                 _account(runtime, scope, request_id, method, template, status, duration)
 
 
-def _account(runtime: Runtime, scope: Scope, request_id: str, method: str, template: str, status: int,
-             duration: float) -> None:
+def _account(
+    runtime: Runtime, scope: Scope, request_id: str, method: str, template: str, status: int, duration: float
+) -> None:
     runtime.metrics.observe(method, template, status, duration)
     state: dict[str, Any] = scope.get("state") or {}
     client = scope.get("client")
-    runtime.access_log.append({
-        "request_id": request_id,
-        "ts": dt.datetime.now(dt.UTC).isoformat(),
-        "method": method,
-        "path": scope.get("path", "")[:300],
-        "status": status,
-        "duration_ms": round(duration * 1000, 3),
-        "principal": state.get("principal"),
-        "client_ip": client[0] if client else None,
-    })
-
-
+    runtime.access_log.append(
+        {
+            "request_id": request_id,
+            "ts": dt.datetime.now(dt.UTC).isoformat(),
+            "method": method,
+            "path": scope.get("path", "")[:300],
+            "status": status,
+            "duration_ms": round(duration * 1000, 3),
+            "principal": state.get("principal"),
+            "client_ip": client[0] if client else None,
+        }
+    )

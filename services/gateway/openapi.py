@@ -36,8 +36,7 @@ DESCRIPTIONS = {
     500: "The server failed; the detail says nothing more, the log has it.",
     503: "A dependency (broker, Redis or database) cannot be reached; see Retry-After.",
 }
-RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again.",
-                               "schema": {"type": "integer"}}}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again.", "schema": {"type": "integer"}}}
 
 
 def admin_only() -> dict[str, Any]:
@@ -49,8 +48,9 @@ def install_openapi(app: FastAPI) -> None:
     def build() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
-        schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                             routes=app.routes, tags=app.openapi_tags)
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes, tags=app.openapi_tags
+        )
         _decorate(schema)
         app.openapi_schema = schema
         return schema
@@ -105,8 +105,7 @@ def _add_errors(path: str, method: str, operation: dict[str, Any]) -> None:
 def _submission_per_task(components: dict[str, Any]) -> dict[str, Any]:
     """``TaskSubmission`` as one variant per catalog task, discriminated by ``task_name``."""
     generic: dict[str, Any] = components["TaskSubmission"]
-    common = {key: value for key, value in generic["properties"].items() if key not in ("task_name", "args",
-                                                                                         "kwargs")}
+    common = {key: value for key, value in generic["properties"].items() if key not in ("task_name", "args", "kwargs")}
     variants: dict[str, str] = {}
     for spec in sorted(CATALOG.values(), key=lambda s: s.name):
         model = _arguments_component(spec, components)
@@ -121,10 +120,12 @@ def _submission_per_task(components: dict[str, Any]) -> dict[str, Any]:
             "properties": {
                 "task_name": {"type": "string", "const": spec.name, "description": spec.description},
                 "args": {
-                    "type": "array", "maxItems": len(fields), "items": False,
+                    "type": "array",
+                    "maxItems": len(fields),
+                    "items": False,
                     "prefixItems": [arguments["properties"][field] for field in fields],
                     "description": f"Positional arguments, in order: {', '.join(fields) or 'none'} (each "
-                                   "field at most once, by position or in kwargs).",
+                    "field at most once, by position or in kwargs).",
                 },
                 "kwargs": {"$ref": f"#/components/schemas/{model}"},
                 **common,

@@ -108,8 +108,9 @@ def problem_response(
         body["errors"] = list(errors)
     for key, value in (extra or {}).items():
         body.setdefault(key, value)
-    return JSONResponse(jsonable_encoder(body), status_code=status, headers=dict(headers or {}),
-                        media_type=PROBLEM_MEDIA_TYPE)
+    return JSONResponse(
+        jsonable_encoder(body), status_code=status, headers=dict(headers or {}), media_type=PROBLEM_MEDIA_TYPE
+    )
 
 
 def field_errors(raw: Sequence[Any]) -> list[dict[str, Any]]:
@@ -129,8 +130,16 @@ def describe_errors(errors: Sequence[Mapping[str, Any]], limit: int = 3) -> str:
 
 async def _problem_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProblemError)
-    return problem_response(request, exc.status, exc.detail, kind=exc.kind, title=exc.title, headers=exc.headers,
-                            errors=exc.errors, extra=exc.extra)
+    return problem_response(
+        request,
+        exc.status,
+        exc.detail,
+        kind=exc.kind,
+        title=exc.title,
+        headers=exc.headers,
+        errors=exc.errors,
+        extra=exc.extra,
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -166,34 +175,56 @@ def _allowed_methods(request: Request) -> list[str]:
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = field_errors(exc.errors())
-    return problem_response(request, 422, describe_errors(errors), kind="validation-error",
-                            title="Your request parameters didn't validate", errors=errors)
+    return problem_response(
+        request,
+        422,
+        describe_errors(errors),
+        kind="validation-error",
+        title="Your request parameters didn't validate",
+        errors=errors,
+    )
 
 
 async def _redis_error(request: Request, exc: Exception) -> Response:
     log.warning("Redis failed on %s %s: %s", request.method, request.url.path, exc)
-    return problem_response(request, 503, f"the gateway's Redis cannot be reached ({type(exc).__name__})",
-                            kind="redis-unavailable", headers={"Retry-After": "5"})
+    return problem_response(
+        request,
+        503,
+        f"the gateway's Redis cannot be reached ({type(exc).__name__})",
+        kind="redis-unavailable",
+        headers={"Retry-After": "5"},
+    )
 
 
 async def _database_error(request: Request, exc: Exception) -> Response:
     log.warning("database failed on %s %s: %s", request.method, request.url.path, exc)
-    return problem_response(request, 503, f"the database cannot be reached ({type(exc).__name__})",
-                            kind="database-unavailable", headers={"Retry-After": "5"})
+    return problem_response(
+        request,
+        503,
+        f"the database cannot be reached ({type(exc).__name__})",
+        kind="database-unavailable",
+        headers={"Retry-After": "5"},
+    )
 
 
 async def _data_error(request: Request, exc: Exception) -> Response:
     """A value the database refuses to compare or store (e.g. a NUL character in a PostgreSQL filter)."""
     log.info("database refused a value on %s %s: %s", request.method, request.url.path, type(exc).__name__)
-    return problem_response(request, 422, "a value in this request cannot be used by the database (for "
-                            "example a NUL character)", kind="validation-error",
-                            title="Your request parameters didn't validate", errors=[])
+    return problem_response(
+        request,
+        422,
+        "a value in this request cannot be used by the database (for example a NUL character)",
+        kind="validation-error",
+        title="Your request parameters didn't validate",
+        errors=[],
+    )
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem_response(request, 500, "the server failed to handle this request; it has been logged",
-                            kind="internal-error")
+    return problem_response(
+        request, 500, "the server failed to handle this request; it has been logged", kind="internal-error"
+    )
 
 
 def install_handlers(app: FastAPI) -> None:

@@ -59,7 +59,8 @@ class RateLimiter:
 
     async def hit(self, name: str) -> Decision:
         allowed, remaining, wait_ms = await self._hit(
-            keys=[KEY.format(name=name)], args=[WINDOW, self.limit, uuid.uuid4().hex])
+            keys=[KEY.format(name=name)], args=[WINDOW, self.limit, uuid.uuid4().hex]
+        )
         if int(allowed):
             return Decision(True, self.limit, int(remaining), 0)
         return Decision(False, self.limit, 0, max(1, math.ceil(int(wait_ms) / 1000)))

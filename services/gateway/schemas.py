@@ -23,24 +23,38 @@ class Strict(BaseModel):
 
 
 class TaskSubmission(Strict):
-    task_name: str = Field(min_length=1, max_length=200, description="A task name from GET /api/v1/catalog "
-                           "(another name is answered 404).", examples=["test_task"],
-                           json_schema_extra={"enum": TASK_NAMES})
-    args: list[Any] = Field(default_factory=list, max_length=50,
-                            description="Positional arguments, mapped in order onto the task's fields.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments (see the catalog schema).",
-                                   examples=[{"message": "hello"}])
-    countdown: float | None = Field(default=None, ge=0, le=7200, description="Run no earlier than this many "
-                                    "seconds from now (at most the broker's visibility timeout).")
-    eta: dt.datetime | None = Field(default=None, description="Run no earlier than this time (ISO 8601 with a "
-                                    "timezone; at most two hours ahead).")
+    task_name: str = Field(
+        min_length=1,
+        max_length=200,
+        description="A task name from GET /api/v1/catalog (another name is answered 404).",
+        examples=["test_task"],
+        json_schema_extra={"enum": TASK_NAMES},
+    )
+    args: list[Any] = Field(
+        default_factory=list, max_length=50, description="Positional arguments, mapped in order onto the task's fields."
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments (see the catalog schema).", examples=[{"message": "hello"}]
+    )
+    countdown: float | None = Field(
+        default=None,
+        ge=0,
+        le=7200,
+        description="Run no earlier than this many seconds from now (at most the broker's visibility timeout).",
+    )
+    eta: dt.datetime | None = Field(
+        default=None, description="Run no earlier than this time (ISO 8601 with a timezone; at most two hours ahead)."
+    )
     priority: StrictInt | None = Field(default=None, ge=0, le=9, description="0 (first) to 9 (last).")
 
 
 class BatchSubmission(Strict):
-    tasks: list[TaskSubmission] = Field(min_length=1, max_length=MAX_BATCH,
-                                        description="Submissions, validated all together: one bad item "
-                                        "refuses the whole batch and nothing is enqueued.")
+    tasks: list[TaskSubmission] = Field(
+        min_length=1,
+        max_length=MAX_BATCH,
+        description="Submissions, validated all together: one bad item "
+        "refuses the whole batch and nothing is enqueued.",
+    )
 
 
 class TaskAccepted(BaseModel):
@@ -251,8 +265,9 @@ class ScheduleList(BaseModel):
 
 
 class ScheduleTiming(Strict):
-    every: float | None = Field(default=None, ge=1, le=31 * 24 * 3600,
-                                description="Seconds between runs (instead of crontab fields).")
+    every: float | None = Field(
+        default=None, ge=1, le=31 * 24 * 3600, description="Seconds between runs (instead of crontab fields)."
+    )
     minute: str | None = Field(default=None, max_length=100, pattern=CRON_FIELD)
     hour: str | None = Field(default=None, max_length=100, pattern=CRON_FIELD)
     day_of_week: str | None = Field(default=None, max_length=100, pattern=CRON_DOW, description="Sunday = 0.")
@@ -262,8 +277,10 @@ class ScheduleTiming(Strict):
 
 class SchedulePatch(Strict):
     enabled: StrictBool | None = Field(default=None, description="Turn the entry on or off.")
-    schedule: ScheduleTiming | None = Field(default=None, description="New timing: `every` seconds or "
-                                            "crontab fields (in MALLOPS_TIMEZONE; omitted fields are '*').")
+    schedule: ScheduleTiming | None = Field(
+        default=None,
+        description="New timing: `every` seconds or crontab fields (in MALLOPS_TIMEZONE; omitted fields are '*').",
+    )
 
 
 # -- reports and exports -----------------------------------------------------------------------

@@ -62,9 +62,13 @@ def prepare(item: TaskSubmission, loc: Sequence[str | int] = ("body",), max_dela
     """Validate one submission; ProblemError 404 for an unknown task, 422 for arguments that do not fit."""
     spec = get_spec(item.task_name)
     if spec is None or item.task_name != spec.name:
-        raise ProblemError(404, f"there is no task named {item.task_name!r}; GET /api/v1/catalog lists them",
-                           kind="unknown-task", title="Unknown task",
-                           extra={"loc": [*loc, "task_name"]} if len(loc) > 1 else None)
+        raise ProblemError(
+            404,
+            f"there is no task named {item.task_name!r}; GET /api/v1/catalog lists them",
+            kind="unknown-task",
+            title="Unknown task",
+            extra={"loc": [*loc, "task_name"]} if len(loc) > 1 else None,
+        )
     try:
         validated = spec.validate(item.args, item.kwargs)
     except TaskArgumentError as exc:
@@ -82,15 +86,18 @@ def prepare(item: TaskSubmission, loc: Sequence[str | int] = ("body",), max_dela
         raise _invalid(errors) from exc
     if item.eta is not None:
         if item.eta.tzinfo is None:
-            raise _invalid([{"loc": [*loc, "eta"], "msg": "eta needs a timezone, e.g. 2026-11-22T10:00:00Z",
-                             "type": "timezone"}])
+            raise _invalid(
+                [{"loc": [*loc, "eta"], "msg": "eta needs a timezone, e.g. 2026-11-22T10:00:00Z", "type": "timezone"}]
+            )
         ahead = (item.eta - dt.datetime.now(dt.UTC)).total_seconds()
         if ahead > max_delay:
-            raise _invalid([{"loc": [*loc, "eta"], "msg": f"eta may be at most {max_delay:g} s ahead",
-                             "type": "too_far"}])
+            raise _invalid(
+                [{"loc": [*loc, "eta"], "msg": f"eta may be at most {max_delay:g} s ahead", "type": "too_far"}]
+            )
     if item.countdown is not None and item.countdown > max_delay:
-        raise _invalid([{"loc": [*loc, "countdown"], "msg": f"countdown may be at most {max_delay:g} s",
-                         "type": "too_far"}])
+        raise _invalid(
+            [{"loc": [*loc, "countdown"], "msg": f"countdown may be at most {max_delay:g} s", "type": "too_far"}]
+        )
     return Prepared(
         task_id=str(uuid.uuid4()),
         spec=spec,
@@ -104,14 +111,30 @@ def prepare(item: TaskSubmission, loc: Sequence[str | int] = ("body",), max_dela
 
 
 def _invalid(errors: list[dict[str, Any]]) -> ProblemError:
-    return ProblemError(422, describe_errors(errors), kind="invalid-arguments",
-                        title="The task's arguments do not fit its schema", errors=errors)
+    return ProblemError(
+        422,
+        describe_errors(errors),
+        kind="invalid-arguments",
+        title="The task's arguments do not fit its schema",
+        errors=errors,
+    )
 
 
 def messages(items: Sequence[Prepared]) -> list[TaskMessage]:
     """The broker messages of validated submissions: the catalog names the task and its queue."""
-    return [TaskMessage(item.task_id, item.spec.celery_name, item.spec.queue, item.validated, item.kwargs_repr,
-                        countdown=item.countdown, eta=item.eta, priority=item.priority) for item in items]
+    return [
+        TaskMessage(
+            item.task_id,
+            item.spec.celery_name,
+            item.spec.queue,
+            item.validated,
+            item.kwargs_repr,
+            countdown=item.countdown,
+            eta=item.eta,
+            priority=item.priority,
+        )
+        for item in items
+    ]
 
 
 class Submitter:
@@ -121,16 +144,19 @@ class Submitter:
         self.runtime = runtime
         self.store = store
 
-    async def submit(self, principal: Principal, items: Sequence[Prepared], owner: str | None = None,
-                     retry_of: str | None = None) -> list[TaskAccepted]:
+    async def submit(
+        self, principal: Principal, items: Sequence[Prepared], owner: str | None = None, retry_of: str | None = None
+    ) -> list[TaskAccepted]:
         owner = owner or principal.name
         ids = [item.task_id for item in items]
         quota = not principal.is_admin
         if quota:
             await self._reserve(owner, ids)
         now = dt.datetime.now(dt.UTC)
-        metas = [TaskMeta(item.task_id, item.spec.name, item.spec.queue, owner, item.args, item.kwargs, now,
-                          retry_of) for item in items]
+        metas = [
+            TaskMeta(item.task_id, item.spec.name, item.spec.queue, owner, item.args, item.kwargs, now, retry_of)
+            for item in items
+        ]
         recorded = False
         try:
             await self.store.record(metas)
@@ -140,9 +166,13 @@ class Submitter:
             log.warning("cannot enqueue %d task(s) for %s: %s", len(items), owner, exc)
             self.runtime.metrics.publish_failures.inc()
             await self._undo(owner, ids, metas if recorded else [], quota)
-            raise ProblemError(503, f"the task queue cannot be reached ({type(exc).__name__}); nothing was "
-                               f"enqueued, try again in {BROKER_RETRY_AFTER} s", kind="broker-unavailable",
-                               headers={"Retry-After": BROKER_RETRY_AFTER}) from exc
+            raise ProblemError(
+                503,
+                f"the task queue cannot be reached ({type(exc).__name__}); nothing was "
+                f"enqueued, try again in {BROKER_RETRY_AFTER} s",
+                kind="broker-unavailable",
+                headers={"Retry-After": BROKER_RETRY_AFTER},
+            ) from exc
         except BaseException:
             await self._undo(owner, ids, metas if recorded else [], quota)
             raise
@@ -170,17 +200,24 @@ class Submitter:
             await self._prune(owner)
             current = await self.store.reserve(owner, ids, limit)
         except RedisError as exc:
-            raise ProblemError(503, f"the gateway's Redis cannot be reached ({type(exc).__name__})",
-                               kind="redis-unavailable", headers={"Retry-After": BROKER_RETRY_AFTER}) from exc
+            raise ProblemError(
+                503,
+                f"the gateway's Redis cannot be reached ({type(exc).__name__})",
+                kind="redis-unavailable",
+                headers={"Retry-After": BROKER_RETRY_AFTER},
+            ) from exc
         if current is not None:
             raise self._quota_problem(owner, limit, current, len(ids))
 
     def _quota_problem(self, owner: str, limit: int, current: int | None, wanted: int) -> ProblemError:
         have = f"already has {current} unfinished task(s)" if current is not None else f"asked for {wanted} tasks"
         return ProblemError(
-            429, f"quota exceeded: {owner!r} {have}, and at most {limit} unfinished tasks are allowed per user "
-            f"(MALLOPS_TASK_MAX_PER_USER); wait for some to finish", kind="quota-exceeded",
-            title="Too many unfinished tasks", headers={"Retry-After": "10"},
+            429,
+            f"quota exceeded: {owner!r} {have}, and at most {limit} unfinished tasks are allowed per user "
+            f"(MALLOPS_TASK_MAX_PER_USER); wait for some to finish",
+            kind="quota-exceeded",
+            title="Too many unfinished tasks",
+            headers={"Retry-After": "10"},
             extra={"limit": limit, "unfinished": current},
         )
 
@@ -189,8 +226,11 @@ class Submitter:
         members = await self.store.unfinished(owner)
         ids = [task_id for task_id, _ in members]
         results = await self.store.results_many(ids)
-        finished = {task_id for task_id, meta in zip(ids, results, strict=True)
-                    if meta is not None and meta.get("status") in READY_STATES}
+        finished = {
+            task_id
+            for task_id, meta in zip(ids, results, strict=True)
+            if meta is not None and meta.get("status") in READY_STATES
+        }
         unknown = [task_id for task_id, meta in zip(ids, results, strict=True) if meta is None]
         if unknown:
             finished |= await run_in_threadpool(self._finished_in_history, unknown)

@@ -55,11 +55,16 @@ def dump_postgres(url: URL, target: Path, pg_dump: str = "pg_dump") -> None:
         try:
             completed = subprocess.run(  # noqa: S603 - fixed argv, no shell
                 [pg_dump, "--format=custom", "--no-owner", f"--file={tmp}", f"--dbname={conninfo}"],
-                env=env, capture_output=True, text=True, timeout=PG_DUMP_TIMEOUT, check=False,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=PG_DUMP_TIMEOUT,
+                check=False,
             )
         except FileNotFoundError as exc:
             raise PermanentError(
-                f"{pg_dump!r} not found: install the PostgreSQL client or set MALLOPS_PG_DUMP_COMMAND") from exc
+                f"{pg_dump!r} not found: install the PostgreSQL client or set MALLOPS_PG_DUMP_COMMAND"
+            ) from exc
         if completed.returncode != 0:
             detail = (completed.stderr.strip().splitlines() or ["no output"])[-1]
             if "could not connect" in completed.stderr or "Connection refused" in completed.stderr:
@@ -83,8 +88,7 @@ def existing_backups(directory: Path) -> list[Path]:
     """Finished backups, oldest first (names sort by their timestamp)."""
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir()
-                  if p.is_file() and p.name.startswith(PREFIX) and p.suffix in SUFFIXES)
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.name.startswith(PREFIX) and p.suffix in SUFFIXES)
 
 
 def prune(directory: Path, keep: int) -> list[str]:
@@ -127,7 +131,10 @@ def restore(backup: Path, database_url: str, pg_restore: str = "pg_restore") -> 
         conninfo, env = _libpq_url(url)
         completed = subprocess.run(  # noqa: S603 - fixed argv, no shell
             [pg_restore, "--no-owner", "--exit-on-error", f"--dbname={conninfo}", str(backup)],
-            env=env, capture_output=True, text=True, check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if completed.returncode != 0:
             raise RuntimeError(f"pg_restore failed: {completed.stderr.strip()}")

@@ -16,7 +16,11 @@ from shared.tasks import PermanentError
 
 # state, not cache: deleting it would lose schedules, events, access-log entries or task ownership
 PROTECTED_PREFIXES: tuple[str, ...] = (
-    "mallops:redbeat:", EVENT_STREAM, WORKERS_KEY, ACCESS_LOG_BUFFER, "mallops:gw:",
+    "mallops:redbeat:",
+    EVENT_STREAM,
+    WORKERS_KEY,
+    ACCESS_LOG_BUFFER,
+    "mallops:gw:",
 )
 SCAN_COUNT = 500
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")

@@ -66,30 +66,43 @@ def cleanup_expired_data(
 
     export_expired = or_(
         models.Export.expires_at < now,
-        and_(models.Export.expires_at.is_(None),
-             models.Export.created_at < cutoff_days(settings.export_ttl_days, now)),
+        and_(models.Export.expires_at.is_(None), models.Export.created_at < cutoff_days(settings.export_ttl_days, now)),
     )
     counts["exports"] = delete_in_batches(
-        session, models.Export, export_expired, batch_size=batch_size, extra_columns=[models.Export.file_name],
+        session,
+        models.Export,
+        export_expired,
+        batch_size=batch_size,
+        extra_columns=[models.Export.file_name],
         after_commit=lambda rows: _unlink_under(settings.exports_dir, [row[1] for row in rows]),
     )
     counts["reports"] = delete_in_batches(
-        session, models.Report, models.Report.period_end < cutoff_days(settings.report_ttl_days, now),
-        batch_size=batch_size, extra_columns=[models.Report.csv_path, models.Report.html_path],
+        session,
+        models.Report,
+        models.Report.period_end < cutoff_days(settings.report_ttl_days, now),
+        batch_size=batch_size,
+        extra_columns=[models.Report.csv_path, models.Report.html_path],
         after_commit=lambda rows: _unlink_under(settings.reports_dir, [n for row in rows for n in row[1:]]),
     )
     counts["task_history"] = delete_in_batches(
-        session, models.TaskRecord, models.TaskRecord.updated_at < cutoff_days(settings.history_ttl_days, now),
+        session,
+        models.TaskRecord,
+        models.TaskRecord.updated_at < cutoff_days(settings.history_ttl_days, now),
         batch_size=batch_size,
     )
     counts["notifications"] = delete_in_batches(
-        session, models.Notification,
-        models.Notification.created_at < cutoff_days(settings.notification_ttl_days, now), batch_size=batch_size,
+        session,
+        models.Notification,
+        models.Notification.created_at < cutoff_days(settings.notification_ttl_days, now),
+        batch_size=batch_size,
     )
     counts["access_logs"] = delete_in_batches(
-        session, models.AccessLog, models.AccessLog.ts < cutoff_days(settings.access_log_ttl_days, now),
+        session,
+        models.AccessLog,
+        models.AccessLog.ts < cutoff_days(settings.access_log_ttl_days, now),
         batch_size=batch_size,
     )
     counts["partial_files"] = remove_partial_files(
-        [settings.exports_dir, settings.reports_dir, settings.backups_dir], now)
+        [settings.exports_dir, settings.reports_dir, settings.backups_dir], now
+    )
     return counts

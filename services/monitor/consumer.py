@@ -46,8 +46,7 @@ def clean_event(event: dict[str, Any]) -> dict[str, Any] | None:
     value, e.g. a task's result echoing its input, would fail its whole batch again and again); a ``ts``
     that is not a number drops the event; ``retries`` that is not a count becomes 0; an ``id`` is a string.
     """
-    event = {key: value.replace("\x00", "\ufffd") if isinstance(value, str) else value
-             for key, value in event.items()}
+    event = {key: value.replace("\x00", "\ufffd") if isinstance(value, str) else value for key, value in event.items()}
     ts = event.get("ts")
     if not isinstance(ts, int | float) or isinstance(ts, bool) or not math.isfinite(ts):
         return None
@@ -76,8 +75,11 @@ class StreamConsumer:
         self.health = health
         self.name = name or f"monitor@{socket.gethostname()}"
         self.redis: redis.Redis[str] = redis.Redis.from_url(
-            settings.cache_redis_url, decode_responses=True, socket_timeout=BLOCK_MS / 1000 + 10,
-            socket_connect_timeout=5, health_check_interval=30,
+            settings.cache_redis_url,
+            decode_responses=True,
+            socket_timeout=BLOCK_MS / 1000 + 10,
+            socket_connect_timeout=5,
+            health_check_interval=30,
         )
         self._next_claim = 0.0
         self._next_stats = 0.0
@@ -115,8 +117,9 @@ class StreamConsumer:
         self.health.last_error = None
         last = "0"
         while True:  # entries delivered to this consumer before a restart, never acknowledged
-            reply = self.redis.xreadgroup(GROUP, self.name, {EVENT_STREAM: last},
-                                          count=self.settings.monitor_batch_size)
+            reply = self.redis.xreadgroup(
+                GROUP, self.name, {EVENT_STREAM: last}, count=self.settings.monitor_batch_size
+            )
             entries = reply[0][1] if reply else []
             if not entries:
                 break
@@ -130,8 +133,9 @@ class StreamConsumer:
         if now >= self._next_claim:
             self._next_claim = now + max(self.settings.monitor_claim_idle / 2, 1.0)
             done += self.claim_stale()
-        reply = self.redis.xreadgroup(GROUP, self.name, {EVENT_STREAM: ">"},
-                                      count=self.settings.monitor_batch_size, block=BLOCK_MS)
+        reply = self.redis.xreadgroup(
+            GROUP, self.name, {EVENT_STREAM: ">"}, count=self.settings.monitor_batch_size, block=BLOCK_MS
+        )
         entries = reply[0][1] if reply else []
         if entries:
             done += self.process(entries)
@@ -150,9 +154,14 @@ class StreamConsumer:
         done = 0
         start = "0-0"
         for _ in range(100):
-            reply = self.redis.xautoclaim(EVENT_STREAM, GROUP, self.name,
-                                          min_idle_time=int(self.settings.monitor_claim_idle * 1000),
-                                          start_id=start, count=self.settings.monitor_batch_size)
+            reply = self.redis.xautoclaim(
+                EVENT_STREAM,
+                GROUP,
+                self.name,
+                min_idle_time=int(self.settings.monitor_claim_idle * 1000),
+                start_id=start,
+                count=self.settings.monitor_batch_size,
+            )
             start, entries = reply[0], reply[1]
             if entries:
                 done += self.process(entries)

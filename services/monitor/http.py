@@ -30,8 +30,9 @@ class _QuietHandler(WSGIRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
 
-def make_app(registry: CollectorRegistry, health: Health, check: Callable[[], dict[str, str]]
-             ) -> Callable[[Environ, StartResponse], Iterable[bytes]]:
+def make_app(
+    registry: CollectorRegistry, health: Health, check: Callable[[], dict[str, str]]
+) -> Callable[[Environ, StartResponse], Iterable[bytes]]:
     """``check()`` does the real round trips (Redis PING, database SELECT 1) and names what failed."""
 
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -45,15 +46,25 @@ def make_app(registry: CollectorRegistry, health: Health, check: Callable[[], di
         if path == "/health":
             checks = check()
             ok = all(value == "ok" for value in checks.values())
-            return _json(start_response, "200 OK" if ok else "503 Service Unavailable",
-                         {"status": "ok" if ok else "unavailable", **checks})
+            return _json(
+                start_response,
+                "200 OK" if ok else "503 Service Unavailable",
+                {"status": "ok" if ok else "unavailable", **checks},
+            )
         if path == "/stats":
-            return _json(start_response, "200 OK", {
-                "events_processed": health.events_processed, "batches": health.batches,
-                "lag_seconds": health.lag_seconds, "pending_entries": health.pending_entries,
-                "stream_length": health.stream_length, "connected": health.connected,
-                "last_error": health.last_error,
-            })
+            return _json(
+                start_response,
+                "200 OK",
+                {
+                    "events_processed": health.events_processed,
+                    "batches": health.batches,
+                    "lag_seconds": health.lag_seconds,
+                    "pending_entries": health.pending_entries,
+                    "stream_length": health.stream_length,
+                    "connected": health.connected,
+                    "last_error": health.last_error,
+                },
+            )
         return _json(start_response, "404 Not Found", {"detail": f"no route {path}; try /metrics, /health, /stats"})
 
     return app

@@ -116,14 +116,18 @@ class MonitorCollector(Collector):
             yield hist
 
     def _live_metrics(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("celery_worker_up", "Indicates if a worker has recently sent a heartbeat.",
-                               labels=["hostname"])
-        active = GaugeMetricFamily("celery_worker_tasks_active",
-                                   "The number of tasks the worker is currently processing", labels=["hostname"])
-        length = GaugeMetricFamily("celery_queue_length", "The number of message in broker queue.",
-                                   labels=["queue_name"])
-        workers_per_queue = GaugeMetricFamily("celery_active_worker_count",
-                                              "The number of active workers in broker queue.", labels=["queue_name"])
+        up = GaugeMetricFamily(
+            "celery_worker_up", "Indicates if a worker has recently sent a heartbeat.", labels=["hostname"]
+        )
+        active = GaugeMetricFamily(
+            "celery_worker_tasks_active", "The number of tasks the worker is currently processing", labels=["hostname"]
+        )
+        length = GaugeMetricFamily(
+            "celery_queue_length", "The number of message in broker queue.", labels=["queue_name"]
+        )
+        workers_per_queue = GaugeMetricFamily(
+            "celery_active_worker_count", "The number of active workers in broker queue.", labels=["queue_name"]
+        )
         if self.live is not None:
             try:
                 workers, queues = self.live()
@@ -141,15 +145,22 @@ class MonitorCollector(Collector):
 
     def _health_metrics(self) -> Iterator[Metric]:
         h = self.health
-        processed = CounterMetricFamily("mallops_monitor_events_processed",
-                                        "Stream entries this monitor process has stored and acknowledged.")
+        processed = CounterMetricFamily(
+            "mallops_monitor_events_processed", "Stream entries this monitor process has stored and acknowledged."
+        )
         processed.add_metric([], float(h.events_processed))
         yield processed
         for name, help_text, value in (
-            ("mallops_monitor_event_lag_seconds",
-             "Age of the oldest entry in the batch being processed (0 when caught up).", h.lag_seconds),
-            ("mallops_monitor_pending_entries",
-             "Stream entries not yet acknowledged by the monitor's group (delivered or not).", h.pending_entries),
+            (
+                "mallops_monitor_event_lag_seconds",
+                "Age of the oldest entry in the batch being processed (0 when caught up).",
+                h.lag_seconds,
+            ),
+            (
+                "mallops_monitor_pending_entries",
+                "Stream entries not yet acknowledged by the monitor's group (delivered or not).",
+                h.pending_entries,
+            ),
             ("mallops_monitor_stream_length", "Entries in the lifecycle event stream.", h.stream_length),
             ("mallops_monitor_connected", "1 when the monitor reaches Redis and the database.", float(h.connected)),
         ):

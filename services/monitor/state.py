@@ -36,8 +36,10 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "task-failed": ("celery_task_failed", "Sent if the execution of the task failed."),
     "task-retried": ("celery_task_retried", "Sent if the task failed, but will be retried in the future."),
     "task-revoked": ("celery_task_revoked", "Sent if the task has been revoked."),
-    "task-rejected": ("celery_task_rejected",
-                      "The task was rejected by the worker, possibly to be re-queued or moved to a dead letter queue."),
+    "task-rejected": (
+        "celery_task_rejected",
+        "The task was rejected by the worker, possibly to be re-queued or moved to a dead letter queue.",
+    ),
 }
 RUNTIME = "celery_task_runtime"
 QUEUE_WAIT = "celery_task_queue_wait_time"
@@ -81,12 +83,27 @@ def event_bit(type_: str, attempt: int) -> int | None:
 # -- states ------------------------------------------------------------------------------------
 
 EVENT_STATE = {
-    "task-sent": "SENT", "task-received": "RECEIVED", "task-started": "STARTED", "task-progress": "PROGRESS",
-    "task-retried": "RETRY", "task-succeeded": "SUCCESS", "task-failed": "FAILURE", "task-revoked": "REVOKED",
+    "task-sent": "SENT",
+    "task-received": "RECEIVED",
+    "task-started": "STARTED",
+    "task-progress": "PROGRESS",
+    "task-retried": "RETRY",
+    "task-succeeded": "SUCCESS",
+    "task-failed": "FAILURE",
+    "task-revoked": "REVOKED",
     "task-rejected": "REJECTED",
 }
-RANK = {"SENT": 1, "RECEIVED": 2, "STARTED": 3, "PROGRESS": 4, "RETRY": 5, "REVOKED": 10, "REJECTED": 10,
-        "SUCCESS": 11, "FAILURE": 11}
+RANK = {
+    "SENT": 1,
+    "RECEIVED": 2,
+    "STARTED": 3,
+    "PROGRESS": 4,
+    "RETRY": 5,
+    "REVOKED": 10,
+    "REJECTED": 10,
+    "SUCCESS": 11,
+    "FAILURE": 11,
+}
 FINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED"})
 TASK_EVENTS = frozenset(EVENT_STATE)
 
@@ -145,11 +162,28 @@ def _text(value: Any, limit: int) -> str | None:
 
 def new_row(task_id: str) -> dict[str, Any]:
     return {
-        "task_id": task_id, "task_name": None, "queue": None, "state": None, "args_summary": None,
-        "owner": None, "worker": None, "retries": 0, "exception": None, "error": None,
-        "result_summary": None, "sent_at": None, "received_at": None, "started_at": None,
-        "finished_at": None, "runtime": None, "queue_wait": None, "last_event_seq": 0, "event_mask": 0,
-        "progress_current": None, "progress_total": None, "updated_at": None,
+        "task_id": task_id,
+        "task_name": None,
+        "queue": None,
+        "state": None,
+        "args_summary": None,
+        "owner": None,
+        "worker": None,
+        "retries": 0,
+        "exception": None,
+        "error": None,
+        "result_summary": None,
+        "sent_at": None,
+        "received_at": None,
+        "started_at": None,
+        "finished_at": None,
+        "runtime": None,
+        "queue_wait": None,
+        "last_event_seq": 0,
+        "event_mask": 0,
+        "progress_current": None,
+        "progress_total": None,
+        "updated_at": None,
         "_first_seen": None,
     }
 
@@ -168,8 +202,12 @@ def apply_event(row: dict[str, Any], event: dict[str, Any], deltas: Deltas, seq:
     current_key = precedence(current_state, _state_attempt(row)) if current_state else None
 
     # identity fields: the first value wins
-    for column, key, limit in (("task_name", "name", 100), ("queue", "queue", 50), ("owner", "owner", 100),
-                               ("args_summary", "args", 500)):
+    for column, key, limit in (
+        ("task_name", "name", 100),
+        ("queue", "queue", 50),
+        ("owner", "owner", 100),
+        ("args_summary", "args", 500),
+    ):
         if row.get(column) is None and event.get(key) is not None:
             row[column] = _text(event[key], limit)
     row["_first_seen"] = _earliest(row.get("_first_seen"), when)

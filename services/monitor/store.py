@@ -55,7 +55,7 @@ def _insert(session: Session, table: Table) -> Any:
 def load_rows(session: Session, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for start in range(0, len(task_ids), CHUNK):
-        chunk = task_ids[start:start + CHUNK]
+        chunk = task_ids[start : start + CHUNK]
         for mapping in session.execute(select(HISTORY).where(HISTORY.c.task_id.in_(chunk))).mappings():
             row = dict(mapping)
             row["_first_seen"] = None
@@ -63,15 +63,16 @@ def load_rows(session: Session, task_ids: Sequence[str]) -> dict[str, dict[str, 
     return rows
 
 
-def write_events(session: Session, events: Sequence[tuple[int, dict[str, Any]]],
-                 now: dt.datetime | None = None) -> Deltas:
+def write_events(
+    session: Session, events: Sequence[tuple[int, dict[str, Any]]], now: dt.datetime | None = None
+) -> Deltas:
     """Fold ``(sequence, event)`` pairs (in stream order) into the history; returns the metric deltas,
     which are already added to ``monitor_metrics`` in this transaction."""
     now = now or dt.datetime.now(dt.UTC)
     deltas = Deltas()
-    task_ids = list(dict.fromkeys(
-        str(e["id"]) for _, e in events if e.get("id") and str(e.get("type", "")).startswith("task-")
-    ))
+    task_ids = list(
+        dict.fromkeys(str(e["id"]) for _, e in events if e.get("id") and str(e.get("type", "")).startswith("task-"))
+    )
     if task_ids:
         rows = load_rows(session, task_ids)
         touched: dict[str, dict[str, Any]] = {}
@@ -88,7 +89,7 @@ def write_events(session: Session, events: Sequence[tuple[int, dict[str, Any]]],
         if values:
             stmt = _upsert_history(session)
             for start in range(0, len(values), CHUNK):
-                session.execute(stmt, values[start:start + CHUNK])
+                session.execute(stmt, values[start : start + CHUNK])
     add_metric_deltas(session, deltas)
     return deltas
 
@@ -101,14 +102,18 @@ def add_metric_deltas(session: Session, deltas: Deltas) -> None:
         index_elements=["key"],
         set_={"value": METRICS.c.value + stmt.excluded.value, "hostname": stmt.excluded.hostname},
     )
-    params = [{"key": key, "hostname": deltas.hostnames.get(key), "value": value}
-              for key, value in sorted(deltas.values.items())]
+    params = [
+        {"key": key, "hostname": deltas.hostnames.get(key), "value": value}
+        for key, value in sorted(deltas.values.items())
+    ]
     session.execute(stmt, params)
 
 
 def load_metrics(session: Session) -> list[tuple[str, str | None, float]]:
-    return [(key, host, float(value))
-            for key, host, value in session.execute(select(METRICS.c.key, METRICS.c.hostname, METRICS.c.value))]
+    return [
+        (key, host, float(value))
+        for key, host, value in session.execute(select(METRICS.c.key, METRICS.c.hostname, METRICS.c.value))
+    ]
 
 
 def purge_hostname(session: Session, hostname: str) -> None:

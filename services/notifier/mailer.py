@@ -33,8 +33,10 @@ CONTENT_LANGUAGE: dict[Language, str] = {"zh_CN": "zh-CN", "en": "en"}
 
 @functools.cache
 def _template(language: Language, kind: Literal["txt", "html"]) -> string.Template:
-    text = resources.files("services.notifier").joinpath("templates", f"email.{language}.{kind}").read_text(
-        encoding="utf-8"
+    text = (
+        resources.files("services.notifier")
+        .joinpath("templates", f"email.{language}.{kind}")
+        .read_text(encoding="utf-8")
     )
     return string.Template(text)
 
@@ -52,7 +54,11 @@ def render(subject: str, message: str, language: Language) -> tuple[str, str]:
 
 
 def compose(
-    settings: Settings, to: str, subject: str, message: str, language: Language,
+    settings: Settings,
+    to: str,
+    subject: str,
+    message: str,
+    language: Language,
     message_id: str | None = None,
 ) -> EmailMessage:
     """A multipart/alternative message (text + HTML) from ``settings.mail_from`` to ``to``."""

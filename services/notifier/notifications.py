@@ -40,12 +40,18 @@ class Outgoing:
     language: str
 
 
-def record_manual(
-    session: Session, *, dedupe_key: str, email: str, subject: str, message: str, language: str
-) -> int:
+def record_manual(session: Session, *, dedupe_key: str, email: str, subject: str, message: str, language: str) -> int:
     """The id of the notification row for a send that did not come with one (created once per key)."""
-    values = {"dedupe_key": dedupe_key, "kind": "manual", "email": email, "subject": subject,
-              "message": message, "language": language, "status": "queued", "created_at": utcnow()}
+    values = {
+        "dedupe_key": dedupe_key,
+        "kind": "manual",
+        "email": email,
+        "subject": subject,
+        "message": message,
+        "language": language,
+        "status": "queued",
+        "created_at": utcnow(),
+    }
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     session.execute(insert(Notification).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"]))
@@ -54,8 +60,9 @@ def record_manual(
     return int(found)
 
 
-def claim(session: Session, notification_id: int, now: dt.datetime | None = None, *, take_over: bool = False
-          ) -> tuple[Claim, Outgoing | None]:
+def claim(
+    session: Session, notification_id: int, now: dt.datetime | None = None, *, take_over: bool = False
+) -> tuple[Claim, Outgoing | None]:
     """Take the row for sending. Only one caller gets ``claimed`` for a row until it is released.
 
     ``take_over``: the caller runs a *redelivered* message, which the broker hands out again only when the
@@ -88,7 +95,8 @@ def claim(session: Session, notification_id: int, now: dt.datetime | None = None
 
 def mark_sent(session: Session, notification_id: int) -> None:
     session.execute(
-        update(Notification).where(Notification.id == notification_id)
+        update(Notification)
+        .where(Notification.id == notification_id)
         .values(status="sent", sent_at=utcnow(), error=None)
         .execution_options(synchronize_session=False)
     )
@@ -97,7 +105,8 @@ def mark_sent(session: Session, notification_id: int) -> None:
 def release(session: Session, notification_id: int, error: str, *, final: bool) -> None:
     """Record a failed attempt: ``failed`` if no retry follows, else back to ``queued`` for the retry."""
     session.execute(
-        update(Notification).where(Notification.id == notification_id, Notification.status == "sending")
+        update(Notification)
+        .where(Notification.id == notification_id, Notification.status == "sending")
         .values(status="failed" if final else "queued", sent_at=None, error=error[:ERROR_MAX])
         .execution_options(synchronize_session=False)
     )
@@ -115,12 +124,15 @@ class CleanupResult:
 
 def cleanup_batch(session: Session, cutoff: dt.datetime, batch_size: int = CLEANUP_BATCH) -> int:
     """Delete up to ``batch_size`` notifications created before ``cutoff``; the number deleted."""
-    ids = list(session.scalars(
-        select(Notification.id).where(Notification.created_at < cutoff).order_by(Notification.id).limit(batch_size)
-    ))
+    ids = list(
+        session.scalars(
+            select(Notification.id).where(Notification.created_at < cutoff).order_by(Notification.id).limit(batch_size)
+        )
+    )
     if ids:
-        session.execute(delete(Notification).where(Notification.id.in_(ids)).execution_options(
-            synchronize_session=False))
+        session.execute(
+            delete(Notification).where(Notification.id.in_(ids)).execution_options(synchronize_session=False)
+        )
     return len(ids)
 
 

@@ -14,15 +14,23 @@ from shared.tasks import MallopsTask, PermanentError, is_transient, register
 
 
 def send_notification_email(
-    task: MallopsTask, email: str, subject: str, message: str, language: mailer.Language,
+    task: MallopsTask,
+    email: str,
+    subject: str,
+    message: str,
+    language: mailer.Language,
     notification_id: int | None,
 ) -> dict[str, Any]:
     settings = get_settings()
     if notification_id is None:  # a direct send: its row is keyed by the task id, so redelivery finds it
         with session_scope(settings) as session:
             notification_id = notifications.record_manual(
-                session, dedupe_key=f"email-task:{task.request.id}", email=email, subject=subject,
-                message=message, language=language,
+                session,
+                dedupe_key=f"email-task:{task.request.id}",
+                email=email,
+                subject=subject,
+                message=message,
+                language=language,
             )
     with session_scope(settings) as session:
         # a redelivered message takes over its own claim: its previous run's worker died mid-send
@@ -37,8 +45,9 @@ def send_notification_email(
     # the message but before the row says sent, the redelivered copy is recognisably the same e-mail
     # (mail stores and clients drop a second message with a Message-ID they already have).
     domain = settings.mail_from.rpartition("@")[2] or "mallops.invalid"
-    msg = mailer.compose(settings, email, subject, message, language,
-                         message_id=f"<notification-{notification_id}@{domain}>")
+    msg = mailer.compose(
+        settings, email, subject, message, language, message_id=f"<notification-{notification_id}@{domain}>"
+    )
     try:
         mailer.send(settings, msg)
     except Exception as exc:
@@ -60,9 +69,10 @@ def _record_sent(settings: Settings, notification_id: int, attempts: int = 4) ->
             return
         except Exception as exc:
             if attempt == attempts - 1 or not is_transient(exc):
-                raise PermanentError(f"e-mail for notification {notification_id} was sent but could not be "
-                                     f"recorded ({type(exc).__name__}: {exc}); not retried, to avoid a duplicate"
-                                     ) from exc
+                raise PermanentError(
+                    f"e-mail for notification {notification_id} was sent but could not be "
+                    f"recorded ({type(exc).__name__}: {exc}); not retried, to avoid a duplicate"
+                ) from exc
             time.sleep(0.5 * 2**attempt)
 
 

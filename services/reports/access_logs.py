@@ -101,8 +101,11 @@ def store_entries(session: Session, entries: Sequence[AccessLogEntry]) -> tuple[
     existing: set[str] = set()
     ids = list(unique)
     for i in range(0, len(ids), 500):
-        existing.update(session.scalars(
-            select(models.AccessLog.request_id).where(models.AccessLog.request_id.in_(ids[i : i + 500]))))
+        existing.update(
+            session.scalars(
+                select(models.AccessLog.request_id).where(models.AccessLog.request_id.in_(ids[i : i + 500]))
+            )
+        )
     rows = [entry.model_dump() for rid, entry in unique.items() if rid not in existing]
     insert_ignoring(session, models.AccessLog, rows, keys=["request_id"])
     return len(rows), len(entries) - len(rows)
@@ -119,8 +122,9 @@ def _claim(client: redis.Redis[str], batch_size: int) -> list[str]:
     return [item for item in pipe.execute() if item is not None]
 
 
-def drain(settings: Settings, client: redis.Redis[str], batch_size: int = 1000,
-          max_batches: int = MAX_BATCHES_PER_RUN) -> DrainResult:
+def drain(
+    settings: Settings, client: redis.Redis[str], batch_size: int = 1000, max_batches: int = MAX_BATCHES_PER_RUN
+) -> DrainResult:
     """Move buffered access-log entries into ``access_logs``, ``batch_size`` per transaction."""
     result = DrainResult()
     lock = client.lock(DRAIN_LOCK, timeout=LOCK_SECONDS, blocking=False)
@@ -163,14 +167,20 @@ def access_statistics(session: Session, day: dt.date, zone: ZoneInfo) -> dict[st
     log_ = models.AccessLog
     principal = func.coalesce(log_.principal, ANONYMOUS)
     groups = session.execute(
-        select(log_.path, principal, log_.status, func.count(), func.avg(log_.duration_ms),
-               func.max(log_.duration_ms))
+        select(log_.path, principal, log_.status, func.count(), func.avg(log_.duration_ms), func.max(log_.duration_ms))
         .where(log_.ts >= start, log_.ts < end)
         .group_by(log_.path, principal, log_.status)
     ).all()
     rows = [
-        {"day": day, "path": path, "principal": who, "status": status, "requests": count,
-         "avg_ms": round(float(avg), 3), "max_ms": float(peak)}
+        {
+            "day": day,
+            "path": path,
+            "principal": who,
+            "status": status,
+            "requests": count,
+            "avg_ms": round(float(avg), 3),
+            "max_ms": float(peak),
+        }
         for path, who, status, count, avg, peak in groups
     ]
     for i in range(0, len(rows), 1000):
@@ -178,8 +188,9 @@ def access_statistics(session: Session, day: dt.date, zone: ZoneInfo) -> dict[st
     return {"date": day.isoformat(), "groups": len(rows), "requests": sum(r["requests"] for r in rows)}
 
 
-def cleanup_old_records(session: Session, days: int, batch_size: int = 1000,
-                        now: dt.datetime | None = None) -> dict[str, Any]:
+def cleanup_old_records(
+    session: Session, days: int, batch_size: int = 1000, now: dt.datetime | None = None
+) -> dict[str, Any]:
     """Delete access-log rows older than ``days`` days, in committed batches."""
     cutoff = cutoff_days(days, now)
     deleted = delete_in_batches(session, models.AccessLog, models.AccessLog.ts < cutoff, batch_size=batch_size)

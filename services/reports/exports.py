@@ -55,8 +55,21 @@ def _day_start(day: dt.date, zone: ZoneInfo) -> dt.datetime:
 def _bills(f: Mapping[str, Any], zone: ZoneInfo) -> Select[*tuple[Any, ...]]:
     b = models.Bill
     stmt = (
-        select(b.id, b.store_id, models.Store.code, b.tenant_id, models.Tenant.name, b.period, b.kind, b.amount,
-               b.issued_on, b.due_date, b.status, b.overdue_since, b.paid_at)
+        select(
+            b.id,
+            b.store_id,
+            models.Store.code,
+            b.tenant_id,
+            models.Tenant.name,
+            b.period,
+            b.kind,
+            b.amount,
+            b.issued_on,
+            b.due_date,
+            b.status,
+            b.overdue_since,
+            b.paid_at,
+        )
         .join(models.Store, models.Store.id == b.store_id)
         .join(models.Tenant, models.Tenant.id == b.tenant_id)
         .order_by(b.id)
@@ -92,8 +105,9 @@ def _payments(f: Mapping[str, Any], zone: ZoneInfo) -> Select[*tuple[Any, ...]]:
 def _revenue(f: Mapping[str, Any], zone: ZoneInfo) -> Select[*tuple[Any, ...]]:
     r = models.MonthlyRevenue
     stmt = (
-        select(r.period, r.store_id, models.Store.code, models.Store.name, r.category, r.amount, r.payments,
-               r.computed_at)
+        select(
+            r.period, r.store_id, models.Store.code, models.Store.name, r.category, r.amount, r.payments, r.computed_at
+        )
         .join(models.Store, models.Store.id == r.store_id)
         .order_by(r.period, r.store_id)
     )
@@ -135,18 +149,43 @@ def _sales(f: Mapping[str, Any], zone: ZoneInfo) -> Select[*tuple[Any, ...]]:
 
 
 _QUERIES: dict[str, Callable[[Mapping[str, Any], ZoneInfo], Select[*tuple[Any, ...]]]] = {
-    "bills": _bills, "payments": _payments, "revenue": _revenue, "stores": _stores, "sales": _sales,
+    "bills": _bills,
+    "payments": _payments,
+    "revenue": _revenue,
+    "stores": _stores,
+    "sales": _sales,
 }
 _DATES = frozenset({"date_from", "date_to", "store_id"})
 DATASETS: dict[str, Dataset] = {
-    "bills": Dataset("bills", (
-        "id", "store_id", "store_code", "tenant_id", "tenant_name", "period", "kind", "amount", "issued_on",
-        "due_date", "status", "overdue_since_utc", "paid_at_utc"), _DATES | {"status"}),
-    "payments": Dataset("payments", (
-        "id", "bill_id", "store_id", "store_code", "bill_period", "amount", "method", "paid_at_utc"), _DATES),
-    "revenue": Dataset("revenue", (
-        "period", "store_id", "store_code", "store_name", "category", "amount", "payments", "computed_at_utc"),
-        _DATES),
+    "bills": Dataset(
+        "bills",
+        (
+            "id",
+            "store_id",
+            "store_code",
+            "tenant_id",
+            "tenant_name",
+            "period",
+            "kind",
+            "amount",
+            "issued_on",
+            "due_date",
+            "status",
+            "overdue_since_utc",
+            "paid_at_utc",
+        ),
+        _DATES | {"status"},
+    ),
+    "payments": Dataset(
+        "payments",
+        ("id", "bill_id", "store_id", "store_code", "bill_period", "amount", "method", "paid_at_utc"),
+        _DATES,
+    ),
+    "revenue": Dataset(
+        "revenue",
+        ("period", "store_id", "store_code", "store_name", "category", "amount", "payments", "computed_at_utc"),
+        _DATES,
+    ),
     "stores": Dataset("stores", ("id", "code", "name", "category", "floor", "area_sqm", "opened_on"), _DATES),
     "sales": Dataset("sales", ("id", "store_id", "store_code", "day", "amount", "transactions"), _DATES),
 }
@@ -187,8 +226,9 @@ def _xlsx_cell(sheet: Any, value: Any) -> Any:
 
 
 @contextlib.contextmanager
-def stream_rows(session: Session, dataset: Dataset, filters: Mapping[str, Any], zone: ZoneInfo
-                ) -> Iterator[tuple[int, Iterator[Sequence[Sequence[Any]]]]]:
+def stream_rows(
+    session: Session, dataset: Dataset, filters: Mapping[str, Any], zone: ZoneInfo
+) -> Iterator[tuple[int, Iterator[Sequence[Sequence[Any]]]]]:
     """The number of rows, and the rows in batches of :data:`BATCH` read with a server-side cursor.
 
     The cursor is closed however the caller leaves, so an interrupted export (a soft time limit raised
@@ -219,8 +259,9 @@ def write_file(
         return _write(path, dataset, fmt, total, batches, progress)
 
 
-def _write(path: Path, dataset: Dataset, fmt: str, total: int, batches: Iterator[Sequence[Sequence[Any]]],
-           progress: Progress) -> int:
+def _write(
+    path: Path, dataset: Dataset, fmt: str, total: int, batches: Iterator[Sequence[Sequence[Any]]], progress: Progress
+) -> int:
     written = 0
     if fmt == "csv":
         with atomic_write(path) as handle:
@@ -254,8 +295,14 @@ def file_name(dataset: str, fmt: str, task_id: str) -> str:
 
 def summary(row: models.Export) -> dict[str, Any]:
     return {
-        "task_id": row.task_id, "dataset": row.dataset, "format": row.format, "status": row.status,
-        "file_name": row.file_name, "rows": row.rows, "size_bytes": row.size_bytes, "sha256": row.sha256,
+        "task_id": row.task_id,
+        "dataset": row.dataset,
+        "format": row.format,
+        "status": row.status,
+        "file_name": row.file_name,
+        "rows": row.rows,
+        "size_bytes": row.size_bytes,
+        "sha256": row.sha256,
         "expires_at": row.expires_at.isoformat() if row.expires_at else None,
     }
 
@@ -264,18 +311,41 @@ def _json_filters(filters: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in filters.items() if v is not None}
 
 
-def start(session: Session, *, task_id: str, owner: str | None, dataset: str, fmt: str,
-          filters: Mapping[str, Any], exports_dir: Path) -> dict[str, Any] | None:
+def start(
+    session: Session,
+    *,
+    task_id: str,
+    owner: str | None,
+    dataset: str,
+    fmt: str,
+    filters: Mapping[str, Any],
+    exports_dir: Path,
+) -> dict[str, Any] | None:
     """Record the export as running; if this task id already finished it, return that export instead."""
     row = session.scalar(select(models.Export).where(models.Export.task_id == task_id))
     if row is not None and row.status == "done" and row.file_name and (exports_dir / row.file_name).exists():
         return summary(row)
-    insert_ignoring(session, models.Export, [{
-        "task_id": task_id, "owner": owner, "dataset": dataset, "format": fmt, "filters": _json_filters(filters),
-        "status": "running", "created_at": models.utcnow(),
-    }], keys=["task_id"])
-    session.execute(update(models.Export).where(models.Export.task_id == task_id).values(
-        status="running", file_name=None, rows=None, size_bytes=None, sha256=None, expires_at=None))
+    insert_ignoring(
+        session,
+        models.Export,
+        [
+            {
+                "task_id": task_id,
+                "owner": owner,
+                "dataset": dataset,
+                "format": fmt,
+                "filters": _json_filters(filters),
+                "status": "running",
+                "created_at": models.utcnow(),
+            }
+        ],
+        keys=["task_id"],
+    )
+    session.execute(
+        update(models.Export)
+        .where(models.Export.task_id == task_id)
+        .values(status="running", file_name=None, rows=None, size_bytes=None, sha256=None, expires_at=None)
+    )
     return None
 
 
@@ -293,8 +363,9 @@ def run_export(
     spec = get_dataset(dataset, filters)
     exports_dir = settings.exports_dir
     with session_scope(settings) as session:
-        done = start(session, task_id=task_id, owner=owner, dataset=dataset, fmt=fmt, filters=filters,
-                     exports_dir=exports_dir)
+        done = start(
+            session, task_id=task_id, owner=owner, dataset=dataset, fmt=fmt, filters=filters, exports_dir=exports_dir
+        )
     if done is not None:
         log.info("export %s already finished; returning it", task_id)
         return done
@@ -309,15 +380,23 @@ def run_export(
             get_engine(settings).dispose()
         try:
             with session_scope(settings) as session:
-                session.execute(update(models.Export).where(models.Export.task_id == task_id)
-                                .values(status="failed"))
+                session.execute(update(models.Export).where(models.Export.task_id == task_id).values(status="failed"))
         except Exception:
             log.exception("could not mark export %s failed", task_id)
         raise
     with session_scope(settings) as session:
-        session.execute(update(models.Export).where(models.Export.task_id == task_id).values(
-            status="done", file_name=name, rows=rows, size_bytes=path.stat().st_size, sha256=sha256_of(path),
-            expires_at=models.utcnow() + dt.timedelta(days=settings.export_ttl_days)))
+        session.execute(
+            update(models.Export)
+            .where(models.Export.task_id == task_id)
+            .values(
+                status="done",
+                file_name=name,
+                rows=rows,
+                size_bytes=path.stat().st_size,
+                sha256=sha256_of(path),
+                expires_at=models.utcnow() + dt.timedelta(days=settings.export_ttl_days),
+            )
+        )
         row = session.scalar(select(models.Export).where(models.Export.task_id == task_id))
         assert row is not None
         return summary(row)

@@ -31,8 +31,17 @@ from shared import models
 CENT = Decimal("0.01")
 TOP_STORES = 10
 CSV_HEADER = (
-    "store_id", "store_code", "store_name", "category", "sales_amount", "sales_transactions",
-    "payments", "payments_amount", "bills_issued", "bills_issued_amount", "overdue_bills_at_end",
+    "store_id",
+    "store_code",
+    "store_name",
+    "category",
+    "sales_amount",
+    "sales_transactions",
+    "payments",
+    "payments_amount",
+    "bills_issued",
+    "bills_issued_amount",
+    "overdue_bills_at_end",
     "overdue_amount_at_end",
 )
 
@@ -61,11 +70,18 @@ class StoreLine:
 
     def csv_row(self, whole_days: bool) -> list[Any]:
         return [
-            self.store_id, self.code, self.name, self.category,
-            self.sales_amount if whole_days else "", self.sales_transactions if whole_days else "",
-            self.payments, self.payments_amount,
-            self.bills_issued if whole_days else "", self.bills_issued_amount if whole_days else "",
-            self.overdue, self.overdue_amount,
+            self.store_id,
+            self.code,
+            self.name,
+            self.category,
+            self.sales_amount if whole_days else "",
+            self.sales_transactions if whole_days else "",
+            self.payments,
+            self.payments_amount,
+            self.bills_issued if whole_days else "",
+            self.bills_issued_amount if whole_days else "",
+            self.overdue,
+            self.overdue_amount,
         ]
 
 
@@ -84,8 +100,9 @@ def compute(session: Session, period: Period) -> ReportContent:
     stores = {
         row.id: StoreLine(row.id, row.code, row.name, row.category)
         for row in session.execute(
-            select(models.Store.id, models.Store.code, models.Store.name, models.Store.category)
-            .order_by(models.Store.id)
+            select(models.Store.id, models.Store.code, models.Store.name, models.Store.category).order_by(
+                models.Store.id
+            )
         )
     }
     data: dict[str, Any] = {"period": period.as_dict(), "currency": "CNY"}
@@ -95,8 +112,9 @@ def compute(session: Session, period: Period) -> ReportContent:
         by_day: dict[dt.date, list[Any]] = defaultdict(lambda: [Decimal("0.00"), 0])
         by_category: dict[str, list[Any]] = defaultdict(lambda: [Decimal("0.00"), 0])
         for store_id, day, amount, transactions in session.execute(
-            select(models.Sale.store_id, models.Sale.day, models.Sale.amount, models.Sale.transactions)
-            .where(models.Sale.day >= period.first_day, models.Sale.day < period.end_day)
+            select(models.Sale.store_id, models.Sale.day, models.Sale.amount, models.Sale.transactions).where(
+                models.Sale.day >= period.first_day, models.Sale.day < period.end_day
+            )
         ):
             value = money(amount)
             line = stores[store_id]
@@ -110,8 +128,9 @@ def compute(session: Session, period: Period) -> ReportContent:
             "amount": str(sum((line.sales_amount for line in stores.values()), Decimal("0.00"))),
             "transactions": sum(line.sales_transactions for line in stores.values()),
             "by_category": {cat: {"amount": str(v[0]), "transactions": v[1]} for cat, v in sorted(by_category.items())},
-            "by_day": [{"day": day.isoformat(), "amount": str(v[0]), "transactions": v[1]}
-                       for day, v in sorted(by_day.items())],
+            "by_day": [
+                {"day": day.isoformat(), "amount": str(v[0]), "transactions": v[1]} for day, v in sorted(by_day.items())
+            ],
         }
     else:
         data["sales"] = None
@@ -133,8 +152,10 @@ def compute(session: Session, period: Period) -> ReportContent:
         pay_by_category[line.category][0] += count
         pay_by_category[line.category][1] += value
     data["payments"] = {
-        **_pair(sum(line.payments for line in stores.values()),
-                sum((line.payments_amount for line in stores.values()), Decimal("0.00"))),
+        **_pair(
+            sum(line.payments for line in stores.values()),
+            sum((line.payments_amount for line in stores.values()), Decimal("0.00")),
+        ),
         "by_method": {m: _pair(v[0], v[1]) for m, v in sorted(by_method.items())},
         "by_category": {c: _pair(v[0], v[1]) for c, v in sorted(pay_by_category.items())},
     }
@@ -148,30 +169,42 @@ def compute(session: Session, period: Period) -> ReportContent:
         ):
             stores[store_id].bills_issued = count
             stores[store_id].bills_issued_amount = money(amount)
-        data["bills_issued"] = _pair(sum(line.bills_issued for line in stores.values()),
-                                     sum((line.bills_issued_amount for line in stores.values()), Decimal("0.00")))
+        data["bills_issued"] = _pair(
+            sum(line.bills_issued for line in stores.values()),
+            sum((line.bills_issued_amount for line in stores.values()), Decimal("0.00")),
+        )
     else:
         data["bills_issued"] = None
 
     # -- overdue at the end of the period -----------------------------------------------------
     for store_id, count, amount in session.execute(
         select(models.Bill.store_id, func.count(), func.sum(models.Bill.amount))
-        .where(models.Bill.due_date < period.end_day,
-               or_(models.Bill.paid_at.is_(None), models.Bill.paid_at >= period.end))
+        .where(
+            models.Bill.due_date < period.end_day, or_(models.Bill.paid_at.is_(None), models.Bill.paid_at >= period.end)
+        )
         .group_by(models.Bill.store_id)
     ):
         stores[store_id].overdue = count
         stores[store_id].overdue_amount = money(amount)
-    data["overdue_at_end"] = _pair(sum(line.overdue for line in stores.values()),
-                                   sum((line.overdue_amount for line in stores.values()), Decimal("0.00")))
+    data["overdue_at_end"] = _pair(
+        sum(line.overdue for line in stores.values()),
+        sum((line.overdue_amount for line in stores.values()), Decimal("0.00")),
+    )
 
     lines = list(stores.values())
+
     def rank(line: StoreLine) -> Decimal:
         return line.sales_amount if period.whole_days else line.payments_amount
 
     data["top_stores"] = [
-        {"store_id": ln.store_id, "code": ln.code, "name": ln.name, "category": ln.category,
-         "sales_amount": str(ln.sales_amount), "payments_amount": str(ln.payments_amount)}
+        {
+            "store_id": ln.store_id,
+            "code": ln.code,
+            "name": ln.name,
+            "category": ln.category,
+            "sales_amount": str(ln.sales_amount),
+            "payments_amount": str(ln.payments_amount),
+        }
         for ln in sorted(lines, key=lambda ln: (-rank(ln), ln.store_id))[:TOP_STORES]
     ]
     data["chart"] = _chart(period, data)
@@ -182,27 +215,41 @@ def _chart(period: Period, data: dict[str, Any]) -> dict[str, Any]:
     """What the HTML page plots: sales per day, sales per category for one day, payments for an hour."""
     if period.kind == "hourly":
         by_cat = data["payments"]["by_category"]
-        return {"title": "Payments received by store category (CNY)",
-                "labels": list(by_cat), "values": [by_cat[c]["amount"] for c in by_cat]}
+        return {
+            "title": "Payments received by store category (CNY)",
+            "labels": list(by_cat),
+            "values": [by_cat[c]["amount"] for c in by_cat],
+        }
     sales = data["sales"]
     if period.kind == "daily":
-        return {"title": "Sales by store category (CNY)",
-                "labels": list(sales["by_category"]),
-                "values": [v["amount"] for v in sales["by_category"].values()]}
-    return {"title": "Sales per day (CNY)",
-            "labels": [d["day"][5:] for d in sales["by_day"]],
-            "values": [d["amount"] for d in sales["by_day"]]}
+        return {
+            "title": "Sales by store category (CNY)",
+            "labels": list(sales["by_category"]),
+            "values": [v["amount"] for v in sales["by_category"].values()],
+        }
+    return {
+        "title": "Sales per day (CNY)",
+        "labels": [d["day"][5:] for d in sales["by_day"]],
+        "values": [d["amount"] for d in sales["by_day"]],
+    }
 
 
 def totals_line(content: ReportContent) -> list[Any]:
     data = content.data
     whole = data["sales"] is not None
     return [
-        "", "TOTAL", "", "",
-        data["sales"]["amount"] if whole else "", data["sales"]["transactions"] if whole else "",
-        data["payments"]["count"], data["payments"]["amount"],
-        data["bills_issued"]["count"] if whole else "", data["bills_issued"]["amount"] if whole else "",
-        data["overdue_at_end"]["count"], data["overdue_at_end"]["amount"],
+        "",
+        "TOTAL",
+        "",
+        "",
+        data["sales"]["amount"] if whole else "",
+        data["sales"]["transactions"] if whole else "",
+        data["payments"]["count"],
+        data["payments"]["amount"],
+        data["bills_issued"]["count"] if whole else "",
+        data["bills_issued"]["amount"] if whole else "",
+        data["overdue_at_end"]["count"],
+        data["overdue_at_end"]["amount"],
     ]
 
 
@@ -220,14 +267,27 @@ def generate(session: Session, period: Period, reports_dir: Path, task_id: str |
     """
     content = compute(session, period)
     csv_name, html_name = file_names(period)
-    rendering.write_csv(reports_dir / csv_name, CSV_HEADER,
-                        [line.csv_row(period.whole_days) for line in content.lines] + [totals_line(content)])
-    rendering.write_html(reports_dir / html_name, title=f"mallops {period.kind} report {period.label}",
-                         data=content.data, header=CSV_HEADER,
-                         rows=[line.csv_row(period.whole_days) for line in content.lines] + [totals_line(content)])
+    rendering.write_csv(
+        reports_dir / csv_name,
+        CSV_HEADER,
+        [line.csv_row(period.whole_days) for line in content.lines] + [totals_line(content)],
+    )
+    rendering.write_html(
+        reports_dir / html_name,
+        title=f"mallops {period.kind} report {period.label}",
+        data=content.data,
+        header=CSV_HEADER,
+        rows=[line.csv_row(period.whole_days) for line in content.lines] + [totals_line(content)],
+    )
     values = {
-        "kind": period.kind, "period_start": period.start, "period_end": period.end, "data": content.data,
-        "csv_path": csv_name, "html_path": html_name, "task_id": task_id, "created_at": models.utcnow(),
+        "kind": period.kind,
+        "period_start": period.start,
+        "period_end": period.end,
+        "data": content.data,
+        "csv_path": csv_name,
+        "html_path": html_name,
+        "task_id": task_id,
+        "created_at": models.utcnow(),
     }
     upsert(session, models.Report, values, keys=("kind", "period_start"))
     report_id = session.scalar(

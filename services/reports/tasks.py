@@ -47,8 +47,13 @@ def export_data(task: MallopsTask, dataset: str, format: str, filters: dict[str,
         task.update_state(state="PROGRESS", meta={"current": current, "total": total})
 
     return exports.run_export(
-        get_settings(), task_id=task.request.id, owner=task.request.get("mallops_owner"), dataset=dataset,
-        fmt=format, filters=filters, progress=progress,
+        get_settings(),
+        task_id=task.request.id,
+        owner=task.request.get("mallops_owner"),
+        dataset=dataset,
+        fmt=format,
+        filters=filters,
+        progress=progress,
     )
 
 

@@ -144,8 +144,11 @@ def require_tool(name: str) -> str:
     found = shutil.which(name)
     if found is None:
         package = TOOL_PACKAGES.get(name)
-        how = (f"apt-get install {package} (./scripts/test does it when run as root)" if package
-               else "pip install -e '.[test]'")
+        how = (
+            f"apt-get install {package} (./scripts/test does it when run as root)"
+            if package
+            else "pip install -e '.[test]'"
+        )
         pytest.fail(f"{name} is not installed: {how}")
     return found
 

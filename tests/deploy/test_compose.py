@@ -67,7 +67,10 @@ def default(field: str) -> Any:
 def check_compose_schema(*paths: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [require_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", *map(str, paths)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -243,8 +246,10 @@ def test_workers_scale(compose: Interpolated) -> None:
 
 
 def test_data_lives_in_named_volumes(compose: Interpolated) -> None:
-    mounts = {name: {str(v).split(":")[1] for v in svc.get("volumes", []) if not str(v).startswith(".")}
-              for name, svc in compose.services.items()}
+    mounts = {
+        name: {str(v).split(":")[1] for v in svc.get("volumes", []) if not str(v).startswith(".")}
+        for name, svc in compose.services.items()
+    }
     assert "/data" in mounts["redis"]
     assert "/var/lib/postgresql/data" in mounts["postgres"]
     assert "/prometheus" in mounts["prometheus"]
@@ -273,8 +278,12 @@ def test_http_services_listen_where_probes_prometheus_and_ports_expect(compose: 
     for service, port in ports.items():
         assert container_ports(compose.services[service]) == {port}, service
 
-    scraped = {target for job in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]
-               for static in job["static_configs"] for target in static["targets"]}
+    scraped = {
+        target
+        for job in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
     assert {f"{service}:{port}" for service, port in ports.items()} <= scraped
     for target in scraped - {f"{service}:{port}" for service, port in ports.items()}:
         assert target == "127.0.0.1:9090", f"unexpected scrape target {target}"
@@ -288,8 +297,12 @@ def test_prometheus_reads_the_mounted_files(compose: Interpolated) -> None:
     assert "--config.file=/etc/prometheus/prometheus.yml" in compose.services["prometheus"]["command"]
     for rule_file in config["rule_files"]:
         assert (PROMETHEUS_CONFIG.parent / rule_file).is_file(), rule_file
-    alertmanagers = [target for am in config["alerting"]["alertmanagers"]
-                     for static in am["static_configs"] for target in static["targets"]]
+    alertmanagers = [
+        target
+        for am in config["alerting"]["alertmanagers"]
+        for static in am["static_configs"]
+        for target in static["targets"]
+    ]
     assert alertmanagers == [f"alertmanager:{next(iter(container_ports(compose.services['alertmanager'])))}"]
 
 

@@ -25,8 +25,15 @@ from tests.plugins.smtp import SMTPServer
 
 pytestmark = pytest.mark.integration
 
-LONG_RUNNING = ("gateway", "finance-worker", "reports-worker", "notifier-worker", "maintenance-worker", "beat",
-                "monitor")
+LONG_RUNNING = (
+    "gateway",
+    "finance-worker",
+    "reports-worker",
+    "notifier-worker",
+    "maintenance-worker",
+    "beat",
+    "monitor",
+)
 
 
 @pytest.fixture
@@ -63,15 +70,27 @@ def test_compose_commands_start_and_their_healthchecks_pass(
 ) -> None:
     compose, local = compose_env
     migrate = compose.services["migrate"]
-    done = subprocess.run(migrate["command"], env=service_env(compose, "migrate", local), cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        migrate["command"],
+        env=service_env(compose, "migrate", local),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
     processes: dict[str, Process] = {}
     try:
         for name in LONG_RUNNING:
-            processes[name] = spawn(name, compose.services[name]["command"], service_env(compose, name, local),
-                                    tmp_path / "logs", cwd=tmp_path)
+            processes[name] = spawn(
+                name,
+                compose.services[name]["command"],
+                service_env(compose, name, local),
+                tmp_path / "logs",
+                cwd=tmp_path,
+            )
         for name in LONG_RUNNING:
             check = compose.services[name]["healthcheck"]["test"]
             assert check[0] == "CMD"
@@ -80,8 +99,15 @@ def test_compose_commands_start_and_their_healthchecks_pass(
             def healthy(name: str = name, check: list[str] = check, process: Process = process) -> bool:
                 if not process.alive():
                     pytest.fail(f"{name} exited with {process.popen.returncode}:\n{process.log()[-3000:]}")
-                probe = subprocess.run(check[1:], env=service_env(compose, name, local), cwd=tmp_path,
-                                       capture_output=True, text=True, timeout=30, check=False)
+                probe = subprocess.run(
+                    check[1:],
+                    env=service_env(compose, name, local),
+                    cwd=tmp_path,
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                    check=False,
+                )
                 return probe.returncode == 0
 
             wait_until(healthy, timeout=120, interval=0.5, message=f"{name}'s healthcheck {check[1:]}")

@@ -25,7 +25,10 @@ CMD mallops serve gateway
 def hadolint(path: Path) -> list[dict[str, Any]]:
     done = subprocess.run(
         [require_tool("hadolint"), "--config", str(ROOT / ".hadolint.yaml"), "--format", "json", str(path)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     findings: list[dict[str, Any]] = json.loads(done.stdout or "[]")
     assert (done.returncode == 0) == (not findings), done.stdout + done.stderr

@@ -39,8 +39,9 @@ def test_promtool_accepts_the_rules() -> None:
 def test_alerts_fire_as_their_unit_tests_say() -> None:
     done = run(require_tool("promtool"), "test", "rules", str(ALERT_TESTS))
     assert done.returncode == 0, done.stdout + done.stderr
-    tested = {line.split("alertname:", 1)[1].strip() for line in ALERT_TESTS.read_text().splitlines()
-              if "alertname:" in line}
+    tested = {
+        line.split("alertname:", 1)[1].strip() for line in ALERT_TESTS.read_text().splitlines() if "alertname:" in line
+    }
     assert tested >= REQUIRED_ALERTS
 
 
@@ -72,10 +73,21 @@ def test_dashboards_cover_the_platform() -> None:
             assert all(target["expr"].strip() for target in panel["targets"]), panel["title"]
 
     overview = " ".join(t["expr"] for p in panels(dashboards["mallops-overview.json"]) for t in p["targets"])
-    for metric in ("celery_task_succeeded_total", "celery_task_failed_total", "celery_task_sent_total",
-                   "celery_task_runtime_bucket", "celery_task_queue_wait_time_bucket", "celery_queue_length",
-                   "celery_worker_up", "celery_active_worker_count", "mallops_monitor_event_lag_seconds",
-                   "mallops_gateway_requests_total", "by (exception)", "by (queue_name)", "by (name)"):
+    for metric in (
+        "celery_task_succeeded_total",
+        "celery_task_failed_total",
+        "celery_task_sent_total",
+        "celery_task_runtime_bucket",
+        "celery_task_queue_wait_time_bucket",
+        "celery_queue_length",
+        "celery_worker_up",
+        "celery_active_worker_count",
+        "mallops_monitor_event_lag_seconds",
+        "mallops_gateway_requests_total",
+        "by (exception)",
+        "by (queue_name)",
+        "by (name)",
+    ):
         assert metric in overview, f"the overview does not show {metric}"
 
     drill_down = dashboards["mallops-task.json"]

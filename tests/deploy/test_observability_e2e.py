@@ -83,8 +83,13 @@ def start_prometheus(config: dict[str, Any], port: int, workdir: Path) -> Promet
     workdir.mkdir(parents=True, exist_ok=True)
     config_file = workdir / "prometheus.yml"
     config_file.write_text(yaml.safe_dump(config))
-    argv = [require_tool("prometheus"), f"--config.file={config_file}", f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
+    argv = [
+        require_tool("prometheus"),
+        f"--config.file={config_file}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
     process = spawn("prometheus", argv, {}, workdir)
     prometheus = Prometheus(f"http://127.0.0.1:{port}", process)
     wait_http_ready(process, f"{prometheus.url}/-/ready", timeout=30)
@@ -93,8 +98,9 @@ def start_prometheus(config: dict[str, Any], port: int, workdir: Path) -> Promet
 
 def start_gateway(env: dict[str, str], log_dir: Path) -> tuple[Process, str]:
     port = free_port()
-    process = spawn("gateway", service_argv("gateway", f"--port={port}"),
-                    env | {"MALLOPS_TASK_MAX_PER_USER": "1000"}, log_dir)
+    process = spawn(
+        "gateway", service_argv("gateway", f"--port={port}"), env | {"MALLOPS_TASK_MAX_PER_USER": "1000"}, log_dir
+    )
     url = f"http://127.0.0.1:{port}"
     wait_http_ready(process, f"{url}/readyz")
     return process, url
@@ -111,8 +117,10 @@ def platform(monitor_stack: MonitorStack, migrated: Settings, tmp_path: Path) ->
         token = create_token(session, f"deploy-e2e-{uuid.uuid4().hex[:8]}", "admin")
     port = free_port()
     prometheus = start_prometheus(
-        prometheus_config(f"127.0.0.1:{stack.port}", gateway_url.removeprefix("http://"), port), port,
-        tmp_path / "prometheus")
+        prometheus_config(f"127.0.0.1:{stack.port}", gateway_url.removeprefix("http://"), port),
+        port,
+        tmp_path / "prometheus",
+    )
     try:
         yield Platform(stack, gateway_url, token, prometheus)
     finally:
@@ -122,13 +130,19 @@ def platform(monitor_stack: MonitorStack, migrated: Settings, tmp_path: Path) ->
 def run_batch(platform: Platform, finished_before: int) -> int:
     """Submit BATCH through the gateway; wait until Prometheus has scraped all of it from the gateway and
     the monitor, so that every counter has a sample between two batches (rate() needs the increase)."""
-    response = httpx.post(f"{platform.gateway_url}/api/v1/tasks/batch", json={"tasks": BATCH}, timeout=30,
-                          headers={"Authorization": f"Bearer {platform.token}"})
+    response = httpx.post(
+        f"{platform.gateway_url}/api/v1/tasks/batch",
+        json={"tasks": BATCH},
+        timeout=30,
+        headers={"Authorization": f"Bearer {platform.token}"},
+    )
     assert response.status_code == 202, response.text
     expected = finished_before + len(BATCH)
-    for expr, what in (("sum(mallops_gateway_tasks_submitted_total)", "submitted tasks from the gateway"),
-                       ("sum(celery_task_succeeded_total) + sum(celery_task_failed_total)",
-                        "finished tasks from the monitor")):
+    for expr, what in (
+        ("sum(mallops_gateway_tasks_submitted_total)", "submitted tasks from the gateway"),
+        ("sum(celery_task_succeeded_total) + sum(celery_task_failed_total)", "finished tasks from the monitor"),
+    ):
+
         def scraped(expr: str = expr) -> bool:
             return platform.prometheus.scalar(expr) == expected
 
@@ -138,8 +152,12 @@ def run_batch(platform: Platform, finished_before: int) -> int:
 
 def substitute(expr: str) -> str:
     """Grafana's template variables, as the dashboards would get them."""
-    return (expr.replace("$__rate_interval", RATE_INTERVAL).replace("$__range", RANGE)
-            .replace("$__interval", "1s").replace("$task", TEST_TASK))
+    return (
+        expr.replace("$__rate_interval", RATE_INTERVAL)
+        .replace("$__range", RANGE)
+        .replace("$__interval", "1s")
+        .replace("$task", TEST_TASK)
+    )
 
 
 def legend_labels(legend: str) -> set[str]:
@@ -154,14 +172,18 @@ def test_every_panel_and_alert_rule_evaluates_with_data(platform: Platform) -> N
     # the scrape targets of the real config answer
     targets = httpx.get(f"{prometheus.url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
     assert {t["labels"]["job"]: t["health"] for t in targets} == {
-        "mallops-monitor": "up", "mallops-gateway": "up", "prometheus": "up"}
+        "mallops-monitor": "up",
+        "mallops-gateway": "up",
+        "prometheus": "up",
+    }
 
     # the drill-down's variable offers the task we ran
     variable = next(v for v in load_dashboards()["mallops-task.json"]["templating"]["list"] if v["name"] == "task")
     metric = re.fullmatch(r"label_values\((\w+), name\)", variable["query"]["query"])
     assert metric is not None
-    names = httpx.get(f"{prometheus.url}/api/v1/label/name/values", params={"match[]": metric[1]},
-                      timeout=10).json()["data"]
+    names = httpx.get(f"{prometheus.url}/api/v1/label/name/values", params={"match[]": metric[1]}, timeout=10).json()[
+        "data"
+    ]
     assert TEST_TASK in names
 
     problems = []

@@ -27,8 +27,11 @@ pytestmark = pytest.mark.integration
 
 
 def test_http_export_and_its_access_log(
-    demo_db: Settings, service_env: dict[str, str], running_worker: Callable[[str], Process],
-    submit_task: Submit, tmp_path: Path,
+    demo_db: Settings,
+    service_env: dict[str, str],
+    running_worker: Callable[[str], Process],
+    submit_task: Submit,
+    tmp_path: Path,
 ) -> None:
     running_worker("reports")
     name = f"reporter-{uuid.uuid4().hex[:8]}"
@@ -38,10 +41,17 @@ def test_http_export_and_its_access_log(
     gateway = spawn("gateway", service_argv("gateway", "--port", str(port)), service_env, tmp_path)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-            wait_until(lambda: http.get("/healthz").status_code == 200, timeout=60, interval=0.2,
-                       message=f"the gateway on port {port}")
-            accepted = http.post("/api/v1/tasks", headers={"Authorization": f"Bearer {secret}"},
-                                 json={"task_name": "export_data", "kwargs": {"dataset": "stores", "format": "csv"}})
+            wait_until(
+                lambda: http.get("/healthz").status_code == 200,
+                timeout=60,
+                interval=0.2,
+                message=f"the gateway on port {port}",
+            )
+            accepted = http.post(
+                "/api/v1/tasks",
+                headers={"Authorization": f"Bearer {secret}"},
+                json={"task_name": "export_data", "kwargs": {"dataset": "stores", "format": "csv"}},
+            )
             assert accepted.status_code == 202, accepted.text
             task_id = accepted.json()["task_id"]
             refused = http.get("/api/v1/catalog")
@@ -62,8 +72,12 @@ def test_http_export_and_its_access_log(
             def drained() -> dict[str, models.AccessLog] | None:
                 submit_task("process_access_logs").get(timeout=60)
                 with session_scope(demo_db) as session:
-                    rows = {r.request_id: r for r in session.scalars(
-                        select(models.AccessLog).where(models.AccessLog.request_id.in_(list(request_ids))))}
+                    rows = {
+                        r.request_id: r
+                        for r in session.scalars(
+                            select(models.AccessLog).where(models.AccessLog.request_id.in_(list(request_ids)))
+                        )
+                    }
                 return rows if len(rows) == len(request_ids) else None
 
             rows = wait_until(drained, timeout=60, interval=0.5, message="the access log in the database")

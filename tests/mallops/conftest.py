@@ -57,8 +57,14 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
 
 def run_mallops(*args: str, env: Mapping[str, str], cwd: Path = ROOT, timeout: float = 120) -> CliResult:
     """The CLI as a real process (``python -m mallops``)."""
-    done = subprocess.run([sys.executable, "-m", "mallops", *args], env=dict(env), cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-m", "mallops", *args],
+        env=dict(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return CliResult(done.returncode, done.stdout, done.stderr)
 
 
@@ -85,8 +91,9 @@ class LiveGateway:
 
 
 @pytest.fixture(scope="session")
-def live_gateway(service_env: dict[str, str], migrated: Settings, tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[LiveGateway]:
+def live_gateway(
+    service_env: dict[str, str], migrated: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveGateway]:
     """``mallops serve gateway`` as a process on a free port, on this run's Redis and database, with an
     admin and a user token."""
     from shared.db import session_scope

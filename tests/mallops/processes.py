@@ -15,7 +15,7 @@ def _stat(pid: int) -> tuple[int, int] | None:
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # the command name is in parentheses and may hold spaces: split after the last ')'
-    fields = raw[raw.rindex(")") + 2:].split()
+    fields = raw[raw.rindex(")") + 2 :].split()
     if fields[0] == "Z":
         return None
     return int(fields[1]), int(fields[19])

@@ -73,8 +73,9 @@ def test_bad_input_is_exit_2_before_anything_is_sent(
         (("tasks", "explode"), "No such command 'explode'"),
     ],
 )
-def test_usage_errors_are_exit_2_with_one_line(cli: CliRunner, no_gateway: str, args: tuple[str, ...],
-                                               message: str) -> None:
+def test_usage_errors_are_exit_2_with_one_line(
+    cli: CliRunner, no_gateway: str, args: tuple[str, ...], message: str
+) -> None:
     result = cli(*args)
     assert result.code == 2, result
     assert len(result.err_lines) == 1, result.err
@@ -98,6 +99,21 @@ def test_the_console_script_keeps_the_contract_in_a_real_process(no_gateway: str
 def test_help_lists_every_operator_command(cli: CliRunner) -> None:
     result = cli("--help")
     assert result.code == 0
-    for command in ("tasks", "workers", "queues", "stats", "history", "ping", "catalog", "schedules", "doctor",
-                    "dev", "mail", "probe", "serve", "migrate", "demo-data"):
+    for command in (
+        "tasks",
+        "workers",
+        "queues",
+        "stats",
+        "history",
+        "ping",
+        "catalog",
+        "schedules",
+        "doctor",
+        "dev",
+        "mail",
+        "probe",
+        "serve",
+        "migrate",
+        "demo-data",
+    ):
         assert command in result.out

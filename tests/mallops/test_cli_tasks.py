@@ -63,8 +63,9 @@ def test_a_failed_task_is_exit_1_and_retry_resubmits_it(cli: CliRunner, gateway_
     assert failed.code == 1, failed
     body = json.loads(failed.out)
     assert body["status"] == "FAILURE"
-    assert failed.err_lines[-1] == (f"mallops: task {body['task_id']} (test_task) FAILURE: RequestedFailure: "
-                                    "test_task failed on request: test")
+    assert failed.err_lines[-1] == (
+        f"mallops: task {body['task_id']} (test_task) FAILURE: RequestedFailure: test_task failed on request: test"
+    )
     status = cli("tasks", "status", body["task_id"])
     assert status.code == 0
     assert re.search(r"^status\s+FAILURE$", status.out, re.M)
@@ -114,8 +115,9 @@ def test_an_unknown_task_is_exit_2(cli: CliRunner, gateway_env: LiveGateway) -> 
     assert len(unknown_id.err_lines) == 1
 
 
-def test_arguments_that_do_not_fit_the_schema_are_exit_2_with_the_field(cli: CliRunner,
-                                                                        gateway_env: LiveGateway) -> None:
+def test_arguments_that_do_not_fit_the_schema_are_exit_2_with_the_field(
+    cli: CliRunner, gateway_env: LiveGateway
+) -> None:
     result = cli("tasks", "send", "long_running_task", "--kwargs", '{"steps": 0, "colour": "red"}')
     assert result.code == 2
     assert len(result.err_lines) == 1
@@ -127,12 +129,14 @@ def test_arguments_that_do_not_fit_the_schema_are_exit_2_with_the_field(cli: Cli
 def test_a_bad_token_is_exit_3(cli: CliRunner, gateway_env: LiveGateway, args: tuple[str, ...]) -> None:
     result = cli(*args, env={"MALLOPS_TOKEN": "mlp_not_a_real_token_000000000000"})
     assert result.code == 3
-    assert result.err_lines == [f"mallops: not authorised by {gateway_env.url}: the API token is unknown or "
-                                "has been revoked"]
+    assert result.err_lines == [
+        f"mallops: not authorised by {gateway_env.url}: the API token is unknown or has been revoked"
+    ]
 
 
-def test_no_token_says_how_to_give_one(cli: CliRunner, gateway_env: LiveGateway,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_token_says_how_to_give_one(
+    cli: CliRunner, gateway_env: LiveGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("MALLOPS_TOKEN")
     result = cli("tasks", "list")
     assert result.code == 3

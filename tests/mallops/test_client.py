@@ -79,6 +79,8 @@ def test_errors_carry_what_the_gateway_said(mallops: Client, live_gateway: LiveG
     assert any(error["loc"][-1] == "steps" for error in invalid.value.errors)
     with pytest.raises(Unauthorized), Client(live_gateway.url, "mlp_wrong_token_00000000000000000") as bad:
         bad.list_tasks()
-    with pytest.raises(Unreachable, match="cannot reach the gateway"), \
-            Client(f"http://127.0.0.1:{free_port()}", "t") as nowhere:
+    with (
+        pytest.raises(Unreachable, match="cannot reach the gateway"),
+        Client(f"http://127.0.0.1:{free_port()}", "t") as nowhere,
+    ):
         nowhere.get("x")

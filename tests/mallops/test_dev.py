@@ -33,8 +33,14 @@ def test_dev_runs_exactly_the_service_commands_of_shared_services(tmp_path: Path
 
 
 def test_dev_points_every_child_at_its_smtp_catcher_and_ports(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, smtp_port=2525, gateway_port=18080, monitor_port=19090,
-                        smtp_host="mail.example.com", redis_url="redis://127.0.0.1:7777")
+    settings = Settings(
+        data_dir=tmp_path,
+        smtp_port=2525,
+        gateway_port=18080,
+        monitor_port=19090,
+        smtp_host="mail.example.com",
+        redis_url="redis://127.0.0.1:7777",
+    )
     plan = make_plan(settings, {"MALLOPS_REDIS_URL": "redis://127.0.0.1:7777"})
     assert plan.env["MALLOPS_SMTP_HOST"] == "127.0.0.1"
     assert plan.env["MALLOPS_SMTP_PORT"] == "2525"
@@ -69,31 +75,39 @@ def test_a_port_in_use_stops_dev_before_it_starts_anything(cli: CliRunner, tmp_p
         port = busy.getsockname()[1]
         result = cli("dev", env={"MALLOPS_DATA_DIR": str(tmp_path), "MALLOPS_GATEWAY_PORT": str(port)})
     assert result.code == 2
-    assert result.err_lines == [f"mallops: port {port} (MALLOPS_GATEWAY_PORT) is already in use; "
-                                "set MALLOPS_GATEWAY_PORT to a free port"]
+    assert result.err_lines == [
+        f"mallops: port {port} (MALLOPS_GATEWAY_PORT) is already in use; set MALLOPS_GATEWAY_PORT to a free port"
+    ]
 
 
 @pytest.mark.usefixtures("clean_env")
 def test_without_redis_server_dev_says_how_to_install_it(cli: CliRunner, tmp_path: Path) -> None:
-    ports = {"MALLOPS_GATEWAY_PORT": str(free_port()), "MALLOPS_MONITOR_PORT": str(free_port()),
-             "MALLOPS_SMTP_PORT": str(free_port())}
+    ports = {
+        "MALLOPS_GATEWAY_PORT": str(free_port()),
+        "MALLOPS_MONITOR_PORT": str(free_port()),
+        "MALLOPS_SMTP_PORT": str(free_port()),
+    }
     result = cli("dev", env={"MALLOPS_DATA_DIR": str(tmp_path), "PATH": str(tmp_path), **ports})
     assert result.code == 2
-    assert result.err_lines == ["mallops: redis-server is not installed: install it with `apt-get install "
-                                "redis-server` (Debian/Ubuntu) or `brew install redis` (macOS), or set "
-                                "MALLOPS_REDIS_URL to a Redis you have"]
+    assert result.err_lines == [
+        "mallops: redis-server is not installed: install it with `apt-get install "
+        "redis-server` (Debian/Ubuntu) or `brew install redis` (macOS), or set "
+        "MALLOPS_REDIS_URL to a Redis you have"
+    ]
 
 
 def dev_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOPS_")}
-    env.update({
-        "MALLOPS_DATA_DIR": str(tmp_path / "data"),
-        "MALLOPS_GATEWAY_PORT": str(free_port()),
-        "MALLOPS_MONITOR_PORT": str(free_port()),
-        "MALLOPS_SMTP_PORT": str(free_port()),
-        "MALLOPS_LOG_LEVEL": "INFO",
-        "PYTHONPATH": str(ROOT),
-    })
+    env.update(
+        {
+            "MALLOPS_DATA_DIR": str(tmp_path / "data"),
+            "MALLOPS_GATEWAY_PORT": str(free_port()),
+            "MALLOPS_MONITOR_PORT": str(free_port()),
+            "MALLOPS_SMTP_PORT": str(free_port()),
+            "MALLOPS_LOG_LEVEL": "INFO",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
     return env
 
 
@@ -101,10 +115,17 @@ def dev_env(tmp_path: Path) -> dict[str, str]:
 def test_a_child_that_dies_stops_the_whole_stack_with_exit_1_and_no_orphans(tmp_path: Path) -> None:
     log_path = tmp_path / "dev.log"
     with log_path.open("wb") as log:
-        dev = subprocess.Popen([sys.executable, "-m", "mallops", "dev", "--no-demo-data"], env=dev_env(tmp_path),
-                               cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        dev = subprocess.Popen(
+            [sys.executable, "-m", "mallops", "dev", "--no-demo-data"],
+            env=dev_env(tmp_path),
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     seen: set[ProcId] = set()
     try:
+
         def mail_pid() -> int | None:
             seen.update(descendants(dev.pid))
             assert dev.poll() is None, log_path.read_text()

@@ -29,8 +29,12 @@ def test_the_redbeat_lock_token_tells_where_and_since_when() -> None:
 
 @pytest.mark.integration
 def test_doctor_says_what_is_wrong_and_what_is_fine(
-    cli: CliRunner, no_gateway: str, migrated: Settings, redis_server: RedisServer,
-    running_worker: Callable[[str], Process], monkeypatch: pytest.MonkeyPatch,
+    cli: CliRunner,
+    no_gateway: str,
+    migrated: Settings,
+    redis_server: RedisServer,
+    running_worker: Callable[[str], Process],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     running_worker("maintenance")
     monkeypatch.setenv("MALLOPS_MONITOR_PORT", str(free_port()))
@@ -64,8 +68,9 @@ def test_doctor_says_what_is_wrong_and_what_is_fine(
 
 
 @pytest.mark.integration
-def test_doctor_reports_redis_down_without_a_traceback(cli: CliRunner, no_gateway: str, migrated: Settings,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_doctor_reports_redis_down_without_a_traceback(
+    cli: CliRunner, no_gateway: str, migrated: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dead = f"redis://127.0.0.1:{free_port()}"
     for name in ("MALLOPS_REDIS_URL", "MALLOPS_BROKER_URL", "MALLOPS_RESULT_BACKEND"):
         monkeypatch.setenv(name, dead)
@@ -82,8 +87,9 @@ def test_doctor_reports_redis_down_without_a_traceback(cli: CliRunner, no_gatewa
 def test_mail_lists_and_shows_the_caught_messages(cli: CliRunner, tmp_path: Path) -> None:
     missing = cli("mail", env={"MALLOPS_DATA_DIR": str(tmp_path / "nowhere")})
     assert missing.code == 2
-    assert missing.err_lines == [f"mallops: no maildir at {(tmp_path / 'nowhere' / 'mail').resolve()}: "
-                                 "start `mallops dev` first"]
+    assert missing.err_lines == [
+        f"mallops: no maildir at {(tmp_path / 'nowhere' / 'mail').resolve()}: start `mallops dev` first"
+    ]
     (tmp_path / "data").mkdir()
     box = mailbox.Maildir(tmp_path / "data" / "mail", create=True)
     message = EmailMessage()

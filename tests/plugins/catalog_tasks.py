@@ -21,8 +21,7 @@ def submit_task(settings: Settings) -> Iterator[Submit]:
     app = create_celery_app("test-client", settings)
     results: list[AsyncResult] = []
 
-    def send(name: str, kwargs: dict[str, Any] | None = None, owner: str | None = None, **options: Any
-             ) -> AsyncResult:
+    def send(name: str, kwargs: dict[str, Any] | None = None, owner: str | None = None, **options: Any) -> AsyncResult:
         spec = CATALOG[name]
         headers = {"mallops_owner": owner} if owner else None
         result = app.send_task(spec.celery_name, kwargs=kwargs or {}, queue=spec.queue, headers=headers, **options)

@@ -51,8 +51,7 @@ class RecordingHandler:
     rcpt_delay: float = 0.0  # seconds to wait before accepting a recipient: a message in flight, not yet taken
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
-                          rcpt_options: list[str]) -> str:
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
         if self.rcpt_delay:
             await asyncio.sleep(self.rcpt_delay)
         envelope.rcpt_tos.append(address)
@@ -74,8 +73,11 @@ class RecordingHandler:
 
 
 def _authenticate(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
-    ok = (isinstance(auth_data, LoginPassword) and auth_data.login == SMTP_USER.encode()
-          and auth_data.password == SMTP_PASSWORD.encode())
+    ok = (
+        isinstance(auth_data, LoginPassword)
+        and auth_data.login == SMTP_USER.encode()
+        and auth_data.password == SMTP_PASSWORD.encode()
+    )
     # handled=False: aiosmtpd answers 535 itself (the default, True, means "already answered")
     return AuthResult(success=ok, handled=False, auth_data=SMTP_USER if ok else None)
 
@@ -92,23 +94,35 @@ class SMTPServer:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(cert, key)
             self.controller = Controller(
-                self.handler, hostname=self.host, port=self.port, authenticator=_authenticate,
-                tls_context=context, require_starttls=True, auth_required=True,
+                self.handler,
+                hostname=self.host,
+                port=self.port,
+                authenticator=_authenticate,
+                tls_context=context,
+                require_starttls=True,
+                auth_required=True,
             )
         else:
             self.controller = Controller(
-                self.handler, hostname=self.host, port=self.port, authenticator=_authenticate,
-                auth_require_tls=False, auth_required=False,
+                self.handler,
+                hostname=self.host,
+                port=self.port,
+                authenticator=_authenticate,
+                auth_require_tls=False,
+                auth_required=False,
             )
 
     @property
     def env(self) -> dict[str, str]:
         """MALLOPS_* settings that point a notifier at this server."""
-        env = {"MALLOPS_SMTP_HOST": self.host, "MALLOPS_SMTP_PORT": str(self.port),
-               "MALLOPS_SMTP_STARTTLS": "false"}
+        env = {"MALLOPS_SMTP_HOST": self.host, "MALLOPS_SMTP_PORT": str(self.port), "MALLOPS_SMTP_STARTTLS": "false"}
         if self.cert is not None:
-            env |= {"MALLOPS_SMTP_STARTTLS": "true", "MALLOPS_SMTP_CA_FILE": str(self.cert),
-                    "MALLOPS_SMTP_USER": SMTP_USER, "MALLOPS_SMTP_PASSWORD": SMTP_PASSWORD}
+            env |= {
+                "MALLOPS_SMTP_STARTTLS": "true",
+                "MALLOPS_SMTP_CA_FILE": str(self.cert),
+                "MALLOPS_SMTP_USER": SMTP_USER,
+                "MALLOPS_SMTP_PASSWORD": SMTP_PASSWORD,
+            }
         return env
 
     def start(self) -> None:
@@ -141,9 +155,11 @@ class SMTPServer:
     def to(self, address: str) -> list[Received]:
         return [m for m in self.messages if address in m.rcpt_tos]
 
-    def wait_for(self, count: int, timeout: float = 60.0,
-                 where: Callable[[Received], bool] | None = None) -> list[Received]:
+    def wait_for(
+        self, count: int, timeout: float = 60.0, where: Callable[[Received], bool] | None = None
+    ) -> list[Received]:
         """Wait until at least ``count`` (matching) messages arrived; return them."""
+
         def enough() -> list[Received] | None:
             found = [m for m in self.messages if where is None or where(m)]
             return found if len(found) >= count else None
@@ -168,9 +184,27 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
         pytest.skip("openssl is not installed: cannot make a certificate for the STARTTLS server")
     cert, key = directory / "smtp-cert.pem", directory / "smtp-key.pem"
     subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     return cert, key
 

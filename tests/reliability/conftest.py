@@ -86,11 +86,15 @@ class FaultResults:
         self.rows.append(outcome)
 
     def markdown(self) -> str:
-        lines = ["| scenario | broker | size | trials | accepted | finished | lost | duplicated | seconds | notes |",
-                 "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+        lines = [
+            "| scenario | broker | size | trials | accepted | finished | lost | duplicated | seconds | notes |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
         for r in self.rows:
-            lines.append(f"| {r.scenario} | {r.broker} | {r.size} | {r.trials} | {r.accepted} | {r.finished} | "
-                         f"{r.lost} | {r.duplicated} | {r.seconds:.0f} | {r.notes} |")
+            lines.append(
+                f"| {r.scenario} | {r.broker} | {r.size} | {r.trials} | {r.accepted} | {r.finished} | "
+                f"{r.lost} | {r.duplicated} | {r.seconds:.0f} | {r.notes} |"
+            )
         return "\n".join(lines) + "\n"
 
 
@@ -144,11 +148,18 @@ class FaultStack:
 
     # processes
 
-    def worker(self, service: str = "maintenance", *extra: str, command: list[str] | None = None,
-               env: dict[str, str] | None = None, hostname: str | None = None) -> Process:
+    def worker(
+        self,
+        service: str = "maintenance",
+        *extra: str,
+        command: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        hostname: str | None = None,
+    ) -> Process:
         hostname = hostname or f"{service}-{uuid.uuid4().hex[:8]}@127.0.0.1"
-        process = start_worker(service, self.env | (env or {}), self.log_dir, *extra, hostname=hostname,
-                               command=command)
+        process = start_worker(
+            service, self.env | (env or {}), self.log_dir, *extra, hostname=hostname, command=command
+        )
         process.name = hostname
         self.processes.append(process)
         return process
@@ -172,8 +183,11 @@ class FaultStack:
     def beat(self) -> Process:
         process = spawn("beat", service_argv("beat"), self.env, self.log_dir)
         self.processes.append(process)
-        wait_until(lambda: "Acquired lock" in process.log() or not process.alive(), timeout=60,
-                   message="beat to take the RedBeat lock")
+        wait_until(
+            lambda: "Acquired lock" in process.log() or not process.alive(),
+            timeout=60,
+            message="beat to take the RedBeat lock",
+        )
         if not process.alive():
             pytest.fail(f"beat exited:\n{process.log()[-3000:]}")
         return process
@@ -228,8 +242,12 @@ class FaultStack:
 
     def metric(self, metric: str, /, **labels: str) -> float:
         text = httpx.get(f"http://127.0.0.1:{self.monitor_port}/metrics", timeout=10).text
-        return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
-                   if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items()))
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items())
+        )
 
     def stop(self) -> None:
         # nothing to keep: SIGKILL (by process group) is the fast way down; stop() reaps what is left
@@ -264,16 +282,21 @@ def rabbitmq_vhost() -> Iterator[str]:
     vhost = f"mallops-fault-{uuid.uuid4().hex[:10]}"
     subprocess.run([ctl, "-q", "add_vhost", vhost], check=True, capture_output=True, timeout=60)
     try:
-        subprocess.run([ctl, "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True,
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [ctl, "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         yield vhost
     finally:
         subprocess.run([ctl, "-q", "delete_vhost", vhost], check=False, capture_output=True, timeout=60)
 
 
 @pytest.fixture
-def fault_stack(request: pytest.FixtureRequest, service_env: dict[str, str], migrated: Settings,
-                tmp_path: Path) -> Iterator[FaultStack]:
+def fault_stack(
+    request: pytest.FixtureRequest, service_env: dict[str, str], migrated: Settings, tmp_path: Path
+) -> Iterator[FaultStack]:
     """``fault_stack`` is parametrised indirectly with the broker: "redis" (default) or "amqp"."""
     broker = getattr(request, "param", "redis")
     with contextlib.ExitStack() as stack:
@@ -298,10 +321,15 @@ def fault_stack(request: pytest.FixtureRequest, service_env: dict[str, str], mig
             "MALLOPS_LOG_LEVEL": "INFO",
         }
         env = service_env | values
-        settings = migrated.model_copy(update={
-            "redis_url": base, "broker_url": broker_url, "result_backend": f"{base}/1",
-            "broker_visibility_timeout": VISIBILITY_TIMEOUT, "broker_restore_interval": 1.0,
-        })
+        settings = migrated.model_copy(
+            update={
+                "redis_url": base,
+                "broker_url": broker_url,
+                "result_backend": f"{base}/1",
+                "broker_visibility_timeout": VISIBILITY_TIMEOUT,
+                "broker_restore_interval": 1.0,
+            }
+        )
         fault = FaultStack(broker, env, settings, redis, redis_dir, tmp_path / "logs")
         stack.callback(fault.stop)
         yield fault

@@ -27,8 +27,9 @@ def poison_pill(task: MallopsTask) -> None:
 
 def main(argv: list[str]) -> None:
     app = create_app()
-    app.task(name=POISON_TASK, base=MallopsTask, bind=True, queue="default", spec=POISON_SPEC,
-             typing=False)(poison_pill)
+    app.task(name=POISON_TASK, base=MallopsTask, bind=True, queue="default", spec=POISON_SPEC, typing=False)(
+        poison_pill
+    )
     run_worker(app, SERVICE, argv)
 
 

@@ -41,8 +41,11 @@ HEALTHY = 5
 
 
 def _events_on(stack: FaultStack, type_: str, host: str, **match: Any) -> list[str]:
-    return [e["id"] for e in stack.ledger().events
-            if e["type"] == type_ and e.get("host") == host and all(e.get(k) == v for k, v in match.items())]
+    return [
+        e["id"]
+        for e in stack.ledger().events
+        if e["type"] == type_ and e.get("host") == host and all(e.get(k) == v for k, v in match.items())
+    ]
 
 
 def _sent_since(stack: FaultStack, name: str, since: float) -> bool:
@@ -77,18 +80,40 @@ def _wait_history(stack: FaultStack, ids: list[str], state: str, timeout: float)
             return rows
         if time.monotonic() > deadline:
             ledger = stack.ledger()
-            odd = {i: (rows[i].state if i in rows else None, dict(ledger.counts[i])) for i in ids
-                   if i not in rows or rows[i].state != state}
+            odd = {
+                i: (rows[i].state if i in rows else None, dict(ledger.counts[i]))
+                for i in ids
+                if i not in rows or rows[i].state != state
+            }
             pytest.fail(f"history after {timeout}s: {len(rows)} rows of {len(ids)}; not {state}: {odd}")
         time.sleep(0.25)
 
 
-def _record(results: FaultResults, stack: FaultStack, scenario: str, size: str, trials: int, ids: list[str],
-            started: float, notes: str = "", finished: list[str] | None = None) -> Outcome:
+def _record(
+    results: FaultResults,
+    stack: FaultStack,
+    scenario: str,
+    size: str,
+    trials: int,
+    ids: list[str],
+    started: float,
+    notes: str = "",
+    finished: list[str] | None = None,
+) -> Outcome:
     ledger = stack.ledger()
     done = finished if finished is not None else ledger.finished(ids)
-    outcome = Outcome(scenario, stack.broker, size, trials, len(ids), len(done), len(ids) - len(done),
-                      len(ledger.duplicated(ids)), round(time.monotonic() - started, 1), notes)
+    outcome = Outcome(
+        scenario,
+        stack.broker,
+        size,
+        trials,
+        len(ids),
+        len(done),
+        len(ids) - len(done),
+        len(ledger.duplicated(ids)),
+        round(time.monotonic() - started, 1),
+        notes,
+    )
     results.add(outcome)
     return outcome
 
@@ -99,7 +124,8 @@ def _record(results: FaultResults, stack: FaultStack, scenario: str, size: str, 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("fault_stack", BROKERS, indirect=True)
 def test_worker_sigkill_mid_task_is_redelivered_and_finishes(
-        fault_stack: FaultStack, size: str, fault_results: FaultResults) -> None:
+    fault_stack: FaultStack, size: str, fault_results: FaultResults
+) -> None:
     kills = 1 if size == "quick" else 20
     started = time.monotonic()
     ids = [fault_stack.publish(LONG, steps=3, step_seconds=0.5) for _ in range(kills + 4)]
@@ -110,18 +136,30 @@ def test_worker_sigkill_mid_task_is_redelivered_and_finishes(
     for _ in range(kills):
         worker = fault_stack.worker(env=no_cap)
         # mid-task: the first of three progress steps is done
-        running = wait_until(functools.partial(_events_on, fault_stack, "task-progress", worker.name, current=1),
-                             timeout=90, interval=0.1, message=f"a task in progress on {worker.name}")
+        running = wait_until(
+            functools.partial(_events_on, fault_stack, "task-progress", worker.name, current=1),
+            timeout=90,
+            interval=0.1,
+            message=f"a task in progress on {worker.name}",
+        )
         worker.signal(signal.SIGKILL)
         worker.popen.wait(10)
         killed.extend(running)
     fault_stack.worker(env=no_cap)
     ledger = fault_stack.wait_finished(ids, timeout=120)
     most = max(Counter(killed).values())
-    outcome = _record(fault_results, fault_stack, "worker SIGKILL mid long_running_task", size, kills, ids, started,
-                      notes=f"{len(killed)} runs killed mid-task ({len(set(killed))} tasks, one up to {most} times), "
-                            "all redelivered and finished",
-                      finished=ledger.succeeded(ids))
+    outcome = _record(
+        fault_results,
+        fault_stack,
+        "worker SIGKILL mid long_running_task",
+        size,
+        kills,
+        ids,
+        started,
+        notes=f"{len(killed)} runs killed mid-task ({len(set(killed))} tasks, one up to {most} times), "
+        "all redelivered and finished",
+        finished=ledger.succeeded(ids),
+    )
     assert outcome.lost == 0, f"lost: {set(ids) - set(ledger.succeeded(ids))}"
     assert set(killed) <= set(ledger.succeeded(ids))
     for task_id in killed:  # it started again after the kill
@@ -131,15 +169,20 @@ def test_worker_sigkill_mid_task_is_redelivered_and_finishes(
 @pytest.mark.parametrize("size", FULL_ONLY)  # full run only, to keep the default suite short
 @pytest.mark.parametrize("fault_stack", BROKERS, indirect=True)
 def test_worker_sigterm_while_busy_finishes_its_tasks(
-        fault_stack: FaultStack, size: str, fault_results: FaultResults) -> None:
+    fault_stack: FaultStack, size: str, fault_results: FaultResults
+) -> None:
     trials = 1 if size == "quick" else 5
     started = time.monotonic()
     ids = [fault_stack.publish(LONG, steps=4, step_seconds=0.5) for _ in range(2 * trials + 2)]
     finished_in_shutdown = 0
     for _ in range(trials):
         worker = fault_stack.worker()
-        running = wait_until(functools.partial(_events_on, fault_stack, "task-progress", worker.name, current=1),
-                             timeout=90, interval=0.1, message=f"a task in progress on {worker.name}")
+        running = wait_until(
+            functools.partial(_events_on, fault_stack, "task-progress", worker.name, current=1),
+            timeout=90,
+            interval=0.1,
+            message=f"a task in progress on {worker.name}",
+        )
         os.kill(worker.pid, signal.SIGTERM)  # the main process only, as `docker stop` or systemd would
         assert worker.popen.wait(60) == 0, worker.log()[-3000:]
         done_here = _events_on(fault_stack, "task-succeeded", worker.name)
@@ -147,9 +190,17 @@ def test_worker_sigterm_while_busy_finishes_its_tasks(
         finished_in_shutdown += len(set(running))
     fault_stack.worker()
     ledger = fault_stack.wait_finished(ids, timeout=120)
-    outcome = _record(fault_results, fault_stack, "worker SIGTERM while busy", size, trials, ids, started,
-                      notes=f"{finished_in_shutdown} running tasks finished during the warm shutdown",
-                      finished=ledger.succeeded(ids))
+    outcome = _record(
+        fault_results,
+        fault_stack,
+        "worker SIGTERM while busy",
+        size,
+        trials,
+        ids,
+        started,
+        notes=f"{finished_in_shutdown} running tasks finished during the warm shutdown",
+        finished=ledger.succeeded(ids),
+    )
     assert outcome.lost == 0
     assert outcome.duplicated == 0
 
@@ -160,7 +211,8 @@ def test_worker_sigterm_while_busy_finishes_its_tasks(
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("fault_stack", BROKERS, indirect=True)
 def test_poison_message_is_dead_lettered_after_max_deliveries(
-        fault_stack: FaultStack, size: str, fault_results: FaultResults) -> None:
+    fault_stack: FaultStack, size: str, fault_results: FaultResults
+) -> None:
     trials = 1 if size == "quick" else 3
     max_deliveries = 2 if size == "quick" else fault_stack.settings.task_max_deliveries  # default: 5
     started = time.monotonic()
@@ -186,9 +238,17 @@ def test_poison_message_is_dead_lettered_after_max_deliveries(
     assert all(letter["exception"] == "PoisonMessage" and letter["task"] == POISON_TASK for letter in letters)
     assert all(f"delivered {max_deliveries + 1} times" in letter["reason"] for letter in letters)
     assert all(count == max_deliveries + 1 for count in runs.values())  # N runs that died + the dead-lettering one
-    _record(fault_results, fault_stack, "poison message (SIGKILLs its worker)", size, trials, ids, started,
-            notes=f"each poison message ran {max_deliveries} times, then FAILED (PoisonMessage) and went to "
-                  f"{DEAD_LETTERS_KEY}; {HEALTHY} healthy tasks beside them succeeded")
+    _record(
+        fault_results,
+        fault_stack,
+        "poison message (SIGKILLs its worker)",
+        size,
+        trials,
+        ids,
+        started,
+        notes=f"each poison message ran {max_deliveries} times, then FAILED (PoisonMessage) and went to "
+        f"{DEAD_LETTERS_KEY}; {HEALTHY} healthy tasks beside them succeeded",
+    )
 
 
 # -- Redis restarted -----------------------------------------------------------------------------------------
@@ -197,7 +257,8 @@ def test_poison_message_is_dead_lettered_after_max_deliveries(
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("fault_stack", BROKERS, indirect=True)
 def test_redis_restart_loses_nothing_and_everything_resumes(
-        fault_stack: FaultStack, size: str, fault_results: FaultResults) -> None:
+    fault_stack: FaultStack, size: str, fault_results: FaultResults
+) -> None:
     restarts = 1 if size == "quick" else 3
     started = time.monotonic()
     beat_app = create_beat_app(fault_stack.settings)
@@ -228,26 +289,44 @@ def test_redis_restart_loses_nothing_and_everything_resumes(
             response = submit()
             assert response.status_code == 202, response.text
             accepted.append(response.json()["task_id"])
-        wait_until(lambda: _events_on(fault_stack, "task-progress", worker.name), timeout=60,
-                   message="a task running before the restart")
+        wait_until(
+            lambda: _events_on(fault_stack, "task-progress", worker.name),
+            timeout=60,
+            message="a task running before the restart",
+        )
         fault_stack.restart_redis(down=during_outage)
         restarted_at = time.time()
         restarts_at.append(restarted_at)
-        wait_until(lambda: client.get("/readyz").status_code == 200, timeout=60, interval=0.2,
-                   message="the gateway ready again by itself")
+        wait_until(
+            lambda: client.get("/readyz").status_code == 200,
+            timeout=60,
+            interval=0.2,
+            message="the gateway ready again by itself",
+        )
         response = submit()
         assert response.status_code == 202, response.text
         accepted.append(response.json()["task_id"])
-        wait_until(functools.partial(_sent_since, fault_stack, ACCESS_LOGS, restarted_at),
-                   timeout=60, message="beat sending again after the restart")
+        wait_until(
+            functools.partial(_sent_since, fault_stack, ACCESS_LOGS, restarted_at),
+            timeout=60,
+            message="beat sending again after the restart",
+        )
 
     ledger = fault_stack.wait_finished(accepted, timeout=180)
     rows = _wait_history(fault_stack, accepted, "SUCCESS", timeout=90)
-    outcome = _record(fault_results, fault_stack, "Redis restarted (AOF) with tasks queued and running", size,
-                      restarts, accepted, started, finished=ledger.succeeded(accepted),
-                      notes=_duplicate_timeline(ledger, accepted, restarts_at)
-                      + f"{outage_answers.count(503)} of {len(outage_answers)} submissions during the outages "
-                            f"answered 503; gateway, worker, beat and monitor never restarted")
+    outcome = _record(
+        fault_results,
+        fault_stack,
+        "Redis restarted (AOF) with tasks queued and running",
+        size,
+        restarts,
+        accepted,
+        started,
+        finished=ledger.succeeded(accepted),
+        notes=_duplicate_timeline(ledger, accepted, restarts_at)
+        + f"{outage_answers.count(503)} of {len(outage_answers)} submissions during the outages "
+        f"answered 503; gateway, worker, beat and monitor never restarted",
+    )
     assert outcome.lost == 0
     assert len(rows) == len(accepted)
     assert outage_answers
@@ -261,7 +340,8 @@ def test_redis_restart_loses_nothing_and_everything_resumes(
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("fault_stack", BROKERS, indirect=True)
 def test_database_unavailable_task_retries_then_succeeds(
-        fault_stack: FaultStack, size: str, fault_results: FaultResults) -> None:
+    fault_stack: FaultStack, size: str, fault_results: FaultResults
+) -> None:
     url = make_url(fault_stack.settings.sqlalchemy_url)
     if url.get_backend_name() != "postgresql":
         pytest.skip("the database outage is made with PostgreSQL's ALLOW_CONNECTIONS; SQLite has no server to stop")
@@ -277,13 +357,21 @@ def test_database_unavailable_task_retries_then_succeeds(
         for _ in range(trials):
             with admin.connect() as conn:
                 conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
-                conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                  "WHERE datname = :name AND pid <> pg_backend_pid()"), {"name": name})
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :name AND pid <> pg_backend_pid()"
+                    ),
+                    {"name": name},
+                )
             task_id = fault_stack.publish(CLEANUP)
             ids.append(task_id)
             try:
-                wait_until(functools.partial(_retried, fault_stack, task_id), timeout=60,
-                           message="a retry while the database is unavailable")
+                wait_until(
+                    functools.partial(_retried, fault_stack, task_id),
+                    timeout=60,
+                    message="a retry while the database is unavailable",
+                )
             finally:
                 with admin.connect() as conn:
                     conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
@@ -293,10 +381,18 @@ def test_database_unavailable_task_retries_then_succeeds(
         admin.dispose()
     ledger = fault_stack.wait_finished(ids, timeout=90)
     rows = _wait_history(fault_stack, ids, "SUCCESS", timeout=90)
-    outcome = _record(fault_results, fault_stack, "database unavailable during a task", size, trials, ids, started,
-                      finished=ledger.succeeded(ids),
-                      notes="PostgreSQL refused connections and dropped open ones; each task retried "
-                            f"(retries {sorted(row.retries for row in rows.values())}) then succeeded")
+    outcome = _record(
+        fault_results,
+        fault_stack,
+        "database unavailable during a task",
+        size,
+        trials,
+        ids,
+        started,
+        finished=ledger.succeeded(ids),
+        notes="PostgreSQL refused connections and dropped open ones; each task retried "
+        f"(retries {sorted(row.retries for row in rows.values())}) then succeeded",
+    )
     assert outcome.lost == 0
     assert all(row.retries >= 1 for row in rows.values())
 
@@ -304,13 +400,23 @@ def test_database_unavailable_task_retries_then_succeeds(
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("fault_stack", BROKERS, indirect=True)
 def test_smtp_down_email_is_retried_then_fails_with_the_reason(
-        fault_stack: FaultStack, size: str, fault_results: FaultResults) -> None:
+    fault_stack: FaultStack, size: str, fault_results: FaultResults
+) -> None:
     trials = 1 if size == "quick" else 3
     started = time.monotonic()
     fault_stack.worker("notifier", env={"MALLOPS_SMTP_PORT": str(free_port())})  # nothing listens there
     fault_stack.monitor()
-    ids = [fault_stack.publish(EMAIL, queue="email", email=f"tenant{i}@mall.example", subject="Fault test",
-                               message="The SMTP server is down.", language="en") for i in range(trials)]
+    ids = [
+        fault_stack.publish(
+            EMAIL,
+            queue="email",
+            email=f"tenant{i}@mall.example",
+            subject="Fault test",
+            message="The SMTP server is down.",
+            language="en",
+        )
+        for i in range(trials)
+    ]
     ledger = fault_stack.wait_finished(ids, timeout=90)
     rows = _wait_history(fault_stack, ids, "FAILURE", timeout=60)
     max_retries = fault_stack.settings.task_max_retries
@@ -318,9 +424,16 @@ def test_smtp_down_email_is_retried_then_fails_with_the_reason(
         assert row.retries == max_retries
         assert "refused" in (row.error or "").lower(), row.error
     assert all(ledger.counts[i]["task-retried"] == max_retries for i in ids)
-    outcome = _record(fault_results, fault_stack, "SMTP server down", size, trials, ids, started,
-                      notes=f"each e-mail retried {max_retries} times, then FAILURE: "
-                            f"{next(iter(rows.values())).error}")
+    outcome = _record(
+        fault_results,
+        fault_stack,
+        "SMTP server down",
+        size,
+        trials,
+        ids,
+        started,
+        notes=f"each e-mail retried {max_retries} times, then FAILURE: {next(iter(rows.values())).error}",
+    )
     assert outcome.lost == 0
 
 
@@ -330,7 +443,8 @@ def test_smtp_down_email_is_retried_then_fails_with_the_reason(
 @pytest.mark.parametrize("size", FULL_ONLY)  # the monitor's own tests cover restarts without load
 @pytest.mark.parametrize("fault_stack", BROKERS, indirect=True)
 def test_monitor_restarts_under_load_leave_no_gap_and_no_double_count(
-        fault_stack: FaultStack, size: str, fault_results: FaultResults) -> None:
+    fault_stack: FaultStack, size: str, fault_results: FaultResults
+) -> None:
     total = 60 if size == "quick" else 600
     restarts = 2 if size == "quick" else 6
     started = time.monotonic()
@@ -352,13 +466,24 @@ def test_monitor_restarts_under_load_leave_no_gap_and_no_double_count(
     ledger = fault_stack.wait_finished(ids, timeout=120)
     rows = _wait_history(fault_stack, ids, "SUCCESS", timeout=90)
     labels = {"name": TEST, "hostname": worker.name}
-    counted = wait_until(lambda: (v := fault_stack.metric("celery_task_succeeded_total", **labels)) >= len(ids)
-                         and v, timeout=60, message="the succeeded counter")
+    counted = wait_until(
+        lambda: (v := fault_stack.metric("celery_task_succeeded_total", **labels)) >= len(ids) and v,
+        timeout=60,
+        message="the succeeded counter",
+    )
     received = fault_stack.metric("celery_task_received_total", **labels)
-    outcome = _record(fault_results, fault_stack, "monitor stopped/killed and restarted under load", size, restarts,
-                      ids, started, finished=ledger.succeeded(ids),
-                      notes=f"history rows {len(rows)}, celery_task_succeeded_total {counted:g}, "
-                            f"celery_task_received_total {received:g}")
+    outcome = _record(
+        fault_results,
+        fault_stack,
+        "monitor stopped/killed and restarted under load",
+        size,
+        restarts,
+        ids,
+        started,
+        finished=ledger.succeeded(ids),
+        notes=f"history rows {len(rows)}, celery_task_succeeded_total {counted:g}, "
+        f"celery_task_received_total {received:g}",
+    )
     assert outcome.lost == 0
     assert len(rows) == len(ids)
     assert counted == len(ids)
@@ -371,7 +496,8 @@ def test_monitor_restarts_under_load_leave_no_gap_and_no_double_count(
 @pytest.mark.parametrize("size", FULL_ONLY)
 @pytest.mark.parametrize("fault_stack", BROKERS, indirect=True)
 def test_notifier_sigkill_while_sending_sends_no_email_twice(
-        fault_stack: FaultStack, size: str, smtp: SMTPServer, fault_results: FaultResults) -> None:
+    fault_stack: FaultStack, size: str, smtp: SMTPServer, fault_results: FaultResults
+) -> None:
     kills, total = 3, 60
     started = time.monotonic()
     # every e-mail is in flight for half a second before the server has it: the kills land mid-send
@@ -379,8 +505,17 @@ def test_notifier_sigkill_while_sending_sends_no_email_twice(
     try:
         run = uuid.uuid4().hex[:8]
         addresses = [f"tenant{i}-{run}@mall.example" for i in range(total)]
-        ids = [fault_stack.publish(EMAIL, queue="email", email=address, subject="Fault test",
-                                   message="One e-mail, whatever happens.", language="en") for address in addresses]
+        ids = [
+            fault_stack.publish(
+                EMAIL,
+                queue="email",
+                email=address,
+                subject="Fault test",
+                message="One e-mail, whatever happens.",
+                language="en",
+            )
+            for address in addresses
+        ]
         for kill in range(kills):
             worker = fault_stack.worker("notifier")
             smtp.wait_for(8 * (kill + 1), timeout=60, where=lambda m: any(run in r for r in m.rcpt_tos))
@@ -398,14 +533,22 @@ def test_notifier_sigkill_while_sending_sends_no_email_twice(
     copies = {a: {m.message["Message-ID"] for m in smtp.messages if a in m.rcpt_tos} for a in twice}
     # only e-mails in flight at a kill can go out twice: at most one per notifier thread per kill
     in_flight = kills * fault_stack.settings.notifier_concurrency
-    outcome = Outcome("notifier SIGKILL while sending e-mail", fault_stack.broker, size, kills, len(ids),
-                      len(ledger.finished(ids)), len(ids) - len(ledger.finished(ids)), len(twice),
-                      round(time.monotonic() - started, 1),
-                      notes=f"e-mails received: {sum(received.values())} for {total} tasks; never sent: {len(never)}; "
-                            f"sent twice: {len(twice)} (at most {in_flight} could be mid-send: {kills} kills x "
-                            f"{fault_stack.settings.notifier_concurrency} threads), each copy with the same "
-                            f"Message-ID: {all(len(i) == 1 for i in copies.values())}; task runs that succeeded "
-                            f"twice: {len(ledger.duplicated(ids))}")
+    outcome = Outcome(
+        "notifier SIGKILL while sending e-mail",
+        fault_stack.broker,
+        size,
+        kills,
+        len(ids),
+        len(ledger.finished(ids)),
+        len(ids) - len(ledger.finished(ids)),
+        len(twice),
+        round(time.monotonic() - started, 1),
+        notes=f"e-mails received: {sum(received.values())} for {total} tasks; never sent: {len(never)}; "
+        f"sent twice: {len(twice)} (at most {in_flight} could be mid-send: {kills} kills x "
+        f"{fault_stack.settings.notifier_concurrency} threads), each copy with the same "
+        f"Message-ID: {all(len(i) == 1 for i in copies.values())}; task runs that succeeded "
+        f"twice: {len(ledger.duplicated(ids))}",
+    )
     fault_results.add(outcome)
     assert outcome.lost == 0
     assert never == [], f"{len(never)} e-mails were never sent (their worker died mid-send)"

@@ -52,8 +52,9 @@ def make_tokens(settings: Settings) -> dict[str, str]:
     suffix = uuid.uuid4().hex[:8]
     names = {who: f"sec-{who}-{suffix}" for who in ("admin", "alice", "bob")}
     with session_scope(settings) as session:
-        secrets = {who: create_token(session, name, "admin" if who == "admin" else "user")
-                   for who, name in names.items()}
+        secrets = {
+            who: create_token(session, name, "admin" if who == "admin" else "user") for who, name in names.items()
+        }
     return {**secrets, "alice_name": names["alice"], "bob_name": names["bob"]}
 
 
@@ -66,10 +67,16 @@ def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 def gateway_settings(migrated: Settings, redis: RedisServer, **overrides: Any) -> Settings:
     base = redis.url_base
-    return migrated.model_copy(update={
-        "redis_url": base, "broker_url": f"{base}/0", "result_backend": f"{base}/1",
-        "rate_limit_per_minute": 1_000_000, "task_max_per_user": 1_000_000, **overrides,
-    })
+    return migrated.model_copy(
+        update={
+            "redis_url": base,
+            "broker_url": f"{base}/0",
+            "result_backend": f"{base}/1",
+            "rate_limit_per_minute": 1_000_000,
+            "task_max_per_user": 1_000_000,
+            **overrides,
+        }
+    )
 
 
 @pytest.fixture(scope="module")

@@ -29,16 +29,65 @@ EXAMPLES_PER_TASK = 20
 OUTCOMES: defaultdict[str, Counter[int]] = defaultdict(Counter)  # task -> status -> examples
 
 INTERESTING: list[Any] = [
-    "", "0", "-1", "1e309", "2026-11-15", "2026-11-15T10:00:00+08:00", "2026-02-30", "2026-11-15T10:00:00",
-    "bills", "stores", "csv", "xlsx", "pending", "zh_CN", "en", "tenant@mall.example", "not-an-email",
-    "mallops:cache:", "mallops:../../etc", "*", "' OR 1=1 --", "\x00", "ｍａｌｌ", "x" * 300,
-    0, -1, 1, 9, 12, 13, 1999, 2000, 2100, 2101, 3650, 3651, 10_000, 10_001, 2**31, 2**63, -(2**63),
-    0.5, 60.0, 60.5, True, False, None,
+    "",
+    "0",
+    "-1",
+    "1e309",
+    "2026-11-15",
+    "2026-11-15T10:00:00+08:00",
+    "2026-02-30",
+    "2026-11-15T10:00:00",
+    "bills",
+    "stores",
+    "csv",
+    "xlsx",
+    "pending",
+    "zh_CN",
+    "en",
+    "tenant@mall.example",
+    "not-an-email",
+    "mallops:cache:",
+    "mallops:../../etc",
+    "*",
+    "' OR 1=1 --",
+    "\x00",
+    "ｍａｌｌ",
+    "x" * 300,
+    0,
+    -1,
+    1,
+    9,
+    12,
+    13,
+    1999,
+    2000,
+    2100,
+    2101,
+    3650,
+    3651,
+    10_000,
+    10_001,
+    2**31,
+    2**63,
+    -(2**63),
+    0.5,
+    60.0,
+    60.5,
+    True,
+    False,
+    None,
 ]
-scalars = (st.sampled_from(INTERESTING) | st.none() | st.booleans() | st.integers()
-           | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40))
+scalars = (
+    st.sampled_from(INTERESTING)
+    | st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40)
+)
 json_values = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
     max_leaves=6,
 )
 
@@ -75,8 +124,9 @@ def plausible(schema: dict[str, Any], defs: dict[str, Any]) -> st.SearchStrategy
     if kind == "array":
         return st.lists(plausible(schema.get("items", {}), defs), max_size=4)
     if kind == "object" and "properties" in schema:
-        return st.fixed_dictionaries({}, optional={name: plausible(sub, defs)
-                                                   for name, sub in schema["properties"].items()})
+        return st.fixed_dictionaries(
+            {}, optional={name: plausible(sub, defs) for name, sub in schema["properties"].items()}
+        )
     return json_values
 
 
@@ -89,9 +139,11 @@ def arguments(spec: TaskSpec) -> st.SearchStrategy[tuple[list[Any], dict[str, An
     properties = schema["properties"]
     schema_like = st.fixed_dictionaries(
         {name: plausible(sub, defs) for name, sub in properties.items() if name in required},
-        optional={name: plausible(sub, defs) for name, sub in properties.items() if name not in required})
-    mixed = st.fixed_dictionaries({}, optional={name: plausible(sub, defs) | json_values
-                                                for name, sub in properties.items()})
+        optional={name: plausible(sub, defs) for name, sub in properties.items() if name not in required},
+    )
+    mixed = st.fixed_dictionaries(
+        {}, optional={name: plausible(sub, defs) | json_values for name, sub in properties.items()}
+    )
     names = st.sampled_from(fields) | st.text(max_size=12) if fields else st.text(max_size=12)
     arbitrary = st.dictionaries(names, json_values, max_size=len(fields) + 1)
     kwargs = schema_like | mixed | arbitrary
@@ -113,16 +165,23 @@ def http() -> Iterator[httpx.Client]:
 
 
 @pytest.mark.parametrize("task_name", sorted(CATALOG))
-@settings(max_examples=EXAMPLES_PER_TASK, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=EXAMPLES_PER_TASK,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
-def test_nothing_invalid_reaches_a_queue(task_name: str, data: st.DataObject, secure_gateway: Gateway,
-                                        http: httpx.Client) -> None:
+def test_nothing_invalid_reaches_a_queue(
+    task_name: str, data: st.DataObject, secure_gateway: Gateway, http: httpx.Client
+) -> None:
     spec = CATALOG[task_name]
     args, kwargs = data.draw(arguments(spec), label="args, kwargs")
     before = secure_gateway.queue_length(spec.queue)
-    response = http.post(f"{secure_gateway.url}{API}/tasks", json={"task_name": task_name, "args": args,
-                           "kwargs": kwargs}, headers=secure_gateway.auth("admin"))
+    response = http.post(
+        f"{secure_gateway.url}{API}/tasks",
+        json={"task_name": task_name, "args": args, "kwargs": kwargs},
+        headers=secure_gateway.auth("admin"),
+    )
     OUTCOMES[task_name][response.status_code] += 1
     after = secure_gateway.queue_length(spec.queue)
     if response.status_code == 202:

@@ -36,8 +36,22 @@ from tests.services.gateway.conftest import serve
 
 pytestmark = pytest.mark.integration
 
-INJECTIONS = ["' OR '1'='1", "'; DROP TABLE task_history; --", '" OR ""="', "%", "_", "*", "test_task' --",
-              "1) OR (1=1", "\\", "\x00", "${jndi:ldap://x/a}", "{{7*7}}", "ｔｅｓｔ＿ｔａｓｋ", "a" * 199]
+INJECTIONS = [
+    "' OR '1'='1",
+    "'; DROP TABLE task_history; --",
+    '" OR ""="',
+    "%",
+    "_",
+    "*",
+    "test_task' --",
+    "1) OR (1=1",
+    "\\",
+    "\x00",
+    "${jndi:ldap://x/a}",
+    "{{7*7}}",
+    "ｔｅｓｔ＿ｔａｓｋ",
+    "a" * 199,
+]
 
 
 @pytest.fixture
@@ -48,9 +62,21 @@ def exports(migrated: Settings) -> Iterator[Callable[..., str]]:
     def make(owner: str, file_name: str | None) -> str:
         task_id = str(uuid.uuid4())
         with session_scope(migrated) as session:
-            session.add(Export(task_id=task_id, owner=owner, dataset="stores", format="csv", filters={},
-                               status="done", file_name=file_name, rows=1, size_bytes=10, sha256=None,
-                               expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=1)))
+            session.add(
+                Export(
+                    task_id=task_id,
+                    owner=owner,
+                    dataset="stores",
+                    format="csv",
+                    filters={},
+                    status="done",
+                    file_name=file_name,
+                    rows=1,
+                    size_bytes=10,
+                    sha256=None,
+                    expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=1),
+                )
+            )
         created.append(task_id)
         return task_id
 
@@ -62,8 +88,9 @@ def exports(migrated: Settings) -> Iterator[Callable[..., str]]:
 # -- tokens ------------------------------------------------------------------------------------------
 
 
-def test_tokens_are_stored_only_as_hashes_and_looked_up_by_hash(migrated: Settings,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tokens_are_stored_only_as_hashes_and_looked_up_by_hash(
+    migrated: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     chosen = "0123456789abcdef"  # a 16-character bootstrap token, the shortest allowed
     name = f"sec-stored-{uuid.uuid4().hex[:8]}"
     with session_scope(migrated) as session:
@@ -101,8 +128,9 @@ def test_the_gateway_keeps_only_digests_of_tokens_in_memory(migrated: Settings, 
     guessed = "mlp_guessing-a-token-" + uuid.uuid4().hex
     app = create_app(gateway_settings(migrated, module_redis))
     with serve(app) as url:
-        assert httpx.get(f"{url}{API}/catalog", headers={"Authorization": f"Bearer {secrets['alice']}"}
-                         ).status_code == 200
+        assert (
+            httpx.get(f"{url}{API}/catalog", headers={"Authorization": f"Bearer {secrets['alice']}"}).status_code == 200
+        )
         assert httpx.get(f"{url}{API}/catalog", headers={"Authorization": f"Bearer {guessed}"}).status_code == 401
         cached = set(app.state.runtime.tokens._entries)
     assert cached == {hashlib.sha256(secret.encode()).hexdigest() for secret in (secrets["alice"], guessed)}
@@ -114,18 +142,31 @@ def test_the_gateway_keeps_only_digests_of_tokens_in_memory(migrated: Settings, 
 def fail_task(gateway: Gateway, task_id: str) -> None:
     """Store a FAILURE result for ``task_id`` as a worker would."""
     results = gateway.redis.client(1)
-    results.set(f"celery-task-meta-{task_id}", json.dumps({
-        "status": "FAILURE", "task_id": task_id, "result": {"exc_type": "RequestedFailure", "exc_message": "no"},
-        "traceback": None, "date_done": dt.datetime.now(dt.UTC).isoformat()}))
+    results.set(
+        f"celery-task-meta-{task_id}",
+        json.dumps(
+            {
+                "status": "FAILURE",
+                "task_id": task_id,
+                "result": {"exc_type": "RequestedFailure", "exc_message": "no"},
+                "traceback": None,
+                "date_done": dt.datetime.now(dt.UTC).isoformat(),
+            }
+        ),
+    )
     results.close()
 
 
 def test_a_user_cannot_read_revoke_retry_or_download_what_is_not_theirs(
-    secure_gateway: Gateway, api: httpx.Client, migrated: Settings, exports: Callable[..., str],
+    secure_gateway: Gateway,
+    api: httpx.Client,
+    migrated: Settings,
+    exports: Callable[..., str],
 ) -> None:
     alice, bob, admin = (secure_gateway.auth(who) for who in ("alice", "bob", "admin"))
-    submitted = api.post(f"{API}/tasks", json={"task_name": "test_task", "kwargs": {"message": "alice's"}},
-                         headers=alice)
+    submitted = api.post(
+        f"{API}/tasks", json={"task_name": "test_task", "kwargs": {"message": "alice's"}}, headers=alice
+    )
     assert submitted.status_code == 202
     task_id = submitted.json()["task_id"]
     fail_task(secure_gateway, task_id)
@@ -135,9 +176,13 @@ def test_a_user_cannot_read_revoke_retry_or_download_what_is_not_theirs(
     export_id = exports(secure_gateway.alice_name, file_name)
     queued = secure_gateway.queue_length("default")
 
-    for method, path in [("GET", f"/tasks/{task_id}"), ("GET", f"/tasks/{task_id}/events"),
-                         ("POST", f"/tasks/{task_id}/retry"), ("GET", f"/exports/{export_id}"),
-                         ("GET", f"/exports/{export_id}/download")]:
+    for method, path in [
+        ("GET", f"/tasks/{task_id}"),
+        ("GET", f"/tasks/{task_id}/events"),
+        ("POST", f"/tasks/{task_id}/retry"),
+        ("GET", f"/exports/{export_id}"),
+        ("GET", f"/exports/{export_id}/download"),
+    ]:
         response = api.request(method, f"{API}{path}", headers=bob)
         assert response.status_code == 404, (method, path)
         assert "alice" not in response.text.lower(), (method, path)
@@ -164,7 +209,10 @@ def test_a_user_cannot_read_revoke_retry_or_download_what_is_not_theirs(
 
 
 def test_export_downloads_cannot_escape_the_export_folder(
-    secure_gateway: Gateway, api: httpx.Client, migrated: Settings, exports: Callable[..., str],
+    secure_gateway: Gateway,
+    api: httpx.Client,
+    migrated: Settings,
+    exports: Callable[..., str],
 ) -> None:
     alice = secure_gateway.auth("alice")
     exports_dir = migrated.exports_dir
@@ -175,8 +223,16 @@ def test_export_downloads_cannot_escape_the_export_folder(
     linked_dir = exports_dir / f"dir-{uuid.uuid4().hex}"
     linked_dir.symlink_to(migrated.data_dir, target_is_directory=True)
     stored_names = [
-        f"../{secret.name}", str(secret), f"sub/../../{secret.name}", f"{secret.stem}-link.csv",
-        f"{linked_dir.name}/{secret.name}", "..", ".", "", f"..%2F{secret.name}", f"./../{secret.name}",
+        f"../{secret.name}",
+        str(secret),
+        f"sub/../../{secret.name}",
+        f"{secret.stem}-link.csv",
+        f"{linked_dir.name}/{secret.name}",
+        "..",
+        ".",
+        "",
+        f"..%2F{secret.name}",
+        f"./../{secret.name}",
         f"{exports_dir.name}/../../{secret.name}",
     ]
     for stored in stored_names:
@@ -185,8 +241,14 @@ def test_export_downloads_cannot_escape_the_export_folder(
         assert response.status_code == 404, stored
         assert "TOP SECRET" not in response.text
     # and in the URL: encoded separators and dots never reach the file system
-    for raw in (f"..%2F..%2F{secret.name}", "%2e%2e", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "..", "%00",
-                "..%5c..%5cwindows"):
+    for raw in (
+        f"..%2F..%2F{secret.name}",
+        "%2e%2e",
+        "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "..",
+        "%00",
+        "..%5c..%5cwindows",
+    ):
         response = api.get(f"{API}/exports/{raw}/download", headers=alice)
         assert response.status_code in (404, 422), raw
         assert "TOP SECRET" not in response.text
@@ -199,11 +261,15 @@ def test_export_downloads_cannot_escape_the_export_folder(
 def test_filters_are_not_injectable(secure_gateway: Gateway, api: httpx.Client, who: str) -> None:
     headers = secure_gateway.auth(who)
     queries: list[tuple[str, str, set[int]]] = [
-        ("/tasks", "task_name", {200}), ("/tasks", "status", {422}),
-        ("/tasks/history", "task_name", {404}), ("/tasks/history", "status", {422}),
-        ("/tasks/history", "owner", {200}), ("/tasks/history", "cursor", {422}),
+        ("/tasks", "task_name", {200}),
+        ("/tasks", "status", {422}),
+        ("/tasks/history", "task_name", {404}),
+        ("/tasks/history", "status", {422}),
+        ("/tasks/history", "owner", {200}),
+        ("/tasks/history", "cursor", {422}),
         ("/tasks/history", "since", {422}),
-        ("/tasks/stats", "task_name", {404}), ("/tasks/stats", "owner", {200}),
+        ("/tasks/stats", "task_name", {404}),
+        ("/tasks/stats", "owner", {200}),
         ("/reports", "kind", {422}),
     ]
     for path, name, allowed in queries:
@@ -253,13 +319,21 @@ def redis_dump(server: RedisServer) -> bytes:
 
 
 def test_no_token_or_secret_in_logs_error_bodies_or_redis(
-    migrated: Settings, module_redis: RedisServer, caplog: pytest.LogCaptureFixture,
+    migrated: Settings,
+    module_redis: RedisServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     bootstrap = "mlp_bootstrap_" + uuid.uuid4().hex
     smtp_password = "smtp-" + uuid.uuid4().hex
-    settings = gateway_settings(migrated, module_redis, bootstrap_admin_token=SecretStr(bootstrap),
-                                smtp_password=SecretStr(smtp_password), rate_limit_per_minute=3, max_body_bytes=2048,
-                                log_level="DEBUG")
+    settings = gateway_settings(
+        migrated,
+        module_redis,
+        bootstrap_admin_token=SecretStr(bootstrap),
+        smtp_password=SecretStr(smtp_password),
+        rate_limit_per_minute=3,
+        max_body_bytes=2048,
+        log_level="DEBUG",
+    )
     user = make_tokens(migrated)["alice"]
     guessed = "mlp_" + uuid.uuid4().hex  # a token that does not exist
     secrets = [bootstrap, smtp_password, user, guessed]
@@ -295,8 +369,9 @@ def test_no_token_or_secret_in_logs_error_bodies_or_redis(
 # -- limits ------------------------------------------------------------------------------------------
 
 
-def test_bodies_over_the_limit_are_413_on_every_endpoint_with_a_body(migrated: Settings,
-                                                                        module_redis: RedisServer) -> None:
+def test_bodies_over_the_limit_are_413_on_every_endpoint_with_a_body(
+    migrated: Settings, module_redis: RedisServer
+) -> None:
     settings = gateway_settings(migrated, module_redis, max_body_bytes=2048)
     secrets = make_tokens(migrated)
     admin = {"Authorization": f"Bearer {secrets['admin']}"}
@@ -315,9 +390,12 @@ def test_bodies_over_the_limit_are_413_on_every_endpoint_with_a_body(migrated: S
             assert response.status_code == 413, path
             assert response.json()["type"] == "urn:mallops:problem:body-too-large"
             # a body that declares no length is counted as it streams in
-            streamed = client.request(method, path, content=iter([json.dumps(body).encode()[i:i + 256]
-                                                                  for i in range(0, 3200, 256)]),
-                                      headers={**admin, "Content-Type": "application/json"})
+            streamed = client.request(
+                method,
+                path,
+                content=iter([json.dumps(body).encode()[i : i + 256] for i in range(0, 3200, 256)]),
+                headers={**admin, "Content-Type": "application/json"},
+            )
             assert streamed.status_code == 413, path
     assert broker.llen("default") == before
     broker.close()
@@ -328,8 +406,10 @@ def test_the_rate_limit_holds_under_a_concurrent_burst(migrated: Settings, modul
     settings = gateway_settings(migrated, module_redis, rate_limit_per_minute=limit)
     secrets = make_tokens(migrated)
     auth = {"Authorization": f"Bearer {secrets['alice']}"}
-    with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=30,
-                                                            limits=httpx.Limits(max_connections=40)) as client:
+    with (
+        serve(create_app(settings)) as url,
+        httpx.Client(base_url=url, timeout=30, limits=httpx.Limits(max_connections=40)) as client,
+    ):
         with concurrent.futures.ThreadPoolExecutor(max_workers=40) as pool:
             responses = list(pool.map(lambda _: client.get(f"{API}/catalog", headers=auth), range(burst)))
         statuses = sorted(response.status_code for response in responses)
@@ -343,8 +423,9 @@ def test_the_rate_limit_holds_under_a_concurrent_burst(migrated: Settings, modul
         assert client.get(f"{API}/catalog", headers=other).status_code == 200
 
 
-def test_cors_is_closed_unless_configured(migrated: Settings, module_redis: RedisServer,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cors_is_closed_unless_configured(
+    migrated: Settings, module_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     foreign = "https://evil.example"
     allowed = "https://shop.example"
     preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}

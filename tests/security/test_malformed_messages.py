@@ -35,20 +35,46 @@ QUEUE = "default"
 
 def envelope(headers: dict[str, Any], body: bytes, content_type: str = "application/json") -> bytes:
     """A message as kombu's Redis transport stores it in the queue's list."""
-    return json.dumps({
-        "body": base64.b64encode(body).decode(), "content-encoding": "utf-8", "content-type": content_type,
-        "headers": headers,
-        "properties": {"correlation_id": headers.get("id", "x"), "reply_to": "", "delivery_mode": 2,
-                       "delivery_info": {"exchange": QUEUE, "routing_key": QUEUE}, "priority": 0,
-                       "body_encoding": "base64", "delivery_tag": str(uuid.uuid4())},
-    }).encode()
+    return json.dumps(
+        {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "utf-8",
+            "content-type": content_type,
+            "headers": headers,
+            "properties": {
+                "correlation_id": headers.get("id", "x"),
+                "reply_to": "",
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": QUEUE, "routing_key": QUEUE},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    ).encode()
 
 
 def task_headers(task: Any, task_id: Any, **extra: Any) -> dict[str, Any]:
-    return {"lang": "py", "task": task, "id": task_id, "shadow": None, "eta": None, "expires": None,
-            "group": None, "group_index": None, "retries": 0, "timelimit": [None, None], "root_id": task_id,
-            "parent_id": None, "argsrepr": "()", "kwargsrepr": "{}", "origin": "tests", "ignore_result": False,
-            "mallops_owner": "mallory", **extra}
+    return {
+        "lang": "py",
+        "task": task,
+        "id": task_id,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": task_id,
+        "parent_id": None,
+        "argsrepr": "()",
+        "kwargsrepr": "{}",
+        "origin": "tests",
+        "ignore_result": False,
+        "mallops_owner": "mallory",
+        **extra,
+    }
 
 
 def task_body(kwargs: dict[str, Any]) -> bytes:
@@ -56,19 +82,33 @@ def task_body(kwargs: dict[str, Any]) -> bytes:
 
 
 @pytest.fixture
-def platform(service_env: dict[str, str], migrated: Settings, worker_factory: Callable[..., Process],
-             module_redis: RedisServer, tmp_path: Path) -> Iterator[tuple[dict[str, str], Process, str]]:
+def platform(
+    service_env: dict[str, str],
+    migrated: Settings,
+    worker_factory: Callable[..., Process],
+    module_redis: RedisServer,
+    tmp_path: Path,
+) -> Iterator[tuple[dict[str, str], Process, str]]:
     base = module_redis.url_base
     for db in (0, 1, 2):
         module_redis.client(db).flushdb()
-    env = service_env | {"MALLOPS_REDIS_URL": base, "MALLOPS_BROKER_URL": f"{base}/0",
-                         "MALLOPS_RESULT_BACKEND": f"{base}/1", "MALLOPS_TASK_RETRY_BACKOFF": "0"}
+    env = service_env | {
+        "MALLOPS_REDIS_URL": base,
+        "MALLOPS_BROKER_URL": f"{base}/0",
+        "MALLOPS_RESULT_BACKEND": f"{base}/1",
+        "MALLOPS_TASK_RETRY_BACKOFF": "0",
+    }
     worker = worker_factory("maintenance", env=env)
     port = free_port()
-    monitor = spawn("monitor", service_argv("monitor", f"--port={port}", "--name=monitor-security"), env,
-                    tmp_path / "logs")
-    wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200, timeout=60,
-               interval=0.2, message="monitor /health")
+    monitor = spawn(
+        "monitor", service_argv("monitor", f"--port={port}", "--name=monitor-security"), env, tmp_path / "logs"
+    )
+    wait_until(
+        lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200,
+        timeout=60,
+        interval=0.2,
+        message="monitor /health",
+    )
     yield env, worker, f"http://127.0.0.1:{port}"
     monitor.stop()
     worker.stop()
@@ -85,12 +125,24 @@ def in_state(settings: Settings, task_id: str, state: str) -> TaskRecord | None:
 
 
 def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_consuming(
-    platform: tuple[dict[str, str], Process, str], module_redis: RedisServer, migrated: Settings,
+    platform: tuple[dict[str, str], Process, str],
+    module_redis: RedisServer,
+    migrated: Settings,
 ) -> None:
     _, worker, _ = platform
     broker = module_redis.client(0)
-    rejected = ("undecodable", "pickle", "unknown", "bad_retries", "bad_timelimit", "task_not_a_name",
-                "kwargs_not_a_mapping", "args_not_a_list", "body_not_a_triple", "celery_builtin")
+    rejected = (
+        "undecodable",
+        "pickle",
+        "unknown",
+        "bad_retries",
+        "bad_timelimit",
+        "task_not_a_name",
+        "kwargs_not_a_mapping",
+        "args_not_a_list",
+        "body_not_a_triple",
+        "celery_builtin",
+    )
     ids = {name: str(uuid.uuid4()) for name in (*rejected, "wrong_types", "nul", "valid")}
     test_task = "mallops.maintenance.test_task"
     without_id = [
@@ -99,28 +151,35 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_consuming(
         b"[1, 2, 3]",
         b'"a string"',
         b'{"body": "no properties"}',
-        json.dumps({"body": "!!! not base64 !!!", "headers": {}, "content-type": "application/json",
-                    "properties": {"body_encoding": "base64", "delivery_tag": "t",
-                                   "delivery_info": {"routing_key": QUEUE}}}).encode(),
+        json.dumps(
+            {
+                "body": "!!! not base64 !!!",
+                "headers": {},
+                "content-type": "application/json",
+                "properties": {"body_encoding": "base64", "delivery_tag": "t", "delivery_info": {"routing_key": QUEUE}},
+            }
+        ).encode(),
         envelope({}, b'{"no": "task header"}'),  # no task header, not protocol 1 either
         envelope({k: v for k, v in task_headers(test_task, "x").items() if k != "id"}, task_body({})),  # no id
         envelope(task_headers(test_task, 12345), task_body({})),  # an id that is not a string
     ]
     with_id = [
         envelope(task_headers(test_task, ids["undecodable"]), b"\x00 not json at all"),
-        envelope(task_headers(test_task, ids["pickle"]), b"\x80\x04K\x01.",
-                 content_type="application/x-python-serialize"),
+        envelope(
+            task_headers(test_task, ids["pickle"]), b"\x80\x04K\x01.", content_type="application/x-python-serialize"
+        ),
         envelope(task_headers("mallops.maintenance.no_such_task", ids["unknown"]), task_body({})),
         envelope(task_headers(test_task, ids["bad_retries"], retries="many"), task_body({})),
         envelope(task_headers(test_task, ids["bad_timelimit"], timelimit=[1, 2, 3]), task_body({})),
         envelope(task_headers(["not", "a", "name"], ids["task_not_a_name"]), task_body({})),
         envelope(task_headers(test_task, ids["kwargs_not_a_mapping"]), b'[[], ["message"], {}]'),
         envelope(task_headers(test_task, ids["args_not_a_list"]), b'[{"message": "m"}, {}, {}]'),
-        envelope(task_headers(test_task, ids["body_not_a_triple"]), b'[[]]'),
+        envelope(task_headers(test_task, ids["body_not_a_triple"]), b"[[]]"),
         envelope(task_headers("celery.accumulate", ids["celery_builtin"]), task_body({})),  # Celery internals
     ]
-    wrong_types = envelope(task_headers(test_task, ids["wrong_types"]),
-                           task_body({"message": ["not", "a", "string"], "fail": "perhaps"}))
+    wrong_types = envelope(
+        task_headers(test_task, ids["wrong_types"]), task_body({"message": ["not", "a", "string"], "fail": "perhaps"})
+    )
     # valid, but its result echoes a NUL character, which PostgreSQL text cannot hold (the history must cope)
     nul = envelope(task_headers(test_task, ids["nul"]), task_body({"message": "a\x00b"}))
     valid = envelope(task_headers(test_task, ids["valid"]), task_body({"message": "still here"}))
@@ -167,15 +226,24 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_consuming(
     # the history: the ones with an id are REJECTED with the reason, wrong types FAILED with the field errors
     for name in rejected:
         task_id = ids[name]
-        row = wait_until(functools.partial(in_state, migrated, task_id, "REJECTED"), timeout=30,
-                         message=f"the REJECTED history row of {name}")
+        row = wait_until(
+            functools.partial(in_state, migrated, task_id, "REJECTED"),
+            timeout=30,
+            message=f"the REJECTED history row of {name}",
+        )
         assert row.error, name
         assert row.owner == "mallory" or name == "task_not_a_name", name
-    failed = wait_until(lambda: in_state(migrated, ids["wrong_types"], "FAILURE"), timeout=30,
-                        message="the FAILURE row of the wrong argument types")
+    failed = wait_until(
+        lambda: in_state(migrated, ids["wrong_types"], "FAILURE"),
+        timeout=30,
+        message="the FAILURE row of the wrong argument types",
+    )
     assert failed.exception == "InvalidTaskArguments"
-    echoed = wait_until(lambda: in_state(migrated, ids["nul"], "SUCCESS"), timeout=30,
-                        message="the SUCCESS row of the task whose result has a NUL character")
+    echoed = wait_until(
+        lambda: in_state(migrated, ids["nul"], "SUCCESS"),
+        timeout=30,
+        message="the SUCCESS row of the task whose result has a NUL character",
+    )
     assert echoed.result_summary == "Task received: a\ufffdb"
     assert in_state(migrated, ids["valid"], "SUCCESS") is not None  # and the monitor went on
     assert "message: Input should be a valid string" in (failed.error or "")

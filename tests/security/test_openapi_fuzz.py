@@ -23,8 +23,13 @@ from tests.security.conftest import Gateway
 
 pytestmark = pytest.mark.integration
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
-          response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 MAX_EXAMPLES = 25
 COVERAGE_PHASE = False
 SEEN: defaultdict[str, Counter[int]] = defaultdict(Counter)  # operation -> status -> responses
@@ -40,8 +45,7 @@ schema.config.phases.coverage.enabled = COVERAGE_PHASE
 @schema.parametrize()
 @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_every_response_conforms_to_the_document(case: Any, secure_gateway: Gateway) -> None:
-    response = case.call_and_validate(base_url=secure_gateway.url, headers=secure_gateway.auth("admin"),
-                                      checks=CHECKS)
+    response = case.call_and_validate(base_url=secure_gateway.url, headers=secure_gateway.auth("admin"), checks=CHECKS)
     SEEN[f"{case.method} {case.path}"][response.status_code] += 1
 
 

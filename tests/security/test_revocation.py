@@ -25,14 +25,19 @@ def status(api: httpx.Client, gateway: Gateway, task_id: str) -> str:
 
 
 def test_a_task_revoked_before_any_worker_started_is_never_run(
-    secure_gateway: Gateway, api: httpx.Client, service_env: dict[str, str], migrated: Settings,
+    secure_gateway: Gateway,
+    api: httpx.Client,
+    service_env: dict[str, str],
+    migrated: Settings,
     worker_factory: Callable[..., Process],
 ) -> None:
     admin = secure_gateway.auth("admin")
-    revoked = api.post(f"{API}/tasks", json={"task_name": "test_task", "kwargs": {"message": "revoked"}},
-                       headers=admin).json()["task_id"]
-    kept = api.post(f"{API}/tasks", json={"task_name": "test_task", "kwargs": {"message": "kept"}},
-                    headers=admin).json()["task_id"]
+    revoked = api.post(
+        f"{API}/tasks", json={"task_name": "test_task", "kwargs": {"message": "revoked"}}, headers=admin
+    ).json()["task_id"]
+    kept = api.post(
+        f"{API}/tasks", json={"task_name": "test_task", "kwargs": {"message": "kept"}}, headers=admin
+    ).json()["task_id"]
     answer = api.post(f"{API}/tasks/{revoked}/revoke", json={"terminate": False}, headers=admin)
     assert answer.status_code == 202
     cache = secure_gateway.redis.client(2)
@@ -43,8 +48,11 @@ def test_a_task_revoked_before_any_worker_started_is_never_run(
     assert secure_gateway.queue_length("default") >= 2  # nobody was there to hear the broadcast
 
     base = secure_gateway.redis.url_base
-    worker_factory("maintenance", env=service_env | {
-        "MALLOPS_REDIS_URL": base, "MALLOPS_BROKER_URL": f"{base}/0", "MALLOPS_RESULT_BACKEND": f"{base}/1"})
+    worker_factory(
+        "maintenance",
+        env=service_env
+        | {"MALLOPS_REDIS_URL": base, "MALLOPS_BROKER_URL": f"{base}/0", "MALLOPS_RESULT_BACKEND": f"{base}/1"},
+    )
     # FIFO: once the later task has succeeded, the revoked one has been received and dealt with
     wait_until(lambda: status(api, secure_gateway, kept) == "SUCCESS", timeout=60, message="the kept task")
     wait_until(lambda: status(api, secure_gateway, revoked) == "REVOKED", timeout=20, message="the revoked task")

@@ -9,9 +9,16 @@ from shared.settings import Settings
 
 EXPECTED = {
     "finance": {"check_pending_bills", "send_bill_reminders", "calculate_monthly_revenue"},
-    "reports": {"generate_hourly_report", "generate_daily_report", "generate_weekly_report",
-                "generate_monthly_report", "export_data", "process_access_logs",
-                "generate_access_statistics", "cleanup_old_access_records"},
+    "reports": {
+        "generate_hourly_report",
+        "generate_daily_report",
+        "generate_weekly_report",
+        "generate_monthly_report",
+        "export_data",
+        "process_access_logs",
+        "generate_access_statistics",
+        "cleanup_old_access_records",
+    },
     "email": {"send_notification_email", "cleanup_old_notifications"},
     "default": {"backup_database", "cleanup_cache", "cleanup_expired_data", "test_task", "long_running_task"},
 }
@@ -78,9 +85,15 @@ def test_bad_arguments_are_refused(name: str, kwargs: dict[str, object]) -> None
 
 def test_default_schedules() -> None:
     schedules = {name: spec.schedule for name, spec in CATALOG.items() if spec.schedule}
-    assert set(schedules) == {"check_pending_bills", "generate_hourly_report", "cleanup_old_notifications",
-                              "generate_weekly_report", "generate_monthly_report", "process_access_logs",
-                              "generate_access_statistics"}
+    assert set(schedules) == {
+        "check_pending_bills",
+        "generate_hourly_report",
+        "cleanup_old_notifications",
+        "generate_weekly_report",
+        "generate_monthly_report",
+        "process_access_logs",
+        "generate_access_statistics",
+    }
     weekly = schedules["generate_weekly_report"]
     assert (weekly.minute, weekly.hour, weekly.day_of_week) == ("0", "10", "1")
     assert schedules["process_access_logs"].every == 30.0

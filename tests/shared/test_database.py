@@ -41,7 +41,8 @@ def test_demo_data_is_deterministic_and_has_arrears(migrated: Settings) -> None:
     assert first.unpaid_past_due > 0
     with session_scope(migrated) as session:
         unpaid = session.scalar(
-            select(func.count()).select_from(models.Bill)
+            select(func.count())
+            .select_from(models.Bill)
             .where(models.Bill.status == "pending", models.Bill.due_date < day)
         )
         assert unpaid == first.unpaid_past_due
@@ -89,8 +90,7 @@ def test_a_statement_interrupted_mid_fetch_surfaces_its_own_error_and_leaves_the
     # interruption (not an OperationalError that the task base would retry as transient).
     slow = "SELECT g, pg_sleep(0.005) FROM generate_series(1, 2000) AS g"
     if get_engine(migrated).dialect.name == "sqlite":
-        slow = ("WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 50000000) "
-                "SELECT n FROM g")
+        slow = "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 50000000) SELECT n FROM g"
     previous = signal.signal(signal.SIGALRM, _interrupt)
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.3)

@@ -11,9 +11,22 @@ import pytest
 
 from shared.dead_letters import body_problem, header_problem
 
-GOOD = {"lang": "py", "task": "mallops.maintenance.test_task", "id": "a1", "retries": 0, "timelimit": [None, 60],
-        "eta": None, "expires": None, "root_id": "a1", "parent_id": None, "group": None, "argsrepr": "()",
-        "kwargsrepr": "{}", "origin": "gw", "mallops_owner": "alice"}
+GOOD = {
+    "lang": "py",
+    "task": "mallops.maintenance.test_task",
+    "id": "a1",
+    "retries": 0,
+    "timelimit": [None, 60],
+    "eta": None,
+    "expires": None,
+    "root_id": "a1",
+    "parent_id": None,
+    "group": None,
+    "argsrepr": "()",
+    "kwargsrepr": "{}",
+    "origin": "gw",
+    "mallops_owner": "alice",
+}
 
 
 @dataclass
@@ -30,29 +43,45 @@ def test_well_formed_headers_and_messages_that_are_not_protocol_2_pass() -> None
     assert header_problem(None) is None
 
 
-@pytest.mark.parametrize(("change", "problem"), [
-    ({"id": None}, "id header"), ({"id": 7}, "id header"), ({"id": ""}, "id header"),
-    ({"task": ["x"]}, "task header"), ({"task": ""}, "task header"),
-    ({"task": "celery.accumulate"}, "built-in"), ({"task": "celery.chord_unlock"}, "built-in"),
-    ({"retries": "many"}, "retries"), ({"retries": -1}, "retries"), ({"retries": True}, "retries"),
-    ({"timelimit": "x"}, "timelimit"), ({"timelimit": [1, 2, 3]}, "timelimit"), ({"timelimit": [0, "a"]}, "timelimit"),
-    ({"eta": 5}, "eta"), ({"root_id": {}}, "root_id"), ({"mallops_owner": ["x"]}, "mallops_owner"),
-])
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"id": None}, "id header"),
+        ({"id": 7}, "id header"),
+        ({"id": ""}, "id header"),
+        ({"task": ["x"]}, "task header"),
+        ({"task": ""}, "task header"),
+        ({"task": "celery.accumulate"}, "built-in"),
+        ({"task": "celery.chord_unlock"}, "built-in"),
+        ({"retries": "many"}, "retries"),
+        ({"retries": -1}, "retries"),
+        ({"retries": True}, "retries"),
+        ({"timelimit": "x"}, "timelimit"),
+        ({"timelimit": [1, 2, 3]}, "timelimit"),
+        ({"timelimit": [0, "a"]}, "timelimit"),
+        ({"eta": 5}, "eta"),
+        ({"root_id": {}}, "root_id"),
+        ({"mallops_owner": ["x"]}, "mallops_owner"),
+    ],
+)
 def test_malformed_headers_are_named(change: dict[str, Any], problem: str) -> None:
     found = header_problem({**GOOD, **change})
     assert found is not None
     assert problem in found
 
 
-@pytest.mark.parametrize(("body", "ok"), [
-    ([[], {"message": "m"}, {"callbacks": None}], True),
-    ([[1], {}, None], True),
-    ([[], ["message"], {}], False),
-    ([{"message": "m"}, {}, {}], False),
-    ([[]], False),
-    ({"args": []}, False),
-    ("[]", False),
-])
+@pytest.mark.parametrize(
+    ("body", "ok"),
+    [
+        ([[], {"message": "m"}, {"callbacks": None}], True),
+        ([[1], {}, None], True),
+        ([[], ["message"], {}], False),
+        ([{"message": "m"}, {}, {}], False),
+        ([[]], False),
+        ({"args": []}, False),
+        ("[]", False),
+    ],
+)
 def test_the_body_must_be_args_kwargs_options(body: Any, ok: bool) -> None:
     assert (body_problem(Message(GOOD, json.dumps(body).encode())) is None) is ok
 

@@ -14,8 +14,9 @@ from shared.settings import Settings
 from tests.harness import RedisServer, free_port, wait_until
 
 
-def test_events_are_buffered_then_written_in_one_batch(settings: Settings, redis_server: RedisServer,
-                                                       clean_broker: None) -> None:
+def test_events_are_buffered_then_written_in_one_batch(
+    settings: Settings, redis_server: RedisServer, clean_broker: None
+) -> None:
     host = f"tester-{uuid.uuid4().hex[:8]}@h"  # running workers write heartbeats into the same stream
     emitter = events.EventEmitter(settings, host)
     emitter.emit("task-started", id="a", name="n", queue="default", retries=0)
@@ -40,8 +41,9 @@ def test_events_are_buffered_then_written_in_one_batch(settings: Settings, redis
 
 
 def test_events_wait_for_redis_instead_of_being_lost(settings: Settings) -> None:
-    unreachable = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}",
-                                              "events_flush_interval": 60.0})
+    unreachable = settings.model_copy(
+        update={"redis_url": f"redis://127.0.0.1:{free_port()}", "events_flush_interval": 60.0}
+    )
     emitter = events.EventEmitter(unreachable, "tester@h")
     try:
         for i in range(5):
@@ -61,14 +63,20 @@ def test_installing_twice_connects_each_handler_once(settings: Settings) -> None
     assert len(receivers) == 1
 
 
-def test_a_published_task_emits_task_sent_with_its_owner(settings: Settings, redis_server: RedisServer,
-                                                         clean_broker: None) -> None:
+def test_a_published_task_emits_task_sent_with_its_owner(
+    settings: Settings, redis_server: RedisServer, clean_broker: None
+) -> None:
     # a broker database no worker listens on, so the message stays unconsumed
     app = create_celery_app("publisher", settings.model_copy(update={"broker_url": f"{redis_server.url_base}/5"}))
     cache = redis_server.client(2)
     try:
-        result = app.send_task("mallops.maintenance.test_task", kwargs={"message": "hi"}, queue="default",
-                               headers={"mallops_owner": "carol"}, ignore_result=True)
+        result = app.send_task(
+            "mallops.maintenance.test_task",
+            kwargs={"message": "hi"},
+            queue="default",
+            headers={"mallops_owner": "carol"},
+            ignore_result=True,
+        )
 
         def sent() -> dict[str, object] | None:
             for _, fields in cache.xrange(EVENT_STREAM):

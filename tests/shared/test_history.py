@@ -35,13 +35,30 @@ from tests.harness import start_redis, wait_until
 T0 = dt.datetime(2026, 11, 1, 8, 0, tzinfo=dt.UTC)
 
 
-def _row(name: str, i: int, state: str, *, owner: str = "alice", runtime: float | None = None,
-         wait: float | None = None, sent: dt.datetime | None = None) -> TaskRecord:
+def _row(
+    name: str,
+    i: int,
+    state: str,
+    *,
+    owner: str = "alice",
+    runtime: float | None = None,
+    wait: float | None = None,
+    sent: dt.datetime | None = None,
+) -> TaskRecord:
     sent = sent or T0 + dt.timedelta(seconds=i)
     return TaskRecord(
-        task_id=f"{name}-{i:05d}", task_name=name, queue="default", state=state, owner=owner, retries=0,
-        sent_at=sent, finished_at=sent + dt.timedelta(seconds=1) if state == "SUCCESS" else None,
-        runtime=runtime, queue_wait=wait, last_event_seq=0, updated_at=sent,
+        task_id=f"{name}-{i:05d}",
+        task_name=name,
+        queue="default",
+        state=state,
+        owner=owner,
+        retries=0,
+        sent_at=sent,
+        finished_at=sent + dt.timedelta(seconds=1) if state == "SUCCESS" else None,
+        runtime=runtime,
+        queue_wait=wait,
+        last_event_seq=0,
+        updated_at=sent,
     )
 
 
@@ -71,13 +88,16 @@ def test_pages_walk_every_row_once_newest_first(migrated: Settings, task_name: s
 
 def test_filters_by_status_owner_and_time(migrated: Settings, task_name: str) -> None:
     with session_scope(migrated) as session:
-        session.add_all([
-            _row(task_name, 1, "SUCCESS", owner="alice"),
-            _row(task_name, 2, "FAILURE", owner="bob"),
-            _row(task_name, 3, "SUCCESS", owner="bob"),
-            _row(task_name, 4, "RETRY", owner="alice"),
-        ])
+        session.add_all(
+            [
+                _row(task_name, 1, "SUCCESS", owner="alice"),
+                _row(task_name, 2, "FAILURE", owner="bob"),
+                _row(task_name, 3, "SUCCESS", owner="bob"),
+                _row(task_name, 4, "RETRY", owner="alice"),
+            ]
+        )
     with session_scope(migrated) as session:
+
         def ids(**kw: Any) -> list[str]:
             return [i["task_id"][-1] for i in query_history(session, task_name=task_name, **kw).items]
 
@@ -183,10 +203,23 @@ def test_workers_online_offline_and_purged(private_redis: Settings) -> None:
     cache = redis.Redis.from_url(settings.cache_redis_url)
 
     def put(hostname: str, age: float, status: str = "online") -> None:
-        cache.hset(WORKERS_KEY, hostname, json.dumps({
-            "hostname": hostname, "service": "maintenance", "pid": 1, "queues": ["default", "history-test"],
-            "active": 2, "processed": 7, "last_heartbeat": now - age, "status": status, "concurrency": 2,
-        }))
+        cache.hset(
+            WORKERS_KEY,
+            hostname,
+            json.dumps(
+                {
+                    "hostname": hostname,
+                    "service": "maintenance",
+                    "pid": 1,
+                    "queues": ["default", "history-test"],
+                    "active": 2,
+                    "processed": 7,
+                    "last_heartbeat": now - age,
+                    "status": status,
+                    "concurrency": 2,
+                }
+            ),
+        )
 
     put("fresh@h", 1)
     put("silent@h", settings.worker_offline_after + 1)
@@ -247,8 +280,11 @@ def test_queue_lengths_on_rabbitmq(settings: Settings) -> None:
             producer = connection.Producer()
             for i in range(3):
                 producer.publish({"i": i}, exchange=queue.exchange, routing_key=name)
-            wait_until(lambda: queue_lengths(on_rabbitmq, [consumer])[name]["pending"] == 3, timeout=10,
-                       message="3 messages ready in RabbitMQ")
+            wait_until(
+                lambda: queue_lengths(on_rabbitmq, [consumer])[name]["pending"] == 3,
+                timeout=10,
+                message="3 messages ready in RabbitMQ",
+            )
             lengths = queue_lengths(on_rabbitmq, [consumer])
         finally:
             bound.delete()

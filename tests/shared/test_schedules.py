@@ -17,19 +17,43 @@ from shared.settings import Settings
 pytestmark = pytest.mark.integration
 
 EXPECTED_DEFAULTS = {
-    "check_pending_bills": {"minute": "*", "hour": "*", "day_of_week": "*", "day_of_month": "*",
-                            "month_of_year": "*"},
-    "generate_hourly_report": {"minute": "0", "hour": "*", "day_of_week": "*", "day_of_month": "*",
-                               "month_of_year": "*"},
-    "generate_weekly_report": {"minute": "0", "hour": "10", "day_of_week": "1", "day_of_month": "*",
-                               "month_of_year": "*"},
-    "generate_monthly_report": {"minute": "0", "hour": "0", "day_of_week": "*", "day_of_month": "1",
-                                "month_of_year": "*"},
+    "check_pending_bills": {"minute": "*", "hour": "*", "day_of_week": "*", "day_of_month": "*", "month_of_year": "*"},
+    "generate_hourly_report": {
+        "minute": "0",
+        "hour": "*",
+        "day_of_week": "*",
+        "day_of_month": "*",
+        "month_of_year": "*",
+    },
+    "generate_weekly_report": {
+        "minute": "0",
+        "hour": "10",
+        "day_of_week": "1",
+        "day_of_month": "*",
+        "month_of_year": "*",
+    },
+    "generate_monthly_report": {
+        "minute": "0",
+        "hour": "0",
+        "day_of_week": "*",
+        "day_of_month": "1",
+        "month_of_year": "*",
+    },
     "process_access_logs": {"every": 30.0},
-    "generate_access_statistics": {"minute": "0", "hour": "1", "day_of_week": "*", "day_of_month": "*",
-                                   "month_of_year": "*"},
-    "cleanup_old_notifications": {"minute": "0", "hour": "2", "day_of_week": "*", "day_of_month": "*",
-                                  "month_of_year": "*"},
+    "generate_access_statistics": {
+        "minute": "0",
+        "hour": "1",
+        "day_of_week": "*",
+        "day_of_month": "*",
+        "month_of_year": "*",
+    },
+    "cleanup_old_notifications": {
+        "minute": "0",
+        "hour": "2",
+        "day_of_week": "*",
+        "day_of_month": "*",
+        "month_of_year": "*",
+    },
 }
 
 
@@ -77,8 +101,9 @@ def test_disable_enable_and_retime_at_runtime(app: Celery) -> None:
     assert on.enabled is True
     assert on.next_run_at is not None
 
-    retimed = schedules.update_entry(app, "generate_weekly_report", schedule=Schedule(minute="30", hour="9",
-                                                                                      day_of_week="2"))
+    retimed = schedules.update_entry(
+        app, "generate_weekly_report", schedule=Schedule(minute="30", hour="9", day_of_week="2")
+    )
     assert retimed.schedule["day_of_week"] == "2"
     assert retimed.schedule["hour"] == "9"
     assert retimed.next_run_at is not None
@@ -177,8 +202,12 @@ def test_entries_the_catalog_no_longer_schedules_are_removed(app: Celery, redis_
     from redbeat.schedulers import RedBeatSchedulerEntry
 
     schedules.ensure_defaults(app)
-    stray = RedBeatSchedulerEntry(name="retired_task", task="mallops.finance.retired_task",
-                                  schedule=schedules.celery_schedule(Schedule(every=60), app), app=app)
+    stray = RedBeatSchedulerEntry(
+        name="retired_task",
+        task="mallops.finance.retired_task",
+        schedule=schedules.celery_schedule(Schedule(every=60), app),
+        app=app,
+    )
     stray.save()
     cache = redis_server.client(2)
     try:
@@ -198,8 +227,7 @@ def test_frequent_entries_expire_so_a_backlog_is_skipped(app: Celery) -> None:
         return dict(RedBeatSchedulerEntry.from_key(f"mallops:redbeat:{name}", app=app).options)
 
     schedules.ensure_defaults(app)
-    assert options("process_access_logs") == {"queue": "reports", "headers": {"mallops_owner": "beat"},
-                                              "expires": 60.0}
+    assert options("process_access_logs") == {"queue": "reports", "headers": {"mallops_owner": "beat"}, "expires": 60.0}
     assert options("check_pending_bills")["expires"] == 120.0
     assert "expires" not in options("generate_weekly_report")
     schedules.update_entry(app, "process_access_logs", schedule=Schedule(every=3600))

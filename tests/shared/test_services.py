@@ -76,8 +76,14 @@ def test_probe_command_exits_0_for_a_ready_worker_and_1_for_a_missing_one(
     worker_factory("maintenance", hostname=f"maintenance@{host}")
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "mallops", "probe", *args], env=service_env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "mallops", "probe", *args],
+            env=service_env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     ready = run("maintenance", f"--hostname={host}")
     assert ready.returncode == 0, ready.stdout + ready.stderr
@@ -87,5 +93,6 @@ def test_probe_command_exits_0_for_a_ready_worker_and_1_for_a_missing_one(
     assert "NOT ready" in missing.stdout
     unknown = run("web")
     assert unknown.returncode == 2
-    assert unknown.stderr.strip() == ("mallops: unknown service 'web'; choose one of gateway, finance, reports, "
-                                      "notifier, maintenance, beat, monitor")
+    assert unknown.stderr.strip() == (
+        "mallops: unknown service 'web'; choose one of gateway, finance, reports, notifier, maintenance, beat, monitor"
+    )

@@ -62,6 +62,7 @@ def test_backoff_doubles_from_the_base_with_bounded_jitter() -> None:
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "out" / "report.csv"
+
     def write_then_time_out() -> None:
         with atomic_write(target) as handle:
             handle.write("partial,row\n")

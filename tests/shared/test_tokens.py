@@ -99,8 +99,15 @@ def test_bootstrap_admin_token_is_created_once_and_revocation_sticks(migrated: S
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mallops", "tokens", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "mallops", "tokens", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_cli_creates_lists_and_revokes_tokens(service_env: dict[str, str], migrated: Settings) -> None:

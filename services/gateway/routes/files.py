@@ -33,12 +33,16 @@ MEDIA_TYPES = {
     "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
 }
 FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The file.", "content": {
-        "text/csv": {"schema": {"type": "string"}},
-        "text/html": {"schema": {"type": "string"}},
-        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {
-            "schema": {"type": "string", "format": "binary"}},
-    }},
+    200: {
+        "description": "The file.",
+        "content": {
+            "text/csv": {"schema": {"type": "string"}},
+            "text/html": {"schema": {"type": "string"}},
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {
+                "schema": {"type": "string", "format": "binary"}
+            },
+        },
+    },
 }
 
 
@@ -66,22 +70,34 @@ def _formats(report: Report) -> list[Literal["csv", "html"]]:
 
 
 def _summary(report: Report) -> ReportSummary:
-    return ReportSummary(id=report.id, kind=report.kind, period_start=report.period_start,
-                         period_end=report.period_end, task_id=report.task_id, created_at=report.created_at,
-                         formats=_formats(report))
+    return ReportSummary(
+        id=report.id,
+        kind=report.kind,
+        period_start=report.period_start,
+        period_end=report.period_end,
+        task_id=report.task_id,
+        created_at=report.created_at,
+        formats=_formats(report),
+    )
 
 
 @router.get("/reports", response_model=ReportList, summary="Reports, newest period first")
 def list_reports(
-    principal: CurrentPrincipal, session: SessionDep,
+    principal: CurrentPrincipal,
+    session: SessionDep,
     kind: Annotated[ReportKind | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> ReportList:
     clauses = [Report.kind == kind] if kind else []
     total = session.scalar(select(func.count()).select_from(Report).where(*clauses)) or 0
-    rows = session.scalars(select(Report).where(*clauses).order_by(Report.period_start.desc(), Report.id.desc())
-                           .limit(limit).offset(offset)).all()
+    rows = session.scalars(
+        select(Report)
+        .where(*clauses)
+        .order_by(Report.period_start.desc(), Report.id.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
     return ReportList(count=total, results=[_summary(row) for row in rows])
 
 
@@ -98,10 +114,17 @@ def get_report(report_id: ReportId, principal: CurrentPrincipal, session: Sessio
     return ReportDetail(**_summary(report).model_dump(), data=report.data)
 
 
-@router.get("/reports/{report_id}/file", response_class=FileResponse, summary="A report's CSV or HTML file",
-            responses=FILE_RESPONSES)
+@router.get(
+    "/reports/{report_id}/file",
+    response_class=FileResponse,
+    summary="A report's CSV or HTML file",
+    responses=FILE_RESPONSES,
+)
 def report_file(
-    report_id: ReportId, principal: CurrentPrincipal, session: SessionDep, runtime: RuntimeDep,
+    report_id: ReportId,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    runtime: RuntimeDep,
     format: Annotated[Literal["csv", "html"], Query(description="Which file.")] = "html",
 ) -> FileResponse:
     report = _report(session, report_id)
@@ -115,8 +138,7 @@ def report_file(
 def _export(session: SessionDep, task_id: str, principal: CurrentPrincipal) -> Export:
     row = session.scalar(select(Export).where(Export.task_id == task_id))
     if row is None or (not principal.is_admin and row.owner != principal.name):
-        raise ProblemError(404, f"there is no export for task {task_id!r} (or it is not yours)",
-                           kind="unknown-export")
+        raise ProblemError(404, f"there is no export for task {task_id!r} (or it is not yours)", kind="unknown-export")
     return row
 
 
@@ -124,18 +146,35 @@ def _export(session: SessionDep, task_id: str, principal: CurrentPrincipal) -> E
 def get_export(task_id: ExportTaskId, principal: CurrentPrincipal, session: SessionDep) -> ExportInfo:
     row = _export(session, task_id, principal)
     return ExportInfo(
-        task_id=row.task_id, owner=row.owner, dataset=row.dataset, format=row.format, filters=row.filters,
-        status=row.status, file_name=row.file_name, rows=row.rows, size_bytes=row.size_bytes, sha256=row.sha256,
-        created_at=row.created_at, expires_at=row.expires_at,
+        task_id=row.task_id,
+        owner=row.owner,
+        dataset=row.dataset,
+        format=row.format,
+        filters=row.filters,
+        status=row.status,
+        file_name=row.file_name,
+        rows=row.rows,
+        size_bytes=row.size_bytes,
+        sha256=row.sha256,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
         download_url=f"{API_PREFIX}/exports/{row.task_id}/download" if row.status == "done" else None,
     )
 
 
-@router.get("/exports/{task_id}/download", response_class=FileResponse, summary="Download an export",
-            responses={**FILE_RESPONSES, 409: {"description": "The export is not finished."},
-                       410: {"description": "The export has expired."}})
-def download_export(task_id: ExportTaskId, principal: CurrentPrincipal, session: SessionDep,
-                    runtime: RuntimeDep) -> FileResponse:
+@router.get(
+    "/exports/{task_id}/download",
+    response_class=FileResponse,
+    summary="Download an export",
+    responses={
+        **FILE_RESPONSES,
+        409: {"description": "The export is not finished."},
+        410: {"description": "The export has expired."},
+    },
+)
+def download_export(
+    task_id: ExportTaskId, principal: CurrentPrincipal, session: SessionDep, runtime: RuntimeDep
+) -> FileResponse:
     row = _export(session, task_id, principal)
     if row.status != "done":
         raise ProblemError(409, f"the export is {row.status}, not done; try again later", kind="export-not-ready")
@@ -144,5 +183,4 @@ def download_export(task_id: ExportTaskId, principal: CurrentPrincipal, session:
     path = contained(runtime.settings.exports_dir, row.file_name)
     if path is None or path.parent != runtime.settings.exports_dir.resolve():
         raise ProblemError(404, "the export's file is missing", kind="no-file")
-    return FileResponse(path, media_type=MEDIA_TYPES.get(row.format, "application/octet-stream"),
-                        filename=path.name)
+    return FileResponse(path, media_type=MEDIA_TYPES.get(row.format, "application/octet-stream"), filename=path.name)

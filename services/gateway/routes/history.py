@@ -17,8 +17,7 @@ from shared.catalog import get_spec
 
 router = APIRouter(prefix=API_PREFIX, tags=["history"])
 
-HistoryState = Literal["SENT", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED",
-                       "REJECTED"]
+HistoryState = Literal["SENT", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED", "REJECTED"]
 
 
 def _owner(principal_name: str, is_admin: bool, owner: str | None) -> str | None:
@@ -28,14 +27,22 @@ def _owner(principal_name: str, is_admin: bool, owner: str | None) -> str | None
 
 def _known_task(task_name: str | None) -> None:
     if task_name is not None and get_spec(task_name) is None:
-        raise ProblemError(404, f"there is no task named {task_name!r}; GET /api/v1/catalog lists them",
-                           kind="unknown-task", title="Unknown task")
+        raise ProblemError(
+            404,
+            f"there is no task named {task_name!r}; GET /api/v1/catalog lists them",
+            kind="unknown-task",
+            title="Unknown task",
+        )
 
 
 def _aware(value: dt.datetime | None, name: str) -> dt.datetime | None:
     if value is not None and value.tzinfo is None:
-        raise ProblemError(422, f"{name} needs a timezone, e.g. 2026-11-22T00:00:00Z", kind="validation-error",
-                           errors=[{"loc": ["query", name], "msg": "timezone required", "type": "timezone"}])
+        raise ProblemError(
+            422,
+            f"{name} needs a timezone, e.g. 2026-11-22T00:00:00Z",
+            kind="validation-error",
+            errors=[{"loc": ["query", name], "msg": "timezone required", "type": "timezone"}],
+        )
     return value
 
 
@@ -44,11 +51,11 @@ UNKNOWN_TASK: dict[int | str, dict[str, Any]] = {404: {"description": "task_name
 
 @router.get("/tasks/history", response_model=HistoryPage, summary="Task history (durable)", responses=UNKNOWN_TASK)
 def task_history(
-    principal: CurrentPrincipal, session: SessionDep,
+    principal: CurrentPrincipal,
+    session: SessionDep,
     task_name: Annotated[str | None, Query(max_length=200)] = None,
     status: Annotated[HistoryState | None, Query()] = None,
-    owner: Annotated[str | None, Query(max_length=100, description="Admins only; users always see their own.")]
-    = None,
+    owner: Annotated[str | None, Query(max_length=100, description="Admins only; users always see their own.")] = None,
     since: Annotated[dt.datetime | None, Query(description="Sent at or after (ISO 8601 with timezone).")] = None,
     until: Annotated[dt.datetime | None, Query(description="Sent before (ISO 8601 with timezone).")] = None,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
@@ -58,24 +65,34 @@ def task_history(
     _known_task(task_name)
     try:
         page = history.query_history(
-            session, task_name=task_name, status=status, owner=_owner(principal.name, principal.is_admin, owner),
-            since=_aware(since, "since"), until=_aware(until, "until"), cursor=cursor, limit=limit,
+            session,
+            task_name=task_name,
+            status=status,
+            owner=_owner(principal.name, principal.is_admin, owner),
+            since=_aware(since, "since"),
+            until=_aware(until, "until"),
+            cursor=cursor,
+            limit=limit,
         )
         items = [HistoryItem.model_validate(item) for item in page.items]
     except (ValueError, ValidationError) as exc:
-        raise ProblemError(422, f"invalid history query: {exc}", kind="validation-error",
-                           errors=[{"loc": ["query", "cursor"], "msg": str(exc), "type": "value_error"}]) from exc
+        raise ProblemError(
+            422,
+            f"invalid history query: {exc}",
+            kind="validation-error",
+            errors=[{"loc": ["query", "cursor"], "msg": str(exc), "type": "value_error"}],
+        ) from exc
     return HistoryPage(count=len(items), results=items, next_cursor=page.next_cursor)
 
 
 @router.get("/tasks/stats", response_model=TaskStats, summary="Task statistics over a window", responses=UNKNOWN_TASK)
 def task_stats(
-    principal: CurrentPrincipal, session: SessionDep,
+    principal: CurrentPrincipal,
+    session: SessionDep,
     since: Annotated[dt.datetime | None, Query(description="Window start (default: 24 h before until).")] = None,
     until: Annotated[dt.datetime | None, Query(description="Window end (default: now).")] = None,
     task_name: Annotated[str | None, Query(max_length=200)] = None,
-    owner: Annotated[str | None, Query(max_length=100, description="Admins only; users always see their own.")]
-    = None,
+    owner: Annotated[str | None, Query(max_length=100, description="Admins only; users always see their own.")] = None,
 ) -> TaskStats:
     """Counts by state, success rate, throughput, run time p50/p95/p99 and queue wait p50/p95, overall and
     per task name, for the tasks sent in ``[since, until)``."""
@@ -83,9 +100,13 @@ def task_stats(
     end = _aware(until, "until") or dt.datetime.now(dt.UTC)
     start = _aware(since, "since") or end - dt.timedelta(days=1)
     if end <= start:
-        raise ProblemError(422, "the window must have since < until",
-                           kind="validation-error",
-                           errors=[{"loc": ["query", "since"], "msg": "bad window", "type": "value_error"}])
-    stats = history.task_stats(session, since=start, until=end, task_name=task_name,
-                               owner=_owner(principal.name, principal.is_admin, owner))
+        raise ProblemError(
+            422,
+            "the window must have since < until",
+            kind="validation-error",
+            errors=[{"loc": ["query", "since"], "msg": "bad window", "type": "value_error"}],
+        )
+    stats = history.task_stats(
+        session, since=start, until=end, task_name=task_name, owner=_owner(principal.name, principal.is_admin, owner)
+    )
     return TaskStats.model_validate(stats)

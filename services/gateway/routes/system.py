@@ -47,26 +47,44 @@ def _broker_round_trip(runtime: Runtime) -> None:
             connection.channel().close()
 
 
-@router.get("/readyz", response_model=Readiness, summary="Redis, the broker and the database answer",
-            responses={503: {"description": "A dependency is not reachable; `checks` says which."}})
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    summary="Redis, the broker and the database answer",
+    responses={503: {"description": "A dependency is not reachable; `checks` says which."}},
+)
 async def readyz(runtime: RuntimeDep) -> Readiness:
     """A real round trip to the cache Redis, the result backend, the broker and the database."""
-    checks = dict(await asyncio.gather(
-        _check("redis", runtime.cache.ping()),
-        _check("result_backend", runtime.results.ping()),
-        _check("broker", run_in_threadpool(_broker_round_trip, runtime)),
-        _check("database", run_in_threadpool(_database_round_trip, runtime)),
-    ))
+    checks = dict(
+        await asyncio.gather(
+            _check("redis", runtime.cache.ping()),
+            _check("result_backend", runtime.results.ping()),
+            _check("broker", run_in_threadpool(_broker_round_trip, runtime)),
+            _check("database", run_in_threadpool(_database_round_trip, runtime)),
+        )
+    )
     failing = sorted(name for name, value in checks.items() if value != "ok")
     if failing:
-        raise ProblemError(503, f"not ready: {', '.join(failing)} cannot be reached", kind="not-ready",
-                           headers={"Retry-After": "5"}, extra={"checks": checks})
+        raise ProblemError(
+            503,
+            f"not ready: {', '.join(failing)} cannot be reached",
+            kind="not-ready",
+            headers={"Retry-After": "5"},
+            extra={"checks": checks},
+        )
     return Readiness(status="ok", checks=checks)
 
 
-@router.get("/metrics", summary="The gateway's own metrics (Prometheus text format)",
-            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                             "description": "Request counts and latencies by route template."}},
-            response_class=Response)
+@router.get(
+    "/metrics",
+    summary="The gateway's own metrics (Prometheus text format)",
+    responses={
+        200: {
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "description": "Request counts and latencies by route template.",
+        }
+    },
+    response_class=Response,
+)
 async def metrics(runtime: RuntimeDep) -> Response:
     return Response(runtime.metrics.render(), media_type=runtime.metrics.content_type)

@@ -46,9 +46,15 @@ from shared.tokens import Principal
 router = APIRouter(prefix=API_PREFIX, tags=["tasks"])
 
 TaskId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$", description="The task's id.")]
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255,
-                                              description="Repeat a submission safely: the same key and body "
-                                              "return the first answer; another body is 409.")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Repeat a submission safely: the same key and body return the first answer; another body is 409.",
+    ),
+]
 State = Literal["PENDING", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
 SCAN_CHUNK = 500
 SCAN_MAX = 5_000
@@ -60,13 +66,19 @@ FINISHED_RECORDS_MAX = 10_000
 
 
 async def _submit_once(
-    runtime: Runtime, store: TaskStore, principal: Principal, items: list[Prepared], idempotency_key: str | None,
-    body: Any, make_answer: Any,
+    runtime: Runtime,
+    store: TaskStore,
+    principal: Principal,
+    items: list[Prepared],
+    idempotency_key: str | None,
+    body: Any,
+    make_answer: Any,
 ) -> Any:
     claim = None
     if idempotency_key is not None:
-        claim = IdempotencyClaim(runtime.cache, principal.name, idempotency_key, body,
-                                 runtime.settings.idempotency_ttl_seconds)
+        claim = IdempotencyClaim(
+            runtime.cache, principal.name, idempotency_key, body, runtime.settings.idempotency_ttl_seconds
+        )
         replay = await claim.claim()
         if replay is not None:
             return JSONResponse(replay.body, status_code=replay.status, headers={"Idempotent-Replayed": "true"})
@@ -89,30 +101,60 @@ SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/tasks", status_code=202, response_model=TaskAccepted, summary="Submit a task",
-             responses={202: {"description": "The task is in the broker."}, **SUBMIT_ERRORS})
+@router.post(
+    "/tasks",
+    status_code=202,
+    response_model=TaskAccepted,
+    summary="Submit a task",
+    responses={202: {"description": "The task is in the broker."}, **SUBMIT_ERRORS},
+)
 async def submit_task(
-    submission: TaskSubmission, principal: CurrentPrincipal, runtime: RuntimeDep, store: StoreDep,
+    submission: TaskSubmission,
+    principal: CurrentPrincipal,
+    runtime: RuntimeDep,
+    store: StoreDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Validate a submission against the catalog and put it on its queue. 202 means it is in the broker."""
     item = prepare(submission, max_delay=runtime.settings.broker_visibility_timeout)
-    return await _submit_once(runtime, store, principal, [item], idempotency_key,
-                              submission.model_dump(mode="json"), lambda accepted: accepted[0])
+    return await _submit_once(
+        runtime,
+        store,
+        principal,
+        [item],
+        idempotency_key,
+        submission.model_dump(mode="json"),
+        lambda accepted: accepted[0],
+    )
 
 
-@router.post("/tasks/batch", status_code=202, response_model=BatchAccepted, summary="Submit many tasks",
-             responses={202: {"description": "Every task of the batch is in the broker."}, **SUBMIT_ERRORS})
+@router.post(
+    "/tasks/batch",
+    status_code=202,
+    response_model=BatchAccepted,
+    summary="Submit many tasks",
+    responses={202: {"description": "Every task of the batch is in the broker."}, **SUBMIT_ERRORS},
+)
 async def submit_batch(
-    batch: BatchSubmission, principal: CurrentPrincipal, runtime: RuntimeDep, store: StoreDep,
+    batch: BatchSubmission,
+    principal: CurrentPrincipal,
+    runtime: RuntimeDep,
+    store: StoreDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Submit many tasks in one request, published on one broker connection. All items are validated
     first; one invalid item refuses the whole batch (its index is in the error's ``loc``)."""
     max_delay = runtime.settings.broker_visibility_timeout
     items = [prepare(item, ("body", "tasks", i), max_delay) for i, item in enumerate(batch.tasks)]
-    answer = await _submit_once(runtime, store, principal, items, idempotency_key, batch.model_dump(mode="json"),
-                                lambda accepted: BatchAccepted(count=len(accepted), results=accepted))
+    answer = await _submit_once(
+        runtime,
+        store,
+        principal,
+        items,
+        idempotency_key,
+        batch.model_dump(mode="json"),
+        lambda accepted: BatchAccepted(count=len(accepted), results=accepted),
+    )
     if isinstance(answer, BatchAccepted):  # serialized once, without validating thousands of items again
         return Response(answer.model_dump_json(), status_code=202, media_type="application/json")
     return answer
@@ -171,8 +213,7 @@ def _history_record(runtime: Runtime, task_id: str) -> dict[str, Any] | None:
     return record
 
 
-async def visible_task(task_id: TaskId, principal: CurrentPrincipal, runtime: RuntimeDep, store: StoreDep
-                       ) -> Visible:
+async def visible_task(task_id: TaskId, principal: CurrentPrincipal, runtime: RuntimeDep, store: StoreDep) -> Visible:
     """The task, if it exists and the caller may see it (a user only their own); 404 otherwise."""
     meta, result = await asyncio.gather(store.load(task_id), store.result(task_id))
     record = None
@@ -233,9 +274,13 @@ def detail(task: Visible) -> TaskDetail:
         task_name=task.task_name,
         status=status,
         result=value if status == "SUCCESS" else None,
-        error=_error(result) if result else (
+        error=_error(result)
+        if result
+        else (
             TaskErrorInfo(type=str(record.get("exception") or "Error"), message=str(record.get("error") or ""))
-            if status == "FAILURE" and record else None),
+            if status == "FAILURE" and record
+            else None
+        ),
         progress=progress,
         queue=(meta.queue if meta else None) or result.get("queue") or record.get("queue"),
         worker=worker,
@@ -253,7 +298,8 @@ def detail(task: Visible) -> TaskDetail:
 
 @router.get("/tasks", response_model=TaskList, summary="List recent tasks")
 async def list_tasks(
-    principal: CurrentPrincipal, store: StoreDep,
+    principal: CurrentPrincipal,
+    store: StoreDep,
     status: Annotated[State | None, Query(description="Only tasks in this state.")] = None,
     task_name: Annotated[str | None, Query(max_length=200, description="Only this task.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -278,7 +324,7 @@ async def list_tasks(
             row = _summary(task_id, meta, result)
             if (status is None or row.status == status) and (task_name is None or row.task_name == task_name):
                 matches.append(row)
-    return _json(TaskList(count=len(matches), results=matches[offset:offset + limit]))
+    return _json(TaskList(count=len(matches), results=matches[offset : offset + limit]))
 
 
 def _summary(task_id: str, meta: TaskMeta | None, result: dict[str, Any] | None) -> TaskSummary:
@@ -308,16 +354,28 @@ def _json(model: TaskDetail | TaskList) -> Response:
 def _event(task: Visible, seq: int) -> ServerSentEvent:
     info = detail(task)
     kind = "progress" if info.status == "PROGRESS" else "status"
-    data = {"task_id": info.task_id, "status": info.status,
-            "progress": info.progress.model_dump() if info.progress else None,
-            "result": info.result, "error": info.error.model_dump() if info.error else None}
+    data = {
+        "task_id": info.task_id,
+        "status": info.status,
+        "progress": info.progress.model_dump() if info.progress else None,
+        "result": info.result,
+        "error": info.error.model_dump() if info.error else None,
+    }
     return ServerSentEvent(event=kind, data=data, id=str(seq))
 
 
-@router.get("/tasks/{task_id}/events", response_class=EventSourceResponse, summary="Follow a task (SSE)",
-            responses={200: {"description": "Server-Sent Events: `status` on every state change, `progress` on "
-                             "every progress change, and `end` when the task has finished.",
-                             "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+@router.get(
+    "/tasks/{task_id}/events",
+    response_class=EventSourceResponse,
+    summary="Follow a task (SSE)",
+    responses={
+        200: {
+            "description": "Server-Sent Events: `status` on every state change, `progress` on "
+            "every progress change, and `end` when the task has finished.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def task_events(task: VisibleTask, runtime: RuntimeDep, store: StoreDep) -> AsyncIterator[ServerSentEvent]:
     """Every state and progress change of the task, until it ends (then an ``end`` event)."""
     pubsub = runtime.results.pubsub()
@@ -359,10 +417,17 @@ async def task_events(task: VisibleTask, runtime: RuntimeDep, store: StoreDep) -
 # -- acting on a task --------------------------------------------------------------------------
 
 
-@router.post("/tasks/{task_id}/revoke", status_code=202, response_model=RevokeAccepted, summary="Revoke a task",
-             openapi_extra=admin_only())
+@router.post(
+    "/tasks/{task_id}/revoke",
+    status_code=202,
+    response_model=RevokeAccepted,
+    summary="Revoke a task",
+    openapi_extra=admin_only(),
+)
 async def revoke_task(
-    principal: AdminPrincipal, task: VisibleTask, runtime: RuntimeDep,
+    principal: AdminPrincipal,
+    task: VisibleTask,
+    runtime: RuntimeDep,
     request: Annotated[RevokeRequest | None, Body()] = None,
 ) -> RevokeAccepted:
     """Admin: workers discard the task if it has not started, including workers that start later (the id
@@ -378,19 +443,30 @@ async def revoke_task(
     try:
         await run_in_threadpool(broadcast)
     except (KombuError, OSError, TimeoutError) as exc:
-        raise ProblemError(503, f"the task queue cannot be reached ({type(exc).__name__}); nothing was revoked",
-                           kind="broker-unavailable", headers={"Retry-After": BROKER_RETRY_AFTER}) from exc
+        raise ProblemError(
+            503,
+            f"the task queue cannot be reached ({type(exc).__name__}); nothing was revoked",
+            kind="broker-unavailable",
+            headers={"Retry-After": BROKER_RETRY_AFTER},
+        ) from exc
     return RevokeAccepted(task_id=task.task_id, terminate=terminate)
 
 
-@router.post("/tasks/{task_id}/retry", status_code=202, response_model=TaskAccepted, summary="Retry a task",
-             responses={409: {"description": "The task has not failed (or its arguments are no longer known)."}})
-async def retry_task(task: VisibleTask, principal: CurrentPrincipal, runtime: RuntimeDep, store: StoreDep
-                     ) -> TaskAccepted:
+@router.post(
+    "/tasks/{task_id}/retry",
+    status_code=202,
+    response_model=TaskAccepted,
+    summary="Retry a task",
+    responses={409: {"description": "The task has not failed (or its arguments are no longer known)."}},
+)
+async def retry_task(
+    task: VisibleTask, principal: CurrentPrincipal, runtime: RuntimeDep, store: StoreDep
+) -> TaskAccepted:
     """Submit a failed (or revoked) task again with its original arguments, as a new task."""
     if task.status not in ("FAILURE", "REVOKED"):
-        raise ProblemError(409, f"only a failed or revoked task can be retried; {task.task_id} is {task.status}",
-                           kind="not-retryable")
+        raise ProblemError(
+            409, f"only a failed or revoked task can be retried; {task.task_id} is {task.status}", kind="not-retryable"
+        )
     spec = get_spec(task.task_name)
     if spec is None:
         raise ProblemError(409, f"task {task.task_name!r} is no longer in the catalog", kind="not-retryable")

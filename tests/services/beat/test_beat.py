@@ -72,8 +72,9 @@ def clocked_app(settings: Settings, beat_broker: str) -> Iterator[tuple[Celery, 
     app.close()
 
 
-def fired_between(app: Celery, clock: Clock, redis_server: RedisServer, start: dt.datetime,
-                  end: dt.datetime) -> set[str]:
+def fired_between(
+    app: Celery, clock: Clock, redis_server: RedisServer, start: dt.datetime, end: dt.datetime
+) -> set[str]:
     """Install the defaults at ``start``, run one beat tick at ``end``; the short names published."""
     schedules.delete_all(app)
     clock.at = start
@@ -98,8 +99,13 @@ def test_monday_ten_oclock_fires_the_weekly_report(clocked_app, redis_server: Re
     app, clock = clocked_app
     monday = dt.date(2026, 11, 16)
     assert monday.isoweekday() == 1
-    fired = fired_between(app, clock, redis_server, dt.datetime.combine(monday, dt.time(9, 59, 50), SHANGHAI),
-                          dt.datetime.combine(monday, dt.time(10, 0, 1), SHANGHAI))
+    fired = fired_between(
+        app,
+        clock,
+        redis_server,
+        dt.datetime.combine(monday, dt.time(9, 59, 50), SHANGHAI),
+        dt.datetime.combine(monday, dt.time(10, 0, 1), SHANGHAI),
+    )
     assert fired == {"check_pending_bills", "generate_hourly_report", "generate_weekly_report"}
 
 
@@ -107,16 +113,26 @@ def test_sunday_ten_oclock_does_not(clocked_app, redis_server: RedisServer) -> N
     app, clock = clocked_app
     sunday = dt.date(2026, 11, 15)
     assert sunday.isoweekday() == 7  # Celery's crontab calls it day 0
-    fired = fired_between(app, clock, redis_server, dt.datetime.combine(sunday, dt.time(9, 59, 50), SHANGHAI),
-                          dt.datetime.combine(sunday, dt.time(10, 0, 1), SHANGHAI))
+    fired = fired_between(
+        app,
+        clock,
+        redis_server,
+        dt.datetime.combine(sunday, dt.time(9, 59, 50), SHANGHAI),
+        dt.datetime.combine(sunday, dt.time(10, 0, 1), SHANGHAI),
+    )
     assert fired == {"check_pending_bills", "generate_hourly_report"}
 
 
 def test_monday_ten_oclock_utc_is_not_monday_ten_in_shanghai(clocked_app, redis_server: RedisServer) -> None:
     app, clock = clocked_app
     utc = dt.UTC
-    fired = fired_between(app, clock, redis_server, dt.datetime(2026, 11, 16, 9, 59, 50, tzinfo=utc),
-                          dt.datetime(2026, 11, 16, 10, 0, 1, tzinfo=utc))
+    fired = fired_between(
+        app,
+        clock,
+        redis_server,
+        dt.datetime(2026, 11, 16, 9, 59, 50, tzinfo=utc),
+        dt.datetime(2026, 11, 16, 10, 0, 1, tzinfo=utc),
+    )
     assert "generate_weekly_report" not in fired  # 10:00 UTC is 18:00 in Shanghai
 
 
@@ -124,22 +140,37 @@ def test_monday_ten_oclock_utc_is_not_monday_ten_in_shanghai(clocked_app, redis_
     ("start", "end", "expected"),
     [
         # the first of the month at midnight: monthly report, hourly report, every-minute check
-        ((2026, 11, 30, 23, 59, 50), (2026, 12, 1, 0, 0, 1),
-         {"check_pending_bills", "generate_hourly_report", "generate_monthly_report"}),
-        ((2026, 11, 17, 0, 59, 50), (2026, 11, 17, 1, 0, 1),
-         {"check_pending_bills", "generate_hourly_report", "generate_access_statistics"}),
-        ((2026, 11, 17, 1, 59, 50), (2026, 11, 17, 2, 0, 1),
-         {"check_pending_bills", "generate_hourly_report", "cleanup_old_notifications"}),
+        (
+            (2026, 11, 30, 23, 59, 50),
+            (2026, 12, 1, 0, 0, 1),
+            {"check_pending_bills", "generate_hourly_report", "generate_monthly_report"},
+        ),
+        (
+            (2026, 11, 17, 0, 59, 50),
+            (2026, 11, 17, 1, 0, 1),
+            {"check_pending_bills", "generate_hourly_report", "generate_access_statistics"},
+        ),
+        (
+            (2026, 11, 17, 1, 59, 50),
+            (2026, 11, 17, 2, 0, 1),
+            {"check_pending_bills", "generate_hourly_report", "cleanup_old_notifications"},
+        ),
         # mid-hour: only the every-minute check and, 30 s on, the access-log drain
         ((2026, 11, 17, 14, 29, 50), (2026, 11, 17, 14, 30, 21), {"check_pending_bills", "process_access_logs"}),
         ((2026, 11, 17, 14, 30, 1), (2026, 11, 17, 14, 30, 20), set()),
     ],
 )
-def test_default_entries_fire_at_their_local_times(clocked_app, redis_server: RedisServer, start, end,
-                                                   expected) -> None:
+def test_default_entries_fire_at_their_local_times(
+    clocked_app, redis_server: RedisServer, start, end, expected
+) -> None:
     app, clock = clocked_app
-    fired = fired_between(app, clock, redis_server, dt.datetime(*start).replace(tzinfo=SHANGHAI),
-                          dt.datetime(*end).replace(tzinfo=SHANGHAI))
+    fired = fired_between(
+        app,
+        clock,
+        redis_server,
+        dt.datetime(*start).replace(tzinfo=SHANGHAI),
+        dt.datetime(*end).replace(tzinfo=SHANGHAI),
+    )
     assert fired == expected
 
 
@@ -193,13 +224,19 @@ def sends(process: Process) -> int:
 
 
 def test_a_second_beat_waits_for_the_lock_and_takes_over(
-    settings: Settings, service_env: dict[str, str], beat_broker: str, redis_server: RedisServer,
+    settings: Settings,
+    service_env: dict[str, str],
+    beat_broker: str,
+    redis_server: RedisServer,
     tmp_path: Path,
 ) -> None:
     app = only_access_logs_every_second(settings)
 
-    env = service_env | {"MALLOPS_BROKER_URL": beat_broker, "MALLOPS_BEAT_MAX_INTERVAL": "1",
-                         "MALLOPS_BEAT_LOCK_TIMEOUT": "60"}
+    env = service_env | {
+        "MALLOPS_BROKER_URL": beat_broker,
+        "MALLOPS_BEAT_MAX_INTERVAL": "1",
+        "MALLOPS_BEAT_LOCK_TIMEOUT": "60",
+    }
     first = start_beat("beat-a", env, tmp_path)
     second: Process | None = None
     try:
@@ -221,8 +258,7 @@ def test_a_second_beat_waits_for_the_lock_and_takes_over(
         first.stop()
         stopped_at = len(published(redis_server))
         wait_until(lambda: "Acquired lock" in second.log(), timeout=60, message="the standby to take the lock")
-        wait_until(lambda: len(published(redis_server)) >= stopped_at + 3, timeout=60,
-                   message="the standby to send")
+        wait_until(lambda: len(published(redis_server)) >= stopped_at + 3, timeout=60, message="the standby to send")
         assert sends(second) >= 3
     finally:
         first.stop()
@@ -233,7 +269,10 @@ def test_a_second_beat_waits_for_the_lock_and_takes_over(
 
 
 def test_a_running_beat_follows_runtime_changes_without_a_restart(
-    settings: Settings, service_env: dict[str, str], beat_broker: str, redis_server: RedisServer,
+    settings: Settings,
+    service_env: dict[str, str],
+    beat_broker: str,
+    redis_server: RedisServer,
     tmp_path: Path,
 ) -> None:
     app = only_access_logs_every_second(settings)

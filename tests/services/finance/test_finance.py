@@ -64,16 +64,20 @@ def unpaid_past_due(settings: Settings, as_of: dt.date) -> set[int]:
 
 def tenants_of(settings: Settings, bill_ids: set[int]) -> dict[int, Tenant]:
     with session_scope(settings) as session:
-        rows = session.execute(select(Bill.id, Tenant).join(Tenant, Tenant.id == Bill.tenant_id)
-                               .where(Bill.id.in_(bill_ids))).all()
+        rows = session.execute(
+            select(Bill.id, Tenant).join(Tenant, Tenant.id == Bill.tenant_id).where(Bill.id.in_(bill_ids))
+        ).all()
         session.expunge_all()
         return dict(rows)
 
 
 def reminder_rows(settings: Settings) -> list[Notification]:
     with session_scope(settings) as session:
-        rows = list(session.scalars(select(Notification).where(Notification.kind == "bill_reminder")
-                                    .order_by(Notification.bill_id)))
+        rows = list(
+            session.scalars(
+                select(Notification).where(Notification.kind == "bill_reminder").order_by(Notification.bill_id)
+            )
+        )
         for row in rows:
             session.expunge(row)
         return rows
@@ -164,8 +168,9 @@ def test_bills_left_behind_by_a_run_that_died_after_its_commit_are_reminded_by_t
 
 
 def _succeeded_results(log: str, task_name: str, task_id: str | None = None) -> list[dict[str, Any]]:
-    pattern = re.compile(rf"Task {re.escape(task_name)}\[(?P<id>[^\]]+)\] succeeded in [0-9.e-]+s: (?P<result>.*)$",
-                         re.MULTILINE)
+    pattern = re.compile(
+        rf"Task {re.escape(task_name)}\[(?P<id>[^\]]+)\] succeeded in [0-9.e-]+s: (?P<result>.*)$", re.MULTILINE
+    )
     return [ast.literal_eval(m["result"]) for m in pattern.finditer(log) if task_id is None or m["id"] == task_id]
 
 
@@ -178,8 +183,11 @@ def test_a_reminder_message_delivered_twice_sends_one_e_mail(
     # let the check's own reminders go out, then move them aside so that today's keys are free again
     wait_reminders_sent(settings, checked["newly_overdue"])
     with session_scope(settings) as session:
-        session.execute(update(Notification).where(Notification.kind == "bill_reminder").values(
-            dedupe_key=Notification.dedupe_key + ":earlier"))
+        session.execute(
+            update(Notification)
+            .where(Notification.kind == "bill_reminder")
+            .values(dedupe_key=Notification.dedupe_key + ":earlier")
+        )
     smtp.clear()
 
     # the same message twice (one task id), as a broker redelivers it after a worker died
@@ -187,6 +195,7 @@ def test_a_reminder_message_delivered_twice_sends_one_e_mail(
     for _ in range(2):
         client.send_task(REMIND.celery_name, kwargs={"bill_ids": bills}, queue=REMIND.queue, task_id=task_id)
     finance, notifier = workers["finance"], workers["notifier"]
+
     def both_runs() -> list[dict[str, Any]] | None:
         found = _succeeded_results(finance.log(), REMIND.celery_name, task_id)
         return found if len(found) == 2 else None
@@ -197,10 +206,16 @@ def test_a_reminder_message_delivered_twice_sends_one_e_mail(
     enqueued = sum(r["enqueued"] for r in runs)
 
     def email_results() -> list[dict[str, Any]] | None:
-        ids = {r.id for r in reminder_rows(settings)
-               if r.bill_id in bills and not (r.dedupe_key or "").endswith(":earlier")}
-        found = [r for r in _succeeded_results(notifier.log(), CATALOG["send_notification_email"].celery_name)
-                 if r.get("notification_id") in ids]
+        ids = {
+            r.id
+            for r in reminder_rows(settings)
+            if r.bill_id in bills and not (r.dedupe_key or "").endswith(":earlier")
+        }
+        found = [
+            r
+            for r in _succeeded_results(notifier.log(), CATALOG["send_notification_email"].celery_name)
+            if r.get("notification_id") in ids
+        ]
         return found if len(found) >= enqueued else None
 
     done = wait_until(email_results, timeout=90, message="every enqueued e-mail task to finish")
@@ -271,8 +286,10 @@ def _expected_revenue(settings: Settings, year: int, month: int) -> dict[int, tu
 
 def _stored_revenue(settings: Settings, period: str) -> dict[int, tuple[str, Decimal, int]]:
     with session_scope(settings) as session:
-        return {r.store_id: (r.category, Decimal(r.amount).quantize(Decimal("0.01")), r.payments)
-                for r in session.scalars(select(MonthlyRevenue).where(MonthlyRevenue.period == period))}
+        return {
+            r.store_id: (r.category, Decimal(r.amount).quantize(Decimal("0.01")), r.payments)
+            for r in session.scalars(select(MonthlyRevenue).where(MonthlyRevenue.period == period))
+        }
 
 
 def test_monthly_revenue_is_stored_by_store_and_category_and_cached(
@@ -308,9 +325,14 @@ def test_monthly_revenue_is_stored_by_store_and_category_and_cached(
 
     # a re-run replaces the month (a changed payment shows, nothing is duplicated)
     with session_scope(settings) as session:
-        payment = session.scalars(select(Payment).where(
-            Payment.paid_at >= dt.datetime(2026, 10, 5, tzinfo=dt.UTC),
-            Payment.paid_at < dt.datetime(2026, 10, 25, tzinfo=dt.UTC)).limit(1)).one()
+        payment = session.scalars(
+            select(Payment)
+            .where(
+                Payment.paid_at >= dt.datetime(2026, 10, 5, tzinfo=dt.UTC),
+                Payment.paid_at < dt.datetime(2026, 10, 25, tzinfo=dt.UTC),
+            )
+            .limit(1)
+        ).one()
         payment.amount = Decimal(payment.amount) + Decimal("100.00")
     again = run(client, REVENUE, year=2026, month=10)
     assert Decimal(again["total"]) == total + Decimal("100.00")
@@ -335,7 +357,8 @@ def test_revenue_month_boundaries_are_local_midnight(client, workers, demo_db: S
     november = run(client, REVENUE, year=2026, month=11)
     october = run(client, REVENUE, year=2026, month=10)
     assert november["payments"] + october["payments"] == sum(
-        v[2] for m in (10, 11) for v in _expected_revenue(settings, 2026, m).values())
+        v[2] for m in (10, 11) for v in _expected_revenue(settings, 2026, m).values()
+    )
     assert _stored_revenue(settings, "2026-11")[store_id][2] >= 1
     assert _stored_revenue(settings, "2026-11") == _expected_revenue(settings, 2026, 11)
 

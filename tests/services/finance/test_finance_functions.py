@@ -50,10 +50,12 @@ def test_revert_overdue_gives_the_bills_back_to_the_next_run(demo_db: Settings) 
         assert billing.mark_overdue(session, DEMO_AS_OF).newly_overdue == moved
 
 
-def test_unreachable_broker_leaves_the_bills_pending_for_the_retry(demo_db: Settings,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_broker_leaves_the_bills_pending_for_the_retry(
+    demo_db: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """check_pending_bills commits, then cannot enqueue: it undoes the move and asks for a retry."""
     monkeypatch.setattr(tasks, "get_settings", lambda: demo_db)  # this run's database, whatever is cached
+
     def send_task(*args: Any, **kwargs: Any) -> None:
         raise OperationalError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
 

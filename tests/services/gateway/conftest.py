@@ -55,8 +55,15 @@ def tokens(migrated: Settings) -> Tokens:
             "revoked": create_token(session, names["revoked"], "user"),
         }
         revoke_token(session, names["revoked"])
-    return Tokens(admin=secrets["admin"], alice=secrets["alice"], bob=secrets["bob"], revoked=secrets["revoked"],
-                  alice_name=names["alice"], bob_name=names["bob"], admin_name=names["admin"])
+    return Tokens(
+        admin=secrets["admin"],
+        alice=secrets["alice"],
+        bob=secrets["bob"],
+        revoked=secrets["revoked"],
+        alice_name=names["alice"],
+        bob_name=names["bob"],
+        admin_name=names["admin"],
+    )
 
 
 class GatewayClient(httpx.Client):
@@ -70,8 +77,16 @@ GatewayFactory = Callable[..., contextlib.AbstractContextManager[GatewayClient]]
 def serve(app: FastAPI) -> Iterator[str]:
     """Serve ``app`` with uvicorn (httptools) on a free port in a thread; yields the base URL."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="asyncio", http="httptools", lifespan="on",
-                            log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="asyncio",
+        http="httptools",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"gateway-{port}", daemon=True)
     thread.start()
@@ -128,36 +143,76 @@ def make_report(settings: Settings, csv_path: str | None, html_path: str | None)
     start = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=1, seconds=uuid.uuid4().int % 10**7)
     start = start.replace(second=max(start.second, 1))
     with session_scope(settings) as session:
-        row = Report(kind="hourly", period_start=start, period_end=start + dt.timedelta(hours=1),
-                     data={"sales": 42}, csv_path=csv_path, html_path=html_path, task_id=None)
+        row = Report(
+            kind="hourly",
+            period_start=start,
+            period_end=start + dt.timedelta(hours=1),
+            data={"sales": 42},
+            csv_path=csv_path,
+            html_path=html_path,
+            task_id=None,
+        )
         session.add(row)
         session.flush()
         _CREATED.append((Report, row.id))
         return row.id
 
 
-def make_export(settings: Settings, owner: str, status: str = "done", file_name: str | None = None,
-                expires_at: dt.datetime | None = None) -> str:
+def make_export(
+    settings: Settings,
+    owner: str,
+    status: str = "done",
+    file_name: str | None = None,
+    expires_at: dt.datetime | None = None,
+) -> str:
     task_id = str(uuid.uuid4())
     with session_scope(settings) as session:
-        row = Export(task_id=task_id, owner=owner, dataset="stores", format="csv", filters={}, status=status,
-                     file_name=file_name, rows=1, size_bytes=10, sha256=None, expires_at=expires_at)
+        row = Export(
+            task_id=task_id,
+            owner=owner,
+            dataset="stores",
+            format="csv",
+            filters={},
+            status=status,
+            file_name=file_name,
+            rows=1,
+            size_bytes=10,
+            sha256=None,
+            expires_at=expires_at,
+        )
         session.add(row)
         session.flush()
         _CREATED.append((Export, row.id))
     return task_id
 
 
-def make_history(settings: Settings, owner: str, state: str, sent_at: dt.datetime, runtime: float | None = None,
-                 task_name: str = "mallops.maintenance.test_task") -> str:
+def make_history(
+    settings: Settings,
+    owner: str,
+    state: str,
+    sent_at: dt.datetime,
+    runtime: float | None = None,
+    task_name: str = "mallops.maintenance.test_task",
+) -> str:
     task_id = str(uuid.uuid4())
     with session_scope(settings) as session:
-        session.add(TaskRecord(
-            task_id=task_id, task_name=task_name, queue="default", state=state, owner=owner,
-            worker="maintenance@host", retries=0, sent_at=sent_at, started_at=sent_at,
-            finished_at=sent_at + dt.timedelta(seconds=runtime or 0) if state == "SUCCESS" else None,
-            runtime=runtime, queue_wait=0.1, result_summary="'Task received: old'" if state == "SUCCESS" else None,
-            updated_at=sent_at,
-        ))
+        session.add(
+            TaskRecord(
+                task_id=task_id,
+                task_name=task_name,
+                queue="default",
+                state=state,
+                owner=owner,
+                worker="maintenance@host",
+                retries=0,
+                sent_at=sent_at,
+                started_at=sent_at,
+                finished_at=sent_at + dt.timedelta(seconds=runtime or 0) if state == "SUCCESS" else None,
+                runtime=runtime,
+                queue_wait=0.1,
+                result_summary="'Task received: old'" if state == "SUCCESS" else None,
+                updated_at=sent_at,
+            )
+        )
     _CREATED.append((TaskRecord, task_id))
     return task_id

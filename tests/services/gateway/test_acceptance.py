@@ -24,14 +24,20 @@ def admin_token() -> str:
 
 
 @pytest.fixture(scope="module")
-def gateway_process(service_env: dict[str, str], migrated: object, admin_token: str,
-                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def gateway_process(
+    service_env: dict[str, str], migrated: object, admin_token: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     port = free_port()
-    env = {**service_env, "MALLOPS_BOOTSTRAP_ADMIN_TOKEN": admin_token, "MALLOPS_GATEWAY_PORT": str(port),
-           "MALLOPS_TASK_MAX_PER_USER": "50"}
+    env = {
+        **service_env,
+        "MALLOPS_BOOTSTRAP_ADMIN_TOKEN": admin_token,
+        "MALLOPS_GATEWAY_PORT": str(port),
+        "MALLOPS_TASK_MAX_PER_USER": "50",
+    }
     process: Process = spawn("gateway", service_argv("gateway"), env, Path(tmp_path_factory.mktemp("gateway-log")))
     url = f"http://127.0.0.1:{port}"
     try:
+
         def ready() -> bool:
             if not process.alive():
                 pytest.fail(f"the gateway exited:\n{process.log()[-3000:]}")
@@ -45,8 +51,9 @@ def gateway_process(service_env: dict[str, str], migrated: object, admin_token: 
 
 @pytest.fixture
 def api(gateway_process: str, admin_token: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"{gateway_process}/api/v1", timeout=30,
-                      headers={"Authorization": f"Bearer {admin_token}"}) as client:
+    with httpx.Client(
+        base_url=f"{gateway_process}/api/v1", timeout=30, headers={"Authorization": f"Bearer {admin_token}"}
+    ) as client:
         yield client
 
 
@@ -96,8 +103,7 @@ def test_long_running_task_streams_progress_to_the_end(
     api: httpx.Client, running_worker: Callable[[str], Process]
 ) -> None:
     running_worker("maintenance")
-    submitted = api.post("/tasks", json={"task_name": "long_running_task",
-                                         "kwargs": {"steps": 5, "step_seconds": 0.3}})
+    submitted = api.post("/tasks", json={"task_name": "long_running_task", "kwargs": {"steps": 5, "step_seconds": 0.3}})
     task_id = submitted.json()["task_id"]
     events: list[tuple[str, dict[str, Any]]] = []
     with api.stream("GET", f"/tasks/{task_id}/events", timeout=httpx.Timeout(90)) as response:
@@ -121,8 +127,9 @@ def test_retry_resubmits_a_failed_task_with_its_arguments(
     api: httpx.Client, running_worker: Callable[[str], Process]
 ) -> None:
     running_worker("maintenance")
-    failed_id = api.post("/tasks", json={"task_name": "test_task", "args": ["boom"],
-                                         "kwargs": {"fail": True}}).json()["task_id"]
+    failed_id = api.post("/tasks", json={"task_name": "test_task", "args": ["boom"], "kwargs": {"fail": True}}).json()[
+        "task_id"
+    ]
     failed = wait_for_status(api, failed_id, {"SUCCESS", "FAILURE"})
     assert failed["status"] == "FAILURE"
     assert failed["error"]["type"] == "RequestedFailure"

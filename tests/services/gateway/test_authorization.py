@@ -21,8 +21,14 @@ PUBLIC = dict.fromkeys(CALLERS, 200)
 
 def user_endpoint(user: int, other: int | None = None, admin: int | None = None) -> dict[str, int]:
     """Needs any valid token. ``user`` is the owner, ``other`` another user (404 for someone else's task)."""
-    return {"none": 401, "bad": 401, "revoked": 401, "user": user, "other": user if other is None else other,
-            "admin": user if admin is None else admin}
+    return {
+        "none": 401,
+        "bad": 401,
+        "revoked": 401,
+        "user": user,
+        "other": user if other is None else other,
+        "admin": user if admin is None else admin,
+    }
 
 
 def admin_endpoint(admin: int) -> dict[str, int]:
@@ -59,8 +65,14 @@ ENDPOINTS: list[tuple[str, str, Any, dict[str, int]]] = [
 
 
 def headers_for(caller: str, tokens: Tokens) -> dict[str, str]:
-    secret = {"none": None, "bad": "mlp_not-a-real-token-at-all", "revoked": tokens.revoked, "user": tokens.alice,
-              "other": tokens.bob, "admin": tokens.admin}[caller]
+    secret = {
+        "none": None,
+        "bad": "mlp_not-a-real-token-at-all",
+        "revoked": tokens.revoked,
+        "user": tokens.alice,
+        "other": tokens.bob,
+        "admin": tokens.admin,
+    }[caller]
     return {"Authorization": f"Bearer {secret}"} if secret else {}
 
 
@@ -78,8 +90,11 @@ def test_authorization_matrix(gateway: GatewayFactory, tokens: Tokens, migrated:
     export_id = make_export(migrated, tokens.alice_name, file_name="matrix-export.csv")
     # quota and rate limit out of the way: this test is about who may do what
     with gateway(task_max_per_user=1000, rate_limit_per_minute=10_000) as client:
-        submitted = client.post("/api/v1/tasks", json={"task_name": "test_task", "kwargs": {"message": "mine"}},
-                                headers=tokens.auth("alice"))
+        submitted = client.post(
+            "/api/v1/tasks",
+            json={"task_name": "test_task", "kwargs": {"message": "mine"}},
+            headers=tokens.auth("alice"),
+        )
         assert submitted.status_code == 202, submitted.text
         task_id = submitted.json()["task_id"]
         failures = []
@@ -114,8 +129,12 @@ def test_a_token_revoked_while_in_use_is_refused_within_the_cache_delay(
         with session_scope(migrated) as session:
             revoke_token(session, name)
         started = time.monotonic()
-        wait_until(lambda: client.get("/api/v1/catalog", headers=auth).status_code == 401, timeout=15,
-                   interval=0.1, message="the revoked token to be refused")
+        wait_until(
+            lambda: client.get("/api/v1/catalog", headers=auth).status_code == 401,
+            timeout=15,
+            interval=0.1,
+            message="the revoked token to be refused",
+        )
         assert time.monotonic() - started < 10
 
 

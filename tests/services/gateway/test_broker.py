@@ -22,8 +22,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.parametrize("priority", [None, 0, 5, 9])
 def test_the_envelope_is_the_one_kombu_publishes(redis_server: RedisServer, priority: int | None) -> None:
-    settings = Settings(redis_url=redis_server.url_base, broker_url=f"{redis_server.url_base}/5",
-                        events_enabled=False)
+    settings = Settings(redis_url=redis_server.url_base, broker_url=f"{redis_server.url_base}/5", events_enabled=False)
     app = create_gateway_celery(settings)
     spec = CATALOG["test_task"]
     task_id, kwargs = str(uuid.uuid4()), {"message": "hi", "fail": False}
@@ -31,18 +30,27 @@ def test_the_envelope_is_the_one_kombu_publishes(redis_server: RedisServer, prio
     client.flushdb()
     try:
         # what the gateway sent through kombu before: Celery's message factory and sender on a pooled producer
-        message = app.amqp.create_task_message(task_id, spec.celery_name, (), kwargs, ignore_result=False,
-                                               argsrepr="()", kwargsrepr=repr(kwargs))
+        message = app.amqp.create_task_message(
+            task_id, spec.celery_name, (), kwargs, ignore_result=False, argsrepr="()", kwargsrepr=repr(kwargs)
+        )
         with app.producer_pool.acquire(block=True) as producer:
-            app.amqp.send_task_message(producer, spec.celery_name, message, queue=app.amqp.queues[spec.queue],
-                                       headers={"mallops_owner": "alice"}, priority=priority, declare=[])
+            app.amqp.send_task_message(
+                producer,
+                spec.celery_name,
+                message,
+                queue=app.amqp.queues[spec.queue],
+                headers={"mallops_owner": "alice"},
+                priority=priority,
+                declare=[],
+            )
 
         async def ours() -> None:
             broker = async_redis(settings.celery_broker_url)
             try:
                 await Publisher(app, broker).publish(
                     [TaskMessage(task_id, spec.celery_name, spec.queue, kwargs, repr(kwargs), priority=priority)],
-                    {"mallops_owner": "alice"})
+                    {"mallops_owner": "alice"},
+                )
             finally:
                 await broker.aclose()  # type: ignore[attr-defined]
 
@@ -73,7 +81,13 @@ def _decode(raw: bytes) -> dict[str, Any]:
 
 def test_priority_lists_follow_kombus_steps() -> None:
     assert [list_key("default", p) for p in (0, 2, 3, 5, 6, 9)] == [
-        "default", "default", "default\x06\x163", "default\x06\x163", "default\x06\x166", "default\x06\x169"]
+        "default",
+        "default",
+        "default\x06\x163",
+        "default\x06\x163",
+        "default\x06\x166",
+        "default\x06\x169",
+    ]
 
 
 def test_nothing_is_left_half_published_when_redis_is_gone() -> None:
@@ -83,7 +97,8 @@ def test_nothing_is_left_half_published_when_redis_is_gone() -> None:
         broker = async_redis("redis://127.0.0.1:1/0")
         try:
             await Publisher(app, broker).publish(
-                [TaskMessage(str(uuid.uuid4()), "mallops.maintenance.test_task", "default", {}, "{}")], {})
+                [TaskMessage(str(uuid.uuid4()), "mallops.maintenance.test_task", "default", {}, "{}")], {}
+            )
         finally:
             await broker.aclose()  # type: ignore[attr-defined]
 
@@ -94,13 +109,17 @@ def test_nothing_is_left_half_published_when_redis_is_gone() -> None:
         app.close()
 
 
-@pytest.mark.parametrize(("broker_url", "transport_options", "fast"), [
-    ("redis://127.0.0.1:6379/0", {}, True),
-    ("redis://127.0.0.1:6379/0", {"global_keyprefix": "x:"}, False),
-    ("amqp://guest:guest@127.0.0.1:5672//", {}, False),
-])
-def test_other_brokers_and_layouts_publish_through_kombu(broker_url: str, transport_options: dict[str, Any],
-                                                         fast: bool) -> None:
+@pytest.mark.parametrize(
+    ("broker_url", "transport_options", "fast"),
+    [
+        ("redis://127.0.0.1:6379/0", {}, True),
+        ("redis://127.0.0.1:6379/0", {"global_keyprefix": "x:"}, False),
+        ("amqp://guest:guest@127.0.0.1:5672//", {}, False),
+    ],
+)
+def test_other_brokers_and_layouts_publish_through_kombu(
+    broker_url: str, transport_options: dict[str, Any], fast: bool
+) -> None:
     app = create_gateway_celery(Settings(broker_url=broker_url, events_enabled=False))
     app.conf.broker_transport_options = {**app.conf.broker_transport_options, **transport_options}
     try:
@@ -112,16 +131,18 @@ def test_other_brokers_and_layouts_publish_through_kombu(broker_url: str, transp
 
 
 def test_the_kombu_path_publishes_a_batch(redis_server: RedisServer) -> None:
-    settings = Settings(redis_url=redis_server.url_base, broker_url=f"{redis_server.url_base}/5",
-                        events_enabled=False)
+    settings = Settings(redis_url=redis_server.url_base, broker_url=f"{redis_server.url_base}/5", events_enabled=False)
     app = create_gateway_celery(settings)
     client = redis_server.client(5)
     client.flushdb()
     ids = [str(uuid.uuid4()) for _ in range(3)]
     try:
-        asyncio.run(KombuPublisher(app).publish(
-            [TaskMessage(i, "mallops.maintenance.test_task", "default", {}, "{}") for i in ids],
-            {"mallops_owner": "bob"}))
+        asyncio.run(
+            KombuPublisher(app).publish(
+                [TaskMessage(i, "mallops.maintenance.test_task", "default", {}, "{}") for i in ids],
+                {"mallops_owner": "bob"},
+            )
+        )
         pushed = [_decode(raw) for raw in client.lrange("default", 0, -1)]
     finally:
         client.close()

@@ -42,8 +42,9 @@ def test_every_kind_of_error_is_a_problem_document(client: GatewayClient, tokens
     assert_problem(client.get("/api/v1/tasks"), 401)
     invalid = assert_problem(client.get("/api/v1/tasks?limit=0", headers=tokens.auth("alice")), 422)
     assert invalid["errors"][0]["loc"] == ["query", "limit"]
-    broken_json = client.post("/api/v1/tasks", content=b"{not json", headers={**tokens.auth("alice"),
-                                                                             "Content-Type": "application/json"})
+    broken_json = client.post(
+        "/api/v1/tasks", content=b"{not json", headers={**tokens.auth("alice"), "Content-Type": "application/json"}
+    )
     assert "errors" in assert_problem(broken_json, 422)
     assert assert_problem(client.get("/api/v1/tasks/bad%20id", headers=tokens.auth("alice")), 422)["instance"]
 
@@ -71,16 +72,25 @@ def test_metrics_count_requests_by_route_template(client: GatewayClient, tokens:
     registry = client.app.state.runtime.metrics.registry
     labels = {"method": "GET", "route": "/api/v1/tasks/{task_id}", "status": "404"}
     assert registry.get_sample_value("mallops_gateway_requests_total", labels) == 3
-    assert registry.get_sample_value("mallops_gateway_requests_total",
-                                     {"method": "GET", "route": "<unmatched>", "status": "404"}) == 2
-    assert registry.get_sample_value("mallops_gateway_request_duration_seconds_count",
-                                     {"method": "GET", "route": "/api/v1/tasks/{task_id}"}) == 3
+    assert (
+        registry.get_sample_value(
+            "mallops_gateway_requests_total", {"method": "GET", "route": "<unmatched>", "status": "404"}
+        )
+        == 2
+    )
+    assert (
+        registry.get_sample_value(
+            "mallops_gateway_request_duration_seconds_count", {"method": "GET", "route": "/api/v1/tasks/{task_id}"}
+        )
+        == 3
+    )
     assert "a1" not in text
     assert "/not/a/route" not in text
 
 
-def test_every_request_goes_to_the_access_log_buffer(client: GatewayClient, tokens: Tokens,
-                                                     redis_server: RedisServer) -> None:
+def test_every_request_goes_to_the_access_log_buffer(
+    client: GatewayClient, tokens: Tokens, redis_server: RedisServer
+) -> None:
     cache = redis_server.client(2)
     client.get("/healthz")
     client.get("/api/v1/catalog", headers=tokens.auth("alice"))

@@ -28,8 +28,7 @@ API = "/api/v1"
 
 def test_history_pages_and_ownership(client: GatewayClient, tokens: Tokens, migrated: Settings) -> None:
     base = dt.datetime(2030, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=uuid.uuid4().int % 100_000)
-    mine = [make_history(migrated, tokens.alice_name, "SUCCESS", base + dt.timedelta(seconds=i), 0.5)
-            for i in range(3)]
+    mine = [make_history(migrated, tokens.alice_name, "SUCCESS", base + dt.timedelta(seconds=i), 0.5) for i in range(3)]
     theirs = make_history(migrated, tokens.bob_name, "FAILURE", base + dt.timedelta(seconds=10))
     window = {"since": base.isoformat(), "until": (base + dt.timedelta(minutes=1)).isoformat()}
 
@@ -37,23 +36,28 @@ def test_history_pages_and_ownership(client: GatewayClient, tokens: Tokens, migr
     assert page.status_code == 200, page.text
     body = page.json()
     assert [row["task_id"] for row in body["results"]] == [mine[2], mine[1]]
-    rest = client.get(f"{API}/tasks/history", params={**window, "cursor": body["next_cursor"]},
-                      headers=tokens.auth("alice")).json()
+    rest = client.get(
+        f"{API}/tasks/history", params={**window, "cursor": body["next_cursor"]}, headers=tokens.auth("alice")
+    ).json()
     assert [row["task_id"] for row in rest["results"]] == [mine[0]]
     assert rest["next_cursor"] is None
     # a user cannot widen the owner filter; an admin sees everyone's, filterable
-    sneaky = client.get(f"{API}/tasks/history", params={**window, "owner": tokens.bob_name},
-                        headers=tokens.auth("alice")).json()
+    sneaky = client.get(
+        f"{API}/tasks/history", params={**window, "owner": tokens.bob_name}, headers=tokens.auth("alice")
+    ).json()
     assert theirs not in [row["task_id"] for row in sneaky["results"]]
     everyone = client.get(f"{API}/tasks/history", params=window, headers=tokens.auth("admin")).json()
     assert {*mine, theirs} <= {row["task_id"] for row in everyone["results"]}
-    failed = client.get(f"{API}/tasks/history", params={**window, "status": "FAILURE"},
-                        headers=tokens.auth("admin")).json()
+    failed = client.get(
+        f"{API}/tasks/history", params={**window, "status": "FAILURE"}, headers=tokens.auth("admin")
+    ).json()
     assert [row["task_id"] for row in failed["results"]] == [theirs]
     bad = client.get(f"{API}/tasks/history", params={"cursor": "garbage"}, headers=tokens.auth("alice"))
     assert bad.status_code == 422
-    assert client.get(f"{API}/tasks/history", params={"task_name": "nope"},
-                      headers=tokens.auth("alice")).status_code == 404
+    assert (
+        client.get(f"{API}/tasks/history", params={"task_name": "nope"}, headers=tokens.auth("alice")).status_code
+        == 404
+    )
 
     # an old task (no longer in Redis) is still found through the history, by its owner only
     old = client.get(f"{API}/tasks/{mine[0]}", headers=tokens.auth("alice"))
@@ -89,15 +93,31 @@ def test_workers_and_queues(gateway: GatewayFactory, tokens: Tokens, redis_serve
     broker.flushdb()
     cache = redis_server.client(2)
     now = time.time()
-    cache.hset(WORKERS_KEY, mapping={
-        "finance@up": json.dumps({"status": "online", "last_heartbeat": now, "queues": ["finance"], "active": 1,
-                                  "processed": 7, "service": "finance", "pid": 1, "concurrency": 2}),
-        "reports@gone": json.dumps({"status": "offline", "last_heartbeat": now - 30, "queues": ["reports"]}),
-    })
+    cache.hset(
+        WORKERS_KEY,
+        mapping={
+            "finance@up": json.dumps(
+                {
+                    "status": "online",
+                    "last_heartbeat": now,
+                    "queues": ["finance"],
+                    "active": 1,
+                    "processed": 7,
+                    "service": "finance",
+                    "pid": 1,
+                    "concurrency": 2,
+                }
+            ),
+            "reports@gone": json.dumps({"status": "offline", "last_heartbeat": now - 30, "queues": ["reports"]}),
+        },
+    )
     with gateway(broker_url=f"{redis_server.url_base}/{broker_db}") as client:
         for priority in (0, 9):
-            client.post(f"{API}/tasks", json={"task_name": "check_pending_bills", "priority": priority},
-                        headers=tokens.auth("admin"))
+            client.post(
+                f"{API}/tasks",
+                json={"task_name": "check_pending_bills", "priority": priority},
+                headers=tokens.auth("admin"),
+            )
         workers = client.get(f"{API}/workers", headers=tokens.auth("admin")).json()
         by_host = {w["hostname"]: w for w in workers["results"]}
         assert by_host["finance@up"]["status"] == "online"
@@ -122,12 +142,13 @@ def test_schedules_list_and_patch(client: GatewayClient, tokens: Tokens) -> None
     off = client.patch(f"{API}/schedules/check_pending_bills", json={"enabled": False}, headers=admin)
     assert off.status_code == 200, off.text
     assert off.json()["enabled"] is False
-    retimed = client.patch(f"{API}/schedules/process_access_logs", json={"schedule": {"every": 120}},
-                           headers=admin)
+    retimed = client.patch(f"{API}/schedules/process_access_logs", json={"schedule": {"every": 120}}, headers=admin)
     assert retimed.json()["schedule"] == {"every": 120.0}
-    cron = client.patch(f"{API}/schedules/generate_weekly_report",
-                        json={"enabled": True, "schedule": {"minute": "30", "hour": "9", "day_of_week": "1"}},
-                        headers=admin)
+    cron = client.patch(
+        f"{API}/schedules/generate_weekly_report",
+        json={"enabled": True, "schedule": {"minute": "30", "hour": "9", "day_of_week": "1"}},
+        headers=admin,
+    )
     assert cron.json()["schedule"]["minute"] == "30"
     again = {row["name"]: row for row in client.get(f"{API}/schedules", headers=admin).json()["results"]}
     assert again["check_pending_bills"]["enabled"] is False
@@ -137,8 +158,7 @@ def test_schedules_list_and_patch(client: GatewayClient, tokens: Tokens) -> None
     bad = client.patch(f"{API}/schedules/process_access_logs", json={"schedule": {"every": 0.01}}, headers=admin)
     assert bad.status_code == 422
     assert bad.json()["errors"][0]["loc"] == ["body", "schedule", "every"]
-    bad_cron = client.patch(f"{API}/schedules/process_access_logs", json={"schedule": {"minute": "99"}},
-                            headers=admin)
+    bad_cron = client.patch(f"{API}/schedules/process_access_logs", json={"schedule": {"minute": "99"}}, headers=admin)
     assert bad_cron.status_code == 422
     assert client.patch(f"{API}/schedules/process_access_logs", json={}, headers=admin).status_code == 422
 
@@ -173,8 +193,7 @@ def test_reports_and_their_files(client: GatewayClient, tokens: Tokens, migrated
         assert "do not serve" not in response.text
 
 
-def test_exports_are_downloaded_by_their_owner_only(client: GatewayClient, tokens: Tokens,
-                                                   migrated: Settings) -> None:
+def test_exports_are_downloaded_by_their_owner_only(client: GatewayClient, tokens: Tokens, migrated: Settings) -> None:
     exports_dir = migrated.exports_dir
     exports_dir.mkdir(parents=True, exist_ok=True)
     name = f"stores-{uuid.uuid4()}.csv"
@@ -196,8 +215,9 @@ def test_exports_are_downloaded_by_their_owner_only(client: GatewayClient, token
 
     running = make_export(migrated, tokens.alice_name, status="running")
     assert client.get(f"{API}/exports/{running}/download", headers=tokens.auth("alice")).status_code == 409
-    expired = make_export(migrated, tokens.alice_name, file_name=name,
-                      expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+    expired = make_export(
+        migrated, tokens.alice_name, file_name=name, expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    )
     assert client.get(f"{API}/exports/{expired}/download", headers=tokens.auth("alice")).status_code == 410
     for evil_name in ("../outside.csv", str(migrated.data_dir / "outside.csv"), "."):
         evil = make_export(migrated, tokens.alice_name, file_name=evil_name, expires_at=later)

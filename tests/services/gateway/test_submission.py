@@ -41,16 +41,18 @@ def _empty_idle_broker(redis_server: RedisServer) -> None:
 @pytest.fixture
 def idle(gateway: GatewayFactory, redis_server: RedisServer) -> Iterator[GatewayClient]:
     """A gateway publishing to a broker database with no consumer; quota and rate limit generous."""
-    with gateway(broker_url=f"{redis_server.url_base}/{IDLE_BROKER_DB}", task_max_per_user=1000,
-                 rate_limit_per_minute=100_000) as c:
+    with gateway(
+        broker_url=f"{redis_server.url_base}/{IDLE_BROKER_DB}", task_max_per_user=1000, rate_limit_per_minute=100_000
+    ) as c:
         yield c
 
 
 def test_a_202_means_the_message_is_in_the_broker_with_its_owner(
     idle: GatewayClient, tokens: Tokens, redis_server: RedisServer
 ) -> None:
-    response = idle.post(TASKS, json={"task_name": "test_task", "args": ["positional"], "priority": 0},
-                         headers=tokens.auth("alice"))
+    response = idle.post(
+        TASKS, json={"task_name": "test_task", "args": ["positional"], "priority": 0}, headers=tokens.auth("alice")
+    )
     assert response.status_code == 202, response.text
     body = response.json()
     assert body["task_name"] == "test_task"
@@ -65,8 +67,9 @@ def test_a_202_means_the_message_is_in_the_broker_with_its_owner(
     assert kwargs == {"message": "positional", "fail": False}
 
 
-def test_unknown_task_is_404_and_nothing_is_enqueued(idle: GatewayClient, tokens: Tokens,
-                                                     redis_server: RedisServer) -> None:
+def test_unknown_task_is_404_and_nothing_is_enqueued(
+    idle: GatewayClient, tokens: Tokens, redis_server: RedisServer
+) -> None:
     for name in ("no_such_task", "celery.backend_cleanup", "mallops.maintenance.test_task"):
         response = idle.post(TASKS, json={"task_name": name}, headers=tokens.auth("alice"))
         assert response.status_code == 404, name
@@ -76,8 +79,9 @@ def test_unknown_task_is_404_and_nothing_is_enqueued(idle: GatewayClient, tokens
     assert queued(redis_server) == []
 
 
-def test_arguments_that_do_not_fit_are_422_with_field_errors(idle: GatewayClient, tokens: Tokens,
-                                                             redis_server: RedisServer) -> None:
+def test_arguments_that_do_not_fit_are_422_with_field_errors(
+    idle: GatewayClient, tokens: Tokens, redis_server: RedisServer
+) -> None:
     cases = [
         ({"task_name": "test_task", "kwargs": {"message": 5}}, ["body", "kwargs", "message"]),
         ({"task_name": "test_task", "kwargs": {"surprise": 1}}, ["body", "kwargs", "surprise"]),
@@ -112,8 +116,11 @@ def test_batch_submits_all_or_nothing(idle: GatewayClient, tokens: Tokens, redis
     refused = idle.post(f"{TASKS}/batch", json=bad, headers=tokens.auth("admin"))
     assert refused.status_code == 422
     assert ["body", "tasks", 1, "kwargs", "message"] in [e["loc"] for e in refused.json()["errors"]]
-    unknown = idle.post(f"{TASKS}/batch", json={"tasks": [{"task_name": "test_task"}, {"task_name": "nope"}]},
-                        headers=tokens.auth("admin"))
+    unknown = idle.post(
+        f"{TASKS}/batch",
+        json={"tasks": [{"task_name": "test_task"}, {"task_name": "nope"}]},
+        headers=tokens.auth("admin"),
+    )
     assert unknown.status_code == 404
     assert len(queued(redis_server)) == 50
 
@@ -129,10 +136,11 @@ def test_bodies_over_the_limit_are_413(gateway: GatewayFactory, tokens: Tokens, 
         def chunks() -> Iterator[bytes]:  # no Content-Length: the streamed bytes are counted
             payload = json.dumps(big).encode()
             for i in range(0, len(payload), 500):
-                yield payload[i:i + 500]
+                yield payload[i : i + 500]
 
-        streamed = client.post(TASKS, content=chunks(), headers={**tokens.auth("alice"),
-                                                                 "Content-Type": "application/json"})
+        streamed = client.post(
+            TASKS, content=chunks(), headers={**tokens.auth("alice"), "Content-Type": "application/json"}
+        )
         assert streamed.status_code == 413
         assert streamed.json()["type"] == "urn:mallops:problem:body-too-large"
         small = client.post(TASKS, json={"task_name": "test_task"}, headers=tokens.auth("alice"))
@@ -186,8 +194,7 @@ def test_broker_that_dies_after_start_is_503_then_recovers(
         broker.stop()
 
 
-def test_idempotency_key_replays_and_conflicts(idle: GatewayClient, tokens: Tokens,
-                                               redis_server: RedisServer) -> None:
+def test_idempotency_key_replays_and_conflicts(idle: GatewayClient, tokens: Tokens, redis_server: RedisServer) -> None:
     body = {"task_name": "test_task", "kwargs": {"message": "once"}}
     headers = {**tokens.auth("alice"), "Idempotency-Key": "order-42"}
     first = idle.post(TASKS, json=body, headers=headers)
@@ -208,8 +215,9 @@ def test_idempotency_key_replays_and_conflicts(idle: GatewayClient, tokens: Toke
     assert len(queued(redis_server)) == 2
 
 
-def test_a_failed_submission_releases_its_idempotency_key(gateway: GatewayFactory, tokens: Tokens,
-                                                         redis_server: RedisServer) -> None:
+def test_a_failed_submission_releases_its_idempotency_key(
+    gateway: GatewayFactory, tokens: Tokens, redis_server: RedisServer
+) -> None:
     body = {"task_name": "test_task"}
     headers = {**tokens.auth("alice"), "Idempotency-Key": "retry-me"}
     with gateway(broker_url=f"redis://127.0.0.1:{free_port()}/0") as down:
@@ -218,8 +226,7 @@ def test_a_failed_submission_releases_its_idempotency_key(gateway: GatewayFactor
         assert up.post(TASKS, json=body, headers=headers).status_code == 202
 
 
-def test_quota_of_unfinished_tasks_per_user(gateway: GatewayFactory, tokens: Tokens,
-                                            redis_server: RedisServer) -> None:
+def test_quota_of_unfinished_tasks_per_user(gateway: GatewayFactory, tokens: Tokens, redis_server: RedisServer) -> None:
     results = redis.Redis(host="127.0.0.1", port=redis_server.port, db=1)
     with gateway(task_max_per_user=3, broker_url=f"{redis_server.url_base}/{IDLE_BROKER_DB}") as client:
         ids = []
@@ -233,15 +240,15 @@ def test_quota_of_unfinished_tasks_per_user(gateway: GatewayFactory, tokens: Tok
         assert problem["type"] == "urn:mallops:problem:quota-exceeded"
         assert "at most 3 unfinished tasks" in problem["detail"]
         assert "MALLOPS_TASK_MAX_PER_USER" in problem["detail"]
-        batch = client.post(f"{TASKS}/batch", json={"tasks": [{"task_name": "test_task"}] * 4},
-                            headers=tokens.auth("bob"))
+        batch = client.post(
+            f"{TASKS}/batch", json={"tasks": [{"task_name": "test_task"}] * 4}, headers=tokens.auth("bob")
+        )
         assert batch.status_code == 429
         # another user and admins are not affected
         assert client.post(TASKS, json={"task_name": "test_task"}, headers=tokens.auth("bob")).status_code == 202
         assert client.post(TASKS, json={"task_name": "test_task"}, headers=tokens.auth("admin")).status_code == 202
         # once one of alice's tasks has finished, she may submit again
-        results.set(f"celery-task-meta-{ids[0]}", json.dumps({"status": "SUCCESS", "result": "ok",
-                                                             "task_id": ids[0]}))
+        results.set(f"celery-task-meta-{ids[0]}", json.dumps({"status": "SUCCESS", "result": "ok", "task_id": ids[0]}))
         assert client.post(TASKS, json={"task_name": "test_task"}, headers=tokens.auth("alice")).status_code == 202
         assert client.post(TASKS, json={"task_name": "test_task"}, headers=tokens.auth("alice")).status_code == 429
     results.close()

@@ -29,8 +29,10 @@ def row_counts(url: str) -> dict[str, int]:
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            counts = {table.name: conn.execute(select(func.count()).select_from(table)).scalar_one()
-                      for table in models.Base.metadata.sorted_tables}
+            counts = {
+                table.name: conn.execute(select(func.count()).select_from(table)).scalar_one()
+                for table in models.Base.metadata.sorted_tables
+            }
             counts["alembic_version"] = conn.execute(text("SELECT COUNT(*) FROM alembic_version")).scalar_one()
             return counts
     finally:
@@ -91,8 +93,7 @@ def test_cleanup_cache_deletes_by_prefix_and_keeps_the_rest(
     client = redis_client(migrated)
     tag = uuid.uuid4().hex[:8]
     cached = [f"mallops:cache:{tag}:{i}" for i in range(1200)]  # more than one SCAN page
-    kept = [f"mallops:cachex:{tag}", f"mallops:other:{tag}", f"elsewhere:mallops:cache:{tag}",
-            f"mallops:redbeat:{tag}"]
+    kept = [f"mallops:cachex:{tag}", f"mallops:other:{tag}", f"elsewhere:mallops:cache:{tag}", f"mallops:redbeat:{tag}"]
     client.mset(dict.fromkeys(cached + kept, "1"))
     try:
         result = submit_task("cleanup_cache").get(timeout=120)
@@ -134,53 +135,117 @@ def test_cleanup_expired_data_deletes_rows_and_files_past_retention(
     two_days_ago = (now - dt.timedelta(days=2)).timestamp()
     os.utime(stale_part, (two_days_ago, two_days_ago))
 
-    def export(task_id: str, file_name: str | None, expires: dt.datetime | None, created: dt.datetime
-               ) -> dict[str, object]:
-        return {"task_id": task_id, "owner": "t", "dataset": "sales", "format": "csv", "filters": {},
-                "status": "done", "file_name": file_name, "expires_at": expires, "created_at": created}
+    def export(
+        task_id: str, file_name: str | None, expires: dt.datetime | None, created: dt.datetime
+    ) -> dict[str, object]:
+        return {
+            "task_id": task_id,
+            "owner": "t",
+            "dataset": "sales",
+            "format": "csv",
+            "filters": {},
+            "status": "done",
+            "file_name": file_name,
+            "expires_at": expires,
+            "created_at": created,
+        }
 
     with session_scope(settings) as session:
-        session.execute(insert(models.Export), [
-            export(f"{tag}-expired", expired_file.name, now - dt.timedelta(hours=1), now - dt.timedelta(days=8)),
-            export(f"{tag}-fresh", fresh_file.name, now + dt.timedelta(days=6), now - dt.timedelta(days=1)),
-            export(f"{tag}-stuck", None, None, now - dt.timedelta(days=30)),
-        ])
+        session.execute(
+            insert(models.Export),
+            [
+                export(f"{tag}-expired", expired_file.name, now - dt.timedelta(hours=1), now - dt.timedelta(days=8)),
+                export(f"{tag}-fresh", fresh_file.name, now + dt.timedelta(days=6), now - dt.timedelta(days=1)),
+                export(f"{tag}-stuck", None, None, now - dt.timedelta(days=30)),
+            ],
+        )
         old_start = dt.datetime(2024, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=int(tag, 16) % 100_000)
-        session.execute(insert(models.Report), [
-            {"kind": "daily", "period_start": old_start, "period_end": old_start + dt.timedelta(days=1),
-             "data": {}, "csv_path": old_report[0], "html_path": old_report[1]},
-            {"kind": "daily", "period_start": now - dt.timedelta(days=3) + dt.timedelta(seconds=int(tag, 16) % 1000),
-             "period_end": now - dt.timedelta(days=2), "data": {}, "csv_path": new_report[0],
-             "html_path": new_report[1]},
-        ])
-        session.execute(insert(models.TaskRecord), [
-            {"task_id": f"{tag}-{age}", "task_name": "mallops.maintenance.test_task", "state": "SUCCESS",
-             "updated_at": now - dt.timedelta(days=age)} for age in (31, 29)
-        ])
-        session.execute(insert(models.Notification), [
-            {"email": "a@example.com", "subject": f"{tag}-{age}", "message": "m",
-             "created_at": now - dt.timedelta(days=age)} for age in (31, 29)
-        ])
-        session.execute(insert(models.AccessLog), [
-            {"request_id": f"{tag}-{age}", "ts": now - dt.timedelta(days=age), "method": "GET", "path": "/",
-             "status": 200, "duration_ms": 1.0} for age in (91, 89)
-        ])
+        session.execute(
+            insert(models.Report),
+            [
+                {
+                    "kind": "daily",
+                    "period_start": old_start,
+                    "period_end": old_start + dt.timedelta(days=1),
+                    "data": {},
+                    "csv_path": old_report[0],
+                    "html_path": old_report[1],
+                },
+                {
+                    "kind": "daily",
+                    "period_start": now - dt.timedelta(days=3) + dt.timedelta(seconds=int(tag, 16) % 1000),
+                    "period_end": now - dt.timedelta(days=2),
+                    "data": {},
+                    "csv_path": new_report[0],
+                    "html_path": new_report[1],
+                },
+            ],
+        )
+        session.execute(
+            insert(models.TaskRecord),
+            [
+                {
+                    "task_id": f"{tag}-{age}",
+                    "task_name": "mallops.maintenance.test_task",
+                    "state": "SUCCESS",
+                    "updated_at": now - dt.timedelta(days=age),
+                }
+                for age in (31, 29)
+            ],
+        )
+        session.execute(
+            insert(models.Notification),
+            [
+                {
+                    "email": "a@example.com",
+                    "subject": f"{tag}-{age}",
+                    "message": "m",
+                    "created_at": now - dt.timedelta(days=age),
+                }
+                for age in (31, 29)
+            ],
+        )
+        session.execute(
+            insert(models.AccessLog),
+            [
+                {
+                    "request_id": f"{tag}-{age}",
+                    "ts": now - dt.timedelta(days=age),
+                    "method": "GET",
+                    "path": "/",
+                    "status": 200,
+                    "duration_ms": 1.0,
+                }
+                for age in (91, 89)
+            ],
+        )
 
     result = submit_task("cleanup_expired_data").get(timeout=120)
-    assert result == {"exports": 2, "reports": 1, "task_history": 1, "notifications": 1, "access_logs": 1,
-                      "partial_files": 1}
+    assert result == {
+        "exports": 2,
+        "reports": 1,
+        "task_history": 1,
+        "notifications": 1,
+        "access_logs": 1,
+        "partial_files": 1,
+    }
 
     with session_scope(settings) as session:
-        assert set(session.scalars(select(models.Export.task_id).where(models.Export.task_id.like(f"{tag}%")))) \
-            == {f"{tag}-fresh"}
-        assert set(session.scalars(select(models.Report.csv_path).where(models.Report.csv_path.like(f"%{tag}%")))) \
-            == {new_report[0]}
-        assert set(session.scalars(select(models.TaskRecord.task_id).where(models.TaskRecord.task_id.like(
-            f"{tag}%")))) == {f"{tag}-29"}
-        assert set(session.scalars(select(models.Notification.subject).where(models.Notification.subject.like(
-            f"{tag}%")))) == {f"{tag}-29"}
-        assert set(session.scalars(select(models.AccessLog.request_id).where(models.AccessLog.request_id.like(
-            f"{tag}%")))) == {f"{tag}-89"}
+        assert set(session.scalars(select(models.Export.task_id).where(models.Export.task_id.like(f"{tag}%")))) == {
+            f"{tag}-fresh"
+        }
+        assert set(session.scalars(select(models.Report.csv_path).where(models.Report.csv_path.like(f"%{tag}%")))) == {
+            new_report[0]
+        }
+        assert set(
+            session.scalars(select(models.TaskRecord.task_id).where(models.TaskRecord.task_id.like(f"{tag}%")))
+        ) == {f"{tag}-29"}
+        assert set(
+            session.scalars(select(models.Notification.subject).where(models.Notification.subject.like(f"{tag}%")))
+        ) == {f"{tag}-29"}
+        assert set(
+            session.scalars(select(models.AccessLog.request_id).where(models.AccessLog.request_id.like(f"{tag}%")))
+        ) == {f"{tag}-89"}
     assert not expired_file.exists()
     assert fresh_file.exists()
     assert not any((settings.reports_dir / n).exists() for n in old_report)

@@ -29,9 +29,7 @@ def test_test_task_runs_on_a_real_worker(settings: Settings, running_worker: Cal
     assert worker.alive()
 
 
-def test_failing_task_reports_its_exception(
-    settings: Settings, running_worker: Callable[[str], Process]
-) -> None:
+def test_failing_task_reports_its_exception(settings: Settings, running_worker: Callable[[str], Process]) -> None:
     running_worker("maintenance")
     app = create_celery_app("test-client", settings)
     spec = CATALOG["test_task"]

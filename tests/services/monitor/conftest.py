@@ -43,21 +43,24 @@ class MonitorStack:
         return process
 
     def monitor(self) -> Process:
-        process = spawn("monitor", service_argv("monitor", f"--port={self.port}", "--name=monitor-test"),
-                        self.env, self.log_dir)
+        process = spawn(
+            "monitor", service_argv("monitor", f"--port={self.port}", "--name=monitor-test"), self.env, self.log_dir
+        )
         self.processes.append(process)
         wait_http_ready(process, f"{self.url}/health")
         return process
 
     def samples(self) -> list[tuple[str, dict[str, str], float]]:
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text)
-                for s in family.samples]
+        return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
 
     def total(self, name: str, /, **labels: str) -> float:
         """The sum of a metric's samples whose labels include ``labels``."""
-        return sum(value for sample, sample_labels, value in self.samples()
-                   if sample == name and all(sample_labels.get(k) == v for k, v in labels.items()))
+        return sum(
+            value
+            for sample, sample_labels, value in self.samples()
+            if sample == name and all(sample_labels.get(k) == v for k, v in labels.items())
+        )
 
     def value(self, name: str, /, **labels: str) -> float | None:
         for sample, sample_labels, value in self.samples():
@@ -67,8 +70,9 @@ class MonitorStack:
 
 
 @pytest.fixture
-def monitor_stack(service_env: dict[str, str], migrated: Settings, worker_factory: Callable[..., Process],
-                  tmp_path: Path) -> Iterator[MonitorStack]:
+def monitor_stack(
+    service_env: dict[str, str], migrated: Settings, worker_factory: Callable[..., Process], tmp_path: Path
+) -> Iterator[MonitorStack]:
     redis = start_redis(tmp_path / "redis")
     base = redis.url_base
     env = service_env | {
@@ -80,8 +84,9 @@ def monitor_stack(service_env: dict[str, str], migrated: Settings, worker_factor
         "MALLOPS_WORKER_OFFLINE_AFTER": str(OFFLINE_AFTER),
         "MALLOPS_LOG_LEVEL": "WARNING",
     }
-    settings = Settings(redis_url=base, broker_url=f"{base}/0", result_backend=f"{base}/1",
-                        worker_offline_after=OFFLINE_AFTER)
+    settings = Settings(
+        redis_url=base, broker_url=f"{base}/0", result_backend=f"{base}/1", worker_offline_after=OFFLINE_AFTER
+    )
     with session_scope(migrated) as session:
         session.execute(delete(TaskRecord))
         session.execute(delete(MonitorMetric))

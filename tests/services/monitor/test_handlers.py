@@ -19,8 +19,17 @@ LABELS = {"name": NAME, "hostname": "w1@h", "queue_name": "default"}
 
 def ev(type_: str, at: float, retries: int = 0, task_id: str = "t1", **fields: Any) -> dict[str, Any]:
     host = fields.pop("host", "gw@h" if type_ == "task-sent" else "w1@h")
-    return {"type": type_, "ts": T + at, "id": task_id, "name": NAME, "queue": "default", "retries": retries,
-            "host": host, "pid": 1, **fields}
+    return {
+        "type": type_,
+        "ts": T + at,
+        "id": task_id,
+        "name": NAME,
+        "queue": "default",
+        "retries": retries,
+        "host": host,
+        "pid": 1,
+        **fields,
+    }
 
 
 class Harness:
@@ -89,7 +98,8 @@ def test_redelivered_events_change_nothing() -> None:
     assert deltas.values == {}
     assert h.store.snapshot() == metrics_before
     assert {k: v for k, v in h.rows["t1"].items() if k != "last_event_seq"} == {
-        k: v for k, v in row_before.items() if k != "last_event_seq"}
+        k: v for k, v in row_before.items() if k != "last_event_seq"
+    }
 
 
 def test_late_events_never_regress_a_final_state() -> None:
@@ -110,8 +120,12 @@ def test_late_events_never_regress_a_final_state() -> None:
 
 def test_failure_carries_the_exception_label_and_message() -> None:
     h = Harness()
-    h.feed(ev("task-sent", 0), ev("task-received", 0.01), ev("task-started", 0.02),
-           ev("task-failed", 0.03, runtime=0.01, exception="RequestedFailure", error="failed on request: x"))
+    h.feed(
+        ev("task-sent", 0),
+        ev("task-received", 0.01),
+        ev("task-started", 0.02),
+        ev("task-failed", 0.03, runtime=0.01, exception="RequestedFailure", error="failed on request: x"),
+    )
     assert h.value("celery_task_failed_total", **LABELS, exception="RequestedFailure") == 1
     assert h.value("celery_task_succeeded_total", **LABELS) is None
     assert h.value("celery_task_runtime_count", **LABELS) is None  # as celery-exporter: successes only
@@ -126,7 +140,9 @@ def test_failure_carries_the_exception_label_and_message() -> None:
 def test_retry_then_success_counts_each_attempt() -> None:
     h = Harness()
     h.feed(
-        ev("task-sent", 0.0), ev("task-received", 0.01), ev("task-started", 0.02),
+        ev("task-sent", 0.0),
+        ev("task-received", 0.01),
+        ev("task-started", 0.02),
         ev("task-sent", 0.03, retries=1, host="w1@h"),  # the retry message, published by the worker
         ev("task-retried", 0.031, exception="TransientError", error="flaky"),
     )
@@ -149,8 +165,11 @@ def test_retry_then_success_counts_each_attempt() -> None:
 
 def test_progress_revoked_and_rejected() -> None:
     h = Harness()
-    h.feed(ev("task-started", 0.0, task_id="p"), ev("task-progress", 0.1, task_id="p", current=3, total=10),
-           ev("task-progress", 0.05, task_id="p", current=2, total=10))
+    h.feed(
+        ev("task-started", 0.0, task_id="p"),
+        ev("task-progress", 0.1, task_id="p", current=3, total=10),
+        ev("task-progress", 0.05, task_id="p", current=2, total=10),
+    )
     row = h.row("p")
     assert (row["state"], row["progress_current"], row["progress_total"]) == ("PROGRESS", 3, 10)
     assert row["sent_at"] == dt.datetime.fromtimestamp(T, dt.UTC)  # first seen, without a sent event

@@ -43,8 +43,13 @@ def send(app: Any, start: int, count: int) -> dict[str, str]:
     sent = {}
     for i in range(start, start + count):
         kind = outcome(i)
-        result = app.send_task(SPEC.celery_name, kwargs=kwargs_for(kind, i), queue=SPEC.queue,
-                               headers={"mallops_owner": "monitor-test"}, ignore_result=False)
+        result = app.send_task(
+            SPEC.celery_name,
+            kwargs=kwargs_for(kind, i),
+            queue=SPEC.queue,
+            headers={"mallops_owner": "monitor-test"},
+            ignore_result=False,
+        )
         sent[result.id] = kind
     return sent
 
@@ -53,14 +58,17 @@ def history_states(settings: Any) -> dict[str, tuple[str, int]]:
     with session_scope(settings) as session:
         owners = set(session.scalars(select(TaskRecord.owner).distinct()))
         assert owners == {"monitor-test"}  # from the mallops_owner header
-        return {task_id: (state, retries) for task_id, state, retries in
-                session.execute(select(TaskRecord.task_id, TaskRecord.state, TaskRecord.retries))}
+        return {
+            task_id: (state, retries)
+            for task_id, state, retries in session.execute(
+                select(TaskRecord.task_id, TaskRecord.state, TaskRecord.retries)
+            )
+        }
 
 
 def finished_rows(settings: Any) -> int:
     with session_scope(settings) as session:
-        return int(session.scalar(select(func.count()).select_from(TaskRecord)
-                                  .where(TaskRecord.state.in_(FINAL))) or 0)
+        return int(session.scalar(select(func.count()).select_from(TaskRecord).where(TaskRecord.state.in_(FINAL))) or 0)
 
 
 def check_history(settings: Any, expected: dict[str, str]) -> None:
@@ -99,8 +107,12 @@ def test_history_and_metrics_are_complete_and_survive_a_monitor_kill(monitor_sta
     app = create_celery_app("monitor-test", stack.settings)
     try:
         expected = send(app, 0, 1000)
-        wait_until(lambda: finished_rows(stack.settings) == 1000, timeout=240, interval=0.5,
-                   message="1,000 finished tasks in the history")
+        wait_until(
+            lambda: finished_rows(stack.settings) == 1000,
+            timeout=240,
+            interval=0.5,
+            message="1,000 finished tasks in the history",
+        )
         check_history(stack.settings, expected)
         check_metrics(stack, expected)
 
@@ -119,12 +131,18 @@ def test_history_and_metrics_are_complete_and_survive_a_monitor_kill(monitor_sta
         try:
             wait_until(all_done, timeout=300, interval=1.0, message="500 tasks finished while the monitor is down")
         except pytest.fail.Exception:  # say which states they are stuck in (and leave the worker's log)
-            pytest.fail(f"500 tasks sent while the monitor is down, by state after 300 s: {dict(states)}\n"
-                        f"worker log tail:\n{stack.processes[0].log()[-3000:]}")
+            pytest.fail(
+                f"500 tasks sent while the monitor is down, by state after 300 s: {dict(states)}\n"
+                f"worker log tail:\n{stack.processes[0].log()[-3000:]}"
+            )
         assert finished_rows(stack.settings) == 1000
         stack.monitor()
-        wait_until(lambda: finished_rows(stack.settings) == 1500, timeout=240, interval=0.5,
-                   message="1,500 finished tasks after the monitor caught up")
+        wait_until(
+            lambda: finished_rows(stack.settings) == 1500,
+            timeout=240,
+            interval=0.5,
+            message="1,500 finished tasks after the monitor caught up",
+        )
         everything = expected | more
         check_history(stack.settings, everything)
         check_metrics(stack, everything)
@@ -138,8 +156,9 @@ def test_a_killed_worker_goes_offline_within_the_heartbeat_timeout(monitor_stack
     hostname = f"doomed-{time.monotonic_ns()}@127.0.0.1"
     worker = stack.worker(hostname=hostname)
     stack.monitor()
-    wait_until(lambda: stack.value("celery_worker_up", hostname=hostname) == 1, timeout=30,
-               message="worker up in /metrics")
+    wait_until(
+        lambda: stack.value("celery_worker_up", hostname=hostname) == 1, timeout=30, message="worker up in /metrics"
+    )
     assert stack.value("celery_active_worker_count", queue_name="default") == 1
 
     # progress reported by a running task reaches the history
@@ -161,8 +180,12 @@ def test_a_killed_worker_goes_offline_within_the_heartbeat_timeout(monitor_stack
     worker.signal(signal.SIGKILL)
     worker.popen.wait(10)
     killed = time.monotonic()
-    wait_until(lambda: stack.value("celery_worker_up", hostname=hostname) == 0, timeout=30, interval=0.1,
-               message="worker down in /metrics")
+    wait_until(
+        lambda: stack.value("celery_worker_up", hostname=hostname) == 0,
+        timeout=30,
+        interval=0.1,
+        message="worker down in /metrics",
+    )
     took = time.monotonic() - killed
     # offline after OFFLINE_AFTER s of silence; the last heartbeat came at most one interval before the kill
     assert took <= OFFLINE_AFTER + 2.0, took

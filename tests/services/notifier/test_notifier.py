@@ -35,11 +35,25 @@ def notifier(running_worker: Callable[[str], Process], migrated: Settings) -> Pr
     return running_worker("notifier")
 
 
-def new_notification(settings: Settings, email: str, subject: str, message: str, language: str = "en",
-                     created_at: dt.datetime | None = None, status: str = "queued") -> int:
+def new_notification(
+    settings: Settings,
+    email: str,
+    subject: str,
+    message: str,
+    language: str = "en",
+    created_at: dt.datetime | None = None,
+    status: str = "queued",
+) -> int:
     with session_scope(settings) as session:
-        row = Notification(kind="manual", email=email, subject=subject, message=message, language=language,
-                           status=status, created_at=created_at or utcnow())
+        row = Notification(
+            kind="manual",
+            email=email,
+            subject=subject,
+            message=message,
+            language=language,
+            status=status,
+            created_at=created_at or utcnow(),
+        )
         session.add(row)
         session.flush()
         return int(row.id)
@@ -60,9 +74,16 @@ def parts(received) -> tuple[str, str]:
 
 
 def test_english_e_mail_arrives_with_english_templates(client, notifier, smtp: SMTPServer, settings) -> None:
-    result = client.send_task(SEND.celery_name, queue=SEND.queue, kwargs={
-        "email": "alice@example.com", "subject": "Your report is ready", "message": "Hello <Alice> & co.",
-        "language": "en"})
+    result = client.send_task(
+        SEND.celery_name,
+        queue=SEND.queue,
+        kwargs={
+            "email": "alice@example.com",
+            "subject": "Your report is ready",
+            "message": "Hello <Alice> & co.",
+            "language": "en",
+        },
+    )
     outcome = result.get(timeout=60)
     assert outcome["status"] == "sent"
     [mail] = smtp.wait_for(1, where=lambda m: "alice@example.com" in m.rcpt_tos)
@@ -83,8 +104,11 @@ def test_english_e_mail_arrives_with_english_templates(client, notifier, smtp: S
 
 
 def test_chinese_e_mail_arrives_with_chinese_templates(client, notifier, smtp: SMTPServer) -> None:
-    result = client.send_task(SEND.celery_name, queue=SEND.queue, kwargs={
-        "email": "wang@example.com", "subject": "账单提醒", "message": "您好，您的账单已逾期。"})
+    result = client.send_task(
+        SEND.celery_name,
+        queue=SEND.queue,
+        kwargs={"email": "wang@example.com", "subject": "账单提醒", "message": "您好，您的账单已逾期。"},
+    )
     assert result.get(timeout=60)["status"] == "sent"
     [mail] = smtp.wait_for(1, where=lambda m: "wang@example.com" in m.rcpt_tos)
     assert mail.message["Subject"] == "账单提醒"
@@ -97,8 +121,13 @@ def test_chinese_e_mail_arrives_with_chinese_templates(client, notifier, smtp: S
 
 def test_a_notification_already_sent_is_not_sent_again(client, notifier, smtp: SMTPServer, settings) -> None:
     nid = new_notification(settings, "bob@example.com", "Once", "Only once, please.")
-    kwargs = {"email": "bob@example.com", "subject": "Once", "message": "Only once, please.", "language": "en",
-              "notification_id": nid}
+    kwargs = {
+        "email": "bob@example.com",
+        "subject": "Once",
+        "message": "Only once, please.",
+        "language": "en",
+        "notification_id": nid,
+    }
     first = client.send_task(SEND.celery_name, queue=SEND.queue, kwargs=kwargs)
     assert first.get(timeout=60) == {"notification_id": nid, "status": "sent", "sent": True, "language": "en"}
     second = client.send_task(SEND.celery_name, queue=SEND.queue, kwargs=kwargs)
@@ -128,22 +157,26 @@ def test_the_same_message_delivered_twice_sends_one_e_mail(client, notifier, smt
 
 
 def test_invalid_address_fails_at_once(client, notifier, smtp: SMTPServer) -> None:
-    result = client.send_task(SEND.celery_name, queue=SEND.queue, kwargs={
-        "email": "not-an-address", "subject": "x", "message": "y"})
-    with pytest.raises(Exception, match="invalid arguments for send_notification_email: email: value is not a "
-                                        "valid email address") as failure:
+    result = client.send_task(
+        SEND.celery_name, queue=SEND.queue, kwargs={"email": "not-an-address", "subject": "x", "message": "y"}
+    )
+    with pytest.raises(
+        Exception, match="invalid arguments for send_notification_email: email: value is not a valid email address"
+    ) as failure:
         result.get(timeout=60)
     assert type(failure.value).__name__ == "InvalidTaskArguments"
     assert result.state == "FAILURE"
     assert smtp.attempts == 0
 
 
-def test_permanent_smtp_refusal_fails_at_once_and_marks_the_row(client, notifier, smtp: SMTPServer,
-                                                                settings) -> None:
+def test_permanent_smtp_refusal_fails_at_once_and_marks_the_row(client, notifier, smtp: SMTPServer, settings) -> None:
     smtp.refuse(1, "550 5.1.1 Mailbox does not exist")
     nid = new_notification(settings, "gone@example.com", "Gone", "Nobody home.")
-    result = client.send_task(SEND.celery_name, queue=SEND.queue, kwargs={
-        "email": "gone@example.com", "subject": "Gone", "message": "Nobody home.", "notification_id": nid})
+    result = client.send_task(
+        SEND.celery_name,
+        queue=SEND.queue,
+        kwargs={"email": "gone@example.com", "subject": "Gone", "message": "Nobody home.", "notification_id": nid},
+    )
     with pytest.raises(Exception, match="Mailbox does not exist"):
         result.get(timeout=60)
     assert result.state == "FAILURE"
@@ -155,8 +188,11 @@ def test_permanent_smtp_refusal_fails_at_once_and_marks_the_row(client, notifier
 
 
 def test_unknown_notification_fails_clearly(client, notifier) -> None:
-    result = client.send_task(SEND.celery_name, queue=SEND.queue, kwargs={
-        "email": "x@example.com", "subject": "x", "message": "y", "notification_id": 999_999_999})
+    result = client.send_task(
+        SEND.celery_name,
+        queue=SEND.queue,
+        kwargs={"email": "x@example.com", "subject": "x", "message": "y", "notification_id": 999_999_999},
+    )
     with pytest.raises(Exception, match="notification 999999999 does not exist"):
         result.get(timeout=60)
 
@@ -175,8 +211,9 @@ RETRY_BROKER_DB = 6
 
 
 @pytest.fixture
-def retry_worker(worker_factory: Callable[..., Process], service_env: dict[str, str], redis_server: RedisServer,
-                 migrated: Settings) -> Iterator[tuple[Process, str]]:
+def retry_worker(
+    worker_factory: Callable[..., Process], service_env: dict[str, str], redis_server: RedisServer, migrated: Settings
+) -> Iterator[tuple[Process, str]]:
     """A notifier of its own (own broker database, so no other notifier takes the message), quick backoff."""
     broker = f"{redis_server.url_base}/{RETRY_BROKER_DB}"
     redis_server.client(RETRY_BROKER_DB).flushdb()
@@ -192,8 +229,16 @@ def test_smtp_that_refuses_at_first_gets_the_e_mail_after_a_retry(retry_worker, 
     try:
         smtp.refuse(2, "451 4.7.1 Greylisted, try again later")
         nid = new_notification(settings, "later@example.com", "Retry", "Try, try again.")
-        result = app.send_task(SEND.celery_name, queue=SEND.queue, kwargs={
-            "email": "later@example.com", "subject": "Retry", "message": "Try, try again.", "notification_id": nid})
+        result = app.send_task(
+            SEND.celery_name,
+            queue=SEND.queue,
+            kwargs={
+                "email": "later@example.com",
+                "subject": "Retry",
+                "message": "Try, try again.",
+                "notification_id": nid,
+            },
+        )
         assert result.get(timeout=90)["status"] == "sent"
         [mail] = smtp.wait_for(1, where=lambda m: "later@example.com" in m.rcpt_tos)
         assert mail.message["Subject"] == "Retry"
@@ -211,8 +256,16 @@ def test_smtp_refusing_every_time_fails_after_the_retries(retry_worker, smtp: SM
     try:
         smtp.refuse(10, "421 4.3.2 Service not available")
         nid = new_notification(settings, "never@example.com", "Never", "Never arrives.")
-        result = app.send_task(SEND.celery_name, queue=SEND.queue, kwargs={
-            "email": "never@example.com", "subject": "Never", "message": "Never arrives.", "notification_id": nid})
+        result = app.send_task(
+            SEND.celery_name,
+            queue=SEND.queue,
+            kwargs={
+                "email": "never@example.com",
+                "subject": "Never",
+                "message": "Never arrives.",
+                "notification_id": nid,
+            },
+        )
         with pytest.raises(Exception, match="Service not available"):
             result.get(timeout=90)
         assert smtp.attempts == 1 + settings.task_max_retries
@@ -231,10 +284,14 @@ def test_cleanup_old_notifications_deletes_past_retention_in_batches(client, not
     now = utcnow()
     with session_scope(settings) as session:
         session.query(Notification).delete()
-    old = [new_notification(settings, f"old{i}@example.com", "old", "old", created_at=now - dt.timedelta(days=40))
-           for i in range(5)]
-    recent = [new_notification(settings, f"new{i}@example.com", "new", "new", created_at=now - dt.timedelta(days=3))
-              for i in range(3)]
+    old = [
+        new_notification(settings, f"old{i}@example.com", "old", "old", created_at=now - dt.timedelta(days=40))
+        for i in range(5)
+    ]
+    recent = [
+        new_notification(settings, f"new{i}@example.com", "new", "new", created_at=now - dt.timedelta(days=3))
+        for i in range(3)
+    ]
     result = client.send_task(CLEANUP.celery_name, queue=CLEANUP.queue, kwargs={"days": 30})
     outcome = result.get(timeout=60)
     assert outcome["deleted"] == 5
@@ -255,9 +312,14 @@ def test_cleanup_old_notifications_deletes_past_retention_in_batches(client, not
 TLS_BROKER_DB = 7
 
 
-def test_starttls_and_login_from_settings(worker_factory: Callable[..., Process], service_env: dict[str, str],
-                                          redis_server: RedisServer, smtp_tls_server: SMTPServer,
-                                          settings: Settings, migrated: Settings) -> None:
+def test_starttls_and_login_from_settings(
+    worker_factory: Callable[..., Process],
+    service_env: dict[str, str],
+    redis_server: RedisServer,
+    smtp_tls_server: SMTPServer,
+    settings: Settings,
+    migrated: Settings,
+) -> None:
     """A server that requires STARTTLS and a login gets the e-mail; a wrong password fails at once."""
     smtp_tls_server.clear()
     broker = f"{redis_server.url_base}/{TLS_BROKER_DB}"
@@ -265,9 +327,16 @@ def test_starttls_and_login_from_settings(worker_factory: Callable[..., Process]
     worker = worker_factory("notifier", env=service_env | smtp_tls_server.env | {"MALLOPS_BROKER_URL": broker})
     app = create_celery_app("test-client", settings.model_copy(update={"broker_url": broker}))
     try:
-        result = app.send_task(SEND.celery_name, queue=SEND.queue, kwargs={
-            "email": "secure@example.com", "subject": "Over TLS", "message": "Encrypted on the way.",
-            "language": "en"})
+        result = app.send_task(
+            SEND.celery_name,
+            queue=SEND.queue,
+            kwargs={
+                "email": "secure@example.com",
+                "subject": "Over TLS",
+                "message": "Encrypted on the way.",
+                "language": "en",
+            },
+        )
         assert result.get(timeout=60)["status"] == "sent"
         [mail] = smtp_tls_server.wait_for(1)
         assert mail.authenticated_as == "mallops"
@@ -281,8 +350,16 @@ def test_starttls_and_login_from_settings(worker_factory: Callable[..., Process]
     app = create_celery_app("test-client", settings.model_copy(update={"broker_url": broker}))
     try:
         attempts = smtp_tls_server.attempts
-        result = app.send_task(SEND.celery_name, queue=SEND.queue, kwargs={
-            "email": "secure@example.com", "subject": "Wrong password", "message": "Refused.", "language": "en"})
+        result = app.send_task(
+            SEND.celery_name,
+            queue=SEND.queue,
+            kwargs={
+                "email": "secure@example.com",
+                "subject": "Wrong password",
+                "message": "Refused.",
+                "language": "en",
+            },
+        )
         with pytest.raises(Exception, match="SMTP login as 'mallops' refused"):
             result.get(timeout=60)
         assert smtp_tls_server.attempts == attempts  # never got as far as sending

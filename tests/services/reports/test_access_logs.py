@@ -64,13 +64,17 @@ def test_buffered_entries_move_to_the_table_exactly_once(
     buffer.rpush(ACCESS_LOG_BUFFER, "not json", json.dumps({"request_id": "only-an-id"}), json.dumps(entries[0]))
 
     result = submit_task("process_access_logs", {"batch_size": 10}).get(timeout=120)
-    assert result == {"inserted": 25, "duplicates": 1, "malformed": 2, "batches": 3, "remaining": 0,
-                      "skipped": False}
+    assert result == {"inserted": 25, "duplicates": 1, "malformed": 2, "batches": 3, "remaining": 0, "skipped": False}
     rows = stored(migrated)
     assert set(rows) == {e["request_id"] for e in entries}
     sample = rows[entries[7]["request_id"]]
-    assert (sample.method, sample.path, sample.status, sample.principal, sample.client_ip) == \
-        ("GET", "/api/v1/tasks/3", 200, "alice", "10.0.0.7")
+    assert (sample.method, sample.path, sample.status, sample.principal, sample.client_ip) == (
+        "GET",
+        "/api/v1/tasks/3",
+        200,
+        "alice",
+        "10.0.0.7",
+    )
     assert sample.ts == dt.datetime(2026, 11, 14, 3, 0, 7, tzinfo=dt.UTC)
     assert sample.duration_ms == pytest.approx(10.5)
     assert buffer.llen(ACCESS_LOG_BUFFER) == 0
@@ -123,19 +127,33 @@ def test_access_statistics_per_path_principal_and_status(
         ("/b", "bob", 500, day_start + dt.timedelta(hours=24), 1.0),  # the day after: not counted
     ]
     with session_scope(migrated) as session:
-        session.execute(insert(models.AccessLog), [
-            {"request_id": f"stat-{i}", "ts": ts, "method": "GET", "path": path, "status": status,
-             "duration_ms": ms, "principal": who, "client_ip": None}
-            for i, (path, who, status, ts, ms) in enumerate(rows)
-        ])
+        session.execute(
+            insert(models.AccessLog),
+            [
+                {
+                    "request_id": f"stat-{i}",
+                    "ts": ts,
+                    "method": "GET",
+                    "path": path,
+                    "status": status,
+                    "duration_ms": ms,
+                    "principal": who,
+                    "client_ip": None,
+                }
+                for i, (path, who, status, ts, ms) in enumerate(rows)
+            ],
+        )
     result = submit_task("generate_access_statistics", {"date": "2026-11-14"}).get(timeout=120)
     assert result == {"date": "2026-11-14", "groups": 4, "requests": 5}
 
     def statistics() -> dict[tuple[str, str, int], tuple[int, float, float]]:
         with session_scope(migrated) as session:
-            return {(s.path, s.principal, s.status): (s.requests, s.avg_ms, s.max_ms)
-                    for s in session.scalars(select(models.AccessStatistic)
-                                             .where(models.AccessStatistic.day == dt.date(2026, 11, 14)))}
+            return {
+                (s.path, s.principal, s.status): (s.requests, s.avg_ms, s.max_ms)
+                for s in session.scalars(
+                    select(models.AccessStatistic).where(models.AccessStatistic.day == dt.date(2026, 11, 14))
+                )
+            }
 
     assert statistics() == {
         ("/a", "alice", 200): (2, 20.0, 30.0),
@@ -146,9 +164,21 @@ def test_access_statistics_per_path_principal_and_status(
 
     # a re-run after more requests arrived updates the same rows
     with session_scope(migrated) as session:
-        session.execute(insert(models.AccessLog), [{
-            "request_id": "stat-late", "ts": day_start + dt.timedelta(hours=6), "method": "GET", "path": "/a",
-            "status": 200, "duration_ms": 50.0, "principal": "alice", "client_ip": None}])
+        session.execute(
+            insert(models.AccessLog),
+            [
+                {
+                    "request_id": "stat-late",
+                    "ts": day_start + dt.timedelta(hours=6),
+                    "method": "GET",
+                    "path": "/a",
+                    "status": 200,
+                    "duration_ms": 50.0,
+                    "principal": "alice",
+                    "client_ip": None,
+                }
+            ],
+        )
     submit_task("generate_access_statistics", {"date": "2026-11-14"}).get(timeout=120)
     after = statistics()
     assert after[("/a", "alice", 200)] == (3, 30.0, 50.0)
@@ -164,11 +194,22 @@ def test_cleanup_old_access_records_deletes_only_old_ones(
     now = dt.datetime.now(dt.UTC)
     ages = {"old-1": 400, "old-2": 91, "young-1": 89, "young-2": 0}
     with session_scope(migrated) as session:
-        session.execute(insert(models.AccessLog), [
-            {"request_id": rid, "ts": now - dt.timedelta(days=age), "method": "GET", "path": "/", "status": 200,
-             "duration_ms": 1.0, "principal": None, "client_ip": None}
-            for rid, age in ages.items()
-        ])
+        session.execute(
+            insert(models.AccessLog),
+            [
+                {
+                    "request_id": rid,
+                    "ts": now - dt.timedelta(days=age),
+                    "method": "GET",
+                    "path": "/",
+                    "status": 200,
+                    "duration_ms": 1.0,
+                    "principal": None,
+                    "client_ip": None,
+                }
+                for rid, age in ages.items()
+            ],
+        )
     result = submit_task("cleanup_old_access_records", {"days": 90}).get(timeout=120)
     assert result["access_logs"] == 2
     assert set(stored(migrated)) == {"young-1", "young-2"}

@@ -38,11 +38,14 @@ def test_csv_export_of_filtered_sales(
     summary = result.get(timeout=120)
 
     with session_scope(demo_db) as session:
-        expected = session.execute(text(
-            "SELECT s.id, s.store_id, st.code, s.day, s.amount, s.transactions FROM sales s "
-            "JOIN stores st ON st.id = s.store_id WHERE s.store_id = 5 AND s.day >= :a AND s.day <= :b ORDER BY s.id"
-        ).bindparams(bindparam("a", type_=Date()), bindparam("b", type_=Date())),
-            {"a": dt.date(2026, 10, 1), "b": dt.date(2026, 10, 31)}).all()
+        expected = session.execute(
+            text(
+                "SELECT s.id, s.store_id, st.code, s.day, s.amount, s.transactions FROM sales s "
+                "JOIN stores st ON st.id = s.store_id WHERE s.store_id = 5 AND s.day >= :a AND s.day <= :b "
+                "ORDER BY s.id"
+            ).bindparams(bindparam("a", type_=Date()), bindparam("b", type_=Date())),
+            {"a": dt.date(2026, 10, 1), "b": dt.date(2026, 10, 31)},
+        ).all()
     assert len(expected) == 31
 
     row = export_row(demo_db, result.id)
@@ -61,8 +64,10 @@ def test_csv_export_of_filtered_sales(
         lines = list(csv.reader(handle))
     assert lines[0] == ["id", "store_id", "store_code", "day", "amount", "transactions"]
     parsed = [(int(r[0]), int(r[1]), r[2], dt.date.fromisoformat(r[3]), Decimal(r[4]), int(r[5])) for r in lines[1:]]
-    assert parsed == [(i, s, c, d if isinstance(d, dt.date) else dt.date.fromisoformat(d), Decimal(str(a)), t)
-                      for i, s, c, d, a, t in expected]
+    assert parsed == [
+        (i, s, c, d if isinstance(d, dt.date) else dt.date.fromisoformat(d), Decimal(str(a)), t)
+        for i, s, c, d, a, t in expected
+    ]
 
 
 def test_xlsx_export_of_paid_bills(
@@ -75,7 +80,9 @@ def test_xlsx_export_of_paid_bills(
     with session_scope(demo_db) as session:
         expected = session.execute(
             select(models.Bill.id, models.Bill.amount, models.Bill.paid_at)
-            .where(models.Bill.status == "paid").order_by(models.Bill.id)).all()
+            .where(models.Bill.status == "paid")
+            .order_by(models.Bill.id)
+        ).all()
     assert len(expected) > 20
     book = load_workbook(demo_db.exports_dir / summary["file_name"], read_only=True)
     try:
@@ -89,8 +96,9 @@ def test_xlsx_export_of_paid_bills(
     body = rows[1:]
     assert summary["rows"] == len(body) == len(expected)
     assert [r[0] for r in body] == [e.id for e in expected]
-    assert [Decimal(str(r[header.index("amount")])).quantize(Decimal("0.01")) for r in body] \
-        == [e.amount for e in expected]
+    assert [Decimal(str(r[header.index("amount")])).quantize(Decimal("0.01")) for r in body] == [
+        e.amount for e in expected
+    ]
     assert all(r[header.index("status")] == "paid" for r in body)
     # XLSX has no time zones: instants are written as naive UTC
     assert body[0][-1] == expected[0].paid_at.astimezone(dt.UTC).replace(tzinfo=None)
@@ -134,7 +142,8 @@ def many_sales(demo_db: Settings) -> Iterator[int]:
     first = dt.date(1990, 1, 1)
     rows: list[dict[str, Any]] = [
         {"store_id": store, "day": first + dt.timedelta(days=d), "amount": Decimal(1000 + d), "transactions": 3}
-        for store in range(1, 21) for d in range(days)
+        for store in range(1, 21)
+        for d in range(days)
     ]
     with session_scope(demo_db) as session:
         for i in range(0, len(rows), 10_000):
@@ -157,12 +166,18 @@ def test_soft_time_limit_leaves_no_partial_file(
     # it got as far as writing rows (and reporting progress) before the limit hit
     progress = wait_until(
         lambda: result.state == "PROGRESS" and result.info["current"] > 0 and result.info,
-        timeout=60, interval=0.02, message="export progress")
+        timeout=60,
+        interval=0.02,
+        message="export progress",
+    )
     assert progress["total"] == total
     # the limit ends it at once: no retry (a rollback failure on the interrupted connection once turned
     # it into a "transient" OperationalError and a 30 s retry)
-    state = wait_until(lambda: result.state in ("FAILURE", "SUCCESS", "RETRY") and result.state,
-                       timeout=60, message="the soft time limit")
+    state = wait_until(
+        lambda: result.state in ("FAILURE", "SUCCESS", "RETRY") and result.state,
+        timeout=60,
+        message="the soft time limit",
+    )
     assert state == "FAILURE", result.info
     assert type(result.result).__name__ == "SoftTimeLimitExceeded"
     row = export_row(demo_db, result.id)
@@ -183,13 +198,19 @@ def test_payments_export_uses_shanghai_days(
     demo_db: Settings, running_worker: Callable[[str], Process], submit_task: Submit
 ) -> None:
     running_worker("reports")
-    summary = submit_task("export_data", {"dataset": "payments", "filters": {
-        "date_from": "2026-10-03", "date_to": "2026-10-09"}}).get(timeout=120)
+    summary = submit_task(
+        "export_data", {"dataset": "payments", "filters": {"date_from": "2026-10-03", "date_to": "2026-10-09"}}
+    ).get(timeout=120)
     start = dt.datetime(2026, 10, 2, 16, tzinfo=dt.UTC)  # 2026-10-03 00:00 in Shanghai
     end = dt.datetime(2026, 10, 9, 16, tzinfo=dt.UTC)  # 2026-10-10 00:00 in Shanghai
     with session_scope(demo_db) as session:
-        expected = list(session.scalars(select(models.Payment.id).where(
-            models.Payment.paid_at >= start, models.Payment.paid_at < end).order_by(models.Payment.id)))
+        expected = list(
+            session.scalars(
+                select(models.Payment.id)
+                .where(models.Payment.paid_at >= start, models.Payment.paid_at < end)
+                .order_by(models.Payment.id)
+            )
+        )
     assert expected
     with (demo_db.exports_dir / summary["file_name"]).open(newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -203,11 +224,15 @@ def test_revenue_export_reads_what_finance_calculated(
     running_worker("finance")
     running_worker("reports")
     submit_task("calculate_monthly_revenue", {"year": 2026, "month": 10}).get(timeout=120)
-    summary = submit_task("export_data", {"dataset": "revenue", "format": "xlsx", "filters": {
-        "date_from": "2026-10-01", "date_to": "2026-10-31"}}).get(timeout=120)
+    summary = submit_task(
+        "export_data",
+        {"dataset": "revenue", "format": "xlsx", "filters": {"date_from": "2026-10-01", "date_to": "2026-10-31"}},
+    ).get(timeout=120)
     with session_scope(demo_db) as session:
-        expected = {(r.store_id, r.amount) for r in session.scalars(
-            select(models.MonthlyRevenue).where(models.MonthlyRevenue.period == "2026-10"))}
+        expected = {
+            (r.store_id, r.amount)
+            for r in session.scalars(select(models.MonthlyRevenue).where(models.MonthlyRevenue.period == "2026-10"))
+        }
     assert expected
     book = load_workbook(demo_db.exports_dir / summary["file_name"], read_only=True)
     try:
@@ -225,8 +250,9 @@ def test_xlsx_keeps_text_that_looks_like_a_formula_as_text(
     running_worker("reports")
     with session_scope(demo_db) as session:
         session.execute(text("UPDATE stores SET name = '=HYPERLINK(\"http://x\")' WHERE id = 2"))
-    summary = submit_task("export_data", {"dataset": "stores", "format": "xlsx", "filters": {"store_id": 2}}
-                          ).get(timeout=120)
+    summary = submit_task("export_data", {"dataset": "stores", "format": "xlsx", "filters": {"store_id": 2}}).get(
+        timeout=120
+    )
     book = load_workbook(demo_db.exports_dir / summary["file_name"], read_only=True)
     try:
         _, row = list(book["stores"].iter_rows())

@@ -37,7 +37,8 @@ def sql(session: Session, statement: str, **params: Any) -> list[Any]:
     """Run hand-written SQL; datetimes and dates are bound with the types the tables use."""
     binds = [
         bindparam(name, type_=UTCDateTime() if isinstance(value, dt.datetime) else Date())
-        for name, value in params.items() if isinstance(value, dt.date)
+        for name, value in params.items()
+        if isinstance(value, dt.date)
     ]
     return list(session.execute(text(statement).bindparams(*binds), params).all())
 
@@ -47,22 +48,39 @@ def expected_figures(session: Session, start: dt.datetime, end: dt.datetime, who
     end_day = end.astimezone(SHANGHAI).date()
     figures: dict[str, Any] = {}
     if whole_days:
-        amount, transactions = sql(session, "SELECT SUM(amount), SUM(transactions) FROM sales "
-                                   "WHERE day >= :a AND day < :b", a=first_day, b=end_day)[0]
+        amount, transactions = sql(
+            session,
+            "SELECT SUM(amount), SUM(transactions) FROM sales WHERE day >= :a AND day < :b",
+            a=first_day,
+            b=end_day,
+        )[0]
         figures["sales"] = (dec(amount), int(transactions or 0))
-        count, amount = sql(session, "SELECT COUNT(*), SUM(amount) FROM bills WHERE issued_on >= :a AND issued_on < :b",
-                            a=first_day, b=end_day)[0]
+        count, amount = sql(
+            session,
+            "SELECT COUNT(*), SUM(amount) FROM bills WHERE issued_on >= :a AND issued_on < :b",
+            a=first_day,
+            b=end_day,
+        )[0]
         figures["bills_issued"] = (count, dec(amount))
-    count, amount = sql(session, "SELECT COUNT(*), SUM(amount) FROM payments WHERE paid_at >= :s AND paid_at < :e",
-                        s=start, e=end)[0]
+    count, amount = sql(
+        session, "SELECT COUNT(*), SUM(amount) FROM payments WHERE paid_at >= :s AND paid_at < :e", s=start, e=end
+    )[0]
     figures["payments"] = (count, dec(amount))
     figures["by_method"] = {
-        method: (n, dec(a)) for method, n, a in sql(
-            session, "SELECT method, COUNT(*), SUM(amount) FROM payments WHERE paid_at >= :s AND paid_at < :e "
-            "GROUP BY method", s=start, e=end)
+        method: (n, dec(a))
+        for method, n, a in sql(
+            session,
+            "SELECT method, COUNT(*), SUM(amount) FROM payments WHERE paid_at >= :s AND paid_at < :e GROUP BY method",
+            s=start,
+            e=end,
+        )
     }
-    count, amount = sql(session, "SELECT COUNT(*), SUM(amount) FROM bills WHERE due_date < :b "
-                        "AND (paid_at IS NULL OR paid_at >= :e)", b=end_day, e=end)[0]
+    count, amount = sql(
+        session,
+        "SELECT COUNT(*), SUM(amount) FROM bills WHERE due_date < :b AND (paid_at IS NULL OR paid_at >= :e)",
+        b=end_day,
+        e=end,
+    )[0]
     figures["overdue_at_end"] = (count, dec(amount))
     return figures
 
@@ -75,8 +93,9 @@ def assert_figures(data: dict[str, Any], figures: dict[str, Any]) -> None:
         assert data["sales"] is None
         assert data["bills_issued"] is None
     assert (data["payments"]["count"], Decimal(data["payments"]["amount"])) == figures["payments"]
-    assert {m: (v["count"], Decimal(v["amount"])) for m, v in data["payments"]["by_method"].items()} \
-        == figures["by_method"]
+    assert {m: (v["count"], Decimal(v["amount"])) for m, v in data["payments"]["by_method"].items()} == figures[
+        "by_method"
+    ]
     assert (data["overdue_at_end"]["count"], Decimal(data["overdue_at_end"]["amount"])) == figures["overdue_at_end"]
 
 
@@ -125,13 +144,17 @@ def test_monthly_report_has_the_months_figures_and_a_rerun_replaces_it(
     assert sum(int(r["payments"]) for r in stores) == figures["payments"][0]
     assert dec(total["overdue_amount_at_end"]) == figures["overdue_at_end"][1]
     with session_scope(settings) as session:
-        (store_7_sales,) = sql(session, "SELECT SUM(amount) FROM sales WHERE store_id = 7 AND day >= :a AND day < :b",
-                               a=dt.date(2026, 10, 1), b=dt.date(2026, 11, 1))[0]
+        (store_7_sales,) = sql(
+            session,
+            "SELECT SUM(amount) FROM sales WHERE store_id = 7 AND day >= :a AND day < :b",
+            a=dt.date(2026, 10, 1),
+            b=dt.date(2026, 11, 1),
+        )[0]
     assert dec(next(r for r in stores if r["store_id"] == "7")["sales_amount"]) == dec(store_7_sales)
 
     # the HTML page: a chart with one bar per day
     page = (settings.reports_dir / str(report.html_path)).read_text()
-    svg = ElementTree.fromstring(page[page.index("<svg"): page.index("</svg>") + len("</svg>")])  # noqa: S314 - our own file
+    svg = ElementTree.fromstring(page[page.index("<svg") : page.index("</svg>") + len("</svg>")])  # noqa: S314 - our own file
     bars = svg.findall("{http://www.w3.org/2000/svg}rect")
     assert len(bars) == 31
     heights = [float(bar.get("height", "0")) for bar in bars]
@@ -140,8 +163,12 @@ def test_monthly_report_has_the_months_figures_and_a_rerun_replaces_it(
 
     # a re-run of the same month after the data changed: same row, new figures, no duplicate
     with session_scope(settings) as session:
-        session.execute(text("UPDATE sales SET amount = amount + 100 WHERE store_id = 3 AND day = :d")
-                        .bindparams(bindparam("d", type_=Date())), {"d": dt.date(2026, 10, 9)})
+        session.execute(
+            text("UPDATE sales SET amount = amount + 100 WHERE store_id = 3 AND day = :d").bindparams(
+                bindparam("d", type_=Date())
+            ),
+            {"d": dt.date(2026, 10, 9)},
+        )
     submit_task("generate_monthly_report", {"year": 2026, "month": 10}).get(timeout=120)
     (again,) = report_rows(settings, "monthly")
     assert again.id == report.id
@@ -209,5 +236,7 @@ def test_default_periods_are_the_last_complete_ones(
     assert daily["label"] in yesterdays
     last_months = {f"{t.replace(day=1) - dt.timedelta(days=1):%Y-%m}" for t in (before, after)}
     assert monthly["label"] in last_months
-    assert {r.kind for r in report_rows(no_reports, "daily") + report_rows(no_reports, "monthly")} \
-        == {"daily", "monthly"}
+    assert {r.kind for r in report_rows(no_reports, "daily") + report_rows(no_reports, "monthly")} == {
+        "daily",
+        "monthly",
+    }
