@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import ColumnElement, and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
-from shared.cache import WORKERS_KEY, redis_client
+from shared.cache import EVENT_STREAM, WORKERS_KEY, redis_client
 from shared.catalog import QUEUES
 from shared.models import TaskRecord
 from shared.settings import Settings, get_settings
@@ -64,6 +64,7 @@ class _Acc:
     counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     runtimes: list[float] = field(default_factory=list)
     waits: list[float] = field(default_factory=list)
+    retried: int = 0
 
 
 # -- task history --------------------------------------------------------------------------------
@@ -215,7 +216,8 @@ def task_stats(
     """Statistics of the tasks sent in ``[since, until)``, overall and per task name.
 
     Each block holds ``total``, ``counts`` (by state, every state present with 0 when none),
-    ``succeeded``, ``failed``, ``success_rate`` (succeeded / (succeeded + failed), None when neither),
+    ``succeeded``, ``failed``, ``retried`` (tasks retried at least once),
+    ``success_rate`` (succeeded / (succeeded + failed), None when neither),
     ``throughput_per_second`` and ``throughput_per_minute`` (tasks that finished, over the window),
     ``runtime`` {p50, p95, p99} and ``queue_wait`` {p50, p95} in seconds (None without data).
     """
@@ -228,13 +230,20 @@ def task_stats(
     per_name: dict[str, _Acc] = defaultdict(_Acc)
     overall = _Acc()
     counts_stmt = (
-        select(TaskRecord.task_name, TaskRecord.state, func.count())
+        select(
+            TaskRecord.task_name,
+            TaskRecord.state,
+            func.count(),
+            func.coalesce(func.sum(case((TaskRecord.retries > 0, 1), else_=0)), 0),
+        )
         .where(*clauses)
         .group_by(TaskRecord.task_name, TaskRecord.state)
     )
-    for name, state, count in session.execute(counts_stmt):
+    for name, state, count, retried in session.execute(counts_stmt):
         per_name[name].counts[state] += count
         overall.counts[state] += count
+        per_name[name].retried += int(retried)
+        overall.retried += int(retried)
 
     # Percentiles in Python over the window's values, streamed (portable between SQLite and
     # PostgreSQL and identical in result to percentile_cont).
@@ -271,6 +280,7 @@ def _summary(acc: _Acc, window: float) -> dict[str, Any]:
         "counts": counts,
         "succeeded": succeeded,
         "failed": failed,
+        "retried": acc.retried,
         "success_rate": succeeded / (succeeded + failed) if succeeded + failed else None,
         "throughput_per_second": finished / window,
         "throughput_per_minute": finished * 60.0 / window,
@@ -281,6 +291,32 @@ def _summary(acc: _Acc, window: float) -> dict[str, Any]:
         },
         "queue_wait": {"p50": percentile(waits, 0.5), "p95": percentile(waits, 0.95)},
     }
+
+
+def hourly_counts(
+    session: Session, *, since: dt.datetime, until: dt.datetime, owner: str | None = None
+) -> list[dict[str, Any]]:
+    """Tasks sent in each whole UTC hour of ``[since, until)``: ``[{"hour": aware datetime, "sent": n,
+    "failed": n}]``, oldest first, every hour present (0 when none). Counted by the database."""
+    since, until = _aware(since), _aware(until)
+    first = since.replace(minute=0, second=0, microsecond=0)
+    if session.get_bind().dialect.name == "postgresql":
+        bucket = func.to_char(func.date_trunc("hour", func.timezone("UTC", TaskRecord.sent_at)), "YYYY-MM-DD HH24")
+    else:  # SQLite keeps UTCDateTime as naive UTC text
+        bucket = func.strftime("%Y-%m-%d %H", TaskRecord.sent_at)
+    stmt = (
+        select(bucket, func.count(), func.coalesce(func.sum(case((TaskRecord.state == "FAILURE", 1), else_=0)), 0))
+        .where(*_filters(owner=owner, since=first, until=until))
+        .group_by(bucket)
+    )
+    found = {str(key): (int(sent), int(failed)) for key, sent, failed in session.execute(stmt)}
+    hours = []
+    hour = first
+    while hour < until:
+        sent, failed = found.get(hour.strftime("%Y-%m-%d %H"), (0, 0))
+        hours.append({"hour": hour, "sent": sent, "failed": failed})
+        hour += dt.timedelta(hours=1)
+    return hours
 
 
 # -- workers and queues ----------------------------------------------------------------------------
@@ -382,6 +418,33 @@ def _amqp_pending(url: str, names: list[str]) -> dict[str, int]:
                 with contextlib.suppress(*connection.channel_errors, *connection.connection_errors):
                     channel.close()
     return pending
+
+
+def monitor_lag(settings: Settings | None = None, *, now: float | None = None) -> dict[str, Any]:
+    """How far the monitor is behind the event stream, read from the stream's consumer groups:
+    ``{"reading": a group exists, "unread": entries not yet delivered, "pending": delivered but not
+    acknowledged, "lag_seconds": age of the oldest of those (0 when none; None without a group)}``."""
+    now = time.time() if now is None else now
+    client = redis_client(settings or get_settings())
+    groups: list[dict[str, Any]] = (
+        client.xinfo_groups(EVENT_STREAM) if client.exists(EVENT_STREAM) else []  # type: ignore[no-untyped-call]
+    )
+    if not groups:
+        return {"reading": False, "unread": 0, "pending": 0, "lag_seconds": None}
+    oldest: list[float] = []
+    for group in groups:
+        first = client.xrange(EVENT_STREAM, min=f"({group['last-delivered-id']}", count=1)
+        if first:
+            oldest.append(int(first[0][0].split("-")[0]) / 1000)
+        summary = client.xpending(EVENT_STREAM, group["name"])  # type: ignore[no-untyped-call]
+        if summary and summary.get("pending"):
+            oldest.append(int(str(summary["min"]).split("-")[0]) / 1000)
+    return {
+        "reading": True,
+        "unread": max(int(group.get("lag") or 0) for group in groups),
+        "pending": sum(int(group.get("pending") or 0) for group in groups),
+        "lag_seconds": round(max(now - min(oldest), 0.0), 3) if oldest else 0.0,
+    }
 
 
 # -- helpers ---------------------------------------------------------------------------------------

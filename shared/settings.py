@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     # gateway: how long the owner and arguments of a submitted task are kept in Redis (beyond result_expires)
     task_meta_ttl_seconds: int = Field(default=7 * 86400, ge=3600)
     idempotency_ttl_seconds: int = Field(default=86400, ge=60)
+    # the operator console (/console/): a signed-in browser session lasts this many hours
+    console_session_hours: float = Field(default=8.0, gt=0, le=24 * 30)
+    # signs the console's CSRF tokens; empty: a random key kept in Redis, shared by every gateway process
+    console_secret: SecretStr = SecretStr("")
 
     worker_concurrency: int = Field(default=2, ge=1)
     task_max_retries: int = Field(default=3, ge=0)

@@ -199,6 +199,7 @@ class StatsBlock(BaseModel):
     counts: dict[str, int]
     succeeded: int
     failed: int
+    retried: int = Field(description="Tasks retried at least once.")
     success_rate: float | None
     throughput_per_second: float
     throughput_per_minute: float

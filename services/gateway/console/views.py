@@ -1,0 +1,249 @@
+"""What the console's pages show, read through the functions the API routes use (no query of its own):
+the statistics, hourly counts, history pages and task records of :mod:`shared.history`, the task read
+by ``detail`` of :mod:`services.gateway.routes.tasks`; and the small layout the templates need."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from starlette.concurrency import run_in_threadpool
+
+from services.gateway.console.i18n import Translator
+from services.gateway.console.permissions import can, owner_scope
+from services.gateway.routes.tasks import Visible, detail
+from services.gateway.runtime import Runtime
+from services.gateway.schemas import TaskDetail
+from services.gateway.taskstore import READY_STATES
+from shared import history
+from shared.catalog import CATALOG, get_spec
+from shared.tokens import Principal
+
+PACKAGE_DIR = Path(__file__).parent
+STATES = history.STATES
+PAGE_SIZE = 25
+RUNNING_STATES = ("RECEIVED", "STARTED", "PROGRESS")
+
+
+def task_names() -> list[str]:
+    return sorted(spec.name for spec in CATALOG.values())
+
+
+def short_name(task_name: str) -> str:
+    spec = get_spec(task_name)
+    return spec.name if spec else task_name
+
+
+# -- the overview ------------------------------------------------------------------------------------
+
+
+def _block(stats: Mapping[str, Any]) -> dict[str, int]:
+    counts = stats["counts"]
+    return {
+        "submitted": int(stats["total"]),
+        "succeeded": int(stats["succeeded"]),
+        "failed": int(stats["failed"]),
+        "running": sum(int(counts[state]) for state in RUNNING_STATES),
+        "retried": int(stats["retried"]),
+    }
+
+
+async def overview(runtime: Runtime, principal: Principal) -> dict[str, Any]:
+    """The last hour and day of the tasks the principal may see; workers, queues and the monitor's lag
+    where it may see them."""
+    owner = owner_scope(principal)
+    now = dt.datetime.now(dt.UTC)
+
+    def read_history() -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+        with runtime.sessions() as session:
+            hour = history.task_stats(session, since=now - dt.timedelta(hours=1), until=now, owner=owner)
+            day = history.task_stats(session, since=now - dt.timedelta(days=1), until=now, owner=owner)
+            hours = history.hourly_counts(session, since=now - dt.timedelta(hours=23), until=now, owner=owner)
+        return hour, day, hours
+
+    hour, day, hours = await run_in_threadpool(read_history)
+    data: dict[str, Any] = {"hour": _block(hour["overall"]), "day": _block(day["overall"]), "hours": hours}
+    settings = runtime.settings
+    workers = None
+    if can(principal, "workers.read") or can(principal, "queues.read"):
+        workers = await run_in_threadpool(history.list_workers, settings)
+    if can(principal, "workers.read") and workers is not None:
+        data["workers"] = {
+            "online": sum(1 for w in workers if w["status"] == "online"),
+            "offline": sum(1 for w in workers if w["status"] != "online"),
+        }
+    if can(principal, "queues.read"):
+        data["queues"] = await run_in_threadpool(history.queue_lengths, settings, workers)
+    if can(principal, "monitor.read"):
+        data["monitor"] = await run_in_threadpool(history.monitor_lag, settings)
+    return data
+
+
+@dataclass(frozen=True)
+class Bar:
+    x: float
+    sent_y: float
+    sent_height: float
+    failed_y: float
+    failed_height: float
+    labelled: bool
+    hour: dt.datetime
+    sent: int
+    failed: int
+
+
+CHART_WIDTH, CHART_HEIGHT, CHART_TOP = 720.0, 160.0, 10.0
+
+
+def chart(hours: list[dict[str, Any]]) -> dict[str, Any]:
+    """Bars of the tasks sent (and failed) per hour, laid out for an inline SVG."""
+    highest = max((h["sent"] for h in hours), default=0)
+    peak = highest or 1
+    step = CHART_WIDTH / max(len(hours), 1)
+    usable = CHART_HEIGHT - CHART_TOP
+    bars = []
+    for i, h in enumerate(hours):
+        sent_height = usable * h["sent"] / peak
+        failed_height = usable * h["failed"] / peak
+        bars.append(
+            Bar(
+                x=round(i * step + 2, 1),
+                sent_y=round(CHART_HEIGHT - sent_height, 1),
+                sent_height=round(sent_height, 1),
+                failed_y=round(CHART_HEIGHT - failed_height, 1),
+                failed_height=round(failed_height, 1),
+                labelled=i % 3 == 0,
+                hour=h["hour"],
+                sent=h["sent"],
+                failed=h["failed"],
+            )
+        )
+    return {
+        "bars": bars,
+        "bar_width": round(max(step - 4, 1), 1),
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+        "peak": highest,
+        "total": sum(h["sent"] for h in hours),
+    }
+
+
+# -- the tasks ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskFilters:
+    """The history's filters (``GET /api/v1/tasks/history``), from the page's query string."""
+
+    task_name: str | None = None
+    status: str | None = None
+    owner: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    cursor: str | None = None
+    since_text: str = ""
+    until_text: str = ""
+    error: str | None = None
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str], t: Translator, principal: Principal) -> TaskFilters:
+        errors = []
+        name = (query.get("task_name") or "").strip() or None
+        if name is not None and get_spec(name) is None:
+            errors.append(t("tasks.unknown_task", name=name))
+            name = None
+        status = (query.get("status") or "").strip().upper() or None
+        if status is not None and status not in STATES:
+            errors.append(t("tasks.unknown_status", status=status))
+            status = None
+        owner = ((query.get("owner") or "").strip()[:100] or None) if can(principal, "tasks.read_all") else None
+        since_text, until_text = (query.get("since") or "").strip(), (query.get("until") or "").strip()
+        since, until = _local(since_text, t.tz), _local(until_text, t.tz)
+        if since_text and since is None:
+            errors.append(t("tasks.bad_time", value=since_text))
+        if until_text and until is None:
+            errors.append(t("tasks.bad_time", value=until_text))
+        cursor = (query.get("cursor") or "").strip()[:500] or None
+        return cls(name, status, owner, since, until, cursor, since_text, until_text, "; ".join(errors) or None)
+
+    def query(self, **changes: str | None) -> str:
+        """The query string of these filters (without the cursor unless given)."""
+        from urllib.parse import urlencode
+
+        values = {
+            "task_name": self.task_name,
+            "status": self.status,
+            "owner": self.owner,
+            "since": self.since_text or None,
+            "until": self.until_text or None,
+        } | changes
+        return urlencode({key: value for key, value in values.items() if value})
+
+
+def _local(text: str, tz: ZoneInfo) -> dt.datetime | None:
+    """``2026-12-07T09:30`` (a datetime-local field) in the mall's timezone, as an aware datetime."""
+    if not text:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=tz)
+
+
+async def task_list(runtime: Runtime, principal: Principal, filters: TaskFilters) -> dict[str, Any]:
+    """A page of the history, newest first, as ``GET /api/v1/tasks/history`` reads it."""
+
+    def read() -> history.HistoryPage:
+        with runtime.sessions() as session:
+            return history.query_history(
+                session,
+                task_name=filters.task_name,
+                status=filters.status,
+                owner=owner_scope(principal) or filters.owner,
+                since=filters.since,
+                until=filters.until,
+                cursor=filters.cursor,
+                limit=PAGE_SIZE,
+            )
+
+    try:
+        page = await run_in_threadpool(read)
+    except ValueError as exc:  # a cursor this page did not make
+        return {"rows": [], "next_cursor": None, "error": str(exc)}
+    rows = [row | {"short_name": short_name(row["task_name"])} for row in page.items]
+    return {"rows": rows, "next_cursor": page.next_cursor, "error": None}
+
+
+# -- a task ------------------------------------------------------------------------------------------
+
+
+async def task_page(runtime: Runtime, task: Visible) -> dict[str, Any]:
+    """The task as ``GET /api/v1/tasks/{id}`` shows it, with its history row's timeline."""
+    info: TaskDetail = detail(task)
+
+    def read_record() -> dict[str, Any] | None:
+        with runtime.sessions() as session:
+            return history.get_task_record(session, task.task_id)
+
+    record = await run_in_threadpool(read_record) or {}
+    traceback = (task.result or {}).get("traceback") if info.status == "FAILURE" else None
+    timeline = [
+        ("sent", info.sent_at or record.get("sent_at")),
+        ("received", record.get("received_at")),
+        ("started", info.started_at or record.get("started_at")),
+        ("finished", info.finished_at or record.get("finished_at")),
+    ]
+    return {
+        "detail": info,
+        "record": record,
+        "timeline": timeline,
+        "traceback": traceback,
+        "finished": info.status in READY_STATES,
+        "retryable": info.status in ("FAILURE", "REVOKED"),
+        "short_name": short_name(info.task_name),
+    }
