@@ -28,6 +28,8 @@
           .replace("{total}", data.progress.total.toLocaleString(document.documentElement.lang));
       }
     };
+    // a form sent from this page (retry, revoke) navigates away: no reload may overtake it
+    document.querySelectorAll("form").forEach((form) => form.addEventListener("submit", () => source.close()));
     source.addEventListener("progress", show);
     source.addEventListener("status", show);
     source.addEventListener("end", (event) => {
