@@ -261,7 +261,8 @@ ConsoleTask = Annotated[Visible, Depends(console_task)]
 async def task(page: PageDep, visible: ConsoleTask) -> Response:
     info = await views.task_page(page.runtime, visible)
     notice = page.request.query_params.get("notice")
-    return page.render("task.html", info=info, notice=notice if notice in NOTICES else None)
+    labels = {state: page.t(f"state.{state}") for state in (*views.STATES, "PENDING")}
+    return page.render("task.html", info=info, notice=notice if notice in NOTICES else None, state_labels=labels)
 
 
 @router.get("/tasks/{task_id}/events", response_class=EventSourceResponse)

@@ -18,9 +18,15 @@
     const bar = document.getElementById("task-progress");
     const text = document.getElementById("progress-text");
     const template = document.getElementById("progress-template").textContent;
+    const badge = document.getElementById("task-status");
+    const labels = JSON.parse(badge.dataset.labels);
     const source = new EventSource(section.dataset.events);
     const show = (event) => {
       const data = JSON.parse(event.data);
+      if (data && labels[data.status] && badge.textContent !== labels[data.status]) {
+        badge.textContent = labels[data.status];
+        badge.className = "state state-" + data.status.toLowerCase();
+      }
       if (data && data.progress) {
         bar.max = data.progress.total;
         bar.value = data.progress.current;
