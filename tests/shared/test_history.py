@@ -16,12 +16,14 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
-from shared.cache import WORKERS_KEY
+from shared.cache import EVENT_STREAM, WORKERS_KEY, redis_client
 from shared.db import session_scope
 from shared.history import (
     decode_cursor,
     get_task_record,
+    hourly_counts,
     list_workers,
+    monitor_lag,
     percentile,
     priority_keys,
     query_history,
@@ -186,6 +188,28 @@ def test_stats_of_an_empty_window(migrated: Settings, task_name: str) -> None:
     assert stats["tasks"] == {}
 
 
+def test_retried_and_hourly_counts(migrated: Settings, task_name: str) -> None:
+    owner = f"hourly-{uuid.uuid4().hex[:8]}"
+    with session_scope(migrated) as session:
+        rows = [_row(task_name, i, "SUCCESS", owner=owner, sent=T0 + dt.timedelta(minutes=10 * i)) for i in range(9)]
+        rows += [_row(task_name, 100 + i, "FAILURE", owner=owner, sent=T0 + dt.timedelta(minutes=61)) for i in range(2)]
+        rows[0].retries = 2
+        rows[-1].retries = 1
+        session.add_all(rows)
+    until = T0 + dt.timedelta(hours=3)
+    with session_scope(migrated) as session:
+        stats = task_stats(session, since=T0, until=until, owner=owner)
+        assert stats["overall"]["retried"] == 2
+        assert stats["tasks"][task_name]["retried"] == 2
+        hours = hourly_counts(session, since=T0 + dt.timedelta(minutes=5), until=until, owner=owner)
+    # from the whole hour of `since` on: 08:00 (6 sent), 09:00 (3 sent + 2 failed), 10:00 (none)
+    assert [(h["hour"], h["sent"], h["failed"]) for h in hours] == [
+        (T0, 6, 0),
+        (T0 + dt.timedelta(hours=1), 5, 2),
+        (T0 + dt.timedelta(hours=2), 0, 0),
+    ]
+
+
 @pytest.fixture
 def private_redis(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
     """``settings`` on a redis-server of this test's own: the run's shared workers heartbeat into the
@@ -292,3 +316,28 @@ def test_queue_lengths_on_rabbitmq(settings: Settings) -> None:
     # the mallops queues are listed even before anything declared them; an absent queue has nothing waiting
     assert set(lengths) >= {"finance", "reports", "email", "default"}
     assert all(isinstance(lengths[q]["pending"], int) for q in ("finance", "reports", "email", "default"))
+
+
+def test_monitor_lag_from_the_consumer_group(private_redis: Settings) -> None:
+    assert monitor_lag(private_redis) == {"reading": False, "unread": 0, "pending": 0, "lag_seconds": None}
+    client = redis_client(private_redis)
+    client.xgroup_create(EVENT_STREAM, "monitor", id="0", mkstream=True)
+    first = client.xadd(EVENT_STREAM, {"e": "1"})
+    client.xadd(EVENT_STREAM, {"e": "2"})
+    sent_at = int(first.split("-")[0]) / 1000
+    lag = monitor_lag(private_redis, now=sent_at + 30)
+    assert lag == {"reading": True, "unread": 2, "pending": 0, "lag_seconds": 30.0}
+    client.xreadgroup("monitor", "m1", {EVENT_STREAM: ">"}, count=1)  # delivered, not acknowledged
+    lag = monitor_lag(private_redis, now=sent_at + 30)
+    assert (lag["unread"], lag["pending"], lag["lag_seconds"]) == (1, 1, 30.0)
+    client.xreadgroup("monitor", "m1", {EVENT_STREAM: ">"})
+    ids = [
+        entry_id for _, entries in client.xreadgroup("monitor", "m1", {EVENT_STREAM: "0"}) for entry_id, _ in entries
+    ]
+    client.xack(EVENT_STREAM, "monitor", *ids)
+    assert monitor_lag(private_redis, now=sent_at + 30) == {
+        "reading": True,
+        "unread": 0,
+        "pending": 0,
+        "lag_seconds": 0.0,
+    }
