@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json",
     )
     problems.install_handlers(app)
+    install_console(app)  # before the routers: its static files must win over the console's catch-all 404
     # history first: /tasks/history and /tasks/stats must win over /tasks/{task_id}
     routers = (
         history.router,
@@ -77,7 +78,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.flat_routes = [route for router in routers for route in router.routes]
     install_openapi(app)
     install_docs(app)
-    install_console(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

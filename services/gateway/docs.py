@@ -42,8 +42,9 @@ def install_docs(app: FastAPI) -> None:
             with_google_fonts=False,
         )
 
-    @app.get("/", include_in_schema=False)
     async def root(request: Request) -> Response:
-        if "text/html" in request.headers.get("accept", ""):
+        if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
             return RedirectResponse("/console/", status_code=303)
-        raise StarletteHTTPException(404)
+        raise StarletteHTTPException(404)  # what every other request to / has always been answered
+
+    app.add_api_route("/", root, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)

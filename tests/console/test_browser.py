@@ -96,7 +96,10 @@ def test_a_user_in_chinese_sees_no_revoke_and_forged_posts_are_refused(
 ) -> None:
     tab = open_tab("zh_CN")
     page = tab.page
-    sign_in(page, stack.user)
+    # with the keyboard alone: the token field has the focus, Enter sends the form
+    page.goto("/console/login")
+    page.keyboard.type(stack.user)
+    page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="概览", level=1)).to_be_visible()
     assert page.locator("html").get_attribute("lang") == "zh-CN"
     expect(page.get_by_role("rowheader", name="最近一小时")).to_be_visible()
@@ -108,6 +111,12 @@ def test_a_user_in_chinese_sees_no_revoke_and_forged_posts_are_refused(
     expect(page.get_by_label("提交者")).to_have_count(0)  # a user filters only its own tasks
     expect(page.get_by_text("实时更新中")).to_be_visible()
     tab.assert_accessible()
+    # the list updates by itself: a task submitted now appears without a reload
+    fresh = stack.submit(stack.user, "test_task", message="live")
+    expect(page.locator(f"#task-rows a[href='/console/tasks/{fresh}']")).to_be_visible(timeout=30_000)
+    # the skip link is the first stop of the keyboard
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="跳到正文")).to_be_focused()
 
     running = stack.submit(stack.user, "long_running_task", steps=40, step_seconds=0.5)
     page.goto(f"/console/tasks/{running}")

@@ -8,6 +8,7 @@ Routes only translate HTTP: the data comes from the same functions the API route
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -39,7 +40,6 @@ from services.gateway.schemas import RevokeRequest
 from shared.tokens import Principal, hash_token
 
 PREFIX = "/console"
-TEMPLATES = Jinja2Templates(directory=str(views.PACKAGE_DIR / "templates"))
 TaskId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
 NOTICES = frozenset({"retried", "revoked", "signed_out"})
 # what the console's pages may load: only the gateway's own files; no inline script or style
@@ -51,7 +51,19 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 
+# The header's links: (path, message key, the action a role needs to see it, or None for everyone).
+# A later page (failures, schedules, workers, reports, audit) adds its line here and its route below.
+NAV: tuple[tuple[str, str, Action | None], ...] = (
+    (f"{PREFIX}/", "nav.overview", None),
+    (f"{PREFIX}/tasks", "nav.tasks", None),
+)
+
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
+
+
+@functools.cache
+def templates() -> Jinja2Templates:
+    return Jinja2Templates(directory=str(views.PACKAGE_DIR / "templates"))
 
 
 class LoginRequired(Exception):
@@ -64,10 +76,11 @@ class LoginRequired(Exception):
 class ConsoleError(Exception):
     """An error page (HTML) with a status: 403 for a refused action or a bad CSRF token, 404, ..."""
 
-    def __init__(self, status: int, message_key: str, detail: str = "") -> None:
+    def __init__(self, status: int, message_key: str, detail: str = "", headers: dict[str, str] | None = None) -> None:
         self.status = status
         self.message_key = message_key
         self.detail = detail
+        self.headers = headers or {}
 
 
 def sessions(runtime: Runtime) -> ConsoleSessions:
@@ -98,7 +111,8 @@ class Page:
         return can(self.principal, action)
 
     def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-        return render(self.request, self.t, template, status, page=self, principal=self.principal, **context)
+        nav = [(href, key) for href, key, action in NAV if action is None or self.can(action)]
+        return render(self.request, self.t, template, status, page=self, principal=self.principal, nav=nav, **context)
 
     def require(self, action: Action) -> None:
         if not self.can(action):
@@ -108,7 +122,7 @@ class Page:
 def render(request: Request, t: Translator, template: str, status: int = 200, **context: Any) -> HTMLResponse:
     path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     switch = [(code, NATIVE_NAMES[code], f"{PREFIX}/lang/{code}?{urlencode({'next': path})}") for code in LANGUAGES]
-    response = TEMPLATES.TemplateResponse(
+    response = templates().TemplateResponse(
         request,
         template,
         {"t": t, "languages": switch, "csrf_field": CSRF_FIELD, "path": request.url.path, **context},
@@ -126,6 +140,9 @@ async def signed_in(request: Request, runtime: RuntimeDep) -> Page:
     if session is None or principal is None:
         raise LoginRequired(request.url.path)
     request.state.principal = principal.name  # the access log names who did it, as for the API
+    decision = await runtime.limiter.hit(principal.name)  # the token's rate limit, as for the API
+    if not decision.allowed:
+        raise ConsoleError(429, "error.rate_limited", headers={"Retry-After": str(decision.retry_after)})
     csrf = await store.csrf_token(session.csrf_binding)
     return Page(request, runtime, principal, session, translator(request, runtime), csrf)
 
@@ -204,6 +221,9 @@ async def login(request: Request, runtime: RuntimeDep) -> Response:
     principal = await runtime.tokens.principal(token.strip()) if isinstance(token, str) and token.strip() else None
     if principal is None or not isinstance(token, str):
         return await _login_form(request, runtime, 401, "login.invalid")
+    previous = request.cookies.get(SESSION_COOKIE)
+    if previous:  # signing in again replaces the browser's session
+        await store.delete(previous)
     session = await store.create(hash_token(token.strip()))
     next_field = form.get("next")
     response = redirect(safe_next(next_field if isinstance(next_field, str) else None))
@@ -295,6 +315,12 @@ async def revoke(page: PageDep, form: FormDep, visible: ConsoleTask) -> Response
     return redirect(f"{PREFIX}/tasks/{visible.task_id}?notice=revoked")
 
 
+@router.get("/{path:path}")
+async def unknown(path: str) -> Response:
+    """Any other path under /console/: the console's own 404 page (not the API's problem document)."""
+    raise ConsoleError(404, "error.not_found")
+
+
 # -- errors ------------------------------------------------------------------------------------------
 
 
@@ -308,4 +334,6 @@ async def login_required(request: Request, exc: Exception) -> Response:
 async def console_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ConsoleError)
     runtime: Runtime = request.app.state.runtime
-    return render(request, translator(request, runtime), "error.html", exc.status, error=exc)
+    response = render(request, translator(request, runtime), "error.html", exc.status, error=exc)
+    response.headers.update(exc.headers)
+    return response

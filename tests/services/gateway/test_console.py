@@ -61,6 +61,7 @@ def test_root_sends_browsers_to_the_console_and_api_clients_keep_the_404(client:
     assert api.headers["content-type"] == "application/problem+json"
     assert api.json()["detail"] == "there is no resource at /"
     assert client.get("/").status_code == 404  # no Accept at all (curl's */*): unchanged too
+    assert client.post("/", headers={"Accept": "text/html"}).status_code == 404
     assert client.get("/console/").headers["location"] == "/console/login?next=%2Fconsole%2F"
 
 
@@ -225,5 +226,42 @@ def test_every_message_is_in_both_languages_and_every_key_used_exists() -> None:
     templates = Path(LOCALES_DIR.parent / "templates").glob("*.html")
     key = re.compile(r"""\bt\(["']([a-z_]+\.[a-z_]+)["']\s*[),]""")
     used = {found for path in templates for found in key.findall(path.read_text())}
+    # keys the routes name: the header's links, the error pages
+    pages = (LOCALES_DIR.parent / "pages.py").read_text()
+    used |= set(re.findall(r'"((?:nav|error)\.[a-z_]+)"', pages)) - {"error.html"}
     assert used
     assert used <= catalogs["en"].keys(), used - catalogs["en"].keys()
+
+
+def test_unknown_console_paths_answer_an_html_404(client: GatewayClient, tokens: Tokens) -> None:
+    with browser(client) as http:
+        sign_in(http, tokens.alice)
+        for asset in ("console.js", "console.css"):
+            assert http.get(f"/console/static/{asset}").status_code == 200
+        page = http.get("/console/no-such-page")
+        assert page.status_code == 404
+        assert page.headers["content-type"].startswith("text/html")
+        assert "There is no such page" in page.text
+
+
+def test_signing_in_again_replaces_the_session(
+    client: GatewayClient, tokens: Tokens, redis_server: RedisServer
+) -> None:
+    with browser(client) as http:
+        sign_in(http, tokens.alice)
+        first = http.cookies[SESSION_COOKIE]
+        sign_in(http, tokens.bob)
+        assert http.cookies[SESSION_COOKIE] != first
+        assert redis_server.client(2).exists(SESSION_KEY + _digest(first)) == 0
+        assert tokens.bob_name in http.get("/console/").text
+
+
+def test_the_tokens_rate_limit_applies_to_the_console(gateway: GatewayFactory, tokens: Tokens) -> None:
+    with gateway(rate_limit_per_minute=3) as client, browser(client) as http:
+        sign_in(http, tokens.alice)  # the sign-in form itself is not counted
+        for path in ("/console/", "/console/tasks", "/console/"):
+            assert http.get(path).status_code == 200
+        limited = http.get("/console/")
+        assert limited.status_code == 429
+        assert int(limited.headers["retry-after"]) >= 1
+        assert "Too many requests" in limited.text
