@@ -184,6 +184,17 @@ def start_redis(workdir: Path, port: int | None = None, appendonly: bool = False
     return server
 
 
+def env_on(server: RedisServer, env: Mapping[str, str], **settings: str) -> dict[str, str]:
+    """``env`` with the broker, the results and the cache on ``server`` (a Redis of a test's own), plus
+    ``settings`` as ``MALLOPS_<NAME>`` variables."""
+    base = server.url_base
+    return (
+        dict(env)
+        | {"MALLOPS_REDIS_URL": base, "MALLOPS_BROKER_URL": f"{base}/0", "MALLOPS_RESULT_BACKEND": f"{base}/1"}
+        | {f"MALLOPS_{name.upper()}": value for name, value in settings.items()}
+    )
+
+
 def wait_http_ready(process: Process, url: str, timeout: float = 60.0) -> None:
     """Poll ``url`` until it answers 200; fail at once, with the process's log, if ``process`` exits.
     On failure the process is stopped."""

@@ -15,7 +15,16 @@ from shared.db import session_scope
 from shared.settings import Settings
 from shared.tokens import create_token
 from tests.console import browser as chrome
-from tests.harness import Process, free_port, service_argv, spawn, start_redis, wait_http_ready, wait_until
+from tests.harness import (
+    Process,
+    env_on,
+    free_port,
+    service_argv,
+    spawn,
+    start_redis,
+    wait_http_ready,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -71,15 +80,7 @@ def stack(
         pytest.fail(chrome.CHROMIUM_MISSING)
     workdir = tmp_path_factory.mktemp("console")
     redis = start_redis(workdir / "redis")
-    base = redis.url_base
-    env = service_env | {
-        "MALLOPS_REDIS_URL": base,
-        "MALLOPS_BROKER_URL": f"{base}/0",
-        "MALLOPS_RESULT_BACKEND": f"{base}/1",
-        "MALLOPS_LOG_LEVEL": "WARNING",
-        "MALLOPS_TASK_MAX_PER_USER": "50",
-        "MALLOPS_WORKER_HEARTBEAT_INTERVAL": "0.5",
-    }
+    env = env_on(redis, service_env, log_level="WARNING", task_max_per_user="50", worker_heartbeat_interval="0.5")
     suffix = uuid.uuid4().hex[:8]
     with session_scope(migrated) as session:
         admin = create_token(session, f"console-admin-{suffix}", "admin")

@@ -46,8 +46,9 @@ def browser(client: GatewayClient, language: str = "en") -> httpx.Client:
     return httpx.Client(base_url=str(client.base_url), timeout=30, headers={"Accept-Language": language})
 
 
-def submit(client: GatewayClient, tokens: Tokens, who: str, **kwargs: object) -> str:
-    answer = client.post("/api/v1/tasks", headers=tokens.auth(who), json={"task_name": "test_task", "kwargs": kwargs})
+def submit(client: GatewayClient, tokens: Tokens, who: str, countdown: int | None = None, **kwargs: object) -> str:
+    body = {"task_name": "test_task", "kwargs": kwargs} | ({"countdown": countdown} if countdown else {})
+    answer = client.post("/api/v1/tasks", headers=tokens.auth(who), json=body)
     assert answer.status_code == 202, answer.text
     return str(answer.json()["task_id"])
 
@@ -136,7 +137,7 @@ def test_forms_refuse_a_missing_or_foreign_csrf_token(client: GatewayClient, tok
 def test_a_user_sees_no_revoke_button_and_a_forged_revoke_is_refused(
     client: GatewayClient, tokens: Tokens, redis_server: RedisServer
 ) -> None:
-    task_id = submit(client, tokens, "alice", message="pending")  # no worker here: it stays PENDING
+    task_id = submit(client, tokens, "alice", countdown=600, message="pending")  # unfinished for 10 minutes
     with browser(client) as alice, browser(client) as admin:
         sign_in(alice, tokens.alice)
         page = alice.get(f"/console/tasks/{task_id}")
