@@ -5,6 +5,7 @@ user may not do it does not see and the server refuses anyway; both languages; a
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 
@@ -15,6 +16,24 @@ from tests.console.browser import sign_in
 from tests.console.conftest import Stack, Tab
 
 pytestmark = pytest.mark.integration
+
+# Playwright runs this in every page before the page's own script: it notes each value the progress bar
+# is set to, as [value, max], in sessionStorage (which outlives the reload the page makes at the end).
+RECORD_PROGRESS = """
+(() => {
+  const value = Object.getOwnPropertyDescriptor(HTMLProgressElement.prototype, "value");
+  Object.defineProperty(HTMLProgressElement.prototype, "value", {
+    configurable: true,
+    get() { return value.get.call(this); },
+    set(v) {
+      value.set.call(this, v);
+      const seen = JSON.parse(sessionStorage.getItem("progress") || "[]");
+      seen.push([Number(v), Number(this.max)]);
+      sessionStorage.setItem("progress", JSON.stringify(seen));
+    },
+  });
+})();
+"""
 
 
 def test_docs_and_redoc_render_the_api_offline(stack: Stack, open_tab: Callable[[str], Tab]) -> None:
@@ -72,7 +91,9 @@ def test_an_admin_signs_in_filters_follows_progress_retries_and_signs_out(
     assert retry_id != failed
     assert stack.task(stack.admin, retry_id)["retry_of"] == failed
 
-    # a long task: the progress bar follows its events to the end
+    # a long task: the progress bar follows its events to the end (each value the bar is given is kept
+    # in sessionStorage, which outlives the reload the page makes at the end)
+    page.add_init_script(RECORD_PROGRESS)
     long_id = stack.submit(stack.admin, "long_running_task", steps=6, step_seconds=0.5)
     page.goto(f"/console/tasks/{long_id}")
     bar = page.locator("#task-progress")
@@ -83,6 +104,10 @@ def test_an_admin_signs_in_filters_follows_progress_retries_and_signs_out(
     expect(page.locator("#task-status")).to_have_text("Succeeded", timeout=30_000)
     expect(page.get_by_role("heading", name="Result")).to_be_visible()
     expect(page.locator(".timeline li.done")).to_have_count(4, timeout=30_000)
+    seen = json.loads(page.evaluate("sessionStorage.getItem('progress') || '[]'"))
+    assert seen[-1] == [6, 6], seen  # the bar reached the end
+    assert len(seen) >= 3, seen
+    assert seen == sorted(seen), seen  # step by step, never backwards
 
     # sign out: the session is gone
     page.get_by_role("button", name="Sign out").click()
