@@ -139,6 +139,9 @@ def test_a_user_in_chinese_sees_no_revoke_and_forged_posts_are_refused(
     # the list updates by itself: a task submitted now appears without a reload
     fresh = stack.submit(stack.user, "test_task", message="live")
     expect(page.locator(f"#task-rows a[href='/console/tasks/{fresh}']")).to_be_visible(timeout=30_000)
+    row = page.locator("#task-rows tr", has=page.locator(f"a[href='/console/tasks/{fresh}']"))
+    expect(row.locator("time")).to_have_text(re.compile(r"^\d{4}年\d{1,2}月\d{1,2}日 \d{2}:\d{2}:\d{2}$"))
+    expect(row.locator(".ago")).to_have_text(re.compile("秒钟前|分钟前"))
     # the skip link is the first stop of the keyboard
     page.keyboard.press("Tab")
     expect(page.get_by_role("link", name="跳到正文")).to_be_focused()
