@@ -72,13 +72,8 @@ class Translator:
         text = self.messages.get(key) or catalog(DEFAULT_LANGUAGE).get(key) or key
         return text.format(**values) if values else text
 
-    def number(self, value: float | int | None, digits: int = 0) -> str:
-        if value is None:
-            return "–"
-        return numbers.format_decimal(value, format=f"#,##0.{'0' * digits}" if digits else "#,##0", locale=self.locale)
-
-    def percent(self, value: float | None) -> str:
-        return "–" if value is None else numbers.format_percent(value, format="#,##0.0%", locale=self.locale)
+    def number(self, value: float | None) -> str:
+        return "–" if value is None else numbers.format_decimal(value, locale=self.locale)
 
     def datetime(self, value: dt.datetime | str | None) -> str:
         when = _parse(value)

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from starlette.concurrency import run_in_threadpool
@@ -191,8 +192,6 @@ class TaskFilters:
 
     def query(self, **changes: str | None) -> str:
         """The query string of these filters (without the cursor unless given)."""
-        from urllib.parse import urlencode
-
         values = {
             "task_name": self.task_name,
             "status": self.status,
