@@ -266,3 +266,14 @@ def test_the_tokens_rate_limit_applies_to_the_console(gateway: GatewayFactory, t
         assert limited.status_code == 429
         assert int(limited.headers["retry-after"]) >= 1
         assert "Too many requests" in limited.text
+
+
+def test_a_refused_action_shows_the_apis_reason(client: GatewayClient, tokens: Tokens) -> None:
+    task_id = submit(client, tokens, "alice", countdown=600, message="not failed")
+    with browser(client) as http:
+        sign_in(http, tokens.alice)
+        page = http.get(f"/console/tasks/{task_id}")
+        assert 'id="retry"' not in page.text  # only a failed or revoked task offers it
+        refused = http.post(f"/console/tasks/{task_id}/retry", data={"csrf_token": csrf_of(page.text)})
+        assert refused.status_code == 409
+        assert "only a failed or revoked task can be retried" in refused.text
