@@ -246,6 +246,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             "finance",
             MonthArgs,
             "Revenue by store and by category for a month, from payments; stored and cached.",
+            Schedule(minute="30", hour="0", day_of_month="1"),  # last month, on the 1st at 00:30
         ),
         # reports
         _spec(
@@ -262,6 +263,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             "reports",
             DailyReportArgs,
             "Sales and billing figures for one day, stored as a report with CSV and HTML.",
+            Schedule(minute="0", hour="6"),  # yesterday
         ),
         _spec(
             "generate_weekly_report",
@@ -308,6 +310,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             "reports",
             RetentionArgs,
             "Delete access records older than the retention period.",
+            Schedule(minute="0", hour="2"),  # 90 days, as the replaced system kept them
         ),
         # notifier
         _spec(
@@ -332,6 +335,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             "default",
             BackupDatabaseArgs,
             "Back up the database (pg_dump or SQLite online backup), keeping the last N.",
+            Schedule(minute="0", hour="3"),
         ),
         _spec(
             "cleanup_cache",
@@ -346,6 +350,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             "default",
             NoArgs,
             "Delete expired exports, reports and old task history, in batches.",
+            Schedule(minute="0", hour="4"),
         ),
         _spec(
             "test_task",

@@ -316,3 +316,27 @@ class MonitorMetric(Base):
     key: Mapped[str] = mapped_column(String(1000), primary_key=True)
     hostname: Mapped[str | None] = mapped_column(String(200), index=True)
     value: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class DeferredTask(Base):
+    """A one-off run further ahead than the broker holds a message safely (``shared/deferred.py``): kept
+    here with state SCHEDULED until beat publishes it when due (then PUBLISHED), or REVOKED."""
+
+    __tablename__ = "deferred_tasks"
+    __table_args__ = (
+        Index("ix_deferred_tasks_state_eta", "state", "eta"),
+        Index("ix_deferred_tasks_owner_state", "owner", "state"),
+    )
+
+    task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task_name: Mapped[str] = mapped_column(String(100))  # the catalog short name
+    queue: Mapped[str] = mapped_column(String(50))
+    owner: Mapped[str] = mapped_column(String(100))
+    args: Mapped[list[Any]] = mapped_column(JSON, default=list)  # as submitted, for display and retry
+    kwargs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # validated keyword arguments to publish
+    priority: Mapped[int | None] = mapped_column(Integer)
+    eta: Mapped[dt.datetime]
+    state: Mapped[str] = mapped_column(String(12), default="SCHEDULED")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    published_at: Mapped[dt.datetime | None]

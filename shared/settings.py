@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     task_max_deliveries: int = Field(default=5, ge=1, le=1000)
     beat_max_interval: float = Field(default=5.0, gt=0, le=300)  # beat loop: runtime edits apply within it
     beat_lock_timeout: int = Field(default=30, ge=5)  # a dead beat's lock frees after this many seconds
+    # one-off runs further ahead than the broker's visibility timeout wait in the database (state SCHEDULED);
+    # one owner may have at most this many waiting (they count against MALLOPS_TASK_MAX_PER_USER once published)
+    scheduled_max_per_user: int = Field(default=100, ge=0)
+    # tests and drills only (refused in production): beat publishes deferred runs as if it were this many
+    # seconds later, so that a run hours ahead can be driven without waiting
+    clock_offset_seconds: float = Field(default=0.0, ge=0, le=10 * 366 * 86400)
     backup_keep: int = Field(default=7, ge=1)
     export_ttl_days: int = Field(default=7, ge=1)
     report_ttl_days: int = Field(default=365, ge=1)
@@ -104,6 +110,8 @@ class Settings(BaseSettings):
     def _refuse_default_secrets_in_production(self) -> Self:
         if self.environment == "production" and not self.database_url:
             raise ValueError("MALLOPS_DATABASE_URL must be set when MALLOPS_ENVIRONMENT=production")
+        if self.environment == "production" and self.clock_offset_seconds:
+            raise ValueError("MALLOPS_CLOCK_OFFSET_SECONDS is for tests and drills, not MALLOPS_ENVIRONMENT=production")
         return self
 
     # -- derived values ------------------------------------------------------------------------

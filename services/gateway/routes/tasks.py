@@ -37,10 +37,12 @@ from services.gateway.schemas import (
     TaskSummary,
 )
 from services.gateway.submission import BROKER_RETRY_AFTER, Prepared, Submitter, prepare
-from services.gateway.taskstore import READY_STATES, RESULT_KEY, TaskMeta, TaskStore, decode_result, parse_time
+from services.gateway.taskstore import READY_STATES, TaskStore, decode_result, parse_time
+from shared import deferred
 from shared.catalog import get_spec
-from shared.models import TaskRecord
+from shared.models import DeferredTask, TaskRecord
 from shared.revocations import queue_revoke
+from shared.taskmeta import RESULT_KEY, TaskMeta
 from shared.tokens import Principal
 
 router = APIRouter(prefix=API_PREFIX, tags=["tasks"])
@@ -55,7 +57,7 @@ IdempotencyKey = Annotated[
         description="Repeat a submission safely: the same key and body return the first answer; another body is 409.",
     ),
 ]
-State = Literal["PENDING", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
+State = Literal["SCHEDULED", "PENDING", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
 SCAN_CHUNK = 500
 SCAN_MAX = 5_000
 SSE_MAX_SECONDS = 3600.0
@@ -171,11 +173,14 @@ class Visible:
     meta: TaskMeta | None
     result: dict[str, Any] | None
     record: dict[str, Any] | None
+    deferred: DeferredTask | None = None  # a one-off run that waits (or waited) in the database
 
     @property
     def owner(self) -> str | None:
         if self.meta is not None:
             return self.meta.owner
+        if self.deferred is not None:
+            return self.deferred.owner
         return self.record.get("owner") if self.record else None
 
     @property
@@ -184,12 +189,16 @@ class Visible:
             return str(self.result.get("status") or "PENDING")
         if self.record is not None:
             return str(self.record.get("state") or "PENDING")
+        if self.deferred is not None and self.deferred.state in (deferred.SCHEDULED, deferred.REVOKED):
+            return self.deferred.state
         return "PENDING"
 
     @property
     def task_name(self) -> str:
         if self.meta is not None:
             return self.meta.task_name
+        if self.deferred is not None:
+            return self.deferred.task_name
         name = (self.result or {}).get("name") or (self.record or {}).get("task_name") or ""
         spec = get_spec(str(name))
         return spec.name if spec else str(name)
@@ -219,12 +228,20 @@ async def visible_task(task_id: TaskId, principal: CurrentPrincipal, runtime: Ru
     record = None
     if meta is None or (result or {}).get("status") in READY_STATES or (result or {}).get("status") == "STARTED":
         record = await run_in_threadpool(_history_record, runtime, task_id)
-    task = Visible(task_id, meta, result, record)
-    if meta is None and record is None and (result is None or not principal.is_admin):
+    waiting = None
+    if meta is None and record is None:
+        waiting = await run_in_threadpool(_deferred_row, runtime, task_id)
+    task = Visible(task_id, meta, result, record, waiting)
+    if meta is None and record is None and waiting is None and (result is None or not principal.is_admin):
         raise _not_found(task_id)
     if not principal.is_admin and task.owner != principal.name:
         raise _not_found(task_id)
     return task
+
+
+def _deferred_row(runtime: Runtime, task_id: str) -> DeferredTask | None:
+    with runtime.sessions() as session:
+        return deferred.find(session, task_id)
 
 
 def _not_found(task_id: str) -> ProblemError:
@@ -266,6 +283,8 @@ def detail(task: Visible) -> TaskDetail:
         duration = max(0.0, (finished_at - started_at).total_seconds())
     if meta is not None:
         args, kwargs = meta.args, meta.kwargs
+    elif task.deferred is not None:
+        args, kwargs = list(task.deferred.args), dict(task.deferred.kwargs)
     else:
         args = list(result.get("args") or [])
         kwargs = dict(result.get("kwargs") or {})
@@ -293,6 +312,7 @@ def detail(task: Visible) -> TaskDetail:
         started_at=started_at,
         finished_at=finished_at,
         duration=duration,
+        eta=task.deferred.eta if task.deferred is not None else None,
     )
 
 
@@ -300,14 +320,18 @@ def detail(task: Visible) -> TaskDetail:
 async def list_tasks(
     principal: CurrentPrincipal,
     store: StoreDep,
+    runtime: RuntimeDep,
     status: Annotated[State | None, Query(description="Only tasks in this state.")] = None,
     task_name: Annotated[str | None, Query(max_length=200, description="Only this task.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
 ) -> Response:
     """Active and recent tasks (newest first): a user's own, or everyone's for an admin. Older tasks are
-    in ``GET /api/v1/tasks/history``. With a filter, the newest 5,000 tasks are searched."""
+    in ``GET /api/v1/tasks/history``. With a filter, the newest 5,000 tasks are searched.
+    ``status=SCHEDULED`` lists the one-off runs waiting in the database for their eta (soonest first)."""
     owner = None if principal.is_admin else principal.name
+    if status == "SCHEDULED":
+        return _json(await run_in_threadpool(_waiting, runtime, owner, task_name, limit, offset))
     if status is None and task_name is None:
         total = await store.recent_count(owner)
         ids = await store.recent_ids(owner, offset, offset + limit - 1)
@@ -325,6 +349,24 @@ async def list_tasks(
             if (status is None or row.status == status) and (task_name is None or row.task_name == task_name):
                 matches.append(row)
     return _json(TaskList(count=len(matches), results=matches[offset : offset + limit]))
+
+
+def _waiting(runtime: Runtime, owner: str | None, task_name: str | None, limit: int, offset: int) -> TaskList:
+    with runtime.sessions() as session:
+        total, rows = deferred.waiting(session, owner, limit, offset, task_name)
+    results = [
+        TaskSummary(
+            task_id=row.task_id,
+            task_name=row.task_name,
+            status=deferred.SCHEDULED,
+            queue=row.queue,
+            owner=row.owner,
+            sent_at=None,
+            eta=row.eta,
+        )
+        for row in rows
+    ]
+    return TaskList(count=total, results=results)
 
 
 def _summary(task_id: str, meta: TaskMeta | None, result: dict[str, Any] | None) -> TaskSummary:
@@ -433,6 +475,8 @@ async def revoke_task(
     """Admin: workers discard the task if it has not started, including workers that start later (the id
     is kept for MALLOPS_TASK_META_TTL_SECONDS); with ``terminate`` a running one is killed."""
     terminate = bool(request and request.terminate)
+    if task.deferred is not None and await run_in_threadpool(_revoke_waiting, runtime, task.task_id):
+        return RevokeAccepted(task_id=task.task_id, terminate=terminate)  # never published: nothing to tell
     async with runtime.cache.pipeline(transaction=True) as pipe:
         queue_revoke(pipe, task.task_id, runtime.settings.task_meta_ttl_seconds)
         await pipe.execute()
@@ -450,6 +494,11 @@ async def revoke_task(
             headers={"Retry-After": BROKER_RETRY_AFTER},
         ) from exc
     return RevokeAccepted(task_id=task.task_id, terminate=terminate)
+
+
+def _revoke_waiting(runtime: Runtime, task_id: str) -> bool:
+    with runtime.sessions() as session, session.begin():
+        return deferred.revoke(session, task_id)
 
 
 @router.post(
@@ -472,6 +521,8 @@ async def retry_task(
         raise ProblemError(409, f"task {task.task_name!r} is no longer in the catalog", kind="not-retryable")
     if task.meta is not None:
         args, kwargs = task.meta.args, task.meta.kwargs
+    elif task.deferred is not None:
+        args, kwargs = list(task.deferred.args), dict(task.deferred.kwargs)
     elif task.result is not None and isinstance(task.result.get("kwargs"), dict):
         args, kwargs = list(task.result.get("args") or []), dict(task.result["kwargs"])
     else:
