@@ -407,10 +407,15 @@ def _remove_strays(app: Celery) -> list[str]:
     return removed
 
 
-def list_entries(app: Celery) -> list[ScheduleEntry]:
-    """Every entry with its current state, by name (the defaults are seeded first on a new Redis)."""
+def _seed_if_new(app: Celery) -> None:
+    """Seed the defaults on a Redis that never had them (before beat's first start, or after data loss)."""
     if not get_redis(app).exists(_seeded_key(app)):
         ensure_defaults(app)
+
+
+def list_entries(app: Celery) -> list[ScheduleEntry]:
+    """Every entry with its current state, by name (the defaults are seeded first on a new Redis)."""
+    _seed_if_new(app)
     entries = []
     for name in _entry_names(app):
         loaded = _load(app, name)
@@ -421,6 +426,7 @@ def list_entries(app: Celery) -> list[ScheduleEntry]:
 
 def get_entry(app: Celery, name: str) -> ScheduleEntry:
     """One entry by name; KeyError if there is none."""
+    _seed_if_new(app)
     loaded = _load(app, name)
     if loaded is None:
         raise KeyError(name)
@@ -444,6 +450,7 @@ def create_entry(
     :class:`UnknownTask` for a task not in the catalog, :class:`EntryExists` for a name in use.
     """
     validate_name(name)
+    _seed_if_new(app)  # else a default of that name would be seeded over it later
     spec = get_spec(task_name)
     if spec is None:
         raise UnknownTask(task_name)
@@ -474,6 +481,7 @@ def update_entry(
     """
     if schedule is not None:
         schedule = validate_schedule(schedule)
+    _seed_if_new(app)
     loaded = _load(app, name)
     if loaded is None:
         raise KeyError(name)
@@ -506,6 +514,7 @@ def update_entry(
 
 def delete_entry(app: Celery, name: str) -> None:
     """Delete the entry ``name`` (KeyError if there is none). A deleted default stays deleted."""
+    _seed_if_new(app)
     if _load(app, name) is None:
         raise KeyError(name)
     RedBeatSchedulerEntry(name=name, app=app).delete()
