@@ -263,6 +263,20 @@ def test_entries_the_catalog_no_longer_schedules_are_removed(app: Celery, redis_
         cache.close()
 
 
+def test_the_new_defaults_publish_their_documented_arguments(app: Celery) -> None:
+    from redbeat.schedulers import RedBeatSchedulerEntry
+
+    def kwargs(name: str) -> dict[str, Any]:
+        return dict(RedBeatSchedulerEntry.from_key(f"mallops:redbeat:{name}", app=app).kwargs)
+
+    schedules.ensure_defaults(app)
+    assert kwargs("cleanup_old_access_records") == {"days": 90}
+    assert kwargs("generate_daily_report") == {"date": None}  # yesterday
+    assert kwargs("calculate_monthly_revenue") == {"year": None, "month": None}  # last month
+    assert kwargs("backup_database") == {"keep": None}  # MALLOPS_BACKUP_KEEP
+    assert kwargs("cleanup_expired_data") == {}
+
+
 def test_frequent_entries_expire_so_a_backlog_is_skipped(app: Celery) -> None:
     from redbeat.schedulers import RedBeatSchedulerEntry
 
