@@ -26,7 +26,17 @@ from shared.db import session_scope
 from shared.models import DeferredTask
 from shared.settings import Settings
 from shared.tokens import create_token
-from tests.harness import Process, RedisServer, free_port, service_argv, spawn, start_redis, start_worker, wait_until
+from tests.harness import (
+    Process,
+    RedisServer,
+    free_port,
+    redis_env,
+    service_argv,
+    spawn,
+    start_redis,
+    start_worker,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -62,14 +72,14 @@ class Stack:
 @pytest.fixture
 def stack(migrated: Settings, service_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
     redis_server = start_redis(tmp_path / "redis", appendonly=True)
-    base = redis_server.url_base
-    env = service_env | {
-        "MALLOPS_REDIS_URL": base,
-        "MALLOPS_BROKER_URL": f"{base}/0",
-        "MALLOPS_RESULT_BACKEND": f"{base}/1",
-        "MALLOPS_BEAT_MAX_INTERVAL": "1",
-        "MALLOPS_GATEWAY_PORT": str(free_port()),
-    }
+    env = (
+        service_env
+        | redis_env(redis_server)
+        | {
+            "MALLOPS_BEAT_MAX_INTERVAL": "1",
+            "MALLOPS_GATEWAY_PORT": str(free_port()),
+        }
+    )
     suffix = uuid.uuid4().hex[:8]
     with session_scope(migrated) as session:
         admin = create_token(session, f"sched-admin-{suffix}", "admin")
