@@ -155,9 +155,10 @@ def publish_due(
                 continue  # another beat published it, or it was revoked meanwhile
             row = session.get(DeferredTask, task_id)
             assert row is not None
-            _publish(app, cache, settings, row)
-        published.append(task_id)
-        log.info("deferred: published %s (%s, owner %s, due %s)", task_id, row.task_name, row.owner, row.eta)
+            sent = _publish(app, cache, settings, row)
+        if sent:
+            published.append(task_id)
+            log.info("deferred: published %s (%s, owner %s, due %s)", task_id, row.task_name, row.owner, row.eta)
     return published
 
 
@@ -171,12 +172,13 @@ def _claim(session: Session, task_id: str) -> bool:
     return bool(getattr(result, "rowcount", 0) == 1)
 
 
-def _publish(app: Celery, cache: redis.Redis[str], settings: Settings, row: DeferredTask) -> None:
+def _publish(app: Celery, cache: redis.Redis[str], settings: Settings, row: DeferredTask) -> bool:
+    """Record and publish a claimed run; False (and REVOKED) for a task no longer in the catalog."""
     spec = get_spec(row.task_name)
     if spec is None:  # the task left the catalog while the run waited: publishing it would only dead-letter
         log.warning("deferred: %s names %r, no longer in the catalog; revoked", row.task_id, row.task_name)
         row.state = REVOKED
-        return
+        return False
     meta = TaskMeta(row.task_id, spec.name, row.queue, row.owner, list(row.args), dict(row.kwargs), row.created_at)
     record_published(cache, meta, settings.task_meta_ttl_seconds)
     options: dict[str, Any] = {"queue": row.queue, "headers": {OWNER_HEADER: row.owner}}
@@ -190,6 +192,7 @@ def _publish(app: Celery, cache: redis.Redis[str], settings: Settings, row: Defe
         retry_policy=PUBLISH_RETRY_POLICY,
         **options,
     )
+    return True
 
 
 Clock = Callable[[], dt.datetime]

@@ -64,9 +64,12 @@ class Prepared:
         return text if len(text) <= KWARGS_REPR_MAX else text[: KWARGS_REPR_MAX - 3] + "..."
 
     def accepted(self, retry_of: str | None = None) -> TaskAccepted:
-        status = "SCHEDULED" if self.deferred_until is not None else "PENDING"
         return TaskAccepted(
-            task_id=self.task_id, task_name=self.spec.name, status=status, queue=self.spec.queue, retry_of=retry_of
+            task_id=self.task_id,
+            task_name=self.spec.name,
+            status="SCHEDULED" if self.deferred_until is not None else "PENDING",  # shared.deferred.SCHEDULED
+            queue=self.spec.queue,
+            retry_of=retry_of,
         )
 
     def deferred_row(self, owner: str) -> DeferredTask:

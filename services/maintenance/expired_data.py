@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import and_, or_
 from sqlalchemy.orm import Session
 
-from shared import models
+from shared import deferred, models
 from shared.files import resolve_under
 from shared.retention import DEFAULT_BATCH, cutoff_days, delete_in_batches
 from shared.settings import Settings
@@ -108,7 +108,7 @@ def cleanup_expired_data(
         session,
         models.DeferredTask,
         and_(
-            models.DeferredTask.state != "SCHEDULED",
+            models.DeferredTask.state != deferred.SCHEDULED,
             models.DeferredTask.created_at < cutoff_days(settings.history_ttl_days, now),
         ),
         batch_size=batch_size,

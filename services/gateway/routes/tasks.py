@@ -330,7 +330,7 @@ async def list_tasks(
     in ``GET /api/v1/tasks/history``. With a filter, the newest 5,000 tasks are searched.
     ``status=SCHEDULED`` lists the one-off runs waiting in the database for their eta (soonest first)."""
     owner = None if principal.is_admin else principal.name
-    if status == "SCHEDULED":
+    if status == deferred.SCHEDULED:
         return _json(await run_in_threadpool(_waiting, runtime, owner, task_name, limit, offset))
     if status is None and task_name is None:
         total = await store.recent_count(owner)
