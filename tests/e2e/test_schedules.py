@@ -13,6 +13,7 @@ queues of the other tests' workers.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -159,9 +160,17 @@ def test_an_entry_added_over_http_fires_with_its_arguments_and_survives_a_beat_r
     restarted = start_beat(stack, "beat-2")
     holding_lock([restarted])
     wait_until(lambda: received(worker, message) >= runs_before + 2, timeout=60, message="runs after the beat restart")
+    # new arguments reach the running beat within MALLOPS_BEAT_MAX_INTERVAL (1 s here) plus the 2 s period
+    changed = f"{message}-changed"
+    patched = http.patch(f"{API}/schedules/acceptance.echo", json={"kwargs": {"message": changed}}, headers=admin)
+    assert patched.status_code == 200, patched.text
+    started = time.monotonic()
+    wait_until(lambda: received(worker, changed) >= 1, timeout=30, message="a run with the new arguments")
+    assert time.monotonic() - started < 1 + 2 + 5  # interval + period + the worker's own delay
+
     after = http.get(f"{API}/schedules", headers=admin).json()["results"]
     names = {row["name"]: row for row in after}
-    assert names["acceptance.echo"]["kwargs"] == {"message": message}
+    assert names["acceptance.echo"]["kwargs"] == {"message": changed}
     assert "backup_database" not in names  # seeded once, deleted, not seeded again at the restart
     assert {"cleanup_expired_data", "cleanup_old_access_records", "generate_daily_report"} <= set(names)
     cache = stack.redis.client(2)
