@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 from starlette.concurrency import run_in_threadpool
 
-from services.gateway.deps import AdminPrincipal, RuntimeDep
+from services.gateway import audit as gateway_audit
+from services.gateway import authz
+from services.gateway.deps import RuntimeDep
 from services.gateway.openapi import admin_only
 from services.gateway.problems import ProblemError
 from services.gateway.routes import API_PREFIX
@@ -20,13 +22,18 @@ from services.gateway.schemas import (
     WorkerInfo,
     WorkerList,
 )
-from shared import history, schedules
+from shared import audit, history, permissions, schedules
+from shared.tokens import Principal
 
 router = APIRouter(prefix=API_PREFIX, tags=["admin"])
+WorkersReader = Annotated[Principal, authz.requires(permissions.WORKERS_READ)]
+QueuesReader = Annotated[Principal, authz.requires(permissions.QUEUES_READ)]
+SchedulesReader = Annotated[Principal, authz.requires(permissions.SCHEDULES_READ)]
+SchedulesWriter = Annotated[Principal, authz.requires(permissions.SCHEDULES_WRITE)]
 
 
 @router.get("/workers", response_model=WorkerList, summary="Workers online and offline", openapi_extra=admin_only())
-async def workers(principal: AdminPrincipal, runtime: RuntimeDep) -> WorkerList:
+async def workers(principal: WorkersReader, runtime: RuntimeDep) -> WorkerList:
     """Every worker seen recently (from their heartbeats): status, queues, active and processed tasks."""
     rows = await run_in_threadpool(history.list_workers, runtime.settings)
     items = [WorkerInfo.model_validate(row) for row in rows]
@@ -34,7 +41,7 @@ async def workers(principal: AdminPrincipal, runtime: RuntimeDep) -> WorkerList:
 
 
 @router.get("/queues", response_model=QueueList, summary="Queue lengths and consumers", openapi_extra=admin_only())
-async def queues(principal: AdminPrincipal, runtime: RuntimeDep) -> QueueList:
+async def queues(principal: QueuesReader, runtime: RuntimeDep) -> QueueList:
     """Each queue's pending messages in the broker (priority sub-queues included) and its online consumers."""
     lengths = await run_in_threadpool(history.queue_lengths, runtime.settings)
     items = [
@@ -54,7 +61,7 @@ ScheduleName = Annotated[
 
 
 @router.get("/schedules", response_model=ScheduleList, summary="Beat schedule", openapi_extra=admin_only())
-async def list_schedules(principal: AdminPrincipal, runtime: RuntimeDep) -> ScheduleList:
+async def list_schedules(principal: SchedulesReader, runtime: RuntimeDep) -> ScheduleList:
     """Every beat entry: task, timing, enabled, last and next run."""
     entries = await run_in_threadpool(schedules.list_entries, runtime.celery)
     items = [ScheduleInfo.model_validate(entry.as_dict()) for entry in entries]
@@ -68,7 +75,7 @@ async def list_schedules(principal: AdminPrincipal, runtime: RuntimeDep) -> Sche
     openapi_extra=admin_only(),
 )
 async def update_schedule(
-    name: ScheduleName, patch: SchedulePatch, principal: AdminPrincipal, runtime: RuntimeDep
+    name: ScheduleName, patch: SchedulePatch, principal: SchedulesWriter, runtime: RuntimeDep, request: Request
 ) -> ScheduleInfo:
     """Change a beat entry at runtime; the running beat picks it up on its next tick."""
     if patch.enabled is None and patch.schedule is None:
@@ -98,4 +105,5 @@ async def update_schedule(
             kind="invalid-schedule",
             errors=[{"loc": ["body", "schedule"], "msg": str(exc), "type": "value_error"}],
         ) from exc
+    await gateway_audit.record(request, audit.SCHEDULE_UPDATE, target=name, details=patch.model_dump(exclude_none=True))
     return ScheduleInfo.model_validate(entry.as_dict())

@@ -10,14 +10,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from kombu.exceptions import KombuError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from services.gateway.deps import AdminPrincipal, CurrentPrincipal, RuntimeDep, StoreDep
+from services.gateway import audit as gateway_audit
+from services.gateway import authz
+from services.gateway.deps import RuntimeDep, StoreDep
 from services.gateway.idempotency import IdempotencyClaim
 from services.gateway.openapi import admin_only
 from services.gateway.problems import ProblemError
@@ -38,6 +40,7 @@ from services.gateway.schemas import (
 )
 from services.gateway.submission import BROKER_RETRY_AFTER, Prepared, Submitter, prepare
 from services.gateway.taskstore import READY_STATES, RESULT_KEY, TaskMeta, TaskStore, decode_result, parse_time
+from shared import audit, permissions
 from shared.catalog import get_spec
 from shared.models import TaskRecord
 from shared.revocations import queue_revoke
@@ -110,14 +113,16 @@ SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
 )
 async def submit_task(
     submission: TaskSubmission,
-    principal: CurrentPrincipal,
+    principal: authz.Submitter,
     runtime: RuntimeDep,
     store: StoreDep,
+    request: Request,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Validate a submission against the catalog and put it on its queue. 202 means it is in the broker."""
     item = prepare(submission, max_delay=runtime.settings.broker_visibility_timeout)
-    return await _submit_once(
+    await authz.authorize_submissions(request, principal, [item])
+    answer = await _submit_once(
         runtime,
         store,
         principal,
@@ -126,6 +131,8 @@ async def submit_task(
         submission.model_dump(mode="json"),
         lambda accepted: accepted[0],
     )
+    await authz.audit_submissions(request, [item], answer)
+    return answer
 
 
 @router.post(
@@ -137,15 +144,17 @@ async def submit_task(
 )
 async def submit_batch(
     batch: BatchSubmission,
-    principal: CurrentPrincipal,
+    principal: authz.Submitter,
     runtime: RuntimeDep,
     store: StoreDep,
+    request: Request,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Submit many tasks in one request, published on one broker connection. All items are validated
     first; one invalid item refuses the whole batch (its index is in the error's ``loc``)."""
     max_delay = runtime.settings.broker_visibility_timeout
     items = [prepare(item, ("body", "tasks", i), max_delay) for i, item in enumerate(batch.tasks)]
+    await authz.authorize_submissions(request, principal, items)
     answer = await _submit_once(
         runtime,
         store,
@@ -155,6 +164,7 @@ async def submit_batch(
         batch.model_dump(mode="json"),
         lambda accepted: BatchAccepted(count=len(accepted), results=accepted),
     )
+    await authz.audit_submissions(request, items, answer)
     if isinstance(answer, BatchAccepted):  # serialized once, without validating thousands of items again
         return Response(answer.model_dump_json(), status_code=202, media_type="application/json")
     return answer
@@ -213,16 +223,17 @@ def _history_record(runtime: Runtime, task_id: str) -> dict[str, Any] | None:
     return record
 
 
-async def visible_task(task_id: TaskId, principal: CurrentPrincipal, runtime: RuntimeDep, store: StoreDep) -> Visible:
-    """The task, if it exists and the caller may see it (a user only their own); 404 otherwise."""
+async def visible_task(task_id: TaskId, principal: authz.Reader, runtime: RuntimeDep, store: StoreDep) -> Visible:
+    """The task, if it exists and the caller may see it (authz.sees_task); 404 otherwise."""
     meta, result = await asyncio.gather(store.load(task_id), store.result(task_id))
     record = None
     if meta is None or (result or {}).get("status") in READY_STATES or (result or {}).get("status") == "STARTED":
         record = await run_in_threadpool(_history_record, runtime, task_id)
     task = Visible(task_id, meta, result, record)
-    if meta is None and record is None and (result is None or not principal.is_admin):
+    if meta is None and record is None and (result is None or authz.task_scope(principal) != "all"):
         raise _not_found(task_id)
-    if not principal.is_admin and task.owner != principal.name:
+    queue = (meta.queue if meta else None) or (record or {}).get("queue") or (result or {}).get("queue")
+    if not authz.sees_task(principal, task.owner, queue):
         raise _not_found(task_id)
     return task
 
@@ -298,17 +309,19 @@ def detail(task: Visible) -> TaskDetail:
 
 @router.get("/tasks", response_model=TaskList, summary="List recent tasks")
 async def list_tasks(
-    principal: CurrentPrincipal,
+    principal: authz.Reader,
     store: StoreDep,
     status: Annotated[State | None, Query(description="Only tasks in this state.")] = None,
     task_name: Annotated[str | None, Query(max_length=200, description="Only this task.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
 ) -> Response:
-    """Active and recent tasks (newest first): a user's own, or everyone's for an admin. Older tasks are
-    in ``GET /api/v1/tasks/history``. With a filter, the newest 5,000 tasks are searched."""
-    owner = None if principal.is_admin else principal.name
-    if status is None and task_name is None:
+    """Active and recent tasks (newest first) the token may see (its own, the finance queue's, or every
+    task, by role). Older tasks are in ``GET /api/v1/tasks/history``. With a filter, the newest 5,000 tasks
+    are searched."""
+    scope = authz.task_scope(principal)
+    owner = principal.name if scope == "own" else None
+    if status is None and task_name is None and scope != "finance":
         total = await store.recent_count(owner)
         ids = await store.recent_ids(owner, offset, offset + limit - 1)
         metas, results = await asyncio.gather(store.load_many(ids), store.results_many(ids))
@@ -323,6 +336,8 @@ async def list_tasks(
         for task_id, meta, result in zip(ids, metas, results, strict=True):
             row = _summary(task_id, meta, result)
             if (status is None or row.status == status) and (task_name is None or row.task_name == task_name):
+                if scope == "finance" and not authz.sees_task(principal, row.owner, row.queue):
+                    continue
                 matches.append(row)
     return _json(TaskList(count=len(matches), results=matches[offset : offset + limit]))
 
@@ -425,13 +440,16 @@ async def task_events(task: VisibleTask, runtime: RuntimeDep, store: StoreDep) -
     openapi_extra=admin_only(),
 )
 async def revoke_task(
-    principal: AdminPrincipal,
+    principal: Annotated[Principal, authz.requires(permissions.TASKS_REVOKE)],
     task: VisibleTask,
     runtime: RuntimeDep,
+    http: Request,
     request: Annotated[RevokeRequest | None, Body()] = None,
 ) -> RevokeAccepted:
-    """Admin: workers discard the task if it has not started, including workers that start later (the id
-    is kept for MALLOPS_TASK_META_TTL_SECONDS); with ``terminate`` a running one is killed."""
+    """Operator or admin: workers discard the task if it has not started, including workers that start later
+    (the id is kept for MALLOPS_TASK_META_TTL_SECONDS); with ``terminate`` a running one is killed.
+    Maintenance tasks need the maintenance permission too."""
+    await authz.authorize_task_action(http, principal, audit.TASK_REVOKE, get_spec(task.task_name), task.task_id)
     terminate = bool(request and request.terminate)
     async with runtime.cache.pipeline(transaction=True) as pipe:
         queue_revoke(pipe, task.task_id, runtime.settings.task_meta_ttl_seconds)
@@ -449,6 +467,7 @@ async def revoke_task(
             kind="broker-unavailable",
             headers={"Retry-After": BROKER_RETRY_AFTER},
         ) from exc
+    await gateway_audit.record(http, audit.TASK_REVOKE, target=task.task_id, details={"terminate": terminate})
     return RevokeAccepted(task_id=task.task_id, terminate=terminate)
 
 
@@ -460,9 +479,14 @@ async def revoke_task(
     responses={409: {"description": "The task has not failed (or its arguments are no longer known)."}},
 )
 async def retry_task(
-    task: VisibleTask, principal: CurrentPrincipal, runtime: RuntimeDep, store: StoreDep
+    principal: Annotated[Principal, authz.requires(permissions.TASKS_RETRY)],
+    task: VisibleTask,
+    runtime: RuntimeDep,
+    store: StoreDep,
+    request: Request,
 ) -> TaskAccepted:
     """Submit a failed (or revoked) task again with its original arguments, as a new task."""
+    await authz.authorize_task_action(request, principal, audit.TASK_RETRY, get_spec(task.task_name), task.task_id)
     if task.status not in ("FAILURE", "REVOKED"):
         raise ProblemError(
             409, f"only a failed or revoked task can be retried; {task.task_id} is {task.status}", kind="not-retryable"
@@ -477,6 +501,8 @@ async def retry_task(
     else:
         raise ProblemError(409, "the original arguments of this task are no longer known", kind="not-retryable")
     item = prepare(TaskSubmission(task_name=spec.name, args=args, kwargs=kwargs))
+    await authz.authorize_retry_arguments(request, principal, item, task.task_id)
     owner = task.owner or principal.name
     accepted = await Submitter(runtime, store).submit(principal, [item], owner=owner, retry_of=task.task_id)
+    await gateway_audit.record(request, audit.TASK_RETRY, target=task.task_id, details={"new_task_id": item.task_id})
     return accepted[0]

@@ -219,6 +219,19 @@ def test_cleanup_expired_data_deletes_rows_and_files_past_retention(
                 for age in (91, 89)
             ],
         )
+        session.execute(
+            insert(models.AuditEntry),
+            [
+                {
+                    "at": now - dt.timedelta(days=age),
+                    "actor": tag,
+                    "action": f"{tag}-{age}",
+                    "outcome": "ok",
+                    "details": {},
+                }
+                for age in (366, 364)
+            ],
+        )
 
     result = submit_task("cleanup_expired_data").get(timeout=120)
     assert result == {
@@ -227,6 +240,7 @@ def test_cleanup_expired_data_deletes_rows_and_files_past_retention(
         "task_history": 1,
         "notifications": 1,
         "access_logs": 1,
+        "audit_log": 1,
         "partial_files": 1,
     }
 
@@ -246,6 +260,9 @@ def test_cleanup_expired_data_deletes_rows_and_files_past_retention(
         assert set(
             session.scalars(select(models.AccessLog.request_id).where(models.AccessLog.request_id.like(f"{tag}%")))
         ) == {f"{tag}-89"}
+        assert set(session.scalars(select(models.AuditEntry.action).where(models.AuditEntry.actor == tag))) == {
+            f"{tag}-364"
+        }
     assert not expired_file.exists()
     assert fresh_file.exists()
     assert not any((settings.reports_dir / n).exists() for n in old_report)
