@@ -44,7 +44,7 @@ def route_permissions(route: APIRoute) -> tuple[tuple[str, ...], bool] | None:
 def api_routes(app: FastAPI) -> Iterator[tuple[str, str, APIRoute]]:
     for route in app.state.flat_routes:  # every route with its full path (create_app)
         if isinstance(route, APIRoute) and route.path.startswith(API_PREFIX):
-            for method in sorted(route.methods):
+            for method in sorted(route.methods or ()):
                 yield method, route.path, route
 
 

@@ -80,9 +80,9 @@ class World:
 
 def _tokens(settings: Settings, store_id: int) -> tuple[dict[str, str], dict[str, str]]:
     suffix = uuid.uuid4().hex[:8]
-    names = {role: f"{role}-{suffix}" for role in ROLES}
+    names: dict[str, str] = {role: f"{role}-{suffix}" for role in ROLES}
     with session_scope(settings) as session:
-        secrets = {
+        secrets: dict[str, str] = {
             role: create_token(session, names[role], role, stores=[store_id] if role == "store_manager" else None)
             for role in ROLES
         }
@@ -135,8 +135,8 @@ def world(gateway: GatewayFactory, demo_db: Settings) -> Iterator[World]:
             export=export,
         )
     with session_scope(settings) as session:
-        for row in session.scalars(select(ApiToken).where(ApiToken.name.in_(names.values()))):
-            session.delete(row)
+        for token in session.scalars(select(ApiToken).where(ApiToken.name.in_(names.values()))):
+            session.delete(token)
 
 
 def expect(**by_role: int) -> dict[str, int]:
