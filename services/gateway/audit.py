@@ -34,20 +34,12 @@ def record_in(
     audit.record(session, action=action, outcome=outcome, target=target, details=details, **request_context(request))
 
 
-async def record(
-    request: Request,
-    action: str,
-    *,
-    outcome: str = "ok",
-    target: str | None = None,
-    details: Mapping[str, Any] | None = None,
-) -> None:
-    """Write the entry in its own transaction (from an async route)."""
+async def record(request: Request, action: str, **fields: Any) -> None:
+    """:func:`record_in` in a transaction of its own (from an async route); ``fields`` as there."""
     sessions = request.app.state.runtime.sessions
-    context = request_context(request)
 
     def write() -> None:
         with sessions() as session, session.begin():
-            audit.record(session, action=action, outcome=outcome, target=target, details=details, **context)
+            record_in(session, request, action, **fields)
 
     await run_in_threadpool(write)

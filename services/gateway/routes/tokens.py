@@ -77,16 +77,18 @@ def _problem(exc: tokens.TokenError) -> ProblemError:
     summary="Create a token",
     responses={409: {"description": "A token with this name exists (revoked ones too)."}},
 )
-def create_token(body: TokenRequest, principal: Manager, session: SessionDep, request: Request) -> TokenCreated:
+def create_token(body: TokenRequest, principal: Manager, runtime: RuntimeDep, request: Request) -> TokenCreated:
     """Create a token; the answer holds its secret, which is never shown again."""
-    try:
-        secret = tokens.create_token(session, body.name, body.role, stores=body.stores, expires_at=body.expires_at)
-    except tokens.TokenError as exc:
-        raise _problem(exc) from exc
-    info = tokens.get_token(session, body.name)
-    assert info is not None
-    details = {"role": body.role, "stores": info.stores, "expires_at": body.expires_at}
-    gateway_audit.record_in(session, request, audit.TOKEN_CREATE, target=body.name, details=details)
+    # committed before the answer (not when SessionDep closes), so that the token works at once
+    with runtime.sessions() as session, session.begin():
+        try:
+            secret = tokens.create_token(session, body.name, body.role, stores=body.stores, expires_at=body.expires_at)
+        except tokens.TokenError as exc:
+            raise _problem(exc) from exc
+        info = tokens.get_token(session, body.name)
+        assert info is not None
+        details = {"role": body.role, "stores": info.stores, "expires_at": body.expires_at}
+        gateway_audit.record_in(session, request, audit.TOKEN_CREATE, target=body.name, details=details)
     return TokenCreated(**_out(info).model_dump(), token=secret)
 
 
@@ -98,17 +100,17 @@ def list_tokens(principal: Manager, session: SessionDep) -> TokenList:
 
 
 @router.delete("/tokens/{name}", response_model=TokenOut, summary="Revoke a token")
-def revoke_token(
-    name: TokenName, principal: Manager, session: SessionDep, runtime: RuntimeDep, request: Request
-) -> TokenOut:
+def revoke_token(name: TokenName, principal: Manager, runtime: RuntimeDep, request: Request) -> TokenOut:
     """Revoke for good (the row stays). Other gateway processes refuse it within MALLOPS_TOKEN_CACHE_SECONDS."""
-    try:
-        changed = tokens.revoke_token(session, name)
-    except tokens.TokenError as exc:
-        raise ProblemError(404, str(exc), kind="unknown-token") from exc
-    session.flush()
-    info = tokens.get_token(session, name)
-    assert info is not None
-    gateway_audit.record_in(session, request, audit.TOKEN_REVOKE, target=name, details={"already_revoked": not changed})
+    with runtime.sessions() as session, session.begin():  # committed before the answer
+        try:
+            changed = tokens.revoke_token(session, name)
+        except tokens.TokenError as exc:
+            raise ProblemError(404, str(exc), kind="unknown-token") from exc
+        session.flush()
+        info = tokens.get_token(session, name)
+        assert info is not None
+        details = {"already_revoked": not changed}
+        gateway_audit.record_in(session, request, audit.TOKEN_REVOKE, target=name, details=details)
     runtime.tokens.clear()
     return _out(info)
