@@ -122,6 +122,7 @@ def _filters(
     task_name: str | None = None,
     status: str | None = None,
     owner: str | None = None,
+    or_queue: str | None = None,
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
 ) -> list[ColumnElement[bool]]:
@@ -130,7 +131,9 @@ def _filters(
         clauses.append(TaskRecord.task_name.in_(_name_variants(task_name)))
     if status:
         clauses.append(TaskRecord.state == normalize_state(status))
-    if owner:
+    if owner and or_queue:  # the owner's tasks and every task of that queue
+        clauses.append(or_(TaskRecord.owner == owner, TaskRecord.queue == or_queue))
+    elif owner:
         clauses.append(TaskRecord.owner == owner)
     if since is not None:
         clauses.append(TaskRecord.sent_at >= _aware(since))
@@ -145,6 +148,7 @@ def query_history(
     task_name: str | None = None,
     status: str | None = None,
     owner: str | None = None,
+    or_queue: str | None = None,
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
     cursor: str | None = None,
@@ -157,7 +161,7 @@ def query_history(
     """
     if not 1 <= limit <= MAX_PAGE:
         raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
-    clauses = _filters(task_name=task_name, status=status, owner=owner, since=since, until=until)
+    clauses = _filters(task_name=task_name, status=status, owner=owner, or_queue=or_queue, since=since, until=until)
     if cursor:
         after_sent, after_id = decode_cursor(cursor)
         if after_sent is None:
@@ -211,6 +215,7 @@ def task_stats(
     until: dt.datetime,
     task_name: str | None = None,
     owner: str | None = None,
+    or_queue: str | None = None,
 ) -> dict[str, Any]:
     """Statistics of the tasks sent in ``[since, until)``, overall and per task name.
 
@@ -222,7 +227,7 @@ def task_stats(
     since, until = _aware(since), _aware(until)
     if until <= since:
         raise ValueError("until must be after since")
-    clauses = _filters(task_name=task_name, owner=owner, since=since, until=until)
+    clauses = _filters(task_name=task_name, owner=owner, or_queue=or_queue, since=since, until=until)
     window = (until - since).total_seconds()
 
     per_name: dict[str, _Acc] = defaultdict(_Acc)

@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=600, ge=1)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     cors_origins: list[str] = Field(default_factory=list)
+    # gateway: requests with a missing, unknown, expired or revoked token per client address and minute
+    auth_failures_per_minute: int = Field(default=60, ge=1)
     # gateway: how long a verified token is trusted before the database is asked again (revocation delay)
     token_cache_seconds: float = Field(default=5.0, ge=0, le=60)
     # gateway: how long the owner and arguments of a submitted task are kept in Redis (beyond result_expires)
@@ -91,6 +93,7 @@ class Settings(BaseSettings):
     history_ttl_days: int = Field(default=30, ge=1)
     notification_ttl_days: int = Field(default=30, ge=1)
     access_log_ttl_days: int = Field(default=90, ge=1)
+    audit_ttl_days: int = Field(default=365, ge=1)  # audit_log rows, deleted by cleanup_expired_data
     pg_dump_command: str = "pg_dump"  # for backup_database on PostgreSQL (client major >= server's)
     # `mallops migrate` also loads the demo mall when the database has none (compose's one-shot migrate)
     demo_data: bool = False

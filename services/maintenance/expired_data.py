@@ -113,6 +113,12 @@ def cleanup_expired_data(
         ),
         batch_size=batch_size,
     )
+    counts["audit_log"] = delete_in_batches(
+        session,
+        models.AuditEntry,
+        models.AuditEntry.at < cutoff_days(settings.audit_ttl_days, now),
+        batch_size=batch_size,
+    )
     counts["partial_files"] = remove_partial_files(
         [settings.exports_dir, settings.reports_dir, settings.backups_dir], now
     )

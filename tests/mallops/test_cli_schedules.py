@@ -57,4 +57,6 @@ def test_changes_need_an_admin_token(cli: CliRunner, gateway_env: LiveGateway) -
     assert cli("schedules", "list", env=env).code == 0  # reading is for every token
     refused = cli("schedules", "add", "mine", "--task", "test_task", "--every", "60", env=env)
     assert refused.code == 3
-    assert refused.err_lines == ["mallops: forbidden: this endpoint needs an admin token"]
+    assert refused.err_lines == [
+        "mallops: forbidden: this needs the permission 'schedules.write', which a user token does not have"
+    ]
