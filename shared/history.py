@@ -123,6 +123,7 @@ def _filters(
     task_name: str | None = None,
     status: str | None = None,
     owner: str | None = None,
+    or_queue: str | None = None,
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
 ) -> list[ColumnElement[bool]]:
@@ -131,7 +132,9 @@ def _filters(
         clauses.append(TaskRecord.task_name.in_(_name_variants(task_name)))
     if status:
         clauses.append(TaskRecord.state == normalize_state(status))
-    if owner:
+    if owner and or_queue:  # the owner's tasks and every task of that queue
+        clauses.append(or_(TaskRecord.owner == owner, TaskRecord.queue == or_queue))
+    elif owner:
         clauses.append(TaskRecord.owner == owner)
     if since is not None:
         clauses.append(TaskRecord.sent_at >= _aware(since))
@@ -146,6 +149,7 @@ def query_history(
     task_name: str | None = None,
     status: str | None = None,
     owner: str | None = None,
+    or_queue: str | None = None,
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
     cursor: str | None = None,
@@ -158,7 +162,7 @@ def query_history(
     """
     if not 1 <= limit <= MAX_PAGE:
         raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
-    clauses = _filters(task_name=task_name, status=status, owner=owner, since=since, until=until)
+    clauses = _filters(task_name=task_name, status=status, owner=owner, or_queue=or_queue, since=since, until=until)
     if cursor:
         after_sent, after_id = decode_cursor(cursor)
         if after_sent is None:
@@ -212,6 +216,7 @@ def task_stats(
     until: dt.datetime,
     task_name: str | None = None,
     owner: str | None = None,
+    or_queue: str | None = None,
     percentiles: bool = True,
 ) -> dict[str, Any]:
     """Statistics of the tasks sent in ``[since, until)``, overall and per task name.
@@ -226,7 +231,7 @@ def task_stats(
     since, until = _aware(since), _aware(until)
     if until <= since:
         raise ValueError("until must be after since")
-    clauses = _filters(task_name=task_name, owner=owner, since=since, until=until)
+    clauses = _filters(task_name=task_name, owner=owner, or_queue=or_queue, since=since, until=until)
     window = (until - since).total_seconds()
 
     per_name: dict[str, _Acc] = defaultdict(_Acc)
@@ -296,10 +301,16 @@ def _summary(acc: _Acc, window: float) -> dict[str, Any]:
 
 
 def hourly_counts(
-    session: Session, *, since: dt.datetime, until: dt.datetime, owner: str | None = None
+    session: Session,
+    *,
+    since: dt.datetime,
+    until: dt.datetime,
+    owner: str | None = None,
+    or_queue: str | None = None,
 ) -> list[dict[str, Any]]:
     """Tasks sent in each whole UTC hour of ``[since, until)``: ``[{"hour": aware datetime, "sent": n,
-    "failed": n}]``, oldest first, every hour present (0 when none). Counted by the database."""
+    "failed": n}]``, oldest first, every hour present (0 when none). Counted by the database. ``owner``
+    and ``or_queue`` select as for :func:`task_stats`."""
     since, until = _aware(since), _aware(until)
     first = since.replace(minute=0, second=0, microsecond=0)
     if session.get_bind().dialect.name == "postgresql":
@@ -308,7 +319,7 @@ def hourly_counts(
         bucket = func.strftime("%Y-%m-%d %H", TaskRecord.sent_at)
     stmt = (
         select(bucket, func.count(), func.coalesce(func.sum(case((TaskRecord.state == "FAILURE", 1), else_=0)), 0))
-        .where(*_filters(owner=owner, since=first, until=until))
+        .where(*_filters(owner=owner, or_queue=or_queue, since=first, until=until))
         .group_by(bucket)
     )
     found = {str(key): (int(sent), int(failed)) for key, sent, failed in session.execute(stmt)}

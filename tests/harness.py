@@ -184,15 +184,10 @@ def start_redis(workdir: Path, port: int | None = None, appendonly: bool = False
     return server
 
 
-def env_on(server: RedisServer, env: Mapping[str, str], **settings: str) -> dict[str, str]:
-    """``env`` with the broker, the results and the cache on ``server`` (a Redis of a test's own), plus
-    ``settings`` as ``MALLOPS_<NAME>`` variables."""
+def redis_env(server: RedisServer) -> dict[str, str]:
+    """The MALLOPS_* variables that put a process on ``server``: cache, broker (db 0), results (db 1)."""
     base = server.url_base
-    return (
-        dict(env)
-        | {"MALLOPS_REDIS_URL": base, "MALLOPS_BROKER_URL": f"{base}/0", "MALLOPS_RESULT_BACKEND": f"{base}/1"}
-        | {f"MALLOPS_{name.upper()}": value for name, value in settings.items()}
-    )
+    return {"MALLOPS_REDIS_URL": base, "MALLOPS_BROKER_URL": f"{base}/0", "MALLOPS_RESULT_BACKEND": f"{base}/1"}
 
 
 def wait_http_ready(process: Process, url: str, timeout: float = 60.0) -> None:

@@ -16,7 +16,7 @@ from services.gateway.console import pages as console_pages
 from services.gateway.docs import install_docs
 from services.gateway.middleware import AccountingMiddleware, BodyLimitMiddleware
 from services.gateway.openapi import install_openapi
-from services.gateway.routes import admin, catalog, files, history, system, tasks
+from services.gateway.routes import admin, audit, catalog, files, history, schedules, system, tasks, tokens
 from services.gateway.runtime import Runtime
 from shared.settings import Settings, get_settings
 from shared.tokens import ensure_bootstrap_admin
@@ -68,7 +68,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tasks.router,
         catalog.router,
         admin.router,
+        schedules.router,
         files.router,
+        tokens.router,
+        audit.router,
         system.router,
         console_pages.router,
     )
@@ -82,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PATCH"],
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
             expose_headers=["X-Request-ID"],
         )

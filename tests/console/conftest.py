@@ -17,8 +17,8 @@ from shared.tokens import create_token
 from tests.console import browser as chrome
 from tests.harness import (
     Process,
-    env_on,
     free_port,
+    redis_env,
     service_argv,
     spawn,
     start_redis,
@@ -80,7 +80,15 @@ def stack(
         pytest.fail(chrome.CHROMIUM_MISSING)
     workdir = tmp_path_factory.mktemp("console")
     redis = start_redis(workdir / "redis")
-    env = env_on(redis, service_env, log_level="WARNING", task_max_per_user="50", worker_heartbeat_interval="0.5")
+    env = (
+        service_env
+        | redis_env(redis)
+        | {
+            "MALLOPS_LOG_LEVEL": "WARNING",
+            "MALLOPS_TASK_MAX_PER_USER": "50",
+            "MALLOPS_WORKER_HEARTBEAT_INTERVAL": "0.5",
+        }
+    )
     suffix = uuid.uuid4().hex[:8]
     with session_scope(migrated) as session:
         admin = create_token(session, f"console-admin-{suffix}", "admin")

@@ -34,6 +34,7 @@ from services.gateway.console.sessions import (
 )
 from services.gateway.deps import RuntimeDep, StoreDep
 from services.gateway.problems import ProblemError
+from services.gateway.ratelimit import Decision
 from services.gateway.routes.tasks import Visible, retry_task, revoke_task, task_events, visible_task
 from services.gateway.runtime import Runtime
 from services.gateway.schemas import RevokeRequest
@@ -107,15 +108,15 @@ class Page:
     csrf: str
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def can(self, action: Action) -> bool:
-        return can(self.principal, action)
+    def can(self, action: Action, task_name: str | None = None) -> bool:
+        return can(self.principal, action, task_name)
 
     def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         nav = [(href, key) for href, key, action in NAV if action is None or self.can(action)]
         return render(self.request, self.t, template, status, page=self, principal=self.principal, nav=nav, **context)
 
-    def require(self, action: Action) -> None:
-        if not self.can(action):
+    def require(self, action: Action, task_name: str | None = None) -> None:
+        if not self.can(action, task_name):
             raise ConsoleError(403, "error.forbidden", action)
 
 
@@ -137,14 +138,16 @@ async def signed_in(request: Request, runtime: RuntimeDep) -> Page:
     store = sessions(runtime)
     session = await store.load(request.cookies.get(SESSION_COOKIE))
     principal = await runtime.tokens.principal_for_digest(session.token_digest) if session else None
-    if session is None or principal is None:
+    if session is None or principal is None or principal.expired():
         raise LoginRequired(request.url.path)
     request.state.principal = principal.name  # the access log names who did it, as for the API
     decision = await runtime.limiter.hit(principal.name)  # the token's rate limit, as for the API
     if not decision.allowed:
         raise ConsoleError(429, "error.rate_limited", headers={"Retry-After": str(decision.retry_after)})
     csrf = await store.csrf_token(session.csrf_binding)
-    return Page(request, runtime, principal, session, translator(request, runtime), csrf)
+    page = Page(request, runtime, principal, session, translator(request, runtime), csrf)
+    page.require("tasks.read")
+    return page
 
 
 PageDep = Annotated[Page, Depends(signed_in)]
@@ -217,9 +220,13 @@ async def login(request: Request, runtime: RuntimeDep) -> Response:
     csrf = form.get(CSRF_FIELD)
     if not nonce or not isinstance(csrf, str) or not await store.csrf_valid(csrf, nonce, LOGIN_FORM_SECONDS):
         raise ConsoleError(403, "error.csrf")
+    # guesses count against the client's address, as the API's requests without a valid token do
+    client = request.client.host if request.client else "unknown"
+    await _refuse_blocked(await runtime.auth_failures.peek(client))
     token = form.get("token")
     principal = await runtime.tokens.principal(token.strip()) if isinstance(token, str) and token.strip() else None
-    if principal is None or not isinstance(token, str):
+    if principal is None or principal.expired() or not isinstance(token, str):
+        await _refuse_blocked(await runtime.auth_failures.hit(client))
         return await _login_form(request, runtime, 401, "login.invalid")
     previous = request.cookies.get(SESSION_COOKIE)
     if previous:  # signing in again replaces the browser's session
@@ -230,6 +237,11 @@ async def login(request: Request, runtime: RuntimeDep) -> Response:
     store.set_cookie(response, request, session)
     response.delete_cookie(LOGIN_COOKIE, path=f"{PREFIX}/login")
     return response
+
+
+async def _refuse_blocked(decision: Decision) -> None:
+    if not decision.allowed:
+        raise ConsoleError(429, "error.auth_failures", headers={"Retry-After": str(decision.retry_after)})
 
 
 @router.post("/logout")
@@ -296,9 +308,9 @@ async def task_events_page(
 
 @router.post("/tasks/{task_id}/retry")
 async def retry(page: PageDep, form: FormDep, visible: ConsoleTask, store: StoreDep) -> Response:
-    page.require("task.retry")
-    try:
-        accepted = await retry_task(visible, page.principal, page.runtime, store)
+    page.require("task.retry", visible.task_name)
+    try:  # the API's own route: its checks, its audit entry
+        accepted = await retry_task(page.principal, visible, page.runtime, store, page.request)
     except ProblemError as exc:
         raise ConsoleError(exc.status, "error.action_failed", exc.detail) from exc
     return redirect(f"{PREFIX}/tasks/{accepted.task_id}?notice=retried")
@@ -306,10 +318,10 @@ async def retry(page: PageDep, form: FormDep, visible: ConsoleTask, store: Store
 
 @router.post("/tasks/{task_id}/revoke")
 async def revoke(page: PageDep, form: FormDep, visible: ConsoleTask) -> Response:
-    page.require("task.revoke")
+    page.require("task.revoke", visible.task_name)
     terminate = form.get("terminate") == "on"
-    try:
-        await revoke_task(page.principal, visible, page.runtime, RevokeRequest(terminate=terminate))
+    try:  # the API's own route: its checks, its audit entry
+        await revoke_task(page.principal, visible, page.runtime, page.request, RevokeRequest(terminate=terminate))
     except ProblemError as exc:
         raise ConsoleError(exc.status, "error.action_failed", exc.detail) from exc
     return redirect(f"{PREFIX}/tasks/{visible.task_id}?notice=revoked")

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway.console.i18n import Translator
-from services.gateway.console.permissions import can, owner_scope
+from services.gateway.console.permissions import can, task_scope
 from services.gateway.routes.tasks import Visible, detail
 from services.gateway.runtime import Runtime
 from services.gateway.schemas import TaskDetail
@@ -62,7 +62,7 @@ OVERVIEW_CACHE_SECONDS = 10.0
 async def overview(runtime: Runtime, principal: Principal) -> dict[str, Any]:
     """The last hour and day of the tasks the principal may see; workers, queues and the monitor's lag
     where it may see them."""
-    data = dict(await _task_counts(runtime, owner_scope(principal)))
+    data = dict(await _task_counts(runtime, *task_scope(principal)))
     settings = runtime.settings
     workers = None
     if can(principal, "workers.read") or can(principal, "queues.read"):
@@ -79,9 +79,10 @@ async def overview(runtime: Runtime, principal: Principal) -> dict[str, Any]:
     return data
 
 
-async def _task_counts(runtime: Runtime, owner: str | None) -> dict[str, Any]:
-    cache: dict[str | None, tuple[float, dict[str, Any]]] = runtime.extras.setdefault("console_overview", {})
-    hit = cache.get(owner)
+async def _task_counts(runtime: Runtime, owner: str | None, or_queue: str | None) -> dict[str, Any]:
+    cache: dict[tuple[str | None, str | None], tuple[float, dict[str, Any]]]
+    cache = runtime.extras.setdefault("console_overview", {})
+    hit = cache.get((owner, or_queue))
     if hit is not None and hit[0] > time.monotonic():
         return hit[1]
     now = dt.datetime.now(dt.UTC)
@@ -89,17 +90,21 @@ async def _task_counts(runtime: Runtime, owner: str | None) -> dict[str, Any]:
     def read_history() -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
         with runtime.sessions() as session:
             hour, day = (
-                history.task_stats(session, since=now - window, until=now, owner=owner, percentiles=False)
+                history.task_stats(
+                    session, since=now - window, until=now, owner=owner, or_queue=or_queue, percentiles=False
+                )
                 for window in (dt.timedelta(hours=1), dt.timedelta(days=1))
             )
-            hours = history.hourly_counts(session, since=now - dt.timedelta(hours=23), until=now, owner=owner)
+            hours = history.hourly_counts(
+                session, since=now - dt.timedelta(hours=23), until=now, owner=owner, or_queue=or_queue
+            )
         return hour, day, hours
 
     hour, day, hours = await run_in_threadpool(read_history)
     counts = {"hour": _block(hour["overall"]), "day": _block(day["overall"]), "hours": hours}
     if len(cache) > 1000:
         cache.clear()
-    cache[owner] = (time.monotonic() + OVERVIEW_CACHE_SECONDS, counts)
+    cache[(owner, or_queue)] = (time.monotonic() + OVERVIEW_CACHE_SECONDS, counts)
     return counts
 
 
@@ -216,13 +221,16 @@ def _local(text: str, tz: ZoneInfo) -> dt.datetime | None:
 async def task_list(runtime: Runtime, principal: Principal, filters: TaskFilters) -> dict[str, Any]:
     """A page of the history, newest first, as ``GET /api/v1/tasks/history`` reads it."""
 
+    owner, or_queue = task_scope(principal, filters.owner)
+
     def read() -> history.HistoryPage:
         with runtime.sessions() as session:
             return history.query_history(
                 session,
                 task_name=filters.task_name,
                 status=filters.status,
-                owner=owner_scope(principal) or filters.owner,
+                owner=owner,
+                or_queue=or_queue,
                 since=filters.since,
                 until=filters.until,
                 cursor=filters.cursor,

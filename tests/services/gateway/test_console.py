@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -14,10 +16,11 @@ from services.gateway.console.i18n import LANGUAGES, LOCALES_DIR, negotiate
 from services.gateway.console.permissions import GRANTS, can
 from services.gateway.console.sessions import LOGIN_COOKIE, SESSION_COOKIE, SESSION_KEY, _digest
 from shared.db import session_scope
+from shared.permissions import ROLES
 from shared.revocations import REVOKED_KEY
 from shared.settings import Settings
-from shared.tokens import Principal, revoke_token
-from tests.harness import RedisServer
+from shared.tokens import Principal, create_token, revoke_token
+from tests.harness import Process, RedisServer, wait_until
 from tests.services.gateway.conftest import GatewayClient, GatewayFactory, Tokens
 
 pytestmark = pytest.mark.integration
@@ -215,10 +218,55 @@ def test_negotiation() -> None:
     assert negotiate("en", cookie="xx") == "en"
 
 
-def test_the_role_table_matches_the_api() -> None:
-    admin, user = Principal("a", "admin"), Principal("u", "user")
+def test_the_console_grants_what_the_roles_permissions_grant() -> None:
+    for role in ROLES:
+        principal = Principal("someone", role)
+        for action, permission in GRANTS.items():
+            assert can(principal, action) == principal.has(permission), (role, action)
+    admin, user, viewer = Principal("a", "admin"), Principal("u", "user"), Principal("v", "viewer")
     assert all(can(admin, action) for action in GRANTS)
-    assert [action for action in GRANTS if can(user, action)] == ["task.retry"]
+    assert [action for action in GRANTS if can(user, action)] == ["tasks.read", "task.retry"]
+    assert not can(viewer, "task.retry")
+    assert can(viewer, "tasks.read_all")
+    operator = Principal("o", "operator")
+    # retrying or revoking a maintenance task also needs the maintenance permission
+    assert can(operator, "task.retry", "generate_daily_report")
+    assert not can(operator, "task.retry", "backup_database")
+    assert can(admin, "task.revoke", "backup_database")
+
+
+def test_a_viewer_reads_every_task_but_has_no_buttons_and_a_forged_retry_is_refused(
+    client: GatewayClient, tokens: Tokens, migrated: Settings, running_worker: Callable[[str], Process]
+) -> None:
+    running_worker("maintenance")
+    with session_scope(migrated) as session:
+        viewer = create_token(session, f"viewer-{uuid.uuid4().hex[:8]}", "viewer")
+    failed = submit(client, tokens, "alice", message="alice's failure", fail=True)
+    pending = submit(client, tokens, "alice", countdown=600, message="alice's later task")
+    wait_until(
+        lambda: client.get(f"/api/v1/tasks/{failed}", headers=tokens.auth("alice")).json()["status"] == "FAILURE",
+        timeout=60,
+        message="the failure",
+    )
+    with browser(client) as http:
+        sign_in(http, viewer)
+        page = http.get(f"/console/tasks/{failed}")  # alice's task: a viewer reads every task
+        assert page.status_code == 200
+        assert "alice&#39;s failure" in page.text or "alice's failure" in page.text
+        assert 'id="retry"' not in page.text
+        assert 'id="revoke"' not in http.get(f"/console/tasks/{pending}").text
+        assert 'id="f-owner"' in http.get("/console/tasks").text  # it may filter by owner
+        forged = http.post(f"/console/tasks/{failed}/retry", data={"csrf_token": csrf_of(page.text)})
+        assert forged.status_code == 403
+        assert "may not do this" in forged.text
+        forged = http.post(f"/console/tasks/{pending}/revoke", data={"csrf_token": csrf_of(page.text)})
+        assert forged.status_code == 403
+    listed = client.get("/api/v1/tasks", headers=tokens.auth("alice")).json()["results"]
+    assert {row["task_id"] for row in listed} == {failed, pending}  # no retry was submitted
+    # alice herself (a user) may retry her failure: the button is there
+    with browser(client) as http:
+        sign_in(http, tokens.alice)
+        assert 'id="retry"' in http.get(f"/console/tasks/{failed}").text
 
 
 def test_every_message_is_in_both_languages_and_every_key_used_exists() -> None:

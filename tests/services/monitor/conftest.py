@@ -21,8 +21,8 @@ from shared.settings import Settings
 from tests.harness import (
     Process,
     RedisServer,
-    env_on,
     free_port,
+    redis_env,
     service_argv,
     spawn,
     start_redis,
@@ -84,13 +84,15 @@ def monitor_stack(
 ) -> Iterator[MonitorStack]:
     redis = start_redis(tmp_path / "redis")
     base = redis.url_base
-    env = env_on(
-        redis,
-        service_env,
-        task_retry_backoff="0",
-        worker_heartbeat_interval="0.5",
-        worker_offline_after=str(OFFLINE_AFTER),
-        log_level="WARNING",
+    env = (
+        service_env
+        | redis_env(redis)
+        | {
+            "MALLOPS_TASK_RETRY_BACKOFF": "0",
+            "MALLOPS_WORKER_HEARTBEAT_INTERVAL": "0.5",
+            "MALLOPS_WORKER_OFFLINE_AFTER": str(OFFLINE_AFTER),
+            "MALLOPS_LOG_LEVEL": "WARNING",
+        }
     )
     settings = Settings(
         redis_url=base, broker_url=f"{base}/0", result_backend=f"{base}/1", worker_offline_after=OFFLINE_AFTER
