@@ -325,3 +325,16 @@ def test_a_refused_action_shows_the_apis_reason(client: GatewayClient, tokens: T
         refused = http.post(f"/console/tasks/{task_id}/retry", data={"csrf_token": csrf_of(page.text)})
         assert refused.status_code == 409
         assert "only a failed or revoked task can be retried" in refused.text
+
+
+def test_bad_sign_ins_count_against_the_clients_auth_failure_limit(gateway: GatewayFactory, tokens: Tokens) -> None:
+    with gateway(auth_failures_per_minute=2) as client, browser(client) as http:
+        csrf = csrf_of(http.get("/console/login").text)
+        for _ in range(2):
+            assert (
+                http.post("/console/login", data={"token": "a-wrong-guess-0000", "csrf_token": csrf}).status_code == 401
+            )
+        blocked = http.post("/console/login", data={"token": tokens.alice, "csrf_token": csrf})
+        assert blocked.status_code == 429  # even a right token, from this address, for now
+        assert int(blocked.headers["retry-after"]) >= 1
+        assert SESSION_COOKIE not in http.cookies
