@@ -20,6 +20,7 @@ from rich.table import Table
 
 from mallops.client import Client, MallopsError
 from mallops.config import ConfigError
+from shared.contracts import TaskState
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -29,16 +30,18 @@ R = TypeVar("R")
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 
 STATUS_STYLES = {
-    "SUCCESS": "green",
-    "FAILURE": "bold red",
-    "REVOKED": "magenta",
-    "REJECTED": "red",
-    "RETRY": "yellow",
-    "STARTED": "cyan",
-    "PROGRESS": "cyan",
-    "RECEIVED": "blue",
-    "PENDING": "dim",
-    "SENT": "dim",
+    TaskState.SUCCESS: "green",
+    TaskState.FAILURE: "bold red",
+    TaskState.REVOKED: "magenta",
+    TaskState.REJECTED: "red",
+    TaskState.RETRY: "yellow",
+    TaskState.REQUEUED: "yellow",
+    TaskState.STARTED: "cyan",
+    TaskState.PROGRESS: "cyan",
+    TaskState.RECEIVED: "blue",
+    TaskState.PENDING: "dim",
+    TaskState.SCHEDULED: "dim",
+    TaskState.SENT: "dim",
     "online": "green",
     "offline": "red",
     "ok": "green",

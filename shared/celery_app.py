@@ -15,6 +15,7 @@ from celery import Celery
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from shared.catalog import DEFAULT_QUEUE, QUEUES, task_routes
+from shared.contracts import REDBEAT_KEY_PREFIX
 from shared.settings import Settings, get_settings
 
 HARD_TIME_LIMIT = 30 * 60
@@ -82,7 +83,7 @@ def create_celery_app(name: str = "mallops", settings: Settings | None = None) -
         broker_transport_options=broker_transport_options(settings),
         result_backend_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
         redbeat_redis_url=settings.cache_redis_url,
-        redbeat_key_prefix="mallops:redbeat:",
+        redbeat_key_prefix=REDBEAT_KEY_PREFIX,
         # explicit, so RedBeat does not fall back to (and warn about) broker_transport_options
         redbeat_redis_options={},
     )

@@ -38,12 +38,12 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
 from shared import events
-from shared.cache import KEY_PREFIX, consumer_loop_client
+from shared.cache import consumer_loop_client
+from shared.contracts import DEAD_LETTERS_KEY, OWNER_HEADER
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("mallops.dead_letters")
 
-DEAD_LETTERS_KEY = f"{KEY_PREFIX}dead_letters"
 MAX_DEAD_LETTERS = 10_000
 EXCERPT_CHARS = 2000
 
@@ -100,7 +100,7 @@ def reject(
             headers["id"],
             name=headers.get("task"),
             queue=queue,
-            owner=headers.get(events.OWNER_HEADER),
+            owner=headers.get(OWNER_HEADER),
             exception=exception,
             error=reason,
         )
@@ -244,7 +244,7 @@ _OPTIONAL_TEXT_HEADERS = (
     "origin",
     "shadow",
     "lang",
-    events.OWNER_HEADER,
+    OWNER_HEADER,
 )
 
 

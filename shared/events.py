@@ -4,15 +4,10 @@ Every process built by :func:`shared.celery_app.create_celery_app` (workers, bea
 installs the signal handlers once (:func:`install`). An event is a small JSON object in the stream
 entry's field ``e``; the monitor (``services/monitor``) reads the stream with a consumer group.
 
-Event types and their fields (all carry ``type``, ``ts`` (epoch seconds), ``host``, ``pid``):
-
-- ``task-sent`` (publisher): id, name, queue, retries, owner, args, eta
-- ``task-received`` (worker main process): id, name, queue, retries, owner, args
-- ``task-started``, ``task-progress`` (current, total), ``task-retried`` (exception, error),
-  ``task-succeeded`` (runtime, result), ``task-failed`` (runtime, exception, error),
-  ``task-revoked`` (terminated, expired), ``task-rejected``: id, name, queue, retries, owner
-- ``worker-online``, ``worker-heartbeat``, ``worker-offline``: service, queues, active, processed,
-  concurrency. Heartbeats also refresh the worker's entry in ``shared.cache.WORKERS_KEY``.
+Event types and their payloads are contracts: :class:`shared.contracts.EventType`,
+:class:`shared.contracts.TaskEvent` and :class:`shared.contracts.WorkerEvent` (every event carries ``type``,
+``v``, ``ts``, ``host`` and ``pid``). Heartbeats also refresh the worker's
+:class:`shared.contracts.WorkerRecord` in ``WORKERS_KEY``.
 
 Cost: emitting never does network I/O on the caller's thread except where durability needs it. An
 event is serialised and appended to a per-process buffer; a background thread writes the buffer with
@@ -50,7 +45,17 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
-from shared.cache import EVENT_STREAM, WORKERS_KEY
+from shared.contracts import (
+    EVENT_FIELD,
+    EVENT_SCHEMA_VERSION,
+    EVENT_STREAM,
+    OWNER_HEADER,
+    WORKERS_KEY,
+    EventType,
+    WorkerEventFields,
+    WorkerRecord,
+    WorkerStatus,
+)
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("mallops.events")
@@ -58,7 +63,6 @@ log = logging.getLogger("mallops.events")
 MAX_BUFFERED = 100_000
 SUMMARY_CHARS = 500
 ERROR_CHARS = 2000
-OWNER_HEADER = "mallops_owner"
 
 
 class EventEmitter:
@@ -85,9 +89,10 @@ class EventEmitter:
 
     # -- producing ---------------------------------------------------------------------------------
 
-    def emit(self, type_: str, **fields: Any) -> None:
+    def emit(self, type_: EventType, **fields: Any) -> None:
         """Buffer one event; never blocks on the network."""
         fields["type"] = type_
+        fields["v"] = EVENT_SCHEMA_VERSION
         fields["ts"] = time.time()
         fields.setdefault("host", self.node)
         fields["pid"] = self.pid
@@ -131,7 +136,7 @@ class EventEmitter:
             try:
                 pipe = self.redis().pipeline(transaction=False)
                 for data in batch:
-                    pipe.xadd(EVENT_STREAM, {"e": data}, maxlen=self._maxlen, approximate=True)
+                    pipe.xadd(EVENT_STREAM, {EVENT_FIELD: data}, maxlen=self._maxlen, approximate=True)
                 if extra is not None:
                     extra(pipe)
                 pipe.execute()
@@ -232,7 +237,7 @@ def _close_at_exit() -> None:
         _emitter.close()
 
 
-def _emit(type_: str, **fields: Any) -> None:
+def _emit(type_: EventType, **fields: Any) -> None:
     em = _emitter
     if em is None:
         return
@@ -255,7 +260,7 @@ def emit_rejected(task_id: str, *, name: Any, queue: Any, owner: Any, exception:
     }
     if _worker.get("hostname"):
         fields["host"] = _worker["hostname"]
-    _emit("task-rejected", **fields)
+    _emit(EventType.TASK_REJECTED, **fields)
     em = _emitter
     if em is not None:
         em.flush()  # the message is gone from the broker: its record must not wait in a buffer
@@ -263,7 +268,7 @@ def emit_rejected(task_id: str, *, name: Any, queue: Any, owner: Any, exception:
 
 def emit_progress(task: Any, current: Any, total: Any) -> None:
     """A PROGRESS update of the running ``task`` (called from MallopsTask.update_state)."""
-    _emit("task-progress", **_task_fields(task), current=current, total=total)
+    _emit(EventType.TASK_PROGRESS, **_task_fields(task), current=current, total=total)
 
 
 # -- field extraction ------------------------------------------------------------------------------
@@ -340,14 +345,14 @@ def _on_after_publish(
         fields["eta"] = headers["eta"]
     if _worker.get("hostname"):
         fields["host"] = _worker["hostname"]
-    _emit("task-sent", **fields)
+    _emit(EventType.TASK_SENT, **fields)
 
 
 def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     if request is None:
         return
     _emit(
-        "task-received",
+        EventType.TASK_RECEIVED,
         **_request_fields(request),
         args=_args_summary(getattr(request, "argsrepr", None), getattr(request, "kwargsrepr", None)),
     )
@@ -357,7 +362,7 @@ def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None,
     if task is None or task_id is None:
         return
     _started[(task_id, task.request.retries or 0)] = time.perf_counter()
-    _emit("task-started", **_task_fields(task))
+    _emit(EventType.TASK_STARTED, **_task_fields(task))
 
 
 def _runtime(task_id: str | None, attempt: int) -> float | None:
@@ -370,7 +375,7 @@ def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
         return
     fields = _task_fields(sender)
     _emit(
-        "task-succeeded",
+        EventType.TASK_SUCCEEDED,
         **fields,
         runtime=_runtime(fields["id"], fields["retries"]),
         result=_truncate(result, SUMMARY_CHARS),
@@ -385,7 +390,7 @@ def _on_failure(
     fields = _task_fields(sender)
     fields["id"] = task_id or fields["id"]
     _emit(
-        "task-failed",
+        EventType.TASK_FAILED,
         **fields,
         runtime=_runtime(fields["id"], fields["retries"]),
         exception=type(exception).__name__ if exception is not None else None,
@@ -399,7 +404,7 @@ def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: 
     fields = _task_fields(sender)
     exc = reason if isinstance(reason, BaseException) else None
     _emit(
-        "task-retried",
+        EventType.TASK_RETRIED,
         **fields,
         exception=type(exc).__name__ if exc else None,
         error=_truncate(str(reason), ERROR_CHARS) if reason is not None else None,
@@ -418,7 +423,7 @@ def _on_postrun(sender: Any = None, task_id: str | None = None, **_: Any) -> Non
 def _on_revoked(sender: Any = None, request: Any = None, terminated: Any = None, expired: Any = None, **_: Any) -> None:
     if request is None:
         return
-    _emit("task-revoked", **_request_fields(request), terminated=bool(terminated), expired=bool(expired))
+    _emit(EventType.TASK_REVOKED, **_request_fields(request), terminated=bool(terminated), expired=bool(expired))
 
 
 def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:
@@ -427,7 +432,7 @@ def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: 
         return
     delivery = getattr(message, "delivery_info", None) or {}
     _emit(
-        "task-rejected",
+        EventType.TASK_REJECTED,
         id=headers["id"],
         name=headers.get("task"),
         queue=delivery.get("routing_key"),
@@ -445,7 +450,7 @@ def _on_unknown(
     delivery = getattr(message, "delivery_info", None) or {}
     headers = getattr(message, "headers", None) or {}
     _emit(
-        "task-rejected",
+        EventType.TASK_REJECTED,
         id=id,
         name=name,
         queue=delivery.get("routing_key"),
@@ -459,7 +464,7 @@ def _on_unknown(
 # -- workers ---------------------------------------------------------------------------------------
 
 
-def _worker_fields() -> dict[str, Any]:
+def _worker_fields() -> WorkerEventFields:
     from celery.worker import state
 
     return {
@@ -472,31 +477,14 @@ def _worker_fields() -> dict[str, Any]:
     }
 
 
-def _worker_record(fields: dict[str, Any], status: str) -> str:
-    return json.dumps(
-        {
-            "hostname": fields["host"],
-            "service": fields["service"],
-            "pid": os.getpid(),
-            "queues": fields["queues"],
-            "concurrency": fields["concurrency"],
-            "active": fields["active"],
-            "processed": fields["processed"],
-            "last_heartbeat": time.time(),
-            "status": status,
-        },
-        separators=(",", ":"),
-    )
-
-
-def heartbeat(status: str = "online", type_: str = "worker-heartbeat") -> None:
+def heartbeat(status: WorkerStatus = "online", type_: EventType = EventType.WORKER_HEARTBEAT) -> None:
     """Emit a worker event and refresh the worker's liveness entry, in one round trip."""
     em = _emitter
     if em is None or not _worker.get("hostname"):
         return
     fields = _worker_fields()
     _emit(type_, **fields)
-    record = _worker_record(fields, status)
+    record = WorkerRecord.of(fields, os.getpid(), status).to_json()
     em.flush(extra=lambda pipe: pipe.hset(WORKERS_KEY, fields["host"], record))
 
 
@@ -538,7 +526,7 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
         concurrency=getattr(pool, "limit", None) if pool is not None else None,
     )
     em.node = hostname
-    heartbeat(type_="worker-online")
+    heartbeat(type_=EventType.WORKER_ONLINE)
     if _heartbeat is None:
         _heartbeat = _Heartbeat(em.settings.worker_heartbeat_interval)
         _heartbeat.start()
@@ -550,7 +538,7 @@ def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
         _heartbeat.stop.set()
         _heartbeat = None
     try:
-        heartbeat(status="offline", type_="worker-offline")
+        heartbeat(status="offline", type_=EventType.WORKER_OFFLINE)
     finally:
         if _emitter is not None:
             _emitter.close()

@@ -1,7 +1,7 @@
 """Reading the task history, worker liveness and queue lengths: what the gateway and the CLI show.
 
 The monitor writes ``task_history`` (one row per task, see :class:`shared.models.TaskRecord`) from the
-lifecycle event stream; workers write their liveness into Redis (``shared.cache.WORKERS_KEY``); queue
+lifecycle event stream; workers write their liveness into Redis (``shared.contracts.WORKERS_KEY``); queue
 lengths come straight from the broker. Everything here only reads.
 
 Timestamps in the returned dicts are ISO 8601 strings in UTC; durations are seconds (floats).
@@ -26,31 +26,23 @@ import redis
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from shared.cache import WORKERS_KEY, redis_client
+from shared.cache import redis_client
 from shared.catalog import QUEUES
+from shared.contracts import (
+    FINAL_STATES,
+    HISTORY_STATES,
+    PRIORITY_STEPS,
+    WORKERS_KEY,
+    TaskState,
+    WorkerRecord,
+    parse_state,
+    priority_keys,
+    state_list,
+)
 from shared.models import TaskRecord
 from shared.settings import Settings, get_settings
 
-# Celery's state names, plus PROGRESS (a running task that reported progress) and SENT (published,
-# not yet received by a worker).
-STATES: tuple[str, ...] = (
-    "SENT",
-    "RECEIVED",
-    "STARTED",
-    "PROGRESS",
-    "RETRY",
-    "SUCCESS",
-    "FAILURE",
-    "REVOKED",
-    "REJECTED",
-)
-FINAL_STATES: frozenset[str] = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED"})
 MAX_PAGE = 500
-
-# kombu's Redis transport keeps a message of priority p > 0 in the list ``<queue>\x06\x16<p>``;
-# priorities are rounded to these steps (kombu.transport.redis.PRIORITY_STEPS, Channel.sep).
-PRIORITY_STEPS: tuple[int, ...] = (0, 3, 6, 9)
-PRIORITY_SEP = "\x06\x16"
 
 
 @dataclass(frozen=True)
@@ -92,11 +84,11 @@ def record_dict(row: TaskRecord) -> dict[str, Any]:
     }
 
 
-def normalize_state(status: str) -> str:
+def normalize_state(status: str) -> TaskState:
     """``success`` -> ``SUCCESS``; ValueError for a state mallops does not know."""
-    state = status.strip().upper()
-    if state not in STATES:
-        raise ValueError(f"unknown status {status!r}; choose one of {', '.join(s.lower() for s in STATES)}")
+    state = parse_state(status)
+    if state is None:
+        raise ValueError(f"unknown status {status!r}; choose one of {state_list().lower()}")
     return state
 
 
@@ -262,8 +254,8 @@ def task_stats(
 
 
 def _summary(acc: _Acc, window: float) -> dict[str, Any]:
-    counts = {state: acc.counts.get(state, 0) for state in STATES}
-    succeeded, failed = counts["SUCCESS"], counts["FAILURE"]
+    counts = {str(state): acc.counts.get(state, 0) for state in HISTORY_STATES}
+    succeeded, failed = counts[TaskState.SUCCESS], counts[TaskState.FAILURE]
     finished = sum(counts[state] for state in FINAL_STATES)
     runtimes, waits = sorted(acc.runtimes), sorted(acc.waits)
     return {
@@ -298,26 +290,24 @@ def list_workers(settings: Settings | None = None, *, now: float | None = None) 
     raw = redis_client(settings).hgetall(WORKERS_KEY)
     workers = []
     for hostname, value in raw.items():
-        try:
-            info = json.loads(value)
-            last = float(info["last_heartbeat"])
-        except (ValueError, KeyError, TypeError):
+        record = WorkerRecord.from_json(hostname, value)
+        if record is None:
             continue
-        silence = now - last
+        silence = now - record.last_heartbeat
         if silence > settings.worker_purge_after:
             continue
-        online = info.get("status") != "offline" and silence <= settings.worker_offline_after
+        online = record.status != "offline" and silence <= settings.worker_offline_after
         workers.append(
             {
                 "hostname": hostname,
                 "status": "online" if online else "offline",
-                "service": info.get("service"),
-                "pid": info.get("pid"),
-                "queues": list(info.get("queues") or []),
-                "concurrency": info.get("concurrency"),
-                "active": int(info.get("active") or 0) if online else 0,
-                "processed": int(info.get("processed") or 0),
-                "last_heartbeat": _iso(dt.datetime.fromtimestamp(last, dt.UTC)),
+                "service": record.service,
+                "pid": record.pid,
+                "queues": record.queues,
+                "concurrency": record.concurrency,
+                "active": record.active if online else 0,
+                "processed": record.processed,
+                "last_heartbeat": _iso(dt.datetime.fromtimestamp(record.last_heartbeat, dt.UTC)),
                 "seconds_since_heartbeat": round(max(silence, 0.0), 3),
             }
         )
@@ -327,11 +317,6 @@ def list_workers(settings: Settings | None = None, *, now: float | None = None) 
 @functools.lru_cache(maxsize=4)
 def _broker_client(url: str) -> redis.Redis[str]:
     return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
-
-
-def priority_keys(queue: str) -> list[str]:
-    """The Redis lists that hold ``queue``'s messages: the queue itself and its priority sub-queues."""
-    return [queue if pri == 0 else f"{queue}{PRIORITY_SEP}{pri}" for pri in PRIORITY_STEPS]
 
 
 def queue_lengths(

@@ -33,8 +33,9 @@ from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 from pydantic import ValidationError
 
 from shared import dead_letters, events
-from shared.cache import DELIVERIES_PREFIX, redis_client
+from shared.cache import redis_client
 from shared.catalog import CATALOG, TaskSpec
+from shared.contracts import DELIVERIES_PREFIX, OWNER_HEADER, TaskState
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("mallops.tasks")
@@ -183,7 +184,7 @@ class MallopsTask(Task):  # type: ignore[misc]
             "id": request.id,
             "task": self.name,
             "retries": request.retries or 0,
-            events.OWNER_HEADER: request.get(events.OWNER_HEADER),
+            OWNER_HEADER: request.get(OWNER_HEADER),
         }
         body = json.dumps([list(args), kwargs, {}], default=str)
         queue = (request.delivery_info or {}).get("routing_key") or getattr(self, "queue", None)
@@ -199,10 +200,10 @@ class MallopsTask(Task):  # type: ignore[misc]
         try:
             super().update_state(task_id=task_id, state=state, meta=meta, **kwargs)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            if state != "PROGRESS":
+            if state != TaskState.PROGRESS:
                 raise
             log.warning("%s[%s]: progress not stored (%s)", self.name, self.request.id, exc)
-        if state == "PROGRESS" and (task_id is None or task_id == self.request.id):
+        if state == TaskState.PROGRESS and (task_id is None or task_id == self.request.id):
             progress = meta if isinstance(meta, dict) else {}
             events.emit_progress(self, progress.get("current"), progress.get("total"))
 

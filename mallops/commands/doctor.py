@@ -234,7 +234,7 @@ def check_monitor(settings: Settings) -> list[Check]:
     import httpx
     import redis
 
-    from shared.cache import EVENT_STREAM
+    from shared.contracts import EVENT_STREAM
 
     base = SERVICE_SPECS["monitor"].base_url(settings)
     try:

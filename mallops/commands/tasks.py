@@ -22,6 +22,7 @@ from mallops.output import (
     print_table,
     stderr,
 )
+from shared.contracts import TaskState
 
 app = typer.Typer(help="Submit, follow and manage tasks.", no_args_is_help=True)
 
@@ -228,7 +229,7 @@ def _follow_with_bar(mallops: Client, task_id: str, timeout: float | None, err: 
         console=err,
         transient=False,
     ) as bar:
-        bar_id: TaskID = bar.add_task(task_id[:8], total=None, state="PENDING")
+        bar_id: TaskID = bar.add_task(task_id[:8], total=None, state=TaskState.PENDING)
 
         def update(task: Task) -> None:
             if task.progress is not None and task.progress.total:

@@ -16,6 +16,7 @@ from services.finance import billing, reminders, revenue
 from services.finance.periods import local_today, local_zone, previous_month
 from shared.cache import redis_client
 from shared.catalog import CATALOG
+from shared.contracts import OWNER_HEADER
 from shared.db import session_scope
 from shared.settings import get_settings
 from shared.tasks import MallopsTask, TransientError, register
@@ -27,8 +28,8 @@ ORPHAN_LOOKBACK = dt.timedelta(days=2)  # how far back check_pending_bills looks
 
 def _owner_headers(task: MallopsTask) -> dict[str, str]:
     """Follow-up tasks keep the owner of the task that caused them."""
-    owner = task.request.get("mallops_owner")
-    return {"mallops_owner": str(owner)} if owner else {}
+    owner = task.request.get(OWNER_HEADER)
+    return {OWNER_HEADER: str(owner)} if owner else {}
 
 
 def _enqueue(task: MallopsTask, name: str, kwargs: dict[str, Any]) -> None:

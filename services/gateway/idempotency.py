@@ -17,8 +17,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from services.gateway.problems import ProblemError
+from shared.contracts import GATEWAY_KEY_PREFIX
 
-KEY = "mallops:gw:idem:"
+KEY = f"{GATEWAY_KEY_PREFIX}idem:"
 
 
 @dataclass(frozen=True)

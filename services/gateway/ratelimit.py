@@ -19,8 +19,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from shared.contracts import GATEWAY_KEY_PREFIX
+
 WINDOW = 60
-KEY = "mallops:gw:rate:{name}"
+KEY = GATEWAY_KEY_PREFIX + "rate:{name}"
 
 # KEYS[1] the token's log; ARGV: window seconds, limit, a unique member for this request.
 # Returns {allowed (1/0), remaining, retry-after in milliseconds}.

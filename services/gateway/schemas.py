@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, StrictInt
 
 from shared.catalog import CATALOG
+from shared.contracts import TaskState
 
 MAX_BATCH = 10_000
 TASK_NAMES: list[JsonValue] = [*sorted(CATALOG)]
@@ -60,7 +61,7 @@ class BatchSubmission(Strict):
 class TaskAccepted(BaseModel):
     task_id: str
     task_name: str
-    status: Literal["PENDING"] = "PENDING"
+    status: Literal[TaskState.PENDING] = TaskState.PENDING
     queue: str
     retry_of: str | None = Field(default=None, description="For a retry: the task it repeats.")
 

@@ -28,7 +28,7 @@ from services.gateway.runtime import Runtime
 from services.gateway.schemas import TaskAccepted, TaskSubmission
 from services.gateway.taskstore import READY_STATES, TaskMeta, TaskStore
 from shared.catalog import TaskArgumentError, TaskSpec, get_spec
-from shared.events import OWNER_HEADER
+from shared.contracts import OWNER_HEADER
 from shared.models import TaskRecord
 from shared.tokens import Principal
 

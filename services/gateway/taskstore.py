@@ -22,15 +22,16 @@ from typing import Any
 import redis.asyncio as aioredis
 from kombu.utils.json import loads as kombu_loads
 
-META_KEY = "mallops:gw:task:"
-RECENT_ALL = "mallops:gw:recent"
-RECENT_OWNER = "mallops:gw:recent:"
-UNFINISHED = "mallops:gw:unfinished:"
-RESULT_KEY = "celery-task-meta-"
+from shared.contracts import GATEWAY_KEY_PREFIX, RESULT_KEY_PREFIX, TaskState
+
+META_KEY = f"{GATEWAY_KEY_PREFIX}task:"
+RECENT_ALL = f"{GATEWAY_KEY_PREFIX}recent"
+RECENT_OWNER = f"{GATEWAY_KEY_PREFIX}recent:"
+UNFINISHED = f"{GATEWAY_KEY_PREFIX}unfinished:"
 RECENT_MAX = 100_000
 RECENT_OWNER_MAX = 20_000
 
-READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+READY_STATES = frozenset({TaskState.SUCCESS, TaskState.FAILURE, TaskState.REVOKED})
 # an unfinished task that nothing has been heard of for this long no longer counts against the quota
 UNFINISHED_MAX_AGE = 24 * 3600
 
@@ -137,12 +138,12 @@ class TaskStore:
     # -- results -----------------------------------------------------------------------------
 
     async def result(self, task_id: str) -> dict[str, Any] | None:
-        return decode_result(await self.results.get(RESULT_KEY + task_id))
+        return decode_result(await self.results.get(RESULT_KEY_PREFIX + task_id))
 
     async def results_many(self, task_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         if not task_ids:
             return []
-        raw = await self.results.mget([RESULT_KEY + task_id for task_id in task_ids])
+        raw = await self.results.mget([RESULT_KEY_PREFIX + task_id for task_id in task_ids])
         return [decode_result(value) for value in raw]
 
     # -- quota -------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from celery import Celery
 
 from services.maintenance import backups, cache_cleanup, diagnostics, expired_data
 from shared.cache import redis_client
+from shared.contracts import TaskState
 from shared.db import session_factory
 from shared.settings import get_settings
 from shared.tasks import MallopsTask, register
@@ -19,7 +20,7 @@ def test_task(task: MallopsTask, message: str, fail: bool) -> str:
 
 def long_running_task(task: MallopsTask, steps: int, step_seconds: float) -> dict[str, Any]:
     def progress(current: int, total: int) -> None:
-        task.update_state(state="PROGRESS", meta={"current": current, "total": total})
+        task.update_state(state=TaskState.PROGRESS, meta={"current": current, "total": total})
 
     return diagnostics.run_steps(steps, step_seconds, progress)
 

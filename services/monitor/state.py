@@ -23,20 +23,22 @@ from typing import Any
 
 from prometheus_client.utils import INF
 
+from shared.contracts import EVENT_STATE, FINAL_STATES, TASK_EVENTS, EventType, TaskState, parse_event_type
+
 # -- metric names and labels (celery-exporter's) ---------------------------------------------------
 
 TASK_LABELS = ("name", "hostname", "queue_name")
 FAILED_LABELS = ("name", "hostname", "exception", "queue_name")
 COUNTERS: dict[str, tuple[str, str]] = {
     # event type -> (metric name without _total, help)
-    "task-sent": ("celery_task_sent", "Sent when a task message is published."),
-    "task-received": ("celery_task_received", "Sent when the worker receives a task."),
-    "task-started": ("celery_task_started", "Sent just before the worker executes the task."),
-    "task-succeeded": ("celery_task_succeeded", "Sent if the task executed successfully."),
-    "task-failed": ("celery_task_failed", "Sent if the execution of the task failed."),
-    "task-retried": ("celery_task_retried", "Sent if the task failed, but will be retried in the future."),
-    "task-revoked": ("celery_task_revoked", "Sent if the task has been revoked."),
-    "task-rejected": (
+    EventType.TASK_SENT: ("celery_task_sent", "Sent when a task message is published."),
+    EventType.TASK_RECEIVED: ("celery_task_received", "Sent when the worker receives a task."),
+    EventType.TASK_STARTED: ("celery_task_started", "Sent just before the worker executes the task."),
+    EventType.TASK_SUCCEEDED: ("celery_task_succeeded", "Sent if the task executed successfully."),
+    EventType.TASK_FAILED: ("celery_task_failed", "Sent if the execution of the task failed."),
+    EventType.TASK_RETRIED: ("celery_task_retried", "Sent if the task failed, but will be retried in the future."),
+    EventType.TASK_REVOKED: ("celery_task_revoked", "Sent if the task has been revoked."),
+    EventType.TASK_REJECTED: (
         "celery_task_rejected",
         "The task was rejected by the worker, possibly to be re-queued or moved to a dead letter queue.",
     ),
@@ -68,8 +70,18 @@ def parse_key(key: str) -> tuple[str, tuple[str, ...], str]:
 # -- event bits --------------------------------------------------------------------------------
 
 MAX_ATTEMPT = 13  # attempts 0..13 have their own bits; later attempts share the last ones
-_PER_ATTEMPT = {"task-sent": 0, "task-received": 1, "task-started": 2, "task-retried": 3}
-_FINAL_BITS = {"task-succeeded": 56, "task-failed": 57, "task-revoked": 58, "task-rejected": 59}
+_PER_ATTEMPT: dict[str, int] = {
+    EventType.TASK_SENT: 0,
+    EventType.TASK_RECEIVED: 1,
+    EventType.TASK_STARTED: 2,
+    EventType.TASK_RETRIED: 3,
+}
+_FINAL_BITS: dict[str, int] = {
+    EventType.TASK_SUCCEEDED: 56,
+    EventType.TASK_FAILED: 57,
+    EventType.TASK_REVOKED: 58,
+    EventType.TASK_REJECTED: 59,
+}
 QUEUE_WAIT_BIT = 60
 SENT_BIT = 0  # the original publish (attempt 0)
 
@@ -82,39 +94,26 @@ def event_bit(type_: str, attempt: int) -> int | None:
 
 # -- states ------------------------------------------------------------------------------------
 
-EVENT_STATE = {
-    "task-sent": "SENT",
-    "task-received": "RECEIVED",
-    "task-started": "STARTED",
-    "task-progress": "PROGRESS",
-    "task-retried": "RETRY",
-    "task-succeeded": "SUCCESS",
-    "task-failed": "FAILURE",
-    "task-revoked": "REVOKED",
-    "task-rejected": "REJECTED",
+RANK: dict[str, int] = {
+    TaskState.SENT: 1,
+    TaskState.RECEIVED: 2,
+    TaskState.STARTED: 3,
+    TaskState.PROGRESS: 4,
+    TaskState.RETRY: 5,
+    TaskState.REVOKED: 10,
+    TaskState.REJECTED: 10,
+    TaskState.SUCCESS: 11,
+    TaskState.FAILURE: 11,
 }
-RANK = {
-    "SENT": 1,
-    "RECEIVED": 2,
-    "STARTED": 3,
-    "PROGRESS": 4,
-    "RETRY": 5,
-    "REVOKED": 10,
-    "REJECTED": 10,
-    "SUCCESS": 11,
-    "FAILURE": 11,
-}
-FINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED"})
-TASK_EVENTS = frozenset(EVENT_STATE)
 
 
 def precedence(state: str, attempt: int) -> tuple[int, int, int]:
-    return (1 if state in FINAL else 0, attempt, RANK.get(state, 0))
+    return (1 if state in FINAL_STATES else 0, attempt, RANK.get(state, 0))
 
 
 def _state_attempt(row: dict[str, Any]) -> int:
     retries = int(row.get("retries") or 0)
-    return retries - 1 if row.get("state") == "RETRY" else retries
+    return retries - 1 if row.get("state") == TaskState.RETRY else retries
 
 
 # -- metric deltas -------------------------------------------------------------------------------
@@ -191,12 +190,12 @@ def new_row(task_id: str) -> dict[str, Any]:
 def apply_event(row: dict[str, Any], event: dict[str, Any], deltas: Deltas, seq: int = 0) -> bool:
     """Fold ``event`` into ``row`` (in place), adding new counts to ``deltas``; False if the event is
     not a task event or is malformed. ``seq`` is the stream entry's sequence (kept as the highest seen)."""
-    type_ = event.get("type")
-    if type_ not in TASK_EVENTS or not event.get("id") or "ts" not in event:
+    type_ = parse_event_type(event.get("type"))
+    if type_ not in TASK_EVENTS or type_ is None or not event.get("id") or "ts" not in event:
         return False
     when = _ts(event)
     attempt = int(event.get("retries") or 0)
-    state = EVENT_STATE[str(type_)]
+    state = EVENT_STATE[type_]
     host = str(event.get("host") or "unknown")
     current_state = row.get("state")
     current_key = precedence(current_state, _state_attempt(row)) if current_state else None
@@ -214,67 +213,67 @@ def apply_event(row: dict[str, Any], event: dict[str, Any], deltas: Deltas, seq:
 
     # counters, once per (event kind, attempt)
     mask = int(row.get("event_mask") or 0)
-    bit = event_bit(str(type_), attempt)
+    bit = event_bit(type_, attempt)
     counted = bit is not None and not mask & (1 << bit)
     if bit is not None:
         mask |= 1 << bit
     name = str(row.get("task_name") or event.get("name") or "unknown")
     queue = str(event.get("queue") or row.get("queue") or "")
 
-    if type_ == "task-sent":
+    if type_ == EventType.TASK_SENT:
         if attempt == 0:
             row["sent_at"] = _earliest(row.get("sent_at"), when)
-    elif type_ == "task-received":
+    elif type_ == EventType.TASK_RECEIVED:
         row["received_at"] = _earliest(row.get("received_at"), when)
         row["worker"] = row.get("worker") or _text(host, 200)
-    elif type_ == "task-started":
+    elif type_ == EventType.TASK_STARTED:
         row["started_at"] = _earliest(row.get("started_at"), when)
         row["worker"] = _text(host, 200)
-    elif type_ == "task-progress":
+    elif type_ == EventType.TASK_PROGRESS:
         current, total = event.get("current"), event.get("total")
         if isinstance(current, int) and current >= int(row.get("progress_current") or 0):
             row["progress_current"] = current
             row["progress_total"] = total if isinstance(total, int) else row.get("progress_total")
-    elif type_ == "task-retried":
+    elif type_ == EventType.TASK_RETRIED:
         row["retries"] = max(int(row.get("retries") or 0), attempt + 1)
-    elif type_ in ("task-succeeded", "task-failed", "task-revoked", "task-rejected"):
+    elif type_ in (EventType.TASK_SUCCEEDED, EventType.TASK_FAILED, EventType.TASK_REVOKED, EventType.TASK_REJECTED):
         row["finished_at"] = row.get("finished_at") or when
 
     # the state, by precedence (a retry message's publish is not a state of its own)
-    is_republish = type_ == "task-sent" and attempt > 0
+    is_republish = type_ == EventType.TASK_SENT and attempt > 0
     if not is_republish and (current_key is None or precedence(state, attempt) > current_key):
         row["state"] = state
-        if state == "RETRY":
+        if state == TaskState.RETRY:
             row["retries"] = max(int(row.get("retries") or 0), attempt + 1)
         else:
             row["retries"] = max(int(row.get("retries") or 0), attempt)
-        if state in ("SUCCESS", "FAILURE"):
+        if state in (TaskState.SUCCESS, TaskState.FAILURE):
             runtime = event.get("runtime")
             row["runtime"] = float(runtime) if isinstance(runtime, int | float) else row.get("runtime")
             row["finished_at"] = when
             row["worker"] = _text(host, 200)
-        if state == "SUCCESS":
+        if state == TaskState.SUCCESS:
             row["result_summary"] = _text(event.get("result"), 500)
             row["exception"] = None
             row["error"] = None
 
     # the error shown is the final failure's, or the last retry's while the task is not finished
     error_counts = (
-        (type_ == "task-failed" and row.get("state") == "FAILURE")
-        or (type_ == "task-rejected" and row.get("state") == "REJECTED")
-        or (type_ == "task-retried" and row.get("state") not in FINAL)
+        (type_ == EventType.TASK_FAILED and row.get("state") == TaskState.FAILURE)
+        or (type_ == EventType.TASK_REJECTED and row.get("state") == TaskState.REJECTED)
+        or (type_ == EventType.TASK_RETRIED and row.get("state") not in FINAL_STATES)
     )
     if error_counts and (event.get("exception") or event.get("error")):
         row["exception"] = _text(event.get("exception"), 200) or row.get("exception")
         row["error"] = _text(event.get("error"), 5000) or row.get("error")
 
     if counted:
-        metric = COUNTERS[str(type_)][0]
-        if type_ == "task-failed":
+        metric = COUNTERS[type_][0]
+        if type_ == EventType.TASK_FAILED:
             deltas.count(metric, (name, host, str(event.get("exception") or ""), queue), host)
         else:
             deltas.count(metric, (name, host, queue), host)
-        if type_ == "task-succeeded" and isinstance(event.get("runtime"), int | float):
+        if type_ == EventType.TASK_SUCCEEDED and isinstance(event.get("runtime"), int | float):
             deltas.observe(RUNTIME, (name, host, queue), host, float(event["runtime"]))
 
     # queue wait: from the original publish to the first start, observed once both are known
@@ -295,7 +294,7 @@ def finish_row(row: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
     """The row's column values ready to store: defaults for a task first seen without its sent event."""
     values = {k: v for k, v in row.items() if not k.startswith("_")}
     values["task_name"] = values.get("task_name") or "unknown"
-    values["state"] = values.get("state") or "SENT"
+    values["state"] = values.get("state") or TaskState.SENT
     if values.get("sent_at") is None:
         values["sent_at"] = values.get("received_at") or values.get("started_at") or row.get("_first_seen") or now
     values["updated_at"] = now

@@ -11,6 +11,7 @@ from celery import Celery
 
 from services.reports import access_logs, exports, periods, sales_reports
 from shared.cache import redis_client
+from shared.contracts import OWNER_HEADER, TaskState
 from shared.db import session_factory, session_scope
 from shared.settings import get_settings
 from shared.tasks import MallopsTask, register
@@ -44,12 +45,12 @@ def generate_monthly_report(task: MallopsTask, year: int | None, month: int | No
 
 def export_data(task: MallopsTask, dataset: str, format: str, filters: dict[str, Any]) -> dict[str, Any]:
     def progress(current: int, total: int) -> None:
-        task.update_state(state="PROGRESS", meta={"current": current, "total": total})
+        task.update_state(state=TaskState.PROGRESS, meta={"current": current, "total": total})
 
     return exports.run_export(
         get_settings(),
         task_id=task.request.id,
-        owner=task.request.get("mallops_owner"),
+        owner=task.request.get(OWNER_HEADER),
         dataset=dataset,
         fmt=format,
         filters=filters,

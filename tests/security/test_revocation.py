@@ -12,7 +12,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from shared.revocations import REVOKED_KEY
+from shared.contracts import REVOKED_KEY
 from shared.settings import Settings
 from tests.harness import Process, wait_until
 from tests.security.conftest import API, Gateway

@@ -8,8 +8,8 @@ import uuid
 from celery import signals
 
 from shared import events
-from shared.cache import EVENT_STREAM
 from shared.celery_app import create_celery_app
+from shared.contracts import EVENT_STREAM, EventType
 from shared.settings import Settings
 from tests.harness import RedisServer, free_port, wait_until
 
@@ -19,8 +19,8 @@ def test_events_are_buffered_then_written_in_one_batch(
 ) -> None:
     host = f"tester-{uuid.uuid4().hex[:8]}@h"  # running workers write heartbeats into the same stream
     emitter = events.EventEmitter(settings, host)
-    emitter.emit("task-started", id="a", name="n", queue="default", retries=0)
-    emitter.emit("task-succeeded", id="a", name="n", queue="default", retries=0, runtime=0.1)
+    emitter.emit(EventType.TASK_STARTED, id="a", name="n", queue="default", retries=0)
+    emitter.emit(EventType.TASK_SUCCEEDED, id="a", name="n", queue="default", retries=0, runtime=0.1)
     cache = redis_server.client(2)
 
     def mine() -> list[dict[str, object]]:
@@ -47,7 +47,7 @@ def test_events_wait_for_redis_instead_of_being_lost(settings: Settings) -> None
     emitter = events.EventEmitter(unreachable, "tester@h")
     try:
         for i in range(5):
-            emitter.emit("task-received", id=str(i))
+            emitter.emit(EventType.TASK_RECEIVED, id=str(i))
         assert emitter.flush() == 0
         assert emitter.pending == 5
     finally:

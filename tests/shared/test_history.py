@@ -16,14 +16,13 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
-from shared.cache import WORKERS_KEY
+from shared.contracts import WORKERS_KEY, priority_keys
 from shared.db import session_scope
 from shared.history import (
     decode_cursor,
     get_task_record,
     list_workers,
     percentile,
-    priority_keys,
     query_history,
     queue_lengths,
     task_stats,

@@ -14,10 +14,21 @@ from services.gateway.routes import API_PREFIX
 from services.gateway.schemas import HistoryItem, HistoryPage, TaskStats
 from shared import history
 from shared.catalog import get_spec
+from shared.contracts import TaskState
 
 router = APIRouter(prefix=API_PREFIX, tags=["history"])
 
-HistoryState = Literal["SENT", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED", "REJECTED"]
+HistoryState = Literal[
+    TaskState.SENT,
+    TaskState.RECEIVED,
+    TaskState.STARTED,
+    TaskState.PROGRESS,
+    TaskState.RETRY,
+    TaskState.SUCCESS,
+    TaskState.FAILURE,
+    TaskState.REVOKED,
+    TaskState.REJECTED,
+]
 
 
 def _owner(principal_name: str, is_admin: bool, owner: str | None) -> str | None:

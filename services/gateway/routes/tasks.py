@@ -37,8 +37,9 @@ from services.gateway.schemas import (
     TaskSummary,
 )
 from services.gateway.submission import BROKER_RETRY_AFTER, Prepared, Submitter, prepare
-from services.gateway.taskstore import READY_STATES, RESULT_KEY, TaskMeta, TaskStore, decode_result, parse_time
+from services.gateway.taskstore import READY_STATES, TaskMeta, TaskStore, decode_result, parse_time
 from shared.catalog import get_spec
+from shared.contracts import RESULT_KEY_PREFIX, TaskState
 from shared.models import TaskRecord
 from shared.revocations import queue_revoke
 from shared.tokens import Principal
@@ -55,7 +56,16 @@ IdempotencyKey = Annotated[
         description="Repeat a submission safely: the same key and body return the first answer; another body is 409.",
     ),
 ]
-State = Literal["PENDING", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
+State = Literal[
+    TaskState.PENDING,
+    TaskState.RECEIVED,
+    TaskState.STARTED,
+    TaskState.PROGRESS,
+    TaskState.RETRY,
+    TaskState.SUCCESS,
+    TaskState.FAILURE,
+    TaskState.REVOKED,
+]
 SCAN_CHUNK = 500
 SCAN_MAX = 5_000
 SSE_MAX_SECONDS = 3600.0
@@ -181,10 +191,10 @@ class Visible:
     @property
     def status(self) -> str:
         if self.result is not None:
-            return str(self.result.get("status") or "PENDING")
+            return str(self.result.get("status") or TaskState.PENDING)
         if self.record is not None:
-            return str(self.record.get("state") or "PENDING")
-        return "PENDING"
+            return str(self.record.get("state") or TaskState.PENDING)
+        return TaskState.PENDING
 
     @property
     def task_name(self) -> str:
@@ -217,7 +227,11 @@ async def visible_task(task_id: TaskId, principal: CurrentPrincipal, runtime: Ru
     """The task, if it exists and the caller may see it (a user only their own); 404 otherwise."""
     meta, result = await asyncio.gather(store.load(task_id), store.result(task_id))
     record = None
-    if meta is None or (result or {}).get("status") in READY_STATES or (result or {}).get("status") == "STARTED":
+    if (
+        meta is None
+        or (result or {}).get("status") in READY_STATES
+        or (result or {}).get("status") == TaskState.STARTED
+    ):
         record = await run_in_threadpool(_history_record, runtime, task_id)
     task = Visible(task_id, meta, result, record)
     if meta is None and record is None and (result is None or not principal.is_admin):
@@ -235,7 +249,7 @@ VisibleTask = Annotated[Visible, Depends(visible_task)]
 
 
 def _error(result: dict[str, Any]) -> TaskErrorInfo | None:
-    if result.get("status") not in ("FAILURE", "RETRY"):
+    if result.get("status") not in (TaskState.FAILURE, TaskState.RETRY):
         return None
     value = result.get("result")
     if isinstance(value, dict) and "exc_type" in value:
@@ -254,9 +268,9 @@ def detail(task: Visible) -> TaskDetail:
     value = result.get("result")
     progress = None
     worker = result.get("worker") or record.get("worker")
-    if status == "PROGRESS" and isinstance(value, dict) and {"current", "total"} <= value.keys():
+    if status == TaskState.PROGRESS and isinstance(value, dict) and {"current", "total"} <= value.keys():
         progress = Progress(current=int(value["current"]), total=int(value["total"]))
-    if status == "STARTED" and isinstance(value, dict):
+    if status == TaskState.STARTED and isinstance(value, dict):
         worker = worker or value.get("hostname")
     finished_at = parse_time(result.get("date_done")) if status in READY_STATES else None
     finished_at = finished_at or record.get("finished_at")
@@ -273,12 +287,12 @@ def detail(task: Visible) -> TaskDetail:
         task_id=task.task_id,
         task_name=task.task_name,
         status=status,
-        result=value if status == "SUCCESS" else None,
+        result=value if status == TaskState.SUCCESS else None,
         error=_error(result)
         if result
         else (
             TaskErrorInfo(type=str(record.get("exception") or "Error"), message=str(record.get("error") or ""))
-            if status == "FAILURE" and record
+            if status == TaskState.FAILURE and record
             else None
         ),
         progress=progress,
@@ -328,7 +342,7 @@ async def list_tasks(
 
 
 def _summary(task_id: str, meta: TaskMeta | None, result: dict[str, Any] | None) -> TaskSummary:
-    status = str((result or {}).get("status") or "PENDING")
+    status = str((result or {}).get("status") or TaskState.PENDING)
     return TaskSummary(
         task_id=task_id,
         task_name=meta.task_name if meta else str((result or {}).get("name") or ""),
@@ -353,7 +367,7 @@ def _json(model: TaskDetail | TaskList) -> Response:
 
 def _event(task: Visible, seq: int) -> ServerSentEvent:
     info = detail(task)
-    kind = "progress" if info.status == "PROGRESS" else "status"
+    kind = "progress" if info.status == TaskState.PROGRESS else "status"
     data = {
         "task_id": info.task_id,
         "status": info.status,
@@ -379,7 +393,7 @@ def _event(task: Visible, seq: int) -> ServerSentEvent:
 async def task_events(task: VisibleTask, runtime: RuntimeDep, store: StoreDep) -> AsyncIterator[ServerSentEvent]:
     """Every state and progress change of the task, until it ends (then an ``end`` event)."""
     pubsub = runtime.results.pubsub()
-    channel = RESULT_KEY + task.task_id
+    channel = RESULT_KEY_PREFIX + task.task_id
     await pubsub.subscribe(channel)
     try:
         seq = 0
@@ -463,7 +477,7 @@ async def retry_task(
     task: VisibleTask, principal: CurrentPrincipal, runtime: RuntimeDep, store: StoreDep
 ) -> TaskAccepted:
     """Submit a failed (or revoked) task again with its original arguments, as a new task."""
-    if task.status not in ("FAILURE", "REVOKED"):
+    if task.status not in (TaskState.FAILURE, TaskState.REVOKED):
         raise ProblemError(
             409, f"only a failed or revoked task can be retried; {task.task_id} is {task.status}", kind="not-retryable"
         )

@@ -18,9 +18,9 @@ from sqlalchemy import select, update
 
 from services.finance import billing
 from services.finance.periods import local_today
-from shared.cache import revenue_cache_key
 from shared.catalog import CATALOG
 from shared.celery_app import create_celery_app
+from shared.contracts import revenue_cache_key
 from shared.db import session_scope
 from shared.models import Bill, MonthlyRevenue, Notification, Payment, Store, Tenant
 from shared.settings import Settings
