@@ -35,6 +35,7 @@ import atexit
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -224,8 +225,8 @@ def install(app: Celery, settings: Settings | None = None, node: str | None = No
             return _emitter
         service = app.main.removeprefix("mallops.") if app.main else "mallops"
         _emitter = EventEmitter(settings, node or f"{service}@{socket.gethostname()}")
-        for signal, handler in _HANDLERS:
-            signal.connect(handler, weak=False, dispatch_uid=f"mallops.events.{handler.__name__}")
+        for sig, handler in _HANDLERS:
+            sig.connect(handler, weak=False, dispatch_uid=f"mallops.events.{handler.__name__}")
         os.register_at_fork(after_in_child=_after_fork_in_child)
         atexit.register(_close_at_exit)
         _installed = True
@@ -420,10 +421,57 @@ def _on_postrun(sender: Any = None, task_id: str | None = None, **_: Any) -> Non
         em.flush()
 
 
-def _on_revoked(sender: Any = None, request: Any = None, terminated: Any = None, expired: Any = None, **_: Any) -> None:
-    if request is None:
+def _context_fields(task: Any, context: Any) -> dict[str, Any]:
+    """The same fields from a task's request :class:`celery.app.task.Context` (what ``task_revoked`` gets)."""
+    delivery = getattr(context, "delivery_info", None) or {}
+    fields: dict[str, Any] = {
+        "id": context.id,
+        "name": getattr(task, "name", None) or getattr(context, "task", None),
+        "queue": delivery.get("routing_key"),
+        "retries": getattr(context, "retries", None) or 0,
+        "owner": getattr(context, OWNER_HEADER, None),
+    }
+    hostname = _worker.get("hostname") or getattr(context, "hostname", None)
+    if hostname:
+        fields["host"] = hostname
+    return fields
+
+
+def revocation_reason(terminated: bool, signum: Any, expired: bool) -> tuple[str, str]:
+    """The (exception, error) a revoked task's history shows."""
+    if terminated:
+        try:
+            name = signal.Signals(int(signum)).name
+        except (TypeError, ValueError):
+            name = f"signal {signum}" if signum else "a signal"
+        return "Terminated", f"terminated by {name}"
+    if expired:
+        return "Expired", "expired before it ran"
+    return "Revoked", "revoked before it ran"
+
+
+def _on_revoked(
+    sender: Any = None,
+    request: Any = None,
+    terminated: Any = None,
+    signum: Any = None,
+    expired: Any = None,
+    **_: Any,
+) -> None:
+    if request is None or not getattr(request, "id", None):
         return
-    _emit(EventType.TASK_REVOKED, **_request_fields(request), terminated=bool(terminated), expired=bool(expired))
+    exception, error = revocation_reason(bool(terminated), signum, bool(expired))
+    _emit(
+        EventType.TASK_REVOKED,
+        **_context_fields(sender, request),
+        terminated=bool(terminated),
+        expired=bool(expired),
+        exception=exception,
+        error=error,
+    )
+    em = _emitter
+    if em is not None:
+        em.flush()  # the message is acknowledged: its outcome must not wait in a buffer
 
 
 def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:

@@ -261,6 +261,7 @@ def apply_event(row: dict[str, Any], event: dict[str, Any], deltas: Deltas, seq:
     error_counts = (
         (type_ == EventType.TASK_FAILED and row.get("state") == TaskState.FAILURE)
         or (type_ == EventType.TASK_REJECTED and row.get("state") == TaskState.REJECTED)
+        or (type_ == EventType.TASK_REVOKED and row.get("state") == TaskState.REVOKED)
         or (type_ == EventType.TASK_RETRIED and row.get("state") not in FINAL_STATES)
     )
     if error_counts and (event.get("exception") or event.get("error")):

@@ -97,3 +97,10 @@ def test_a_published_task_emits_task_sent_with_its_owner(
         broker.close()
         cache.close()
         app.close()
+
+
+def test_a_revocation_names_its_reason() -> None:
+    assert events.revocation_reason(True, 15, False) == ("Terminated", "terminated by SIGTERM")
+    assert events.revocation_reason(True, "SIGKILL", False) == ("Terminated", "terminated by signal SIGKILL")
+    assert events.revocation_reason(False, None, True) == ("Expired", "expired before it ran")
+    assert events.revocation_reason(False, None, False) == ("Revoked", "revoked before it ran")

@@ -173,8 +173,13 @@ def test_progress_revoked_and_rejected() -> None:
     row = h.row("p")
     assert (row["state"], row["progress_current"], row["progress_total"]) == ("PROGRESS", 3, 10)
     assert row["sent_at"] == dt.datetime.fromtimestamp(T, dt.UTC)  # first seen, without a sent event
-    h.feed(ev("task-revoked", 0.2, task_id="p"), ev("task-progress", 0.3, task_id="p", current=4, total=10))
-    assert h.row("p")["state"] == "REVOKED"
+    h.feed(
+        ev("task-revoked", 0.2, task_id="p", terminated=True, exception="Terminated", error="terminated by SIGTERM"),
+        ev("task-progress", 0.3, task_id="p", current=4, total=10),
+    )
+    row = h.row("p")
+    assert (row["state"], row["exception"], row["error"]) == ("REVOKED", "Terminated", "terminated by SIGTERM")
+    assert row["finished_at"] == dt.datetime.fromtimestamp(T + 0.2, dt.UTC)
     assert h.value("celery_task_revoked_total", **LABELS) == 1
     h.feed(ev("task-rejected", 0.0, task_id="r", exception="NotRegistered", error="unknown task"))
     assert h.row("r")["state"] == "REJECTED"
