@@ -26,9 +26,9 @@ from services.gateway.broker import TaskMessage
 from services.gateway.problems import ProblemError, describe_errors, field_errors
 from services.gateway.runtime import Runtime
 from services.gateway.schemas import TaskAccepted, TaskSubmission
-from services.gateway.taskstore import READY_STATES, TaskMeta, TaskStore
+from services.gateway.taskstore import TaskMeta, TaskStore
 from shared.catalog import TaskArgumentError, TaskSpec, get_spec
-from shared.contracts import OWNER_HEADER
+from shared.contracts import FINAL_STATES, OWNER_HEADER
 from shared.models import TaskRecord
 from shared.tokens import Principal
 
@@ -229,7 +229,7 @@ class Submitter:
         finished = {
             task_id
             for task_id, meta in zip(ids, results, strict=True)
-            if meta is not None and meta.get("status") in READY_STATES
+            if meta is not None and meta.get("status") in FINAL_STATES
         }
         unknown = [task_id for task_id, meta in zip(ids, results, strict=True) if meta is None]
         if unknown:
@@ -245,4 +245,4 @@ class Submitter:
         except Exception as exc:
             log.warning("cannot read task history for the quota: %s", exc)
             return set()
-        return {row.task_id for row in rows if row.state in READY_STATES}
+        return {row.task_id for row in rows if row.state in FINAL_STATES}

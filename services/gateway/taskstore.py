@@ -22,7 +22,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from kombu.utils.json import loads as kombu_loads
 
-from shared.contracts import GATEWAY_KEY_PREFIX, RESULT_KEY_PREFIX, TaskState
+from shared.contracts import GATEWAY_KEY_PREFIX, RESULT_KEY_PREFIX
 
 META_KEY = f"{GATEWAY_KEY_PREFIX}task:"
 RECENT_ALL = f"{GATEWAY_KEY_PREFIX}recent"
@@ -31,7 +31,6 @@ UNFINISHED = f"{GATEWAY_KEY_PREFIX}unfinished:"
 RECENT_MAX = 100_000
 RECENT_OWNER_MAX = 20_000
 
-READY_STATES = frozenset({TaskState.SUCCESS, TaskState.FAILURE, TaskState.REVOKED})
 # an unfinished task that nothing has been heard of for this long no longer counts against the quota
 UNFINISHED_MAX_AGE = 24 * 3600
 

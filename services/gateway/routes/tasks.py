@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -37,9 +38,9 @@ from services.gateway.schemas import (
     TaskSummary,
 )
 from services.gateway.submission import BROKER_RETRY_AFTER, Prepared, Submitter, prepare
-from services.gateway.taskstore import READY_STATES, TaskMeta, TaskStore, decode_result, parse_time
+from services.gateway.taskstore import TaskMeta, TaskStore, decode_result, parse_time
 from shared.catalog import get_spec
-from shared.contracts import RESULT_KEY_PREFIX, TaskState
+from shared.contracts import FINAL_STATES, RESULT_KEY_PREFIX, TaskState
 from shared.models import TaskRecord
 from shared.revocations import queue_revoke
 from shared.tokens import Principal
@@ -192,8 +193,11 @@ class Visible:
     def status(self) -> str:
         if self.result is not None:
             return str(self.result.get("status") or TaskState.PENDING)
-        if self.record is not None:
-            return str(self.record.get("state") or TaskState.PENDING)
+        state = (self.record or {}).get("state")
+        # a task the gateway submitted reads PENDING until a worker stores a state, unless its history
+        # already has a final one: a worker that rejects a message stores no result
+        if state and (self.meta is None or state in FINAL_STATES):
+            return str(state)
         return TaskState.PENDING
 
     @property
@@ -216,7 +220,7 @@ def _history_record(runtime: Runtime, task_id: str) -> dict[str, Any] | None:
         if row is None:
             return None
         record = {column.key: getattr(row, column.key) for column in TaskRecord.__table__.columns}
-    if record.get("state") in READY_STATES:
+    if record.get("state") in FINAL_STATES:
         cache[task_id] = record
         if len(cache) > FINISHED_RECORDS_MAX:
             cache.popitem(last=False)
@@ -227,11 +231,7 @@ async def visible_task(task_id: TaskId, principal: CurrentPrincipal, runtime: Ru
     """The task, if it exists and the caller may see it (a user only their own); 404 otherwise."""
     meta, result = await asyncio.gather(store.load(task_id), store.result(task_id))
     record = None
-    if (
-        meta is None
-        or (result or {}).get("status") in READY_STATES
-        or (result or {}).get("status") == TaskState.STARTED
-    ):
+    if meta is None or result is None or result.get("status") in (*FINAL_STATES, TaskState.STARTED):
         record = await run_in_threadpool(_history_record, runtime, task_id)
     task = Visible(task_id, meta, result, record)
     if meta is None and record is None and (result is None or not principal.is_admin):
@@ -272,7 +272,7 @@ def detail(task: Visible) -> TaskDetail:
         progress = Progress(current=int(value["current"]), total=int(value["total"]))
     if status == TaskState.STARTED and isinstance(value, dict):
         worker = worker or value.get("hostname")
-    finished_at = parse_time(result.get("date_done")) if status in READY_STATES else None
+    finished_at = parse_time(result.get("date_done")) if status in FINAL_STATES else None
     finished_at = finished_at or record.get("finished_at")
     started_at = record.get("started_at")
     duration = record.get("runtime")
@@ -292,7 +292,7 @@ def detail(task: Visible) -> TaskDetail:
         if result
         else (
             TaskErrorInfo(type=str(record.get("exception") or "Error"), message=str(record.get("error") or ""))
-            if status == TaskState.FAILURE and record
+            if status in (TaskState.FAILURE, TaskState.REJECTED) and record
             else None
         ),
         progress=progress,
@@ -313,6 +313,7 @@ def detail(task: Visible) -> TaskDetail:
 @router.get("/tasks", response_model=TaskList, summary="List recent tasks")
 async def list_tasks(
     principal: CurrentPrincipal,
+    runtime: RuntimeDep,
     store: StoreDep,
     status: Annotated[State | None, Query(description="Only tasks in this state.")] = None,
     task_name: Annotated[str | None, Query(max_length=200, description="Only this task.")] = None,
@@ -325,24 +326,49 @@ async def list_tasks(
     if status is None and task_name is None:
         total = await store.recent_count(owner)
         ids = await store.recent_ids(owner, offset, offset + limit - 1)
-        metas, results = await asyncio.gather(store.load_many(ids), store.results_many(ids))
-        rows = [_summary(task_id, meta, result) for task_id, meta, result in zip(ids, metas, results, strict=True)]
-        return _json(TaskList(count=total, results=rows))
+        return _json(TaskList(count=total, results=await _summaries(runtime, store, ids)))
     matches: list[TaskSummary] = []
     for start in range(0, SCAN_MAX, SCAN_CHUNK):
         ids = await store.recent_ids(owner, start, start + SCAN_CHUNK - 1)
         if not ids:
             break
-        metas, results = await asyncio.gather(store.load_many(ids), store.results_many(ids))
-        for task_id, meta, result in zip(ids, metas, results, strict=True):
-            row = _summary(task_id, meta, result)
+        for row in await _summaries(runtime, store, ids):
             if (status is None or row.status == status) and (task_name is None or row.task_name == task_name):
                 matches.append(row)
     return _json(TaskList(count=len(matches), results=matches[offset : offset + limit]))
 
 
-def _summary(task_id: str, meta: TaskMeta | None, result: dict[str, Any] | None) -> TaskSummary:
-    status = str((result or {}).get("status") or TaskState.PENDING)
+async def _summaries(runtime: Runtime, store: TaskStore, ids: list[str]) -> list[TaskSummary]:
+    """The tasks' summaries: the gateway's metadata and the result backend's state or, for a task with no
+    result (rejected, or its result expired), the final state in its history."""
+    metas, results = await asyncio.gather(store.load_many(ids), store.results_many(ids))
+    missing = [task_id for task_id, result in zip(ids, results, strict=True) if result is None]
+    finals = await run_in_threadpool(_final_records, runtime, missing) if missing else {}
+    return [
+        _summary(task_id, meta, result, finals.get(task_id))
+        for task_id, meta, result in zip(ids, metas, results, strict=True)
+    ]
+
+
+def _final_records(runtime: Runtime, task_ids: list[str]) -> dict[str, tuple[str, dt.datetime | None]]:
+    """task id -> (state, finished_at) of those of ``task_ids`` whose history row is final."""
+    with runtime.sessions() as session:
+        rows = session.execute(
+            select(TaskRecord.task_id, TaskRecord.state, TaskRecord.finished_at).where(
+                TaskRecord.task_id.in_(task_ids), TaskRecord.state.in_(FINAL_STATES)
+            )
+        )
+        return {task_id: (state, finished_at) for task_id, state, finished_at in rows}
+
+
+def _summary(
+    task_id: str,
+    meta: TaskMeta | None,
+    result: dict[str, Any] | None,
+    final: tuple[str, dt.datetime | None] | None = None,
+) -> TaskSummary:
+    status = str((result or {}).get("status") or (final[0] if final else TaskState.PENDING))
+    finished_at = parse_time((result or {}).get("date_done")) if result else (final[1] if final else None)
     return TaskSummary(
         task_id=task_id,
         task_name=meta.task_name if meta else str((result or {}).get("name") or ""),
@@ -350,7 +376,7 @@ def _summary(task_id: str, meta: TaskMeta | None, result: dict[str, Any] | None)
         queue=meta.queue if meta else None,
         owner=meta.owner if meta else None,
         sent_at=meta.submitted_at if meta else None,
-        finished_at=parse_time((result or {}).get("date_done")) if status in READY_STATES else None,
+        finished_at=finished_at if status in FINAL_STATES else None,
     )
 
 
@@ -408,7 +434,7 @@ async def task_events(task: VisibleTask, runtime: RuntimeDep, store: StoreDep) -
                 last = event.data
                 event.id = str(seq)
                 yield event
-            if current.status in READY_STATES:
+            if current.status in FINAL_STATES:
                 yield ServerSentEvent(event="end", data=last, id=str(seq + 1))
                 return
             if time.monotonic() > deadline:
