@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, StrictInt
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, StrictBool, StrictInt
 
 from shared.catalog import CATALOG
-from shared.contracts import TaskState
+from shared.contracts import FINAL_STATES, TaskState
 
 MAX_BATCH = 10_000
 TASK_NAMES: list[JsonValue] = [*sorted(CATALOG)]
 CRON_FIELD = r"^[0-9*][0-9*,/-]*$"
 CRON_DOW = r"^[0-9a-zA-Z*][0-9a-zA-Z*,/-]*$"
+STATUS_DESCRIPTION = (
+    "PENDING (accepted, nothing heard of it yet), SENT (published by beat or another task), RECEIVED, "
+    "STARTED, PROGRESS, RETRY, SUCCESS, FAILURE, REVOKED or REJECTED (dropped by a worker); SCHEDULED and "
+    "REQUEUED are reserved. Final: " + ", ".join(sorted(FINAL_STATES)) + "."
+)
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    """Every time the API returns is UTC (serialised with ``Z``): a naive time is UTC (SQLite returns
+    them so), an aware one is converted (Celery stores ``date_done`` in MALLOPS_TIMEZONE)."""
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+UtcDateTime = Annotated[dt.datetime, AfterValidator(_utc)]
 
 
 class Strict(BaseModel):
@@ -87,11 +101,11 @@ class TaskErrorInfo(BaseModel):
 class TaskSummary(BaseModel):
     task_id: str
     task_name: str
-    status: str = Field(description="PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE or REVOKED.")
+    status: TaskState = Field(description=STATUS_DESCRIPTION)
     queue: str | None = None
     owner: str | None = None
-    sent_at: dt.datetime | None = None
-    finished_at: dt.datetime | None = None
+    sent_at: UtcDateTime | None = None
+    finished_at: UtcDateTime | None = None
 
 
 class TaskList(BaseModel):
@@ -102,9 +116,9 @@ class TaskList(BaseModel):
 class TaskDetail(Strict):
     task_id: str
     task_name: str
-    status: str = Field(description="PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE or REVOKED.")
+    status: TaskState = Field(description=STATUS_DESCRIPTION)
     result: Any = Field(default=None, description="The return value, once SUCCESS.")
-    error: TaskErrorInfo | None = Field(default=None, description="Why it failed, for FAILURE (or RETRY).")
+    error: TaskErrorInfo | None = Field(default=None, description="Why it failed, for FAILURE or REJECTED (or RETRY).")
     progress: Progress | None = Field(default=None, description="While running, if the task reports it.")
     queue: str | None = None
     worker: str | None = None
@@ -113,9 +127,9 @@ class TaskDetail(Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     owner: str | None = None
     retry_of: str | None = None
-    sent_at: dt.datetime | None = None
-    started_at: dt.datetime | None = None
-    finished_at: dt.datetime | None = None
+    sent_at: UtcDateTime | None = None
+    started_at: UtcDateTime | None = None
+    finished_at: UtcDateTime | None = None
     duration: float | None = Field(default=None, description="Run time in seconds, once finished.")
 
 
@@ -167,7 +181,7 @@ class HistoryItem(BaseModel):
     task_id: str
     task_name: str
     queue: str | None = None
-    state: str
+    state: TaskState = Field(description="The task's state in the history (never PENDING: a row starts at SENT).")
     args_summary: str | None = None
     owner: str | None = None
     worker: str | None = None
@@ -175,10 +189,10 @@ class HistoryItem(BaseModel):
     exception: str | None = None
     error: str | None = None
     result_summary: str | None = None
-    sent_at: dt.datetime | None = None
-    received_at: dt.datetime | None = None
-    started_at: dt.datetime | None = None
-    finished_at: dt.datetime | None = None
+    sent_at: UtcDateTime | None = None
+    received_at: UtcDateTime | None = None
+    started_at: UtcDateTime | None = None
+    finished_at: UtcDateTime | None = None
     runtime: float | None = None
     queue_wait: float | None = None
 
@@ -208,8 +222,8 @@ class StatsBlock(BaseModel):
 
 
 class TaskStats(BaseModel):
-    since: dt.datetime
-    until: dt.datetime
+    since: UtcDateTime
+    until: UtcDateTime
     window_seconds: float
     overall: StatsBlock
     tasks: dict[str, StatsBlock]
@@ -227,7 +241,7 @@ class WorkerInfo(BaseModel):
     concurrency: int | None = None
     active: int = 0
     processed: int = 0
-    last_heartbeat: dt.datetime | None = None
+    last_heartbeat: UtcDateTime | None = None
     seconds_since_heartbeat: float | None = None
 
 
@@ -256,8 +270,8 @@ class ScheduleInfo(BaseModel):
     schedule: dict[str, Any]
     schedule_text: str
     description: str
-    last_run_at: dt.datetime | None = None
-    next_run_at: dt.datetime | None = None
+    last_run_at: UtcDateTime | None = None
+    next_run_at: UtcDateTime | None = None
 
 
 class ScheduleList(BaseModel):
@@ -290,10 +304,10 @@ class SchedulePatch(Strict):
 class ReportSummary(BaseModel):
     id: int
     kind: str
-    period_start: dt.datetime
-    period_end: dt.datetime
+    period_start: UtcDateTime
+    period_end: UtcDateTime
     task_id: str | None = None
-    created_at: dt.datetime
+    created_at: UtcDateTime
     formats: list[Literal["csv", "html"]] = Field(description="Files available at /reports/{id}/file.")
 
 
@@ -317,6 +331,6 @@ class ExportInfo(BaseModel):
     rows: int | None = None
     size_bytes: int | None = None
     sha256: str | None = None
-    created_at: dt.datetime
-    expires_at: dt.datetime | None = None
+    created_at: UtcDateTime
+    expires_at: UtcDateTime | None = None
     download_url: str | None = Field(default=None, description="Where to fetch the file once done.")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import ValidationError
@@ -17,18 +17,6 @@ from shared.catalog import get_spec
 from shared.contracts import TaskState
 
 router = APIRouter(prefix=API_PREFIX, tags=["history"])
-
-HistoryState = Literal[
-    TaskState.SENT,
-    TaskState.RECEIVED,
-    TaskState.STARTED,
-    TaskState.PROGRESS,
-    TaskState.RETRY,
-    TaskState.SUCCESS,
-    TaskState.FAILURE,
-    TaskState.REVOKED,
-    TaskState.REJECTED,
-]
 
 
 def _owner(principal_name: str, is_admin: bool, owner: str | None) -> str | None:
@@ -65,7 +53,7 @@ def task_history(
     principal: CurrentPrincipal,
     session: SessionDep,
     task_name: Annotated[str | None, Query(max_length=200)] = None,
-    status: Annotated[HistoryState | None, Query()] = None,
+    status: Annotated[TaskState | None, Query(description="Only tasks in this state.")] = None,
     owner: Annotated[str | None, Query(max_length=100, description="Admins only; users always see their own.")] = None,
     since: Annotated[dt.datetime | None, Query(description="Sent at or after (ISO 8601 with timezone).")] = None,
     until: Annotated[dt.datetime | None, Query(description="Sent before (ISO 8601 with timezone).")] = None,

@@ -9,7 +9,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse, Response
@@ -40,7 +40,7 @@ from services.gateway.schemas import (
 from services.gateway.submission import BROKER_RETRY_AFTER, Prepared, Submitter, prepare
 from services.gateway.taskstore import TaskMeta, TaskStore, decode_result, parse_time
 from shared.catalog import get_spec
-from shared.contracts import FINAL_STATES, RESULT_KEY_PREFIX, TaskState
+from shared.contracts import FINAL_STATES, RESULT_KEY_PREFIX, TaskState, parse_state
 from shared.models import TaskRecord
 from shared.revocations import queue_revoke
 from shared.tokens import Principal
@@ -56,16 +56,6 @@ IdempotencyKey = Annotated[
         max_length=255,
         description="Repeat a submission safely: the same key and body return the first answer; another body is 409.",
     ),
-]
-State = Literal[
-    TaskState.PENDING,
-    TaskState.RECEIVED,
-    TaskState.STARTED,
-    TaskState.PROGRESS,
-    TaskState.RETRY,
-    TaskState.SUCCESS,
-    TaskState.FAILURE,
-    TaskState.REVOKED,
 ]
 SCAN_CHUNK = 500
 SCAN_MAX = 5_000
@@ -190,14 +180,14 @@ class Visible:
         return self.record.get("owner") if self.record else None
 
     @property
-    def status(self) -> str:
-        if self.result is not None:
-            return str(self.result.get("status") or TaskState.PENDING)
-        state = (self.record or {}).get("state")
+    def status(self) -> TaskState:
+        if self.result is not None:  # a state no mallops task stores would read PENDING
+            return parse_state(self.result.get("status")) or TaskState.PENDING
+        state = parse_state((self.record or {}).get("state"))
         # a task the gateway submitted reads PENDING until a worker stores a state, unless its history
         # already has a final one: a worker that rejects a message stores no result
         if state and (self.meta is None or state in FINAL_STATES):
-            return str(state)
+            return state
         return TaskState.PENDING
 
     @property
@@ -273,8 +263,8 @@ def detail(task: Visible) -> TaskDetail:
     if status == TaskState.STARTED and isinstance(value, dict):
         worker = worker or value.get("hostname")
     finished_at = parse_time(result.get("date_done")) if status in FINAL_STATES else None
-    finished_at = finished_at or record.get("finished_at")
-    started_at = record.get("started_at")
+    finished_at = finished_at or parse_time(record.get("finished_at"))
+    started_at = parse_time(record.get("started_at"))
     duration = record.get("runtime")
     if duration is None and started_at is not None and finished_at is not None:
         duration = max(0.0, (finished_at - started_at).total_seconds())
@@ -315,7 +305,7 @@ async def list_tasks(
     principal: CurrentPrincipal,
     runtime: RuntimeDep,
     store: StoreDep,
-    status: Annotated[State | None, Query(description="Only tasks in this state.")] = None,
+    status: Annotated[TaskState | None, Query(description="Only tasks in this state.")] = None,
     task_name: Annotated[str | None, Query(max_length=200, description="Only this task.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
@@ -367,7 +357,7 @@ def _summary(
     result: dict[str, Any] | None,
     final: tuple[str, dt.datetime | None] | None = None,
 ) -> TaskSummary:
-    status = str((result or {}).get("status") or (final[0] if final else TaskState.PENDING))
+    status = parse_state((result or {}).get("status") or (final[0] if final else None)) or TaskState.PENDING
     finished_at = parse_time((result or {}).get("date_done")) if result else (final[1] if final else None)
     return TaskSummary(
         task_id=task_id,
