@@ -87,14 +87,7 @@ def create_celery_app(name: str = "mallops", settings: Settings | None = None) -
         # explicit, so RedBeat does not fall back to (and warn about) broker_transport_options
         redbeat_redis_options={},
     )
-    if settings.events_enabled:
-        from shared import events
+    from shared import celery_extensions
 
-        events.install(app, settings)  # lifecycle events for the monitor; once per process
-    from shared import dead_letters, redelivery, revocations
-
-    redelivery.install(app, settings)  # workers without an event loop also put back a dead worker's messages
-
-    dead_letters.install(app, settings)  # a malformed message is recorded and dropped, never fatal to a worker
-    revocations.install(app, settings)  # a task revoked before a worker started is skipped by it too
+    celery_extensions.install(app, settings)  # events, dead letters, revocations, redelivery
     return app

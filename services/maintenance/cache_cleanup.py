@@ -19,7 +19,7 @@ from shared.contracts import (
     REDBEAT_KEY_PREFIX,
     WORKERS_KEY,
 )
-from shared.tasks import PermanentError
+from shared.errors import PermanentError
 
 # state, not cache: deleting it would lose schedules, events, access-log entries or task ownership
 PROTECTED_PREFIXES: tuple[str, ...] = (

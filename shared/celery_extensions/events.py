@@ -1,7 +1,8 @@
 """Task and worker lifecycle events, from Celery signals into the Redis Stream ``mallops:events``.
 
-Every process built by :func:`shared.celery_app.create_celery_app` (workers, beat, the gateway)
-installs the signal handlers once (:func:`install`). An event is a small JSON object in the stream
+Every app built by :func:`shared.celery_app.create_celery_app` (workers, beat, the gateway) gets its
+:class:`LifecycleEvents` (:func:`build`); the signal handlers, connected once per process, reach it through
+the sender's app. An event is a small JSON object in the stream
 entry's field ``e``; the monitor (``services/monitor``) reads the stream with a consumer group.
 
 Event types and their payloads are contracts: :class:`shared.contracts.EventType`,
@@ -39,6 +40,7 @@ import signal
 import socket
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -57,7 +59,7 @@ from shared.contracts import (
     WorkerRecord,
     WorkerStatus,
 )
-from shared.settings import Settings, get_settings
+from shared.settings import Settings
 
 log = logging.getLogger("mallops.events")
 
@@ -186,90 +188,161 @@ class EventEmitter:
             self._client = None
 
 
-# -- the process's emitter -----------------------------------------------------------------------
-
-_emitter: EventEmitter | None = None
-_installed = False
-_install_lock = threading.Lock()
-# (task id, attempt) -> perf_counter at task_prerun (this process). The attempt is part of the key: in a
-# threads pool a retry may start in another thread before the attempt that published it has finished.
-_started: dict[tuple[str, int], float] = {}
-_worker: dict[str, Any] = {}  # the worker main process: hostname, service, queues, concurrency
+# -- one app's lifecycle events ------------------------------------------------------------------
 
 
-def emitter() -> EventEmitter | None:
-    return _emitter
+class LifecycleEvents:
+    """The lifecycle events of one Celery app in this process: its emitter, and while the process is a
+    worker, the worker's identity, its running tasks' start times and its heartbeat thread.
+
+    Built by :func:`shared.celery_extensions.install` from the app's settings and reached by the signal
+    handlers through the sender's app (:func:`for_app`)."""
+
+    def __init__(self, settings: Settings, node: str) -> None:
+        self.settings = settings
+        self.emitter = EventEmitter(settings, node)
+        self.worker: dict[str, Any] = {}  # a worker main process: hostname, service, queues, concurrency
+        # (task id, attempt) -> perf_counter at task_prerun. The attempt is part of the key: in a threads
+        # pool a retry may start in another thread before the attempt that published it has finished.
+        self.started: dict[tuple[str, int], float] = {}
+        self.heartbeat_thread: _Heartbeat | None = None
+
+    def after_fork_in_child(self) -> None:
+        """A forked child must not share its parent's buffer, lock, socket or thread."""
+        self.emitter = EventEmitter(self.emitter.settings, self.emitter.node)
+        self.started.clear()
+        self.heartbeat_thread = None
+
+    def emit(self, type_: EventType, **fields: Any) -> None:
+        if "host" not in fields and self.worker.get("hostname"):
+            fields["host"] = self.worker["hostname"]
+        try:
+            self.emitter.emit(type_, **fields)
+        except Exception:  # monitoring must never break a task
+            log.exception("could not emit %s", type_)
+
+    def emit_rejected(self, task_id: str, *, name: Any, queue: Any, owner: Any, exception: str, error: str) -> None:
+        """A ``task-rejected`` event for a message the worker could not run (``dead_letters``), written at
+        once: the message is gone from the broker, its record must not wait in a buffer."""
+        self.emit(
+            EventType.TASK_REJECTED,
+            id=task_id,
+            name=name if isinstance(name, str) else None,
+            queue=queue,
+            retries=0,
+            owner=owner if isinstance(owner, str) else None,
+            exception=exception,
+            error=_truncate(error, ERROR_CHARS),
+        )
+        self.emitter.flush()
+
+    def emit_progress(self, task: Any, current: Any, total: Any) -> None:
+        """A PROGRESS update of the running ``task`` (called from MallopsTask.update_state)."""
+        self.emit(EventType.TASK_PROGRESS, **_task_fields(task), current=current, total=total)
+
+    def runtime(self, task_id: str | None, attempt: int) -> float | None:
+        start = self.started.get((task_id or "", attempt))
+        return round(time.perf_counter() - start, 6) if start is not None else None
+
+    def heartbeat(self, status: WorkerStatus = "online", type_: EventType = EventType.WORKER_HEARTBEAT) -> None:
+        """Emit a worker event and refresh the worker's liveness entry, in one round trip."""
+        if not self.worker.get("hostname"):
+            return
+        fields = self._worker_fields()
+        self.emit(type_, **fields)
+        record = WorkerRecord.of(fields, os.getpid(), status).to_json()
+        self.emitter.flush(extra=lambda pipe: pipe.hset(WORKERS_KEY, fields["host"], record))
+
+    def _worker_fields(self) -> WorkerEventFields:
+        from celery.worker import state
+
+        return {
+            "host": self.worker["hostname"],
+            "service": self.worker.get("service"),
+            "queues": self.worker.get("queues", []),
+            "concurrency": self.worker.get("concurrency"),
+            "active": len(state.active_requests),
+            "processed": state.all_total_count[0],
+        }
+
+    def close(self) -> None:
+        if self.heartbeat_thread is not None:
+            self.heartbeat_thread.stop.set()
+            self.heartbeat_thread = None
+        self.emitter.close()
+
+
+class _Heartbeat(threading.Thread):
+    def __init__(self, events: LifecycleEvents) -> None:
+        super().__init__(name="mallops-heartbeat", daemon=True)
+        self.events = events
+        self.interval = events.settings.worker_heartbeat_interval
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                self.events.heartbeat()
+            except Exception:
+                log.exception("worker heartbeat failed")
+
+
+# -- this process's apps (fork handling) -----------------------------------------------------------
+
+# Every LifecycleEvents of this process, oldest first: a forked child replaces their buffers and threads,
+# a pool process closes them on shutdown, and atexit flushes them. Celery's after_task_publish signal does
+# not say which app published: its events go to the newest app's emitter (a service has one app; tests
+# and tools that build several build the one they publish with last).
+_apps: list[weakref.ref[LifecycleEvents]] = []
+_hooks_registered = False
+_lock = threading.Lock()
+
+
+def _live() -> list[LifecycleEvents]:
+    return [events for ref in _apps if (events := ref()) is not None]
 
 
 def _after_fork_in_child() -> None:
-    """A forked child must not share its parent's buffer, lock, socket or thread."""
-    global _emitter
-    if _emitter is not None:
-        _emitter = EventEmitter(_emitter.settings, _emitter.node)
-    _started.clear()
-
-
-def install(app: Celery, settings: Settings | None = None, node: str | None = None) -> EventEmitter | None:
-    """Connect the lifecycle signal handlers (once per process). ``node`` names the publisher in
-    ``task-sent`` events until a worker names itself (default ``<service>@<hostname>``)."""
-    global _emitter, _installed
-    settings = settings or get_settings()
-    if not settings.events_enabled:
-        return None
-    with _install_lock:
-        if _installed:
-            if _emitter is not None and _emitter.settings.cache_redis_url != settings.cache_redis_url:
-                # the latest configuration wins (tests and tools build apps for other Redis servers)
-                old, _emitter = _emitter, EventEmitter(settings, _emitter.node)
-                old.close()
-            return _emitter
-        service = app.main.removeprefix("mallops.") if app.main else "mallops"
-        _emitter = EventEmitter(settings, node or f"{service}@{socket.gethostname()}")
-        for sig, handler in _HANDLERS:
-            sig.connect(handler, weak=False, dispatch_uid=f"mallops.events.{handler.__name__}")
-        os.register_at_fork(after_in_child=_after_fork_in_child)
-        atexit.register(_close_at_exit)
-        _installed = True
-        return _emitter
+    for events in _live():
+        events.after_fork_in_child()
 
 
 def _close_at_exit() -> None:
-    if _emitter is not None and _emitter.pid == os.getpid():
-        _emitter.close()
+    for events in _live():
+        if events.emitter.pid == os.getpid():
+            events.emitter.close()
 
 
-def _emit(type_: EventType, **fields: Any) -> None:
-    em = _emitter
-    if em is None:
-        return
-    try:
-        em.emit(type_, **fields)
-    except Exception:  # monitoring must never break a task
-        log.exception("could not emit %s", type_)
+def build(app: Celery, settings: Settings, node: str | None = None) -> LifecycleEvents:
+    """The app's lifecycle events, with the signal handlers connected (once per process). ``node`` names
+    the publisher in ``task-sent`` events until a worker names itself (default ``<service>@<hostname>``)."""
+    global _hooks_registered
+    service = app.main.removeprefix("mallops.") if app.main else "mallops"
+    events = LifecycleEvents(settings, node or f"{service}@{socket.gethostname()}")
+    with _lock:
+        _apps[:] = [ref for ref in _apps if ref() is not None]
+        _apps.append(weakref.ref(events))
+        if not _hooks_registered:
+            for sig, handler in _HANDLERS:
+                sig.connect(handler, weak=False, dispatch_uid=f"mallops.events.{handler.__name__}")
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+            atexit.register(_close_at_exit)
+            _hooks_registered = True
+    return events
 
 
-def emit_rejected(task_id: str, *, name: Any, queue: Any, owner: Any, exception: str, error: str) -> None:
-    """A ``task-rejected`` event for a message the worker could not run (``shared.dead_letters``)."""
-    fields: dict[str, Any] = {
-        "id": task_id,
-        "name": name if isinstance(name, str) else None,
-        "queue": queue,
-        "retries": 0,
-        "owner": owner if isinstance(owner, str) else None,
-        "exception": exception,
-        "error": _truncate(error, ERROR_CHARS),
-    }
-    if _worker.get("hostname"):
-        fields["host"] = _worker["hostname"]
-    _emit(EventType.TASK_REJECTED, **fields)
-    em = _emitter
-    if em is not None:
-        em.flush()  # the message is gone from the broker: its record must not wait in a buffer
+def for_app(app: Any) -> LifecycleEvents | None:
+    """The lifecycle events of ``app`` (None when they are off or the app was not built by the factory)."""
+    from shared.celery_extensions.config import find_extensions
+
+    extensions = find_extensions(app)
+    return extensions.events if extensions is not None else None
 
 
-def emit_progress(task: Any, current: Any, total: Any) -> None:
-    """A PROGRESS update of the running ``task`` (called from MallopsTask.update_state)."""
-    _emit(EventType.TASK_PROGRESS, **_task_fields(task), current=current, total=total)
+def newest() -> LifecycleEvents | None:
+    """The events of the app built last in this process (for callers that do not know their app)."""
+    live = _live()
+    return live[-1] if live else None
 
 
 # -- field extraction ------------------------------------------------------------------------------
@@ -312,113 +385,9 @@ def _request_fields(request: Any) -> dict[str, Any]:
         "retries": headers.get("retries") or 0,
         "owner": headers.get(OWNER_HEADER),
     }
-    hostname = _worker.get("hostname") or getattr(request, "hostname", None)
-    if hostname:
-        fields["host"] = hostname
+    if getattr(request, "hostname", None):
+        fields["host"] = request.hostname
     return fields
-
-
-# -- signal handlers -------------------------------------------------------------------------------
-
-
-def _on_after_publish(
-    sender: Any = None,
-    body: Any = None,
-    exchange: Any = None,
-    routing_key: Any = None,
-    headers: Any = None,
-    properties: Any = None,
-    **_: Any,
-) -> None:
-    headers = headers or {}
-    task_id = headers.get("id")
-    if not task_id:  # protocol 1 or not a task message
-        return
-    fields: dict[str, Any] = {
-        "id": task_id,
-        "name": headers.get("task") or sender,
-        "queue": routing_key or exchange,
-        "retries": headers.get("retries") or 0,
-        "owner": headers.get(OWNER_HEADER),
-        "args": _args_summary(headers.get("argsrepr"), headers.get("kwargsrepr")),
-    }
-    if headers.get("eta"):
-        fields["eta"] = headers["eta"]
-    if _worker.get("hostname"):
-        fields["host"] = _worker["hostname"]
-    _emit(EventType.TASK_SENT, **fields)
-
-
-def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
-    if request is None:
-        return
-    _emit(
-        EventType.TASK_RECEIVED,
-        **_request_fields(request),
-        args=_args_summary(getattr(request, "argsrepr", None), getattr(request, "kwargsrepr", None)),
-    )
-
-
-def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None, **_: Any) -> None:
-    if task is None or task_id is None:
-        return
-    _started[(task_id, task.request.retries or 0)] = time.perf_counter()
-    _emit(EventType.TASK_STARTED, **_task_fields(task))
-
-
-def _runtime(task_id: str | None, attempt: int) -> float | None:
-    start = _started.get((task_id or "", attempt))
-    return round(time.perf_counter() - start, 6) if start is not None else None
-
-
-def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
-    if sender is None:
-        return
-    fields = _task_fields(sender)
-    _emit(
-        EventType.TASK_SUCCEEDED,
-        **fields,
-        runtime=_runtime(fields["id"], fields["retries"]),
-        result=_truncate(result, SUMMARY_CHARS),
-    )
-
-
-def _on_failure(
-    sender: Any = None, task_id: str | None = None, exception: BaseException | None = None, **_: Any
-) -> None:
-    if sender is None:
-        return
-    fields = _task_fields(sender)
-    fields["id"] = task_id or fields["id"]
-    _emit(
-        EventType.TASK_FAILED,
-        **fields,
-        runtime=_runtime(fields["id"], fields["retries"]),
-        exception=type(exception).__name__ if exception is not None else None,
-        error=_truncate(str(exception), ERROR_CHARS) if exception is not None else None,
-    )
-
-
-def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
-    if sender is None:
-        return
-    fields = _task_fields(sender)
-    exc = reason if isinstance(reason, BaseException) else None
-    _emit(
-        EventType.TASK_RETRIED,
-        **fields,
-        exception=type(exc).__name__ if exc else None,
-        error=_truncate(str(reason), ERROR_CHARS) if reason is not None else None,
-    )
-
-
-def _on_postrun(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
-    """The task's outcome is in the stream before the worker acknowledges its message."""
-    attempt = (getattr(getattr(sender, "request", None), "retries", None) or 0) if sender is not None else 0
-    _started.pop((task_id or "", attempt), None)
-    em = _emitter
-    if em is not None:
-        em.flush()
 
 
 def _context_fields(task: Any, context: Any) -> dict[str, Any]:
@@ -431,9 +400,8 @@ def _context_fields(task: Any, context: Any) -> dict[str, Any]:
         "retries": getattr(context, "retries", None) or 0,
         "owner": getattr(context, OWNER_HEADER, None),
     }
-    hostname = _worker.get("hostname") or getattr(context, "hostname", None)
-    if hostname:
-        fields["host"] = hostname
+    if getattr(context, "hostname", None):
+        fields["host"] = context.hostname
     return fields
 
 
@@ -450,6 +418,104 @@ def revocation_reason(terminated: bool, signum: Any, expired: bool) -> tuple[str
     return "Revoked", "revoked before it ran"
 
 
+# -- signal handlers -------------------------------------------------------------------------------
+
+
+def _on_after_publish(
+    sender: Any = None,
+    body: Any = None,
+    exchange: Any = None,
+    routing_key: Any = None,
+    headers: Any = None,
+    properties: Any = None,
+    **_: Any,
+) -> None:
+    headers = headers or {}
+    task_id = headers.get("id")
+    events = newest()
+    if not task_id or events is None:  # protocol 1 or not a task message
+        return
+    fields: dict[str, Any] = {
+        "id": task_id,
+        "name": headers.get("task") or sender,
+        "queue": routing_key or exchange,
+        "retries": headers.get("retries") or 0,
+        "owner": headers.get(OWNER_HEADER),
+        "args": _args_summary(headers.get("argsrepr"), headers.get("kwargsrepr")),
+    }
+    if headers.get("eta"):
+        fields["eta"] = headers["eta"]
+    events.emit(EventType.TASK_SENT, **fields)
+
+
+def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    events = for_app(getattr(sender, "app", None))
+    if request is None or events is None:
+        return
+    fields = _request_fields(request)
+    if events.worker.get("hostname"):
+        fields["host"] = events.worker["hostname"]
+    args = _args_summary(getattr(request, "argsrepr", None), getattr(request, "kwargsrepr", None))
+    events.emit(EventType.TASK_RECEIVED, **fields, args=args)
+
+
+def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    events = for_app(getattr(task, "app", None))
+    if task is None or task_id is None or events is None:
+        return
+    events.started[(task_id, task.request.retries or 0)] = time.perf_counter()
+    events.emit(EventType.TASK_STARTED, **_task_fields(task))
+
+
+def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
+    events = for_app(getattr(sender, "app", None))
+    if sender is None or events is None:
+        return
+    fields = _task_fields(sender)
+    runtime = events.runtime(fields["id"], fields["retries"])
+    events.emit(EventType.TASK_SUCCEEDED, **fields, runtime=runtime, result=_truncate(result, SUMMARY_CHARS))
+
+
+def _on_failure(
+    sender: Any = None, task_id: str | None = None, exception: BaseException | None = None, **_: Any
+) -> None:
+    events = for_app(getattr(sender, "app", None))
+    if sender is None or events is None:
+        return
+    fields = _task_fields(sender)
+    fields["id"] = task_id or fields["id"]
+    events.emit(
+        EventType.TASK_FAILED,
+        **fields,
+        runtime=events.runtime(fields["id"], fields["retries"]),
+        exception=type(exception).__name__ if exception is not None else None,
+        error=_truncate(str(exception), ERROR_CHARS) if exception is not None else None,
+    )
+
+
+def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
+    events = for_app(getattr(sender, "app", None))
+    if sender is None or events is None:
+        return
+    exc = reason if isinstance(reason, BaseException) else None
+    events.emit(
+        EventType.TASK_RETRIED,
+        **_task_fields(sender),
+        exception=type(exc).__name__ if exc else None,
+        error=_truncate(str(reason), ERROR_CHARS) if reason is not None else None,
+    )
+
+
+def _on_postrun(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+    """The task's outcome is in the stream before the worker acknowledges its message."""
+    events = for_app(getattr(sender, "app", None))
+    if events is None:
+        return
+    attempt = getattr(getattr(sender, "request", None), "retries", None) or 0
+    events.started.pop((task_id or "", attempt), None)
+    events.emitter.flush()
+
+
 def _on_revoked(
     sender: Any = None,
     request: Any = None,
@@ -458,28 +524,31 @@ def _on_revoked(
     expired: Any = None,
     **_: Any,
 ) -> None:
-    if request is None or not getattr(request, "id", None):
+    events = for_app(getattr(sender, "app", None))
+    if request is None or not getattr(request, "id", None) or events is None:
         return
+    fields = _context_fields(sender, request)
+    if events.worker.get("hostname"):
+        fields["host"] = events.worker["hostname"]
     exception, error = revocation_reason(bool(terminated), signum, bool(expired))
-    _emit(
+    events.emit(
         EventType.TASK_REVOKED,
-        **_context_fields(sender, request),
+        **fields,
         terminated=bool(terminated),
         expired=bool(expired),
         exception=exception,
         error=error,
     )
-    em = _emitter
-    if em is not None:
-        em.flush()  # the message is acknowledged: its outcome must not wait in a buffer
+    events.emitter.flush()  # the message is acknowledged: its outcome must not wait in a buffer
 
 
 def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:
+    events = for_app(getattr(sender, "app", None))
     headers = getattr(message, "headers", None) or {}
-    if not headers.get("id"):
+    if not headers.get("id") or events is None:
         return
     delivery = getattr(message, "delivery_info", None) or {}
-    _emit(
+    events.emit(
         EventType.TASK_REJECTED,
         id=headers["id"],
         name=headers.get("task"),
@@ -493,11 +562,12 @@ def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: 
 def _on_unknown(
     sender: Any = None, message: Any = None, exc: Any = None, name: Any = None, id: Any = None, **_: Any
 ) -> None:
-    if not id:
+    events = for_app(getattr(sender, "app", None))
+    if not id or events is None:
         return
     delivery = getattr(message, "delivery_info", None) or {}
     headers = getattr(message, "headers", None) or {}
-    _emit(
+    events.emit(
         EventType.TASK_REJECTED,
         id=id,
         name=name,
@@ -512,96 +582,55 @@ def _on_unknown(
 # -- workers ---------------------------------------------------------------------------------------
 
 
-def _worker_fields() -> WorkerEventFields:
-    from celery.worker import state
-
-    return {
-        "host": _worker["hostname"],
-        "service": _worker.get("service"),
-        "queues": _worker.get("queues", []),
-        "concurrency": _worker.get("concurrency"),
-        "active": len(state.active_requests),
-        "processed": state.all_total_count[0],
-    }
-
-
-def heartbeat(status: WorkerStatus = "online", type_: EventType = EventType.WORKER_HEARTBEAT) -> None:
-    """Emit a worker event and refresh the worker's liveness entry, in one round trip."""
-    em = _emitter
-    if em is None or not _worker.get("hostname"):
-        return
-    fields = _worker_fields()
-    _emit(type_, **fields)
-    record = WorkerRecord.of(fields, os.getpid(), status).to_json()
-    em.flush(extra=lambda pipe: pipe.hset(WORKERS_KEY, fields["host"], record))
-
-
-class _Heartbeat(threading.Thread):
-    def __init__(self, interval: float) -> None:
-        super().__init__(name="mallops-heartbeat", daemon=True)
-        self.interval = interval
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(self.interval):
-            try:
-                heartbeat()
-            except Exception:
-                log.exception("worker heartbeat failed")
-
-
-_heartbeat: _Heartbeat | None = None
+def _on_celeryd_init(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """Name this worker's events (and its pool children's, inherited at fork) after its hostname."""
+    events = for_app(getattr(instance, "app", None))
+    if events is not None and sender:
+        events.emitter.node = str(sender)
+        events.worker["hostname"] = str(sender)
 
 
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
-    global _heartbeat
-    em = _emitter
-    if em is None or sender is None:
-        return
-    hostname = getattr(sender, "hostname", None) or em.node
     app = getattr(sender, "app", None)
+    events = for_app(app)
+    if events is None or app is None:
+        return
+    hostname = getattr(sender, "hostname", None) or events.emitter.node
     queues: list[str] = []
     try:
         queues = sorted(q.name for q in sender.task_consumer.queues)
     except AttributeError:
-        if app is not None:
-            queues = sorted(app.amqp.queues.consume_from or [])
+        queues = sorted(app.amqp.queues.consume_from or [])
     pool = getattr(sender, "pool", None)
-    _worker.update(
+    events.worker.update(
         hostname=hostname,
-        service=(app.main or "").removeprefix("mallops.") if app is not None else None,
+        service=(app.main or "").removeprefix("mallops."),
         queues=queues,
         concurrency=getattr(pool, "limit", None) if pool is not None else None,
     )
-    em.node = hostname
-    heartbeat(type_=EventType.WORKER_ONLINE)
-    if _heartbeat is None:
-        _heartbeat = _Heartbeat(em.settings.worker_heartbeat_interval)
-        _heartbeat.start()
+    events.emitter.node = hostname
+    events.heartbeat(type_=EventType.WORKER_ONLINE)
+    if events.heartbeat_thread is None:
+        events.heartbeat_thread = _Heartbeat(events)
+        events.heartbeat_thread.start()
 
 
 def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
-    global _heartbeat
-    if _heartbeat is not None:
-        _heartbeat.stop.set()
-        _heartbeat = None
+    events = for_app(getattr(sender, "app", None))
+    if events is None:
+        return
+    if events.heartbeat_thread is not None:
+        events.heartbeat_thread.stop.set()
+        events.heartbeat_thread = None
     try:
-        heartbeat(status="offline", type_=EventType.WORKER_OFFLINE)
+        events.heartbeat(status="offline", type_=EventType.WORKER_OFFLINE)
     finally:
-        if _emitter is not None:
-            _emitter.close()
+        events.close()
 
 
 def _on_process_shutdown(**_: Any) -> None:
-    if _emitter is not None:
-        _emitter.close()
-
-
-def _on_celeryd_init(sender: Any = None, **_: Any) -> None:
-    """Name this worker's events (and its pool children's, inherited at fork) after its hostname."""
-    if _emitter is not None and sender:
-        _emitter.node = str(sender)
-        _worker["hostname"] = str(sender)
+    for events in _live():
+        events.emitter.close()
 
 
 _HANDLERS: tuple[tuple[Any, Callable[..., None]], ...] = (

@@ -23,11 +23,10 @@ import time
 from typing import Any
 
 import redis
-from celery import Celery, signals
+from celery import signals
 
 from shared.cache import consumer_loop_client
 from shared.contracts import REVOKED_KEY, REVOKED_VERSION_KEY
-from shared.settings import Settings
 
 log = logging.getLogger("mallops.revocations")
 
@@ -74,23 +73,20 @@ class RevokedIds:
         self.version = version
 
 
-_revoked: RevokedIds | None = None
-
-
 def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     from celery.worker import state
 
+    from shared.celery_extensions.config import find_extensions
+
+    extensions = find_extensions(getattr(sender, "app", None))
     task_id = getattr(request, "id", None)
-    if not task_id or _revoked is None or task_id in state.revoked:
+    if not task_id or extensions is None or task_id in state.revoked:
         return
-    if task_id in _revoked:
+    if task_id in extensions.revoked:
         log.info("task %s was revoked before this worker received it; discarding it", task_id)
         state.revoked.add(task_id)
 
 
-def install(app: Celery, settings: Settings) -> None:
-    """Check every task a worker of this process receives against the durable revocations."""
-    global _revoked
-    if _revoked is None or _revoked.url != settings.cache_redis_url:
-        _revoked = RevokedIds(settings.cache_redis_url)
+def connect() -> None:
+    """Check every task a worker receives against its app's copy of the durable revocations."""
     signals.task_received.connect(_on_received, weak=False, dispatch_uid="mallops.revocations.received")

@@ -1,4 +1,4 @@
-"""shared.events: buffering, batched writes to the stream, keeping events while Redis is away."""
+"""shared.celery_extensions.events: buffering, batched writes to the stream, keeping events while Redis is away."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import uuid
 
 from celery import signals
 
-from shared import events
 from shared.celery_app import create_celery_app
+from shared.celery_extensions import events
 from shared.contracts import EVENT_STREAM, EventType
 from shared.settings import Settings
 from tests.harness import RedisServer, free_port, wait_until
@@ -56,9 +56,15 @@ def test_events_wait_for_redis_instead_of_being_lost(settings: Settings) -> None
 
 
 def test_installing_twice_connects_each_handler_once(settings: Settings) -> None:
-    create_celery_app("one", settings).close()
-    create_celery_app("two", settings).close()
-    assert events.emitter() is not None
+    one = create_celery_app("one", settings)
+    two = create_celery_app("two", settings.model_copy(update={"redis_url": "redis://127.0.0.1:1"}))
+    # each app has its own events, writing where its own settings say
+    assert events.for_app(one) is not None
+    assert events.for_app(two) is not None
+    assert events.for_app(one) is not events.for_app(two)
+    assert events.for_app(two).emitter._url.startswith("redis://127.0.0.1:1/")  # type: ignore[union-attr]
+    one.close()
+    two.close()
     receivers = [r for r in signals.task_prerun.receivers if "mallops.events" in str(r[0])]
     assert len(receivers) == 1
 

@@ -40,9 +40,9 @@ from services.gateway.schemas import (
 from services.gateway.submission import BROKER_RETRY_AFTER, Prepared, Submitter, prepare
 from services.gateway.taskstore import TaskMeta, TaskStore, decode_result, parse_time
 from shared.catalog import get_spec
+from shared.celery_extensions.revocations import queue_revoke
 from shared.contracts import FINAL_STATES, RESULT_KEY_PREFIX, TaskState, parse_state
 from shared.models import TaskRecord
-from shared.revocations import queue_revoke
 from shared.tokens import Principal
 
 router = APIRouter(prefix=API_PREFIX, tags=["tasks"])

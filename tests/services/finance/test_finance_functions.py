@@ -14,9 +14,9 @@ from sqlalchemy import select, update
 from services.finance import billing, reminders, tasks
 from services.finance.periods import month_bounds, previous_month
 from shared.db import session_scope
+from shared.errors import TransientError
 from shared.models import Bill, Notification, Store, Tenant
 from shared.settings import Settings
-from shared.tasks import TransientError
 from tests.conftest import DEMO_AS_OF
 
 pytestmark = pytest.mark.integration  # a real database
@@ -50,16 +50,15 @@ def test_revert_overdue_gives_the_bills_back_to_the_next_run(demo_db: Settings) 
         assert billing.mark_overdue(session, DEMO_AS_OF).newly_overdue == moved
 
 
-def test_unreachable_broker_leaves_the_bills_pending_for_the_retry(
-    demo_db: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unreachable_broker_leaves_the_bills_pending_for_the_retry(demo_db: Settings) -> None:
     """check_pending_bills commits, then cannot enqueue: it undoes the move and asks for a retry."""
-    monkeypatch.setattr(tasks, "get_settings", lambda: demo_db)  # this run's database, whatever is cached
 
     def send_task(*args: Any, **kwargs: Any) -> None:
         raise OperationalError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
 
-    task = SimpleNamespace(app=SimpleNamespace(send_task=send_task), request=SimpleNamespace(get=lambda key: None))
+    task = SimpleNamespace(
+        app=SimpleNamespace(send_task=send_task), request=SimpleNamespace(get=lambda key: None), settings=demo_db
+    )
     with session_scope(demo_db) as session:
         pending = set(session.scalars(select(Bill.id).where(Bill.status == "pending", Bill.due_date < DEMO_AS_OF)))
     with pytest.raises(TransientError, match=f"{len(pending)} newly overdue"):

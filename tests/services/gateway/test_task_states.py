@@ -14,11 +14,12 @@ import pytest
 from shared.contracts import TaskState
 from shared.settings import Settings
 from tests.harness import RedisServer
-from tests.services.gateway.conftest import GatewayClient, Tokens, make_history
+from tests.services.gateway.conftest import GatewayClient, GatewayFactory, Tokens, make_history
 
 pytestmark = pytest.mark.integration
 API = "/api/v1"
 ALL_STATES = sorted(TaskState)
+IDLE_BROKER_DB = 9  # a broker database no test worker consumes
 
 
 def enum_of(openapi: dict[str, Any], schema: dict[str, Any]) -> list[str]:
@@ -59,8 +60,13 @@ def timestamps(value: Any, key: str = "") -> list[tuple[str, str]]:
 
 
 def test_every_timestamp_is_utc_with_z(
-    client: GatewayClient, tokens: Tokens, migrated: Settings, redis_server: RedisServer
+    gateway: GatewayFactory, tokens: Tokens, migrated: Settings, redis_server: RedisServer
 ) -> None:
+    with gateway(broker_url=f"{redis_server.url_base}/{IDLE_BROKER_DB}") as client:  # no worker takes the task
+        check_timestamps(client, tokens, migrated, redis_server)
+
+
+def check_timestamps(client: GatewayClient, tokens: Tokens, migrated: Settings, redis_server: RedisServer) -> None:
     admin = tokens.auth("admin")
     task_id = client.post(f"{API}/tasks", json={"task_name": "test_task"}, headers=admin).json()["task_id"]
     # what Celery stores with timezone=Asia/Shanghai: date_done in local time
