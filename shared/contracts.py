@@ -148,7 +148,8 @@ class TaskEventFields(TypedDict):
 class TaskEvent(EventEnvelope, TaskEventFields, total=False):
     """A task event as written; the optional fields by type:
 
-    - ``task-sent``: args, eta; ``task-received``: args
+    - ``task-sent``: args, eta; ``task-received``: args; ``task-started``: eta (ISO 8601, when the task
+      had an ETA or a countdown)
     - ``task-progress``: current, total
     - ``task-succeeded``: runtime, result
     - ``task-failed``: runtime, exception, error; ``task-retried``, ``task-rejected``: exception, error
@@ -248,7 +249,7 @@ OWNER_HEADER = "mallops_owner"
 
 KEY_PREFIX = "mallops:"
 CACHE_PREFIX = f"{KEY_PREFIX}cache:"
-# lifecycle events: written by every process (shared.events), read by the monitor's consumer group
+# lifecycle events: written by every process (shared.celery_extensions.events), read by the monitor's consumer group
 EVENT_STREAM = f"{KEY_PREFIX}events"
 MONITOR_GROUP = "mallops-monitor"
 # worker liveness: hostname -> WorkerRecord JSON
@@ -258,7 +259,7 @@ WORKERS_KEY = f"{KEY_PREFIX}workers"
 ACCESS_LOG_BUFFER = f"{KEY_PREFIX}access_log"
 # poison messages: runs of a redelivered message, ``<prefix><task_id>:<retries>`` (an integer with a TTL)
 DELIVERIES_PREFIX = f"{KEY_PREFIX}deliveries:"
-# dropped messages, newest first (JSON objects; see shared.dead_letters)
+# dropped messages, newest first (JSON objects; see shared.celery_extensions.dead_letters)
 DEAD_LETTERS_KEY = f"{KEY_PREFIX}dead_letters"
 # durable revocations: sorted set task id -> epoch seconds after which it is forgotten, and its version
 REVOKED_KEY = f"{KEY_PREFIX}revoked"

@@ -19,6 +19,7 @@ from services.gateway.auth import TokenCache
 from services.gateway.broker import TaskPublisher, task_publisher
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.ratelimit import RateLimiter
+from services.gateway.task_view import FinishedRecords
 from shared.celery_app import create_celery_app
 from shared.db import session_factory
 from shared.settings import Settings
@@ -76,7 +77,7 @@ class Runtime:
     limiter: RateLimiter
     metrics: GatewayMetrics
     access_log: AccessLogBuffer
-    extras: dict[str, Any] = field(default_factory=dict)
+    finished_records: FinishedRecords = field(default_factory=FinishedRecords)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,20 +188,59 @@ def new_row(task_id: str) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Fold:
+    """One event being folded into its task's row."""
+
+    row: dict[str, Any]
+    event: dict[str, Any]
+    type_: EventType
+    when: dt.datetime
+    attempt: int
+    host: str
+    deltas: Deltas
+    # the row's state precedence before this event (its handler may change the retries it depends on)
+    before: tuple[int, int, int] | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.row.get("task_name") or self.event.get("name") or "unknown")
+
+    @property
+    def queue(self) -> str:
+        return str(self.event.get("queue") or self.row.get("queue") or "")
+
+
 def apply_event(row: dict[str, Any], event: dict[str, Any], deltas: Deltas, seq: int = 0) -> bool:
     """Fold ``event`` into ``row`` (in place), adding new counts to ``deltas``; False if the event is
     not a task event or is malformed. ``seq`` is the stream entry's sequence (kept as the highest seen)."""
     type_ = parse_event_type(event.get("type"))
-    if type_ not in TASK_EVENTS or type_ is None or not event.get("id") or "ts" not in event:
+    if type_ is None or type_ not in TASK_EVENTS or not event.get("id") or "ts" not in event:
         return False
-    when = _ts(event)
-    attempt = int(event.get("retries") or 0)
-    state = EVENT_STATE[type_]
     host = str(event.get("host") or "unknown")
-    current_state = row.get("state")
-    current_key = precedence(current_state, _state_attempt(row)) if current_state else None
+    current = row.get("state")
+    before = precedence(current, _state_attempt(row)) if current else None
+    fold = Fold(row, event, type_, _ts(event), int(event.get("retries") or 0), host, deltas, before)
+    _identity(fold)
+    mask = int(row.get("event_mask") or 0)
+    bit = event_bit(type_, fold.attempt)
+    counted = bit is not None and not mask & (1 << bit)
+    row["event_mask"] = mask | (1 << bit) if bit is not None else mask
 
-    # identity fields: the first value wins
+    _HANDLERS[type_](fold)  # the fields this kind of event carries
+    _advance_state(fold)
+    _keep_error(fold)
+    if counted:
+        _count(fold)
+    if type_ in (EventType.TASK_SENT, EventType.TASK_STARTED) and fold.attempt == 0:
+        _queue_wait(fold)
+    row["last_event_seq"] = max(int(row.get("last_event_seq") or 0), seq)
+    return True
+
+
+def _identity(fold: Fold) -> None:
+    """Identity fields: the first value wins."""
+    row, event = fold.row, fold.event
     for column, key, limit in (
         ("task_name", "name", 100),
         ("queue", "queue", 50),
@@ -209,86 +249,143 @@ def apply_event(row: dict[str, Any], event: dict[str, Any], deltas: Deltas, seq:
     ):
         if row.get(column) is None and event.get(key) is not None:
             row[column] = _text(event[key], limit)
-    row["_first_seen"] = _earliest(row.get("_first_seen"), when)
+    row["_first_seen"] = _earliest(row.get("_first_seen"), fold.when)
 
-    # counters, once per (event kind, attempt)
-    mask = int(row.get("event_mask") or 0)
-    bit = event_bit(type_, attempt)
-    counted = bit is not None and not mask & (1 << bit)
-    if bit is not None:
-        mask |= 1 << bit
-    name = str(row.get("task_name") or event.get("name") or "unknown")
-    queue = str(event.get("queue") or row.get("queue") or "")
 
-    if type_ == EventType.TASK_SENT:
-        if attempt == 0:
-            row["sent_at"] = _earliest(row.get("sent_at"), when)
-    elif type_ == EventType.TASK_RECEIVED:
-        row["received_at"] = _earliest(row.get("received_at"), when)
-        row["worker"] = row.get("worker") or _text(host, 200)
-    elif type_ == EventType.TASK_STARTED:
-        row["started_at"] = _earliest(row.get("started_at"), when)
-        row["worker"] = _text(host, 200)
-    elif type_ == EventType.TASK_PROGRESS:
-        current, total = event.get("current"), event.get("total")
-        if isinstance(current, int) and current >= int(row.get("progress_current") or 0):
-            row["progress_current"] = current
-            row["progress_total"] = total if isinstance(total, int) else row.get("progress_total")
-    elif type_ == EventType.TASK_RETRIED:
-        row["retries"] = max(int(row.get("retries") or 0), attempt + 1)
-    elif type_ in (EventType.TASK_SUCCEEDED, EventType.TASK_FAILED, EventType.TASK_REVOKED, EventType.TASK_REJECTED):
-        row["finished_at"] = row.get("finished_at") or when
+# -- one handler per family of events: the fields each carries -------------------------------------
 
-    # the state, by precedence (a retry message's publish is not a state of its own)
-    is_republish = type_ == EventType.TASK_SENT and attempt > 0
-    if not is_republish and (current_key is None or precedence(state, attempt) > current_key):
-        row["state"] = state
-        if state == TaskState.RETRY:
-            row["retries"] = max(int(row.get("retries") or 0), attempt + 1)
-        else:
-            row["retries"] = max(int(row.get("retries") or 0), attempt)
-        if state in (TaskState.SUCCESS, TaskState.FAILURE):
-            runtime = event.get("runtime")
-            row["runtime"] = float(runtime) if isinstance(runtime, int | float) else row.get("runtime")
-            row["finished_at"] = when
-            row["worker"] = _text(host, 200)
-        if state == TaskState.SUCCESS:
-            row["result_summary"] = _text(event.get("result"), 500)
-            row["exception"] = None
-            row["error"] = None
 
-    # the error shown is the final failure's, or the last retry's while the task is not finished
-    error_counts = (
-        (type_ == EventType.TASK_FAILED and row.get("state") == TaskState.FAILURE)
-        or (type_ == EventType.TASK_REJECTED and row.get("state") == TaskState.REJECTED)
-        or (type_ == EventType.TASK_REVOKED and row.get("state") == TaskState.REVOKED)
-        or (type_ == EventType.TASK_RETRIED and row.get("state") not in FINAL_STATES)
-    )
-    if error_counts and (event.get("exception") or event.get("error")):
-        row["exception"] = _text(event.get("exception"), 200) or row.get("exception")
-        row["error"] = _text(event.get("error"), 5000) or row.get("error")
+def _on_sent(fold: Fold) -> None:
+    if fold.attempt == 0:  # a retry's publish is not the task's
+        fold.row["sent_at"] = _earliest(fold.row.get("sent_at"), fold.when)
+        _keep_eta(fold)
 
-    if counted:
-        metric = COUNTERS[type_][0]
-        if type_ == EventType.TASK_FAILED:
-            deltas.count(metric, (name, host, str(event.get("exception") or ""), queue), host)
-        else:
-            deltas.count(metric, (name, host, queue), host)
-        if type_ == EventType.TASK_SUCCEEDED and isinstance(event.get("runtime"), int | float):
-            deltas.observe(RUNTIME, (name, host, queue), host, float(event["runtime"]))
 
-    # queue wait: from the original publish to the first start, observed once both are known
+def _on_received(fold: Fold) -> None:
+    fold.row["received_at"] = _earliest(fold.row.get("received_at"), fold.when)
+    fold.row["worker"] = fold.row.get("worker") or _text(fold.host, 200)
+
+
+def _on_started(fold: Fold) -> None:
+    fold.row["started_at"] = _earliest(fold.row.get("started_at"), fold.when)
+    fold.row["worker"] = _text(fold.host, 200)
+    if fold.attempt == 0:
+        _keep_eta(fold)
+
+
+def _on_progress(fold: Fold) -> None:
+    row, current, total = fold.row, fold.event.get("current"), fold.event.get("total")
+    if isinstance(current, int) and current >= int(row.get("progress_current") or 0):
+        row["progress_current"] = current
+        row["progress_total"] = total if isinstance(total, int) else row.get("progress_total")
+
+
+def _on_retried(fold: Fold) -> None:
+    fold.row["retries"] = max(int(fold.row.get("retries") or 0), fold.attempt + 1)
+
+
+def _on_final(fold: Fold) -> None:
+    fold.row["finished_at"] = fold.row.get("finished_at") or fold.when
+
+
+_HANDLERS: dict[EventType, Callable[[Fold], None]] = {
+    EventType.TASK_SENT: _on_sent,
+    EventType.TASK_RECEIVED: _on_received,
+    EventType.TASK_STARTED: _on_started,
+    EventType.TASK_PROGRESS: _on_progress,
+    EventType.TASK_RETRIED: _on_retried,
+    EventType.TASK_SUCCEEDED: _on_final,
+    EventType.TASK_FAILED: _on_final,
+    EventType.TASK_REVOKED: _on_final,
+    EventType.TASK_REJECTED: _on_final,
+}
+
+
+# -- what every event may change ----------------------------------------------------------------------
+
+
+def _advance_state(fold: Fold) -> None:
+    """The state, by precedence (a retry message's publish is not a state of its own)."""
+    row, attempt = fold.row, fold.attempt
+    state = EVENT_STATE[fold.type_]
+    if fold.type_ == EventType.TASK_SENT and attempt > 0:
+        return
+    if fold.before is not None and precedence(state, attempt) <= fold.before:
+        return
+    row["state"] = state
+    row["retries"] = max(int(row.get("retries") or 0), attempt + 1 if state == TaskState.RETRY else attempt)
+    if state in (TaskState.SUCCESS, TaskState.FAILURE):
+        runtime = fold.event.get("runtime")
+        row["runtime"] = float(runtime) if isinstance(runtime, int | float) else row.get("runtime")
+        row["finished_at"] = fold.when
+        row["worker"] = _text(fold.host, 200)
+    if state == TaskState.SUCCESS:
+        row["result_summary"] = _text(fold.event.get("result"), 500)
+        row["exception"] = None
+        row["error"] = None
+
+
+# the events whose error is shown while the row is in this state (None: while it is not finished)
+_ERROR_SHOWN_IN: dict[EventType, TaskState | None] = {
+    EventType.TASK_FAILED: TaskState.FAILURE,
+    EventType.TASK_REJECTED: TaskState.REJECTED,
+    EventType.TASK_REVOKED: TaskState.REVOKED,
+    EventType.TASK_RETRIED: None,
+}
+
+
+def _keep_error(fold: Fold) -> None:
+    """The error shown is the final failure's (or rejection's, or revocation's reason), or the last
+    retry's while the task is not finished."""
+    if fold.type_ not in _ERROR_SHOWN_IN or not (fold.event.get("exception") or fold.event.get("error")):
+        return
+    shown_in, state = _ERROR_SHOWN_IN[fold.type_], fold.row.get("state")
+    if state == shown_in or (shown_in is None and state not in FINAL_STATES):
+        fold.row["exception"] = _text(fold.event.get("exception"), 200) or fold.row.get("exception")
+        fold.row["error"] = _text(fold.event.get("error"), 5000) or fold.row.get("error")
+
+
+def _count(fold: Fold) -> None:
+    metric, name, host, queue = COUNTERS[fold.type_][0], fold.name, fold.host, fold.queue
+    if fold.type_ == EventType.TASK_FAILED:
+        fold.deltas.count(metric, (name, host, str(fold.event.get("exception") or ""), queue), host)
+    else:
+        fold.deltas.count(metric, (name, host, queue), host)
+    if fold.type_ == EventType.TASK_SUCCEEDED and isinstance(fold.event.get("runtime"), int | float):
+        fold.deltas.observe(RUNTIME, (name, host, queue), host, float(fold.event["runtime"]))
+
+
+def _keep_eta(fold: Fold) -> None:
+    eta = _parse_eta(fold.event.get("eta"))
+    if eta is not None:
+        fold.row["_eta"] = eta
+
+
+def _queue_wait(fold: Fold) -> None:
+    """From when the task could run (its publish, or its ETA or countdown if later) to its first start,
+    observed once both are known. Both events of the pair carry the ETA, so whichever comes second has it."""
+    row = fold.row
     sent, started = row.get("sent_at"), row.get("started_at")
-    if sent is not None and started is not None:
-        row["queue_wait"] = max((started - sent).total_seconds(), 0.0)
-        if mask & (1 << SENT_BIT) and not mask & (1 << QUEUE_WAIT_BIT):
-            mask |= 1 << QUEUE_WAIT_BIT
-            worker = str(row.get("worker") or host)
-            deltas.observe(QUEUE_WAIT, (name, worker, str(row.get("queue") or queue)), worker, row["queue_wait"])
+    if sent is None or started is None:
+        return
+    due = max(sent, row.get("_eta") or sent)
+    row["queue_wait"] = max((started - due).total_seconds(), 0.0)
+    mask = int(row.get("event_mask") or 0)
+    if mask & (1 << SENT_BIT) and not mask & (1 << QUEUE_WAIT_BIT):
+        row["event_mask"] = mask | (1 << QUEUE_WAIT_BIT)
+        worker = str(row.get("worker") or fold.host)
+        queue = str(row.get("queue") or fold.queue)
+        fold.deltas.observe(QUEUE_WAIT, (fold.name, worker, queue), worker, row["queue_wait"])
 
-    row["event_mask"] = mask
-    row["last_event_seq"] = max(int(row.get("last_event_seq") or 0), seq)
-    return True
+
+def _parse_eta(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        eta = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return eta.replace(tzinfo=dt.UTC) if eta.tzinfo is None else eta.astimezone(dt.UTC)
 
 
 def finish_row(row: dict[str, Any], now: dt.datetime) -> dict[str, Any]:

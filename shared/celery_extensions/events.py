@@ -33,6 +33,7 @@ flusher thread (``os.register_at_fork``); prefork pool children emit on their ow
 from __future__ import annotations
 
 import atexit
+import datetime as dt
 import json
 import logging
 import os
@@ -464,7 +465,11 @@ def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None,
     if task is None or task_id is None or events is None:
         return
     events.started[(task_id, task.request.retries or 0)] = time.perf_counter()
-    events.emit(EventType.TASK_STARTED, **_task_fields(task))
+    fields = _task_fields(task)
+    eta = getattr(task.request, "eta", None)
+    if eta:  # the monitor's queue wait starts at the ETA (or countdown), not at the publish
+        fields["eta"] = eta.isoformat() if isinstance(eta, dt.datetime) else str(eta)
+    events.emit(EventType.TASK_STARTED, **fields)
 
 
 def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import datetime as dt
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from kombu.exceptions import KombuError
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway.deps import AdminPrincipal, CurrentPrincipal, RuntimeDep, StoreDep
-from services.gateway.idempotency import IdempotencyClaim
+from services.gateway.idempotency import Answer, IdempotencyClaim, Replay, submit_once
 from services.gateway.openapi import admin_only
 from services.gateway.problems import ProblemError
 from services.gateway.routes import API_PREFIX
@@ -27,22 +22,20 @@ from services.gateway.runtime import Runtime
 from services.gateway.schemas import (
     BatchAccepted,
     BatchSubmission,
-    Progress,
     RevokeAccepted,
     RevokeRequest,
     TaskAccepted,
     TaskDetail,
-    TaskErrorInfo,
     TaskList,
     TaskSubmission,
     TaskSummary,
 )
-from services.gateway.submission import BROKER_RETRY_AFTER, Prepared, Submitter, prepare
-from services.gateway.taskstore import TaskMeta, TaskStore, decode_result, parse_time
+from services.gateway.submission import BROKER_RETRY_AFTER, Submitter, prepare
+from services.gateway.task_view import TaskView, detail, load_view, summaries
+from services.gateway.taskstore import decode_result
 from shared.catalog import get_spec
 from shared.celery_extensions.revocations import queue_revoke
-from shared.contracts import FINAL_STATES, RESULT_KEY_PREFIX, TaskState, parse_state
-from shared.models import TaskRecord
+from shared.contracts import FINAL_STATES, RESULT_KEY_PREFIX, TaskState
 from shared.tokens import Principal
 
 router = APIRouter(prefix=API_PREFIX, tags=["tasks"])
@@ -60,40 +53,27 @@ IdempotencyKey = Annotated[
 SCAN_CHUNK = 500
 SCAN_MAX = 5_000
 SSE_MAX_SECONDS = 3600.0
-FINISHED_RECORDS_MAX = 10_000
 
 
 # -- submission --------------------------------------------------------------------------------
 
 
-async def _submit_once(
+async def _submit(
     runtime: Runtime,
-    store: TaskStore,
     principal: Principal,
-    items: list[Prepared],
     idempotency_key: str | None,
-    body: Any,
-    make_answer: Any,
-) -> Any:
+    body: dict[str, Any],
+    submit: Callable[[], Awaitable[Answer]],
+) -> Answer | Response:
+    """``submit``, once per Idempotency-Key; a repeat gets the first answer again."""
     claim = None
     if idempotency_key is not None:
-        claim = IdempotencyClaim(
-            runtime.cache, principal.name, idempotency_key, body, runtime.settings.idempotency_ttl_seconds
-        )
-        replay = await claim.claim()
-        if replay is not None:
-            return JSONResponse(replay.body, status_code=replay.status, headers={"Idempotent-Replayed": "true"})
-    try:
-        accepted = await Submitter(runtime, store).submit(principal, items)
-    except BaseException:
-        if claim is not None:
-            with contextlib.suppress(Exception):
-                await claim.release()
-        raise
-    answer = make_answer(accepted)
-    if claim is not None:
-        await claim.complete(202, answer.model_dump(mode="json"))
-    return answer
+        ttl = runtime.settings.idempotency_ttl_seconds
+        claim = IdempotencyClaim(runtime.cache, principal.name, idempotency_key, body, ttl)
+    outcome = await submit_once(claim, submit)
+    if isinstance(outcome, Replay):
+        return JSONResponse(outcome.body, status_code=outcome.status, headers={"Idempotent-Replayed": "true"})
+    return outcome
 
 
 SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -118,15 +98,11 @@ async def submit_task(
 ) -> Any:
     """Validate a submission against the catalog and put it on its queue. 202 means it is in the broker."""
     item = prepare(submission, max_delay=runtime.settings.broker_visibility_timeout)
-    return await _submit_once(
-        runtime,
-        store,
-        principal,
-        [item],
-        idempotency_key,
-        submission.model_dump(mode="json"),
-        lambda accepted: accepted[0],
-    )
+
+    async def submit() -> TaskAccepted:
+        return (await Submitter(runtime, store).submit(principal, [item]))[0]
+
+    return await _submit(runtime, principal, idempotency_key, submission.model_dump(mode="json"), submit)
 
 
 @router.post(
@@ -147,15 +123,12 @@ async def submit_batch(
     first; one invalid item refuses the whole batch (its index is in the error's ``loc``)."""
     max_delay = runtime.settings.broker_visibility_timeout
     items = [prepare(item, ("body", "tasks", i), max_delay) for i, item in enumerate(batch.tasks)]
-    answer = await _submit_once(
-        runtime,
-        store,
-        principal,
-        items,
-        idempotency_key,
-        batch.model_dump(mode="json"),
-        lambda accepted: BatchAccepted(count=len(accepted), results=accepted),
-    )
+
+    async def submit() -> BatchAccepted:
+        accepted = await Submitter(runtime, store).submit(principal, items)
+        return BatchAccepted(count=len(accepted), results=accepted)
+
+    answer = await _submit(runtime, principal, idempotency_key, batch.model_dump(mode="json"), submit)
     if isinstance(answer, BatchAccepted):  # serialized once, without validating thousands of items again
         return Response(answer.model_dump_json(), status_code=202, media_type="application/json")
     return answer
@@ -164,67 +137,10 @@ async def submit_batch(
 # -- reading -----------------------------------------------------------------------------------
 
 
-@dataclass
-class Visible:
-    """A task the caller may see: what the gateway recorded, its result and its history row."""
-
-    task_id: str
-    meta: TaskMeta | None
-    result: dict[str, Any] | None
-    record: dict[str, Any] | None
-
-    @property
-    def owner(self) -> str | None:
-        if self.meta is not None:
-            return self.meta.owner
-        return self.record.get("owner") if self.record else None
-
-    @property
-    def status(self) -> TaskState:
-        if self.result is not None:  # a state no mallops task stores would read PENDING
-            return parse_state(self.result.get("status")) or TaskState.PENDING
-        state = parse_state((self.record or {}).get("state"))
-        # a task the gateway submitted reads PENDING until a worker stores a state, unless its history
-        # already has a final one: a worker that rejects a message stores no result
-        if state and (self.meta is None or state in FINAL_STATES):
-            return state
-        return TaskState.PENDING
-
-    @property
-    def task_name(self) -> str:
-        if self.meta is not None:
-            return self.meta.task_name
-        name = (self.result or {}).get("name") or (self.record or {}).get("task_name") or ""
-        spec = get_spec(str(name))
-        return spec.name if spec else str(name)
-
-
-def _history_record(runtime: Runtime, task_id: str) -> dict[str, Any] | None:
-    """The task's history row; a finished task's row no longer changes, so it is remembered."""
-    cache: OrderedDict[str, dict[str, Any]] = runtime.extras.setdefault("finished_records", OrderedDict())
-    cached = cache.get(task_id)
-    if cached is not None:
-        return cached
-    with runtime.sessions() as session:
-        row = session.scalar(select(TaskRecord).where(TaskRecord.task_id == task_id))
-        if row is None:
-            return None
-        record = {column.key: getattr(row, column.key) for column in TaskRecord.__table__.columns}
-    if record.get("state") in FINAL_STATES:
-        cache[task_id] = record
-        if len(cache) > FINISHED_RECORDS_MAX:
-            cache.popitem(last=False)
-    return record
-
-
-async def visible_task(task_id: TaskId, principal: CurrentPrincipal, runtime: RuntimeDep, store: StoreDep) -> Visible:
+async def visible_task(task_id: TaskId, principal: CurrentPrincipal, runtime: RuntimeDep, store: StoreDep) -> TaskView:
     """The task, if it exists and the caller may see it (a user only their own); 404 otherwise."""
-    meta, result = await asyncio.gather(store.load(task_id), store.result(task_id))
-    record = None
-    if meta is None or result is None or result.get("status") in (*FINAL_STATES, TaskState.STARTED):
-        record = await run_in_threadpool(_history_record, runtime, task_id)
-    task = Visible(task_id, meta, result, record)
-    if meta is None and record is None and (result is None or not principal.is_admin):
+    task = await load_view(runtime, store, task_id)
+    if task.meta is None and task.history is None and (task.result is None or not principal.is_admin):
         raise _not_found(task_id)
     if not principal.is_admin and task.owner != principal.name:
         raise _not_found(task_id)
@@ -235,69 +151,7 @@ def _not_found(task_id: str) -> ProblemError:
     return ProblemError(404, f"there is no task {task_id!r} (or it is not yours)", kind="unknown-task-id")
 
 
-VisibleTask = Annotated[Visible, Depends(visible_task)]
-
-
-def _error(result: dict[str, Any]) -> TaskErrorInfo | None:
-    if result.get("status") not in (TaskState.FAILURE, TaskState.RETRY):
-        return None
-    value = result.get("result")
-    if isinstance(value, dict) and "exc_type" in value:
-        message = value.get("exc_message", "")
-        if isinstance(message, list | tuple):
-            message = " ".join(str(part) for part in message)
-        return TaskErrorInfo(type=str(value["exc_type"]), message=str(message))
-    return TaskErrorInfo(type="Error", message=str(value))
-
-
-def detail(task: Visible) -> TaskDetail:
-    result = task.result or {}
-    record = task.record or {}
-    meta = task.meta
-    status = task.status
-    value = result.get("result")
-    progress = None
-    worker = result.get("worker") or record.get("worker")
-    if status == TaskState.PROGRESS and isinstance(value, dict) and {"current", "total"} <= value.keys():
-        progress = Progress(current=int(value["current"]), total=int(value["total"]))
-    if status == TaskState.STARTED and isinstance(value, dict):
-        worker = worker or value.get("hostname")
-    finished_at = parse_time(result.get("date_done")) if status in FINAL_STATES else None
-    finished_at = finished_at or parse_time(record.get("finished_at"))
-    started_at = parse_time(record.get("started_at"))
-    duration = record.get("runtime")
-    if duration is None and started_at is not None and finished_at is not None:
-        duration = max(0.0, (finished_at - started_at).total_seconds())
-    if meta is not None:
-        args, kwargs = meta.args, meta.kwargs
-    else:
-        args = list(result.get("args") or [])
-        kwargs = dict(result.get("kwargs") or {})
-    return TaskDetail(
-        task_id=task.task_id,
-        task_name=task.task_name,
-        status=status,
-        result=value if status == TaskState.SUCCESS else None,
-        error=_error(result)
-        if result
-        else (
-            TaskErrorInfo(type=str(record.get("exception") or "Error"), message=str(record.get("error") or ""))
-            if status in (TaskState.FAILURE, TaskState.REJECTED) and record
-            else None
-        ),
-        progress=progress,
-        queue=(meta.queue if meta else None) or result.get("queue") or record.get("queue"),
-        worker=worker,
-        retries=int(result.get("retries") or record.get("retries") or 0),
-        args=args,
-        kwargs=kwargs,
-        owner=task.owner,
-        retry_of=meta.retry_of if meta else None,
-        sent_at=(meta.submitted_at if meta else None) or record.get("sent_at"),
-        started_at=started_at,
-        finished_at=finished_at,
-        duration=duration,
-    )
+VisibleTask = Annotated[TaskView, Depends(visible_task)]
 
 
 @router.get("/tasks", response_model=TaskList, summary="List recent tasks")
@@ -316,58 +170,16 @@ async def list_tasks(
     if status is None and task_name is None:
         total = await store.recent_count(owner)
         ids = await store.recent_ids(owner, offset, offset + limit - 1)
-        return _json(TaskList(count=total, results=await _summaries(runtime, store, ids)))
+        return _json(TaskList(count=total, results=await summaries(runtime, store, ids)))
     matches: list[TaskSummary] = []
     for start in range(0, SCAN_MAX, SCAN_CHUNK):
         ids = await store.recent_ids(owner, start, start + SCAN_CHUNK - 1)
         if not ids:
             break
-        for row in await _summaries(runtime, store, ids):
+        for row in await summaries(runtime, store, ids):
             if (status is None or row.status == status) and (task_name is None or row.task_name == task_name):
                 matches.append(row)
     return _json(TaskList(count=len(matches), results=matches[offset : offset + limit]))
-
-
-async def _summaries(runtime: Runtime, store: TaskStore, ids: list[str]) -> list[TaskSummary]:
-    """The tasks' summaries: the gateway's metadata and the result backend's state or, for a task with no
-    result (rejected, or its result expired), the final state in its history."""
-    metas, results = await asyncio.gather(store.load_many(ids), store.results_many(ids))
-    missing = [task_id for task_id, result in zip(ids, results, strict=True) if result is None]
-    finals = await run_in_threadpool(_final_records, runtime, missing) if missing else {}
-    return [
-        _summary(task_id, meta, result, finals.get(task_id))
-        for task_id, meta, result in zip(ids, metas, results, strict=True)
-    ]
-
-
-def _final_records(runtime: Runtime, task_ids: list[str]) -> dict[str, tuple[str, dt.datetime | None]]:
-    """task id -> (state, finished_at) of those of ``task_ids`` whose history row is final."""
-    with runtime.sessions() as session:
-        rows = session.execute(
-            select(TaskRecord.task_id, TaskRecord.state, TaskRecord.finished_at).where(
-                TaskRecord.task_id.in_(task_ids), TaskRecord.state.in_(FINAL_STATES)
-            )
-        )
-        return {task_id: (state, finished_at) for task_id, state, finished_at in rows}
-
-
-def _summary(
-    task_id: str,
-    meta: TaskMeta | None,
-    result: dict[str, Any] | None,
-    final: tuple[str, dt.datetime | None] | None = None,
-) -> TaskSummary:
-    status = parse_state((result or {}).get("status") or (final[0] if final else None)) or TaskState.PENDING
-    finished_at = parse_time((result or {}).get("date_done")) if result else (final[1] if final else None)
-    return TaskSummary(
-        task_id=task_id,
-        task_name=meta.task_name if meta else str((result or {}).get("name") or ""),
-        status=status,
-        queue=meta.queue if meta else None,
-        owner=meta.owner if meta else None,
-        sent_at=meta.submitted_at if meta else None,
-        finished_at=finished_at if status in FINAL_STATES else None,
-    )
 
 
 @router.get("/tasks/{task_id}", response_model=TaskDetail, summary="Read a task")
@@ -381,7 +193,7 @@ def _json(model: TaskDetail | TaskList) -> Response:
     return Response(model.model_dump_json(), media_type="application/json")
 
 
-def _event(task: Visible, seq: int) -> ServerSentEvent:
+def _event(task: TaskView, seq: int) -> ServerSentEvent:
     info = detail(task)
     kind = "progress" if info.status == TaskState.PROGRESS else "status"
     data = {
@@ -416,7 +228,7 @@ async def task_events(task: VisibleTask, runtime: RuntimeDep, store: StoreDep) -
         last: Any = None
         deadline = time.monotonic() + SSE_MAX_SECONDS
         latest = await store.result(task.task_id)  # read after subscribing: no change falls in between
-        current = Visible(task.task_id, task.meta, latest, task.record) if latest is not None else task
+        current = task.with_result(latest)
         while True:
             event = _event(current, seq)
             if event.data != last:
@@ -436,8 +248,7 @@ async def task_events(task: VisibleTask, runtime: RuntimeDep, store: StoreDep) -
                 result = decode_result(message.get("data"))
             else:
                 result = await store.result(task.task_id)
-            if result is not None:
-                current = Visible(task.task_id, task.meta, result, task.record)
+            current = current.with_result(result)
     finally:
         with contextlib.suppress(Exception):
             await pubsub.unsubscribe(channel)
