@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from mallops.commands import register as register_operator_commands
-from shared.services import SERVICE_NAMES
+from mallops.services import SERVICE_NAMES
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -25,7 +25,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-RUNNABLE = SERVICE_NAMES  # shared/services.py: the one list of the platform's processes
+RUNNABLE = SERVICE_NAMES  # mallops/services.py: the one list of the platform's processes
 register_operator_commands(app)  # tasks, workers, doctor, dev, ...: mallops/commands/
 
 
@@ -60,7 +60,7 @@ def migrate() -> None:
     run_migrations()
     typer.echo("database schema is up to date")
     if get_settings().demo_data:
-        from shared import demo_data as demo
+        from mallops import demo_data as demo
         from shared.db import session_scope
 
         try:
@@ -82,7 +82,7 @@ def demo_data(
     as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")] = False,
 ) -> None:
     """Fill the database with a deterministic demo mall (migrating it first)."""
-    from shared import demo_data as demo
+    from mallops import demo_data as demo
     from shared.db import migrate as run_migrations
     from shared.db import session_scope
 

@@ -6,12 +6,12 @@ What it does, in order:
    with AOF on, on a free loopback port, its data in ``<data_dir>/dev/redis``.
 2. The database (embedded SQLite under the data dir unless ``MALLOPS_DATABASE_URL``): ``mallops migrate``,
    and ``mallops demo-data`` on the first start.
-3. Every service of :mod:`shared.services` with exactly its command (``mallops serve <name>``), plus a
+3. Every service of :mod:`mallops.services` with exactly its command (``mallops serve <name>``), plus a
    local SMTP catcher (aiosmtpd's ``Mailbox`` handler) that stores every e-mail in a maildir, all under
    honcho's process manager: output multiplexed with a prefix per process; Ctrl-C or SIGTERM stops every
    child (SIGTERM to each process group, SIGKILL after honcho's grace period); a child that dies stops
    the whole stack with a non-zero exit.
-4. Ready when every readiness probe of :mod:`shared.services` passes (gateway ``/readyz`` 200, each
+4. Ready when every readiness probe of :mod:`mallops.services` passes (gateway ``/readyz`` 200, each
    worker answers a ping, beat holds the RedBeat lock, the monitor's ``/health`` is 200) and the SMTP
    catcher accepts connections; then it prints the URLs, the admin token and where e-mail goes, and
    writes ``<data_dir>/dev/stack.json`` (and a sourceable ``<data_dir>/dev/env``).
@@ -40,8 +40,8 @@ from typing import Any, TextIO
 from honcho.manager import Manager
 from honcho.printer import Message, Printer
 
+from mallops.services import SERVICE_SPECS, ServiceSpec, probe
 from shared.files import atomic_write
-from shared.services import SERVICE_SPECS, ServiceSpec, probe
 from shared.settings import Settings
 
 REDIS_MISSING = (

@@ -28,9 +28,3 @@ def consumer_loop_client(url: str) -> redis.Redis[bytes]:
     (dead letters, revocation checks): a slow Redis must not stall message consumption. redis-py's pool
     notices a fork and reconnects in the child."""
     return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-
-
-def reset_clients() -> None:
-    """Forget pooled clients (after fork, or when tests change the settings)."""
-    _client_for.cache_clear()
-    consumer_loop_client.cache_clear()

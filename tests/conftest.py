@@ -20,7 +20,6 @@ import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from shared.cache import reset_clients
 from shared.db import migrate, reset_engines, session_scope
 from shared.settings import Settings, get_settings
 from tests.harness import Process, RedisServer, start_redis, start_worker
@@ -106,8 +105,7 @@ def service_env(
     saved = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
     get_settings.cache_clear()
-    reset_engines()
-    reset_clients()
+    reset_engines()  # pooled Redis clients are per URL: they need no reset
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOPS_")} | values
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
     yield env
@@ -117,7 +115,6 @@ def service_env(
         else:
             os.environ[key] = old
     get_settings.cache_clear()
-    reset_clients()
 
 
 @pytest.fixture(scope="session")
@@ -134,7 +131,7 @@ def migrated(settings: Settings) -> Settings:
 @pytest.fixture
 def demo_db(migrated: Settings) -> Settings:
     """A small deterministic demo mall (20 stores, 3 months to DEMO_AS_OF), replaced for each test."""
-    from shared.demo_data import generate
+    from mallops.demo_data import generate
 
     with session_scope(migrated) as session:
         generate(session, stores=20, months=3, seed=7, as_of=DEMO_AS_OF, reset=True)

@@ -29,7 +29,7 @@ from mallops.output import (
     print_table,
     say_error,
 )
-from shared.services import SERVICE_SPECS, WORKER_SERVICES, redbeat_lock_key
+from mallops.services import SERVICE_SPECS, WORKER_SERVICES, redbeat_lock_key
 from shared.settings import Settings, get_settings
 
 Status = Literal["ok", "warning", "problem"]
@@ -169,7 +169,7 @@ def check_smtp(settings: Settings) -> list[Check]:
 
 
 def check_queues_and_workers(settings: Settings) -> list[Check]:
-    from shared.history import list_workers, queue_lengths
+    from shared.workers import list_workers, queue_lengths
 
     workers = list_workers(settings)
     lengths = queue_lengths(settings, workers)

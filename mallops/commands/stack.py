@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from shared.services import SERVICE_NAMES, get_service, probe
+from mallops.services import SERVICE_NAMES, get_service, probe
 
 EXIT_OK, EXIT_NOT_READY, EXIT_USAGE = 0, 1, 2
 

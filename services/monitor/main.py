@@ -13,17 +13,17 @@ from sqlalchemy import text
 from services.monitor.consumer import StreamConsumer
 from services.monitor.http import make_app, serve
 from services.monitor.metrics import Health, MetricStore, build_registry
-from shared import history
 from shared.cache import redis_client
 from shared.db import session_scope
 from shared.settings import Settings, get_settings
+from shared.workers import list_workers, queue_lengths
 
 log = logging.getLogger("mallops.monitor")
 
 
 def live_state(settings: Settings) -> tuple[list[dict[str, object]], dict[str, dict[str, int]]]:
-    workers = history.list_workers(settings)
-    return workers, history.queue_lengths(settings, workers)
+    workers = list_workers(settings)
+    return workers, queue_lengths(settings, workers)
 
 
 def health_check(settings: Settings) -> dict[str, str]:

@@ -8,9 +8,9 @@ import signal
 import pytest
 from sqlalchemy import func, inspect, select, text
 
+from mallops.demo_data import DemoDataExists, generate
 from shared import models
 from shared.db import get_engine, session_scope
-from shared.demo_data import DemoDataExists, generate
 from shared.settings import Settings
 
 

@@ -20,7 +20,8 @@ from services.gateway.schemas import (
     WorkerInfo,
     WorkerList,
 )
-from shared import history, schedules
+from shared import schedules
+from shared.workers import list_workers, queue_lengths
 
 router = APIRouter(prefix=API_PREFIX, tags=["admin"])
 
@@ -28,7 +29,7 @@ router = APIRouter(prefix=API_PREFIX, tags=["admin"])
 @router.get("/workers", response_model=WorkerList, summary="Workers online and offline", openapi_extra=admin_only())
 async def workers(principal: AdminPrincipal, runtime: RuntimeDep) -> WorkerList:
     """Every worker seen recently (from their heartbeats): status, queues, active and processed tasks."""
-    rows = await run_in_threadpool(history.list_workers, runtime.settings)
+    rows = await run_in_threadpool(list_workers, runtime.settings)
     items = [WorkerInfo.model_validate(row) for row in rows]
     return WorkerList(count=len(items), online=sum(1 for w in items if w.status == "online"), results=items)
 
@@ -36,7 +37,7 @@ async def workers(principal: AdminPrincipal, runtime: RuntimeDep) -> WorkerList:
 @router.get("/queues", response_model=QueueList, summary="Queue lengths and consumers", openapi_extra=admin_only())
 async def queues(principal: AdminPrincipal, runtime: RuntimeDep) -> QueueList:
     """Each queue's pending messages in the broker (priority sub-queues included) and its online consumers."""
-    lengths = await run_in_threadpool(history.queue_lengths, runtime.settings)
+    lengths = await run_in_threadpool(queue_lengths, runtime.settings)
     items = [
         QueueInfo(name=name, pending=value["pending"], consumers=value["consumers"]) for name, value in lengths.items()
     ]

@@ -8,11 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import ValidationError
 
+from services.gateway import task_history as history
 from services.gateway.deps import CurrentPrincipal, SessionDep
 from services.gateway.problems import ProblemError
 from services.gateway.routes import API_PREFIX
 from services.gateway.schemas import HistoryItem, HistoryPage, TaskStats
-from shared import history
 from shared.catalog import get_spec
 from shared.contracts import TaskState
 

@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 from shared.catalog import CATALOG
 from shared.celery_app import create_celery_app
 from shared.db import session_scope
-from shared.history import list_workers
 from shared.models import TaskRecord
+from shared.workers import list_workers
 from tests.harness import wait_until
 from tests.services.monitor.conftest import OFFLINE_AFTER, MonitorStack
 

@@ -1,8 +1,6 @@
-"""Reading the task history, worker liveness and queue lengths: what the gateway and the CLI show.
-
-The monitor writes ``task_history`` (one row per task, see :class:`shared.models.TaskRecord`) from the
-lifecycle event stream; workers write their liveness into Redis (``shared.contracts.WORKERS_KEY``); queue
-lengths come straight from the broker. Everything here only reads.
+"""The monitor's task history as the gateway serves it: pages of rows (newest first, cursors) and statistics
+over a window. The monitor writes ``task_history`` (one row per task, :class:`shared.models.TaskRecord`);
+everything here only reads.
 
 Timestamps in the returned dicts are ISO 8601 strings in UTC; durations are seconds (floats).
 """
@@ -11,36 +9,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import datetime as dt
-import functools
 import json
 import math
-import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from shared.cache import redis_client
-from shared.catalog import QUEUES
-from shared.contracts import (
-    FINAL_STATES,
-    HISTORY_STATES,
-    PRIORITY_STEPS,
-    WORKERS_KEY,
-    TaskState,
-    WorkerRecord,
-    parse_state,
-    priority_keys,
-    state_list,
-)
+from shared.catalog import get_spec
+from shared.contracts import FINAL_STATES, HISTORY_STATES, TaskState, parse_state, state_list
 from shared.models import TaskRecord
-from shared.settings import Settings, get_settings
 
 MAX_PAGE = 500
 
@@ -176,11 +158,6 @@ def query_history(
     return HistoryPage([record_dict(row) for row in rows], next_cursor)
 
 
-def get_task_record(session: Session, task_id: str) -> dict[str, Any] | None:
-    row = session.get(TaskRecord, task_id)
-    return record_dict(row) if row is not None else None
-
-
 # -- statistics ----------------------------------------------------------------------------------
 
 
@@ -275,100 +252,6 @@ def _summary(acc: _Acc, window: float) -> dict[str, Any]:
     }
 
 
-# -- workers and queues ----------------------------------------------------------------------------
-
-
-def list_workers(settings: Settings | None = None, *, now: float | None = None) -> list[dict[str, Any]]:
-    """Every worker seen recently, from the heartbeats workers write into Redis.
-
-    A worker is ``offline`` when it said so on shutdown or when it has been silent for more than
-    ``MALLOPS_WORKER_OFFLINE_AFTER`` seconds; workers silent for longer than
-    ``MALLOPS_WORKER_PURGE_AFTER`` are left out. Sorted by hostname.
-    """
-    settings = settings or get_settings()
-    now = time.time() if now is None else now
-    raw = redis_client(settings).hgetall(WORKERS_KEY)
-    workers = []
-    for hostname, value in raw.items():
-        record = WorkerRecord.from_json(hostname, value)
-        if record is None:
-            continue
-        silence = now - record.last_heartbeat
-        if silence > settings.worker_purge_after:
-            continue
-        online = record.status != "offline" and silence <= settings.worker_offline_after
-        workers.append(
-            {
-                "hostname": hostname,
-                "status": "online" if online else "offline",
-                "service": record.service,
-                "pid": record.pid,
-                "queues": record.queues,
-                "concurrency": record.concurrency,
-                "active": record.active if online else 0,
-                "processed": record.processed,
-                "last_heartbeat": _iso(dt.datetime.fromtimestamp(record.last_heartbeat, dt.UTC)),
-                "seconds_since_heartbeat": round(max(silence, 0.0), 3),
-            }
-        )
-    return sorted(workers, key=lambda w: w["hostname"])
-
-
-@functools.lru_cache(maxsize=4)
-def _broker_client(url: str) -> redis.Redis[str]:
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
-
-
-def queue_lengths(
-    settings: Settings | None = None, workers: Iterable[dict[str, Any]] | None = None
-) -> dict[str, dict[str, int]]:
-    """``{queue: {"pending": messages waiting in the broker, "consumers": online workers}}`` for every
-    mallops queue and any other queue an online worker consumes. ``pending`` counts the Redis priority
-    sub-queues too; ``workers`` (from :func:`list_workers`) saves reading them again."""
-    settings = settings or get_settings()
-    worker_list = list(workers) if workers is not None else list_workers(settings)
-    consumers: dict[str, int] = defaultdict(int)
-    for worker in worker_list:
-        if worker["status"] == "online":
-            for queue in worker["queues"]:
-                consumers[queue] += 1
-    names = list(QUEUES) + sorted(set(consumers) - set(QUEUES))
-    url = settings.celery_broker_url
-    pending = _redis_pending(url, names) if url.startswith(("redis://", "rediss://")) else _amqp_pending(url, names)
-    return {name: {"pending": pending[name], "consumers": consumers.get(name, 0)} for name in names}
-
-
-def _redis_pending(url: str, names: list[str]) -> dict[str, int]:
-    """Messages waiting in each queue's Redis lists (the queue and its priority sub-queues), one round trip."""
-    pipe = _broker_client(url).pipeline(transaction=False)
-    for name in names:
-        for key in priority_keys(name):
-            pipe.llen(key)
-    sizes = pipe.execute()
-    per = len(PRIORITY_STEPS)
-    return {name: int(sum(sizes[i * per : (i + 1) * per])) for i, name in enumerate(names)}
-
-
-def _amqp_pending(url: str, names: list[str]) -> dict[str, int]:
-    """Messages ready in each queue of an AMQP broker (RabbitMQ), by a passive declare; a queue that does
-    not exist yet has none."""
-    from kombu import Connection  # type: ignore[attr-defined]
-
-    pending: dict[str, int] = {}
-    with Connection(url, connect_timeout=5) as connection:  # type: ignore[no-untyped-call]
-        for name in names:
-            channel = connection.channel()  # a channel per queue: a 404 closes the channel it happened on
-            try:
-                declared = channel.queue_declare(queue=name, passive=True)
-                pending[name] = int(declared.message_count)
-            except connection.channel_errors:
-                pending[name] = 0
-            finally:
-                with contextlib.suppress(*connection.channel_errors, *connection.connection_errors):
-                    channel.close()
-    return pending
-
-
 # -- helpers ---------------------------------------------------------------------------------------
 
 
@@ -382,7 +265,5 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 def _name_variants(task_name: str) -> list[str]:
     """A short catalog name also matches its Celery name, and the other way round."""
-    from shared.catalog import get_spec
-
     spec = get_spec(task_name)
     return sorted({task_name, spec.name, spec.celery_name}) if spec else [task_name]

@@ -1,4 +1,4 @@
-"""shared/services.py: the one list of the platform's processes and their readiness checks."""
+"""mallops/services.py: the one list of the platform's processes and their readiness checks."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mallops.cli import RUNNABLE
-from shared.services import SERVICE_NAMES, SERVICE_SPECS, WORKER_SERVICES, get_service, probe, redbeat_lock_key
+from mallops.services import SERVICE_NAMES, SERVICE_SPECS, WORKER_SERVICES, get_service, probe, redbeat_lock_key
 from shared.settings import Settings
 from tests.harness import ROOT, Process, RedisServer, free_port
 
