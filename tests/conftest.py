@@ -13,14 +13,15 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
-from shared.db import migrate, reset_engines, session_scope
+from shared.db import make_engine, migrate, reset_engines, session_scope
 from shared.settings import Settings, get_settings
 from tests.harness import Process, RedisServer, start_redis, start_worker
 
@@ -126,6 +127,42 @@ def settings(service_env: dict[str, str]) -> Settings:
 def migrated(settings: Settings) -> Settings:
     migrate(settings)
     return settings
+
+
+@pytest.fixture(scope="session")
+def savepoint_engine(migrated: Settings) -> Iterator[Engine]:
+    """An engine of the tests' own for :func:`db`. On SQLite it carries SQLAlchemy's documented pysqlite
+    workaround (the driver's own transaction handling breaks SAVEPOINT: turn it off and emit BEGIN
+    ourselves), which production engines do not need."""
+    engine = make_engine(migrated.sqlalchemy_url)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _no_pysqlite_transactions(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN")
+
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def db(savepoint_engine: Engine) -> Iterator[Session]:
+    """A session inside a transaction that is rolled back after the test ("Joining a Session into an
+    External Transaction"): what the test writes is never committed, so tests need no cleanup and see no
+    one else's rows. A commit in the code under test releases a SAVEPOINT instead. Only for tests whose
+    data no other process (worker, gateway) has to read."""
+    with savepoint_engine.connect() as connection:
+        transaction = connection.begin()
+        session = Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+        try:
+            yield session
+        finally:
+            session.close()
+            transaction.rollback()
 
 
 @pytest.fixture

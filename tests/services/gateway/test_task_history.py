@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
+from sqlalchemy.orm import Session
 
 from services.gateway.task_history import (
     decode_cursor,
@@ -16,9 +17,7 @@ from services.gateway.task_history import (
     record_dict,
     task_stats,
 )
-from shared.db import session_scope
 from shared.models import TaskRecord
-from shared.settings import Settings
 
 T0 = dt.datetime(2026, 11, 1, 8, 0, tzinfo=dt.UTC)
 
@@ -51,19 +50,19 @@ def _row(
 
 
 @pytest.fixture
-def task_name(migrated: Settings) -> str:
+def task_name(db: Session) -> str:
     return f"test.history.{uuid.uuid4().hex[:8]}"
 
 
-def test_pages_walk_every_row_once_newest_first(migrated: Settings, task_name: str) -> None:
-    with session_scope(migrated) as session:
+def test_pages_walk_every_row_once_newest_first(db: Session, task_name: str) -> None:
+    with db.begin_nested():
         # 25 rows, some sharing a sent_at so the task_id tie-break matters
-        session.add_all(_row(task_name, i, "SUCCESS", sent=T0 + dt.timedelta(seconds=i // 3)) for i in range(25))
+        db.add_all(_row(task_name, i, "SUCCESS", sent=T0 + dt.timedelta(seconds=i // 3)) for i in range(25))
     seen: list[str] = []
     cursor = None
-    with session_scope(migrated) as session:
+    with db.begin_nested():
         while True:
-            page = query_history(session, task_name=task_name, cursor=cursor, limit=7)
+            page = query_history(db, task_name=task_name, cursor=cursor, limit=7)
             seen.extend(item["task_id"] for item in page.items)
             if page.next_cursor is None:
                 break
@@ -74,9 +73,9 @@ def test_pages_walk_every_row_once_newest_first(migrated: Settings, task_name: s
     assert seen == expected
 
 
-def test_filters_by_status_owner_and_time(migrated: Settings, task_name: str) -> None:
-    with session_scope(migrated) as session:
-        session.add_all(
+def test_filters_by_status_owner_and_time(db: Session, task_name: str) -> None:
+    with db.begin_nested():
+        db.add_all(
             [
                 _row(task_name, 1, "SUCCESS", owner="alice"),
                 _row(task_name, 2, "FAILURE", owner="bob"),
@@ -84,33 +83,33 @@ def test_filters_by_status_owner_and_time(migrated: Settings, task_name: str) ->
                 _row(task_name, 4, "RETRY", owner="alice"),
             ]
         )
-    with session_scope(migrated) as session:
+    with db.begin_nested():
 
         def ids(**kw: Any) -> list[str]:
-            return [i["task_id"][-1] for i in query_history(session, task_name=task_name, **kw).items]
+            return [i["task_id"][-1] for i in query_history(db, task_name=task_name, **kw).items]
 
         assert ids(status="success") == ["3", "1"]
         assert ids(owner="bob") == ["3", "2"]
         assert ids(status="SUCCESS", owner="bob") == ["3"]
         assert ids(since=T0 + dt.timedelta(seconds=2), until=T0 + dt.timedelta(seconds=4)) == ["3", "2"]
         with pytest.raises(ValueError, match="unknown status"):
-            query_history(session, status="exploded")
+            query_history(db, status="exploded")
         with pytest.raises(ValueError, match="invalid cursor"):
-            query_history(session, cursor="not-a-cursor!")
+            query_history(db, cursor="not-a-cursor!")
         with pytest.raises(ValueError, match="limit"):
-            query_history(session, limit=0)
+            query_history(db, limit=0)
 
 
-def test_short_name_finds_celery_name(migrated: Settings) -> None:
+def test_short_name_finds_celery_name(db: Session) -> None:
     task_id = f"short-{uuid.uuid4().hex}"
-    with session_scope(migrated) as session:
+    with db.begin_nested():
         row = _row("mallops.maintenance.long_running_task", 0, "SUCCESS", owner=task_id)
         row.task_id = task_id
-        session.add(row)
-    with session_scope(migrated) as session:
-        items = query_history(session, task_name="long_running_task", owner=task_id).items
+        db.add(row)
+    with db.begin_nested():
+        items = query_history(db, task_name="long_running_task", owner=task_id).items
         assert [i["task_id"] for i in items] == [task_id]
-        stored = session.get(TaskRecord, task_id)
+        stored = db.get(TaskRecord, task_id)
         assert stored is not None
         record = record_dict(stored)
         assert record["state"] == "SUCCESS"
@@ -131,17 +130,17 @@ def test_percentile_matches_linear_interpolation() -> None:
     assert percentile(values, 0.99) == pytest.approx(99.01)
 
 
-def test_stats_over_a_window(migrated: Settings, task_name: str) -> None:
+def test_stats_over_a_window(db: Session, task_name: str) -> None:
     other = task_name + ".other"
-    with session_scope(migrated) as session:
-        session.add_all(_row(task_name, i, "SUCCESS", runtime=float(i + 1), wait=i / 100) for i in range(100))
-        session.add_all(_row(task_name, 100 + i, "FAILURE", runtime=0.5) for i in range(20))
-        session.add_all(_row(other, i, "SUCCESS", runtime=10.0, wait=1.0, owner="bob") for i in range(10))
+    with db.begin_nested():
+        db.add_all(_row(task_name, i, "SUCCESS", runtime=float(i + 1), wait=i / 100) for i in range(100))
+        db.add_all(_row(task_name, 100 + i, "FAILURE", runtime=0.5) for i in range(20))
+        db.add_all(_row(other, i, "SUCCESS", runtime=10.0, wait=1.0, owner="bob") for i in range(10))
         # outside the window
-        session.add(_row(task_name, 999, "FAILURE", sent=T0 + dt.timedelta(hours=2)))
+        db.add(_row(task_name, 999, "FAILURE", sent=T0 + dt.timedelta(hours=2)))
     until = T0 + dt.timedelta(minutes=10)
-    with session_scope(migrated) as session:
-        stats = task_stats(session, since=T0, until=until, task_name=task_name)
+    with db.begin_nested():
+        stats = task_stats(db, since=T0, until=until, task_name=task_name)
         assert set(stats["tasks"]) == {task_name}
         block = stats["tasks"][task_name]
         assert block == stats["overall"]
@@ -156,16 +155,16 @@ def test_stats_over_a_window(migrated: Settings, task_name: str) -> None:
         assert block["runtime"]["p99"] == pytest.approx(percentile(runtimes, 0.99))
         assert block["queue_wait"]["p50"] == pytest.approx(0.495)
 
-        bob = task_stats(session, since=T0, until=until, owner="bob")
+        bob = task_stats(db, since=T0, until=until, owner="bob")
         assert bob["overall"]["total"] >= 10
         assert bob["tasks"][other]["runtime"]["p95"] == pytest.approx(10.0)
         with pytest.raises(ValueError, match="until"):
-            task_stats(session, since=until, until=T0)
+            task_stats(db, since=until, until=T0)
 
 
-def test_stats_of_an_empty_window(migrated: Settings, task_name: str) -> None:
-    with session_scope(migrated) as session:
-        stats = task_stats(session, since=T0, until=T0 + dt.timedelta(seconds=1), task_name=task_name)
+def test_stats_of_an_empty_window(db: Session, task_name: str) -> None:
+    with db.begin_nested():
+        stats = task_stats(db, since=T0, until=T0 + dt.timedelta(seconds=1), task_name=task_name)
     assert stats["overall"]["total"] == 0
     assert stats["overall"]["success_rate"] is None
     assert stats["overall"]["runtime"] == {"p50": None, "p95": None, "p99": None}
