@@ -166,6 +166,16 @@ def db(savepoint_engine: Engine) -> Iterator[Session]:
 
 
 @pytest.fixture
+def demo(db: Session) -> Session:
+    """The demo mall of :func:`demo_db`, inside the test's rolled-back transaction (for tests that need
+    no other process to see it)."""
+    from mallops.demo_data import generate
+
+    generate(db, stores=20, months=3, seed=7, as_of=DEMO_AS_OF, reset=True)
+    return db
+
+
+@pytest.fixture
 def demo_db(migrated: Settings) -> Settings:
     """A small deterministic demo mall (20 stores, 3 months to DEMO_AS_OF), replaced for each test."""
     from mallops.demo_data import generate
