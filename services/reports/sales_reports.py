@@ -185,28 +185,28 @@ def _payments(session: Session, period: Period, stores: dict[int, StoreLine]) ->
 
 def _bills_issued(session: Session, period: Period, stores: dict[int, StoreLine]) -> dict[str, Any]:
     """Bills issued on the period's local days."""
-    for store_id, count, amount in session.execute(
-        select(models.Bill.store_id, func.count(), func.sum(models.Bill.amount))
-        .where(models.Bill.issued_on >= period.first_day, models.Bill.issued_on < period.end_day)
-        .group_by(models.Bill.store_id)
-    ):
-        stores[store_id].bills_issued = count
-        stores[store_id].bills_issued_amount = money(amount)
-    return _total(stores, "bills_issued", "bills_issued_amount")
+    issued = models.Bill.issued_on >= period.first_day, models.Bill.issued_on < period.end_day
+    return _per_store(session, stores, issued, "bills_issued", "bills_issued_amount")
 
 
 def _overdue_at_end(session: Session, period: Period, stores: dict[int, StoreLine]) -> dict[str, Any]:
     """Bills due before the local day the period ends on and not paid by its end."""
-    for store_id, count, amount in session.execute(
+    unpaid = or_(models.Bill.paid_at.is_(None), models.Bill.paid_at >= period.end)
+    return _per_store(session, stores, (models.Bill.due_date < period.end_day, unpaid), "overdue", "overdue_amount")
+
+
+def _per_store(
+    session: Session, stores: dict[int, StoreLine], where: tuple[Any, ...], count: str, amount: str
+) -> dict[str, Any]:
+    """Count and sum the bills matching ``where`` per store into each line's ``count`` and ``amount``."""
+    for store_id, bills, total in session.execute(
         select(models.Bill.store_id, func.count(), func.sum(models.Bill.amount))
-        .where(
-            models.Bill.due_date < period.end_day, or_(models.Bill.paid_at.is_(None), models.Bill.paid_at >= period.end)
-        )
+        .where(*where)
         .group_by(models.Bill.store_id)
     ):
-        stores[store_id].overdue = count
-        stores[store_id].overdue_amount = money(amount)
-    return _total(stores, "overdue", "overdue_amount")
+        setattr(stores[store_id], count, bills)
+        setattr(stores[store_id], amount, money(total))
+    return _total(stores, count, amount)
 
 
 def _top_stores(lines: list[StoreLine], period: Period) -> list[dict[str, Any]]:
