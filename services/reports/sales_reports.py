@@ -13,8 +13,8 @@ Re-running a period replaces its row (unique ``kind`` + ``period_start``, upsert
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -140,19 +140,12 @@ def compute(session: Session, period: Period) -> ReportContent:
 
 def _sales(session: Session, period: Period, stores: dict[int, StoreLine]) -> dict[str, Any]:
     """The POS feed's daily sales on the period's local days, by day and by store category."""
-    by_day: dict[dt.date, Tally] = defaultdict(Tally)
-    by_category: dict[str, Tally] = defaultdict(Tally)
-    for store_id, day, amount, transactions in session.execute(
-        select(models.Sale.store_id, models.Sale.day, models.Sale.amount, models.Sale.transactions).where(
+    rows = session.execute(
+        select(models.Sale.store_id, models.Sale.day, models.Sale.transactions, models.Sale.amount).where(
             models.Sale.day >= period.first_day, models.Sale.day < period.end_day
         )
-    ):
-        value = money(amount)
-        line = stores[store_id]
-        line.sales_amount += value
-        line.sales_transactions += transactions
-        by_day[day].add(transactions, value)
-        by_category[line.category].add(transactions, value)
+    )
+    by_day, by_category = _add_up(stores, rows, "sales_transactions", "sales_amount")
     return {
         "amount": str(sum((line.sales_amount for line in stores.values()), Decimal("0.00"))),
         "transactions": sum(line.sales_transactions for line in stores.values()),
@@ -163,24 +156,34 @@ def _sales(session: Session, period: Period, stores: dict[int, StoreLine]) -> di
 
 def _payments(session: Session, period: Period, stores: dict[int, StoreLine]) -> dict[str, Any]:
     """Payments received in the period, by method and by store category."""
-    by_method: dict[str, Tally] = defaultdict(Tally)
-    by_category: dict[str, Tally] = defaultdict(Tally)
-    for store_id, method, count, amount in session.execute(
+    rows = session.execute(
         select(models.Payment.store_id, models.Payment.method, func.count(), func.sum(models.Payment.amount))
         .where(models.Payment.paid_at >= period.start, models.Payment.paid_at < period.end)
         .group_by(models.Payment.store_id, models.Payment.method)
-    ):
-        value = money(amount)
-        line = stores[store_id]
-        line.payments += count
-        line.payments_amount += value
-        by_method[method].add(count, value)
-        by_category[line.category].add(count, value)
+    )
+    by_method, by_category = _add_up(stores, rows, "payments", "payments_amount")
     return {
         **_total(stores, "payments", "payments_amount"),
         "by_method": {method: tally.as_pair() for method, tally in sorted(by_method.items())},
         "by_category": {category: tally.as_pair() for category, tally in sorted(by_category.items())},
     }
+
+
+def _add_up(
+    stores: dict[int, StoreLine], rows: Iterable[Any], count: str, amount: str
+) -> tuple[dict[Any, Tally], dict[str, Tally]]:
+    """Add each ``(store_id, key, count, amount)`` row to its store's line (attributes ``count`` and
+    ``amount``) and to the tallies by key and by the store's category."""
+    by_key: dict[Any, Tally] = defaultdict(Tally)
+    by_category: dict[str, Tally] = defaultdict(Tally)
+    for store_id, key, n, total in rows:
+        value = money(total)
+        line = stores[store_id]
+        setattr(line, count, getattr(line, count) + n)
+        setattr(line, amount, getattr(line, amount) + value)
+        by_key[key].add(n, value)
+        by_category[line.category].add(n, value)
+    return by_key, by_category
 
 
 def _bills_issued(session: Session, period: Period, stores: dict[int, StoreLine]) -> dict[str, Any]:
