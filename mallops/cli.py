@@ -57,8 +57,15 @@ def migrate() -> None:
     from shared.db import migrate as run_migrations
     from shared.settings import get_settings
 
+    before = _schema_revision()
     run_migrations()
-    typer.echo("database schema is up to date")
+    after = _schema_revision()
+    if before is None:
+        typer.echo(f"created the database schema (revision {after})")
+    elif before != after:
+        typer.echo(f"upgraded the database schema from revision {before} to {after}")
+    else:
+        typer.echo(f"database schema is up to date (revision {after})")
     if get_settings().demo_data:
         from shared import demo_data as demo
         from shared.db import session_scope
@@ -70,6 +77,17 @@ def migrate() -> None:
             typer.echo("demo data is already there")
         else:
             typer.echo("demo data: " + ", ".join(f"{value} {key}" for key, value in summary.as_dict().items()))
+
+
+def _schema_revision() -> str | None:
+    """The database's Alembic revision; None for a database without the schema."""
+    from alembic.runtime.migration import MigrationContext
+
+    from shared.db import get_engine
+
+    with get_engine().connect() as connection:
+        revision: str | None = MigrationContext.configure(connection).get_current_revision()
+    return revision
 
 
 @app.command("demo-data")

@@ -8,7 +8,7 @@ import typer
 
 from shared.services import SERVICE_NAMES, get_service, probe
 
-EXIT_OK, EXIT_NOT_READY, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_NOT_READY, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
 def probe_command(
@@ -52,6 +52,39 @@ def dev_command(
         typer.echo(f"mallops: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
     raise typer.Exit(code)
+
+
+def info_command() -> None:
+    """Print `mallops dev`'s ready banner again: URLs, the admin token, where e-mail goes.
+
+    It is kept in <data dir>/dev/banner.txt (MALLOPS_DATA_DIR, default ./.mallops). Exit 0 while that
+    stack runs, 3 when it has stopped (the banner of its last start is still printed) or never started.
+
+    Example: mallops info
+    """
+    import os
+
+    from mallops.devstack import BANNER_FILE
+    from shared.settings import get_settings
+
+    dev_dir = get_settings().data_dir.expanduser().resolve() / "dev"
+    banner = dev_dir / BANNER_FILE
+    if not banner.exists():
+        typer.echo(f"mallops: no `mallops dev` has become ready with the data folder {dev_dir.parent}", err=True)
+        raise typer.Exit(EXIT_UNREACHABLE)
+    typer.echo(banner.read_text(), nl=False)
+    running = False
+    try:
+        import json
+
+        pid = int(json.loads((dev_dir / "stack.json").read_text())["pid"])
+        os.kill(pid, 0)
+        running = True
+    except (FileNotFoundError, KeyError, ValueError, ProcessLookupError, PermissionError):
+        running = False
+    if not running:
+        typer.echo("mallops: that `mallops dev` is not running now (the banner is from its last start)", err=True)
+        raise typer.Exit(EXIT_UNREACHABLE)
 
 
 def mail_command(
@@ -109,4 +142,5 @@ def mail_command(
 def register(app: typer.Typer) -> None:
     app.command("dev")(dev_command)
     app.command("mail")(mail_command)
+    app.command("info")(info_command)
     app.command("probe")(probe_command)

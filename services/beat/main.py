@@ -37,7 +37,8 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 def beat_argv(settings: Settings, extra: list[str]) -> list[str]:
-    return ["beat", f"--scheduler={SCHEDULER}", f"--loglevel={settings.log_level}", *extra]
+    # -q: without Celery's start-up banner; beat logs "Starting..." and the lock it holds
+    return ["-q", "beat", f"--scheduler={SCHEDULER}", f"--loglevel={settings.log_level}", *extra]
 
 
 def main(argv: list[str]) -> None:
