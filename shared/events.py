@@ -51,6 +51,7 @@ import redis
 from celery import Celery, signals
 
 from shared.cache import EVENT_STREAM, WORKERS_KEY
+from shared.logs import REQUEST_ID_HEADER
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("mallops.events")
@@ -290,6 +291,8 @@ def _task_fields(task: Any) -> dict[str, Any]:
         "retries": request.retries or 0,
         "owner": request.get(OWNER_HEADER),
     }
+    if request.get(REQUEST_ID_HEADER):
+        fields["request_id"] = request.get(REQUEST_ID_HEADER)
     if request.hostname:
         fields["host"] = request.hostname
     return fields
@@ -306,6 +309,8 @@ def _request_fields(request: Any) -> dict[str, Any]:
         "retries": headers.get("retries") or 0,
         "owner": headers.get(OWNER_HEADER),
     }
+    if headers.get(REQUEST_ID_HEADER):
+        fields["request_id"] = headers[REQUEST_ID_HEADER]
     hostname = _worker.get("hostname") or getattr(request, "hostname", None)
     if hostname:
         fields["host"] = hostname
@@ -338,6 +343,8 @@ def _on_after_publish(
     }
     if headers.get("eta"):
         fields["eta"] = headers["eta"]
+    if headers.get(REQUEST_ID_HEADER):
+        fields["request_id"] = headers[REQUEST_ID_HEADER]
     if _worker.get("hostname"):
         fields["host"] = _worker["hostname"]
     _emit("task-sent", **fields)

@@ -12,6 +12,7 @@ from celery.exceptions import SecurityWarning
 
 from shared.cache import EVENT_STREAM
 from shared.catalog import SERVICE_QUEUES
+from shared.logs import configure_logging
 from shared.settings import get_settings
 
 log = logging.getLogger("mallops.worker")
@@ -46,6 +47,8 @@ def _log_worker_started(sender: Any = None, instance: Any = None, **_: Any) -> N
 
 
 def run_worker(app: Celery, service: str, extra: list[str]) -> None:
+    settings = get_settings()
+    configure_logging(service, settings.log_level, settings.log_format)
     # Celery warns with a 20-line block when a worker runs as root; one line says the same
     warnings.filterwarnings("ignore", category=SecurityWarning)
     if os.geteuid() == 0:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from celery import Celery
 
 from shared.celery_app import create_celery_app
+from shared.logs import configure_logging
 from shared.schedules import ensure_defaults
 from shared.settings import Settings, get_settings
 
@@ -43,6 +44,7 @@ def beat_argv(settings: Settings, extra: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> None:
     settings = get_settings()
+    configure_logging(SERVICE, settings.log_level, settings.log_format)
     app = create_app(settings)
     ensure_defaults(app)
     app.start(beat_argv(settings, argv))

@@ -29,6 +29,7 @@ from services.gateway.schemas import TaskAccepted, TaskSubmission
 from services.gateway.taskstore import READY_STATES, TaskMeta, TaskStore
 from shared.catalog import TaskArgumentError, TaskSpec, get_spec
 from shared.events import OWNER_HEADER
+from shared.logs import REQUEST_ID_HEADER, request_id_var
 from shared.models import TaskRecord
 from shared.tokens import Principal
 
@@ -161,7 +162,11 @@ class Submitter:
         try:
             await self.store.record(metas)
             recorded = True
-            await self.runtime.publisher.publish(messages(items), {OWNER_HEADER: owner})
+            headers = {OWNER_HEADER: owner}
+            request_id = request_id_var.get()
+            if request_id:  # the worker's log lines and the history name the request that submitted it
+                headers[REQUEST_ID_HEADER] = request_id
+            await self.runtime.publisher.publish(messages(items), headers)
         except (OperationalError, KombuError, RedisError, OSError, TimeoutError) as exc:
             log.warning("cannot enqueue %d task(s) for %s: %s", len(items), owner, exc)
             self.runtime.metrics.publish_failures.inc()
