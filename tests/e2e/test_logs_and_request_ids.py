@@ -50,6 +50,8 @@ def test_json_logs_from_every_process_and_the_request_id_in_the_task(
     migrated: Settings, service_env: dict[str, str], tmp_path: Path
 ) -> None:
     env = service_env | {
+        # a broker database of its own: no other test's worker takes this test's task
+        "MALLOPS_BROKER_URL": service_env["MALLOPS_REDIS_URL"] + "/7",
         "MALLOPS_LOG_FORMAT": "json",
         "MALLOPS_LOG_LEVEL": "info",  # lower case: `mallops serve monitor` crashed on it
         "MALLOPS_BOOTSTRAP_ADMIN_TOKEN": ADMIN,

@@ -186,6 +186,16 @@ def test_reports_and_their_files(client: GatewayClient, tokens: Tokens, migrated
     assert client.get(f"{API}/reports/{good}/file", headers=user).text == "<h1>42</h1>"
     assert client.get(f"{API}/reports/999999", headers=user).status_code == 404
 
+    # a report's page in each language: MALLOPS_REPORT_LANGUAGE (zh_CN) unless ?lang= names one
+    (reports_dir / "hourly" / "p.zh_CN.html").write_text("<h1>小时报表</h1>")
+    (reports_dir / "hourly" / "p.en.html").write_text("<h1>Hourly report</h1>")
+    paged = make_report(migrated, None, "hourly/p.zh_CN.html")
+    page = f"{API}/reports/{paged}/file"
+    assert client.get(page, headers=user).text == "<h1>小时报表</h1>"
+    assert client.get(page, params={"lang": "en"}, headers=user).text == "<h1>Hourly report</h1>"
+    assert client.get(page, params={"lang": "zh_CN"}, headers=user).text == "<h1>小时报表</h1>"
+    assert client.get(page, params={"lang": "fr"}, headers=user).status_code == 422
+
     for stored in ("../secret.txt", str(secret), "hourly/link.csv", "hourly/../../secret.txt", "hourly"):
         evil = make_report(migrated, stored, None)
         response = client.get(f"{API}/reports/{evil}/file", params={"format": "csv"}, headers=user)
