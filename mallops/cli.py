@@ -1,6 +1,7 @@
 """The ``mallops`` command line.
 
-Exit codes: 0 ok, 1 the task failed, 2 bad usage or input, 3 cannot reach a service or not authorised.
+Exit codes: 0 ok, 1 the task failed, 2 bad usage or input, 3 cannot reach a service or not authorised,
+4 refused for now (quota, rate limit, 503: try later), 5 ``--wait``/``watch`` timed out.
 """
 
 from __future__ import annotations
@@ -19,11 +20,36 @@ EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 app = typer.Typer(
     name="mallops",
-    help="Operate the mallops task platform.",
+    help="Operate the mallops task platform.\n\nExit codes: 0 ok, 1 the task failed, 2 bad input, 3 no gateway "
+    "or not authorised, 4 refused for now (quota, rate limit, 503), 5 --wait timed out.",
+    epilog="Examples: mallops dev; mallops ping; mallops tasks send test_task --wait; mallops history --since 2h",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,  # plain help: flags shown as flags, examples kept as written, 80 columns
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"mallops {version('mallops')}")
+        except PackageNotFoundError:
+            typer.echo("mallops (not installed as a package)")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Operate the mallops task platform."""
+
 
 RUNNABLE = SERVICE_NAMES  # shared/services.py: the one list of the platform's processes
 register_operator_commands(app)  # tasks, workers, doctor, dev, ...: mallops/commands/
@@ -40,7 +66,14 @@ def serve(
     ctx: typer.Context,
     service: Annotated[str, typer.Argument(help=f"One of: {', '.join(RUNNABLE)}.")],
 ) -> None:
-    """Run one mallops service in the foreground (what compose and `mallops dev` start)."""
+    """Run one mallops service in the foreground (what compose and `mallops dev` start).
+
+    Examples:
+
+      \b
+      mallops serve gateway --port 8080
+      mallops serve finance
+    """
     if service not in RUNNABLE:
         raise fail(f"unknown service {service!r}; choose one of {', '.join(RUNNABLE)}", EXIT_USAGE)
     try:
@@ -53,7 +86,14 @@ def serve(
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database schema (Alembic); with MALLOPS_DEMO_DATA=1, also load the demo mall
-    when the database has none (what compose's one-shot `migrate` service runs)."""
+    when the database has none (what compose's one-shot `migrate` service runs).
+
+    Examples:
+
+      \b
+      mallops migrate
+      MALLOPS_DATABASE_URL=postgresql://mallops@db/mallops mallops migrate
+    """
     from shared.db import migrate as run_migrations
     from shared.settings import get_settings
 
@@ -99,7 +139,14 @@ def demo_data(
     reset: Annotated[bool, typer.Option(help="Replace demo data that is already there.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")] = False,
 ) -> None:
-    """Fill the database with a deterministic demo mall (migrating it first)."""
+    """Fill the database with a deterministic demo mall (migrating it first).
+
+    Examples:
+
+      \b
+      mallops demo-data
+      mallops demo-data --stores 50 --months 3 --reset
+    """
     from shared import demo_data as demo
     from shared.db import migrate as run_migrations
     from shared.db import session_scope
@@ -120,7 +167,9 @@ def demo_data(
         typer.echo(", ".join(f"{value} {key}" for key, value in summary.as_dict().items()))
 
 
-tokens_app = typer.Typer(help="Manage API tokens (works on the database directly).", no_args_is_help=True)
+tokens_app = typer.Typer(
+    help="Manage API tokens (works on the database directly).", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(tokens_app, name="tokens")
 
 
@@ -129,7 +178,14 @@ def tokens_create(
     name: Annotated[str, typer.Option("--name", help="Who the token is for; owns the tasks it submits.")],
     role: Annotated[str, typer.Option("--role", help="user or admin.")] = "user",
 ) -> None:
-    """Create a token and print it (the only time it is shown; only its sha256 is stored)."""
+    """Create a token and print it (the only time it is shown; only its sha256 is stored).
+
+    Examples:
+
+      \b
+      mallops tokens create --name ops --role admin
+      TOKEN=$(mallops tokens create --name reporting)
+    """
     from shared.db import session_scope
     from shared.tokens import TokenError, create_token
 
@@ -143,16 +199,26 @@ def tokens_create(
 
 @tokens_app.command("list")
 def tokens_list(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document (a list).")] = False,
+    as_jsonl: Annotated[bool, typer.Option("--jsonl", help="Print one JSON object per line.")] = False,
+    wide: Annotated[bool, typer.Option("--wide", "-w", help="Exact times.")] = False,
 ) -> None:
-    """List tokens: name, role, first characters, created, revoked, last used."""
+    """List tokens: name, role, first characters, state, last used.
+
+    Examples:
+
+      \b
+      mallops tokens list
+      mallops tokens list --json
+    """
+    from mallops.output import print_items, print_table
     from shared.db import session_scope
     from shared.tokens import list_tokens
 
     with session_scope() as session:
         rows = list_tokens(session)
-    for row in rows:
-        values = {
+    items = [
+        {
             "name": row.name,
             "role": row.role,
             "prefix": row.prefix,
@@ -161,16 +227,38 @@ def tokens_list(
             "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
             "last_used_at": row.last_used_at.isoformat() if row.last_used_at else None,
         }
-        if as_json:
-            typer.echo(json.dumps(values))
-        else:
-            state = "active" if row.active else f"revoked {values['revoked_at']}"
-            typer.echo(f"{row.name}\t{row.role}\t{row.prefix}...\t{state}\tlast used {values['last_used_at'] or '-'}")
+        for row in rows
+    ]
+    if print_items(items, as_json=as_json, as_jsonl=as_jsonl):
+        return
+    print_table(
+        ["name", "role", "prefix", "state", "created", "last used"],
+        [
+            [
+                t["name"],
+                t["role"],
+                f"{t['prefix']}...",
+                "active" if t["active"] else "revoked",
+                t["created_at"],
+                t["last_used_at"],
+            ]
+            for t in items
+        ],
+        status_columns=[3],
+        time_columns=[4, 5],
+        wide=wide,
+    )
 
 
 @tokens_app.command("revoke")
 def tokens_revoke(name: Annotated[str, typer.Argument(help="The token's name.")]) -> None:
-    """Revoke a token; the gateway refuses it within MALLOPS_TOKEN_CACHE_SECONDS (default 5 s)."""
+    """Revoke a token; the gateway refuses it within MALLOPS_TOKEN_CACHE_SECONDS (default 5 s).
+
+    Examples:
+
+      \b
+      mallops tokens revoke reporting
+    """
     from shared.db import session_scope
     from shared.tokens import TokenError, revoke_token
 

@@ -142,6 +142,8 @@ def make_plan(settings: Settings, environ: Mapping[str, str]) -> DevPlan:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    # a line per task would scroll the ready banner away at the first burst (beat's reminders, 150+ e-mails)
+    env.setdefault("MALLOPS_LOG_TASK_LINES", "false")
     if explicit_redis:
         env.setdefault("MALLOPS_REDIS_URL", settings.redis_url)
     plan = DevPlan(

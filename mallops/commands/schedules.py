@@ -7,21 +7,40 @@ from typing import Annotated, Any
 import typer
 
 from mallops.commands.platform import _schedule_text
-from mallops.output import JsonOption, client, echo, fail, handles_errors, print_json, print_table
+from mallops.output import (
+    JsonlOption,
+    JsonOption,
+    WideOption,
+    client,
+    echo,
+    fail,
+    handles_errors,
+    print_items,
+    print_json,
+    print_table,
+)
 
-app = typer.Typer(help="List, enable, disable and re-time the periodic (beat) tasks.", no_args_is_help=True)
+app = typer.Typer(
+    help="List, enable, disable and re-time the periodic (beat) tasks.", no_args_is_help=True, rich_markup_mode=None
+)
 
 CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
 
 
 @app.command("list")
 @handles_errors
-def list_schedules(as_json: JsonOption = False) -> None:
-    """Every beat entry with its schedule, last and next run (was: Django admin, django_celery_beat)."""
+def list_schedules(wide: WideOption = False, as_json: JsonOption = False, as_jsonl: JsonlOption = False) -> None:
+    """Every beat entry with its schedule, last and next run (was: Django admin, django_celery_beat).
+
+    Examples:
+
+      \b
+      mallops schedules list
+      mallops schedules list --wide
+    """
     with client() as mallops:
         items = mallops.schedules()
-    if as_json:
-        print_json(items)
+    if print_items(items, as_json=as_json, as_jsonl=as_jsonl):
         return
     rows = [
         [
@@ -34,7 +53,13 @@ def list_schedules(as_json: JsonOption = False) -> None:
         ]
         for s in items
     ]
-    print_table(["name", "task", "state", "schedule", "last run", "next run"], rows, status_columns=[2])
+    print_table(
+        ["name", "task", "state", "schedule", "last run", "next run"],
+        rows,
+        status_columns=[2],
+        time_columns=[4, 5],
+        wide=wide,
+    )
 
 
 @app.command("enable")
@@ -42,7 +67,13 @@ def list_schedules(as_json: JsonOption = False) -> None:
 def enable(
     name: Annotated[str, typer.Argument(help="The entry name (a catalog task name).")], as_json: JsonOption = False
 ) -> None:
-    """Let beat run this entry again."""
+    """Let beat run this entry again.
+
+    Examples:
+
+      \b
+      mallops schedules enable check_pending_bills
+    """
     _update(name, as_json, enabled=True)
 
 
@@ -51,7 +82,13 @@ def enable(
 def disable(
     name: Annotated[str, typer.Argument(help="The entry name (a catalog task name).")], as_json: JsonOption = False
 ) -> None:
-    """Stop beat from running this entry (it stays listed, disabled)."""
+    """Stop beat from running this entry (it stays listed, disabled).
+
+    Examples:
+
+      \b
+      mallops schedules disable check_pending_bills
+    """
     _update(name, as_json, enabled=False)
 
 
@@ -69,7 +106,14 @@ def set_schedule(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Re-time an entry: --every SECONDS or --cron 'm h dom mon dow'."""
+    """Re-time an entry: --every SECONDS or --cron 'm h dom mon dow'.
+
+    Examples:
+
+      \b
+      mallops schedules set process_access_logs --every 60
+      mallops schedules set generate_weekly_report --cron '0 10 * * 1'
+    """
     if (every is None) == (cron is None):
         fail("give exactly one of --every SECONDS or --cron 'm h dom mon dow'")
     schedule: dict[str, Any]
