@@ -100,10 +100,15 @@ def json_formatter() -> logging.Formatter:
     )
 
 
-def configure_logging(service: str, level: str, log_format: str = "text") -> None:
+#: Celery's loggers of a line per task received and per task succeeded (failures are logged as errors)
+TASK_LINE_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+
+
+def configure_logging(service: str, level: str, log_format: str = "text", *, task_lines: bool = True) -> None:
     """Send every log record of this process (Celery's, uvicorn's, ours) to stdout in one format.
 
     Also tells Celery (worker, beat) to leave logging alone: its ``setup_logging`` signal has a receiver.
+    Without ``task_lines``, Celery's INFO lines for each task received and succeeded are left out.
     """
     handler = logging.StreamHandler(sys.stdout)
     handler.addFilter(ContextFilter(service))
@@ -113,6 +118,8 @@ def configure_logging(service: str, level: str, log_format: str = "text") -> Non
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(normalize_level(level))
+    for name in TASK_LINE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if task_lines else logging.WARNING)
     logging.captureWarnings(True)
 
     from celery import signals

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     timezone: str = "Asia/Shanghai"
     log_level: str = "INFO"  # any case: info, INFO, Warning
     log_format: Literal["text", "json"] = "text"  # json: one JSON object per line (shared/logs.py)
+    # workers log a line when each task is received and when it succeeds (failures always); `mallops dev` turns
+    # these off so that a burst of tasks does not scroll its ready banner away
+    log_task_lines: bool = True
     # the language of a report's HTML page when the download names none (?lang=zh_CN|en)
     report_language: Literal["zh_CN", "en"] = "zh_CN"
 

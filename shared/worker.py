@@ -48,7 +48,7 @@ def _log_worker_started(sender: Any = None, instance: Any = None, **_: Any) -> N
 
 def run_worker(app: Celery, service: str, extra: list[str]) -> None:
     settings = get_settings()
-    configure_logging(service, settings.log_level, settings.log_format)
+    configure_logging(service, settings.log_level, settings.log_format, task_lines=settings.log_task_lines)
     # Celery warns with a 20-line block when a worker runs as root; one line says the same
     warnings.filterwarnings("ignore", category=SecurityWarning)
     if os.geteuid() == 0:
