@@ -215,11 +215,10 @@ def print_table(
     table = Table(title=title, header_style="bold", title_justify="left", pad_edge=False, box=box.SIMPLE_HEAD)
     if cut_columns is None:
         cut_columns = [i for i in range(len(columns)) if i not in {*id_columns, *time_columns, *status_columns}]
-    keep_whole = set(range(len(columns))) - set(cut_columns) - set(wrap_columns)  # never cut: others give way
+    widths = _fitted_widths(columns, texts, [] if wide else [*cut_columns, *wrap_columns], out.width)
     for index, name in enumerate(columns):
         wrap = index in wrap_columns and not wide
-        whole = max([len(name), *(len(row[index]) for row in texts)]) if index in keep_whole else None
-        table.add_column(name, overflow="fold" if wrap else "ellipsis", no_wrap=not wrap, min_width=whole)
+        table.add_column(name, overflow="fold" if wrap else "ellipsis", no_wrap=not wrap, max_width=widths[index])
     from rich.markup import escape
 
     for row in texts:
@@ -230,6 +229,20 @@ def print_table(
     out.print(table)
     if not texts:
         out.print("[dim](none)[/dim]")
+
+
+def _fitted_widths(columns: Sequence[str], texts: Sequence[Sequence[str]], cut: Sequence[int], width: int) -> list[int]:
+    """Each column's width so that the table fits ``width``: the ``cut`` columns give way, widest first."""
+    from rich.cells import cell_len
+
+    widths = [max([cell_len(name), *(cell_len(row[i]) for row in texts)]) for i, name in enumerate(columns)]
+    room = width - (3 * (len(columns) - 1) + 2)  # a space at each edge, three between columns
+    while sum(widths) > room and cut:
+        widest = max(cut, key=lambda i: widths[i])
+        if widths[widest] <= 4:
+            break
+        widths[widest] -= 1
+    return widths
 
 
 def print_fields(pairs: Iterable[tuple[str, Any]], *, status_keys: Sequence[str] = ("status",)) -> None:

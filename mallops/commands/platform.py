@@ -189,14 +189,10 @@ def history(
         ]
         for r in items
     ]
-    print_table(
-        ["task_id", "task", "status", "worker", "sent", "runtime s", "wait s"],
-        rows,
-        status_columns=[2],
-        id_columns=[0],
-        time_columns=[4],
-        wide=wide,
-    )
+    columns = ["task_id", "task", "status", "worker", "sent", "runtime s", "wait s"]
+    if not wide:  # 80 columns: the queue wait is in --wide and --json
+        columns, rows = columns[:-1], [row[:-1] for row in rows]
+    print_table(columns, rows, status_columns=[2], id_columns=[0], time_columns=[4], wide=wide)
     if page.get("next_cursor"):
         stderr().print(f"more: mallops history --cursor {page['next_cursor']}", markup=False)
 

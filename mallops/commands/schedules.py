@@ -53,17 +53,18 @@ def list_schedules(wide: WideOption = False, as_json: JsonOption = False, as_jso
         ]
         for s in items
     ]
+    columns = ["name", "task", "state", "schedule", "last run", "next run"]
+    if not wide and all(row[0] == row[1] for row in rows):  # each entry is named after its task
+        columns, rows = [columns[0], *columns[2:]], [[row[0], *row[2:]] for row in rows]
     print_table(
-        ["name", "task", "state", "schedule", "last run", "next run"],
+        columns,
         rows,
-        status_columns=[2],
-        time_columns=[4, 5],
+        status_columns=[columns.index("state")],
+        time_columns=[len(columns) - 2, len(columns) - 1],
         wide=wide,
     )
 
 
-@app.command("enable")
-@handles_errors
 def enable(
     name: Annotated[str, typer.Argument(help="The entry name (a catalog task name).")], as_json: JsonOption = False
 ) -> None:

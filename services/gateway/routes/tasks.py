@@ -308,6 +308,8 @@ async def list_tasks(
     """Active and recent tasks (newest first): a user's own, or everyone's for an admin. Older tasks are
     in ``GET /api/v1/tasks/history``. With a filter, the newest 5,000 tasks are searched."""
     owner = None if principal.is_admin else principal.name
+    spec = get_spec(task_name) if task_name else None
+    task_name = spec.name if spec is not None else task_name  # the short or the Celery name
     if status is None and task_name is None:
         total = await store.recent_count(owner)
         ids = await store.recent_ids(owner, offset, offset + limit - 1)
