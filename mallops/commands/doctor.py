@@ -66,7 +66,9 @@ def _guard(area: str, fn: Callable[[], list[Check]]) -> list[Check]:
 # -- the checks ------------------------------------------------------------------------------------
 
 
-def check_gateway() -> list[Check]:
+def check_gateway(*, through_gateway: bool = False) -> list[Check]:
+    """The gateway and the token; ``through_gateway``: also what the gateway sees of its stack (the parts
+    its readiness round trips, each queue's consumers and the schedule with an admin token)."""
     try:
         config = load_config()
     except ConfigError as exc:
@@ -74,20 +76,33 @@ def check_gateway() -> list[Check]:
     checks: list[Check] = []
     with Client(config=config, timeout=TIMEOUT) as mallops:
         try:
-            mallops.ready()
+            parts: dict[str, Any] = dict(mallops.ready().get("checks") or {})
             checks.append(Check("gateway", "ok", f"{config.url} is ready"))
+        except Refused as exc:  # 503: the problem document's `checks` says which part failed
+            checks.append(Check("gateway", "problem", exc.message))
+            if not through_gateway:
+                return checks
+            parts = dict(exc.problem.get("checks") or {})
         except MallopsError as exc:
             return [Check("gateway", "problem", exc.message)]
+        if through_gateway:
+            checks += [
+                Check(part.replace("_", " "), "ok" if state == "ok" else "problem", f"{state} (seen by the gateway)")
+                for part, state in parts.items()
+            ]
         if not config.token:
-            checks.append(Check("token", "warning", "no token: set MALLOPS_TOKEN or the config file's token"))
-            return checks
+            missing = "no token: set MALLOPS_TOKEN or the config file's token"
+            return [*checks, Check("token", "problem" if through_gateway else "warning", missing)]
         try:
             mallops.list_tasks(limit=1)
             checks.append(Check("token", "ok", f"accepted (from {config.source})"))
         except Unauthorized as exc:
-            checks.append(Check("token", "problem", exc.message))
+            return [*checks, Check("token", "problem", exc.message)]
         except MallopsError as exc:
             checks.append(Check("token", "warning", exc.message))
+        if through_gateway:
+            checks += _guard("queues", lambda: _gateway_queues(mallops))
+            checks += _guard("beat", lambda: _gateway_schedules(mallops))
     return checks
 
 
@@ -292,37 +307,10 @@ def sees_the_stack(settings: Settings) -> bool:
 
 def run_gateway_checks() -> list[Check]:
     """What the gateway can tell about its stack, and which checks cannot be made from here."""
-    try:
-        config = load_config()
-    except ConfigError as exc:
-        return [Check("gateway", "problem", str(exc))]
-    checks: list[Check] = []
-    with Client(config=config, timeout=TIMEOUT) as mallops:
-        try:
-            ready = mallops.ready()
-            parts: dict[str, Any] = dict(ready.get("checks") or {})
-        except Refused as exc:  # 503: the problem document's `checks` says which part failed
-            parts = dict(exc.problem.get("checks") or {})
-            checks.append(Check("gateway", "problem", exc.message))
-        except MallopsError as exc:
-            return [Check("gateway", "problem", exc.message), *_not_checked("the gateway cannot be reached")]
-        else:
-            checks.append(Check("gateway", "ok", f"{config.url} is ready"))
-        for part, state in parts.items():
-            checks.append(
-                Check(part.replace("_", " "), "ok" if state == "ok" else "problem", f"{state} (seen by the gateway)")
-            )
-        if not config.token:
-            checks.append(Check("token", "problem", "no token: set MALLOPS_TOKEN or the config file's token"))
-            return checks
-        try:
-            mallops.list_tasks(limit=1)
-            checks.append(Check("token", "ok", f"accepted (from {config.source})"))
-        except MallopsError as exc:
-            return [*checks, Check("token", "problem", exc.message)]
-        checks += _guard("queues", lambda: _gateway_queues(mallops))
-        checks += _guard("beat", lambda: _gateway_schedules(mallops))
-    return checks + _not_checked("doctor has only the gateway's URL and a token")
+    checks = check_gateway(through_gateway=True)
+    reachable = not (checks and checks[0].area == "gateway" and checks[0].status == "problem" and len(checks) == 1)
+    why = "doctor has only the gateway's URL and a token" if reachable else "the gateway cannot be reached"
+    return checks + _not_checked(why)
 
 
 def _gateway_queues(mallops: Client) -> list[Check]:

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.harness import ROOT, free_port, wait_until
-from tests.mallops.processes import ProcId, alive, descendants
+from tests.mallops.processes import ProcId, descendants, stop_all
 
 README = (ROOT / "README.md").read_text()
 FRESH_SHELL_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
@@ -95,18 +94,7 @@ def test_readme_first_run_in_a_fresh_shell_reaches_mallops_ping(tmp_path: Path) 
         for worker in ("finance", "reports", "notifier", "maintenance"):
             assert re.search(rf"{worker}@\S+: queue \w+, pool \w+ x\d+, lifecycle events to the Redis stream", output)
     finally:
-        if dev.poll() is None:
-            os.killpg(dev.pid, signal.SIGTERM)
-            try:
-                dev.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(dev.pid, signal.SIGKILL)
-                dev.wait(10)
-        for pid, _ in alive(seen):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        stop_all(dev, seen, grace=60)  # SIGTERM, as Ctrl-C
     assert dev.returncode == 0, log_path.read_text()[-3000:]
     stopped = fresh_shell("source .mallops/dev/env && mallops info", tmp_path)
     assert stopped.returncode == 3
