@@ -65,6 +65,8 @@ def list_schedules(wide: WideOption = False, as_json: JsonOption = False, as_jso
     )
 
 
+@app.command("enable")
+@handles_errors
 def enable(
     name: Annotated[str, typer.Argument(help="The entry name (a catalog task name).")], as_json: JsonOption = False
 ) -> None:

@@ -41,8 +41,8 @@ def test_version(cli: CliRunner) -> None:
 
 def test_every_command_has_examples_and_flags_shown_as_flags(cli: CliRunner) -> None:
     paths = list(command_paths())
-    assert ("reports", "open") in paths
-    assert ("exports", "download") in paths
+    for expected in (("reports", "open"), ("exports", "download"), ("schedules", "enable"), ("tokens", "list")):
+        assert expected in paths
     for path in paths:
         result = cli(*path, "--help")
         assert result.code == 0, path
