@@ -172,3 +172,19 @@ def test_reports_and_exports_without_curl(
     got = cli("exports", "download", export_id[:8], "-o", str(tmp_path) + "/")
     assert got.code == 0, got
     assert (tmp_path / f"stores-{export_id}.xlsx").stat().st_size > 1000
+
+
+def test_a_task_that_reports_no_progress_shows_no_steps() -> None:
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from mallops.commands.tasks import StepsColumn
+
+    column = StepsColumn()
+    with Progress(column, console=Console(file=io.StringIO())) as progress:
+        task = progress.add_task("export", total=None)
+        assert column.render(progress.tasks[0]).plain == ""  # not "0/?"
+        progress.update(task, total=10, completed=3)
+        assert column.render(progress.tasks[0]).plain.strip() == "3/10"
