@@ -78,6 +78,7 @@ def record_dict(row: TaskRecord) -> dict[str, Any]:
         "state": row.state,
         "args_summary": row.args_summary,
         "owner": row.owner,
+        "request_id": row.request_id,
         "worker": row.worker,
         "retries": row.retries,
         "exception": row.exception,

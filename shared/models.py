@@ -305,6 +305,8 @@ class TaskRecord(Base):
     state: Mapped[str] = mapped_column(String(12))
     args_summary: Mapped[str | None] = mapped_column(String(500))
     owner: Mapped[str | None] = mapped_column(String(100))
+    # X-Request-ID of the HTTP request that submitted the task (migration 0003)
+    request_id: Mapped[str | None] = mapped_column(String(64))
     worker: Mapped[str | None] = mapped_column(String(200))
     retries: Mapped[int] = mapped_column(Integer, default=0)
     exception: Mapped[str | None] = mapped_column(String(200))

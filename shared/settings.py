@@ -9,7 +9,7 @@ import functools
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path(".mallops")
@@ -27,7 +27,13 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "test", "production"] = "development"
     timezone: str = "Asia/Shanghai"
-    log_level: str = "INFO"
+    log_level: str = "INFO"  # any case: info, INFO, Warning
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object per line (shared/logs.py)
+    # workers log a line when each task is received and when it succeeds (failures always); `mallops dev` turns
+    # these off so that a burst of tasks does not scroll its ready banner away
+    log_task_lines: bool = True
+    # the language of a report's HTML page when the download names none (?lang=zh_CN|en)
+    report_language: Literal["zh_CN", "en"] = "zh_CN"
 
     data_dir: Path = DEFAULT_DATA_DIR
     database_url: str = ""  # empty: SQLite file under data_dir
@@ -108,6 +114,18 @@ class Settings(BaseSettings):
     worker_purge_after: float = Field(default=600.0, gt=0)  # seconds offline before labels are dropped
     monitor_batch_size: int = Field(default=1000, ge=1, le=50_000)
     monitor_claim_idle: float = Field(default=30.0, gt=0)  # seconds before another consumer's entry is taken
+
+    @field_validator("log_level")
+    @classmethod
+    def _any_case_log_level(cls, value: str) -> str:
+        from shared.logs import normalize_level
+
+        return normalize_level(value)
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _any_case_log_format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _refuse_default_secrets_in_production(self) -> Self:
