@@ -93,7 +93,7 @@ def tokens_create(
 
       \b
       mallops tokens create --name ops --role admin
-      mallops tokens create --name s12 --role store_manager --store 12 --expires 30d
+      mallops tokens create --name s12 --role store_manager --store 12
       TOKEN=$(mallops tokens create --name reporting --role viewer)
     """
     expires_at = _expiry(expires)
