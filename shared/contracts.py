@@ -30,7 +30,7 @@ class TaskState(StrEnum):
     PROGRESS (running, reported progress), SCHEDULED and REQUEUED (for the schedule and failure work)."""
 
     PENDING = "PENDING"  # known to the gateway; nothing heard of it yet (Celery's "unknown")
-    SCHEDULED = "SCHEDULED"
+    SCHEDULED = "SCHEDULED"  # a one-off run further ahead than the broker holds: waits in the database
     SENT = "SENT"
     RECEIVED = "RECEIVED"
     STARTED = "STARTED"
@@ -60,6 +60,15 @@ HISTORY_STATES: tuple[TaskState, ...] = (
     TaskState.REVOKED,
     TaskState.REJECTED,
 )
+
+
+class DeferredState(StrEnum):
+    """A one-off run further ahead than the broker holds (``shared/deferred.py``): SCHEDULED while it waits
+    in the database, PUBLISHED once beat has sent it (from then on it is an ordinary task), or REVOKED."""
+
+    SCHEDULED = TaskState.SCHEDULED.value
+    PUBLISHED = "PUBLISHED"
+    REVOKED = TaskState.REVOKED.value
 
 
 def parse_state(value: object) -> TaskState | None:
@@ -154,6 +163,7 @@ class TaskEvent(EventEnvelope, TaskEventFields, total=False):
     - ``task-succeeded``: runtime, result
     - ``task-failed``: runtime, exception, error; ``task-retried``, ``task-rejected``: exception, error
     - ``task-revoked``: terminated, expired, exception (``Terminated``, ``Expired`` or ``Revoked``), error
+    - any: request_id, when the task was submitted through the gateway's HTTP API
     """
 
     args: str | None
@@ -166,6 +176,7 @@ class TaskEvent(EventEnvelope, TaskEventFields, total=False):
     error: str | None
     terminated: bool
     expired: bool
+    request_id: str
 
 
 class WorkerEventFields(TypedDict):
@@ -243,6 +254,9 @@ class WorkerRecord:
 # who a task runs for: set by the gateway (the token's name), by beat ("beat") and by tasks that enqueue
 # others (their own owner); carried into every lifecycle event of the task
 OWNER_HEADER = "mallops_owner"
+# the id of the HTTP request that submitted a task (``X-Request-ID``, taken or made by the gateway): carried
+# into the task's log lines, its lifecycle events (field ``request_id``) and its history row
+REQUEST_ID_HEADER = "mallops_request_id"
 
 
 # -- Redis keys ----------------------------------------------------------------------------------------

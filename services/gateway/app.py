@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from services.gateway import problems
 from services.gateway.middleware import AccountingMiddleware, BodyLimitMiddleware
 from services.gateway.openapi import install_openapi
-from services.gateway.routes import admin, catalog, files, history, system, tasks
+from services.gateway.routes import admin, audit, catalog, files, history, schedules, system, tasks, tokens
 from services.gateway.runtime import Runtime
 from shared.settings import Settings, get_settings
 from shared.tokens import ensure_bootstrap_admin
@@ -59,7 +59,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     problems.install_handlers(app)
     # history first: /tasks/history and /tasks/stats must win over /tasks/{task_id}
-    routers = (history.router, tasks.router, catalog.router, admin.router, files.router, system.router)
+    routers = (
+        history.router,
+        tasks.router,
+        catalog.router,
+        admin.router,
+        schedules.router,
+        files.router,
+        tokens.router,
+        audit.router,
+        system.router,
+    )
     for router in routers:
         app.include_router(router)
     # every route with its full path, for the Allow header of a 405 (included routers are nested)
@@ -69,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PATCH"],
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
             expose_headers=["X-Request-ID"],
         )

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, StrictBool, StrictInt
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, StrictBool, StrictInt, model_validator
 
-from shared.catalog import CATALOG
+from shared.catalog import CATALOG, get_spec
 from shared.contracts import FINAL_STATES, TaskState
+from shared.schedules import NAME_PATTERN as SCHEDULE_NAME
 
 MAX_BATCH = 10_000
+MAX_DELAY = 10 * 366 * 86400  # seconds: ten years
 TASK_NAMES: list[JsonValue] = [*sorted(CATALOG)]
 CRON_FIELD = r"^[0-9*][0-9*,/-]*$"
 CRON_DOW = r"^[0-9a-zA-Z*][0-9a-zA-Z*,/-]*$"
 STATUS_DESCRIPTION = (
-    "PENDING (accepted, nothing heard of it yet), SENT (published by beat or another task), RECEIVED, "
-    "STARTED, PROGRESS, RETRY, SUCCESS, FAILURE, REVOKED or REJECTED (dropped by a worker); SCHEDULED and "
-    "REQUEUED are reserved. Final: " + ", ".join(sorted(FINAL_STATES)) + "."
+    "SCHEDULED (a one-off run waiting in the database until its eta), PENDING (accepted, nothing heard of "
+    "it yet), SENT (published by beat or another task), RECEIVED, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE, "
+    "REVOKED or REJECTED (dropped by a worker); REQUEUED is reserved. Final: " + ", ".join(sorted(FINAL_STATES)) + "."
 )
 
 
@@ -32,6 +34,23 @@ UtcDateTime = Annotated[dt.datetime, AfterValidator(_utc)]
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class CatalogNamed(BaseModel):
+    """One naming in every answer: ``task_name`` the short catalog name, ``celery_name`` the Celery name
+    beside it (what Prometheus labels and worker logs use). Either may come in; both go out."""
+
+    task_name: str = Field(description="The catalog name, e.g. generate_daily_report.")
+    celery_name: str | None = Field(
+        default=None, description="The Celery name, e.g. mallops.reports.generate_daily_report."
+    )
+
+    @model_validator(mode="after")
+    def _catalog_names(self) -> Self:
+        spec = get_spec(self.task_name)
+        if spec is not None:
+            self.task_name, self.celery_name = spec.name, spec.celery_name
+        return self
 
 
 # -- submission --------------------------------------------------------------------------------
@@ -54,11 +73,14 @@ class TaskSubmission(Strict):
     countdown: float | None = Field(
         default=None,
         ge=0,
-        le=7200,
-        description="Run no earlier than this many seconds from now (at most the broker's visibility timeout).",
+        le=MAX_DELAY,
+        description="Run no earlier than this many seconds from now. Beyond the broker's visibility timeout "
+        "(MALLOPS_BROKER_VISIBILITY_TIMEOUT) the run waits in the database with status SCHEDULED until due.",
     )
     eta: dt.datetime | None = Field(
-        default=None, description="Run no earlier than this time (ISO 8601 with a timezone; at most two hours ahead)."
+        default=None,
+        description="Run no earlier than this time (ISO 8601 with a timezone); as for countdown, a time "
+        "further ahead than the visibility timeout waits in the database (SCHEDULED).",
     )
     priority: StrictInt | None = Field(default=None, ge=0, le=9, description="0 (first) to 9 (last).")
 
@@ -72,10 +94,12 @@ class BatchSubmission(Strict):
     )
 
 
-class TaskAccepted(BaseModel):
+class TaskAccepted(CatalogNamed):
     task_id: str
-    task_name: str
-    status: Literal[TaskState.PENDING] = TaskState.PENDING
+    status: Literal[TaskState.PENDING, TaskState.SCHEDULED] = Field(
+        default=TaskState.PENDING,
+        description="PENDING: in the broker; SCHEDULED: waiting in the database until its eta.",
+    )
     queue: str
     retry_of: str | None = Field(default=None, description="For a retry: the task it repeats.")
 
@@ -98,14 +122,14 @@ class TaskErrorInfo(BaseModel):
     message: str
 
 
-class TaskSummary(BaseModel):
+class TaskSummary(CatalogNamed):
     task_id: str
-    task_name: str
     status: TaskState = Field(description=STATUS_DESCRIPTION)
     queue: str | None = None
     owner: str | None = None
     sent_at: UtcDateTime | None = None
     finished_at: UtcDateTime | None = None
+    eta: UtcDateTime | None = Field(default=None, description="For a SCHEDULED task: when it is to run.")
 
 
 class TaskList(BaseModel):
@@ -113,9 +137,8 @@ class TaskList(BaseModel):
     results: list[TaskSummary]
 
 
-class TaskDetail(Strict):
+class TaskDetail(CatalogNamed, Strict):
     task_id: str
-    task_name: str
     status: TaskState = Field(description=STATUS_DESCRIPTION)
     result: Any = Field(default=None, description="The return value, once SUCCESS.")
     error: TaskErrorInfo | None = Field(default=None, description="Why it failed, for FAILURE or REJECTED (or RETRY).")
@@ -131,6 +154,7 @@ class TaskDetail(Strict):
     started_at: UtcDateTime | None = None
     finished_at: UtcDateTime | None = None
     duration: float | None = Field(default=None, description="Run time in seconds, once finished.")
+    eta: UtcDateTime | None = Field(default=None, description="For a deferred one-off run: when it is to run.")
 
 
 class RevokeRequest(Strict):
@@ -177,12 +201,15 @@ class Readiness(BaseModel):
 # -- history and statistics --------------------------------------------------------------------
 
 
-class HistoryItem(BaseModel):
+class HistoryItem(CatalogNamed):
     task_id: str
-    task_name: str
     queue: str | None = None
+    status: TaskState | None = Field(
+        default=None, description="The task's state; `state` is the same, kept as an alias."
+    )
     state: TaskState = Field(description="The task's state in the history (never PENDING: a row starts at SENT).")
-    args_summary: str | None = None
+    request_id: str | None = Field(default=None, description="X-Request-ID of the request that submitted it.")
+    args_summary: str | None = Field(default=None, description="The arguments as JSON (when the message had them).")
     owner: str | None = None
     worker: str | None = None
     retries: int = 0
@@ -195,6 +222,11 @@ class HistoryItem(BaseModel):
     finished_at: UtcDateTime | None = None
     runtime: float | None = None
     queue_wait: float | None = None
+
+    @model_validator(mode="after")
+    def _status_beside_state(self) -> Self:
+        self.status = self.status or self.state
+        return self
 
 
 class HistoryPage(BaseModel):
@@ -210,6 +242,7 @@ class Percentiles(BaseModel):
 
 
 class StatsBlock(BaseModel):
+    celery_name: str | None = Field(default=None, description="Per task: its Celery name.")
     total: int
     counts: dict[str, int]
     succeeded: int
@@ -262,16 +295,20 @@ class QueueList(BaseModel):
     results: list[QueueInfo]
 
 
-class ScheduleInfo(BaseModel):
+class ScheduleInfo(CatalogNamed, Strict):
     name: str
-    task_name: str
     queue: str
     enabled: bool
     schedule: dict[str, Any]
     schedule_text: str
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
     description: str
-    last_run_at: UtcDateTime | None = None
-    next_run_at: UtcDateTime | None = None
+    last_run_at: UtcDateTime | None = Field(
+        default=None, description="UTC, e.g. 2026-12-07T19:00:00Z; null if it never ran."
+    )
+    next_run_at: UtcDateTime | None = Field(default=None, description="UTC with Z; null when disabled.")
+    next_run_local: str | None = Field(default=None, description="next_run_at in MALLOPS_TIMEZONE, with its offset.")
 
 
 class ScheduleList(BaseModel):
@@ -296,6 +333,23 @@ class SchedulePatch(Strict):
         default=None,
         description="New timing: `every` seconds or crontab fields (in MALLOPS_TIMEZONE; omitted fields are '*').",
     )
+    args: list[Any] | None = Field(default=None, max_length=50, description="New positional arguments.")
+    kwargs: dict[str, Any] | None = Field(default=None, description="New keyword arguments (see the catalog schema).")
+    description: str | None = Field(default=None, max_length=500)
+
+
+class ScheduleCreate(Strict):
+    name: str = Field(pattern=SCHEDULE_NAME, description="The entry's own name.", examples=["remind-tenants"])
+    task_name: str = Field(
+        min_length=1, max_length=200, description="A task name from GET /api/v1/catalog.", examples=["test_task"]
+    )
+    schedule: ScheduleTiming = Field(
+        description="`every` seconds or crontab fields (in MALLOPS_TIMEZONE; omitted fields are '*')."
+    )
+    args: list[Any] = Field(default_factory=list, max_length=50, description="Positional arguments.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments (see the catalog schema).")
+    enabled: StrictBool = True
+    description: str | None = Field(default=None, max_length=500, description="Default: the task's description.")
 
 
 # -- reports and exports -----------------------------------------------------------------------

@@ -7,10 +7,7 @@ Timestamps in the returned dicts are ISO 8601 strings in UTC; durations are seco
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
-import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -22,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from shared.catalog import get_spec
 from shared.contracts import FINAL_STATES, HISTORY_STATES, TaskState, parse_state, state_list
+from shared.cursors import decode_cursor, encode_cursor
 from shared.models import TaskRecord
 
 MAX_PAGE = 500
@@ -52,6 +50,7 @@ def record_dict(row: TaskRecord) -> dict[str, Any]:
         "state": row.state,
         "args_summary": row.args_summary,
         "owner": row.owner,
+        "request_id": row.request_id,
         "worker": row.worker,
         "retries": row.retries,
         "exception": row.exception,
@@ -74,28 +73,12 @@ def normalize_state(status: str) -> TaskState:
     return state
 
 
-def encode_cursor(sent_at: dt.datetime | None, task_id: str) -> str:
-    raw = json.dumps([sent_at.isoformat() if sent_at else None, task_id], separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[dt.datetime | None, str]:
-    """The (sent_at, task_id) a cursor points after; ValueError for a cursor this module did not make."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        when, task_id = json.loads(raw)
-        if not isinstance(task_id, str) or not (when is None or isinstance(when, str)):
-            raise TypeError("bad cursor fields")
-        return (_aware(dt.datetime.fromisoformat(when)) if when else None), task_id
-    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError) as exc:
-        raise ValueError("invalid cursor") from exc
-
-
 def _filters(
     *,
     task_name: str | None = None,
     status: str | None = None,
     owner: str | None = None,
+    or_queue: str | None = None,
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
 ) -> list[ColumnElement[bool]]:
@@ -104,7 +87,9 @@ def _filters(
         clauses.append(TaskRecord.task_name.in_(_name_variants(task_name)))
     if status:
         clauses.append(TaskRecord.state == normalize_state(status))
-    if owner:
+    if owner and or_queue:  # the owner's tasks and every task of that queue
+        clauses.append(or_(TaskRecord.owner == owner, TaskRecord.queue == or_queue))
+    elif owner:
         clauses.append(TaskRecord.owner == owner)
     if since is not None:
         clauses.append(TaskRecord.sent_at >= _aware(since))
@@ -119,6 +104,7 @@ def query_history(
     task_name: str | None = None,
     status: str | None = None,
     owner: str | None = None,
+    or_queue: str | None = None,
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
     cursor: str | None = None,
@@ -131,7 +117,7 @@ def query_history(
     """
     if not 1 <= limit <= MAX_PAGE:
         raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
-    clauses = _filters(task_name=task_name, status=status, owner=owner, since=since, until=until)
+    clauses = _filters(task_name=task_name, status=status, owner=owner, or_queue=or_queue, since=since, until=until)
     if cursor:
         after_sent, after_id = decode_cursor(cursor)
         if after_sent is None:
@@ -180,6 +166,7 @@ def task_stats(
     until: dt.datetime,
     task_name: str | None = None,
     owner: str | None = None,
+    or_queue: str | None = None,
 ) -> dict[str, Any]:
     """Statistics of the tasks sent in ``[since, until)``, overall and per task name.
 
@@ -191,7 +178,7 @@ def task_stats(
     since, until = _aware(since), _aware(until)
     if until <= since:
         raise ValueError("until must be after since")
-    clauses = _filters(task_name=task_name, owner=owner, since=since, until=until)
+    clauses = _filters(task_name=task_name, owner=owner, or_queue=or_queue, since=since, until=until)
     window = (until - since).total_seconds()
 
     per_name: dict[str, _Acc] = defaultdict(_Acc)

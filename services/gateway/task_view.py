@@ -15,10 +15,12 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway.schemas import Progress, TaskDetail, TaskErrorInfo, TaskSummary
-from services.gateway.taskstore import TaskMeta, TaskStore, parse_time
+from services.gateway.taskstore import TaskStore, parse_time
+from shared import deferred
 from shared.catalog import get_spec
-from shared.contracts import FINAL_STATES, TaskState, parse_state
-from shared.models import TaskRecord
+from shared.contracts import FINAL_STATES, DeferredState, TaskState, parse_state
+from shared.models import DeferredTask, TaskRecord
+from shared.taskmeta import TaskMeta
 
 if TYPE_CHECKING:
     from services.gateway.runtime import Runtime
@@ -80,22 +82,43 @@ class FinishedRecords:
 
 @dataclass
 class TaskView:
-    """A task as the gateway knows it: what it recorded at submission, its result and its history row."""
+    """A task as the gateway knows it: what it recorded at submission, its result, its history row and,
+    for a one-off run further ahead than the broker holds, its row in the database (:mod:`shared.deferred`)."""
 
     task_id: str
     meta: TaskMeta | None
     result: dict[str, Any] | None
     history: HistoryFacts | None
+    deferred: DeferredTask | None = None
 
     @property
     def exists(self) -> bool:
-        return self.meta is not None or self.history is not None or self.result is not None
+        return any(part is not None for part in (self.meta, self.history, self.result, self.deferred))
+
+    @property
+    def known_only_by_result(self) -> bool:
+        """Only the result backend knows it (no metadata, history or waiting row): no owner to check."""
+        return self.meta is None and self.history is None and self.deferred is None
 
     @property
     def owner(self) -> str | None:
         if self.meta is not None:
             return self.meta.owner
+        if self.deferred is not None:
+            return self.deferred.owner
         return self.history.owner if self.history else None
+
+    @property
+    def queue(self) -> str | None:
+        for queue in (
+            self.meta.queue if self.meta else None,
+            self.deferred.queue if self.deferred else None,
+            self.history.queue if self.history else None,
+            (self.result or {}).get("queue"),
+        ):
+            if queue:
+                return str(queue)
+        return None
 
     @property
     def status(self) -> TaskState:
@@ -106,18 +129,22 @@ class TaskView:
         # already has a final one: a worker that rejects a message stores no result
         if state and (self.meta is None or state in FINAL_STATES):
             return state
+        if self.deferred is not None and self.deferred.state in (DeferredState.SCHEDULED, DeferredState.REVOKED):
+            return TaskState(self.deferred.state)
         return TaskState.PENDING
 
     @property
     def task_name(self) -> str:
         if self.meta is not None:
             return self.meta.task_name
+        if self.deferred is not None:
+            return self.deferred.task_name
         name = (self.result or {}).get("name") or (self.history.task_name if self.history else "")
         spec = get_spec(str(name))
         return spec.name if spec else str(name)
 
     def with_result(self, result: dict[str, Any] | None) -> TaskView:
-        return self if result is None else TaskView(self.task_id, self.meta, result, self.history)
+        return self if result is None else TaskView(self.task_id, self.meta, result, self.history, self.deferred)
 
 
 def history_facts(runtime: Runtime, task_id: str) -> HistoryFacts | None:
@@ -139,7 +166,15 @@ async def load_view(runtime: Runtime, store: TaskStore, task_id: str) -> TaskVie
     facts = None
     if meta is None or result is None or result.get("status") in (*FINAL_STATES, TaskState.STARTED):
         facts = await run_in_threadpool(history_facts, runtime, task_id)
-    return TaskView(task_id, meta, result, facts)
+    waiting = None
+    if meta is None and facts is None:  # perhaps a run that waits in the database
+        waiting = await run_in_threadpool(deferred_row, runtime, task_id)
+    return TaskView(task_id, meta, result, facts, waiting)
+
+
+def deferred_row(runtime: Runtime, task_id: str) -> DeferredTask | None:
+    with runtime.sessions() as session:
+        return deferred.find(session, task_id)
 
 
 def _result_error(result: dict[str, Any]) -> TaskErrorInfo | None:
@@ -184,6 +219,8 @@ def detail(task: TaskView) -> TaskDetail:
         duration = max(0.0, (finished_at - started_at).total_seconds())
     if meta is not None:
         args, kwargs = meta.args, meta.kwargs
+    elif task.deferred is not None:
+        args, kwargs = list(task.deferred.args), dict(task.deferred.kwargs)
     else:
         args, kwargs = list(result.get("args") or []), dict(result.get("kwargs") or {})
     return TaskDetail(
@@ -193,7 +230,7 @@ def detail(task: TaskView) -> TaskDetail:
         result=value if status == TaskState.SUCCESS else None,
         error=error_info(task),
         progress=progress,
-        queue=(meta.queue if meta else None) or result.get("queue") or (history.queue if history else None),
+        queue=task.queue,
         worker=worker,
         retries=int(result.get("retries") or (history.retries if history else 0)),
         args=args,
@@ -204,6 +241,7 @@ def detail(task: TaskView) -> TaskDetail:
         started_at=started_at,
         finished_at=finished_at,
         duration=duration,
+        eta=task.deferred.eta if task.deferred is not None else None,
     )
 
 

@@ -5,6 +5,7 @@
 - task history older than ``MALLOPS_HISTORY_TTL_DAYS``;
 - notifications older than ``MALLOPS_NOTIFICATION_TTL_DAYS``, access logs older than
   ``MALLOPS_ACCESS_LOG_TTL_DAYS``;
+- deferred one-off runs published or revoked more than ``MALLOPS_HISTORY_TTL_DAYS`` ago (never a waiting one);
 - temporary ``.part`` files older than a day that a killed process left in the file stores.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 from sqlalchemy import and_, or_
 from sqlalchemy.orm import Session
 
-from shared import models
+from shared import deferred, models
 from shared.files import resolve_under
 from shared.retention import DEFAULT_BATCH, cutoff_days, delete_in_batches
 from shared.settings import Settings
@@ -40,6 +42,16 @@ def _unlink_under(directory: Path, names: Sequence[str | None]) -> None:
             log.warning("not deleting %r: not a file under %s", name, directory)
             continue
         path.unlink(missing_ok=True)
+
+
+def _report_files(names: Sequence[str | None]) -> list[str | None]:
+    """A report's stored file names plus its HTML page in each language (``<stem>.<lang>.html``)."""
+    result = list(names)
+    for name in names:
+        if name and name.endswith(".html"):
+            stem = re.sub(r"(\.(zh_CN|en))?\.html$", "", name)
+            result += [f"{stem}.zh_CN.html", f"{stem}.en.html"]
+    return result
 
 
 def remove_partial_files(directories: Sequence[Path], now: dt.datetime) -> int:
@@ -82,7 +94,9 @@ def cleanup_expired_data(
         models.Report.period_end < cutoff_days(settings.report_ttl_days, now),
         batch_size=batch_size,
         extra_columns=[models.Report.csv_path, models.Report.html_path],
-        after_commit=lambda rows: _unlink_under(settings.reports_dir, [n for row in rows for n in row[1:]]),
+        after_commit=lambda rows: _unlink_under(
+            settings.reports_dir, _report_files([n for row in rows for n in row[1:]])
+        ),
     )
     counts["task_history"] = delete_in_batches(
         session,
@@ -100,6 +114,22 @@ def cleanup_expired_data(
         session,
         models.AccessLog,
         models.AccessLog.ts < cutoff_days(settings.access_log_ttl_days, now),
+        batch_size=batch_size,
+    )
+    # one-off runs that were published or revoked (a waiting run is never past retention)
+    counts["deferred_tasks"] = delete_in_batches(
+        session,
+        models.DeferredTask,
+        and_(
+            models.DeferredTask.state != deferred.SCHEDULED,
+            models.DeferredTask.created_at < cutoff_days(settings.history_ttl_days, now),
+        ),
+        batch_size=batch_size,
+    )
+    counts["audit_log"] = delete_in_batches(
+        session,
+        models.AuditEntry,
+        models.AuditEntry.at < cutoff_days(settings.audit_ttl_days, now),
         batch_size=batch_size,
     )
     counts["partial_files"] = remove_partial_files(

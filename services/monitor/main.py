@@ -15,6 +15,7 @@ from services.monitor.http import make_app, serve
 from services.monitor.metrics import Health, MetricStore, build_registry
 from shared.cache import redis_client
 from shared.db import session_scope
+from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
 from shared.workers import list_workers, queue_lengths
 
@@ -49,7 +50,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--port", type=int, default=settings.monitor_port)
     parser.add_argument("--name", default=None, help="consumer name in the group (default monitor@<hostname>)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("monitor", settings.log_level, settings.log_format)
 
     store, health = MetricStore(), Health()
     registry = build_registry(store, health, lambda: live_state(settings))

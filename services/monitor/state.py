@@ -168,6 +168,7 @@ def new_row(task_id: str) -> dict[str, Any]:
         "state": None,
         "args_summary": None,
         "owner": None,
+        "request_id": None,
         "worker": None,
         "retries": 0,
         "exception": None,
@@ -245,6 +246,7 @@ def _identity(fold: Fold) -> None:
         ("task_name", "name", 100),
         ("queue", "queue", 50),
         ("owner", "owner", 100),
+        ("request_id", "request_id", 64),
         ("args_summary", "args", 500),
     ):
         if row.get(column) is None and event.get(key) is not None:

@@ -19,7 +19,7 @@ from shared.db import session_factory, session_scope
 def _report(task: MallopsTask, period: periods.Period) -> dict[str, Any]:
     settings = task.settings
     with session_scope(settings) as session:
-        return sales_reports.generate(session, period, settings.reports_dir, task.request.id)
+        return sales_reports.generate(session, period, settings.reports_dir, task.request.id, settings.report_language)
 
 
 def _zone(task: MallopsTask) -> ZoneInfo:

@@ -54,6 +54,7 @@ from shared.contracts import (
     EVENT_SCHEMA_VERSION,
     EVENT_STREAM,
     OWNER_HEADER,
+    REQUEST_ID_HEADER,
     WORKERS_KEY,
     EventType,
     WorkerEventFields,
@@ -354,7 +355,19 @@ def _truncate(value: Any, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _args_summary(argsrepr: Any, kwargsrepr: Any) -> str | None:
+def _args_summary(argsrepr: Any, kwargsrepr: Any, body: Any = None) -> str | None:
+    """The task's arguments for the history, as JSON when the message body has them (protocol 2's
+    ``(args, kwargs, embed)``): ``{"date": "2026-11-14"}``, ``[1, 2]`` or ``{"args": [...], "kwargs": {...}}``;
+    else Celery's ``argsrepr``/``kwargsrepr``."""
+    if isinstance(body, list | tuple) and len(body) >= 2 and isinstance(body[1], dict):
+        args, kwargs = list(body[0] or ()), body[1]
+        value: Any = {"args": args, "kwargs": kwargs} if args and kwargs else args or kwargs
+        if not value:
+            return None
+        try:
+            return _truncate(json.dumps(value, ensure_ascii=False, default=str), SUMMARY_CHARS)
+        except (TypeError, ValueError):
+            pass
     parts = [str(p) for p in (argsrepr, kwargsrepr) if p not in (None, "", "()", "[]", "{}")]
     return _truncate(" ".join(parts), SUMMARY_CHARS) if parts else None
 
@@ -370,6 +383,8 @@ def _task_fields(task: Any) -> dict[str, Any]:
         "retries": request.retries or 0,
         "owner": request.get(OWNER_HEADER),
     }
+    if request.get(REQUEST_ID_HEADER):
+        fields["request_id"] = request.get(REQUEST_ID_HEADER)
     if request.hostname:
         fields["host"] = request.hostname
     return fields
@@ -386,6 +401,8 @@ def _request_fields(request: Any) -> dict[str, Any]:
         "retries": headers.get("retries") or 0,
         "owner": headers.get(OWNER_HEADER),
     }
+    if headers.get(REQUEST_ID_HEADER):
+        fields["request_id"] = headers[REQUEST_ID_HEADER]
     if getattr(request, "hostname", None):
         fields["host"] = request.hostname
     return fields
@@ -442,10 +459,12 @@ def _on_after_publish(
         "queue": routing_key or exchange,
         "retries": headers.get("retries") or 0,
         "owner": headers.get(OWNER_HEADER),
-        "args": _args_summary(headers.get("argsrepr"), headers.get("kwargsrepr")),
+        "args": _args_summary(headers.get("argsrepr"), headers.get("kwargsrepr"), body),
     }
     if headers.get("eta"):
         fields["eta"] = headers["eta"]
+    if headers.get(REQUEST_ID_HEADER):
+        fields["request_id"] = headers[REQUEST_ID_HEADER]
     events.emit(EventType.TASK_SENT, **fields)
 
 

@@ -7,13 +7,15 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from kombu.exceptions import KombuError
 from starlette.concurrency import run_in_threadpool
 
-from services.gateway.deps import AdminPrincipal, CurrentPrincipal, RuntimeDep, StoreDep
+from services.gateway import audit as gateway_audit
+from services.gateway import authz
+from services.gateway.deps import RuntimeDep, StoreDep
 from services.gateway.idempotency import Answer, IdempotencyClaim, Replay, submit_once
 from services.gateway.openapi import admin_only
 from services.gateway.problems import ProblemError
@@ -33,6 +35,7 @@ from services.gateway.schemas import (
 from services.gateway.submission import BROKER_RETRY_AFTER, Submitter, prepare
 from services.gateway.task_view import TaskView, detail, load_view, summaries
 from services.gateway.taskstore import decode_result
+from shared import audit, deferred, permissions
 from shared.catalog import get_spec
 from shared.celery_extensions.revocations import queue_revoke
 from shared.contracts import FINAL_STATES, RESULT_KEY_PREFIX, TaskState
@@ -91,18 +94,22 @@ SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
 )
 async def submit_task(
     submission: TaskSubmission,
-    principal: CurrentPrincipal,
+    principal: authz.Submitter,
     runtime: RuntimeDep,
     store: StoreDep,
+    request: Request,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Validate a submission against the catalog and put it on its queue. 202 means it is in the broker."""
     item = prepare(submission, max_delay=runtime.settings.broker_visibility_timeout)
+    await authz.authorize_submissions(request, principal, [item])
 
     async def submit() -> TaskAccepted:
         return (await Submitter(runtime, store).submit(principal, [item]))[0]
 
-    return await _submit(runtime, principal, idempotency_key, submission.model_dump(mode="json"), submit)
+    answer = await _submit(runtime, principal, idempotency_key, submission.model_dump(mode="json"), submit)
+    await authz.audit_submissions(request, [item], answer)
+    return answer
 
 
 @router.post(
@@ -114,21 +121,24 @@ async def submit_task(
 )
 async def submit_batch(
     batch: BatchSubmission,
-    principal: CurrentPrincipal,
+    principal: authz.Submitter,
     runtime: RuntimeDep,
     store: StoreDep,
+    request: Request,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Submit many tasks in one request, published on one broker connection. All items are validated
     first; one invalid item refuses the whole batch (its index is in the error's ``loc``)."""
     max_delay = runtime.settings.broker_visibility_timeout
     items = [prepare(item, ("body", "tasks", i), max_delay) for i, item in enumerate(batch.tasks)]
+    await authz.authorize_submissions(request, principal, items)
 
     async def submit() -> BatchAccepted:
         accepted = await Submitter(runtime, store).submit(principal, items)
         return BatchAccepted(count=len(accepted), results=accepted)
 
     answer = await _submit(runtime, principal, idempotency_key, batch.model_dump(mode="json"), submit)
+    await authz.audit_submissions(request, items, answer)
     if isinstance(answer, BatchAccepted):  # serialized once, without validating thousands of items again
         return Response(answer.model_dump_json(), status_code=202, media_type="application/json")
     return answer
@@ -137,12 +147,12 @@ async def submit_batch(
 # -- reading -----------------------------------------------------------------------------------
 
 
-async def visible_task(task_id: TaskId, principal: CurrentPrincipal, runtime: RuntimeDep, store: StoreDep) -> TaskView:
-    """The task, if it exists and the caller may see it (a user only their own); 404 otherwise."""
+async def visible_task(task_id: TaskId, principal: authz.Reader, runtime: RuntimeDep, store: StoreDep) -> TaskView:
+    """The task, if it exists and the caller may see it (authz.sees_task); 404 otherwise."""
     task = await load_view(runtime, store, task_id)
-    if task.meta is None and task.history is None and (task.result is None or not principal.is_admin):
+    if not task.exists or (task.known_only_by_result and authz.task_scope(principal) != "all"):
         raise _not_found(task_id)
-    if not principal.is_admin and task.owner != principal.name:
+    if not authz.sees_task(principal, task.owner, task.queue):
         raise _not_found(task_id)
     return task
 
@@ -156,7 +166,7 @@ VisibleTask = Annotated[TaskView, Depends(visible_task)]
 
 @router.get("/tasks", response_model=TaskList, summary="List recent tasks")
 async def list_tasks(
-    principal: CurrentPrincipal,
+    principal: authz.Reader,
     runtime: RuntimeDep,
     store: StoreDep,
     status: Annotated[TaskState | None, Query(description="Only tasks in this state.")] = None,
@@ -164,10 +174,18 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
 ) -> Response:
-    """Active and recent tasks (newest first): a user's own, or everyone's for an admin. Older tasks are
-    in ``GET /api/v1/tasks/history``. With a filter, the newest 5,000 tasks are searched."""
-    owner = None if principal.is_admin else principal.name
-    if status is None and task_name is None:
+    """Active and recent tasks (newest first) the token may see (its own, the finance queue's, or every
+    task, by role). Older tasks are in ``GET /api/v1/tasks/history``. With a filter, the newest 5,000 tasks
+    are searched. ``status=SCHEDULED`` lists the one-off runs waiting in the database for their eta
+    (soonest first)."""
+    scope = authz.task_scope(principal)
+    owner = principal.name if scope == "own" else None
+    spec = get_spec(task_name) if task_name else None
+    task_name = spec.name if spec is not None else task_name  # the short or the Celery name
+    if status == TaskState.SCHEDULED:
+        waiting_owner = None if scope == "all" else principal.name
+        return _json(await run_in_threadpool(_waiting, runtime, waiting_owner, task_name, limit, offset))
+    if status is None and task_name is None and scope != "finance":
         total = await store.recent_count(owner)
         ids = await store.recent_ids(owner, offset, offset + limit - 1)
         return _json(TaskList(count=total, results=await summaries(runtime, store, ids)))
@@ -178,8 +196,28 @@ async def list_tasks(
             break
         for row in await summaries(runtime, store, ids):
             if (status is None or row.status == status) and (task_name is None or row.task_name == task_name):
+                if scope == "finance" and not authz.sees_task(principal, row.owner, row.queue):
+                    continue
                 matches.append(row)
     return _json(TaskList(count=len(matches), results=matches[offset : offset + limit]))
+
+
+def _waiting(runtime: Runtime, owner: str | None, task_name: str | None, limit: int, offset: int) -> TaskList:
+    with runtime.sessions() as session:
+        total, rows = deferred.waiting(session, owner, limit, offset, task_name)
+    results = [
+        TaskSummary(
+            task_id=row.task_id,
+            task_name=row.task_name,
+            status=TaskState.SCHEDULED,
+            queue=row.queue,
+            owner=row.owner,
+            sent_at=None,
+            eta=row.eta,
+        )
+        for row in rows
+    ]
+    return TaskList(count=total, results=results)
 
 
 @router.get("/tasks/{task_id}", response_model=TaskDetail, summary="Read a task")
@@ -266,14 +304,19 @@ async def task_events(task: VisibleTask, runtime: RuntimeDep, store: StoreDep) -
     openapi_extra=admin_only(),
 )
 async def revoke_task(
-    principal: AdminPrincipal,
+    principal: Annotated[Principal, authz.requires(permissions.TASKS_REVOKE)],
     task: VisibleTask,
     runtime: RuntimeDep,
+    http: Request,
     request: Annotated[RevokeRequest | None, Body()] = None,
 ) -> RevokeAccepted:
-    """Admin: workers discard the task if it has not started, including workers that start later (the id
-    is kept for MALLOPS_TASK_META_TTL_SECONDS); with ``terminate`` a running one is killed."""
+    """Operator or admin: workers discard the task if it has not started, including workers that start later
+    (the id is kept for MALLOPS_TASK_META_TTL_SECONDS); with ``terminate`` a running one is killed.
+    Maintenance tasks need the maintenance permission too."""
+    await authz.authorize_task_action(http, principal, audit.TASK_REVOKE, get_spec(task.task_name), task.task_id)
     terminate = bool(request and request.terminate)
+    if task.deferred is not None and await run_in_threadpool(_revoke_waiting, runtime, task.task_id):
+        return RevokeAccepted(task_id=task.task_id, terminate=terminate)  # never published: nothing to tell
     async with runtime.cache.pipeline(transaction=True) as pipe:
         queue_revoke(pipe, task.task_id, runtime.settings.task_meta_ttl_seconds)
         await pipe.execute()
@@ -290,7 +333,13 @@ async def revoke_task(
             kind="broker-unavailable",
             headers={"Retry-After": BROKER_RETRY_AFTER},
         ) from exc
+    await gateway_audit.record(http, audit.TASK_REVOKE, target=task.task_id, details={"terminate": terminate})
     return RevokeAccepted(task_id=task.task_id, terminate=terminate)
+
+
+def _revoke_waiting(runtime: Runtime, task_id: str) -> bool:
+    with runtime.sessions() as session, session.begin():
+        return deferred.revoke(session, task_id)
 
 
 @router.post(
@@ -301,9 +350,14 @@ async def revoke_task(
     responses={409: {"description": "The task has not failed (or its arguments are no longer known)."}},
 )
 async def retry_task(
-    task: VisibleTask, principal: CurrentPrincipal, runtime: RuntimeDep, store: StoreDep
+    principal: Annotated[Principal, authz.requires(permissions.TASKS_RETRY)],
+    task: VisibleTask,
+    runtime: RuntimeDep,
+    store: StoreDep,
+    request: Request,
 ) -> TaskAccepted:
     """Submit a failed (or revoked) task again with its original arguments, as a new task."""
+    await authz.authorize_task_action(request, principal, audit.TASK_RETRY, get_spec(task.task_name), task.task_id)
     if task.status not in (TaskState.FAILURE, TaskState.REVOKED):
         raise ProblemError(
             409, f"only a failed or revoked task can be retried; {task.task_id} is {task.status}", kind="not-retryable"
@@ -313,11 +367,15 @@ async def retry_task(
         raise ProblemError(409, f"task {task.task_name!r} is no longer in the catalog", kind="not-retryable")
     if task.meta is not None:
         args, kwargs = task.meta.args, task.meta.kwargs
+    elif task.deferred is not None:
+        args, kwargs = list(task.deferred.args), dict(task.deferred.kwargs)
     elif task.result is not None and isinstance(task.result.get("kwargs"), dict):
         args, kwargs = list(task.result.get("args") or []), dict(task.result["kwargs"])
     else:
         raise ProblemError(409, "the original arguments of this task are no longer known", kind="not-retryable")
     item = prepare(TaskSubmission(task_name=spec.name, args=args, kwargs=kwargs))
+    await authz.authorize_retry_arguments(request, principal, item, task.task_id)
     owner = task.owner or principal.name
     accepted = await Submitter(runtime, store).submit(principal, [item], owner=owner, retry_of=task.task_id)
+    await gateway_audit.record(request, audit.TASK_RETRY, target=task.task_id, details={"new_task_id": item.task_id})
     return accepted[0]

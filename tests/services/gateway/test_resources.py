@@ -41,6 +41,13 @@ def test_history_pages_and_ownership(client: GatewayClient, tokens: Tokens, migr
     ).json()
     assert [row["task_id"] for row in rest["results"]] == [mine[0]]
     assert rest["next_cursor"] is None
+    # one naming: the catalog name, the Celery name beside it; status, with state kept as an alias
+    row = rest["results"][0]
+    assert (row["task_name"], row["celery_name"]) == ("test_task", "mallops.maintenance.test_task")
+    assert row["status"] == row["state"] == "SUCCESS"
+    for name in ("test_task", "mallops.maintenance.test_task"):  # filters take either name
+        named = client.get(f"{API}/tasks/history", params={**window, "task_name": name}, headers=tokens.auth("alice"))
+        assert {r["task_id"] for r in named.json()["results"]} == set(mine), name
     # a user cannot widen the owner filter; an admin sees everyone's, filterable
     sneaky = client.get(
         f"{API}/tasks/history", params={**window, "owner": tokens.bob_name}, headers=tokens.auth("alice")
@@ -82,7 +89,8 @@ def test_stats_over_a_window(client: GatewayClient, tokens: Tokens, migrated: Se
     assert overall["runtime"]["p50"] == 2.0
     admin = client.get(f"{API}/tasks/stats", params=window, headers=tokens.auth("admin")).json()
     assert admin["overall"]["total"] == 5
-    assert "mallops.maintenance.test_task" in admin["tasks"]
+    assert admin["tasks"]["test_task"]["celery_name"] == "mallops.maintenance.test_task"
+    assert admin["tasks"]["test_task"]["total"] == 5
     backwards = {"since": window["until"], "until": window["since"]}
     assert client.get(f"{API}/tasks/stats", params=backwards, headers=tokens.auth("admin")).status_code == 422
 
@@ -138,6 +146,8 @@ def test_schedules_list_and_patch(client: GatewayClient, tokens: Tokens) -> None
     assert listing.status_code == 200, listing.text
     names = {row["name"] for row in listing.json()["results"]}
     assert {"check_pending_bills", "process_access_logs", "generate_weekly_report"} <= names
+    bills = next(row for row in listing.json()["results"] if row["name"] == "check_pending_bills")
+    assert (bills["task_name"], bills["celery_name"]) == ("check_pending_bills", "mallops.finance.check_pending_bills")
 
     off = client.patch(f"{API}/schedules/check_pending_bills", json={"enabled": False}, headers=admin)
     assert off.status_code == 200, off.text
@@ -163,6 +173,77 @@ def test_schedules_list_and_patch(client: GatewayClient, tokens: Tokens) -> None
     assert client.patch(f"{API}/schedules/process_access_logs", json={}, headers=admin).status_code == 422
 
 
+def test_schedules_add_change_run_and_delete(client: GatewayClient, tokens: Tokens, redis_server) -> None:
+    admin = tokens.auth("admin")
+    body = {
+        "name": "tenants.reminder-9",
+        "task_name": "test_task",
+        "schedule": {"minute": "0", "hour": "9", "day_of_week": "1"},
+        "kwargs": {"message": "rent is due"},
+        "description": "Mondays at 09:00",
+    }
+    created = client.post(f"{API}/schedules", json=body, headers=admin)
+    assert created.status_code == 201, created.text
+    entry = created.json()
+    assert created.headers["location"] == f"{API}/schedules/tenants.reminder-9"
+    assert (entry["task_name"], entry["queue"], entry["enabled"]) == ("test_task", "default", True)
+    assert (entry["kwargs"], entry["args"], entry["description"]) == (
+        {"message": "rent is due"},
+        [],
+        "Mondays at 09:00",
+    )
+    assert entry["last_run_at"] is None
+    assert entry["next_run_at"].endswith("Z")
+    local = dt.datetime.fromisoformat(entry["next_run_local"])
+    assert (local.isoweekday(), local.hour, local.minute, local.utcoffset()) == (1, 9, 0, dt.timedelta(hours=8))
+    assert local == dt.datetime.fromisoformat(entry["next_run_at"])
+    # readable with a user token
+    mine = client.get(f"{API}/schedules/tenants.reminder-9", headers=tokens.auth("alice"))
+    assert mine.json()["kwargs"] == {"message": "rent is due"}
+
+    assert client.post(f"{API}/schedules", json=body, headers=admin).status_code == 409
+    refusals = [
+        ({**body, "name": "Bad Name"}, ["body", "name"], 422),
+        ({**body, "name": "x" * 65}, ["body", "name"], 422),
+        ({**body, "name": "n1", "kwargs": {"message": 5}}, ["body", "kwargs", "message"], 422),
+        ({**body, "name": "n2", "kwargs": {"surprise": 1}}, ["body", "kwargs", "surprise"], 422),
+        ({**body, "name": "n3", "schedule": {"minute": "99"}}, ["body", "schedule"], 422),
+        ({**body, "name": "n4", "task_name": "no_such_task"}, None, 404),
+    ]
+    for bad, loc, status in refusals:
+        response = client.post(f"{API}/schedules", json=bad, headers=admin)
+        assert response.status_code == status, (bad, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        if loc is not None:
+            assert any(error["loc"][: len(loc)] == loc for error in response.json()["errors"]), response.json()
+
+    changed = client.patch(
+        f"{API}/schedules/tenants.reminder-9",
+        json={"kwargs": {"message": "rent!"}, "description": "changed", "schedule": {"every": 600}},
+        headers=admin,
+    )
+    assert changed.status_code == 200, changed.text
+    assert (changed.json()["kwargs"], changed.json()["description"]) == ({"message": "rent!"}, "changed")
+    assert changed.json()["schedule"] == {"every": 600.0}
+    bad_args = client.patch(f"{API}/schedules/tenants.reminder-9", json={"args": [1, 2, 3]}, headers=admin)
+    assert bad_args.status_code == 422
+
+    run = client.post(f"{API}/schedules/tenants.reminder-9/run", headers=admin)
+    assert run.status_code == 202, run.text
+    task = client.get(f"{API}/tasks/{run.json()['task_id']}", headers=admin).json()
+    assert (task["task_name"], task["kwargs"]) == ("test_task", {"message": "rent!"})
+
+    assert client.delete(f"{API}/schedules/tenants.reminder-9", headers=admin).status_code == 204
+    assert client.delete(f"{API}/schedules/tenants.reminder-9", headers=admin).status_code == 404
+    assert client.post(f"{API}/schedules/tenants.reminder-9/run", headers=admin).status_code == 404
+    # a deleted default is gone from the listing; created again, it is back
+    assert client.delete(f"{API}/schedules/backup_database", headers=admin).status_code == 204
+    names = {row["name"] for row in client.get(f"{API}/schedules", headers=admin).json()["results"]}
+    assert "backup_database" not in names
+    again = {"name": "backup_database", "task_name": "backup_database", "schedule": {"minute": "0", "hour": "3"}}
+    assert client.post(f"{API}/schedules", json=again, headers=admin).status_code == 201
+
+
 def test_reports_and_their_files(client: GatewayClient, tokens: Tokens, migrated: Settings) -> None:
     reports_dir = migrated.reports_dir
     (reports_dir / "hourly").mkdir(parents=True, exist_ok=True)
@@ -185,6 +266,16 @@ def test_reports_and_their_files(client: GatewayClient, tokens: Tokens, migrated
     assert csv.headers["content-type"].startswith("text/csv")
     assert client.get(f"{API}/reports/{good}/file", headers=user).text == "<h1>42</h1>"
     assert client.get(f"{API}/reports/999999", headers=user).status_code == 404
+
+    # a report's page in each language: MALLOPS_REPORT_LANGUAGE (zh_CN) unless ?lang= names one
+    (reports_dir / "hourly" / "p.zh_CN.html").write_text("<h1>小时报表</h1>")
+    (reports_dir / "hourly" / "p.en.html").write_text("<h1>Hourly report</h1>")
+    paged = make_report(migrated, None, "hourly/p.zh_CN.html")
+    page = f"{API}/reports/{paged}/file"
+    assert client.get(page, headers=user).text == "<h1>小时报表</h1>"
+    assert client.get(page, params={"lang": "en"}, headers=user).text == "<h1>Hourly report</h1>"
+    assert client.get(page, params={"lang": "zh_CN"}, headers=user).text == "<h1>小时报表</h1>"
+    assert client.get(page, params={"lang": "fr"}, headers=user).status_code == 422
 
     for stored in ("../secret.txt", str(secret), "hourly/link.csv", "hourly/../../secret.txt", "hourly"):
         evil = make_report(migrated, stored, None)

@@ -9,14 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from services.gateway.task_history import (
-    decode_cursor,
-    encode_cursor,
-    percentile,
-    query_history,
-    record_dict,
-    task_stats,
-)
+from services.gateway.task_history import percentile, query_history, record_dict, task_stats
+from shared.cursors import decode_cursor, encode_cursor
 from shared.models import TaskRecord
 
 T0 = dt.datetime(2026, 11, 1, 8, 0, tzinfo=dt.UTC)
