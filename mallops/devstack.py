@@ -439,23 +439,9 @@ class DevStack:
                 return
         self._announce(manager, took)
 
-    def _announce(self, manager: StackManager, took: float) -> None:
+    def _write_env(self, settings: Settings) -> Path:
+        """``.dev/env``: the exports that point the CLI (and a fresh shell) at this stack."""
         plan = self.plan
-        settings = plan.child_settings()
-        info: dict[str, Any] = {
-            "ready": True,
-            "pid": os.getpid(),
-            "gateway_url": plan.gateway_url,
-            "docs_url": plan.gateway_url + "/docs",
-            "metrics_url": plan.metrics_url,
-            "admin_token": plan.admin_token,
-            "mail_dir": str(plan.mail_dir),
-            "smtp": f"127.0.0.1:{settings.smtp_port}",
-            "redis_url": plan.env["MALLOPS_REDIS_URL"],
-            "database_url": settings.sqlalchemy_url,
-            "data_dir": str(plan.data_dir),
-            "processes": manager.pids(),
-        }
         env_file = plan.dev_dir / "env"
         exports = {
             "MALLOPS_URL": plan.gateway_url,
@@ -475,8 +461,27 @@ class DevStack:
         if bin_dir is not None:  # `mallops ping` works in a fresh shell, without activating the venv
             lines_out.append(f'export PATH={shlex.quote(str(bin_dir))}:"$PATH"\n')
         write_private(env_file, "".join(lines_out))
-        stack_file = plan.dev_dir / "stack.json"
-        write_private(stack_file, json.dumps(info, indent=2) + "\n")
+        return env_file
+
+    def _announce(self, manager: StackManager, took: float) -> None:
+        plan = self.plan
+        settings = plan.child_settings()
+        info: dict[str, Any] = {
+            "ready": True,
+            "pid": os.getpid(),
+            "gateway_url": plan.gateway_url,
+            "docs_url": plan.gateway_url + "/docs",
+            "metrics_url": plan.metrics_url,
+            "admin_token": plan.admin_token,
+            "mail_dir": str(plan.mail_dir),
+            "smtp": f"127.0.0.1:{settings.smtp_port}",
+            "redis_url": plan.env["MALLOPS_REDIS_URL"],
+            "database_url": settings.sqlalchemy_url,
+            "data_dir": str(plan.data_dir),
+            "processes": manager.pids(),
+        }
+        env_file = self._write_env(settings)
+        write_private(plan.dev_dir / "stack.json", json.dumps(info, indent=2) + "\n")
         token_note = (
             " (generated; kept in " + str(plan.dev_dir / "admin-token") + ")"
             if not plan.settings.bootstrap_admin_token.get_secret_value()
