@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     # `mallops migrate` also loads the demo mall when the database has none (compose's one-shot migrate)
     demo_data: bool = False
 
-    # lifecycle events (shared/events.py) and the monitor (services/monitor)
+    # lifecycle events (shared/celery_extensions/events.py) and the monitor (services/monitor)
     events_enabled: bool = True
     events_stream_maxlen: int = Field(default=500_000, ge=1000)  # approximate (XADD MAXLEN ~)
     events_flush_interval: float = Field(default=0.1, gt=0, le=10)  # seconds a buffered event may wait
