@@ -19,6 +19,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,9 +134,12 @@ class Stack:
         """What to read when the stack does not come up: compose's output and each container's state."""
         lines = ["--- podman-compose up (last lines) ---", *(self.up.log().splitlines()[-40:] if self.up else [])]
         for container in self.containers():
-            state = container.inspect()["State"]
-            health = (state.get("Health") or state.get("Healthcheck") or {}).get("Status", "-")
-            lines.append(f"--- {container.name}: {state['Status']} (exit {state['ExitCode']}, health {health}) ---")
+            data = container.inspect()
+            state = data["State"]
+            lines.append(
+                f"--- {container.name}: {state['Status']} (exit {state['ExitCode']}, restarts"
+                f" {data['RestartCount']}, health {health_status(state) or '-'}) ---"
+            )
             lines.extend(container.logs(15).splitlines())
         return "\n".join(lines)
 
@@ -210,20 +214,48 @@ def healthchecked_services() -> set[str]:
     return {name for name, service in services.items() if "healthcheck" in service}
 
 
+CRASH_LOOP = 3  # restarts after which a container that is still not up is a failure, not a slow start
+
+
+def health_status(state: dict[str, Any]) -> str:
+    health: dict[str, Any] = state.get("Health") or state.get("Healthcheck") or {}
+    return str(health.get("Status", ""))
+
+
 def wait_healthy(stack: Stack, services: set[str], timeout: float = UP_TIMEOUT) -> None:
-    """Poll every container of ``services`` with ``podman healthcheck run`` until each passes."""
+    """Run ``podman healthcheck run`` on every container of ``services`` until each passes (podman's
+    systemd timers would do it elsewhere). Fails at once, with each container's state and logs, when
+    one turns ``unhealthy`` (its start period over and its retries spent, as compose counts them), keeps
+    crashing (restarted CRASH_LOOP times and down), or podman-compose itself has exited."""
     passed: set[str] = set()
 
     def all_healthy() -> bool:
         if stack.up is not None and not stack.up.alive():
             pytest.fail(f"podman-compose up exited {stack.up.popen.returncode}:\n{stack.diagnostics()}")
         for container in stack.containers():
-            if container.service in services and container.name not in passed and container.healthcheck():
+            if container.service not in services:
+                data = container.inspect()  # a one-shot (migrate) that failed for good?
+                state = data["State"]
+                if state["Status"] == "exited" and state["ExitCode"] != 0 and data["RestartCount"] >= CRASH_LOOP:
+                    pytest.fail(f"{container.name} failed:\n{stack.diagnostics()}")
+                continue
+            if container.name in passed:
+                continue
+            if container.healthcheck():
                 passed.add(container.name)
+                continue
+            data = container.inspect()
+            if health_status(data["State"]) == "unhealthy":
+                pytest.fail(f"{container.name} is unhealthy:\n{stack.diagnostics()}")
+            if data["RestartCount"] >= CRASH_LOOP and data["State"]["Status"] != "running":
+                pytest.fail(f"{container.name} keeps crashing:\n{stack.diagnostics()}")
         return {c.service for c in stack.containers() if c.name in passed} >= services
 
+    started = time.monotonic()
     try:
         wait_until(all_healthy, timeout=timeout, interval=2, message=f"healthchecks of {sorted(services)}")
-    except pytest.fail.Exception:
-        print(stack.diagnostics())
+    except pytest.fail.Exception as failure:
+        if "timed out" in str(failure):
+            print(stack.diagnostics())
         raise
+    print(f"healthchecks of {len(services)} services passed after {time.monotonic() - started:.0f} s")

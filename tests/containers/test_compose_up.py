@@ -124,6 +124,7 @@ def test_a_worker_killed_with_sigkill_comes_back_and_runs_its_task(stack: Stack)
     worker = stack.container("maintenance-worker")
     before = worker.inspect()
     pid = before["State"]["Pid"]
+    killed = time.monotonic()
     os.kill(pid, signal.SIGKILL)
 
     with stack.gateway() as client:
@@ -134,9 +135,14 @@ def test_a_worker_killed_with_sigkill_comes_back_and_runs_its_task(stack: Stack)
             return state["RestartCount"] > before["RestartCount"] and state["State"]["Pid"] not in (0, pid)
 
         wait_until(restarted, timeout=60, interval=0.5, message="the worker container restarted")
+        back = time.monotonic() - killed
         wait_healthy(stack, {"maintenance-worker"}, timeout=120)
         detail = wait_success(client, task_id)
     assert detail["worker"].startswith("maintenance@"), detail
+    print(
+        f"SIGKILL to {worker.name} (pid {pid}): restarted by podman after {back:.1f} s,"
+        f" its task done {time.monotonic() - killed:.1f} s after the kill"
+    )
 
 
 def test_redis_restarted_under_load_loses_nothing(stack: Stack) -> None:
