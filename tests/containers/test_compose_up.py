@@ -165,6 +165,7 @@ from shared.settings import get_settings
 with create_celery_app("mallops-sweep", get_settings()).connection_for_write() as connection:
     connection.default_channel.qos.restore_visible(num=100000, interval=1)
 """
+LOADERS = 4  # clients submitting at once
 ORPHANED = 15  # s: a test_task (milliseconds) still unacknowledged this long after delivery is held, not running
 
 
@@ -177,7 +178,7 @@ def test_redis_restarted_under_load_loses_nothing(stack: Stack) -> None:
     environment of compose.yaml does not change. So such messages are counted as held (nothing lost),
     then put back by a worker's own sweep run now with a timeout of ORPHANED seconds, and must finish
     too (docs/reliability.md: the same case with a 6 s timeout)."""
-    accepted: list[str] = []
+    accepted: list[str] = []  # list.append is atomic: the loaders share it
     refused = 0
     stop = threading.Event()
 
@@ -198,15 +199,17 @@ def test_redis_restarted_under_load_loses_nothing(stack: Stack) -> None:
                 else:
                     refused += 1
 
-    loader = threading.Thread(target=load, daemon=True)
-    loader.start()
+    loaders = [threading.Thread(target=load, daemon=True) for _ in range(LOADERS)]
+    for loader in loaders:
+        loader.start()
     wait_until(lambda: len(accepted) >= 20, timeout=60, interval=0.1, message="tasks accepted before the restart")
     before_restart = len(accepted)
     restart = podman("restart", stack.container("redis").name, timeout=120)
     assert restart.returncode == 0, restart.stderr
     wait_until(lambda: len(accepted) >= before_restart + 40, timeout=90, interval=0.2, message="tasks accepted after")
     stop.set()
-    loader.join(30)
+    for loader in loaders:
+        loader.join(30)
 
     gateway = stack.container("gateway").name
     with stack.gateway() as client:
