@@ -57,9 +57,13 @@ COMPOSE_VARIABLE_PREFIXES = (
 UP_TIMEOUT = float(os.environ.get("MALLOPS_CONTAINERS_UP_TIMEOUT", "420"))
 
 
-def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def podman(
+    *args: str, check: bool = True, timeout: float = 120, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, CONTAINERS_CONF=str(CONTAINERS_CONF))
-    return subprocess.run(["podman", *args], env=env, capture_output=True, text=True, check=check, timeout=timeout)
+    return subprocess.run(
+        ["podman", *args], env=env, input=stdin, capture_output=True, text=True, check=check, timeout=timeout
+    )
 
 
 @dataclass

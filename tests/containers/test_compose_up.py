@@ -166,6 +166,21 @@ with create_celery_app("mallops-sweep", get_settings()).connection_for_write() a
     connection.default_channel.qos.restore_visible(num=100000, interval=1)
 """
 LOADERS = 4  # clients submitting at once
+# Where each of the task ids given on stdin is in Redis, for a failure message: its result (db 1),
+# the broker lists that hold it and whether kombu's unacked set does (db 0).
+WHEREABOUTS = """
+import json, os, sys, redis
+ids = json.loads(sys.stdin.read())
+broker = redis.Redis.from_url(os.environ["MALLOPS_REDIS_URL"], db=0)
+results = redis.Redis.from_url(os.environ["MALLOPS_REDIS_URL"], db=1)
+lists = {key: broker.lrange(key, 0, -1) for key in broker.scan_iter() if broker.type(key) == b"list"}
+unacked = broker.hgetall("unacked")
+for task_id in ids:
+    meta = results.get("celery-task-meta-" + task_id)
+    print(task_id, "result:", json.loads(meta)["status"] if meta else None,
+          "lists:", [key.decode() for key, items in lists.items() if any(task_id.encode() in m for m in items)],
+          "unacked:", any(task_id.encode() in raw for raw in unacked.values()))
+"""
 ORPHANED = 15  # s: a test_task (milliseconds) still unacknowledged this long after delivery is held, not running
 
 
@@ -227,7 +242,19 @@ def test_redis_restarted_under_load_loses_nothing(stack: Stack) -> None:
                 return True, {task_id: held[task_id] for task_id in pending}
             return None
 
-        _, held = wait_until(settled, timeout=180, interval=1, message="accepted tasks done or held by the broker")
+        try:
+            _, held = wait_until(settled, timeout=180, interval=1, message="accepted tasks done or held by the broker")
+        except pytest.fail.Exception:
+            where = podman(
+                "exec", "-i", gateway, "python", "-c", WHEREABOUTS, stdin=json.dumps(sorted(pending)), check=False
+            )
+            worker_log = stack.container("maintenance-worker").logs(tail=100000)
+            print(
+                f"{len(pending)} of {len(accepted)} accepted tasks neither done nor held:\n{where.stdout}{where.stderr}"
+            )
+            for task_id in sorted(pending)[:5]:
+                print(task_id, "in the worker's log:", [line for line in worker_log.splitlines() if task_id in line])
+            raise
         if held:
             sweep = podman(
                 "exec", "-e", f"MALLOPS_BROKER_VISIBILITY_TIMEOUT={ORPHANED}", gateway, "python", "-c", SWEEP
