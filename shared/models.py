@@ -29,6 +29,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from shared.contracts import DeferredState
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -305,6 +307,8 @@ class TaskRecord(Base):
     state: Mapped[str] = mapped_column(String(12))
     args_summary: Mapped[str | None] = mapped_column(String(500))
     owner: Mapped[str | None] = mapped_column(String(100))
+    # X-Request-ID of the HTTP request that submitted the task (migration 0003)
+    request_id: Mapped[str | None] = mapped_column(String(64))
     worker: Mapped[str | None] = mapped_column(String(200))
     retries: Mapped[int] = mapped_column(Integer, default=0)
     exception: Mapped[str | None] = mapped_column(String(200))
@@ -355,6 +359,6 @@ class DeferredTask(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # validated keyword arguments to publish
     priority: Mapped[int | None] = mapped_column(Integer)
     eta: Mapped[dt.datetime]
-    state: Mapped[str] = mapped_column(String(12), default="SCHEDULED")
+    state: Mapped[str] = mapped_column(String(12), default=DeferredState.SCHEDULED.value)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     published_at: Mapped[dt.datetime | None]

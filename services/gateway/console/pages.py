@@ -2,7 +2,7 @@
 tasks and a task (with its live progress), and the retry and revoke forms.
 
 Routes only translate HTTP: the data comes from the same functions the API routes use
-(:mod:`shared.history`, ``visible_task``/``detail``/``retry_task``/``revoke_task`` of
+(:mod:`services.gateway.task_history`, ``visible_task``/``detail``/``retry_task``/``revoke_task`` of
 :mod:`services.gateway.routes.tasks`), and every right is asked of :func:`permissions.can`.
 """
 
@@ -35,9 +35,10 @@ from services.gateway.console.sessions import (
 from services.gateway.deps import RuntimeDep, StoreDep
 from services.gateway.problems import ProblemError
 from services.gateway.ratelimit import Decision
-from services.gateway.routes.tasks import Visible, retry_task, revoke_task, task_events, visible_task
+from services.gateway.routes.tasks import retry_task, revoke_task, task_events, visible_task
 from services.gateway.runtime import Runtime
 from services.gateway.schemas import RevokeRequest
+from services.gateway.task_view import TaskView as Visible
 from shared.tokens import Principal, hash_token
 
 PREFIX = "/console"
@@ -85,9 +86,9 @@ class ConsoleError(Exception):
 
 
 def sessions(runtime: Runtime) -> ConsoleSessions:
-    store: ConsoleSessions | None = runtime.extras.get("console_sessions")
+    store: ConsoleSessions | None = runtime.console.get("console_sessions")
     if store is None:
-        store = runtime.extras["console_sessions"] = ConsoleSessions(runtime.cache, runtime.settings)
+        store = runtime.console["console_sessions"] = ConsoleSessions(runtime.cache, runtime.settings)
     return store
 
 

@@ -1,6 +1,7 @@
 """What the console's pages show, read through the functions the API routes use (no query of its own):
-the statistics, hourly counts, history pages and task records of :mod:`shared.history`, the task read
-by ``detail`` of :mod:`services.gateway.routes.tasks`; and the small layout the templates need."""
+statistics, hourly counts, history pages and task records of :mod:`services.gateway.task_history`, workers
+and queues of :mod:`shared.workers`, the task as ``detail`` of :mod:`services.gateway.task_view` reads it;
+and the small layout the templates need."""
 
 from __future__ import annotations
 
@@ -15,18 +16,21 @@ from zoneinfo import ZoneInfo
 
 from starlette.concurrency import run_in_threadpool
 
+from services.gateway import task_history as history
 from services.gateway.console.i18n import Translator
 from services.gateway.console.permissions import can, task_scope
-from services.gateway.routes.tasks import Visible, detail
 from services.gateway.runtime import Runtime
 from services.gateway.schemas import TaskDetail
-from services.gateway.taskstore import READY_STATES
-from shared import history
+from services.gateway.task_view import TaskView as Visible
+from services.gateway.task_view import detail
+from shared import workers as platform
 from shared.catalog import CATALOG, get_spec
+from shared.contracts import FINAL_STATES as READY_STATES
+from shared.contracts import HISTORY_STATES
 from shared.tokens import Principal
 
 PACKAGE_DIR = Path(__file__).parent
-STATES = history.STATES
+STATES: tuple[str, ...] = tuple(str(state) for state in HISTORY_STATES)
 PAGE_SIZE = 25
 RUNNING_STATES = ("RECEIVED", "STARTED", "PROGRESS")
 
@@ -66,22 +70,22 @@ async def overview(runtime: Runtime, principal: Principal) -> dict[str, Any]:
     settings = runtime.settings
     workers = None
     if can(principal, "workers.read") or can(principal, "queues.read"):
-        workers = await run_in_threadpool(history.list_workers, settings)
+        workers = await run_in_threadpool(platform.list_workers, settings)
     if can(principal, "workers.read") and workers is not None:
         data["workers"] = {
             "online": sum(1 for w in workers if w["status"] == "online"),
             "offline": sum(1 for w in workers if w["status"] != "online"),
         }
     if can(principal, "queues.read"):
-        data["queues"] = await run_in_threadpool(history.queue_lengths, settings, workers)
+        data["queues"] = await run_in_threadpool(platform.queue_lengths, settings, workers)
     if can(principal, "monitor.read"):
-        data["monitor"] = await run_in_threadpool(history.monitor_lag, settings)
+        data["monitor"] = await run_in_threadpool(platform.monitor_lag, settings)
     return data
 
 
 async def _task_counts(runtime: Runtime, owner: str | None, or_queue: str | None) -> dict[str, Any]:
     cache: dict[tuple[str | None, str | None], tuple[float, dict[str, Any]]]
-    cache = runtime.extras.setdefault("console_overview", {})
+    cache = runtime.console.setdefault("console_overview", {})
     hit = cache.get((owner, or_queue))
     if hit is not None and hit[0] > time.monotonic():
         return hit[1]

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import ValidationError
 
 from services.gateway import authz
+from services.gateway import task_history as history
 from services.gateway.deps import SessionDep
 from services.gateway.problems import ProblemError
 from services.gateway.routes import API_PREFIX
 from services.gateway.schemas import HistoryItem, HistoryPage, TaskStats
-from shared import history
 from shared.catalog import get_spec
+from shared.contracts import TaskState
 
 router = APIRouter(prefix=API_PREFIX, tags=["history"])
-
-HistoryState = Literal["SENT", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED", "REJECTED"]
 
 
 def _known_task(task_name: str | None) -> None:
@@ -51,7 +50,7 @@ def task_history(
     principal: authz.Reader,
     session: SessionDep,
     task_name: Annotated[str | None, Query(max_length=200)] = None,
-    status: Annotated[HistoryState | None, Query()] = None,
+    status: Annotated[TaskState | None, Query(description="Only tasks in this state.")] = None,
     owner: Annotated[str | None, Query(max_length=100, description=OWNER_DOC)] = None,
     since: Annotated[dt.datetime | None, Query(description="Sent at or after (ISO 8601 with timezone).")] = None,
     until: Annotated[dt.datetime | None, Query(description="Sent before (ISO 8601 with timezone).")] = None,
@@ -109,4 +108,11 @@ def task_stats(
     stats = history.task_stats(
         session, since=start, until=end, task_name=task_name, owner=visible_owner, or_queue=or_queue
     )
+    stats["tasks"] = {_short(name): {**block, "celery_name": name} for name, block in stats["tasks"].items()}
     return TaskStats.model_validate(stats)
+
+
+def _short(name: str) -> str:
+    """The catalog name of a task recorded under its Celery name (unknown names stay as they are)."""
+    spec = get_spec(name)
+    return spec.name if spec is not None else name

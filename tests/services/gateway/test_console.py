@@ -15,9 +15,9 @@ import pytest
 from services.gateway.console.i18n import LANGUAGES, LOCALES_DIR, negotiate
 from services.gateway.console.permissions import GRANTS, can
 from services.gateway.console.sessions import LOGIN_COOKIE, SESSION_COOKIE, SESSION_KEY, _digest
+from shared.contracts import REVOKED_KEY
 from shared.db import session_scope
 from shared.permissions import ROLES
-from shared.revocations import REVOKED_KEY
 from shared.settings import Settings
 from shared.tokens import Principal, create_token, revoke_token
 from tests.harness import Process, RedisServer, wait_until
