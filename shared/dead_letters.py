@@ -126,6 +126,36 @@ class Message(virtual.Message):
 class Channel(kombu_redis.Channel):
     Message = Message
 
+    def close(self) -> None:
+        """kombu's close, except that a connection error while it drains a pending BRPOP reply does not
+        leave the channel half closed.
+
+        kombu's ``Channel.close`` first reads the reply of a BRPOP still in flight (celery/kombu#1733); when
+        the connection is broken (Redis restarting), that read raises before anything is closed. Celery's
+        consumer then drops the transport's connection (``Connection.collect``), and its next close of the
+        same channel puts back the unacknowledged messages through a new connection pool built from that
+        connection, now None: ``AttributeError: 'NoneType' object has no attribute 'hostname'`` in
+        ``_connparams`` (celery/kombu#582), which stops the worker. A reply lost with its connection cannot
+        be read anyway: close the channel as if there had been none.
+        """
+        if self._in_poll:
+            try:
+                self._brpop_read()
+            except Empty:
+                pass
+            except self.connection_errors as exc:
+                log.info("the pending BRPOP reply was lost with the connection: %s", exc)
+        super().close()  # type: ignore[no-untyped-call]
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        """kombu's connection parameters; a connection error instead of an AttributeError when the channel's
+        connection is already closed (celery/kombu#582), so that every caller treats it as the lost
+        connection it is and the worker reconnects."""
+        transport = self.connection
+        if transport is None or transport.client is None:
+            raise redis.ConnectionError("the connection to the broker is closed")
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
+
     def _brpop_read(self, **options: Any) -> Any:
         self.connection.handed_over = False
         try:
@@ -152,7 +182,8 @@ class Channel(kombu_redis.Channel):
 
 
 class RedisTransport(kombu_redis.Transport):
-    """kombu's Redis transport, except that one malformed message cannot stop the consumer."""
+    """kombu's Redis transport, except that one malformed message cannot stop the consumer, nor can a
+    connection lost while a BRPOP is pending (:meth:`Channel.close`)."""
 
     Channel = Channel
     handed_over = False
