@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 import time
 from queue import Empty
 from typing import Any
@@ -123,8 +125,64 @@ class Message(virtual.Message):
             raise MalformedEnvelope(f"not a message envelope: {type(exc).__name__}: {exc}") from exc
 
 
+# Messages that a BRPOP took off their queue when the connection broke before kombu could record them as
+# unacknowledged (pid, payload, exchange, routing key): nothing else knows of them. See QoS.append.
+_orphans: list[tuple[int, Any, str, str]] = []
+_orphans_lock = threading.Lock()
+
+
+class QoS(kombu_redis.QoS):
+    """kombu's Redis ack emulation, except that a message cannot vanish between BRPOP and ``unacked``.
+
+    kombu takes a message off its queue with BRPOP and then, in a second round trip, records it in the
+    ``unacked`` hash before handing it over. When the connection breaks in between (a reply already in the
+    socket when Redis stops, read by ``Channel.close``), that record fails: the message was in neither
+    place, its task never ran and nothing would ever deliver it again (found by
+    tests/reliability/test_redis_restart_under_load.py). Here it is kept in memory instead and put back on
+    its queue by the next channel of this process, once Redis answers again (:meth:`Channel.__init__`).
+    """
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        try:
+            super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
+        except self.channel.connection_errors:
+            delivery = message.delivery_info
+            with _orphans_lock:
+                _orphans.append((os.getpid(), message._raw, delivery["exchange"], delivery["routing_key"]))
+            log.warning(
+                "a message taken off queue %s could not be recorded; it goes back once Redis answers",
+                delivery["routing_key"],
+            )
+            raise
+
+
 class Channel(kombu_redis.Channel):
     Message = Message
+    QoS = QoS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._restore_orphans()  # Redis answered: the connection is back
+
+    def _restore_orphans(self) -> None:
+        pid = os.getpid()
+        with _orphans_lock:
+            mine = [orphan for orphan in _orphans if orphan[0] == pid]  # not a forked parent's
+            _orphans[:] = [orphan for orphan in _orphans if orphan[0] != pid]
+        if not mine:
+            return
+        try:
+            with self.conn_or_acquire() as client:
+                pipe = client.pipeline()
+                for _, payload, exchange, routing_key in mine:
+                    self._do_restore_message(payload, exchange, routing_key, pipe)  # type: ignore[no-untyped-call]
+                pipe.execute()
+        except self.connection_errors as exc:
+            with _orphans_lock:
+                _orphans[:0] = mine  # the next channel tries again
+            log.warning("could not put back %d message(s) yet: %s", len(mine), exc)
+            return
+        log.warning("put back %d message(s) taken off their queue when the connection broke", len(mine))
 
     def close(self) -> None:
         """kombu's close, except that a connection error while it drains a pending BRPOP reply does not

@@ -10,7 +10,9 @@ under load is tests/reliability/test_redis_restart_under_load.py.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,44 +48,58 @@ def _connect(settings: Settings, server: RedisServer) -> Connection:
     return connection
 
 
-def test_a_connection_lost_with_a_brpop_pending_closes_and_its_messages_can_be_acknowledged_later(
-    broker: RedisServer, settings: Settings, tmp_path: Path
-) -> None:
-    connection = _connect(settings, broker)
-    queue = Queue("default", Exchange("default", type="direct"), routing_key="default")
-    with connection.clone() as publisher:
+QUEUE = Queue("default", Exchange("default", type="direct"), routing_key="default")
+
+
+def _publish(server: RedisServer, settings: Settings, *bodies: dict[str, int]) -> None:
+    with _connect(settings, server) as publisher:
         producer = publisher.Producer()
-        for number in range(2):
-            producer.publish({"n": number}, exchange=queue.exchange, routing_key="default", declare=[queue])
+        for body in bodies:
+            producer.publish(body, exchange=QUEUE.exchange, routing_key="default", declare=[QUEUE])
+
+
+def _consume_until_brpop_pending(connection: Connection, expected: int) -> tuple[list[Message], Any]:
+    """A consumer with room for more (its channel sends the next BRPOP at once) that has received
+    ``expected`` messages, and beside it a channel with an auto-delete fanout queue, as Celery's
+    remote-control mailbox has. Returns the messages and the consumer's channel, its BRPOP pending."""
     received: list[Message] = []
-    consumer = Consumer(connection, [queue], callbacks=[lambda body, message: received.append(message)])
-    consumer.qos(prefetch_count=3)  # room left: the channel sends its next BRPOP at once
+    consumer = Consumer(connection, [QUEUE], callbacks=[lambda body, message: received.append(message)])
+    consumer.qos(prefetch_count=3)
     consumer.consume()
-    # a second channel with an auto-delete fanout queue, as Celery's remote-control mailbox has
-    mailbox = Consumer(
-        connection.channel(), [Queue("mailbox", Exchange("mailbox", type="fanout"), auto_delete=True)], no_ack=True
-    )
-    mailbox.consume()
+    mailbox = Queue("mailbox", Exchange("mailbox", type="fanout"), auto_delete=True)
+    Consumer(connection.channel(), [mailbox], no_ack=True).consume()
 
     def drain() -> int:
         with contextlib.suppress(TimeoutError):
             connection.drain_events(timeout=0.2)
         return len(received)
 
-    wait_until(lambda: drain() == 2, timeout=10, message="both messages delivered")
     channel: Any = connection.default_channel
-    wait_until(lambda: drain() == 2 and channel._in_poll, timeout=10, message="a BRPOP pending")
-    assert broker.client().hlen(UNACKED) == 2
+    wait_until(lambda: drain() == expected and channel._in_poll, timeout=10, message="a BRPOP pending")
+    return received, channel
 
+
+def _lose_connection(broker: RedisServer, connection: Connection, received: list[Message]) -> None:
+    """Stop Redis, then do what Celery's consumer does when it notices (on_connection_error_after_connected):
+    collect the connection (its transport forgets it), then close it. kombu's channel raised
+    AttributeError in that close."""
     broker.stop()  # SIGTERM: Redis writes its AOF and closes every connection
     with pytest.raises(redis.ConnectionError):  # the lost connection surfaces outside the pending BRPOP
         received[0].ack()
-    assert channel._in_poll
-
-    # Celery's Consumer.on_connection_error_after_connected
     with contextlib.suppress(Exception):  # as Celery: whatever collect raises is ignored
         connection.collect(socket_timeout=1)
-    connection.close()  # kombu's channel raised AttributeError here
+    connection.close()
+
+
+def test_a_connection_lost_with_a_brpop_pending_closes_and_its_messages_can_be_acknowledged_later(
+    broker: RedisServer, settings: Settings, tmp_path: Path
+) -> None:
+    _publish(broker, settings, {"n": 0}, {"n": 1})
+    connection = _connect(settings, broker)
+    received, channel = _consume_until_brpop_pending(connection, 2)
+    assert broker.client().hlen(UNACKED) == 2
+
+    _lose_connection(broker, connection, received)
     assert channel.closed
 
     restarted = start_redis(tmp_path / "redis", port=broker.port, appendonly=True)
@@ -92,5 +108,30 @@ def test_a_connection_lost_with_a_brpop_pending_closes_and_its_messages_can_be_a
         for message in received:  # the tasks finish after the reconnect: their acknowledgements arrive
             message.ack()
         assert restarted.client().hlen(UNACKED) == 0  # nothing waits for the visibility timeout
+    finally:
+        restarted.stop()
+
+
+def test_a_message_the_pending_brpop_took_when_the_connection_broke_goes_back_on_its_queue(
+    broker: RedisServer, settings: Settings, tmp_path: Path
+) -> None:
+    _publish(broker, settings, {"n": 0})
+    connection = _connect(settings, broker)
+    received, _ = _consume_until_brpop_pending(connection, 1)
+    _publish(broker, settings, {"n": 1})  # taken off the queue by the pending BRPOP; the reply waits unread
+    wait_until(lambda: broker.client().llen("default") == 0, timeout=10, message="the BRPOP to take it")
+
+    _lose_connection(broker, connection, received)
+    assert len(received) == 1  # it was never handed over
+
+    restarted = start_redis(tmp_path / "redis", port=broker.port, appendonly=True)
+    try:
+        assert restarted.client().llen("default") == 0  # neither queued ...
+        assert restarted.client().hlen(UNACKED) == 1  # ... nor unacknowledged: only the first message is
+        with _connect(settings, restarted) as again:
+            again.default_channel  # noqa: B018 - the first channel after the reconnect puts it back
+        assert [json.loads(raw)["body"] for raw in restarted.client().lrange("default", 0, -1)] == [
+            base64.b64encode(b'{"n": 1}').decode()
+        ]
     finally:
         restarted.stop()
