@@ -151,10 +151,12 @@ def redis_container(appendonly: bool = False) -> RedisServer | None:
     return server
 
 
-def start_redis(workdir: Path, port: int | None = None, appendonly: bool = False) -> RedisServer:
+def start_redis(
+    workdir: Path, port: int | None = None, appendonly: bool = False, appendfsync: str | None = None
+) -> RedisServer:
     """A redis-server of the test's own on a free loopback port; without the binary, Redis in a Docker
     container when an engine answers (``port`` is then the container's); otherwise the test fails saying
-    how to install redis-server."""
+    how to install redis-server. ``appendfsync`` (``always``, ``everysec``, ``no``) with ``appendonly``."""
     binary = shutil.which("redis-server")
     if binary is None:
         server = redis_container(appendonly) if port is None else None
@@ -178,6 +180,8 @@ def start_redis(workdir: Path, port: int | None = None, appendonly: bool = False
         "--daemonize",
         "no",
     ]
+    if appendfsync:
+        argv += ["--appendfsync", appendfsync]
     process = spawn(f"redis-{port}", argv, os.environ, workdir)
     server = RedisServer(port, process)
     wait_until(lambda: server.client().ping(), timeout=15, message=f"redis-server on port {port}")
