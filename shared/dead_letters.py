@@ -125,21 +125,28 @@ class Message(virtual.Message):
             raise MalformedEnvelope(f"not a message envelope: {type(exc).__name__}: {exc}") from exc
 
 
-# Messages that a BRPOP took off their queue when the connection broke before kombu could record them as
-# unacknowledged (pid, payload, exchange, routing key): nothing else knows of them. See QoS.append.
-_orphans: list[tuple[int, Any, str, str]] = []
-_orphans_lock = threading.Lock()
+# What a worker could not put back while Redis was away, for its next channel to put back (Channel.__init__):
+# messages a BRPOP took off their queue whose record in ``unacked`` failed (pid, payload, exchange, routing
+# key), and the delivery tags of unacknowledged messages that their closing channel could not restore (pid,
+# tag). The pid keeps a forked pool process from putting back its parent's.
+_unrecorded: list[tuple[int, Any, str, str]] = []
+_unrestored: list[tuple[int, str]] = []
+_pending_lock = threading.Lock()
 
 
 class QoS(kombu_redis.QoS):
-    """kombu's Redis ack emulation, except that a message cannot vanish between BRPOP and ``unacked``.
+    """kombu's Redis ack emulation, except that nothing it cannot write while Redis is away is forgotten.
 
-    kombu takes a message off its queue with BRPOP and then, in a second round trip, records it in the
-    ``unacked`` hash before handing it over. When the connection breaks in between (a reply already in the
-    socket when Redis stops, read by ``Channel.close``), that record fails: the message was in neither
-    place, its task never ran and nothing would ever deliver it again (found by
-    tests/reliability/test_redis_restart_under_load.py). Here it is kept in memory instead and put back on
-    its queue by the next channel of this process, once Redis answers again (:meth:`Channel.__init__`).
+    - kombu takes a message off its queue with BRPOP and records it in the ``unacked`` hash in a second
+      round trip. When the connection breaks in between (a reply already in the socket when Redis stops,
+      read by ``Channel.close``), the record fails and the message is in neither place: nothing would ever
+      deliver it again.
+    - A closing channel puts its unacknowledged messages back on their queues (``restore_unacked``), and
+      Celery drops the ones it had not started yet, counting on that. With Redis away the restore fails and
+      they waited in ``unacked`` for the visibility timeout (2 hours).
+
+    Both were found by tests/reliability/test_redis_restart_under_load.py. Here they are kept and put back
+    by the next channel of the process, i.e. as soon as Redis answers again.
     """
 
     def append(self, message: Any, delivery_tag: Any) -> None:
@@ -147,12 +154,20 @@ class QoS(kombu_redis.QoS):
             super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
         except self.channel.connection_errors:
             delivery = message.delivery_info
-            with _orphans_lock:
-                _orphans.append((os.getpid(), message._raw, delivery["exchange"], delivery["routing_key"]))
+            with _pending_lock:
+                _unrecorded.append((os.getpid(), message._raw, delivery["exchange"], delivery["routing_key"]))
             log.warning(
-                "a message taken off queue %s could not be recorded; it goes back once Redis answers",
-                delivery["routing_key"],
+                "a message taken off queue %s could not be recorded; it goes back later", delivery["routing_key"]
             )
+            raise
+
+    def restore_unacked(self, client: Any = None) -> None:
+        try:
+            super().restore_unacked(client)  # type: ignore[no-untyped-call]
+        except self.channel.connection_errors:
+            with _pending_lock:
+                _unrestored.extend((os.getpid(), str(tag)) for tag in self._delivered)
+            log.warning("%d unacknowledged message(s) could not be restored; they go back later", len(self._delivered))
             raise
 
 
@@ -162,27 +177,36 @@ class Channel(kombu_redis.Channel):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
-        self._restore_orphans()  # Redis answered: the connection is back
+        self._put_back_pending()  # Redis answered: the connection is back
 
-    def _restore_orphans(self) -> None:
+    def _put_back_pending(self) -> None:
         pid = os.getpid()
-        with _orphans_lock:
-            mine = [orphan for orphan in _orphans if orphan[0] == pid]  # not a forked parent's
-            _orphans[:] = [orphan for orphan in _orphans if orphan[0] != pid]
-        if not mine:
+        with _pending_lock:
+            unrecorded = [entry for entry in _unrecorded if entry[0] == pid]
+            unrestored = [entry for entry in _unrestored if entry[0] == pid]
+            _unrecorded[:] = [entry for entry in _unrecorded if entry[0] != pid]
+            _unrestored[:] = [entry for entry in _unrestored if entry[0] != pid]
+        if not unrecorded and not unrestored:
             return
+        count = len(unrecorded) + len(unrestored)
         try:
             with self.conn_or_acquire() as client:
-                pipe = client.pipeline()
-                for _, payload, exchange, routing_key in mine:
-                    self._do_restore_message(payload, exchange, routing_key, pipe)  # type: ignore[no-untyped-call]
-                pipe.execute()
+                if unrecorded:
+                    pipe = client.pipeline()
+                    for _, payload, exchange, routing_key in unrecorded:
+                        self._do_restore_message(payload, exchange, routing_key, pipe)  # type: ignore[no-untyped-call]
+                    pipe.execute()
+                    unrecorded = []
+                while unrestored:  # each one only if still unacknowledged: a task that finished meanwhile is not
+                    self.qos.restore_by_tag(unrestored[0][1], client)
+                    unrestored.pop(0)
         except self.connection_errors as exc:
-            with _orphans_lock:
-                _orphans[:0] = mine  # the next channel tries again
-            log.warning("could not put back %d message(s) yet: %s", len(mine), exc)
+            with _pending_lock:  # the next channel tries again
+                _unrecorded[:0] = unrecorded
+                _unrestored[:0] = unrestored
+            log.warning("could not put back %d message(s) yet: %s", len(unrecorded) + len(unrestored), exc)
             return
-        log.warning("put back %d message(s) taken off their queue when the connection broke", len(mine))
+        log.warning("put back %d message(s) that could not be while Redis was away", count)
 
     def close(self) -> None:
         """kombu's close, except that a connection error while it drains a pending BRPOP reply does not

@@ -133,6 +133,12 @@ class RedisServer:
             self.container.stop()
 
 
+def redis_env(server: RedisServer) -> dict[str, str]:
+    """The MALLOPS_ variables that put the cache, the broker and the results on ``server``."""
+    base = server.url_base
+    return {"MALLOPS_REDIS_URL": base, "MALLOPS_BROKER_URL": f"{base}/0", "MALLOPS_RESULT_BACKEND": f"{base}/1"}
+
+
 def redis_container(appendonly: bool = False) -> RedisServer | None:
     """Redis in a Docker container (testcontainers), or None when no Docker engine answers."""
     try:

@@ -34,7 +34,7 @@ from shared.catalog import SERVICES, Schedule, get_spec
 from shared.schedules import update_entry
 from shared.settings import Settings
 from tests.conftest import DEMO_AS_OF
-from tests.harness import Process, start_redis, wait_until
+from tests.harness import Process, redis_env, start_redis, wait_until
 from tests.reliability.conftest import SIZES, FaultResults, FaultStack, Outcome
 
 pytestmark = pytest.mark.integration
@@ -93,14 +93,12 @@ def shipped_stack(service_env: dict[str, str], demo_db: Settings, tmp_path: Path
     redis_dir = tmp_path / "redis"
     redis = start_redis(redis_dir, appendonly=True, appendfsync="always")
     base = redis.url_base
-    env = service_env | {
-        "MALLOPS_REDIS_URL": base,
-        "MALLOPS_BROKER_URL": f"{base}/0",
-        "MALLOPS_RESULT_BACKEND": f"{base}/1",
-        # the gateway's admission limits only: one client sends all the load
-        "MALLOPS_TASK_MAX_PER_USER": "100000",
-        "MALLOPS_RATE_LIMIT_PER_MINUTE": "100000",
-    }
+    # beyond the Redis URLs only the gateway's admission limits: one client sends all the load
+    env = (
+        service_env
+        | redis_env(redis)
+        | {"MALLOPS_TASK_MAX_PER_USER": "100000", "MALLOPS_RATE_LIMIT_PER_MINUTE": "100000"}
+    )
     settings = demo_db.model_copy(update={"redis_url": base, "broker_url": f"{base}/0", "result_backend": f"{base}/1"})
     stack = FaultStack("redis", env, settings, redis, redis_dir, tmp_path / "logs", appendfsync="always")
     try:
