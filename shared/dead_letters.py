@@ -21,6 +21,9 @@ Each record is a JSON object in the capped list :data:`DEAD_LETTERS_KEY` of the 
 ``body``. A message that names a task id also gets a ``task-rejected`` lifecycle event, so the monitor's
 history has a REJECTED row for it with the reason. Messages whose arguments do not fit the task's catalog
 model are not dead letters: :class:`shared.tasks.MallopsTask` fails them (FAILURE, ``InvalidTaskArguments``).
+
+The same transport also rides out a Redis restart under load (issue 12): :meth:`Channel.close` and
+:class:`QoS` (docs/reliability.md).
 """
 
 from __future__ import annotations
