@@ -134,6 +134,7 @@ class Message(virtual.Message):
 # tag). The pid keeps a forked pool process from putting back its parent's.
 _unrecorded: list[tuple[int, Any, str, str]] = []
 _unrestored: list[tuple[int, str]] = []
+_unsent_acks: list[tuple[int, str]] = []  # (pid, delivery tag) of finished tasks whose acknowledgement failed
 _pending_lock = threading.Lock()
 
 
@@ -148,8 +149,12 @@ class QoS(kombu_redis.QoS):
       Celery drops the ones it had not started yet, counting on that. With Redis away the restore fails and
       they waited in ``unacked`` for the visibility timeout (2 hours).
 
-    Both were found by tests/reliability/test_redis_restart_under_load.py. Here they are kept and put back
-    by the next channel of the process, i.e. as soon as Redis answers again.
+    - The acknowledgement of a task that finished while Redis was away failed, and its message was put
+      back with them: the task ran again.
+
+    All three were found by tests/reliability/test_redis_restart_under_load.py. Here the messages are kept
+    and put back, and the acknowledgements sent, by the next channel of the process or its next sweep, as
+    soon as Redis answers again; a task the worker is still running is not put back.
     """
 
     def append(self, message: Any, delivery_tag: Any) -> None:
@@ -164,6 +169,19 @@ class QoS(kombu_redis.QoS):
             )
             raise
 
+    def ack(self, delivery_tag: Any) -> None:
+        try:
+            super().ack(delivery_tag)  # type: ignore[no-untyped-call]
+        except self.channel.connection_errors:  # the task is done: acknowledge it later rather than run it again
+            with _pending_lock:
+                _unsent_acks.append((os.getpid(), str(delivery_tag)))
+            raise
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
+        """Also put back, at every sweep, what a closed channel left for later (:meth:`Channel._put_back_pending`)."""
+        self.channel._put_back_pending()
+        return super().restore_visible(*args, **kwargs)  # type: ignore[no-untyped-call]
+
     def restore_unacked(self, client: Any = None) -> None:
         try:
             super().restore_unacked(client)  # type: ignore[no-untyped-call]
@@ -172,6 +190,18 @@ class QoS(kombu_redis.QoS):
                 _unrestored.extend((os.getpid(), str(tag)) for tag in self._delivered)
             log.warning("%d unacknowledged message(s) could not be restored; they go back later", len(self._delivered))
             raise
+
+
+def _running_tags() -> set[str]:
+    """The delivery tags of the tasks this worker process is running (none outside a worker)."""
+    from celery.worker import state
+
+    tags = set()
+    for request in list(state.active_requests):
+        tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+        if tag is not None:
+            tags.add(str(tag))
+    return tags
 
 
 class Channel(kombu_redis.Channel):
@@ -187,29 +217,48 @@ class Channel(kombu_redis.Channel):
         with _pending_lock:
             unrecorded = [entry for entry in _unrecorded if entry[0] == pid]
             unrestored = [entry for entry in _unrestored if entry[0] == pid]
+            acks = [entry for entry in _unsent_acks if entry[0] == pid]
             _unrecorded[:] = [entry for entry in _unrecorded if entry[0] != pid]
             _unrestored[:] = [entry for entry in _unrestored if entry[0] != pid]
-        if not unrecorded and not unrestored:
+            _unsent_acks[:] = [entry for entry in _unsent_acks if entry[0] != pid]
+        if not unrecorded and not unrestored and not acks:
             return
+        done = {tag for _, tag in acks}
+        unrestored = [entry for entry in unrestored if entry[1] not in done]  # finished: not to be run again
         count = len(unrecorded) + len(unrestored)
         try:
             with self.conn_or_acquire() as client:
+                if acks:
+                    pipe = client.pipeline()
+                    for _, tag in acks:
+                        self.qos._remove_from_indices(tag, pipe)
+                    pipe.execute()
+                    acks = []
                 if unrecorded:
                     pipe = client.pipeline()
                     for _, payload, exchange, routing_key in unrecorded:
                         self._do_restore_message(payload, exchange, routing_key, pipe)  # type: ignore[no-untyped-call]
                     pipe.execute()
                     unrecorded = []
+                running = _running_tags()  # acknowledged by their old channel when done: not run twice
+                later = [entry for entry in unrestored if entry[1] in running]
+                unrestored = [entry for entry in unrestored if entry[1] not in running]
                 while unrestored:  # each one only if still unacknowledged: a task that finished meanwhile is not
                     self.qos.restore_by_tag(unrestored[0][1], client)
                     unrestored.pop(0)
+                if later:  # checked again at the next sweep: put back then if their acknowledgement failed
+                    with _pending_lock:
+                        _unrestored.extend(later)
+                    count -= len(later)
         except self.connection_errors as exc:
             with _pending_lock:  # the next channel tries again
                 _unrecorded[:0] = unrecorded
                 _unrestored[:0] = unrestored
+                _unsent_acks[:0] = acks
             log.warning("could not put back %d message(s) yet: %s", len(unrecorded) + len(unrestored), exc)
             return
-        log.warning("put back %d message(s) that could not be while Redis was away", count)
+        if count:
+            log.warning("put back %d message(s) that could not be while Redis was away", count)
 
     def close(self) -> None:
         """kombu's close, except that a connection error while it drains a pending BRPOP reply does not
