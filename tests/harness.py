@@ -133,6 +133,12 @@ class RedisServer:
             self.container.stop()
 
 
+def redis_env(server: RedisServer) -> dict[str, str]:
+    """The MALLOPS_ variables that put the cache, the broker and the results on ``server``."""
+    base = server.url_base
+    return {"MALLOPS_REDIS_URL": base, "MALLOPS_BROKER_URL": f"{base}/0", "MALLOPS_RESULT_BACKEND": f"{base}/1"}
+
+
 def redis_container(appendonly: bool = False) -> RedisServer | None:
     """Redis in a Docker container (testcontainers), or None when no Docker engine answers."""
     try:
@@ -151,10 +157,12 @@ def redis_container(appendonly: bool = False) -> RedisServer | None:
     return server
 
 
-def start_redis(workdir: Path, port: int | None = None, appendonly: bool = False) -> RedisServer:
+def start_redis(
+    workdir: Path, port: int | None = None, appendonly: bool = False, appendfsync: str | None = None
+) -> RedisServer:
     """A redis-server of the test's own on a free loopback port; without the binary, Redis in a Docker
     container when an engine answers (``port`` is then the container's); otherwise the test fails saying
-    how to install redis-server."""
+    how to install redis-server. ``appendfsync`` (``always``, ``everysec``, ``no``) with ``appendonly``."""
     binary = shutil.which("redis-server")
     if binary is None:
         server = redis_container(appendonly) if port is None else None
@@ -178,16 +186,12 @@ def start_redis(workdir: Path, port: int | None = None, appendonly: bool = False
         "--daemonize",
         "no",
     ]
+    if appendfsync:
+        argv += ["--appendfsync", appendfsync]
     process = spawn(f"redis-{port}", argv, os.environ, workdir)
     server = RedisServer(port, process)
     wait_until(lambda: server.client().ping(), timeout=15, message=f"redis-server on port {port}")
     return server
-
-
-def redis_env(server: RedisServer) -> dict[str, str]:
-    """The MALLOPS_* variables that put a process on ``server``: cache, broker (db 0), results (db 1)."""
-    base = server.url_base
-    return {"MALLOPS_REDIS_URL": base, "MALLOPS_BROKER_URL": f"{base}/0", "MALLOPS_RESULT_BACKEND": f"{base}/1"}
 
 
 def wait_http_ready(process: Process, url: str, timeout: float = 60.0) -> None:

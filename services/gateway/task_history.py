@@ -192,6 +192,21 @@ def task_stats(
 
     per_name: dict[str, _Acc] = defaultdict(_Acc)
     overall = _Acc()
+    _count_states(session, clauses, per_name, overall)
+    if percentiles:
+        _collect_durations(session, clauses, per_name, overall)
+
+    return {
+        "since": _iso(since),
+        "until": _iso(until),
+        "window_seconds": window,
+        "overall": _summary(overall, window),
+        "tasks": {name: _summary(acc, window) for name, acc in sorted(per_name.items())},
+    }
+
+
+def _count_states(session: Session, clauses: list[Any], per_name: dict[str, _Acc], overall: _Acc) -> None:
+    """Counts by task name and state, and how many were retried, in one grouped query."""
     counts_stmt = (
         select(
             TaskRecord.task_name,
@@ -208,14 +223,16 @@ def task_stats(
         per_name[name].retried += int(retried)
         overall.retried += int(retried)
 
-    # Percentiles in Python over the window's values, streamed (portable between SQLite and
-    # PostgreSQL and identical in result to percentile_cont).
+
+def _collect_durations(session: Session, clauses: list[Any], per_name: dict[str, _Acc], overall: _Acc) -> None:
+    """Runtimes and queue waits for the percentiles, in Python over the window's values, streamed
+    (portable between SQLite and PostgreSQL and identical in result to percentile_cont)."""
     values_stmt = (
         select(TaskRecord.task_name, TaskRecord.runtime, TaskRecord.queue_wait)
         .where(*clauses, or_(TaskRecord.runtime.is_not(None), TaskRecord.queue_wait.is_not(None)))
         .execution_options(yield_per=5000)
     )
-    for name, runtime, wait in session.execute(values_stmt) if percentiles else ():
+    for name, runtime, wait in session.execute(values_stmt):
         acc = per_name[name]
         if runtime is not None:
             acc.runtimes.append(runtime)
@@ -223,14 +240,6 @@ def task_stats(
         if wait is not None:
             acc.waits.append(wait)
             overall.waits.append(wait)
-
-    return {
-        "since": _iso(since),
-        "until": _iso(until),
-        "window_seconds": window,
-        "overall": _summary(overall, window),
-        "tasks": {name: _summary(acc, window) for name, acc in sorted(per_name.items())},
-    }
 
 
 def _summary(acc: _Acc, window: float) -> dict[str, Any]:
@@ -274,7 +283,9 @@ def hourly_counts(
     else:  # SQLite keeps UTCDateTime as naive UTC text
         bucket = func.strftime("%Y-%m-%d %H", TaskRecord.sent_at)
     stmt = (
-        select(bucket, func.count(), func.coalesce(func.sum(case((TaskRecord.state == "FAILURE", 1), else_=0)), 0))
+        select(
+            bucket, func.count(), func.coalesce(func.sum(case((TaskRecord.state == TaskState.FAILURE, 1), else_=0)), 0)
+        )
         .where(*_filters(owner=owner, or_queue=or_queue, since=first, until=until))
         .group_by(bucket)
     )

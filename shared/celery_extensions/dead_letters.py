@@ -22,12 +22,17 @@ Each record is a JSON object in the capped list :data:`DEAD_LETTERS_KEY` of the 
 history has a REJECTED row for it with the reason. Messages whose arguments do not fit the task's catalog
 model are not dead letters: :class:`~shared.celery_extensions.task_base.MallopsTask` fails them (FAILURE,
 ``InvalidTaskArguments``).
+
+The same transport also rides out a Redis restart under load (issue 12): :meth:`Channel.close` and
+:class:`QoS` (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 import time
 from queue import Empty
 from typing import Any
@@ -150,8 +155,167 @@ class Message(virtual.Message):
             raise MalformedEnvelope(f"not a message envelope: {type(exc).__name__}: {exc}") from exc
 
 
+# What a worker could not put back while Redis was away, for its next channel to put back (Channel.__init__):
+# messages a BRPOP took off their queue whose record in ``unacked`` failed (pid, payload, exchange, routing
+# key), and the delivery tags of unacknowledged messages that their closing channel could not restore (pid,
+# tag). The pid keeps a forked pool process from putting back its parent's.
+_unrecorded: list[tuple[int, Any, str, str]] = []
+_unrestored: list[tuple[int, str]] = []
+_unsent_acks: list[tuple[int, str]] = []  # (pid, delivery tag) of finished tasks whose acknowledgement failed
+_pending_lock = threading.Lock()
+
+
+class QoS(kombu_redis.QoS):
+    """kombu's Redis ack emulation, except that nothing it cannot write while Redis is away is forgotten.
+
+    - kombu takes a message off its queue with BRPOP and records it in the ``unacked`` hash in a second
+      round trip. When the connection breaks in between (a reply already in the socket when Redis stops,
+      read by ``Channel.close``), the record fails and the message is in neither place: nothing would ever
+      deliver it again.
+    - A closing channel puts its unacknowledged messages back on their queues (``restore_unacked``), and
+      Celery drops the ones it had not started yet, counting on that. With Redis away the restore fails and
+      they waited in ``unacked`` for the visibility timeout (2 hours).
+
+    - The acknowledgement of a task that finished while Redis was away failed, and its message was put
+      back with them: the task ran again.
+
+    All three were found by tests/reliability/test_redis_restart_under_load.py. Here the messages are kept
+    and put back, and the acknowledgements sent, by the next channel of the process or its next sweep, as
+    soon as Redis answers again; a task the worker is still running is not put back.
+    """
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        try:
+            super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
+        except self.channel.connection_errors:
+            delivery = message.delivery_info
+            with _pending_lock:
+                _unrecorded.append((os.getpid(), message._raw, delivery["exchange"], delivery["routing_key"]))
+            log.warning(
+                "a message taken off queue %s could not be recorded; it goes back later", delivery["routing_key"]
+            )
+            raise
+
+    def ack(self, delivery_tag: Any) -> None:
+        try:
+            super().ack(delivery_tag)  # type: ignore[no-untyped-call]
+        except self.channel.connection_errors:  # the task is done: acknowledge it later rather than run it again
+            with _pending_lock:
+                _unsent_acks.append((os.getpid(), str(delivery_tag)))
+            raise
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
+        """Also put back, at every sweep, what a closed channel left for later (:meth:`Channel._put_back_pending`)."""
+        self.channel._put_back_pending()
+        return super().restore_visible(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+    def restore_unacked(self, client: Any = None) -> None:
+        try:
+            super().restore_unacked(client)  # type: ignore[no-untyped-call]
+        except self.channel.connection_errors:
+            with _pending_lock:
+                _unrestored.extend((os.getpid(), str(tag)) for tag in self._delivered)
+            log.warning("%d unacknowledged message(s) could not be restored; they go back later", len(self._delivered))
+            raise
+
+
+def _running_tags() -> set[str]:
+    """The delivery tags of the tasks this worker process is running (none outside a worker)."""
+    from celery.worker import state
+
+    tags = set()
+    for request in list(state.active_requests):
+        tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+        if tag is not None:
+            tags.add(str(tag))
+    return tags
+
+
 class Channel(kombu_redis.Channel):
     Message = Message
+    QoS = QoS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._put_back_pending()  # Redis answered: the connection is back
+
+    def _put_back_pending(self) -> None:
+        pid = os.getpid()
+        with _pending_lock:
+            unrecorded = [entry for entry in _unrecorded if entry[0] == pid]
+            unrestored = [entry for entry in _unrestored if entry[0] == pid]
+            acks = [entry for entry in _unsent_acks if entry[0] == pid]
+            _unrecorded[:] = [entry for entry in _unrecorded if entry[0] != pid]
+            _unrestored[:] = [entry for entry in _unrestored if entry[0] != pid]
+            _unsent_acks[:] = [entry for entry in _unsent_acks if entry[0] != pid]
+        if not unrecorded and not unrestored and not acks:
+            return
+        done = {tag for _, tag in acks}
+        unrestored = [entry for entry in unrestored if entry[1] not in done]  # finished: not to be run again
+        count = len(unrecorded) + len(unrestored)
+        try:
+            with self.conn_or_acquire() as client:
+                if acks:
+                    pipe = client.pipeline()
+                    for _, tag in acks:
+                        self.qos._remove_from_indices(tag, pipe)
+                    pipe.execute()
+                    acks = []
+                if unrecorded:
+                    pipe = client.pipeline()
+                    for _, payload, exchange, routing_key in unrecorded:
+                        self._do_restore_message(payload, exchange, routing_key, pipe)  # type: ignore[no-untyped-call]
+                    pipe.execute()
+                    unrecorded = []
+                running = _running_tags()  # acknowledged by their old channel when done: not run twice
+                later = [entry for entry in unrestored if entry[1] in running]
+                unrestored = [entry for entry in unrestored if entry[1] not in running]
+                while unrestored:  # each one only if still unacknowledged: a task that finished meanwhile is not
+                    self.qos.restore_by_tag(unrestored[0][1], client)
+                    unrestored.pop(0)
+                if later:  # checked again at the next sweep: put back then if their acknowledgement failed
+                    with _pending_lock:
+                        _unrestored.extend(later)
+                    count -= len(later)
+        except self.connection_errors as exc:
+            with _pending_lock:  # the next channel tries again
+                _unrecorded[:0] = unrecorded
+                _unrestored[:0] = unrestored
+                _unsent_acks[:0] = acks
+            log.warning("could not put back %d message(s) yet: %s", len(unrecorded) + len(unrestored), exc)
+            return
+        if count:
+            log.warning("put back %d message(s) that could not be while Redis was away", count)
+
+    def close(self) -> None:
+        """kombu's close, except that a connection error while it drains a pending BRPOP reply does not
+        leave the channel half closed.
+
+        kombu's ``Channel.close`` first reads the reply of a BRPOP still in flight (celery/kombu#1733); when
+        the connection is broken (Redis restarting), that read raises before anything is closed. Celery's
+        consumer then drops the transport's connection (``Connection.collect``), and its next close of the
+        same channel puts back the unacknowledged messages through a new connection pool built from that
+        connection, now None: ``AttributeError: 'NoneType' object has no attribute 'hostname'`` in
+        ``_connparams`` (celery/kombu#582), which stops the worker. A reply lost with its connection cannot
+        be read anyway: close the channel as if there had been none.
+        """
+        if self._in_poll:
+            try:
+                self._brpop_read()
+            except Empty:
+                pass
+            except self.connection_errors as exc:
+                log.info("the pending BRPOP reply was lost with the connection: %s", exc)
+        super().close()  # type: ignore[no-untyped-call]
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        """kombu's connection parameters; a connection error instead of an AttributeError when the channel's
+        connection is already closed (celery/kombu#582), so that every caller treats it as the lost
+        connection it is and the worker reconnects."""
+        transport = self.connection
+        if transport is None or transport.client is None:
+            raise redis.ConnectionError("the connection to the broker is closed")
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
 
     def _brpop_read(self, **options: Any) -> Any:
         self.connection.handed_over = False
@@ -180,7 +344,8 @@ class Channel(kombu_redis.Channel):
 
 
 class RedisTransport(kombu_redis.Transport):
-    """kombu's Redis transport, except that one malformed message cannot stop the consumer."""
+    """kombu's Redis transport, except that one malformed message cannot stop the consumer, nor can a
+    connection lost while a BRPOP is pending (:meth:`Channel.close`)."""
 
     Channel = Channel
     handed_over = False

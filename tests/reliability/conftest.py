@@ -142,6 +142,7 @@ class FaultStack:
     redis_dir: Path
     log_dir: Path
     processes: list[Process] = field(default_factory=list)
+    appendfsync: str | None = None  # Redis's AOF fsync policy, also after a restart
     monitor_port: int = field(default_factory=free_port)
     gateway_port: int = field(default_factory=free_port)
     _app: Celery | None = None
@@ -198,7 +199,7 @@ class FaultStack:
         self.redis.stop()
         if down is not None:
             down()
-        self.redis = start_redis(self.redis_dir, port=self.redis.port, appendonly=True)
+        self.redis = start_redis(self.redis_dir, port=self.redis.port, appendonly=True, appendfsync=self.appendfsync)
 
     # publishing and reading
 

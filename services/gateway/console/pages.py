@@ -39,6 +39,7 @@ from services.gateway.routes.tasks import retry_task, revoke_task, task_events, 
 from services.gateway.runtime import Runtime
 from services.gateway.schemas import RevokeRequest
 from services.gateway.task_view import TaskView as Visible
+from shared.contracts import TaskState
 from shared.tokens import Principal, hash_token
 
 PREFIX = "/console"
@@ -294,7 +295,7 @@ ConsoleTask = Annotated[Visible, Depends(console_task)]
 async def task(page: PageDep, visible: ConsoleTask) -> Response:
     info = await views.task_page(page.runtime, visible)
     notice = page.request.query_params.get("notice")
-    labels = {state: page.t(f"state.{state}") for state in (*views.STATES, "PENDING")}
+    labels = {state: page.t(f"state.{state}") for state in (*views.STATES, TaskState.PENDING)}
     return page.render("task.html", info=info, notice=notice if notice in NOTICES else None, state_labels=labels)
 
 

@@ -26,13 +26,13 @@ from services.gateway.task_view import detail
 from shared import workers as platform
 from shared.catalog import CATALOG, get_spec
 from shared.contracts import FINAL_STATES as READY_STATES
-from shared.contracts import HISTORY_STATES
+from shared.contracts import HISTORY_STATES, TaskState
 from shared.tokens import Principal
 
 PACKAGE_DIR = Path(__file__).parent
 STATES: tuple[str, ...] = tuple(str(state) for state in HISTORY_STATES)
 PAGE_SIZE = 25
-RUNNING_STATES = ("RECEIVED", "STARTED", "PROGRESS")
+RUNNING_STATES = (TaskState.RECEIVED, TaskState.STARTED, TaskState.PROGRESS)
 
 
 def task_names() -> list[str]:
@@ -261,7 +261,7 @@ async def task_page(runtime: Runtime, task: Visible) -> dict[str, Any]:
             return history.get_task_record(session, task.task_id)
 
     record = await run_in_threadpool(read_record) or {}
-    traceback = (task.result or {}).get("traceback") if info.status == "FAILURE" else None
+    traceback = (task.result or {}).get("traceback") if info.status == TaskState.FAILURE else None
     timeline = [
         ("sent", info.sent_at or record.get("sent_at")),
         ("received", record.get("received_at")),
@@ -274,6 +274,6 @@ async def task_page(runtime: Runtime, task: Visible) -> dict[str, Any]:
         "timeline": timeline,
         "traceback": traceback,
         "finished": info.status in READY_STATES,
-        "retryable": info.status in ("FAILURE", "REVOKED"),
+        "retryable": info.status in (TaskState.FAILURE, TaskState.REVOKED),
         "short_name": short_name(info.task_name),
     }
