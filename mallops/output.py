@@ -36,6 +36,7 @@ STATUS_STYLES = {
     "RETRY": "yellow",
     "STARTED": "cyan",
     "PROGRESS": "cyan",
+    "REQUEUED": "yellow",
     "RECEIVED": "blue",
     "PENDING": "dim",
     "SENT": "dim",

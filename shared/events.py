@@ -7,12 +7,17 @@ entry's field ``e``; the monitor (``services/monitor``) reads the stream with a 
 Event types and their fields (all carry ``type``, ``ts`` (epoch seconds), ``host``, ``pid``):
 
 - ``task-sent`` (publisher): id, name, queue, retries, owner, args, eta
-- ``task-received`` (worker main process): id, name, queue, retries, owner, args
+- ``task-received`` (worker main process): id, name, queue, retries, owner, args, delivery_tag
 - ``task-started``, ``task-progress`` (current, total), ``task-retried`` (exception, error),
   ``task-succeeded`` (runtime, result), ``task-failed`` (runtime, exception, error),
   ``task-revoked`` (terminated, expired), ``task-rejected``: id, name, queue, retries, owner
+- ``task-requeued`` (the worker that put it back, :mod:`shared.redelivery`): id, name, queue, retries,
+  worker (the gone worker that held it)
+- task events of a worker also carry ``requeues``: how often the message was put back (0 if never)
 - ``worker-online``, ``worker-heartbeat``, ``worker-offline``: service, queues, active, processed,
-  concurrency. Heartbeats also refresh the worker's entry in ``shared.cache.WORKERS_KEY``.
+  concurrency. Heartbeats also refresh the worker's entry in ``shared.cache.WORKERS_KEY`` and its main
+  process's in ``shared.redelivery.PROCESSES_KEY``; a received message's holder is written beside the
+  events (``shared.redelivery.holder_key``) and removed after the task ran.
 
 Cost: emitting never does network I/O on the caller's thread except where durability needs it. An
 event is serialised and appended to a per-process buffer; a background thread writes the buffer with
@@ -51,6 +56,7 @@ import redis
 from celery import Celery, signals
 
 from shared.cache import EVENT_STREAM, WORKERS_KEY
+from shared.redelivery import PROCESSES_KEY, REQUEUES_HEADER, Holder, holder_key, process_field
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("mallops.events")
@@ -59,6 +65,7 @@ MAX_BUFFERED = 100_000
 SUMMARY_CHARS = 500
 ERROR_CHARS = 2000
 OWNER_HEADER = "mallops_owner"
+HOLDER_TTL_MARGIN = 3600  # a holder outlives the visibility timeout, after which kombu's sweep takes over
 
 
 class EventEmitter:
@@ -73,6 +80,8 @@ class EventEmitter:
         self._flush_size = settings.events_flush_size
         self._interval = settings.events_flush_interval
         self._buffer: deque[str] = deque()
+        # keys to set (value, ttl) or delete (None) in the next flush, latest wins
+        self._keys: dict[str, tuple[str, int] | None] = {}
         self._lock = threading.Lock()  # guards _buffer
         self._flush_lock = threading.Lock()  # one flush at a time, in order
         self._wake = threading.Event()
@@ -103,6 +112,16 @@ class EventEmitter:
         if waiting >= self._flush_size:
             self._wake.set()
 
+    def put(self, key: str, value: str, ttl: int) -> None:
+        """Set ``key`` (with a TTL) in the next flush."""
+        with self._lock:
+            self._keys[key] = (value, ttl)
+
+    def forget(self, key: str) -> None:
+        """Delete ``key`` in the next flush."""
+        with self._lock:
+            self._keys[key] = None
+
     @property
     def pending(self) -> int:
         """Events buffered and not yet written."""
@@ -126,18 +145,25 @@ class EventEmitter:
             with self._lock:
                 batch = list(self._buffer)
                 self._buffer.clear()
-            if not batch and extra is None:
+                keys, self._keys = self._keys, {}
+            if not batch and not keys and extra is None:
                 return 0
             try:
                 pipe = self.redis().pipeline(transaction=False)
                 for data in batch:
                     pipe.xadd(EVENT_STREAM, {"e": data}, maxlen=self._maxlen, approximate=True)
+                for key, write in keys.items():
+                    if write is None:
+                        pipe.delete(key)
+                    else:
+                        pipe.set(key, write[0], ex=write[1])
                 if extra is not None:
                     extra(pipe)
                 pipe.execute()
             except redis.RedisError as exc:
                 with self._lock:
                     self._buffer.extendleft(reversed(batch))
+                    self._keys = keys | self._keys
                     while len(self._buffer) > MAX_BUFFERED:
                         self._buffer.popleft()
                         self.dropped += 1
@@ -261,6 +287,17 @@ def emit_rejected(task_id: str, *, name: Any, queue: Any, owner: Any, exception:
         em.flush()  # the message is gone from the broker: its record must not wait in a buffer
 
 
+def emit_requeued(
+    task_id: str, *, name: str | None, queue: str | None, retries: int, requeues: int, worker: str
+) -> None:
+    """A ``task-requeued`` event (``shared.redelivery``), written at once: it must precede the events of
+    the worker that runs the message next."""
+    _emit("task-requeued", id=task_id, name=name, queue=queue, retries=retries, requeues=requeues, worker=worker)
+    em = _emitter
+    if em is not None:
+        em.flush()
+
+
 def emit_progress(task: Any, current: Any, total: Any) -> None:
     """A PROGRESS update of the running ``task`` (called from MallopsTask.update_state)."""
     _emit("task-progress", **_task_fields(task), current=current, total=total)
@@ -289,6 +326,7 @@ def _task_fields(task: Any) -> dict[str, Any]:
         "queue": delivery.get("routing_key") or getattr(task, "queue", None),
         "retries": request.retries or 0,
         "owner": request.get(OWNER_HEADER),
+        "requeues": request.get(REQUEUES_HEADER) or 0,
     }
     if request.hostname:
         fields["host"] = request.hostname
@@ -305,6 +343,7 @@ def _request_fields(request: Any) -> dict[str, Any]:
         "queue": delivery.get("routing_key"),
         "retries": headers.get("retries") or 0,
         "owner": headers.get(OWNER_HEADER),
+        "requeues": headers.get(REQUEUES_HEADER) or 0,
     }
     hostname = _worker.get("hostname") or getattr(request, "hostname", None)
     if hostname:
@@ -346,11 +385,20 @@ def _on_after_publish(
 def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     if request is None:
         return
+    fields = _request_fields(request)
+    tag = getattr(getattr(request, "message", None), "delivery_tag", None)
     _emit(
         "task-received",
-        **_request_fields(request),
+        **fields,
         args=_args_summary(getattr(request, "argsrepr", None), getattr(request, "kwargsrepr", None)),
+        delivery_tag=tag,
     )
+    em = _emitter
+    if em is not None and fields["id"] and fields.get("host"):
+        # who holds the message: a Requeuer puts it back at once if this worker is gone
+        holder = Holder(str(fields["host"]), os.getpid(), time.time())
+        ttl = em.settings.broker_visibility_timeout + HOLDER_TTL_MARGIN
+        em.put(holder_key(fields["id"], int(fields["retries"])), holder.dumps(), ttl)
 
 
 def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None, **_: Any) -> None:
@@ -412,6 +460,8 @@ def _on_postrun(sender: Any = None, task_id: str | None = None, **_: Any) -> Non
     _started.pop((task_id or "", attempt), None)
     em = _emitter
     if em is not None:
+        if task_id:
+            em.forget(holder_key(task_id, attempt))
         em.flush()
 
 
@@ -497,7 +547,13 @@ def heartbeat(status: str = "online", type_: str = "worker-heartbeat") -> None:
     fields = _worker_fields()
     _emit(type_, **fields)
     record = _worker_record(fields, status)
-    em.flush(extra=lambda pipe: pipe.hset(WORKERS_KEY, fields["host"], record))
+    process = json.dumps({"last": time.time(), "status": status}, separators=(",", ":"))
+
+    def liveness(pipe: Any) -> None:
+        pipe.hset(WORKERS_KEY, fields["host"], record)
+        pipe.hset(PROCESSES_KEY, process_field(fields["host"], os.getpid()), process)
+
+    em.flush(extra=liveness)
 
 
 class _Heartbeat(threading.Thread):

@@ -29,16 +29,18 @@ from sqlalchemy.orm import Session
 from shared.cache import WORKERS_KEY, redis_client
 from shared.catalog import QUEUES
 from shared.models import TaskRecord
+from shared.redelivery import REQUEUED
 from shared.settings import Settings, get_settings
 
-# Celery's state names, plus PROGRESS (a running task that reported progress) and SENT (published,
-# not yet received by a worker).
+# Celery's state names, plus PROGRESS (a running task that reported progress), SENT (published, not yet
+# received by a worker) and REQUEUED (its worker is gone; back on its queue until another worker starts it).
 STATES: tuple[str, ...] = (
     "SENT",
     "RECEIVED",
     "STARTED",
     "PROGRESS",
     "RETRY",
+    REQUEUED,
     "SUCCESS",
     "FAILURE",
     "REVOKED",

@@ -16,6 +16,11 @@ TASK_NAMES: list[JsonValue] = [*sorted(CATALOG)]
 CRON_FIELD = r"^[0-9*][0-9*,/-]*$"
 CRON_DOW = r"^[0-9a-zA-Z*][0-9a-zA-Z*,/-]*$"
 
+STATUS_DESCRIPTION = (
+    "SCHEDULED, PENDING, STARTED, PROGRESS, REQUEUED (its worker is gone, back on its queue), RETRY, SUCCESS, "
+    "FAILURE or REVOKED."
+)
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -93,7 +98,7 @@ class TaskErrorInfo(BaseModel):
 class TaskSummary(BaseModel):
     task_id: str
     task_name: str
-    status: str = Field(description="SCHEDULED, PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE or REVOKED.")
+    status: str = Field(description=STATUS_DESCRIPTION)
     queue: str | None = None
     owner: str | None = None
     sent_at: dt.datetime | None = None
@@ -109,7 +114,7 @@ class TaskList(BaseModel):
 class TaskDetail(Strict):
     task_id: str
     task_name: str
-    status: str = Field(description="SCHEDULED, PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE or REVOKED.")
+    status: str = Field(description=STATUS_DESCRIPTION)
     result: Any = Field(default=None, description="The return value, once SUCCESS.")
     error: TaskErrorInfo | None = Field(default=None, description="Why it failed, for FAILURE (or RETRY).")
     progress: Progress | None = Field(default=None, description="While running, if the task reports it.")

@@ -8,9 +8,11 @@ whose bit is already set changes no counter; the row fields it carries are merge
 themselves idempotent (earliest timestamps, state precedence), so a redelivered event changes nothing.
 
 State precedence: final states (SUCCESS, FAILURE, REVOKED, REJECTED) beat everything; otherwise a later
-attempt beats an earlier one, and within an attempt SENT < RECEIVED < STARTED < PROGRESS < RETRY. So
-events arriving late or out of order (buffers of different processes are flushed at different times)
-never regress a task.
+attempt beats an earlier one, then a later delivery of the attempt (``requeues``: how often a requeuer put
+the message back, see shared/redelivery.py), and within a delivery REQUEUED < SENT < RECEIVED < STARTED <
+PROGRESS < RETRY (``task-requeued`` carries the new delivery's count: the task reads REQUEUED until that
+delivery is received). So events arriving late or out of order (buffers of different processes are
+flushed at different times) never regress a task.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.utils import INF
+
+from shared.redelivery import REQUEUED
 
 # -- metric names and labels (celery-exporter's) ---------------------------------------------------
 
@@ -92,8 +96,10 @@ EVENT_STATE = {
     "task-failed": "FAILURE",
     "task-revoked": "REVOKED",
     "task-rejected": "REJECTED",
+    "task-requeued": REQUEUED,
 }
 RANK = {
+    REQUEUED: 0,
     "SENT": 1,
     "RECEIVED": 2,
     "STARTED": 3,
@@ -108,8 +114,12 @@ FINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED"})
 TASK_EVENTS = frozenset(EVENT_STATE)
 
 
-def precedence(state: str, attempt: int) -> tuple[int, int, int]:
-    return (1 if state in FINAL else 0, attempt, RANK.get(state, 0))
+def precedence(state: str, attempt: int, requeues: int = 0) -> tuple[int, int, int, int]:
+    return (1 if state in FINAL else 0, attempt, requeues, RANK.get(state, 0))
+
+
+def _count(value: Any) -> int:
+    return value if type(value) is int and value >= 0 else 0
 
 
 def _state_attempt(row: dict[str, Any]) -> int:
@@ -183,6 +193,7 @@ def new_row(task_id: str) -> dict[str, Any]:
         "event_mask": 0,
         "progress_current": None,
         "progress_total": None,
+        "requeues": 0,
         "updated_at": None,
         "_first_seen": None,
     }
@@ -198,8 +209,9 @@ def apply_event(row: dict[str, Any], event: dict[str, Any], deltas: Deltas, seq:
     attempt = int(event.get("retries") or 0)
     state = EVENT_STATE[str(type_)]
     host = str(event.get("host") or "unknown")
+    requeues = _count(event.get("requeues"))
     current_state = row.get("state")
-    current_key = precedence(current_state, _state_attempt(row)) if current_state else None
+    current_key = precedence(current_state, _state_attempt(row), _count(row.get("requeues"))) if current_state else None
 
     # identity fields: the first value wins
     for column, key, limit in (
@@ -242,8 +254,9 @@ def apply_event(row: dict[str, Any], event: dict[str, Any], deltas: Deltas, seq:
 
     # the state, by precedence (a retry message's publish is not a state of its own)
     is_republish = type_ == "task-sent" and attempt > 0
-    if not is_republish and (current_key is None or precedence(state, attempt) > current_key):
+    if not is_republish and (current_key is None or precedence(state, attempt, requeues) > current_key):
         row["state"] = state
+        row["requeues"] = requeues
         if state == "RETRY":
             row["retries"] = max(int(row.get("retries") or 0), attempt + 1)
         else:

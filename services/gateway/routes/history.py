@@ -17,7 +17,9 @@ from shared.catalog import get_spec
 
 router = APIRouter(prefix=API_PREFIX, tags=["history"])
 
-HistoryState = Literal["SENT", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED", "REJECTED"]
+HistoryState = Literal[
+    "SENT", "RECEIVED", "STARTED", "PROGRESS", "REQUEUED", "RETRY", "SUCCESS", "FAILURE", "REVOKED", "REJECTED"
+]
 
 
 def _owner(principal_name: str, is_admin: bool, owner: str | None) -> str | None:

@@ -57,7 +57,9 @@ IdempotencyKey = Annotated[
         description="Repeat a submission safely: the same key and body return the first answer; another body is 409.",
     ),
 ]
-State = Literal["SCHEDULED", "PENDING", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
+State = Literal[
+    "SCHEDULED", "PENDING", "RECEIVED", "STARTED", "PROGRESS", "REQUEUED", "RETRY", "SUCCESS", "FAILURE", "REVOKED"
+]
 SCAN_CHUNK = 500
 SCAN_MAX = 5_000
 SSE_MAX_SECONDS = 3600.0
