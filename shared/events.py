@@ -113,9 +113,13 @@ class EventEmitter:
             self._wake.set()
 
     def put(self, key: str, value: str, ttl: int) -> None:
-        """Set ``key`` (with a TTL) in the next flush."""
+        """Set ``key`` (with a TTL) in a flush started at once by the flusher thread (the caller does
+        not wait): a message's holder must be known before its worker can die unnoticed."""
         with self._lock:
             self._keys[key] = (value, ttl)
+        if self._thread is None:
+            self._start_thread()
+        self._wake.set()
 
     def forget(self, key: str) -> None:
         """Delete ``key`` in the next flush."""
