@@ -52,6 +52,7 @@ from shared.tokens import create_token
 from tests.harness import (
     Process,
     RedisServer,
+    drop_sessions,
     free_port,
     service_argv,
     spawn,
@@ -235,13 +236,7 @@ class Faults:
         try:
             with admin.connect() as conn:
                 conn.execute(text(f'ALTER DATABASE "{self.database}" ALLOW_CONNECTIONS false'))
-                conn.execute(
-                    text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = :name AND pid <> pg_backend_pid()"
-                    ),
-                    {"name": self.database},
-                )
+                drop_sessions(conn, self.database)
             time.sleep(seconds)
         finally:
             with admin.connect() as conn:

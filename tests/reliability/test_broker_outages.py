@@ -29,7 +29,7 @@ import pytest
 
 from tests.harness import Process, free_port, spawn, wait_until
 from tests.plugins.smtp import SMTPServer
-from tests.reliability.conftest import BROKERS, FULL_ONLY, FaultResults, FaultStack, Outcome
+from tests.reliability.conftest import BROKERS, FULL_ONLY, FaultResults, FaultStack, record
 from tests.reliability.test_lost_worker import FAULT_OVERRIDES
 
 LONG = "mallops.maintenance.long_running_task"
@@ -107,23 +107,6 @@ def _on_broker(stack: FaultStack, broker_url: str) -> FaultStack:
     return stack
 
 
-def _outcome(stack: FaultStack, scenario: str, trials: int, ids: list[str], started: float, notes: str) -> Outcome:
-    ledger = stack.ledger()
-    done = ledger.finished(ids)
-    return Outcome(
-        scenario,
-        stack.broker,
-        "full",
-        trials,
-        len(ids),
-        len(done),
-        len(ids) - len(done),
-        len(ledger.duplicated(ids)),
-        round(time.monotonic() - started, 1),
-        notes,
-    )
-
-
 def _started_on(stack: FaultStack, ids: list[str], host: str) -> list[str]:
     return [
         e["id"] for e in stack.ledger().events if e["type"] == "task-started" and e["id"] in ids and e["host"] == host
@@ -157,9 +140,11 @@ def test_rabbitmq_node_restarted_with_tasks_queued_and_running(
         stack.wait_finished(batch, timeout=180)
     ledger = stack.wait_finished(ids, timeout=120)
     again = [i for i in running_at_restart if ledger.counts[i]["task-started"] > 1]
-    outcome = _outcome(
+    outcome = record(
+        fault_results,
         stack,
         "RabbitMQ node restarted (SIGTERM, same data) with tasks queued and running",
+        size,
         restarts,
         ids,
         started,
@@ -167,7 +152,6 @@ def test_rabbitmq_node_restarted_with_tasks_queued_and_running(
         "(their acknowledgement could not reach the stopped broker, which gave their messages back); every "
         "queued message (quorum queue, persistent) survived; the worker reconnected by itself",
     )
-    fault_results.add(outcome)
     assert outcome.lost == 0
     assert worker.alive()
 
@@ -279,9 +263,11 @@ def test_network_to_the_broker_cut_for_30s_then_restored(
         proxy.close()
     copies = [len(smtp.to(f"cut{t}-{n}@mall.example")) for t in range(trials) for n in range(20)]
     twice = ledger.duplicated(ids)
-    outcome = _outcome(
+    outcome = record(
+        fault_results,
         stack,
         "network between the workers and the broker cut for 30 s, then restored",
+        size,
         trials,
         ids,
         started,
@@ -289,7 +275,6 @@ def test_network_to_the_broker_cut_for_30s_then_restored(
         f"received per notification: {min(copies)}-{max(copies)} ({sum(copies)} for {len(emails)}): each "
         "effect once; the workers reconnected by themselves",
     )
-    fault_results.add(outcome)
     assert outcome.lost == 0
     assert max(copies) == 1
     assert min(copies) == 1

@@ -18,7 +18,8 @@ from shared.db import session_scope
 from shared.models import Export
 from shared.settings import Settings
 from tests.conftest import DEFAULT_PG
-from tests.reliability.conftest import FULL_ONLY, FaultResults, FaultStack, Outcome
+from tests.harness import drop_sessions
+from tests.reliability.conftest import FULL_ONLY, FaultResults, FaultStack, record
 
 EXPORT = "mallops.reports.export_data"
 TEST = "mallops.maintenance.test_task"
@@ -54,21 +55,18 @@ def test_data_directory_full_while_exporting(
     with session_scope(fault_stack.settings) as session:
         states = sorted(session.scalars(select(Export.status).where(Export.task_id.in_(ids))).all())
     failed = [i for i in ids if ledger.counts[i]["task-failed"]]
-    outcome = Outcome(
+    outcome = record(
+        fault_results,
+        fault_stack,
         "data directory full while exporting (32 kB tmpfs)",
-        fault_stack.broker,
         size,
         len(ids),
-        len(ids),
-        len(ledger.finished(ids)),
-        len(ids) - len(ledger.finished(ids)),
-        len(ledger.duplicated(ids)),
-        round(time.monotonic() - started, 1),
+        ids,
+        started,
         notes=f"exports retried {sorted(ledger.counts[i]['task-retried'] for i in ids)} times (ENOSPC may clear), "
         "then FAILURE: "
         f"{'; '.join(sorted(errors))}; export rows {states}; files left in exports/: {left or 'none'}",
     )
-    fault_results.add(outcome)
     assert outcome.lost == 0
     assert failed == ids
     assert all("No space left" in e for e in errors), errors
@@ -92,13 +90,7 @@ def test_database_read_only_under_the_monitor(fault_stack: FaultStack, size: str
     try:
         with admin.connect() as conn:
             conn.execute(text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'))
-            conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :name AND pid <> pg_backend_pid()"
-                ),
-                {"name": name},
-            )
+            drop_sessions(conn, name)
         ids += [fault_stack.publish(TEST, message=f"read-only {i}") for i in range(200)]
         fault_stack.wait_finished(ids, timeout=60)
         time.sleep(20)  # the fault itself: the database stays read-only this long
@@ -106,13 +98,7 @@ def test_database_read_only_under_the_monitor(fault_stack: FaultStack, size: str
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = off'))
-            conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :name AND pid <> pg_backend_pid()"
-                ),
-                {"name": name},
-            )
+            drop_sessions(conn, name)
         admin.dispose()
     ledger = fault_stack.wait_finished(ids, timeout=60)
     deadline = time.monotonic() + 120
@@ -120,21 +106,19 @@ def test_database_read_only_under_the_monitor(fault_stack: FaultStack, size: str
         time.sleep(0.5)
     rows = fault_stack.history(ids)
     counted = fault_stack.metric("celery_task_succeeded_total", name=TEST)
-    outcome = Outcome(
+    outcome = record(
+        fault_results,
+        fault_stack,
         "database read-only for 20 s under the monitor",
-        fault_stack.broker,
         size,
         1,
-        len(ids),
-        len(ledger.succeeded(ids)),
-        len(ids) - len(ledger.succeeded(ids)),
-        len(ledger.duplicated(ids)),
-        round(time.monotonic() - started, 1),
+        ids,
+        started,
+        finished=ledger.succeeded(ids),
         notes=f"tasks not touching the database ran on; history rows during the fault {during} of {len(ids)}, "
         f"after it {len(rows)}; celery_task_succeeded_total {counted:g}: the monitor kept its stream entries "
         "unacknowledged until its batches committed",
     )
-    fault_results.add(outcome)
     assert outcome.lost == 0
     assert len(rows) == len(ids)
     assert counted == len(ids)
