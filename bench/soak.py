@@ -45,7 +45,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from shared.cache import EVENT_STREAM
+from shared.contracts import EVENT_STREAM
 from shared.db import migrate, reset_engines, session_scope
 from shared.settings import get_settings
 from shared.tokens import create_token

@@ -1,6 +1,7 @@
 """The ``mallops`` command line.
 
-Exit codes: 0 ok, 1 the task failed, 2 bad usage or input, 3 cannot reach a service or not authorised.
+Exit codes: 0 ok, 1 the task failed, 2 bad usage or input, 3 cannot reach a service or not authorised,
+4 refused for now (quota, rate limit, 503: try later), 5 ``--wait``/``watch`` timed out.
 """
 
 from __future__ import annotations
@@ -14,19 +15,44 @@ from typing import Annotated
 import typer
 
 from mallops.commands import register as register_operator_commands
-from shared.services import SERVICE_NAMES
+from mallops.services import SERVICE_NAMES
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 app = typer.Typer(
     name="mallops",
-    help="Operate the mallops task platform.",
+    help="Operate the mallops task platform.\n\nExit codes: 0 ok, 1 the task failed, 2 bad input, 3 no gateway "
+    "or not authorised, 4 refused for now (quota, rate limit, 503), 5 --wait timed out.",
+    epilog="Examples: mallops dev; mallops ping; mallops tasks send test_task --wait; mallops history --since 2h",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,  # plain help: flags shown as flags, examples kept as written, 80 columns
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-RUNNABLE = SERVICE_NAMES  # shared/services.py: the one list of the platform's processes
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"mallops {version('mallops')}")
+        except PackageNotFoundError:
+            typer.echo("mallops (not installed as a package)")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Operate the mallops task platform."""
+
+
+RUNNABLE = SERVICE_NAMES  # mallops/services.py: the one list of the platform's processes
 register_operator_commands(app)  # tasks, workers, doctor, dev, ...: mallops/commands/
 
 
@@ -41,7 +67,14 @@ def serve(
     ctx: typer.Context,
     service: Annotated[str, typer.Argument(help=f"One of: {', '.join(RUNNABLE)}.")],
 ) -> None:
-    """Run one mallops service in the foreground (what compose and `mallops dev` start)."""
+    """Run one mallops service in the foreground (what compose and `mallops dev` start).
+
+    Examples:
+
+      \b
+      mallops serve gateway --port 8080
+      mallops serve finance
+    """
     if service not in RUNNABLE:
         raise fail(f"unknown service {service!r}; choose one of {', '.join(RUNNABLE)}", EXIT_USAGE)
     try:
@@ -54,14 +87,28 @@ def serve(
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database schema (Alembic); with MALLOPS_DEMO_DATA=1, also load the demo mall
-    when the database has none (what compose's one-shot `migrate` service runs)."""
+    when the database has none (what compose's one-shot `migrate` service runs).
+
+    Examples:
+
+      \b
+      mallops migrate
+      MALLOPS_DATABASE_URL=postgresql://mallops@db/mallops mallops migrate
+    """
     from shared.db import migrate as run_migrations
     from shared.settings import get_settings
 
+    before = _schema_revision()
     run_migrations()
-    typer.echo("database schema is up to date")
+    after = _schema_revision()
+    if before is None:
+        typer.echo(f"created the database schema (revision {after})")
+    elif before != after:
+        typer.echo(f"upgraded the database schema from revision {before} to {after}")
+    else:
+        typer.echo(f"database schema is up to date (revision {after})")
     if get_settings().demo_data:
-        from shared import demo_data as demo
+        from mallops import demo_data as demo
         from shared.db import session_scope
 
         try:
@@ -73,6 +120,17 @@ def migrate() -> None:
             typer.echo("demo data: " + ", ".join(f"{value} {key}" for key, value in summary.as_dict().items()))
 
 
+def _schema_revision() -> str | None:
+    """The database's Alembic revision; None for a database without the schema."""
+    from alembic.runtime.migration import MigrationContext
+
+    from shared.db import get_engine
+
+    with get_engine().connect() as connection:
+        revision: str | None = MigrationContext.configure(connection).get_current_revision()
+    return revision
+
+
 @app.command("demo-data")
 def demo_data(
     stores: Annotated[int, typer.Option(min=1, max=100_000, help="Number of stores.")] = 200,
@@ -82,8 +140,15 @@ def demo_data(
     reset: Annotated[bool, typer.Option(help="Replace demo data that is already there.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")] = False,
 ) -> None:
-    """Fill the database with a deterministic demo mall (migrating it first)."""
-    from shared import demo_data as demo
+    """Fill the database with a deterministic demo mall (migrating it first).
+
+    Examples:
+
+      \b
+      mallops demo-data
+      mallops demo-data --stores 50 --months 3 --reset
+    """
+    from mallops import demo_data as demo
     from shared.db import migrate as run_migrations
     from shared.db import session_scope
 
@@ -129,68 +194,6 @@ def restore(
     for name, p in prints.items():
         typer.echo(f"{name}\t{p.rows}\t{p.sha256}")
     typer.echo(f"restored {len(prints)} tables, {sum(p.rows for p in prints.values())} rows")
-
-
-tokens_app = typer.Typer(help="Manage API tokens (works on the database directly).", no_args_is_help=True)
-app.add_typer(tokens_app, name="tokens")
-
-
-@tokens_app.command("create")
-def tokens_create(
-    name: Annotated[str, typer.Option("--name", help="Who the token is for; owns the tasks it submits.")],
-    role: Annotated[str, typer.Option("--role", help="user or admin.")] = "user",
-) -> None:
-    """Create a token and print it (the only time it is shown; only its sha256 is stored)."""
-    from shared.db import session_scope
-    from shared.tokens import TokenError, create_token
-
-    try:
-        with session_scope() as session:
-            secret = create_token(session, name, role)
-    except TokenError as exc:
-        raise fail(str(exc), EXIT_USAGE) from exc
-    typer.echo(secret)
-
-
-@tokens_app.command("list")
-def tokens_list(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
-) -> None:
-    """List tokens: name, role, first characters, created, revoked, last used."""
-    from shared.db import session_scope
-    from shared.tokens import list_tokens
-
-    with session_scope() as session:
-        rows = list_tokens(session)
-    for row in rows:
-        values = {
-            "name": row.name,
-            "role": row.role,
-            "prefix": row.prefix,
-            "active": row.active,
-            "created_at": row.created_at.isoformat(),
-            "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
-            "last_used_at": row.last_used_at.isoformat() if row.last_used_at else None,
-        }
-        if as_json:
-            typer.echo(json.dumps(values))
-        else:
-            state = "active" if row.active else f"revoked {values['revoked_at']}"
-            typer.echo(f"{row.name}\t{row.role}\t{row.prefix}...\t{state}\tlast used {values['last_used_at'] or '-'}")
-
-
-@tokens_app.command("revoke")
-def tokens_revoke(name: Annotated[str, typer.Argument(help="The token's name.")]) -> None:
-    """Revoke a token; the gateway refuses it within MALLOPS_TOKEN_CACHE_SECONDS (default 5 s)."""
-    from shared.db import session_scope
-    from shared.tokens import TokenError, revoke_token
-
-    try:
-        with session_scope() as session:
-            changed = revoke_token(session, name)
-    except TokenError as exc:
-        raise fail(str(exc), EXIT_USAGE) from exc
-    typer.echo(f"revoked {name}" if changed else f"{name} was already revoked")
 
 
 def main() -> None:

@@ -29,6 +29,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from shared.contracts import DeferredState
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -263,12 +265,30 @@ class ApiToken(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
-    role: Mapped[str] = mapped_column(String(10))  # user | admin
+    role: Mapped[str] = mapped_column(String(20))  # shared.permissions.ROLES
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the token
     prefix: Mapped[str] = mapped_column(String(12))  # first characters, to recognise a token in lists
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[dt.datetime | None]
     last_used_at: Mapped[dt.datetime | None]
+    stores: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)  # store scope; None: every store
+    expires_at: Mapped[dt.datetime | None]
+
+
+class AuditEntry(Base):
+    """Who did what, when, from where, and how it ended; never a secret or a token (shared.audit)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str | None] = mapped_column(String(100), index=True)  # a token's name
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str | None] = mapped_column(String(300))
+    outcome: Mapped[str] = mapped_column(String(20))  # ok | denied | failed
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    client: Mapped[str | None] = mapped_column(String(100))  # the client's address
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class TaskRecord(Base):
@@ -287,6 +307,8 @@ class TaskRecord(Base):
     state: Mapped[str] = mapped_column(String(12))
     args_summary: Mapped[str | None] = mapped_column(String(500))
     owner: Mapped[str | None] = mapped_column(String(100))
+    # X-Request-ID of the HTTP request that submitted the task (migration 0003)
+    request_id: Mapped[str | None] = mapped_column(String(64))
     worker: Mapped[str | None] = mapped_column(String(200))
     retries: Mapped[int] = mapped_column(Integer, default=0)
     exception: Mapped[str | None] = mapped_column(String(200))
@@ -305,7 +327,8 @@ class TaskRecord(Base):
     event_mask: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     progress_current: Mapped[int | None] = mapped_column(Integer)
     progress_total: Mapped[int | None] = mapped_column(Integer)
-    # how often the message of the task's current state had been put back by a requeuer (shared.redelivery)
+    # how often the message of the task's current state had been put back by a requeuer
+    # (shared/celery_extensions/redelivery.py)
     requeues: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
@@ -339,6 +362,6 @@ class DeferredTask(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # validated keyword arguments to publish
     priority: Mapped[int | None] = mapped_column(Integer)
     eta: Mapped[dt.datetime]
-    state: Mapped[str] = mapped_column(String(12), default="SCHEDULED")
+    state: Mapped[str] = mapped_column(String(12), default=DeferredState.SCHEDULED.value)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     published_at: Mapped[dt.datetime | None]

@@ -9,7 +9,7 @@ import functools
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path(".mallops")
@@ -27,7 +27,13 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "test", "production"] = "development"
     timezone: str = "Asia/Shanghai"
-    log_level: str = "INFO"
+    log_level: str = "INFO"  # any case: info, INFO, Warning
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object per line (shared/logs.py)
+    # workers log a line when each task is received and when it succeeds (failures always); `mallops dev` turns
+    # these off so that a burst of tasks does not scroll its ready banner away
+    log_task_lines: bool = True
+    # the language of a report's HTML page when the download names none (?lang=zh_CN|en)
+    report_language: Literal["zh_CN", "en"] = "zh_CN"
 
     data_dir: Path = DEFAULT_DATA_DIR
     database_url: str = ""  # empty: SQLite file under data_dir
@@ -65,6 +71,8 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=600, ge=1)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     cors_origins: list[str] = Field(default_factory=list)
+    # gateway: requests with a missing, unknown, expired or revoked token per client address and minute
+    auth_failures_per_minute: int = Field(default=60, ge=1)
     # gateway: how long a verified token is trusted before the database is asked again (revocation delay)
     token_cache_seconds: float = Field(default=5.0, ge=0, le=60)
     # gateway: how long the owner and arguments of a submitted task are kept in Redis (beyond result_expires)
@@ -75,7 +83,7 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(default=3, ge=0)
     task_retry_backoff: float = Field(default=30.0, ge=0)
     # a message whose worker died while running it (SIGKILL, OOM, a crash) is run at most this many times;
-    # the next delivery is dead-lettered (shared.tasks, list mallops:dead_letters) and fails the task
+    # the next delivery is dead-lettered (celery_extensions.task_base, list mallops:dead_letters) and fails the task
     task_max_deliveries: int = Field(default=5, ge=1, le=1000)
     beat_max_interval: float = Field(default=5.0, gt=0, le=300)  # beat loop: runtime edits apply within it
     beat_lock_timeout: int = Field(default=30, ge=5)  # a dead beat's lock frees after this many seconds
@@ -91,11 +99,12 @@ class Settings(BaseSettings):
     history_ttl_days: int = Field(default=30, ge=1)
     notification_ttl_days: int = Field(default=30, ge=1)
     access_log_ttl_days: int = Field(default=90, ge=1)
+    audit_ttl_days: int = Field(default=365, ge=1)  # audit_log rows, deleted by cleanup_expired_data
     pg_dump_command: str = "pg_dump"  # for backup_database on PostgreSQL (client major >= server's)
     # `mallops migrate` also loads the demo mall when the database has none (compose's one-shot migrate)
     demo_data: bool = False
 
-    # lifecycle events (shared/events.py) and the monitor (services/monitor)
+    # lifecycle events (shared/celery_extensions/events.py) and the monitor (services/monitor)
     events_enabled: bool = True
     events_stream_maxlen: int = Field(default=500_000, ge=1000)  # approximate (XADD MAXLEN ~)
     events_flush_interval: float = Field(default=0.1, gt=0, le=10)  # seconds a buffered event may wait
@@ -105,6 +114,18 @@ class Settings(BaseSettings):
     worker_purge_after: float = Field(default=600.0, gt=0)  # seconds offline before labels are dropped
     monitor_batch_size: int = Field(default=1000, ge=1, le=50_000)
     monitor_claim_idle: float = Field(default=30.0, gt=0)  # seconds before another consumer's entry is taken
+
+    @field_validator("log_level")
+    @classmethod
+    def _any_case_log_level(cls, value: str) -> str:
+        from shared.logs import normalize_level
+
+        return normalize_level(value)
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _any_case_log_format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _refuse_default_secrets_in_production(self) -> Self:

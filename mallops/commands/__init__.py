@@ -1,6 +1,6 @@
 """The operator commands of the ``mallops`` CLI, one module per area, registered on the main app.
 
-Kept apart from ``mallops/cli.py`` (which holds ``serve``, ``migrate``, ``demo-data`` and ``tokens``)
+Kept apart from ``mallops/cli.py`` (which holds ``serve``, ``migrate`` and ``demo-data``)
 so that each area can grow without touching the others.
 """
 
@@ -11,10 +11,12 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add every operator command to ``app``."""
-    from mallops.commands import doctor, platform, schedules, stack, tasks
+    from mallops.commands import access, doctor, files, platform, schedules, stack, tasks
 
     tasks.register(app)
+    files.register(app)
     platform.register(app)
     schedules.register(app)
     doctor.register(app)
     stack.register(app)
+    access.register(app)

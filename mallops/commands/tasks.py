@@ -8,22 +8,32 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import Task as RichTask
+from rich.text import Text
 
 from mallops.client import Client, Task, TaskFailed
 from mallops.output import (
+    JsonlOption,
     JsonOption,
+    WideOption,
     client,
     echo,
     fail,
     handles_errors,
     parse_json_option,
     print_fields,
+    print_items,
     print_json,
     print_table,
     stderr,
 )
+from shared.contracts import TaskState
 
-app = typer.Typer(help="Submit, follow and manage tasks.", no_args_is_help=True)
+app = typer.Typer(
+    help="Submit, follow and manage tasks. A task id may be given by any unique prefix (the 8 characters tables show).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 
 TASK_FIELDS = (
     "task_id",
@@ -47,15 +57,24 @@ TASK_FIELDS = (
 @handles_errors
 def list_tasks(
     status: Annotated[str | None, typer.Option(help="Only tasks in this state, e.g. STARTED or FAILURE.")] = None,
-    task: Annotated[str | None, typer.Option("--task", help="Only this task name.")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="Only this task (short or Celery name).")] = None,
     limit: Annotated[int, typer.Option(min=1, max=200, help="At most this many tasks.")] = 50,
+    wide: WideOption = False,
     as_json: JsonOption = False,
+    as_jsonl: JsonlOption = False,
 ) -> None:
-    """Active and recent tasks, newest first (was: celery_manage --list-tasks)."""
+    """Active and recent tasks, newest first (was: celery_manage --list-tasks).
+
+    Examples:
+
+      \b
+      mallops tasks list
+      mallops tasks list --status FAILURE --task generate_daily_report
+      mallops tasks list --jsonl | jq -r .task_id
+    """
     with client() as mallops:
         page = mallops.list_tasks(status=status.upper() if status else None, task_name=task, limit=limit)
-    if as_json:
-        print_json(page)
+    if print_items(page.get("results", []), as_json=as_json, as_jsonl=as_jsonl, document=page):
         return
     rows = [
         [t.get("task_id"), t.get("task_name"), t.get("status"), t.get("queue"), t.get("owner"), t.get("sent_at")]
@@ -66,6 +85,9 @@ def list_tasks(
         rows,
         title=f"{page.get('count', len(rows))} task(s)",
         status_columns=[2],
+        id_columns=[0],
+        time_columns=[5],
+        wide=wide,
     )
 
 
@@ -91,7 +113,16 @@ def send(
     """Submit a task by name (was: celery_manage --send-task NAME --args ... --kwargs ...).
 
     Exit 0 when submitted (with --wait: when it succeeded), 1 when it failed, 2 for an unknown task or
-    bad arguments, 3 when the gateway cannot be reached or refuses the token.
+    bad arguments, 3 when the gateway cannot be reached or refuses the token, 4 when refused for now
+    (quota of unfinished tasks, rate limit, queue unavailable: try later), 5 when --timeout passed.
+
+    Examples:
+
+      \b
+      mallops tasks send test_task --kwargs '{"message": "hello"}'
+      mallops tasks send generate_daily_report --kwargs '{"date": "2026-11-14"}'
+      mallops tasks send long_running_task --wait --timeout 60
+      id=$(mallops tasks send cleanup_cache -q)
     """
     positional = parse_json_option(args, "--args", list)
     keywords = parse_json_option(kwargs, "--kwargs", dict)
@@ -125,12 +156,19 @@ def send(
 @app.command("status")
 @handles_errors
 def status(
-    task_id: Annotated[str, typer.Argument(help="The task id.")],
+    task_id: Annotated[str, typer.Argument(help="The task id, or a unique prefix of it.")],
     as_json: JsonOption = False,
 ) -> None:
-    """Status, result or error, progress, worker and timestamps of one task (was: --task-status ID)."""
+    """Status, result or error, progress, worker and timestamps of one task (was: --task-status ID).
+
+    Examples:
+
+      \b
+      mallops tasks status 3f2a9c1e
+      mallops tasks status 3f2a9c1e-0d4b-4c6e-9a51-2b7e8f0c1d2a --json
+    """
     with client() as mallops:
-        task = mallops.get(task_id)
+        task = mallops.get(mallops.find_task_id(task_id))
     if as_json:
         print_json(task.raw)
         return
@@ -140,12 +178,20 @@ def status(
 @app.command("revoke")
 @handles_errors
 def revoke(
-    task_id: Annotated[str, typer.Argument(help="The task id.")],
+    task_id: Annotated[str, typer.Argument(help="The task id, or a unique prefix of it.")],
     terminate: Annotated[bool, typer.Option("--terminate", help="Also stop it if it is already running.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Revoke a task (admin); with --terminate a running task is stopped too (was: --revoke-task ID)."""
+    """Revoke a task (admin); with --terminate a running task is stopped too (was: --revoke-task ID).
+
+    Examples:
+
+      \b
+      mallops tasks revoke 3f2a9c1e
+      mallops tasks revoke 3f2a9c1e --terminate
+    """
     with client() as mallops:
+        task_id = mallops.find_task_id(task_id)
         answer = mallops.revoke(task_id, terminate=terminate)
     if as_json:
         print_json(answer)
@@ -156,12 +202,20 @@ def revoke(
 @app.command("retry")
 @handles_errors
 def retry(
-    task_id: Annotated[str, typer.Argument(help="The id of a failed task.")],
+    task_id: Annotated[str, typer.Argument(help="The id of a failed task, or a unique prefix of it.")],
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the new task's result.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Re-submit a failed task with its original arguments; prints the new task id."""
+    """Re-submit a failed task with its original arguments; prints the new task id.
+
+    Examples:
+
+      \b
+      mallops tasks retry 3f2a9c1e
+      mallops tasks retry 3f2a9c1e --wait
+    """
     with client() as mallops:
+        task_id = mallops.find_task_id(task_id)
         task = mallops.retry(task_id)
         if wait:
             finished = follow(mallops, task.task_id, timeout=None, quiet=as_json)
@@ -176,16 +230,22 @@ def retry(
 @app.command("watch")
 @handles_errors
 def watch(
-    task_id: Annotated[str, typer.Argument(help="The task id.")],
+    task_id: Annotated[str, typer.Argument(help="The task id, or a unique prefix of it.")],
     timeout: Annotated[float | None, typer.Option(min=0.1, help="Give up after this many seconds.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Follow a task's state and progress until it ends, then show its result.
 
-    Exit 0 when it succeeded, 1 when it failed or was revoked (or --timeout passed).
+    Exit 0 when it succeeded, 1 when it failed or was revoked, 5 when --timeout passed.
+
+    Examples:
+
+      \b
+      mallops tasks watch 3f2a9c1e
+      mallops tasks watch 3f2a9c1e --timeout 600
     """
     with client() as mallops:
-        finished = follow(mallops, task_id, timeout=timeout, quiet=as_json)
+        finished = follow(mallops, mallops.find_task_id(task_id), timeout=timeout, quiet=as_json)
     show_result(finished, as_json=as_json, quiet=False)
 
 
@@ -218,17 +278,24 @@ def _wait(mallops: Client, task_id: str, timeout: float | None, reporter: Any) -
         return exc.task
 
 
+class StepsColumn(MofNCompleteColumn):
+    """``3/10`` once the task reports progress; blank (not ``0/?``) for a task that reports none."""
+
+    def render(self, task: RichTask) -> Text:
+        return Text("") if task.total is None else super().render(task)
+
+
 def _follow_with_bar(mallops: Client, task_id: str, timeout: float | None, err: Console) -> Task:
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        StepsColumn(),
         TextColumn("{task.fields[state]}"),
         TimeElapsedColumn(),
         console=err,
         transient=False,
     ) as bar:
-        bar_id: TaskID = bar.add_task(task_id[:8], total=None, state="PENDING")
+        bar_id: TaskID = bar.add_task(task_id[:8], total=None, state=TaskState.PENDING)
 
         def update(task: Task) -> None:
             if task.progress is not None and task.progress.total:

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from services.gateway import problems
 from services.gateway.middleware import AccountingMiddleware, BodyLimitMiddleware
 from services.gateway.openapi import install_openapi
-from services.gateway.routes import admin, catalog, files, history, schedules, system, tasks
+from services.gateway.routes import admin, audit, catalog, files, history, schedules, system, tasks, tokens
 from services.gateway.runtime import Runtime
 from shared.settings import Settings, get_settings
 from shared.tokens import ensure_bootstrap_admin
@@ -66,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         admin.router,
         schedules.router,
         files.router,
+        tokens.router,
+        audit.router,
         system.router,
     )
     for router in routers:
@@ -77,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PATCH"],
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
             expose_headers=["X-Request-ID"],
         )

@@ -18,7 +18,8 @@ from services.gateway.accesslog import AccessLogBuffer
 from services.gateway.auth import TokenCache
 from services.gateway.broker import TaskPublisher, task_publisher
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.ratelimit import RateLimiter
+from services.gateway.ratelimit import AUTH_FAILURES_KEY, RateLimiter
+from services.gateway.task_view import FinishedRecords
 from shared.celery_app import create_celery_app
 from shared.db import session_factory
 from shared.settings import Settings
@@ -74,9 +75,10 @@ class Runtime:
     sessions: sessionmaker[Session]
     tokens: TokenCache
     limiter: RateLimiter
+    auth_failures: RateLimiter  # per client address, MALLOPS_AUTH_FAILURES_PER_MINUTE
     metrics: GatewayMetrics
     access_log: AccessLogBuffer
-    extras: dict[str, Any] = field(default_factory=dict)
+    finished_records: FinishedRecords = field(default_factory=FinishedRecords)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -92,6 +94,7 @@ class Runtime:
             sessions=sessions,
             tokens=TokenCache(sessions, ttl=settings.token_cache_seconds),
             limiter=RateLimiter(cache, settings.rate_limit_per_minute),
+            auth_failures=RateLimiter(cache, settings.auth_failures_per_minute, AUTH_FAILURES_KEY),
             metrics=GatewayMetrics(),
             access_log=AccessLogBuffer(cache),
         )

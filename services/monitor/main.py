@@ -13,17 +13,18 @@ from sqlalchemy import text
 from services.monitor.consumer import StreamConsumer
 from services.monitor.http import make_app, serve
 from services.monitor.metrics import Health, MetricStore, build_registry
-from shared import history
 from shared.cache import redis_client
 from shared.db import session_scope
+from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
+from shared.workers import list_workers, queue_lengths
 
 log = logging.getLogger("mallops.monitor")
 
 
 def live_state(settings: Settings) -> tuple[list[dict[str, object]], dict[str, dict[str, int]]]:
-    workers = history.list_workers(settings)
-    return workers, history.queue_lengths(settings, workers)
+    workers = list_workers(settings)
+    return workers, queue_lengths(settings, workers)
 
 
 def health_check(settings: Settings) -> dict[str, str]:
@@ -49,7 +50,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--port", type=int, default=settings.monitor_port)
     parser.add_argument("--name", default=None, help="consumer name in the group (default monitor@<hostname>)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("monitor", settings.log_level, settings.log_format)
 
     store, health = MetricStore(), Health()
     registry = build_registry(store, health, lambda: live_state(settings))

@@ -17,7 +17,7 @@ def test_add_list_set_run_disable_enable_rm(cli: CliRunner, gateway_env: LiveGat
     cli("schedules", "rm", name)  # left over from an earlier run on the same Redis
     added = cli("schedules", "add", name, "--task", "test_task", "--cron", "0 9 * * 1", "--kwargs", '{"message": "hi"}')
     assert added.code == 0, added
-    assert added.out.startswith(f"{name}: test_task(message='hi'), enabled, 0 9 * * 1 (next run ")
+    assert added.out.startswith(f'{name}: test_task {{"message":"hi"}}, enabled, 0 9 * * 1 (next run ')
     assert "+08:00" in added.out  # the next run in the mall's time
 
     listed = cli("schedules", "list", "--json")
@@ -57,4 +57,6 @@ def test_changes_need_an_admin_token(cli: CliRunner, gateway_env: LiveGateway) -
     assert cli("schedules", "list", env=env).code == 0  # reading is for every token
     refused = cli("schedules", "add", "mine", "--task", "test_task", "--every", "60", env=env)
     assert refused.code == 3
-    assert refused.err_lines == ["mallops: forbidden: this endpoint needs an admin token"]
+    assert refused.err_lines == [
+        "mallops: forbidden: this needs the permission 'schedules.write', which a user token does not have"
+    ]

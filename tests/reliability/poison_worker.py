@@ -13,11 +13,13 @@ import sys
 
 from services.maintenance.main import SERVICE, create_app
 from shared.catalog import NoArgs, TaskSpec
-from shared.tasks import MallopsTask
+from shared.celery_extensions.task_base import MallopsTask
 from shared.worker import run_worker
 
 POISON_TASK = "mallops.tests.poison_pill"
-POISON_SPEC = TaskSpec("poison_pill", "tests", "default", NoArgs, "SIGKILLs the worker process running it.")
+POISON_SPEC = TaskSpec(
+    "poison_pill", "tests", "default", NoArgs, "SIGKILLs the worker process running it.", "tasks.submit.maintenance"
+)
 COMMAND = [sys.executable, "-m", "tests.reliability.poison_worker"]
 
 

@@ -21,9 +21,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from services.beat.main import create_app as create_beat_app
-from shared.cache import DELIVERIES_PREFIX
 from shared.catalog import Schedule
-from shared.dead_letters import DEAD_LETTERS_KEY
+from shared.contracts import DEAD_LETTERS_KEY, DELIVERIES_PREFIX
 from shared.schedules import update_entry
 from tests.conftest import DEFAULT_PG
 from tests.harness import drop_sessions, free_port, wait_until

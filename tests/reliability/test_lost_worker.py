@@ -1,10 +1,10 @@
 """A whole worker SIGKILLed with every setting at its default: its tasks run again within seconds.
 
-On Redis the messages a gone worker held unacknowledged are put back by the requeuers of the other (or the
-restarted) workers once the worker has been silent for ``MALLOPS_WORKER_OFFLINE_AFTER`` (shared/redelivery.py),
-not after the two-hour visibility timeout; RabbitMQ gives them back when the dead connection closes. The
-quick variant (one kill, Redis) runs in the default suite; the full one (20 kills on each broker) in
-scripts/faults.
+On Redis the messages a gone worker held unacknowledged are put back by the requeuers of the other (or
+the restarted) workers once the worker has been silent for ``MALLOPS_WORKER_OFFLINE_AFTER``
+(shared/celery_extensions/redelivery.py), not after the two-hour visibility timeout; RabbitMQ gives them
+back when the dead connection closes. The quick variant (one kill, Redis) runs in the default suite; the
+full one (20 kills on each broker) in scripts/faults.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from shared.redelivery import REQUEUED
+from shared.celery_extensions.redelivery import REQUEUED
 from tests.harness import wait_until
 from tests.reliability.conftest import BROKERS, SIZES, FaultResults, FaultStack, Outcome
 

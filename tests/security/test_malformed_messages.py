@@ -22,8 +22,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from shared.contracts import DEAD_LETTERS_KEY
 from shared.db import session_scope
-from shared.dead_letters import DEAD_LETTERS_KEY
 from shared.models import TaskRecord
 from shared.settings import Settings
 from tests.harness import Process, RedisServer, free_port, service_argv, spawn, wait_until

@@ -13,18 +13,16 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from shared.cache import reset_clients
 from shared.celery_app import create_celery_app
-from shared.redelivery import (
-    PROCESSES_KEY,
+from shared.celery_extensions.redelivery import (
     REQUEUED,
-    REQUEUES_HEADER,
     Holder,
     RequeueLoop,
     Requeuer,
     holder_key,
     process_field,
 )
+from shared.contracts import PROCESSES_KEY, REQUEUES_HEADER
 from shared.settings import Settings
 from tests.harness import RedisServer, start_redis
 
@@ -36,7 +34,6 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
     redis_server = start_redis(tmp_path / "redis")
     yield redis_server
     redis_server.stop()
-    reset_clients()
 
 
 @pytest.fixture

@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from services.gateway.deps import AdminPrincipal, CurrentPrincipal, RuntimeDep, StoreDep
+from services.gateway import audit as gateway_audit
+from services.gateway import authz
+from services.gateway.deps import RuntimeDep, StoreDep
 from services.gateway.openapi import admin_only
 from services.gateway.problems import ProblemError
 from services.gateway.routes import API_PREFIX
@@ -27,11 +29,14 @@ from services.gateway.schemas import (
     TaskSubmission,
 )
 from services.gateway.submission import Submitter, prepare
-from shared import schedules
+from shared import audit, permissions, schedules
 from shared.catalog import Schedule
+from shared.tokens import Principal
 
 router = APIRouter(prefix=API_PREFIX, tags=["schedules"])
 
+SchedulesReader = Annotated[Principal, authz.requires(permissions.SCHEDULES_READ)]
+SchedulesWriter = Annotated[Principal, authz.requires(permissions.SCHEDULES_WRITE)]
 EntryName = Annotated[str, Path(pattern=schedules.NAME_PATTERN, description="The entry's name.")]
 
 
@@ -77,7 +82,7 @@ async def _in_thread(name: str, call: Callable[[], schedules.ScheduleEntry]) -> 
 
 
 @router.get("/schedules", response_model=ScheduleList, summary="Beat schedule")
-async def list_schedules(principal: CurrentPrincipal, runtime: RuntimeDep) -> ScheduleList:
+async def list_schedules(principal: SchedulesReader, runtime: RuntimeDep) -> ScheduleList:
     """Every beat entry: task, timing (crontabs in MALLOPS_TIMEZONE), arguments, enabled, last run and
     next run (UTC with `Z`, and `next_run_local` in the mall's zone); `last_run_at` is null until it ran."""
     entries = await run_in_threadpool(schedules.list_entries, runtime.celery)
@@ -86,7 +91,7 @@ async def list_schedules(principal: CurrentPrincipal, runtime: RuntimeDep) -> Sc
 
 
 @router.get("/schedules/{name}", response_model=ScheduleInfo, summary="One beat entry")
-async def get_schedule(name: EntryName, principal: CurrentPrincipal, runtime: RuntimeDep) -> ScheduleInfo:
+async def get_schedule(name: EntryName, principal: SchedulesReader, runtime: RuntimeDep) -> ScheduleInfo:
     return await _in_thread(name, lambda: schedules.get_entry(runtime.celery, name))
 
 
@@ -99,7 +104,7 @@ async def get_schedule(name: EntryName, principal: CurrentPrincipal, runtime: Ru
     responses={404: {"description": "Unknown task_name."}, 409: {"description": "The name is taken."}},
 )
 async def create_schedule(
-    body: ScheduleCreate, principal: AdminPrincipal, runtime: RuntimeDep, response: Response
+    body: ScheduleCreate, principal: SchedulesWriter, runtime: RuntimeDep, request: Request, response: Response
 ) -> ScheduleInfo:
     """Run a catalog task on a schedule with the given arguments (validated against its schema). The
     running beat fires it from its next scheduled time on. Re-creating a deleted default restores it."""
@@ -107,7 +112,7 @@ async def create_schedule(
     timing = _timing(body.schedule)
     assert timing is not None
     response.headers["Location"] = f"{API_PREFIX}/schedules/{body.name}"
-    return await _in_thread(
+    created = await _in_thread(
         body.name,
         lambda: schedules.create_entry(
             runtime.celery,
@@ -120,6 +125,8 @@ async def create_schedule(
             description=body.description,
         ),
     )
+    await gateway_audit.record(request, audit.SCHEDULE_CREATE, target=body.name, details=body.model_dump(mode="json"))
+    return created
 
 
 @router.patch(
@@ -129,7 +136,7 @@ async def create_schedule(
     openapi_extra=admin_only(),
 )
 async def update_schedule(
-    name: EntryName, patch: SchedulePatch, principal: AdminPrincipal, runtime: RuntimeDep
+    name: EntryName, patch: SchedulePatch, principal: SchedulesWriter, runtime: RuntimeDep, request: Request
 ) -> ScheduleInfo:
     """Enable, disable, re-time, change the arguments (each of `args`, `kwargs` replaces the entry's) or
     the description of an entry; the running beat picks it up on its next tick."""
@@ -147,7 +154,7 @@ async def update_schedule(
         args = patch.args if patch.args is not None else current.args
         kwargs = patch.kwargs if patch.kwargs is not None else current.kwargs
         prepare(TaskSubmission(task_name=current.task_name, args=args, kwargs=kwargs))
-    return await _in_thread(
+    updated = await _in_thread(
         name,
         lambda: schedules.update_entry(
             runtime.celery,
@@ -159,6 +166,10 @@ async def update_schedule(
             description=patch.description,
         ),
     )
+    await gateway_audit.record(
+        request, audit.SCHEDULE_UPDATE, target=name, details=patch.model_dump(mode="json", exclude_none=True)
+    )
+    return updated
 
 
 @router.delete(
@@ -168,13 +179,16 @@ async def update_schedule(
     summary="Delete a beat entry",
     openapi_extra=admin_only(),
 )
-async def delete_schedule(name: EntryName, principal: AdminPrincipal, runtime: RuntimeDep) -> Response:
+async def delete_schedule(
+    name: EntryName, principal: SchedulesWriter, runtime: RuntimeDep, request: Request
+) -> Response:
     """Beat stops firing it within MALLOPS_BEAT_MAX_INTERVAL. A deleted default entry stays deleted across
     beat restarts until an entry of its name is created again."""
     try:
         await run_in_threadpool(schedules.delete_entry, runtime.celery, name)
     except KeyError as exc:
         raise _unknown(name) from exc
+    await gateway_audit.record(request, audit.SCHEDULE_DELETE, target=name)
     return Response(status_code=204)
 
 
@@ -186,10 +200,11 @@ async def delete_schedule(name: EntryName, principal: AdminPrincipal, runtime: R
     openapi_extra=admin_only(),
 )
 async def run_schedule(
-    name: EntryName, principal: AdminPrincipal, runtime: RuntimeDep, store: StoreDep
+    name: EntryName, principal: SchedulesWriter, runtime: RuntimeDep, store: StoreDep, request: Request
 ) -> TaskAccepted:
     """Submit the entry's task with its arguments now, as a task of the caller (the schedule is unchanged)."""
     entry = await _in_thread(name, lambda: schedules.get_entry(runtime.celery, name))
     item = prepare(TaskSubmission(task_name=entry.task_name, args=entry.args, kwargs=entry.kwargs))
     accepted = await Submitter(runtime, store).submit(principal, [item])
+    await gateway_audit.record(request, audit.SCHEDULE_RUN, target=name, details={"task_id": accepted[0].task_id})
     return accepted[0]

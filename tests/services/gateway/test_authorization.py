@@ -98,7 +98,7 @@ def test_authorization_matrix(gateway: GatewayFactory, tokens: Tokens, migrated:
     (migrated.exports_dir / "matrix-export.csv").write_text("a,b\n")
     export_id = make_export(migrated, tokens.alice_name, file_name="matrix-export.csv")
     # quota and rate limit out of the way: this test is about who may do what
-    with gateway(task_max_per_user=1000, rate_limit_per_minute=10_000) as client:
+    with gateway(task_max_per_user=1000, rate_limit_per_minute=10_000, auth_failures_per_minute=10_000) as client:
         submitted = client.post(
             "/api/v1/tasks",
             json={"task_name": "test_task", "kwargs": {"message": "mine"}},

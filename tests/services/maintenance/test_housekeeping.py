@@ -249,6 +249,19 @@ def test_cleanup_expired_data_deletes_rows_and_files_past_retention(
                 for age in (91, 89)
             ],
         )
+        session.execute(
+            insert(models.AuditEntry),
+            [
+                {
+                    "at": now - dt.timedelta(days=age),
+                    "actor": tag,
+                    "action": f"{tag}-{age}",
+                    "outcome": "ok",
+                    "details": {},
+                }
+                for age in (366, 364)
+            ],
+        )
 
         session.execute(
             insert(models.DeferredTask),
@@ -277,6 +290,7 @@ def test_cleanup_expired_data_deletes_rows_and_files_past_retention(
         "notifications": 1,
         "access_logs": 1,
         "deferred_tasks": 2,
+        "audit_log": 1,
         "partial_files": 1,
     }
 
@@ -300,6 +314,9 @@ def test_cleanup_expired_data_deletes_rows_and_files_past_retention(
             session.scalars(select(models.DeferredTask.task_id).where(models.DeferredTask.task_id.like(f"{tag}%")))
         ) == {f"{tag}-PUBLISHED-29", f"{tag}-SCHEDULED-400"}
         session.execute(delete(models.DeferredTask).where(models.DeferredTask.task_id.like(f"{tag}%")))
+        assert set(session.scalars(select(models.AuditEntry.action).where(models.AuditEntry.actor == tag))) == {
+            f"{tag}-364"
+        }
     assert not expired_file.exists()
     assert fresh_file.exists()
     assert not any((settings.reports_dir / n).exists() for n in old_report)

@@ -14,13 +14,14 @@ A message that a worker cannot run ends here instead of crashing the worker or v
 - an envelope whose body cannot be deserialised (``on_decode_error``): Celery logs and acknowledges it
   without any signal; :class:`Consumer` also records it;
 - no ``task`` header / unknown format (``task_rejected``) and an unregistered task name (``task_unknown``):
-  Celery rejects them; :func:`install` records them.
+  Celery rejects them; the signal handlers connected by :func:`configure` record them.
 
 Each record is a JSON object in the capped list :data:`DEAD_LETTERS_KEY` of the cache Redis (newest first,
 :data:`MAX_DEAD_LETTERS` kept): ``ts``, ``reason``, ``queue``, ``id``, ``task``, ``headers`` and an excerpt of
 ``body``. A message that names a task id also gets a ``task-rejected`` lifecycle event, so the monitor's
 history has a REJECTED row for it with the reason. Messages whose arguments do not fit the task's catalog
-model are not dead letters: :class:`shared.tasks.MallopsTask` fails them (FAILURE, ``InvalidTaskArguments``).
+model are not dead letters: :class:`~shared.celery_extensions.task_base.MallopsTask` fails them (FAILURE,
+``InvalidTaskArguments``).
 """
 
 from __future__ import annotations
@@ -37,21 +38,28 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
-from shared import events
-from shared.cache import KEY_PREFIX, consumer_loop_client
-from shared.settings import Settings, get_settings
+from shared.cache import consumer_loop_client
+from shared.celery_extensions import events
+from shared.celery_extensions.config import find_extensions
+from shared.contracts import DEAD_LETTERS_KEY, OWNER_HEADER
+from shared.settings import Settings
 
 log = logging.getLogger("mallops.dead_letters")
 
-DEAD_LETTERS_KEY = f"{KEY_PREFIX}dead_letters"
 MAX_DEAD_LETTERS = 10_000
 EXCERPT_CHARS = 2000
 
-_url: str | None = None  # the cache Redis of the settings given to install()
+# the broker transport option that tells RedisTransport where to record dead letters (the cache Redis)
+CACHE_URL_OPTION = "mallops_cache_url"
 
 
-def _redis() -> redis.Redis[bytes]:
-    return consumer_loop_client(_url or get_settings().cache_redis_url)
+def _redis(url: str) -> redis.Redis[bytes]:
+    return consumer_loop_client(url)
+
+
+def _app_url(app: Any) -> str | None:
+    extensions = find_extensions(app)
+    return extensions.settings.cache_redis_url if extensions is not None else None
 
 
 def _excerpt(value: Any) -> str | None:
@@ -64,9 +72,16 @@ def _excerpt(value: Any) -> str | None:
 
 
 def record(
-    reason: str, *, queue: str | None = None, headers: Any = None, body: Any = None, exception: str = "MalformedMessage"
+    reason: str,
+    *,
+    url: str | None,
+    queue: str | None = None,
+    headers: Any = None,
+    body: Any = None,
+    exception: str = "MalformedMessage",
 ) -> None:
-    """Keep a dead letter for a message that was dropped; never raises (a worker must go on)."""
+    """Keep a dead letter for a message that was dropped in the cache Redis at ``url``; never raises (a
+    worker must go on)."""
     headers = headers if isinstance(headers, dict) else {}
     task_id = headers.get("id") if isinstance(headers.get("id"), str) else None
     task_name = headers.get("task") if isinstance(headers.get("task"), str) else None
@@ -81,8 +96,11 @@ def record(
         "body": _excerpt(body),
     }
     log.error("dead letter from queue %s (task %s, id %s): %s", queue, task_name, task_id, reason)
+    if url is None:
+        log.error("no cache Redis to record the dead letter in (an app not built by create_celery_app)")
+        return
     try:
-        pipe = _redis().pipeline(transaction=False)
+        pipe = _redis(url).pipeline(transaction=False)
         pipe.lpush(DEAD_LETTERS_KEY, json.dumps(entry, separators=(",", ":")))
         pipe.ltrim(DEAD_LETTERS_KEY, 0, MAX_DEAD_LETTERS - 1)
         pipe.execute()
@@ -91,16 +109,25 @@ def record(
 
 
 def reject(
-    reason: str, *, queue: str | None = None, headers: Any = None, body: Any = None, exception: str = "MalformedMessage"
+    reason: str,
+    *,
+    url: str | None,
+    app: Any = None,
+    queue: str | None = None,
+    headers: Any = None,
+    body: Any = None,
+    exception: str = "MalformedMessage",
 ) -> None:
-    """Record a dead letter and, if the message names a task id, a ``task-rejected`` event for its history."""
-    record(reason, queue=queue, headers=headers, body=body, exception=exception)
-    if isinstance(headers, dict) and isinstance(headers.get("id"), str):
-        events.emit_rejected(
+    """Record a dead letter and, if the message names a task id, a ``task-rejected`` event for its history
+    (with ``app``'s events, or the process's newest app's when the caller does not know its app)."""
+    record(reason, url=url, queue=queue, headers=headers, body=body, exception=exception)
+    lifecycle = events.for_app(app) if app is not None else events.newest()
+    if lifecycle is not None and isinstance(headers, dict) and isinstance(headers.get("id"), str):
+        lifecycle.emit_rejected(
             headers["id"],
             name=headers.get("task"),
             queue=queue,
-            owner=headers.get(events.OWNER_HEADER),
+            owner=headers.get(OWNER_HEADER),
             exception=exception,
             error=reason,
         )
@@ -136,7 +163,7 @@ class Channel(kombu_redis.Channel):
             # the round-robin cycle has just moved the queue it read from to its end
             queue = self._queue_cycle.items[-1] if self._queue_cycle.items else None
             raw = getattr(exc, "doc", None) or getattr(exc, "object", None)
-            record(f"not a JSON message envelope: {exc}", queue=queue, body=raw)
+            record(f"not a JSON message envelope: {exc}", url=_transport_url(self.connection), queue=queue, body=raw)
             return True
 
     def _get(self, queue: Any, timeout: Any = None) -> Any:
@@ -145,6 +172,7 @@ class Channel(kombu_redis.Channel):
         except ValueError as exc:
             record(
                 f"not a JSON message envelope: {exc}",
+                url=_transport_url(self.connection),
                 queue=queue,
                 body=getattr(exc, "doc", None) or getattr(exc, "object", None),
             )
@@ -163,7 +191,7 @@ class RedisTransport(kombu_redis.Transport):
             super()._deliver(message, queue)  # type: ignore[no-untyped-call]
         except MalformedEnvelope as exc:
             headers = message.get("headers") if isinstance(message, dict) else None
-            reject(str(exc), queue=queue, headers=headers, body=message)
+            reject(str(exc), url=_transport_url(self), queue=queue, headers=headers, body=message)
 
 
 # -- the worker's consumer and signals -------------------------------------------------------------
@@ -210,6 +238,8 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     def _drop(self, message: Any, reason: str, exception: str) -> None:
         reject(
             reason,
+            url=_app_url(self.app),
+            app=self.app,
             queue=_queue(message),
             headers=getattr(message, "headers", None),
             body=getattr(message, "body", None),
@@ -226,6 +256,8 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         delivery = getattr(message, "delivery_info", None) or {}
         reject(
             f"the body cannot be decoded ({message.content_type}): {exc}",
+            url=_app_url(self.app),
+            app=self.app,
             queue=delivery.get("routing_key"),
             headers=getattr(message, "headers", None),
             body=getattr(message, "body", None),
@@ -244,7 +276,7 @@ _OPTIONAL_TEXT_HEADERS = (
     "origin",
     "shadow",
     "lang",
-    events.OWNER_HEADER,
+    OWNER_HEADER,
 )
 
 
@@ -308,6 +340,7 @@ def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: 
     reason = f"rejected: {exc}" if exc is not None else "rejected: not a task message (no task name)"
     record(
         reason,
+        url=_app_url(getattr(sender, "app", None)),
         queue=_queue(message),
         headers=getattr(message, "headers", None),
         body=getattr(message, "body", None),
@@ -318,6 +351,7 @@ def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: 
 def _on_unknown(sender: Any = None, message: Any = None, exc: Any = None, name: Any = None, **_: Any) -> None:
     record(
         f"unknown task {name!r}",
+        url=_app_url(getattr(sender, "app", None)),
         queue=_queue(message),
         headers=getattr(message, "headers", None),
         body=getattr(message, "body", None),
@@ -325,12 +359,20 @@ def _on_unknown(sender: Any = None, message: Any = None, exc: Any = None, name: 
     )
 
 
-def install(app: Celery, settings: Settings) -> None:
+def _transport_url(transport: Any) -> str | None:
+    """The cache Redis :func:`configure` put into the broker transport options of a RedisTransport."""
+    options = getattr(getattr(transport, "client", None), "transport_options", None) or {}
+    url = options.get(CACHE_URL_OPTION)
+    return url if isinstance(url, str) else None
+
+
+def configure(app: Celery, settings: Settings) -> None:
     """Use the dead-lettering transport (Redis brokers) and consumer, and record rejected messages."""
-    global _url
-    _url = settings.cache_redis_url
     if str(app.conf.broker_url or "").split("://", 1)[0] in ("redis", "rediss"):
         app.conf.broker_transport = f"{__name__}:RedisTransport"
+        options = dict(app.conf.broker_transport_options or {})
+        options[CACHE_URL_OPTION] = settings.cache_redis_url
+        app.conf.broker_transport_options = options
     app.conf.worker_consumer = f"{__name__}:Consumer"
     signals.task_rejected.connect(_on_rejected, weak=False, dispatch_uid="mallops.dead_letters.rejected")
     signals.task_unknown.connect(_on_unknown, weak=False, dispatch_uid="mallops.dead_letters.unknown")

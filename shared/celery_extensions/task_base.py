@@ -12,7 +12,7 @@ return a small JSON value):
   worker every time. Each run of a *redelivered* message is counted in Redis (``INCR`` with a TTL,
   per task id and attempt; a first delivery costs nothing); the run after
   ``MALLOPS_TASK_MAX_DELIVERIES`` runs does not call the body: it records the message in the
-  dead-letter list ``mallops:dead_letters`` (:mod:`shared.dead_letters`) and fails the task with
+  dead-letter list ``mallops:dead_letters`` (:mod:`shared.celery_extensions.dead_letters`) and fails the task with
   :class:`PoisonMessage`, so the history shows it as FAILURE with the reason.
 """
 
@@ -32,20 +32,15 @@ from celery import Celery, Task
 from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 from pydantic import ValidationError
 
-from shared import dead_letters, events
-from shared.cache import DELIVERIES_PREFIX, redis_client
+from shared.cache import redis_client
 from shared.catalog import CATALOG, TaskSpec
-from shared.settings import Settings, get_settings
+from shared.celery_extensions import dead_letters, events
+from shared.celery_extensions.config import app_settings
+from shared.contracts import DELIVERIES_PREFIX, OWNER_HEADER, TaskState
+from shared.errors import PermanentError, TransientError
+from shared.settings import Settings
 
 log = logging.getLogger("mallops.tasks")
-
-
-class TransientError(Exception):
-    """Raise from business code for a failure that may go away on its own (retry it)."""
-
-
-class PermanentError(Exception):
-    """Raise from business code for a failure that a retry cannot fix (bad data, invalid input)."""
 
 
 class InvalidTaskArguments(PermanentError, ValueError):
@@ -108,8 +103,13 @@ class MallopsTask(Task):  # type: ignore[misc]
     spec: TaskSpec
     abstract = True
 
+    @property
+    def settings(self) -> Settings:
+        """The settings of the app this task runs in."""
+        return app_settings(self.app)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        settings = get_settings()
+        settings = self.settings
         deliveries = self.delivery_count(settings)
         if deliveries > settings.task_max_deliveries:
             reason = (
@@ -117,7 +117,7 @@ class MallopsTask(Task):  # type: ignore[misc]
                 f"{deliveries - 1} runs (MALLOPS_TASK_MAX_DELIVERIES={settings.task_max_deliveries}); "
                 "not run again, kept in mallops:dead_letters"
             )
-            self.dead_letter(reason, args, kwargs)
+            self.dead_letter(settings, reason, args, kwargs)
             raise PoisonMessage(reason)
         try:
             validated = self.spec.validate(args, kwargs)
@@ -176,18 +176,20 @@ class MallopsTask(Task):  # type: ignore[misc]
             return 1
         return int(runs) + 1
 
-    def dead_letter(self, reason: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Keep the message in the dead-letter list (``shared.dead_letters``), for a look and a retry."""
+    def dead_letter(self, settings: Settings, reason: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Keep the message in the dead-letter list (:mod:`~shared.celery_extensions.dead_letters`), to retry."""
         request = self.request
         headers = {
             "id": request.id,
             "task": self.name,
             "retries": request.retries or 0,
-            events.OWNER_HEADER: request.get(events.OWNER_HEADER),
+            OWNER_HEADER: request.get(OWNER_HEADER),
         }
         body = json.dumps([list(args), kwargs, {}], default=str)
         queue = (request.delivery_info or {}).get("routing_key") or getattr(self, "queue", None)
-        dead_letters.record(reason, queue=queue, headers=headers, body=body, exception="PoisonMessage")
+        dead_letters.record(
+            reason, url=settings.cache_redis_url, queue=queue, headers=headers, body=body, exception="PoisonMessage"
+        )
 
     def update_state(
         self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kwargs: Any
@@ -199,12 +201,14 @@ class MallopsTask(Task):  # type: ignore[misc]
         try:
             super().update_state(task_id=task_id, state=state, meta=meta, **kwargs)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            if state != "PROGRESS":
+            if state != TaskState.PROGRESS:
                 raise
             log.warning("%s[%s]: progress not stored (%s)", self.name, self.request.id, exc)
-        if state == "PROGRESS" and (task_id is None or task_id == self.request.id):
+        if state == TaskState.PROGRESS and (task_id is None or task_id == self.request.id):
             progress = meta if isinstance(meta, dict) else {}
-            events.emit_progress(self, progress.get("current"), progress.get("total"))
+            lifecycle = events.for_app(self.app)
+            if lifecycle is not None:
+                lifecycle.emit_progress(self, progress.get("current"), progress.get("total"))
 
 
 def register(app: Celery, name: str, fn: Callable[..., Any], **options: Any) -> MallopsTask:

@@ -8,7 +8,7 @@ loop; workers whose pool has none (the notifier's ``threads``, ``solo``) get a :
 
 The timeout cannot be short (a task running longer than it would run twice), so a whole worker killed
 (OOM killer, ``docker kill``, a lost host) would strand its tasks for two hours. kombu's hash does not say
-which worker holds a message; the worker does, when it receives one: :mod:`shared.events` records the
+which worker holds a message; the worker does, when it receives one: :mod:`shared.celery_extensions.events` records the
 holder of each delivery (``mallops:holder:<task id>:<attempt>``: the worker's hostname, main pid and the
 time of receipt) and each worker process's liveness (``mallops:worker_processes``, one field per
 ``hostname#pid``, refreshed by the heartbeat). Every worker on a Redis broker runs a :class:`Requeuer`
@@ -21,8 +21,8 @@ at the same time), and each message goes back in a WATCH/MULTI transaction that 
 delivery is the one the holder received (its ``unacked_index`` score is not newer than the receipt), so
 a message already put back and delivered to another worker is never put back again. The requeued message
 carries ``mallops_requeues`` (one more than before) and kombu's ``redelivered`` flag (the poison cap of
-:mod:`shared.tasks` counts its runs). Before it goes back, a ``task-requeued`` event is written and the
-result backend's state becomes ``REQUEUED`` until another worker starts the task.
+:mod:`shared.celery_extensions.task_base` counts its runs). Before it goes back, a ``task-requeued`` event
+is written and the result backend's state becomes ``REQUEUED`` until another worker starts the task.
 
 A requeuer acts only after its own Redis connection has been up for ``MALLOPS_WORKER_OFFLINE_AFTER``
 seconds: when Redis comes back after an outage, every live worker first gets the time to heartbeat.
@@ -44,20 +44,13 @@ from celery import Celery, signals
 from kombu.transport.redis import Mutex, MutexHeld
 
 from shared.cache import redis_client
+from shared.contracts import HOLDER_PREFIX, PROCESSES_KEY, REQUEUES_HEADER, TaskState
 from shared.settings import Settings
 
 log = logging.getLogger("mallops.redelivery")
 
-# The state of a task whose worker is gone and whose message is back on its queue, until a worker starts
-# it. (To be folded into the contracts' TaskState enum.)
-REQUEUED: Final = "REQUEUED"
-# message header: how many times the message was put back by a Requeuer
-REQUEUES_HEADER: Final = "mallops_requeues"
-# cache Redis: the holder of a delivered message, per task id and attempt (JSON {host, pid, ts})
-HOLDER_PREFIX: Final = "mallops:holder:"
-# cache Redis: hash "<hostname>#<main pid>" -> JSON {last, status} written by each worker's heartbeat
-PROCESSES_KEY: Final = "mallops:worker_processes"
-FINAL_RESULT_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+REQUEUED: Final = TaskState.REQUEUED
+FINAL_RESULT_STATES = frozenset({TaskState.SUCCESS, TaskState.FAILURE, TaskState.REVOKED})
 # a receipt is written after kombu scored the delivery, in the same process: allow for float rounding
 SCORE_SLACK = 0.001
 PRUNE_EVERY = 60.0
@@ -221,16 +214,18 @@ class Requeuer:
 
 def announce(app: Celery, item: Requeued) -> None:
     """The task reads REQUEUED: a ``task-requeued`` event (flushed) and the result backend's state."""
-    from shared import events
+    from shared.celery_extensions import events
 
-    events.emit_requeued(
-        item.task_id,
-        name=item.name,
-        queue=item.queue,
-        retries=item.attempt,
-        requeues=item.requeues,
-        worker=item.holder.host,
-    )
+    lifecycle = events.for_app(app)
+    if lifecycle is not None:
+        lifecycle.emit_requeued(
+            item.task_id,
+            name=item.name,
+            queue=item.queue,
+            retries=item.attempt,
+            requeues=item.requeues,
+            worker=item.holder.host,
+        )
     try:
         mark_requeued(app, item.task_id)
     except redis.RedisError as exc:
@@ -325,30 +320,36 @@ class Sweeper(threading.Thread):
                 log.warning("could not put back the messages of dead workers: %s", exc)
 
 
-_threads: list[Sweeper | RequeueLoop] = []
+def _on_ready(sender: Any = None, **_: Any) -> None:
+    from shared.celery_extensions.config import find_extensions
+
+    extensions = find_extensions(getattr(sender, "app", None))
+    pool = getattr(sender, "pool", None)
+    if extensions is None or extensions.settings.broker_is_amqp or pool is None:
+        return  # RabbitMQ gives back a dead consumer's messages by itself
+    settings = extensions.settings
+    if extensions.requeuer is None and extensions.events is not None:  # receipts come with the events
+        extensions.requeuer = RequeueLoop(sender.app, settings)
+        extensions.requeuer.start()
+    if extensions.sweeper is None and not type(pool).__module__.endswith("prefork"):  # prefork: event loop
+        extensions.sweeper = Sweeper(sender.app, settings.broker_restore_interval)
+        extensions.sweeper.start()
 
 
-def install(app: Celery, settings: Settings) -> None:
+def _on_shutdown(sender: Any = None, **_: Any) -> None:
+    from shared.celery_extensions.config import find_extensions
+
+    extensions = find_extensions(getattr(sender, "app", None))
+    if extensions is None:
+        return
+    for thread in (extensions.sweeper, extensions.requeuer):
+        if thread is not None:
+            thread.stopping.set()
+    extensions.sweeper = extensions.requeuer = None
+
+
+def connect() -> None:
     """When a worker is ready (Redis brokers only): a :class:`RequeueLoop`, and a :class:`Sweeper` if its
     pool has no event loop."""
-    if settings.broker_is_amqp:
-        return  # RabbitMQ gives back a dead consumer's messages by itself
-
-    def on_ready(sender: Any = None, **_: Any) -> None:
-        pool = getattr(sender, "pool", None)
-        if _threads or pool is None:
-            return
-        if settings.events_enabled:  # receipts and heartbeats are written with the lifecycle events
-            _threads.append(RequeueLoop(sender.app, settings))
-        if not type(pool).__module__.endswith("prefork"):  # prefork workers sweep from their event loop
-            _threads.append(Sweeper(sender.app, settings.broker_restore_interval))
-        for thread in _threads:
-            thread.start()
-
-    def on_shutdown(**_: Any) -> None:
-        for thread in _threads:
-            thread.stopping.set()
-        _threads.clear()
-
-    signals.worker_ready.connect(on_ready, weak=False, dispatch_uid="mallops.redelivery.ready")
-    signals.worker_shutdown.connect(on_shutdown, weak=False, dispatch_uid="mallops.redelivery.shutdown")
+    signals.worker_ready.connect(_on_ready, weak=False, dispatch_uid="mallops.redelivery.ready")
+    signals.worker_shutdown.connect(_on_shutdown, weak=False, dispatch_uid="mallops.redelivery.shutdown")

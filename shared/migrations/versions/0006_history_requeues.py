@@ -1,7 +1,7 @@
 """task_history.requeues: how often the current delivery's message had been put back by a requeuer
 
-Revision ID: 0004_requeues
-Revises: 0003_deferred
+Revision ID: 0006_requeues
+Revises: 0005_request_id
 Create Date: 2026-12-07
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004_requeues"
-down_revision: str | None = "0003_deferred"
+revision: str = "0006_requeues"
+down_revision: str | None = "0005_request_id"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,727 @@
+"""Task and worker lifecycle events, from Celery signals into the Redis Stream ``mallops:events``.
+
+Every app built by :func:`shared.celery_app.create_celery_app` (workers, beat, the gateway) gets its
+:class:`LifecycleEvents` (:func:`build`); the signal handlers, connected once per process, reach it through
+the sender's app. An event is a small JSON object in the stream
+entry's field ``e``; the monitor (``services/monitor``) reads the stream with a consumer group.
+
+Event types and their payloads are contracts: :class:`shared.contracts.EventType`,
+:class:`shared.contracts.TaskEvent` and :class:`shared.contracts.WorkerEvent` (every event carries ``type``,
+``v``, ``ts``, ``host`` and ``pid``). Heartbeats also refresh the worker's
+:class:`shared.contracts.WorkerRecord` in ``WORKERS_KEY``.
+
+Cost: emitting never does network I/O on the caller's thread except where durability needs it. An
+event is serialised and appended to a per-process buffer; a background thread writes the buffer with
+one pipelined round trip (``XADD ... MAXLEN ~ N`` per event) every ``MALLOPS_EVENTS_FLUSH_INTERVAL``
+seconds, or at once when ``MALLOPS_EVENTS_FLUSH_SIZE`` events are waiting.
+
+Durability trade-off: a task's final events (started, succeeded/failed/retried) are flushed in the
+pool process in ``task_postrun``, i.e. before the worker acknowledges the message (acks_late), in the
+same single round trip. So a task whose message is gone from the broker always has its outcome in the
+stream. What a SIGKILL can lose is at most one flush interval of *buffered* events of the killed
+process: ``task-received`` and heartbeats of a worker main process (its unacknowledged tasks are
+redelivered and emit again), ``task-sent`` of a publisher (the history row is then built from the
+worker's events, which carry name, queue, owner and arguments too; only ``sent_at`` falls back to the
+receive time) and progress events. Buffered events are flushed on normal shutdown (worker_shutdown,
+worker_process_shutdown, atexit). If Redis is unreachable, events are kept (up to
+``MAX_BUFFERED``, oldest dropped first with a warning) and written when it is back.
+
+Fork safety: after ``fork()`` the child starts with an empty buffer, a new Redis connection and no
+flusher thread (``os.register_at_fork``); prefork pool children emit on their own.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from celery import Celery, signals
+
+from shared.celery_extensions.redelivery import Holder, holder_key, process_field
+from shared.contracts import (
+    EVENT_FIELD,
+    EVENT_SCHEMA_VERSION,
+    EVENT_STREAM,
+    OWNER_HEADER,
+    PROCESSES_KEY,
+    REQUEST_ID_HEADER,
+    REQUEUES_HEADER,
+    WORKERS_KEY,
+    EventType,
+    WorkerEventFields,
+    WorkerRecord,
+    WorkerStatus,
+)
+from shared.settings import Settings
+
+log = logging.getLogger("mallops.events")
+
+MAX_BUFFERED = 100_000
+SUMMARY_CHARS = 500
+ERROR_CHARS = 2000
+HOLDER_TTL_MARGIN = 3600  # a holder outlives the visibility timeout, after which kombu's sweep takes over
+
+
+class EventEmitter:
+    """A per-process buffer of events written to the stream by a background thread in batches."""
+
+    def __init__(self, settings: Settings, node: str) -> None:
+        self.settings = settings
+        self.node = node
+        self.pid = os.getpid()
+        self._url = settings.cache_redis_url
+        self._maxlen = settings.events_stream_maxlen
+        self._flush_size = settings.events_flush_size
+        self._interval = settings.events_flush_interval
+        self._buffer: deque[str] = deque()
+        # keys to set (value, ttl) or delete (None) in the next flush, latest wins
+        self._keys: dict[str, tuple[str, int] | None] = {}
+        self._lock = threading.Lock()  # guards _buffer
+        self._flush_lock = threading.Lock()  # one flush at a time, in order
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client: redis.Redis[bytes] | None = None
+        self._warned_at = 0.0
+        self.dropped = 0
+        self.written = 0
+
+    # -- producing ---------------------------------------------------------------------------------
+
+    def emit(self, type_: EventType, **fields: Any) -> None:
+        """Buffer one event; never blocks on the network."""
+        fields["type"] = type_
+        fields["v"] = EVENT_SCHEMA_VERSION
+        fields["ts"] = time.time()
+        fields.setdefault("host", self.node)
+        fields["pid"] = self.pid
+        data = json.dumps(fields, separators=(",", ":"), default=str)
+        with self._lock:
+            if len(self._buffer) >= MAX_BUFFERED:
+                self._buffer.popleft()
+                self.dropped += 1
+            self._buffer.append(data)
+            waiting = len(self._buffer)
+        if self._thread is None:
+            self._start_thread()
+        if waiting >= self._flush_size:
+            self._wake.set()
+
+    def put(self, key: str, value: str, ttl: int) -> None:
+        """Set ``key`` (with a TTL) in a flush started at once by the flusher thread (the caller does
+        not wait): a message's holder must be known before its worker can die unnoticed."""
+        with self._lock:
+            self._keys[key] = (value, ttl)
+        if self._thread is None:
+            self._start_thread()
+        self._wake.set()
+
+    def forget(self, key: str) -> None:
+        """Delete ``key`` in the next flush."""
+        with self._lock:
+            self._keys[key] = None
+
+    @property
+    def pending(self) -> int:
+        """Events buffered and not yet written."""
+        with self._lock:
+            return len(self._buffer)
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def redis(self) -> redis.Redis[bytes]:
+        if self._client is None:
+            self._client = redis.Redis.from_url(self._url, socket_timeout=5, socket_connect_timeout=5)
+        return self._client
+
+    def flush(self, extra: Callable[[Any], None] | None = None) -> int:
+        """Write every buffered event in one pipelined round trip; returns how many were written.
+
+        ``extra(pipeline)`` may queue more commands into the same round trip. On a Redis error the
+        events go back to the front of the buffer and the error is logged (at most every 30 s).
+        """
+        with self._flush_lock:
+            with self._lock:
+                batch = list(self._buffer)
+                self._buffer.clear()
+                keys, self._keys = self._keys, {}
+            if not batch and not keys and extra is None:
+                return 0
+            try:
+                pipe = self.redis().pipeline(transaction=False)
+                for data in batch:
+                    pipe.xadd(EVENT_STREAM, {EVENT_FIELD: data}, maxlen=self._maxlen, approximate=True)
+                for key, write in keys.items():
+                    if write is None:
+                        pipe.delete(key)
+                    else:
+                        pipe.set(key, write[0], ex=write[1])
+                if extra is not None:
+                    extra(pipe)
+                pipe.execute()
+            except redis.RedisError as exc:
+                with self._lock:
+                    self._buffer.extendleft(reversed(batch))
+                    self._keys = keys | self._keys
+                    while len(self._buffer) > MAX_BUFFERED:
+                        self._buffer.popleft()
+                        self.dropped += 1
+                now = time.monotonic()
+                if now - self._warned_at > 30:
+                    self._warned_at = now
+                    log.warning("could not write %d lifecycle events to Redis (%s); keeping them", len(batch), exc)
+                return 0
+            self.written += len(batch)
+            return len(batch)
+
+    def _start_thread(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="mallops-events", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # never let the flusher die
+                log.exception("lifecycle event flush failed")
+
+    def close(self) -> None:
+        """Flush what is buffered and stop the flusher thread."""
+        self._stopping.set()
+        self._wake.set()
+        try:
+            self.flush()
+        except Exception:
+            log.exception("final lifecycle event flush failed")
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2)
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+# -- one app's lifecycle events ------------------------------------------------------------------
+
+
+class LifecycleEvents:
+    """The lifecycle events of one Celery app in this process: its emitter, and while the process is a
+    worker, the worker's identity, its running tasks' start times and its heartbeat thread.
+
+    Built by :func:`shared.celery_extensions.install` from the app's settings and reached by the signal
+    handlers through the sender's app (:func:`for_app`)."""
+
+    def __init__(self, settings: Settings, node: str) -> None:
+        self.settings = settings
+        self.emitter = EventEmitter(settings, node)
+        self.worker: dict[str, Any] = {}  # a worker main process: hostname, service, queues, concurrency
+        # (task id, attempt) -> perf_counter at task_prerun. The attempt is part of the key: in a threads
+        # pool a retry may start in another thread before the attempt that published it has finished.
+        self.started: dict[tuple[str, int], float] = {}
+        self.heartbeat_thread: _Heartbeat | None = None
+
+    def after_fork_in_child(self) -> None:
+        """A forked child must not share its parent's buffer, lock, socket or thread."""
+        self.emitter = EventEmitter(self.emitter.settings, self.emitter.node)
+        self.started.clear()
+        self.heartbeat_thread = None
+
+    def emit(self, type_: EventType, **fields: Any) -> None:
+        if "host" not in fields and self.worker.get("hostname"):
+            fields["host"] = self.worker["hostname"]
+        try:
+            self.emitter.emit(type_, **fields)
+        except Exception:  # monitoring must never break a task
+            log.exception("could not emit %s", type_)
+
+    def emit_rejected(self, task_id: str, *, name: Any, queue: Any, owner: Any, exception: str, error: str) -> None:
+        """A ``task-rejected`` event for a message the worker could not run (``dead_letters``), written at
+        once: the message is gone from the broker, its record must not wait in a buffer."""
+        self.emit(
+            EventType.TASK_REJECTED,
+            id=task_id,
+            name=name if isinstance(name, str) else None,
+            queue=queue,
+            retries=0,
+            owner=owner if isinstance(owner, str) else None,
+            exception=exception,
+            error=_truncate(error, ERROR_CHARS),
+        )
+        self.emitter.flush()
+
+    def emit_requeued(
+        self, task_id: str, *, name: str | None, queue: str | None, retries: int, requeues: int, worker: str
+    ) -> None:
+        """A ``task-requeued`` event (``shared.celery_extensions.redelivery``), written at once: it must
+        precede the events of the worker that runs the message next."""
+        fields = {"id": task_id, "name": name, "queue": queue, "retries": retries}
+        self.emit(EventType.TASK_REQUEUED, **fields, requeues=requeues, worker=worker)
+        self.emitter.flush()
+
+    def emit_progress(self, task: Any, current: Any, total: Any) -> None:
+        """A PROGRESS update of the running ``task`` (called from MallopsTask.update_state)."""
+        self.emit(EventType.TASK_PROGRESS, **_task_fields(task), current=current, total=total)
+
+    def runtime(self, task_id: str | None, attempt: int) -> float | None:
+        start = self.started.get((task_id or "", attempt))
+        return round(time.perf_counter() - start, 6) if start is not None else None
+
+    def heartbeat(self, status: WorkerStatus = "online", type_: EventType = EventType.WORKER_HEARTBEAT) -> None:
+        """Emit a worker event and refresh the worker's liveness entry, in one round trip."""
+        if not self.worker.get("hostname"):
+            return
+        fields = self._worker_fields()
+        self.emit(type_, **fields)
+        record = WorkerRecord.of(fields, os.getpid(), status).to_json()
+        process = json.dumps({"last": time.time(), "status": status}, separators=(",", ":"))
+
+        def liveness(pipe: Any) -> None:
+            pipe.hset(WORKERS_KEY, fields["host"], record)
+            pipe.hset(PROCESSES_KEY, process_field(fields["host"], os.getpid()), process)
+
+        self.emitter.flush(extra=liveness)
+
+    def _worker_fields(self) -> WorkerEventFields:
+        from celery.worker import state
+
+        return {
+            "host": self.worker["hostname"],
+            "service": self.worker.get("service"),
+            "queues": self.worker.get("queues", []),
+            "concurrency": self.worker.get("concurrency"),
+            "active": len(state.active_requests),
+            "processed": state.all_total_count[0],
+        }
+
+    def close(self) -> None:
+        if self.heartbeat_thread is not None:
+            self.heartbeat_thread.stop.set()
+            self.heartbeat_thread = None
+        self.emitter.close()
+
+
+class _Heartbeat(threading.Thread):
+    def __init__(self, events: LifecycleEvents) -> None:
+        super().__init__(name="mallops-heartbeat", daemon=True)
+        self.events = events
+        self.interval = events.settings.worker_heartbeat_interval
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                self.events.heartbeat()
+            except Exception:
+                log.exception("worker heartbeat failed")
+
+
+# -- this process's apps (fork handling) -----------------------------------------------------------
+
+# Every LifecycleEvents of this process, oldest first: a forked child replaces their buffers and threads,
+# a pool process closes them on shutdown, and atexit flushes them. Celery's after_task_publish signal does
+# not say which app published: its events go to the newest app's emitter (a service has one app; tests
+# and tools that build several build the one they publish with last).
+_apps: list[weakref.ref[LifecycleEvents]] = []
+_hooks_registered = False
+_lock = threading.Lock()
+
+
+def _live() -> list[LifecycleEvents]:
+    return [events for ref in _apps if (events := ref()) is not None]
+
+
+def _after_fork_in_child() -> None:
+    for events in _live():
+        events.after_fork_in_child()
+
+
+def _close_at_exit() -> None:
+    for events in _live():
+        if events.emitter.pid == os.getpid():
+            events.emitter.close()
+
+
+def build(app: Celery, settings: Settings, node: str | None = None) -> LifecycleEvents:
+    """The app's lifecycle events, with the signal handlers connected (once per process). ``node`` names
+    the publisher in ``task-sent`` events until a worker names itself (default ``<service>@<hostname>``)."""
+    global _hooks_registered
+    service = app.main.removeprefix("mallops.") if app.main else "mallops"
+    events = LifecycleEvents(settings, node or f"{service}@{socket.gethostname()}")
+    with _lock:
+        _apps[:] = [ref for ref in _apps if ref() is not None]
+        _apps.append(weakref.ref(events))
+        if not _hooks_registered:
+            for sig, handler in _HANDLERS:
+                sig.connect(handler, weak=False, dispatch_uid=f"mallops.events.{handler.__name__}")
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+            atexit.register(_close_at_exit)
+            _hooks_registered = True
+    return events
+
+
+def for_app(app: Any) -> LifecycleEvents | None:
+    """The lifecycle events of ``app`` (None when they are off or the app was not built by the factory)."""
+    from shared.celery_extensions.config import find_extensions
+
+    extensions = find_extensions(app)
+    return extensions.events if extensions is not None else None
+
+
+def newest() -> LifecycleEvents | None:
+    """The events of the app built last in this process (for callers that do not know their app)."""
+    live = _live()
+    return live[-1] if live else None
+
+
+# -- field extraction ------------------------------------------------------------------------------
+
+
+def _truncate(value: Any, limit: int) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _args_summary(argsrepr: Any, kwargsrepr: Any, body: Any = None) -> str | None:
+    """The task's arguments for the history, as JSON when the message body has them (protocol 2's
+    ``(args, kwargs, embed)``): ``{"date": "2026-11-14"}``, ``[1, 2]`` or ``{"args": [...], "kwargs": {...}}``;
+    else Celery's ``argsrepr``/``kwargsrepr``."""
+    if isinstance(body, list | tuple) and len(body) >= 2 and isinstance(body[1], dict):
+        args, kwargs = list(body[0] or ()), body[1]
+        value: Any = {"args": args, "kwargs": kwargs} if args and kwargs else args or kwargs
+        if not value:
+            return None
+        try:
+            return _truncate(json.dumps(value, ensure_ascii=False, default=str), SUMMARY_CHARS)
+        except (TypeError, ValueError):
+            pass
+    parts = [str(p) for p in (argsrepr, kwargsrepr) if p not in (None, "", "()", "[]", "{}")]
+    return _truncate(" ".join(parts), SUMMARY_CHARS) if parts else None
+
+
+def _task_fields(task: Any) -> dict[str, Any]:
+    """id, name, queue, retries, owner and host of the task being executed (its request context)."""
+    request = task.request
+    delivery = getattr(request, "delivery_info", None) or {}
+    fields: dict[str, Any] = {
+        "id": request.id,
+        "name": task.name,
+        "queue": delivery.get("routing_key") or getattr(task, "queue", None),
+        "retries": request.retries or 0,
+        "owner": request.get(OWNER_HEADER),
+        "requeues": request.get(REQUEUES_HEADER) or 0,
+    }
+    if request.get(REQUEST_ID_HEADER):
+        fields["request_id"] = request.get(REQUEST_ID_HEADER)
+    if request.hostname:
+        fields["host"] = request.hostname
+    return fields
+
+
+def _request_fields(request: Any) -> dict[str, Any]:
+    """The same fields from a worker-side ``celery.worker.request.Request``."""
+    delivery = request.delivery_info or {}
+    headers = request.request_dict or {}
+    fields: dict[str, Any] = {
+        "id": request.id,
+        "name": request.name,
+        "queue": delivery.get("routing_key"),
+        "retries": headers.get("retries") or 0,
+        "owner": headers.get(OWNER_HEADER),
+        "requeues": headers.get(REQUEUES_HEADER) or 0,
+    }
+    if headers.get(REQUEST_ID_HEADER):
+        fields["request_id"] = headers[REQUEST_ID_HEADER]
+    if getattr(request, "hostname", None):
+        fields["host"] = request.hostname
+    return fields
+
+
+def _context_fields(task: Any, context: Any) -> dict[str, Any]:
+    """The same fields from a task's request :class:`celery.app.task.Context` (what ``task_revoked`` gets)."""
+    delivery = getattr(context, "delivery_info", None) or {}
+    fields: dict[str, Any] = {
+        "id": context.id,
+        "name": getattr(task, "name", None) or getattr(context, "task", None),
+        "queue": delivery.get("routing_key"),
+        "retries": getattr(context, "retries", None) or 0,
+        "owner": getattr(context, OWNER_HEADER, None),
+    }
+    if getattr(context, "hostname", None):
+        fields["host"] = context.hostname
+    return fields
+
+
+def revocation_reason(terminated: bool, signum: Any, expired: bool) -> tuple[str, str]:
+    """The (exception, error) a revoked task's history shows."""
+    if terminated:
+        try:
+            name = signal.Signals(int(signum)).name
+        except (TypeError, ValueError):
+            name = f"signal {signum}" if signum else "a signal"
+        return "Terminated", f"terminated by {name}"
+    if expired:
+        return "Expired", "expired before it ran"
+    return "Revoked", "revoked before it ran"
+
+
+# -- signal handlers -------------------------------------------------------------------------------
+
+
+def _on_after_publish(
+    sender: Any = None,
+    body: Any = None,
+    exchange: Any = None,
+    routing_key: Any = None,
+    headers: Any = None,
+    properties: Any = None,
+    **_: Any,
+) -> None:
+    headers = headers or {}
+    task_id = headers.get("id")
+    events = newest()
+    if not task_id or events is None:  # protocol 1 or not a task message
+        return
+    fields: dict[str, Any] = {
+        "id": task_id,
+        "name": headers.get("task") or sender,
+        "queue": routing_key or exchange,
+        "retries": headers.get("retries") or 0,
+        "owner": headers.get(OWNER_HEADER),
+        "args": _args_summary(headers.get("argsrepr"), headers.get("kwargsrepr"), body),
+    }
+    if headers.get("eta"):
+        fields["eta"] = headers["eta"]
+    if headers.get(REQUEST_ID_HEADER):
+        fields["request_id"] = headers[REQUEST_ID_HEADER]
+    events.emit(EventType.TASK_SENT, **fields)
+
+
+def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    events = for_app(getattr(sender, "app", None))
+    if request is None or events is None:
+        return
+    fields = _request_fields(request)
+    if events.worker.get("hostname"):
+        fields["host"] = events.worker["hostname"]
+    args = _args_summary(getattr(request, "argsrepr", None), getattr(request, "kwargsrepr", None))
+    tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+    events.emit(EventType.TASK_RECEIVED, **fields, args=args, delivery_tag=tag)
+    if fields["id"] and fields.get("host"):
+        # who holds the message: a requeuer puts it back at once if this worker is gone
+        holder = Holder(str(fields["host"]), os.getpid(), time.time())
+        ttl = events.emitter.settings.broker_visibility_timeout + HOLDER_TTL_MARGIN
+        events.emitter.put(holder_key(fields["id"], int(fields["retries"])), holder.dumps(), ttl)
+
+
+def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    events = for_app(getattr(task, "app", None))
+    if task is None or task_id is None or events is None:
+        return
+    events.started[(task_id, task.request.retries or 0)] = time.perf_counter()
+    fields = _task_fields(task)
+    eta = getattr(task.request, "eta", None)
+    if eta:  # the monitor's queue wait starts at the ETA (or countdown), not at the publish
+        fields["eta"] = eta.isoformat() if isinstance(eta, dt.datetime) else str(eta)
+    events.emit(EventType.TASK_STARTED, **fields)
+
+
+def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
+    events = for_app(getattr(sender, "app", None))
+    if sender is None or events is None:
+        return
+    fields = _task_fields(sender)
+    runtime = events.runtime(fields["id"], fields["retries"])
+    events.emit(EventType.TASK_SUCCEEDED, **fields, runtime=runtime, result=_truncate(result, SUMMARY_CHARS))
+
+
+def _on_failure(
+    sender: Any = None, task_id: str | None = None, exception: BaseException | None = None, **_: Any
+) -> None:
+    events = for_app(getattr(sender, "app", None))
+    if sender is None or events is None:
+        return
+    fields = _task_fields(sender)
+    fields["id"] = task_id or fields["id"]
+    events.emit(
+        EventType.TASK_FAILED,
+        **fields,
+        runtime=events.runtime(fields["id"], fields["retries"]),
+        exception=type(exception).__name__ if exception is not None else None,
+        error=_truncate(str(exception), ERROR_CHARS) if exception is not None else None,
+    )
+
+
+def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
+    events = for_app(getattr(sender, "app", None))
+    if sender is None or events is None:
+        return
+    exc = reason if isinstance(reason, BaseException) else None
+    events.emit(
+        EventType.TASK_RETRIED,
+        **_task_fields(sender),
+        exception=type(exc).__name__ if exc else None,
+        error=_truncate(str(reason), ERROR_CHARS) if reason is not None else None,
+    )
+
+
+def _on_postrun(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+    """The task's outcome is in the stream before the worker acknowledges its message."""
+    events = for_app(getattr(sender, "app", None))
+    if events is None:
+        return
+    attempt = getattr(getattr(sender, "request", None), "retries", None) or 0
+    events.started.pop((task_id or "", attempt), None)
+    if task_id:
+        events.emitter.forget(holder_key(task_id, attempt))
+    events.emitter.flush()
+
+
+def _on_revoked(
+    sender: Any = None,
+    request: Any = None,
+    terminated: Any = None,
+    signum: Any = None,
+    expired: Any = None,
+    **_: Any,
+) -> None:
+    events = for_app(getattr(sender, "app", None))
+    if request is None or not getattr(request, "id", None) or events is None:
+        return
+    fields = _context_fields(sender, request)
+    if events.worker.get("hostname"):
+        fields["host"] = events.worker["hostname"]
+    exception, error = revocation_reason(bool(terminated), signum, bool(expired))
+    events.emit(
+        EventType.TASK_REVOKED,
+        **fields,
+        terminated=bool(terminated),
+        expired=bool(expired),
+        exception=exception,
+        error=error,
+    )
+    events.emitter.flush()  # the message is acknowledged: its outcome must not wait in a buffer
+
+
+def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:
+    events = for_app(getattr(sender, "app", None))
+    headers = getattr(message, "headers", None) or {}
+    if not headers.get("id") or events is None:
+        return
+    delivery = getattr(message, "delivery_info", None) or {}
+    events.emit(
+        EventType.TASK_REJECTED,
+        id=headers["id"],
+        name=headers.get("task"),
+        queue=delivery.get("routing_key"),
+        retries=headers.get("retries") or 0,
+        owner=headers.get(OWNER_HEADER),
+        error=_truncate(str(exc), ERROR_CHARS) if exc is not None else None,
+    )
+
+
+def _on_unknown(
+    sender: Any = None, message: Any = None, exc: Any = None, name: Any = None, id: Any = None, **_: Any
+) -> None:
+    events = for_app(getattr(sender, "app", None))
+    if not id or events is None:
+        return
+    delivery = getattr(message, "delivery_info", None) or {}
+    headers = getattr(message, "headers", None) or {}
+    events.emit(
+        EventType.TASK_REJECTED,
+        id=id,
+        name=name,
+        queue=delivery.get("routing_key"),
+        retries=0,
+        owner=headers.get(OWNER_HEADER) if isinstance(headers, dict) else None,
+        exception="NotRegistered",
+        error=_truncate(str(exc), ERROR_CHARS) if exc is not None else None,
+    )
+
+
+# -- workers ---------------------------------------------------------------------------------------
+
+
+def _on_celeryd_init(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """Name this worker's events (and its pool children's, inherited at fork) after its hostname."""
+    events = for_app(getattr(instance, "app", None))
+    if events is not None and sender:
+        events.emitter.node = str(sender)
+        events.worker["hostname"] = str(sender)
+
+
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    app = getattr(sender, "app", None)
+    events = for_app(app)
+    if events is None or app is None:
+        return
+    hostname = getattr(sender, "hostname", None) or events.emitter.node
+    queues: list[str] = []
+    try:
+        queues = sorted(q.name for q in sender.task_consumer.queues)
+    except AttributeError:
+        queues = sorted(app.amqp.queues.consume_from or [])
+    pool = getattr(sender, "pool", None)
+    events.worker.update(
+        hostname=hostname,
+        service=(app.main or "").removeprefix("mallops."),
+        queues=queues,
+        concurrency=getattr(pool, "limit", None) if pool is not None else None,
+    )
+    events.emitter.node = hostname
+    events.heartbeat(type_=EventType.WORKER_ONLINE)
+    if events.heartbeat_thread is None:
+        events.heartbeat_thread = _Heartbeat(events)
+        events.heartbeat_thread.start()
+
+
+def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
+    events = for_app(getattr(sender, "app", None))
+    if events is None:
+        return
+    if events.heartbeat_thread is not None:
+        events.heartbeat_thread.stop.set()
+        events.heartbeat_thread = None
+    try:
+        events.heartbeat(status="offline", type_=EventType.WORKER_OFFLINE)
+    finally:
+        events.close()
+
+
+def _on_process_shutdown(**_: Any) -> None:
+    for events in _live():
+        events.emitter.close()
+
+
+_HANDLERS: tuple[tuple[Any, Callable[..., None]], ...] = (
+    (signals.after_task_publish, _on_after_publish),
+    (signals.task_received, _on_received),
+    (signals.task_prerun, _on_prerun),
+    (signals.task_success, _on_success),
+    (signals.task_failure, _on_failure),
+    (signals.task_retry, _on_retry),
+    (signals.task_postrun, _on_postrun),
+    (signals.task_revoked, _on_revoked),
+    (signals.task_rejected, _on_rejected),
+    (signals.task_unknown, _on_unknown),
+    (signals.celeryd_init, _on_celeryd_init),
+    (signals.worker_ready, _on_worker_ready),
+    (signals.worker_shutdown, _on_worker_shutdown),
+    (signals.worker_process_shutdown, _on_process_shutdown),
+)
