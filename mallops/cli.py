@@ -170,15 +170,20 @@ def demo_data(
 
 @app.command()
 def restore(
-    backup: Annotated[Path, typer.Argument(help="A backup_database file: mallops-*.dump or mallops-*.sqlite3.")],
-    into: Annotated[
-        str, typer.Option("--into", help="The database to restore into: postgresql://... or sqlite:////path.")
-    ],
-    force: Annotated[bool, typer.Option(help="Replace the tables of a database that has some.")] = False,
+    backup: Annotated[Path, typer.Argument(help="A backup: mallops-*.dump or .sqlite3.")],
+    into: Annotated[str, typer.Option("--into", help="The new database's URL.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace tables already there.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the fingerprint as JSON.")] = False,
 ) -> None:
     """Restore a backup into a new database (refusing one that has tables unless --force), then print each
-    table's row count and checksum; compare them with the source's (docs/operations.md)."""
+    table's row count and checksum; compare them with the source's (docs/operations.md).
+
+    Examples:
+
+      \b
+      mallops restore backups/mallops-2026.sqlite3 --into sqlite:////srv/new.db
+      mallops restore backups/mallops-2026.dump --into postgresql://db/new
+    """
     from shared import restore as drill
 
     try:
