@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -165,6 +166,39 @@ def demo_data(
         typer.echo(json.dumps(summary.as_dict()))
     else:
         typer.echo(", ".join(f"{value} {key}" for key, value in summary.as_dict().items()))
+
+
+@app.command()
+def restore(
+    backup: Annotated[Path, typer.Argument(help="A backup: mallops-*.dump or .sqlite3.")],
+    into: Annotated[str, typer.Option("--into", help="The new database's URL.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace tables already there.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the fingerprint as JSON.")] = False,
+) -> None:
+    """Restore a backup into a new database (refusing one that has tables unless --force), then print each
+    table's row count and checksum; compare them with the source's (docs/operations.md).
+
+    Examples:
+
+      \b
+      mallops restore backups/mallops-2026.sqlite3 --into sqlite:////srv/new.db
+      mallops restore backups/mallops-2026.dump --into postgresql://db/new
+    """
+    from shared import restore as drill
+
+    try:
+        drill.restore(backup, into, force=force)
+        prints = drill.fingerprint(into)
+    except drill.RestoreError as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+    except drill.DatabaseUnreachable as exc:
+        raise fail(f"cannot reach the database: {exc}", EXIT_UNREACHABLE) from exc
+    if as_json:
+        typer.echo(json.dumps({name: {"rows": p.rows, "sha256": p.sha256} for name, p in prints.items()}))
+        return
+    for name, p in prints.items():
+        typer.echo(f"{name}\t{p.rows}\t{p.sha256}")
+    typer.echo(f"restored {len(prints)} tables, {sum(p.rows for p in prints.values())} rows")
 
 
 def main() -> None:

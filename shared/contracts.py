@@ -55,6 +55,7 @@ HISTORY_STATES: tuple[TaskState, ...] = (
     TaskState.STARTED,
     TaskState.PROGRESS,
     TaskState.RETRY,
+    TaskState.REQUEUED,
     TaskState.SUCCESS,
     TaskState.FAILURE,
     TaskState.REVOKED,
@@ -102,6 +103,7 @@ class EventType(StrEnum):
     TASK_FAILED = "task-failed"
     TASK_REVOKED = "task-revoked"
     TASK_REJECTED = "task-rejected"
+    TASK_REQUEUED = "task-requeued"  # a worker's requeuer put back the message of a gone worker
     WORKER_ONLINE = "worker-online"
     WORKER_HEARTBEAT = "worker-heartbeat"
     WORKER_OFFLINE = "worker-offline"
@@ -118,6 +120,7 @@ EVENT_STATE: dict[EventType, TaskState] = {
     EventType.TASK_FAILED: TaskState.FAILURE,
     EventType.TASK_REVOKED: TaskState.REVOKED,
     EventType.TASK_REJECTED: TaskState.REJECTED,
+    EventType.TASK_REQUEUED: TaskState.REQUEUED,
 }
 TASK_EVENTS: frozenset[EventType] = frozenset(EVENT_STATE)
 WORKER_EVENTS: frozenset[EventType] = frozenset(
@@ -163,7 +166,9 @@ class TaskEvent(EventEnvelope, TaskEventFields, total=False):
     - ``task-succeeded``: runtime, result
     - ``task-failed``: runtime, exception, error; ``task-retried``, ``task-rejected``: exception, error
     - ``task-revoked``: terminated, expired, exception (``Terminated``, ``Expired`` or ``Revoked``), error
-    - any: request_id, when the task was submitted through the gateway's HTTP API
+    - ``task-requeued``: worker (the gone worker that held it), requeues
+    - any: request_id, when the task was submitted through the gateway's HTTP API; events of a worker:
+      requeues (how often a requeuer put the message back; 0 if never); ``task-received``: delivery_tag
     """
 
     args: str | None
@@ -177,6 +182,9 @@ class TaskEvent(EventEnvelope, TaskEventFields, total=False):
     terminated: bool
     expired: bool
     request_id: str
+    requeues: int
+    delivery_tag: str | None
+    worker: str
 
 
 class WorkerEventFields(TypedDict):
@@ -257,6 +265,8 @@ OWNER_HEADER = "mallops_owner"
 # the id of the HTTP request that submitted a task (``X-Request-ID``, taken or made by the gateway): carried
 # into the task's log lines, its lifecycle events (field ``request_id``) and its history row
 REQUEST_ID_HEADER = "mallops_request_id"
+# how many times a requeuer put the message back (shared/celery_extensions/redelivery.py)
+REQUEUES_HEADER = "mallops_requeues"
 
 
 # -- Redis keys ----------------------------------------------------------------------------------------
@@ -268,6 +278,11 @@ EVENT_STREAM = f"{KEY_PREFIX}events"
 MONITOR_GROUP = "mallops-monitor"
 # worker liveness: hostname -> WorkerRecord JSON
 WORKERS_KEY = f"{KEY_PREFIX}workers"
+# the holder of a delivered message, per task id and attempt (``<prefix><task id>:<retries>``): JSON
+# {host, pid, ts} written by the worker at receipt, removed after the task ran (redelivery)
+HOLDER_PREFIX = f"{KEY_PREFIX}holder:"
+# worker process liveness: hash "<hostname>#<main pid>" -> JSON {last, status}, written by each heartbeat
+PROCESSES_KEY = f"{KEY_PREFIX}worker_processes"
 # the gateway RPUSHes one JSON object per request; process_access_logs drains it. Fields:
 # request_id, ts (ISO 8601 UTC), method, path, status, duration_ms, principal, client_ip
 ACCESS_LOG_BUFFER = f"{KEY_PREFIX}access_log"

@@ -327,6 +327,9 @@ class TaskRecord(Base):
     event_mask: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     progress_current: Mapped[int | None] = mapped_column(Integer)
     progress_total: Mapped[int | None] = mapped_column(Integer)
+    # how often the message of the task's current state had been put back by a requeuer
+    # (shared/celery_extensions/redelivery.py)
+    requeues: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class MonitorMetric(Base):

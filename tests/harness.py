@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import pytest
 import redis
+from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -263,3 +264,13 @@ def start_celery_worker(
     finally:
         probe.close()
     return process
+
+
+def drop_sessions(conn: Any, database: str | None) -> None:
+    """End every session on ``database`` but ``conn``'s own (PostgreSQL; ``conn`` in autocommit)."""
+    conn.execute(
+        text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name AND pid <> pg_backend_pid()"
+        ),
+        {"name": database},
+    )

@@ -240,7 +240,9 @@ class KombuPublisher:
                     queue=amqp.queues[message.queue],
                     headers=headers,
                     priority=message.priority,
-                    declare=[],  # the workers declare their queues
+                    # declared once per connection (kombu caches it): on a fresh RabbitMQ virtual host, before
+                    # any worker declared it, the exchange would drop a message already answered 202
+                    declare=[amqp.queues[message.queue]],
                     # a batch is flushed once, with no automatic retry (kombu: delivery would be uncertain)
                     retry=not batched,
                     retry_policy=PUBLISH_RETRY_POLICY,

@@ -1,15 +1,14 @@
 """Database backups: ``pg_dump`` (custom format) for PostgreSQL, the SQLite online backup API for SQLite.
 
 Backups are written atomically into ``settings.backups_dir`` as ``mallops-<UTC timestamp>.dump`` or
-``.sqlite3``; only the newest ``keep`` are kept. :func:`restore` is the documented restore procedure
-(docs/operations.md) in code form, so that it is tested.
+``.sqlite3``; only the newest ``keep`` are kept. Restoring them is :func:`shared.restore.restore`
+(``mallops restore BACKUP --into URL``, docs/operations.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
 import sqlite3
 import subprocess
 from dataclasses import asdict, dataclass
@@ -20,6 +19,7 @@ from sqlalchemy.engine import URL, make_url
 
 from shared.errors import PermanentError, TransientError
 from shared.files import atomic_path, sha256_of
+from shared.restore import libpq_url
 from shared.settings import Settings
 
 PREFIX = "mallops-"
@@ -39,18 +39,8 @@ class BackupResult:
         return asdict(self)
 
 
-def _libpq_url(url: URL) -> tuple[str, dict[str, str]]:
-    """A libpq connection URL without the password, and the environment that carries the password
-    (so it never shows in ``ps``)."""
-    env = dict(os.environ)
-    if url.password:
-        env["PGPASSWORD"] = str(url.password)
-    plain = url.set(drivername="postgresql", password=None)
-    return plain.render_as_string(hide_password=False), env
-
-
 def dump_postgres(url: URL, target: Path, pg_dump: str = "pg_dump") -> None:
-    conninfo, env = _libpq_url(url)
+    conninfo, env = libpq_url(url)
     with atomic_path(target) as tmp:
         try:
             completed = subprocess.run(  # noqa: S603 - fixed argv, no shell
@@ -118,32 +108,3 @@ def backup_database(settings: Settings, keep: int | None = None, now: dt.datetim
         raise PermanentError(f"no backup method for database {backend!r}")
     deleted = prune(settings.backups_dir, keep)
     return BackupResult(str(target), target.stat().st_size, sha256_of(target), backend, deleted)
-
-
-def restore(backup: Path, database_url: str, pg_restore: str = "pg_restore") -> None:
-    """Restore ``backup`` into the empty database ``database_url`` (see docs/operations.md).
-
-    PostgreSQL: ``pg_restore --no-owner --exit-on-error --dbname=<url> <backup>`` into a database created
-    for it. SQLite: the online backup API copies the file into the target path (which must not exist).
-    """
-    url = make_url(database_url)
-    if url.get_backend_name() == "postgresql":
-        conninfo, env = _libpq_url(url)
-        completed = subprocess.run(  # noqa: S603 - fixed argv, no shell
-            [pg_restore, "--no-owner", "--exit-on-error", f"--dbname={conninfo}", str(backup)],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if completed.returncode != 0:
-            raise RuntimeError(f"pg_restore failed: {completed.stderr.strip()}")
-        return
-    if not url.database:
-        raise ValueError("restore needs a SQLite file path")
-    target = Path(url.database)
-    if target.exists():
-        raise FileExistsError(f"{target} exists; restore into a new path (stop the services, then swap files)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.closing(sqlite3.connect(backup)) as src, contextlib.closing(sqlite3.connect(target)) as dst:
-        src.backup(dst)

@@ -8,9 +8,11 @@ whose bit is already set changes no counter; the row fields it carries are merge
 themselves idempotent (earliest timestamps, state precedence), so a redelivered event changes nothing.
 
 State precedence: final states (SUCCESS, FAILURE, REVOKED, REJECTED) beat everything; otherwise a later
-attempt beats an earlier one, and within an attempt SENT < RECEIVED < STARTED < PROGRESS < RETRY. So
-events arriving late or out of order (buffers of different processes are flushed at different times)
-never regress a task.
+attempt beats an earlier one, then a later delivery of the attempt (``requeues``: how often a requeuer put
+the message back, see shared/celery_extensions/redelivery.py), and within a delivery REQUEUED < SENT <
+RECEIVED < STARTED < PROGRESS < RETRY (``task-requeued`` carries the new delivery's count: the task reads
+REQUEUED until that delivery is received). So events arriving late or out of order (buffers of different
+processes are flushed at different times) never regress a task.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ def event_bit(type_: str, attempt: int) -> int | None:
 # -- states ------------------------------------------------------------------------------------
 
 RANK: dict[str, int] = {
+    TaskState.REQUEUED: 0,
     TaskState.SENT: 1,
     TaskState.RECEIVED: 2,
     TaskState.STARTED: 3,
@@ -108,8 +111,12 @@ RANK: dict[str, int] = {
 }
 
 
-def precedence(state: str, attempt: int) -> tuple[int, int, int]:
-    return (1 if state in FINAL_STATES else 0, attempt, RANK.get(state, 0))
+def precedence(state: str, attempt: int, requeues: int = 0) -> tuple[int, int, int, int]:
+    return (1 if state in FINAL_STATES else 0, attempt, requeues, RANK.get(state, 0))
+
+
+def _requeues(value: Any) -> int:
+    return value if type(value) is int and value >= 0 else 0
 
 
 def _state_attempt(row: dict[str, Any]) -> int:
@@ -184,6 +191,7 @@ def new_row(task_id: str) -> dict[str, Any]:
         "event_mask": 0,
         "progress_current": None,
         "progress_total": None,
+        "requeues": 0,
         "updated_at": None,
         "_first_seen": None,
     }
@@ -201,7 +209,7 @@ class Fold:
     host: str
     deltas: Deltas
     # the row's state precedence before this event (its handler may change the retries it depends on)
-    before: tuple[int, int, int] | None = None
+    before: tuple[int, int, int, int] | None = None
 
     @property
     def name(self) -> str:
@@ -220,7 +228,7 @@ def apply_event(row: dict[str, Any], event: dict[str, Any], deltas: Deltas, seq:
         return False
     host = str(event.get("host") or "unknown")
     current = row.get("state")
-    before = precedence(current, _state_attempt(row)) if current else None
+    before = precedence(current, _state_attempt(row), _requeues(row.get("requeues"))) if current else None
     fold = Fold(row, event, type_, _ts(event), int(event.get("retries") or 0), host, deltas, before)
     _identity(fold)
     mask = int(row.get("event_mask") or 0)
@@ -300,6 +308,7 @@ _HANDLERS: dict[EventType, Callable[[Fold], None]] = {
     EventType.TASK_FAILED: _on_final,
     EventType.TASK_REVOKED: _on_final,
     EventType.TASK_REJECTED: _on_final,
+    EventType.TASK_REQUEUED: lambda fold: None,  # only the state: REQUEUED until the next delivery
 }
 
 
@@ -312,9 +321,11 @@ def _advance_state(fold: Fold) -> None:
     state = EVENT_STATE[fold.type_]
     if fold.type_ == EventType.TASK_SENT and attempt > 0:
         return
-    if fold.before is not None and precedence(state, attempt) <= fold.before:
+    requeues = _requeues(fold.event.get("requeues"))
+    if fold.before is not None and precedence(state, attempt, requeues) <= fold.before:
         return
     row["state"] = state
+    row["requeues"] = requeues
     row["retries"] = max(int(row.get("retries") or 0), attempt + 1 if state == TaskState.RETRY else attempt)
     if state in (TaskState.SUCCESS, TaskState.FAILURE):
         runtime = fold.event.get("runtime")

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
     from shared.celery_extensions.events import LifecycleEvents
-    from shared.celery_extensions.redelivery import Sweeper
+    from shared.celery_extensions.redelivery import RequeueLoop, Sweeper
     from shared.celery_extensions.revocations import RevokedIds
 
 ATTRIBUTE = "mallops_extensions"
@@ -29,6 +29,7 @@ class CeleryExtensions:
     revoked: RevokedIds  # the worker's copy of the durable revocations
     events: LifecycleEvents | None = None  # None when MALLOPS_EVENTS_ENABLED=false
     sweeper: Sweeper | None = None  # started by a worker without an event loop (Redis brokers)
+    requeuer: RequeueLoop | None = None  # started by every worker on a Redis broker (gone workers' messages)
 
 
 def find_extensions(app: Any) -> CeleryExtensions | None:

@@ -49,12 +49,15 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
+from shared.celery_extensions.redelivery import Holder, holder_key, process_field
 from shared.contracts import (
     EVENT_FIELD,
     EVENT_SCHEMA_VERSION,
     EVENT_STREAM,
     OWNER_HEADER,
+    PROCESSES_KEY,
     REQUEST_ID_HEADER,
+    REQUEUES_HEADER,
     WORKERS_KEY,
     EventType,
     WorkerEventFields,
@@ -68,6 +71,7 @@ log = logging.getLogger("mallops.events")
 MAX_BUFFERED = 100_000
 SUMMARY_CHARS = 500
 ERROR_CHARS = 2000
+HOLDER_TTL_MARGIN = 3600  # a holder outlives the visibility timeout, after which kombu's sweep takes over
 
 
 class EventEmitter:
@@ -82,6 +86,8 @@ class EventEmitter:
         self._flush_size = settings.events_flush_size
         self._interval = settings.events_flush_interval
         self._buffer: deque[str] = deque()
+        # keys to set (value, ttl) or delete (None) in the next flush, latest wins
+        self._keys: dict[str, tuple[str, int] | None] = {}
         self._lock = threading.Lock()  # guards _buffer
         self._flush_lock = threading.Lock()  # one flush at a time, in order
         self._wake = threading.Event()
@@ -113,6 +119,20 @@ class EventEmitter:
         if waiting >= self._flush_size:
             self._wake.set()
 
+    def put(self, key: str, value: str, ttl: int) -> None:
+        """Set ``key`` (with a TTL) in a flush started at once by the flusher thread (the caller does
+        not wait): a message's holder must be known before its worker can die unnoticed."""
+        with self._lock:
+            self._keys[key] = (value, ttl)
+        if self._thread is None:
+            self._start_thread()
+        self._wake.set()
+
+    def forget(self, key: str) -> None:
+        """Delete ``key`` in the next flush."""
+        with self._lock:
+            self._keys[key] = None
+
     @property
     def pending(self) -> int:
         """Events buffered and not yet written."""
@@ -136,18 +156,25 @@ class EventEmitter:
             with self._lock:
                 batch = list(self._buffer)
                 self._buffer.clear()
-            if not batch and extra is None:
+                keys, self._keys = self._keys, {}
+            if not batch and not keys and extra is None:
                 return 0
             try:
                 pipe = self.redis().pipeline(transaction=False)
                 for data in batch:
                     pipe.xadd(EVENT_STREAM, {EVENT_FIELD: data}, maxlen=self._maxlen, approximate=True)
+                for key, write in keys.items():
+                    if write is None:
+                        pipe.delete(key)
+                    else:
+                        pipe.set(key, write[0], ex=write[1])
                 if extra is not None:
                     extra(pipe)
                 pipe.execute()
             except redis.RedisError as exc:
                 with self._lock:
                     self._buffer.extendleft(reversed(batch))
+                    self._keys = keys | self._keys
                     while len(self._buffer) > MAX_BUFFERED:
                         self._buffer.popleft()
                         self.dropped += 1
@@ -238,6 +265,15 @@ class LifecycleEvents:
         )
         self.emitter.flush()
 
+    def emit_requeued(
+        self, task_id: str, *, name: str | None, queue: str | None, retries: int, requeues: int, worker: str
+    ) -> None:
+        """A ``task-requeued`` event (``shared.celery_extensions.redelivery``), written at once: it must
+        precede the events of the worker that runs the message next."""
+        fields = {"id": task_id, "name": name, "queue": queue, "retries": retries}
+        self.emit(EventType.TASK_REQUEUED, **fields, requeues=requeues, worker=worker)
+        self.emitter.flush()
+
     def emit_progress(self, task: Any, current: Any, total: Any) -> None:
         """A PROGRESS update of the running ``task`` (called from MallopsTask.update_state)."""
         self.emit(EventType.TASK_PROGRESS, **_task_fields(task), current=current, total=total)
@@ -253,7 +289,13 @@ class LifecycleEvents:
         fields = self._worker_fields()
         self.emit(type_, **fields)
         record = WorkerRecord.of(fields, os.getpid(), status).to_json()
-        self.emitter.flush(extra=lambda pipe: pipe.hset(WORKERS_KEY, fields["host"], record))
+        process = json.dumps({"last": time.time(), "status": status}, separators=(",", ":"))
+
+        def liveness(pipe: Any) -> None:
+            pipe.hset(WORKERS_KEY, fields["host"], record)
+            pipe.hset(PROCESSES_KEY, process_field(fields["host"], os.getpid()), process)
+
+        self.emitter.flush(extra=liveness)
 
     def _worker_fields(self) -> WorkerEventFields:
         from celery.worker import state
@@ -382,6 +424,7 @@ def _task_fields(task: Any) -> dict[str, Any]:
         "queue": delivery.get("routing_key") or getattr(task, "queue", None),
         "retries": request.retries or 0,
         "owner": request.get(OWNER_HEADER),
+        "requeues": request.get(REQUEUES_HEADER) or 0,
     }
     if request.get(REQUEST_ID_HEADER):
         fields["request_id"] = request.get(REQUEST_ID_HEADER)
@@ -400,6 +443,7 @@ def _request_fields(request: Any) -> dict[str, Any]:
         "queue": delivery.get("routing_key"),
         "retries": headers.get("retries") or 0,
         "owner": headers.get(OWNER_HEADER),
+        "requeues": headers.get(REQUEUES_HEADER) or 0,
     }
     if headers.get(REQUEST_ID_HEADER):
         fields["request_id"] = headers[REQUEST_ID_HEADER]
@@ -476,7 +520,13 @@ def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     if events.worker.get("hostname"):
         fields["host"] = events.worker["hostname"]
     args = _args_summary(getattr(request, "argsrepr", None), getattr(request, "kwargsrepr", None))
-    events.emit(EventType.TASK_RECEIVED, **fields, args=args)
+    tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+    events.emit(EventType.TASK_RECEIVED, **fields, args=args, delivery_tag=tag)
+    if fields["id"] and fields.get("host"):
+        # who holds the message: a requeuer puts it back at once if this worker is gone
+        holder = Holder(str(fields["host"]), os.getpid(), time.time())
+        ttl = events.emitter.settings.broker_visibility_timeout + HOLDER_TTL_MARGIN
+        events.emitter.put(holder_key(fields["id"], int(fields["retries"])), holder.dumps(), ttl)
 
 
 def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None, **_: Any) -> None:
@@ -537,6 +587,8 @@ def _on_postrun(sender: Any = None, task_id: str | None = None, **_: Any) -> Non
         return
     attempt = getattr(getattr(sender, "request", None), "retries", None) or 0
     events.started.pop((task_id or "", attempt), None)
+    if task_id:
+        events.emitter.forget(holder_key(task_id, attempt))
     events.emitter.flush()
 
 

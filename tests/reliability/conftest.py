@@ -338,3 +338,34 @@ def fault_stack(
 
 # the RabbitMQ variants run with the full suite only (scripts/faults), to keep the default suite short
 BROKERS = [pytest.param("redis", id="redis"), pytest.param("amqp", id="rabbitmq", marks=pytest.mark.fault)]
+
+
+def record(
+    results: FaultResults,
+    stack: FaultStack,
+    scenario: str,
+    size: str,
+    trials: int,
+    ids: list[str],
+    started: float,
+    notes: str = "",
+    finished: list[str] | None = None,
+) -> Outcome:
+    """The outcome of a scenario from the stream (finished: ``finished`` or every final event), added to
+    the run's results."""
+    ledger = stack.ledger()
+    done = finished if finished is not None else ledger.finished(ids)
+    outcome = Outcome(
+        scenario,
+        stack.broker,
+        size,
+        trials,
+        len(ids),
+        len(done),
+        len(ids) - len(done),
+        len(ledger.duplicated(ids)),
+        round(time.monotonic() - started, 1),
+        notes,
+    )
+    results.add(outcome)
+    return outcome

@@ -25,9 +25,18 @@ from shared.catalog import Schedule
 from shared.contracts import DEAD_LETTERS_KEY, DELIVERIES_PREFIX
 from shared.schedules import update_entry
 from tests.conftest import DEFAULT_PG
-from tests.harness import free_port, wait_until
+from tests.harness import drop_sessions, free_port, wait_until
 from tests.plugins.smtp import SMTPServer
-from tests.reliability.conftest import BROKERS, FULL_ONLY, SIZES, FaultResults, FaultStack, Ledger, Outcome
+from tests.reliability.conftest import (
+    BROKERS,
+    FULL_ONLY,
+    SIZES,
+    FaultResults,
+    FaultStack,
+    Ledger,
+    Outcome,
+    record,
+)
 from tests.reliability.poison_worker import COMMAND as POISON_WORKER
 from tests.reliability.poison_worker import POISON_TASK
 
@@ -88,35 +97,6 @@ def _wait_history(stack: FaultStack, ids: list[str], state: str, timeout: float)
         time.sleep(0.25)
 
 
-def _record(
-    results: FaultResults,
-    stack: FaultStack,
-    scenario: str,
-    size: str,
-    trials: int,
-    ids: list[str],
-    started: float,
-    notes: str = "",
-    finished: list[str] | None = None,
-) -> Outcome:
-    ledger = stack.ledger()
-    done = finished if finished is not None else ledger.finished(ids)
-    outcome = Outcome(
-        scenario,
-        stack.broker,
-        size,
-        trials,
-        len(ids),
-        len(done),
-        len(ids) - len(done),
-        len(ledger.duplicated(ids)),
-        round(time.monotonic() - started, 1),
-        notes,
-    )
-    results.add(outcome)
-    return outcome
-
-
 # -- workers killed ---------------------------------------------------------------------------------------
 
 
@@ -147,7 +127,7 @@ def test_worker_sigkill_mid_task_is_redelivered_and_finishes(
     fault_stack.worker(env=no_cap)
     ledger = fault_stack.wait_finished(ids, timeout=120)
     most = max(Counter(killed).values())
-    outcome = _record(
+    outcome = record(
         fault_results,
         fault_stack,
         "worker SIGKILL mid long_running_task",
@@ -189,7 +169,7 @@ def test_worker_sigterm_while_busy_finishes_its_tasks(
         finished_in_shutdown += len(set(running))
     fault_stack.worker()
     ledger = fault_stack.wait_finished(ids, timeout=120)
-    outcome = _record(
+    outcome = record(
         fault_results,
         fault_stack,
         "worker SIGTERM while busy",
@@ -237,7 +217,7 @@ def test_poison_message_is_dead_lettered_after_max_deliveries(
     assert all(letter["exception"] == "PoisonMessage" and letter["task"] == POISON_TASK for letter in letters)
     assert all(f"delivered {max_deliveries + 1} times" in letter["reason"] for letter in letters)
     assert all(count == max_deliveries + 1 for count in runs.values())  # N runs that died + the dead-lettering one
-    _record(
+    record(
         fault_results,
         fault_stack,
         "poison message (SIGKILLs its worker)",
@@ -313,7 +293,7 @@ def test_redis_restart_loses_nothing_and_everything_resumes(
 
     ledger = fault_stack.wait_finished(accepted, timeout=180)
     rows = _wait_history(fault_stack, accepted, "SUCCESS", timeout=90)
-    outcome = _record(
+    outcome = record(
         fault_results,
         fault_stack,
         "Redis restarted (AOF) with tasks queued and running",
@@ -356,13 +336,7 @@ def test_database_unavailable_task_retries_then_succeeds(
         for _ in range(trials):
             with admin.connect() as conn:
                 conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
-                conn.execute(
-                    text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = :name AND pid <> pg_backend_pid()"
-                    ),
-                    {"name": name},
-                )
+                drop_sessions(conn, name)
             task_id = fault_stack.publish(CLEANUP)
             ids.append(task_id)
             try:
@@ -380,7 +354,7 @@ def test_database_unavailable_task_retries_then_succeeds(
         admin.dispose()
     ledger = fault_stack.wait_finished(ids, timeout=90)
     rows = _wait_history(fault_stack, ids, "SUCCESS", timeout=90)
-    outcome = _record(
+    outcome = record(
         fault_results,
         fault_stack,
         "database unavailable during a task",
@@ -423,7 +397,7 @@ def test_smtp_down_email_is_retried_then_fails_with_the_reason(
         assert row.retries == max_retries
         assert "refused" in (row.error or "").lower(), row.error
     assert all(ledger.counts[i]["task-retried"] == max_retries for i in ids)
-    outcome = _record(
+    outcome = record(
         fault_results,
         fault_stack,
         "SMTP server down",
@@ -471,7 +445,7 @@ def test_monitor_restarts_under_load_leave_no_gap_and_no_double_count(
         message="the succeeded counter",
     )
     received = fault_stack.metric("celery_task_received_total", **labels)
-    outcome = _record(
+    outcome = record(
         fault_results,
         fault_stack,
         "monitor stopped/killed and restarted under load",

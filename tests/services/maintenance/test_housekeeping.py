@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +21,7 @@ from services.maintenance import backups
 from shared import models
 from shared.cache import redis_client
 from shared.db import session_scope
+from shared.restore import fingerprint
 from shared.settings import Settings
 from tests.harness import Process
 from tests.plugins.catalog_tasks import Submit
@@ -39,9 +43,18 @@ def row_counts(url: str) -> dict[str, int]:
         engine.dispose()
 
 
-def test_backup_restores_into_a_fresh_database(
+def mallops_restore(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mallops", "restore", *args], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_restore_drill_backup_restored_into_a_new_database_has_every_row(
     demo_db: Settings, running_worker: Callable[[str], Process], submit_task: Submit, tmp_path: Path
 ) -> None:
+    """The drill: back up the demo mall through a real worker (backup_database's own format), restore it
+    with `mallops restore` into a new database, and compare every table's row count and checksum; a
+    database with tables is refused without --force and replaced with it."""
     running_worker("maintenance")
     result = submit_task("backup_database").get(timeout=300)
 
@@ -53,27 +66,44 @@ def test_backup_restores_into_a_fresh_database(
     original = row_counts(demo_db.sqlalchemy_url)
     assert original["stores"] == 20
     assert original["sales"] > 1000
+    source = fingerprint(demo_db.sqlalchemy_url)
 
     url = make_url(demo_db.sqlalchemy_url)
-    if url.get_backend_name() == "sqlite":
-        assert path.suffix == ".sqlite3"
-        target = f"sqlite:///{tmp_path / 'restored.db'}"
-        backups.restore(path, target)
-        assert row_counts(target) == original
-        return
-    assert path.suffix == ".dump"
+    sqlite = url.get_backend_name() == "sqlite"
+    assert path.suffix == (".sqlite3" if sqlite else ".dump")
     name = f"mallops_restore_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    target = f"sqlite:///{tmp_path / 'restored.db'}" if sqlite else url.set(database=name).render_as_string(False)
     try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        target = url.set(database=name).render_as_string(hide_password=False)
-        backups.restore(path, target)
+        done = mallops_restore(str(path), "--into", target, "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {t: {"rows": p.rows, "sha256": p.sha256} for t, p in source.items()}
+        assert fingerprint(target) == source
         assert row_counts(target) == original
+        assert len(source) >= len(models.Base.metadata.tables) + 1  # every table, alembic_version too
+
+        refused = mallops_restore(str(path), "--into", target)
+        assert refused.returncode == 2
+        assert refused.stderr.startswith("mallops: the database has")
+        assert refused.stderr.count("\n") == 1
+        other_kind = tmp_path / ("backup.dump" if sqlite else "backup.sqlite3")
+        other_kind.write_bytes(path.read_bytes())
+        wrong = mallops_restore(str(other_kind), "--into", target, "--force")
+        assert wrong.returncode == 2
+        assert "is not a" in wrong.stderr
+
+        with create_engine(target).begin() as conn:  # damage the copy, then replace it
+            conn.execute(delete(models.Sale))
+        assert fingerprint(target) != source
+        forced = mallops_restore(str(path), "--into", target, "--force")
+        assert forced.returncode == 0, forced.stderr
+        assert forced.stdout.strip().endswith(f"restored {len(source)} tables, {sum(original.values())} rows")
+        assert fingerprint(target) == source
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        if not sqlite:
+            admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
 
 
 def test_backups_keep_only_the_newest(

@@ -261,3 +261,28 @@ def test_queue_wait_starts_at_the_eta_or_countdown() -> None:
     h = Harness()
     h.feed(ev("task-sent", 0.0), ev("task-started", 3.0))  # no ETA: from the publish
     assert h.row()["queue_wait"] == 3.0
+
+
+def test_requeued_beats_the_gone_delivery_and_yields_to_the_next_in_any_order() -> None:
+    """REQUEUED (its worker is gone) replaces the dead delivery's PROGRESS; the next delivery's events
+    (``requeues`` one higher) replace REQUEUED, whatever order the batches arrive in."""
+    dead = [ev("task-sent", 0), ev("task-received", 1), ev("task-started", 2), ev("task-progress", 3, current=1)]
+    requeued = ev("task-requeued", 20, requeues=1, host="w2@h", worker="w1@h")
+    again = [ev("task-received", 21, requeues=1, host="w2@h"), ev("task-started", 22, requeues=1, host="w2@h")]
+    h = Harness()
+    h.feed(*dead, requeued)
+    assert h.row()["state"] == "REQUEUED"
+    assert h.row()["worker"] == "w1@h"
+    h.feed(ev("task-progress", 4, current=2))  # a late event of the gone delivery changes nothing
+    assert h.row()["state"] == "REQUEUED"
+    h.feed(*again)
+    assert (h.row()["state"], h.row()["worker"], h.row()["requeues"]) == ("STARTED", "w2@h", 1)
+    h.feed(requeued)  # a requeued event read again, or late, does not undo the new delivery
+    assert h.row()["state"] == "STARTED"
+    assert h.value("celery_task_started_total", **LABELS) == 1.0
+
+    out_of_order = Harness()
+    out_of_order.feed(*again, *dead, requeued)
+    assert out_of_order.row()["state"] == "STARTED"
+    out_of_order.feed(ev("task-succeeded", 30, requeues=1, host="w2@h", runtime=8.0))
+    assert out_of_order.row()["state"] == "SUCCESS"
