@@ -286,11 +286,15 @@ class TaskRecord(Base):
     queue: Mapped[str | None] = mapped_column(String(50))
     state: Mapped[str] = mapped_column(String(12))
     args_summary: Mapped[str | None] = mapped_column(String(500))
+    # {"args": [...], "kwargs": {...}} as the message carried them, capped (shared.events.capped_arguments);
+    # the history filters on it (kwargs.<field>=<value>) and bulk retries re-send it
+    arguments: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     owner: Mapped[str | None] = mapped_column(String(100))
     worker: Mapped[str | None] = mapped_column(String(200))
     retries: Mapped[int] = mapped_column(Integer, default=0)
     exception: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
+    traceback: Mapped[str | None] = mapped_column(Text)  # the final failure's, capped (shared.events.TRACEBACK_CHARS)
     result_summary: Mapped[str | None] = mapped_column(String(500))
     sent_at: Mapped[dt.datetime | None] = mapped_column(index=True)
     received_at: Mapped[dt.datetime | None]

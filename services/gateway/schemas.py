@@ -104,6 +104,7 @@ class TaskDetail(Strict):
     status: str = Field(description="PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE or REVOKED.")
     result: Any = Field(default=None, description="The return value, once SUCCESS.")
     error: TaskErrorInfo | None = Field(default=None, description="Why it failed, for FAILURE (or RETRY).")
+    traceback: str | None = Field(default=None, description="Where it failed, for FAILURE (the end, capped).")
     progress: Progress | None = Field(default=None, description="While running, if the task reports it.")
     queue: str | None = None
     worker: str | None = None
@@ -168,11 +169,15 @@ class HistoryItem(BaseModel):
     queue: str | None = None
     state: str
     args_summary: str | None = None
+    arguments: dict[str, Any] | None = Field(
+        default=None, description='{"args": [...], "kwargs": {...}} as sent (capped: "truncated": true).'
+    )
     owner: str | None = None
     worker: str | None = None
     retries: int = 0
     exception: str | None = None
     error: str | None = None
+    traceback: str | None = Field(default=None, description="The final failure's traceback (its end, capped).")
     result_summary: str | None = None
     sent_at: dt.datetime | None = None
     received_at: dt.datetime | None = None

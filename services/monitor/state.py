@@ -167,11 +167,13 @@ def new_row(task_id: str) -> dict[str, Any]:
         "queue": None,
         "state": None,
         "args_summary": None,
+        "arguments": None,
         "owner": None,
         "worker": None,
         "retries": 0,
         "exception": None,
         "error": None,
+        "traceback": None,
         "result_summary": None,
         "sent_at": None,
         "received_at": None,
@@ -210,6 +212,8 @@ def apply_event(row: dict[str, Any], event: dict[str, Any], deltas: Deltas, seq:
     ):
         if row.get(column) is None and event.get(key) is not None:
             row[column] = _text(event[key], limit)
+    if row.get("arguments") is None and isinstance(event.get("arguments"), dict):
+        row["arguments"] = event["arguments"]
     row["_first_seen"] = _earliest(row.get("_first_seen"), when)
 
     # counters, once per (event kind, attempt)
@@ -257,6 +261,7 @@ def apply_event(row: dict[str, Any], event: dict[str, Any], deltas: Deltas, seq:
             row["result_summary"] = _text(event.get("result"), 500)
             row["exception"] = None
             row["error"] = None
+            row["traceback"] = None
 
     # the error shown is the final failure's, or the last retry's while the task is not finished
     error_counts = (
@@ -267,6 +272,8 @@ def apply_event(row: dict[str, Any], event: dict[str, Any], deltas: Deltas, seq:
     if error_counts and (event.get("exception") or event.get("error")):
         row["exception"] = _text(event.get("exception"), 200) or row.get("exception")
         row["error"] = _text(event.get("error"), 5000) or row.get("error")
+        if type_ == "task-failed":
+            row["traceback"] = _text(event.get("traceback"), 20_000)
 
     if counted:
         metric = COUNTERS[str(type_)][0]

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 
 from services.gateway.deps import CurrentPrincipal, SessionDep
 from services.gateway.problems import ProblemError
 from services.gateway.routes import API_PREFIX
 from services.gateway.schemas import HistoryItem, HistoryPage, TaskStats
+from services.gateway.task_filters import ARGUMENT_PREFIX, FilterError, argument_clauses, parse_arguments, parse_states
 from shared import history
 from shared.catalog import get_spec
 
 router = APIRouter(prefix=API_PREFIX, tags=["history"])
 
-HistoryState = Literal["SENT", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED", "REJECTED"]
+STATUS_HELP = (
+    "One state or several, comma-separated (FAILURE,REVOKED): SENT, RECEIVED, STARTED, PROGRESS, RETRY, "
+    "SUCCESS, FAILURE, REVOKED, REJECTED."
+)
 
 
 def _owner(principal_name: str, is_admin: bool, owner: str | None) -> str | None:
@@ -49,25 +53,43 @@ def _aware(value: dt.datetime | None, name: str) -> dt.datetime | None:
 UNKNOWN_TASK: dict[int | str, dict[str, Any]] = {404: {"description": "task_name is not a catalog task."}}
 
 
+def filter_problem(exc: FilterError, where: str = "query") -> ProblemError:
+    return ProblemError(
+        422,
+        f"invalid filter: {exc}",
+        kind="validation-error",
+        errors=[{"loc": [where, exc.field], "msg": str(exc), "type": "value_error"}],
+    )
+
+
 @router.get("/tasks/history", response_model=HistoryPage, summary="Task history (durable)", responses=UNKNOWN_TASK)
 def task_history(
+    request: Request,
     principal: CurrentPrincipal,
     session: SessionDep,
     task_name: Annotated[str | None, Query(max_length=200)] = None,
-    status: Annotated[HistoryState | None, Query()] = None,
+    status: Annotated[str | None, Query(max_length=200, description=STATUS_HELP)] = None,
     owner: Annotated[str | None, Query(max_length=100, description="Admins only; users always see their own.")] = None,
     since: Annotated[dt.datetime | None, Query(description="Sent at or after (ISO 8601 with timezone).")] = None,
     until: Annotated[dt.datetime | None, Query(description="Sent before (ISO 8601 with timezone).")] = None,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=history.MAX_PAGE)] = 50,
 ) -> HistoryPage:
-    """Every task the monitor recorded, newest first, kept ``MALLOPS_HISTORY_TTL_DAYS``; page with ``cursor``."""
+    """Every task the monitor recorded, newest first, kept ``MALLOPS_HISTORY_TTL_DAYS``; page with ``cursor``.
+    Argument filters: ``kwargs.<field>=<value>`` query parameters (nested with dots)."""
     _known_task(task_name)
+    try:
+        states = parse_states(status)
+        pairs = {key: value for key, value in request.query_params.items() if key.startswith(ARGUMENT_PREFIX)}
+        where = argument_clauses(parse_arguments(pairs), session.get_bind().dialect.name)
+    except FilterError as exc:
+        raise filter_problem(exc) from exc
     try:
         page = history.query_history(
             session,
             task_name=task_name,
-            status=status,
+            status=",".join(states) or None,
+            where=where,
             owner=_owner(principal.name, principal.is_admin, owner),
             since=_aware(since, "since"),
             until=_aware(until, "until"),

@@ -39,6 +39,7 @@ from services.gateway.schemas import (
 from services.gateway.submission import BROKER_RETRY_AFTER, Prepared, Submitter, prepare
 from services.gateway.taskstore import READY_STATES, RESULT_KEY, TaskMeta, TaskStore, decode_result, parse_time
 from shared.catalog import get_spec
+from shared.events import capped_traceback
 from shared.models import TaskRecord
 from shared.revocations import queue_revoke
 from shared.tokens import Principal
@@ -281,6 +282,7 @@ def detail(task: Visible) -> TaskDetail:
             if status == "FAILURE" and record
             else None
         ),
+        traceback=_traceback(status, result, record),
         progress=progress,
         queue=(meta.queue if meta else None) or result.get("queue") or record.get("queue"),
         worker=worker,
@@ -294,6 +296,13 @@ def detail(task: Visible) -> TaskDetail:
         finished_at=finished_at,
         duration=duration,
     )
+
+
+def _traceback(status: str, result: dict[str, Any], record: dict[str, Any]) -> str | None:
+    """A failure's traceback: the result backend's while it keeps the result, else the history's."""
+    if status != "FAILURE":
+        return None
+    return capped_traceback(result.get("traceback")) or record.get("traceback")
 
 
 @router.get("/tasks", response_model=TaskList, summary="List recent tasks")

@@ -193,6 +193,7 @@ def make_history(
     sent_at: dt.datetime,
     runtime: float | None = None,
     task_name: str = "mallops.maintenance.test_task",
+    arguments: dict[str, Any] | None = None,
 ) -> str:
     task_id = str(uuid.uuid4())
     with session_scope(settings) as session:
@@ -211,6 +212,7 @@ def make_history(
                 runtime=runtime,
                 queue_wait=0.1,
                 result_summary="'Task received: old'" if state == "SUCCESS" else None,
+                arguments=arguments,
                 updated_at=sent_at,
             )
         )

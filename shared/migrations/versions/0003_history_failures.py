@@ -1,0 +1,28 @@
+"""task history: a failure's traceback and the task's arguments as JSON
+
+Revision ID: 0003_failures
+Revises: 0002_monitor
+Create Date: 2026-12-07
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0003_failures"
+down_revision: str | None = "0002_monitor"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("task_history", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("arguments", sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column("traceback", sa.Text(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("task_history", schema=None) as batch_op:
+        batch_op.drop_column("traceback")
+        batch_op.drop_column("arguments")

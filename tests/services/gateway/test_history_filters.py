@@ -1,0 +1,82 @@
+"""The history's filters over HTTP: several states at once, argument values (nested), time; SQLite and
+PostgreSQL alike (the run's database)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import pytest
+
+from shared.settings import Settings
+from tests.services.gateway.conftest import GatewayClient, Tokens, make_history
+
+pytestmark = pytest.mark.integration
+API = "/api/v1"
+
+
+def export_args(store_id: Any, status: str = "paid", fmt: str = "csv") -> dict[str, Any]:
+    return {
+        "args": [],
+        "kwargs": {"dataset": "bills", "format": fmt, "filters": {"store_id": store_id, "status": status}},
+    }
+
+
+def test_filters_by_states_argument_values_and_time(client: GatewayClient, tokens: Tokens, migrated: Settings) -> None:
+    base = dt.datetime(2031, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=uuid.uuid4().int % 100_000)
+    owner = tokens.alice_name
+    export = "mallops.reports.export_data"
+
+    def row(state: str, seconds: int, arguments: dict[str, Any] | None) -> str:
+        return make_history(
+            migrated, owner, state, base + dt.timedelta(seconds=seconds), task_name=export, arguments=arguments
+        )
+
+    store12_failed = row("FAILURE", 1, export_args(12))
+    store12_revoked = row("REVOKED", 2, export_args(12))
+    store12_ok = row("SUCCESS", 3, export_args(12))
+    store12_text = row("FAILURE", 4, export_args("12"))  # a string "12" matches as well
+    store13 = row("FAILURE", 5, export_args(13))
+    no_arguments = row("FAILURE", 6, None)
+    later = row("FAILURE", 120, export_args(12, fmt="xlsx"))
+    window = {"since": base.isoformat(), "until": (base + dt.timedelta(minutes=1)).isoformat()}
+
+    def ids(**params: Any) -> list[str]:
+        answer = client.get(f"{API}/tasks/history", params=params, headers=tokens.auth("alice"))
+        assert answer.status_code == 200, answer.text
+        return [item["task_id"] for item in answer.json()["results"]]
+
+    assert ids(**window, status="FAILURE,REVOKED", **{"kwargs.filters.store_id": "12"}) == [
+        store12_text,
+        store12_revoked,
+        store12_failed,
+    ]
+    assert ids(**window, **{"kwargs.filters.store_id": "12"}) == [
+        store12_text,
+        store12_ok,
+        store12_revoked,
+        store12_failed,
+    ]
+    assert ids(**window, status="failure", **{"kwargs.filters.store_id": 13}) == [store13]
+    assert ids(**window, **{"kwargs.dataset": "bills", "kwargs.filters.status": "paid", "kwargs.format": "csv"}) == [
+        store13,
+        store12_text,
+        store12_ok,
+        store12_revoked,
+        store12_failed,
+    ]
+    assert ids(since=base.isoformat(), **{"kwargs.format": "xlsx"}) == [later]
+    assert no_arguments in ids(**window, status="FAILURE")
+    assert ids(**window, **{"kwargs.filters.nothing_here": "12"}) == []
+
+    page = client.get(
+        f"{API}/tasks/history", params={**window, "status": "FAILURE"}, headers=tokens.auth("alice")
+    ).json()
+    shown = {item["task_id"]: item for item in page["results"]}
+    assert shown[store13]["arguments"] == export_args(13)
+
+    for bad in ({"status": "FAILURE,NOPE"}, {"kwargs.filters.store id": "1"}, {"kwargs.": "1"}):
+        answer = client.get(f"{API}/tasks/history", params=bad, headers=tokens.auth("alice"))
+        assert answer.status_code == 422, (bad, answer.text)
+        assert answer.headers["content-type"] == "application/problem+json"
