@@ -385,6 +385,15 @@ class Client:
         """Re-submit a failed task with its original arguments; the new task."""
         return Task.from_json(self.request("POST", f"{API}/tasks/{task_id}/retry"))
 
+    def retry_many(self, **filters: Any) -> dict[str, Any]:
+        """Retry the failed tasks the history's filters select (admin): ``task_name``, ``status``, ``owner``,
+        ``since``, ``until``, ``arguments`` ({"kwargs.x": value}), ``limit``, ``dry_run``."""
+        return dict(self.request("POST", f"{API}/tasks/retry", json=_bulk_body(filters)))
+
+    def revoke_many(self, **filters: Any) -> dict[str, Any]:
+        """Revoke the unfinished tasks the history's filters select (admin); ``terminate`` as :meth:`revoke`."""
+        return dict(self.request("POST", f"{API}/tasks/revoke", json=_bulk_body(filters)))
+
     def list_tasks(
         self,
         *,
@@ -417,11 +426,15 @@ class Client:
         until: dt.datetime | str | None = None,
         cursor: str | None = None,
         limit: int | None = None,
+        arguments: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """One page of the durable task history, newest first, with ``next_cursor`` to continue."""
+        """One page of the durable task history, newest first, with ``next_cursor`` to continue.
+        ``status`` may name several states (``FAILURE,REVOKED``); ``arguments`` filters by argument values
+        (``{"kwargs.filters.store_id": 12}``)."""
         params = _params(
             task_name=task_name, status=status, since=_when(since), until=_when(until), cursor=cursor, limit=limit
         )
+        params.update({key: str(value) for key, value in (arguments or {}).items()})
         return dict(self.request("GET", f"{API}/tasks/history", params=params))
 
     # -- platform ----------------------------------------------------------------------------------
@@ -452,6 +465,11 @@ class Client:
         """Enable, disable or re-time a beat entry (admin)."""
         body = _params(enabled=enabled, schedule=dict(schedule) if schedule is not None else None)
         return dict(self.request("PATCH", f"{API}/schedules/{name}", json=body))
+
+
+def _bulk_body(filters: Mapping[str, Any]) -> dict[str, Any]:
+    body = {key: _when(value) if key in ("since", "until") else value for key, value in filters.items()}
+    return _params(**body)
 
 
 def _items(data: Any, key: str) -> list[dict[str, Any]]:

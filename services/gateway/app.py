@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from services.gateway import problems
 from services.gateway.middleware import AccountingMiddleware, BodyLimitMiddleware
 from services.gateway.openapi import install_openapi
-from services.gateway.routes import admin, catalog, files, history, system, tasks
+from services.gateway.routes import admin, bulk, catalog, files, history, system, tasks
 from services.gateway.runtime import Runtime
 from shared.settings import Settings, get_settings
 from shared.tokens import ensure_bootstrap_admin
@@ -58,8 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json",
     )
     problems.install_handlers(app)
-    # history first: /tasks/history and /tasks/stats must win over /tasks/{task_id}
-    routers = (history.router, tasks.router, catalog.router, admin.router, files.router, system.router)
+    # history and bulk first: /tasks/history, /tasks/stats, /tasks/retry must win over /tasks/{task_id}
+    routers = (history.router, bulk.router, tasks.router, catalog.router, admin.router, files.router, system.router)
     for router in routers:
         app.include_router(router)
     # every route with its full path, for the Allow header of a 405 (included routers are nested)
