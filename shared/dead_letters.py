@@ -16,18 +16,18 @@ A message that a worker cannot run ends here instead of crashing the worker or v
 - no ``task`` header / unknown format (``task_rejected``) and an unregistered task name (``task_unknown``):
   Celery rejects them; :func:`install` records them.
 
-Each record is a JSON object in the capped list :data:`DEAD_LETTERS_KEY` of the cache Redis (newest first,
-:data:`MAX_DEAD_LETTERS` kept): ``ts``, ``reason``, ``queue``, ``id``, ``task``, ``headers`` and an excerpt of
-``body``. A message that names a task id also gets a ``task-rejected`` lifecycle event, so the monitor's
-history has a REJECTED row for it with the reason. Messages whose arguments do not fit the task's catalog
-model are not dead letters: :class:`shared.tasks.MallopsTask` fails them (FAILURE, ``InvalidTaskArguments``).
+Each is kept whole, with an id, by :mod:`shared.dead_letter_store` in the cache Redis (the message's
+headers, body up to ``MALLOPS_MAX_BODY_BYTES``, content type and properties; the reason, the queue, the
+task and its arguments), for ``/api/v1/dead-letters`` to show, replay or drop. A message that names a task
+id also gets a ``task-rejected`` lifecycle event, so the monitor's history has a REJECTED row for it with
+the reason. Messages whose arguments do not fit the task's catalog model are not dead letters:
+:class:`shared.tasks.MallopsTask` fails them (FAILURE, ``InvalidTaskArguments``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from queue import Empty
 from typing import Any
 
@@ -37,64 +37,88 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
-from shared import events
-from shared.cache import KEY_PREFIX, consumer_loop_client
+from shared import dead_letter_store, events
+from shared.cache import consumer_loop_client
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("mallops.dead_letters")
 
-DEAD_LETTERS_KEY = f"{KEY_PREFIX}dead_letters"
-MAX_DEAD_LETTERS = 10_000
-EXCERPT_CHARS = 2000
+REPLAYED_PROPERTIES = ("correlation_id", "reply_to", "priority")  # what a replay publishes again
 
-_url: str | None = None  # the cache Redis of the settings given to install()
+_settings: Settings | None = None  # the settings given to install(): cache Redis, body limit
 
 
 def _redis() -> redis.Redis[bytes]:
-    return consumer_loop_client(_url or get_settings().cache_redis_url)
-
-
-def _excerpt(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bytes | bytearray | memoryview):
-        value = bytes(value).decode("utf-8", errors="replace")
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
+    return consumer_loop_client((_settings or get_settings()).cache_redis_url)
 
 
 def record(
-    reason: str, *, queue: str | None = None, headers: Any = None, body: Any = None, exception: str = "MalformedMessage"
+    reason: str,
+    *,
+    queue: str | None = None,
+    headers: Any = None,
+    body: Any = None,
+    exception: str = "MalformedMessage",
+    message: Any = None,
+    content_type: str | None = None,
+    content_encoding: str | None = None,
 ) -> None:
-    """Keep a dead letter for a message that was dropped; never raises (a worker must go on)."""
-    headers = headers if isinstance(headers, dict) else {}
-    task_id = headers.get("id") if isinstance(headers.get("id"), str) else None
-    task_name = headers.get("task") if isinstance(headers.get("task"), str) else None
-    entry = {
-        "ts": time.time(),
-        "reason": _excerpt(reason),
-        "exception": exception,
-        "queue": queue,
-        "id": task_id,
-        "task": task_name,
-        "headers": _excerpt(json.dumps(headers, default=repr)) if headers else None,
-        "body": _excerpt(body),
-    }
-    log.error("dead letter from queue %s (task %s, id %s): %s", queue, task_name, task_id, reason)
+    """Keep a dead letter for a message that was dropped; never raises (a worker must go on).
+
+    ``message`` is the kombu message when there is one (its headers, body, content type and properties
+    are kept); otherwise ``headers`` and ``body`` are what is known, and without headers the body is
+    taken as something that was not even a message envelope."""
+    properties: dict[str, Any] = {}
+    if message is not None:
+        headers = getattr(message, "headers", headers)
+        body = getattr(message, "body", body)
+        content_type = getattr(message, "content_type", None)
+        content_encoding = getattr(message, "content_encoding", None)
+        props = getattr(message, "properties", None) or {}
+        properties = {key: props[key] for key in REPLAYED_PROPERTIES if props.get(key) is not None}
     try:
-        pipe = _redis().pipeline(transaction=False)
-        pipe.lpush(DEAD_LETTERS_KEY, json.dumps(entry, separators=(",", ":")))
-        pipe.ltrim(DEAD_LETTERS_KEY, 0, MAX_DEAD_LETTERS - 1)
-        pipe.execute()
+        data = dead_letter_store.as_bytes(body) or b""
+        decoded = dead_letter_store.decode_body_arguments(content_type, data) if isinstance(headers, dict) else None
+        letter, stored = dead_letter_store.build(
+            reason,
+            exception=exception,
+            queue=str(queue) if queue else None,
+            headers=headers,
+            body=data,
+            content_type=content_type,
+            content_encoding=content_encoding,
+            properties=properties,
+            envelope=isinstance(headers, dict) and (message is not None or content_type is not None),
+            max_body_bytes=(_settings or get_settings()).max_body_bytes,
+            arguments=events.capped_arguments(*decoded) if decoded else None,
+        )
+    except Exception:  # never let the record of a bad message stop the worker
+        log.exception("could not describe the dead letter from queue %s: %s", queue, reason)
+        return
+    log.error(
+        "dead letter %s from queue %s (task %s, id %s): %s", letter.id, queue, letter.task, letter.task_id, reason
+    )
+    try:
+        dead_letter_store.add(_redis(), letter, stored)
     except redis.RedisError as exc:
         log.error("could not record the dead letter in Redis: %s", exc)
 
 
 def reject(
-    reason: str, *, queue: str | None = None, headers: Any = None, body: Any = None, exception: str = "MalformedMessage"
+    reason: str,
+    *,
+    queue: str | None = None,
+    headers: Any = None,
+    exception: str = "MalformedMessage",
+    message: Any = None,
 ) -> None:
     """Record a dead letter and, if the message names a task id, a ``task-rejected`` event for its history."""
-    record(reason, queue=queue, headers=headers, body=body, exception=exception)
+    record(reason, queue=queue, headers=headers, exception=exception, message=message)
+    _history_row(reason, queue, getattr(message, "headers", headers), exception)
+
+
+def _history_row(reason: str, queue: str | None, headers: Any, exception: str) -> None:
+    """A ``task-rejected`` event when the message names a task id: its history row shows the reason."""
     if isinstance(headers, dict) and isinstance(headers.get("id"), str):
         events.emit_rejected(
             headers["id"],
@@ -163,7 +187,8 @@ class RedisTransport(kombu_redis.Transport):
             super()._deliver(message, queue)  # type: ignore[no-untyped-call]
         except MalformedEnvelope as exc:
             headers = message.get("headers") if isinstance(message, dict) else None
-            reject(str(exc), queue=queue, headers=headers, body=message)
+            record(str(exc), queue=queue, body=message)  # not an envelope: kept as it came
+            _history_row(str(exc), queue, headers, "MalformedMessage")
 
 
 # -- the worker's consumer and signals -------------------------------------------------------------
@@ -208,13 +233,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         return on_task_received
 
     def _drop(self, message: Any, reason: str, exception: str) -> None:
-        reject(
-            reason,
-            queue=_queue(message),
-            headers=getattr(message, "headers", None),
-            body=getattr(message, "body", None),
-            exception=exception,
-        )
+        reject(reason, queue=_queue(message), exception=exception, message=message)
         try:
             if not message.acknowledged:
                 message.reject(requeue=False)
@@ -227,9 +246,8 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         reject(
             f"the body cannot be decoded ({message.content_type}): {exc}",
             queue=delivery.get("routing_key"),
-            headers=getattr(message, "headers", None),
-            body=getattr(message, "body", None),
             exception=type(exc).__name__,
+            message=message,
         )
 
 
@@ -309,26 +327,19 @@ def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: 
     record(
         reason,
         queue=_queue(message),
-        headers=getattr(message, "headers", None),
-        body=getattr(message, "body", None),
         exception=type(exc).__name__ if exc is not None else "UnknownFormat",
+        message=message,
     )
 
 
 def _on_unknown(sender: Any = None, message: Any = None, exc: Any = None, name: Any = None, **_: Any) -> None:
-    record(
-        f"unknown task {name!r}",
-        queue=_queue(message),
-        headers=getattr(message, "headers", None),
-        body=getattr(message, "body", None),
-        exception="NotRegistered",
-    )
+    record(f"unknown task {name!r}", queue=_queue(message), exception="NotRegistered", message=message)
 
 
 def install(app: Celery, settings: Settings) -> None:
     """Use the dead-lettering transport (Redis brokers) and consumer, and record rejected messages."""
-    global _url
-    _url = settings.cache_redis_url
+    global _settings
+    _settings = settings
     if str(app.conf.broker_url or "").split("://", 1)[0] in ("redis", "rediss"):
         app.conf.broker_transport = f"{__name__}:RedisTransport"
     app.conf.worker_consumer = f"{__name__}:Consumer"

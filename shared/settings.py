@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(default=3, ge=0)
     task_retry_backoff: float = Field(default=30.0, ge=0)
     # a message whose worker died while running it (SIGKILL, OOM, a crash) is run at most this many times;
-    # the next delivery is dead-lettered (shared.tasks, list mallops:dead_letters) and fails the task
+    # the next delivery is dead-lettered (shared.tasks, shared.dead_letter_store) and fails the task
     task_max_deliveries: int = Field(default=5, ge=1, le=1000)
     beat_max_interval: float = Field(default=5.0, gt=0, le=300)  # beat loop: runtime edits apply within it
     beat_lock_timeout: int = Field(default=30, ge=5)  # a dead beat's lock frees after this many seconds

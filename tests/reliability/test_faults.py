@@ -7,7 +7,6 @@ the figures of the last full run are in docs/reliability.md.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import signal
 import time
@@ -21,9 +20,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from services.beat.main import create_app as create_beat_app
+from shared import dead_letter_store
 from shared.cache import DELIVERIES_PREFIX
 from shared.catalog import Schedule
-from shared.dead_letters import DEAD_LETTERS_KEY
 from shared.schedules import update_entry
 from tests.conftest import DEFAULT_PG
 from tests.harness import free_port, wait_until
@@ -231,10 +230,11 @@ def test_poison_message_is_dead_lettered_after_max_deliveries(
         assert "dead-lettered" in (row.error or "")
         assert f"MALLOPS_TASK_MAX_DELIVERIES={max_deliveries}" in row.error
     cache = fault_stack.redis.client(2)
-    letters = [json.loads(raw) for raw in cache.lrange(DEAD_LETTERS_KEY, 0, -1)]
+    _, found = dead_letter_store.find(cache, dead_letter_store.LetterFilter(), limit=10_000)
+    letters = [vars(letter) for letter in found]
     runs = {task_id: int(cache.get(f"{DELIVERIES_PREFIX}{task_id}:0") or 0) + 1 for task_id in poison}
     cache.close()
-    assert sorted(letter["id"] for letter in letters) == sorted(poison)
+    assert sorted(letter["task_id"] for letter in letters) == sorted(poison)
     assert all(letter["exception"] == "PoisonMessage" and letter["task"] == POISON_TASK for letter in letters)
     assert all(f"delivered {max_deliveries + 1} times" in letter["reason"] for letter in letters)
     assert all(count == max_deliveries + 1 for count in runs.values())  # N runs that died + the dead-lettering one
@@ -247,7 +247,7 @@ def test_poison_message_is_dead_lettered_after_max_deliveries(
         ids,
         started,
         notes=f"each poison message ran {max_deliveries} times, then FAILED (PoisonMessage) and went to "
-        f"{DEAD_LETTERS_KEY}; {HEALTHY} healthy tasks beside them succeeded",
+        f"the dead letters; {HEALTHY} healthy tasks beside them succeeded",
     )
 
 
