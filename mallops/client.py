@@ -437,6 +437,36 @@ class Client:
         params.update({key: str(value) for key, value in (arguments or {}).items()})
         return dict(self.request("GET", f"{API}/tasks/history", params=params))
 
+    # -- dead letters (admin) ----------------------------------------------------------------------
+
+    def dead_letters(self, **filters: Any) -> dict[str, Any]:
+        """A page of dead letters, newest first: ``task``, ``queue``, ``exception``, ``since``, ``until``,
+        ``limit``, ``offset``; ``{"count", "results", "next_offset"}``."""
+        params = _params(**{k: _when(v) if k in ("since", "until") else v for k, v in filters.items()})
+        return dict(self.request("GET", f"{API}/dead-letters", params=params))
+
+    def dead_letter(self, letter_id: str) -> dict[str, Any]:
+        """One dead letter with its whole message."""
+        return dict(self.request("GET", f"{API}/dead-letters/{letter_id}"))
+
+    def replay_dead_letter(self, letter_id: str, *, force: bool = False) -> dict[str, Any]:
+        """Put a dead letter's message back onto its queue (a poison message needs ``force``)."""
+        return dict(self.request("POST", f"{API}/dead-letters/{letter_id}/replay", json={"force": force}))
+
+    def drop_dead_letter(self, letter_id: str) -> None:
+        self.request("DELETE", f"{API}/dead-letters/{letter_id}")
+
+    def replay_dead_letters(self, **filters: Any) -> dict[str, Any]:
+        """Replay the dead letters the filters select (``task``, ``queue``, ``exception``, ``since``,
+        ``until``, ``ids``, ``force``, ``limit``, ``dry_run``)."""
+        return dict(self.request("POST", f"{API}/dead-letters/replay", json=_bulk_body(filters)))
+
+    def drop_dead_letters(self, **filters: Any) -> dict[str, Any]:
+        """Drop the dead letters the filters select (``all=True`` for every one)."""
+        params = _params(**{k: _when(v) if k in ("since", "until") else v for k, v in filters.items()})
+        params = {k: ("true" if v is True else "false" if v is False else v) for k, v in params.items()}
+        return dict(self.request("DELETE", f"{API}/dead-letters", params=params))
+
     # -- platform ----------------------------------------------------------------------------------
 
     def workers(self) -> list[dict[str, Any]]:

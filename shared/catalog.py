@@ -177,6 +177,8 @@ class TaskSpec:
     args_model: type[TaskArgs]
     description: str
     schedule: Schedule | None = None
+    # a failure of a critical task alerts at once (CriticalTaskFailed in deploy/prometheus/alerts.yml)
+    critical: bool = False
 
     @property
     def celery_name(self) -> str:
@@ -217,8 +219,9 @@ def _spec(
     model: type[TaskArgs],
     description: str,
     schedule: Schedule | None = None,
+    critical: bool = False,
 ) -> TaskSpec:
-    return TaskSpec(name, service, queue, model, description, schedule)
+    return TaskSpec(name, service, queue, model, description, schedule, critical)
 
 
 CATALOG: Mapping[str, TaskSpec] = {
@@ -246,6 +249,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             "finance",
             MonthArgs,
             "Revenue by store and by category for a month, from payments; stored and cached.",
+            critical=True,
         ),
         # reports
         _spec(
@@ -278,6 +282,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             MonthArgs,
             "Sales and billing figures for one calendar month.",
             Schedule(minute="0", hour="0", day_of_month="1"),
+            critical=True,
         ),
         _spec(
             "export_data",
@@ -332,6 +337,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             "default",
             BackupDatabaseArgs,
             "Back up the database (pg_dump or SQLite online backup), keeping the last N.",
+            critical=True,
         ),
         _spec(
             "cleanup_cache",

@@ -315,6 +315,7 @@ def list_workers(settings: Settings | None = None, *, now: float | None = None) 
             {
                 "hostname": hostname,
                 "status": "online" if online else "offline",
+                "stopped": info.get("status") == "offline",  # it said so on shutdown (else it was lost)
                 "service": info.get("service"),
                 "pid": info.get("pid"),
                 "queues": list(info.get("queues") or []),

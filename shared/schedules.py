@@ -349,6 +349,31 @@ def delete_all(app: Celery) -> None:
     client.delete(conf.statics_key)
 
 
+@dataclass(frozen=True)
+class EntryTiming:
+    """An enabled entry's last run and its period: seconds from that run to the next one due."""
+
+    name: str
+    last_run_at: dt.datetime
+    period: float
+
+
+def entry_timings(app: Celery) -> list[EntryTiming]:
+    """The enabled catalog entries that beat keeps, with their last run and period (reads only; the
+    monitor's ``mallops_schedule_*`` metrics). For a crontab the period is the gap after the last run."""
+    timings = []
+    for name in scheduled_specs():
+        entry = _load(app, name)
+        last = _utc(entry.last_run_at) if entry is not None and entry.enabled else None
+        if entry is None or last is None:
+            continue
+        remaining = entry.schedule.remaining_estimate(entry.last_run_at)
+        due = _utc(app.now() + remaining)
+        assert due is not None
+        timings.append(EntryTiming(name, last, max((due - last).total_seconds(), 0.0)))
+    return timings
+
+
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
     if value is None:
         return None
@@ -362,9 +387,11 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 
 __all__ = [
+    "EntryTiming",
     "ScheduleEntry",
     "celery_schedule",
     "ensure_defaults",
+    "entry_timings",
     "get_entry",
     "list_entries",
     "reset_entry",

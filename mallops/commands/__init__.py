@@ -11,10 +11,11 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add every operator command to ``app``."""
-    from mallops.commands import doctor, platform, schedules, stack, tasks
+    from mallops.commands import dead_letters, doctor, platform, schedules, stack, tasks
 
     tasks.register(app)
     platform.register(app)
     schedules.register(app)
+    dead_letters.register(app)
     doctor.register(app)
     stack.register(app)

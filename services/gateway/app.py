@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from services.gateway import problems
 from services.gateway.middleware import AccountingMiddleware, BodyLimitMiddleware
 from services.gateway.openapi import install_openapi
-from services.gateway.routes import admin, bulk, catalog, files, history, system, tasks
+from services.gateway.routes import admin, bulk, catalog, dead_letters, files, history, system, tasks
 from services.gateway.runtime import Runtime
 from shared.settings import Settings, get_settings
 from shared.tokens import ensure_bootstrap_admin
@@ -59,7 +59,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     problems.install_handlers(app)
     # history and bulk first: /tasks/history, /tasks/stats, /tasks/retry must win over /tasks/{task_id}
-    routers = (history.router, bulk.router, tasks.router, catalog.router, admin.router, files.router, system.router)
+    routers = (
+        history.router,
+        bulk.router,
+        tasks.router,
+        catalog.router,
+        admin.router,
+        dead_letters.router,
+        files.router,
+        system.router,
+    )
     for router in routers:
         app.include_router(router)
     # every route with its full path, for the Allow header of a 405 (included routers are nested)

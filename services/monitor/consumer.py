@@ -23,7 +23,7 @@ import redis
 import sqlalchemy.exc
 
 from services.monitor.metrics import Health, MetricStore
-from services.monitor.store import load_metrics, purge_hostname, write_events
+from services.monitor.store import load_metrics, purge_hostname, reset_changed_histograms, write_events
 from shared.cache import EVENT_STREAM, WORKERS_KEY
 from shared.db import session_scope
 from shared.settings import Settings
@@ -112,6 +112,10 @@ class StreamConsumer:
             if "BUSYGROUP" not in str(exc):
                 raise
         with session_scope(self.settings) as session:
+            changed = reset_changed_histograms(session, self.store.buckets)
+        if changed:
+            log.warning("histogram buckets changed: %s started afresh", ", ".join(changed))
+        with session_scope(self.settings) as session:
             self.store.load(load_metrics(session))
         self.health.connected = True
         self.health.last_error = None
@@ -189,7 +193,7 @@ class StreamConsumer:
                 continue
             events.append((entry_seq(entry_id), cleaned))
         with session_scope(self.settings) as session:
-            deltas = write_events(session, events)
+            deltas = write_events(session, events, buckets=self.store.buckets)
         ids = [entry_id for entry_id, _ in entries]
         self.redis.xack(EVENT_STREAM, GROUP, *ids)  # type: ignore[no-untyped-call]
         self.store.apply(deltas)

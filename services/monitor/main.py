@@ -11,11 +11,15 @@ from types import FrameType
 from sqlalchemy import text
 
 from services.monitor.consumer import StreamConsumer
+from services.monitor.failure_metrics import FailureCollector
 from services.monitor.http import make_app, serve
 from services.monitor.metrics import Health, MetricStore, build_registry
-from shared import history
+from services.monitor.state import histogram_buckets
+from shared import dead_letter_store, history
 from shared.cache import redis_client
+from shared.celery_app import create_celery_app
 from shared.db import session_scope
+from shared.schedules import entry_timings
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("mallops.monitor")
@@ -51,8 +55,17 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    store, health = MetricStore(), Health()
+    store, health = MetricStore(histogram_buckets(settings)), Health()
     registry = build_registry(store, health, lambda: live_state(settings))
+    schedule_app = create_celery_app("monitor", settings)  # only to read the beat entries from Redis
+    registry.register(
+        FailureCollector(
+            store,
+            dead_letters=lambda: dead_letter_store.count(redis_client(settings)),
+            schedules=lambda: entry_timings(schedule_app),
+            workers=lambda: history.list_workers(settings),
+        )
+    )
     server = serve(make_app(registry, health, lambda: health_check(settings)), args.host, args.port)
     log.info("monitor serving /metrics and /health on http://%s:%d", args.host, args.port)
 

@@ -31,7 +31,8 @@ LiveReader = Callable[[], tuple[list[dict[str, Any]], dict[str, dict[str, int]]]
 class MetricStore:
     """Counter and histogram series by persisted key (see :func:`services.monitor.state.series_key`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, buckets: dict[str, tuple[float, ...]] | None = None) -> None:
+        self.buckets = dict(buckets or {})  # each histogram's bounds (state.histogram_buckets); BUCKETS if absent
         self._values: dict[str, float] = {}
         self._hosts: dict[str, str | None] = {}
         self._lock = threading.Lock()
@@ -109,7 +110,7 @@ class MonitorCollector(Collector):
             for values, parts in sorted(histograms.get(metric, {}).items()):
                 cumulative = 0.0
                 buckets = []
-                for index, bound in enumerate(BUCKETS):
+                for index, bound in enumerate(self.store.buckets.get(metric, BUCKETS)):
                     cumulative += parts.get(f"b{index}", 0.0)
                     buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
                 hist.add_metric(list(values), buckets, parts.get("sum", 0.0))

@@ -23,6 +23,8 @@ from typing import Any
 
 from prometheus_client.utils import INF
 
+from shared.settings import RUNTIME_BUCKETS, Settings
+
 # -- metric names and labels (celery-exporter's) ---------------------------------------------------
 
 TASK_LABELS = ("name", "hostname", "queue_name")
@@ -47,7 +49,17 @@ HISTOGRAMS: dict[str, str] = {
     RUNTIME: "Histogram of task runtime measurements.",
     QUEUE_WAIT: "Histogram of the time tasks waited between being sent and being started.",
 }
-BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, INF)
+BUCKETS: tuple[float, ...] = (*RUNTIME_BUCKETS, INF)  # the default; MALLOPS_RUNTIME_BUCKETS and
+# MALLOPS_QUEUE_WAIT_BUCKETS choose them per histogram (:func:`histogram_buckets`)
+# failures per task name only (no hostname or exception label): a stable series per catalog task, so that
+# the first failure of a task is an increase Prometheus sees (the CriticalTaskFailed alert)
+TASK_FAILURES = "mallops_task_failures"
+NO_HOST = ""  # the hostname of series that no worker purge may drop
+
+
+def histogram_buckets(settings: Settings) -> dict[str, tuple[float, ...]]:
+    """Each histogram's bucket bounds from the settings, +Inf last."""
+    return {RUNTIME: (*settings.runtime_buckets, INF), QUEUE_WAIT: (*settings.queue_wait_buckets, INF)}
 
 
 def labels_of(metric: str) -> tuple[str, ...]:
@@ -126,6 +138,7 @@ class Deltas:
 
     values: dict[str, float] = field(default_factory=dict)
     hostnames: dict[str, str] = field(default_factory=dict)
+    buckets: dict[str, tuple[float, ...]] = field(default_factory=dict)  # by histogram; BUCKETS when absent
 
     def add(self, key: str, hostname: str, amount: float = 1.0) -> None:
         self.values[key] = self.values.get(key, 0.0) + amount
@@ -135,7 +148,7 @@ class Deltas:
         self.add(series_key(metric, values), hostname)
 
     def observe(self, metric: str, values: tuple[str, ...], hostname: str, amount: float) -> None:
-        for index, bound in enumerate(BUCKETS):
+        for index, bound in enumerate(self.buckets.get(metric, BUCKETS)):
             if amount <= bound:
                 self.add(series_key(metric, values, f"b{index}"), hostname)
                 break
@@ -279,6 +292,7 @@ def apply_event(row: dict[str, Any], event: dict[str, Any], deltas: Deltas, seq:
         metric = COUNTERS[str(type_)][0]
         if type_ == "task-failed":
             deltas.count(metric, (name, host, str(event.get("exception") or ""), queue), host)
+            deltas.add(series_key(TASK_FAILURES, (name,)), NO_HOST)
         else:
             deltas.count(metric, (name, host, queue), host)
         if type_ == "task-succeeded" and isinstance(event.get("runtime"), int | float):

@@ -3,11 +3,16 @@ redis-server of the test's own, the gateway app on the run's database (SQLite or
 
 - a failure's traceback reads back through ``GET /api/v1/tasks/{id}`` and the history;
 - a bulk retry of the 50 failed tasks an argument filter selects, among failed tasks with other arguments
-  and succeeded tasks with the same ones, retries exactly those 50.
+  and succeeded tasks with the same ones, retries exactly those 50;
+- a malformed message pushed onto a queue shows up in ``GET /api/v1/dead-letters`` (and the monitor's
+  ``mallops_dead_letters``), its replay goes back onto the queue and is recorded by the admin-action hook;
+  a poison message is replayed only with ``force`` and then runs; dead letters are dropped by filter.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,10 +20,12 @@ import httpx
 import pytest
 
 from services.gateway.app import create_app
+from shared import dead_letter_store
 from shared.db import session_scope
 from shared.settings import Settings
 from shared.tokens import create_token
 from tests.harness import wait_until
+from tests.security.test_malformed_messages import envelope, task_body, task_headers
 from tests.services.gateway.conftest import serve
 from tests.services.monitor.conftest import MonitorStack, monitor_stack  # noqa: F401 - the stack fixture
 
@@ -136,3 +143,101 @@ def test_traceback_and_a_bulk_retry_by_argument_value(api: httpx.Client) -> None
     revoke = api.post("/tasks/revoke", json={"task_name": "test_task", "dry_run": True})
     assert revoke.status_code == 200
     assert revoke.json()["matched"] == 0
+
+
+def letters(api: httpx.Client, **params: Any) -> list[dict[str, Any]]:
+    answer = api.get("/dead-letters", params=params)
+    assert answer.status_code == 200, answer.text
+    results: list[dict[str, Any]] = answer.json()["results"]
+    return results
+
+
+def test_dead_letters_are_listed_replayed_with_a_record_and_dropped(
+    api: httpx.Client,
+    monitor_stack: MonitorStack,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="mallops.audit")
+    stack = monitor_stack
+    broker, cache = stack.redis.client(0), stack.redis.client(2)
+    unknown = "mallops.maintenance.no_such_task"
+    task_id = "3f8c0a52-5b8e-4c1e-9d59-000000000001"
+    broker.lpush("default", envelope(task_headers(unknown, task_id), task_body({"filters": {"store_id": 12}})))
+
+    def listed() -> dict[str, Any] | None:
+        found = [x for x in letters(api) if x["task_id"] == task_id]
+        return found[0] if found else None
+
+    letter = wait_until(listed, timeout=60, interval=0.2, message="the malformed message in GET /dead-letters")
+    assert re.fullmatch(r"[0-9a-f]{32}", letter["id"])
+    assert letter["reason"] == f"unknown task {unknown!r}"
+    assert letter["exception"] == "NotRegistered"
+    assert letter["task"] == unknown
+    assert letter["queue"] == "default"
+    assert letter["arguments"] == {"args": [], "kwargs": {"filters": {"store_id": 12}}}
+    assert letter["at"].endswith("Z")
+    assert letter["replayable"]
+    assert not letter["poison"]
+    wait_until(lambda: stack.value("mallops_dead_letters") == 1.0, timeout=20, message="mallops_dead_letters 1")
+    whole = api.get(f"/dead-letters/{letter['id']}").json()
+    assert whole["headers"]["id"] == task_id
+    assert whole["body"] == task_body({"filters": {"store_id": 12}}).decode()
+
+    replay = api.post(f"/dead-letters/{letter['id']}/replay")
+    assert replay.status_code == 200, replay.text
+    replayed = replay.json()
+    assert replayed["id"] == letter["id"]
+    assert replayed["queue"] == "default"
+    assert replayed["replay_of"] == task_id
+    assert replayed["task_id"] != task_id
+    audit = [r.getMessage() for r in caplog.records if r.name == "mallops.audit"]
+    assert any("dead_letters.replay" in line and letter["id"] in line for line in audit), audit
+    assert api.get(f"/dead-letters/{letter['id']}").status_code == 404
+    assert api.post(f"/dead-letters/{letter['id']}/replay").status_code == 404
+
+    # back on its queue, the worker took it again: still an unknown task, so a new letter, with the new id
+    def again() -> dict[str, Any] | None:
+        found = [x for x in letters(api) if x["task_id"] == replayed["task_id"]]
+        return found[0] if found else None
+
+    second = wait_until(again, timeout=60, interval=0.2, message="the replayed message dead-lettered again")
+    assert second["id"] != letter["id"]
+
+    # a poison message goes back only with force, then runs
+    poison, message = dead_letter_store.build(
+        "dead-lettered: delivered 6 times and its worker died during each of the 5 runs",
+        exception=dead_letter_store.POISON,
+        queue="default",
+        headers=task_headers("mallops.maintenance.test_task", "3f8c0a52-5b8e-4c1e-9d59-000000000002"),
+        body=task_body({"message": "back from the dead"}),
+        content_type="application/json",
+        content_encoding="utf-8",
+        max_body_bytes=1_000_000,
+    )
+    dead_letter_store.add(cache, poison, message)
+    refused = api.post(f"/dead-letters/{poison.id}/replay")
+    assert refused.status_code == 409
+    assert refused.json()["type"] == "urn:mallops:problem:poison-message"
+    forced = api.post(f"/dead-letters/{poison.id}/replay", json={"force": True})
+    assert forced.status_code == 200, forced.text
+
+    def ran() -> dict[str, Any] | None:
+        task = api.get(f"/tasks/{forced.json()['task_id']}")
+        return task.json() if task.status_code == 200 and task.json()["status"] == "SUCCESS" else None
+
+    done = wait_until(ran, timeout=60, interval=0.2, message="the forced replay to run")
+    assert done["result"] == "Task received: back from the dead"
+
+    # dropped by filter: what is left of the unknown task; the gauge follows
+    assert api.delete("/dead-letters").status_code == 422  # no filter, no all=true
+    dry = api.delete("/dead-letters", params={"task": unknown, "dry_run": True}).json()
+    assert dry["matched"] == 1
+    assert dry["count"] == 0
+    dropped = api.delete("/dead-letters", params={"task": unknown})
+    assert dropped.status_code == 200, dropped.text
+    assert dropped.json()["count"] == 1
+    assert letters(api) == []
+    wait_until(lambda: stack.value("mallops_dead_letters") == 0.0, timeout=20, message="mallops_dead_letters 0")
+    assert any("dead_letters.drop" in r.getMessage() for r in caplog.records if r.name == "mallops.audit")
+    for client in (broker, cache):
+        client.close()
