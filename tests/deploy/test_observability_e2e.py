@@ -214,9 +214,9 @@ def test_every_panel_and_alert_rule_evaluates_with_data(platform: Platform) -> N
     assert evaluated >= 40
 
     # the histograms have the catalog's buckets, from milliseconds to the 30-minute hard limit
-    for metric in ("celery_task_runtime_bucket", "celery_task_queue_wait_time_bucket"):
-        bounds = httpx.get(f"{prometheus.url}/api/v1/label/le/values", params={"match[]": metric}, timeout=10).json()
-        assert {"0.005", "1800.0", "+Inf"} <= set(bounds["data"]), (metric, bounds)
+    for histogram in ("celery_task_runtime_bucket", "celery_task_queue_wait_time_bucket"):
+        bounds = httpx.get(f"{prometheus.url}/api/v1/label/le/values", params={"match[]": histogram}, timeout=10).json()
+        assert {"0.005", "1800.0", "+Inf"} <= set(bounds["data"]), (histogram, bounds)
         assert len(bounds["data"]) >= len(RUNTIME_BUCKETS) + 1
     assert prometheus.scalar('count(mallops_task_failures_total{critical="true"})') == 3
 
