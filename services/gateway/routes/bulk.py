@@ -83,7 +83,16 @@ def _find(runtime: Runtime, selection: bulk.Selection, limit: int, dry_run: bool
         return matched, [] if dry_run else bulk.select_tasks(session, selection, limit)
 
 
-@router.post("/tasks/retry", response_model=BulkAnswer, summary="Retry many tasks", openapi_extra=admin_only())
+UNKNOWN_TASK: dict[int | str, dict[str, Any]] = {404: {"description": "task_name is not a catalog task."}}
+
+
+@router.post(
+    "/tasks/retry",
+    response_model=BulkAnswer,
+    summary="Retry many tasks",
+    openapi_extra=admin_only(),
+    responses=UNKNOWN_TASK,
+)
 async def retry_many(
     filters: BulkFilters, principal: AdminPrincipal, runtime: RuntimeDep, store: StoreDep
 ) -> BulkAnswer:
@@ -107,7 +116,13 @@ async def retry_many(
     )
 
 
-@router.post("/tasks/revoke", response_model=BulkAnswer, summary="Revoke many tasks", openapi_extra=admin_only())
+@router.post(
+    "/tasks/revoke",
+    response_model=BulkAnswer,
+    summary="Revoke many tasks",
+    openapi_extra=admin_only(),
+    responses=UNKNOWN_TASK,
+)
 async def revoke_many(filters: BulkRevokeRequest, principal: AdminPrincipal, runtime: RuntimeDep) -> BulkAnswer:
     """Admin: revoke the unfinished tasks the filters select, at most ``limit`` (default and maximum 1,000)
     per request; with ``terminate`` running ones are killed. ``status`` defaults to every unfinished state
