@@ -77,10 +77,16 @@ def _selection(filters: BulkFilters, allowed: tuple[str, ...]) -> bulk.Selection
     return bulk.Selection(states, filters.task_name, filters.owner, filters.since, filters.until, arguments)
 
 
-def _find(runtime: Runtime, selection: bulk.Selection, limit: int, dry_run: bool) -> tuple[int, list[bulk.Selected]]:
-    with runtime.sessions() as session:
-        matched = bulk.count(session, selection)
-        return matched, [] if dry_run else bulk.select_tasks(session, selection, limit)
+async def _find(runtime: Runtime, filters: BulkFilters, allowed: tuple[str, ...]) -> tuple[int, list[bulk.Selected]]:
+    """How many tasks the filters select, and (unless a dry run) the newest ``limit`` of them."""
+    selection = _selection(filters, allowed)
+
+    def find() -> tuple[int, list[bulk.Selected]]:
+        with runtime.sessions() as session:
+            matched = bulk.count(session, selection)
+            return matched, [] if filters.dry_run else bulk.select_tasks(session, selection, filters.limit)
+
+    return await run_in_threadpool(find)
 
 
 UNKNOWN_TASK: dict[int | str, dict[str, Any]] = {404: {"description": "task_name is not a catalog task."}}
@@ -99,8 +105,7 @@ async def retry_many(
     """Admin: re-submit the failed (or revoked) tasks the filters select, newest first, at most ``limit``
     (default and maximum 1,000) per request, each with the arguments its history keeps, as a new task
     (``retry_of`` the old one). ``status`` defaults to FAILURE,REVOKED. ``dry_run`` only counts."""
-    selection = _selection(filters, bulk.RETRYABLE)
-    matched, tasks = await run_in_threadpool(_find, runtime, selection, filters.limit, filters.dry_run)
+    matched, tasks = await _find(runtime, filters, bulk.RETRYABLE)
     if filters.dry_run:
         return BulkAnswer(dry_run=True, matched=matched, count=0, results=[])
     outcome = await bulk.retry(runtime, store, principal, tasks)
@@ -127,8 +132,7 @@ async def revoke_many(filters: BulkRevokeRequest, principal: AdminPrincipal, run
     """Admin: revoke the unfinished tasks the filters select, at most ``limit`` (default and maximum 1,000)
     per request; with ``terminate`` running ones are killed. ``status`` defaults to every unfinished state
     (SENT, RECEIVED, STARTED, PROGRESS, RETRY). ``dry_run`` only counts."""
-    selection = _selection(filters, bulk.REVOCABLE)
-    matched, tasks = await run_in_threadpool(_find, runtime, selection, filters.limit, filters.dry_run)
+    matched, tasks = await _find(runtime, filters, bulk.REVOCABLE)
     if filters.dry_run:
         return BulkAnswer(dry_run=True, matched=matched, count=0, results=[])
     outcome = await bulk.revoke(runtime, tasks, filters.terminate)

@@ -17,6 +17,7 @@ from services.gateway.deps import AdminPrincipal, RuntimeDep
 from services.gateway.openapi import admin_only
 from services.gateway.problems import ProblemError
 from services.gateway.routes import API_PREFIX
+from services.gateway.routes.history import _aware as require_timezone
 from services.gateway.runtime import Runtime
 from services.gateway.schemas import Strict
 from shared import dead_letter_store
@@ -111,14 +112,7 @@ def letter_filter(
     until: dt.datetime | None,
     ids: list[str] | None = None,
 ) -> LetterFilter:
-    for name, value in (("since", since), ("until", until)):
-        if value is not None and value.tzinfo is None:
-            raise ProblemError(
-                422,
-                f"{name} needs a timezone, e.g. 2026-11-22T00:00:00Z",
-                kind="validation-error",
-                errors=[{"loc": ["query", name], "msg": "timezone required", "type": "timezone"}],
-            )
+    since, until = require_timezone(since, "since"), require_timezone(until, "until")
     tasks: set[str] = set()
     if task:
         spec = get_spec(task)
