@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -39,6 +40,7 @@ from services.gateway.schemas import (
 from services.gateway.submission import BROKER_RETRY_AFTER, Prepared, Submitter, prepare
 from services.gateway.taskstore import READY_STATES, RESULT_KEY, TaskMeta, TaskStore, decode_result, parse_time
 from shared.catalog import get_spec
+from shared.celery_app import RESULT_EXPIRES
 from shared.events import capped_traceback
 from shared.models import TaskRecord
 from shared.revocations import queue_revoke
@@ -218,7 +220,12 @@ async def visible_task(task_id: TaskId, principal: CurrentPrincipal, runtime: Ru
     """The task, if it exists and the caller may see it (a user only their own); 404 otherwise."""
     meta, result = await asyncio.gather(store.load(task_id), store.result(task_id))
     record = None
-    if meta is None or (result or {}).get("status") in READY_STATES or (result or {}).get("status") == "STARTED":
+    if (
+        meta is None
+        or (result or {}).get("status") in READY_STATES
+        or (result or {}).get("status") == "STARTED"
+        or (result is None and _result_may_have_expired(meta))
+    ):
         record = await run_in_threadpool(_history_record, runtime, task_id)
     task = Visible(task_id, meta, result, record)
     if meta is None and record is None and (result is None or not principal.is_admin):
@@ -226,6 +233,13 @@ async def visible_task(task_id: TaskId, principal: CurrentPrincipal, runtime: Ru
     if not principal.is_admin and task.owner != principal.name:
         raise _not_found(task_id)
     return task
+
+
+def _result_may_have_expired(meta: TaskMeta) -> bool:
+    """A task submitted more than ``result_expires`` ago may have finished and lost its result: then the
+    history knows its state (before that, no result means it has not started)."""
+    submitted = meta.submitted_at
+    return submitted is None or (dt.datetime.now(dt.UTC) - submitted).total_seconds() >= RESULT_EXPIRES
 
 
 def _not_found(task_id: str) -> ProblemError:

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
+from services.gateway.taskstore import META_KEY, TaskMeta
 from shared.settings import Settings
+from tests.harness import RedisServer
 from tests.services.gateway.conftest import GatewayClient, Tokens, make_history
 
 pytestmark = pytest.mark.integration
@@ -80,3 +82,21 @@ def test_filters_by_states_argument_values_and_time(client: GatewayClient, token
         answer = client.get(f"{API}/tasks/history", params=bad, headers=tokens.auth("alice"))
         assert answer.status_code == 422, (bad, answer.text)
         assert answer.headers["content-type"] == "application/problem+json"
+
+
+def test_a_failure_whose_result_expired_shows_its_traceback_from_the_history(
+    client: GatewayClient, tokens: Tokens, migrated: Settings, redis_server: RedisServer
+) -> None:
+    """The result backend forgets a result after an hour; the gateway's record of the task lives 7 days:
+    GET /tasks/{id} then reads the state, the error and the traceback from the history."""
+    sent = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+    trace = 'Traceback (most recent call last):\n  File "diagnostics.py", line 24, in echo\nRequestedFailure: boom'
+    task_id = make_history(migrated, tokens.alice_name, "FAILURE", sent, traceback=trace)
+    meta = TaskMeta(task_id, "test_task", "default", tokens.alice_name, [], {"fail": True}, sent)
+    cache = redis_server.client(2)
+    cache.set(META_KEY + task_id, meta.to_json(), ex=600)
+    body = client.get(f"{API}/tasks/{task_id}", headers=tokens.auth("alice")).json()
+    cache.close()
+    assert body["status"] == "FAILURE"
+    assert body["error"] == {"type": "RequestedFailure", "message": "failed on request"}
+    assert body["traceback"] == trace
