@@ -477,7 +477,25 @@ def _on_postrun(sender: Any = None, task_id: str | None = None, **_: Any) -> Non
 def _on_revoked(sender: Any = None, request: Any = None, terminated: Any = None, expired: Any = None, **_: Any) -> None:
     if request is None:
         return
-    _emit("task-revoked", **_request_fields(request), terminated=bool(terminated), expired=bool(expired))
+    # Celery sends the task's request *context* here (Request._announce_revoked), not the worker Request
+    fields = _request_fields(request) if hasattr(request, "request_dict") else _context_fields(sender, request)
+    _emit("task-revoked", **fields, terminated=bool(terminated), expired=bool(expired))
+
+
+def _context_fields(task: Any, context: Any) -> dict[str, Any]:
+    """The task fields from a request context (``celery.app.task.Context``) and the task it is for."""
+    delivery = getattr(context, "delivery_info", None) or {}
+    fields: dict[str, Any] = {
+        "id": context.id,
+        "name": getattr(task, "name", None) or getattr(context, "task", None),
+        "queue": delivery.get("routing_key"),
+        "retries": getattr(context, "retries", None) or 0,
+        "owner": getattr(context, OWNER_HEADER, None),
+    }
+    hostname = _worker.get("hostname") or getattr(context, "hostname", None)
+    if hostname:
+        fields["host"] = hostname
+    return fields
 
 
 def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:

@@ -241,3 +241,30 @@ def test_dead_letters_are_listed_replayed_with_a_record_and_dropped(
     assert any("dead_letters.drop" in r.getMessage() for r in caplog.records if r.name == "mallops.audit")
     for client in (broker, cache):
         client.close()
+
+
+def test_a_bulk_revoke_by_argument_value_revokes_the_waiting_tasks_it_selects(api: httpx.Client) -> None:
+    def waiting(steps: int) -> dict[str, Any]:
+        return {"task_name": "long_running_task", "kwargs": {"steps": steps, "step_seconds": 0}, "countdown": 4}
+
+    selected = submit(api, [waiting(7) for _ in range(5)])
+    others = submit(api, [waiting(8) for _ in range(3)])
+
+    def seen() -> dict[str, str] | None:
+        states = history_states(api, selected + others)
+        return states if len(states) == 8 else None
+
+    wait_until(seen, timeout=30, interval=0.2, message="the 8 waiting tasks in the history")
+    selection = {"task_name": "long_running_task", "arguments": {"kwargs.steps": 7}}
+    answer = api.post("/tasks/revoke", json=selection)
+    assert answer.status_code == 200, answer.text
+    assert sorted(item["task_id"] for item in answer.json()["results"]) == sorted(selected)
+
+    def finished() -> dict[str, str] | None:
+        states = history_states(api, selected + others)
+        done = all(state in ("SUCCESS", "REVOKED") for state in states.values())
+        return states if len(states) == 8 and done else None
+
+    states = wait_until(finished, timeout=60, interval=0.3, message="the revoked and the other tasks to end")
+    assert {states[task_id] for task_id in selected} == {"REVOKED"}
+    assert {states[task_id] for task_id in others} == {"SUCCESS"}
