@@ -23,6 +23,7 @@ from services.beat.main import create_app as create_beat_app
 from shared import dead_letter_store
 from shared.cache import DELIVERIES_PREFIX
 from shared.catalog import Schedule
+from shared.dead_letters import header_problem
 from shared.schedules import update_entry
 from tests.conftest import DEFAULT_PG
 from tests.harness import free_port, wait_until
@@ -232,6 +233,13 @@ def test_poison_message_is_dead_lettered_after_max_deliveries(
     cache = fault_stack.redis.client(2)
     _, found = dead_letter_store.find(cache, dead_letter_store.LetterFilter(), limit=10_000)
     letters = [vars(letter) for letter in found]
+    for letter in found:  # kept whole: a replay (with force) sends a message a worker accepts
+        message = dead_letter_store.get_message(cache, letter.id)
+        assert message is not None
+        assert letter.replayable
+        assert letter.poison
+        assert header_problem(message.headers) is None
+        assert message.headers["id"] == letter.task_id
     runs = {task_id: int(cache.get(f"{DELIVERIES_PREFIX}{task_id}:0") or 0) + 1 for task_id in poison}
     cache.close()
     assert sorted(letter["task_id"] for letter in letters) == sorted(poison)
