@@ -6,7 +6,7 @@ entry's field ``e``; the monitor (``services/monitor``) reads the stream with a 
 
 Event types and their fields (all carry ``type``, ``ts`` (epoch seconds), ``host``, ``pid``):
 
-- ``task-sent`` (publisher): id, name, queue, retries, owner, args, arguments, eta
+- ``task-sent`` (publisher): id, name, queue, retries, owner, args, arguments, eta, retry_of
 - ``task-received`` (worker main process): id, name, queue, retries, owner, args, arguments
 - ``task-started``, ``task-progress`` (current, total), ``task-retried`` (exception, error),
   ``task-succeeded`` (runtime, result), ``task-failed`` (runtime, exception, error, traceback),
@@ -62,6 +62,7 @@ TRACEBACK_CHARS = 16_000  # the end of a traceback is kept: the innermost frames
 ARGUMENTS_CHARS = 16_000  # the JSON of a task's {"args", "kwargs"} in events and the history
 ARGUMENT_VALUE_CHARS = 1000  # when the arguments are too long, each value longer than this is cut
 OWNER_HEADER = "mallops_owner"
+RETRY_OF_HEADER = "mallops_retry_of"  # a retry's message names the task it repeats (the history's retry_of)
 
 
 class EventEmitter:
@@ -384,6 +385,8 @@ def _on_after_publish(
     }
     if headers.get("eta"):
         fields["eta"] = headers["eta"]
+    if isinstance(headers.get(RETRY_OF_HEADER), str):
+        fields["retry_of"] = headers[RETRY_OF_HEADER]
     if _worker.get("hostname"):
         fields["host"] = _worker["hostname"]
     _emit("task-sent", **fields)

@@ -78,6 +78,7 @@ def record_dict(row: TaskRecord) -> dict[str, Any]:
         "state": row.state,
         "args_summary": row.args_summary,
         "arguments": row.arguments,
+        "retry_of": row.retry_of,
         "owner": row.owner,
         "worker": row.worker,
         "retries": row.retries,

@@ -289,6 +289,7 @@ class TaskRecord(Base):
     # {"args": [...], "kwargs": {...}} as the message carried them, capped (shared.events.capped_arguments);
     # the history filters on it (kwargs.<field>=<value>) and bulk retries re-send it
     arguments: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    retry_of: Mapped[str | None] = mapped_column(String(64), index=True)  # the task this one retries
     owner: Mapped[str | None] = mapped_column(String(100))
     worker: Mapped[str | None] = mapped_column(String(200))
     retries: Mapped[int] = mapped_column(Integer, default=0)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kombu.exceptions import KombuError
-from sqlalchemy import ColumnElement, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, exists, func, select
+from sqlalchemy.orm import Session, aliased
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway.problems import ProblemError
@@ -45,9 +45,11 @@ class Selection:
     since: dt.datetime | None = None
     until: dt.datetime | None = None
     arguments: tuple[ArgumentFilter, ...] = ()
+    only_not_retried: bool = False
 
     def clauses(self, dialect: str) -> list[ColumnElement[bool]]:
         return [
+            *([not_retried()] if self.only_not_retried else []),
             *history_filters(
                 task_name=self.task_name,
                 status=",".join(self.states),
@@ -66,6 +68,14 @@ class Selected:
     state: str
     owner: str | None
     arguments: dict[str, Any] | None
+
+
+RETRIES = aliased(TaskRecord)
+
+
+def not_retried() -> ColumnElement[bool]:
+    """Tasks no retry names yet (bulk retry selects each failed task once, however often it is asked)."""
+    return ~exists().where(RETRIES.retry_of == TaskRecord.task_id)
 
 
 def count(session: Session, selection: Selection) -> int:

@@ -172,6 +172,7 @@ class HistoryItem(BaseModel):
     arguments: dict[str, Any] | None = Field(
         default=None, description='{"args": [...], "kwargs": {...}} as sent (capped: "truncated": true).'
     )
+    retry_of: str | None = Field(default=None, description="For a retry: the task it repeats.")
     owner: str | None = None
     worker: str | None = None
     retries: int = 0

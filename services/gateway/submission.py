@@ -28,7 +28,7 @@ from services.gateway.runtime import Runtime
 from services.gateway.schemas import TaskAccepted, TaskSubmission
 from services.gateway.taskstore import READY_STATES, TaskMeta, TaskStore
 from shared.catalog import TaskArgumentError, TaskSpec, get_spec
-from shared.events import OWNER_HEADER
+from shared.events import OWNER_HEADER, RETRY_OF_HEADER
 from shared.models import TaskRecord
 from shared.tokens import Principal
 
@@ -161,7 +161,8 @@ class Submitter:
         try:
             await self.store.record(metas)
             recorded = True
-            await self.runtime.publisher.publish(messages(items), {OWNER_HEADER: owner})
+            headers = {OWNER_HEADER: owner, RETRY_OF_HEADER: retry_of} if retry_of else {OWNER_HEADER: owner}
+            await self.runtime.publisher.publish(messages(items), headers)
         except (OperationalError, KombuError, RedisError, OSError, TimeoutError) as exc:
             log.warning("cannot enqueue %d task(s) for %s: %s", len(items), owner, exc)
             self.runtime.metrics.publish_failures.inc()

@@ -181,6 +181,7 @@ def new_row(task_id: str) -> dict[str, Any]:
         "state": None,
         "args_summary": None,
         "arguments": None,
+        "retry_of": None,
         "owner": None,
         "worker": None,
         "retries": 0,
@@ -222,6 +223,7 @@ def apply_event(row: dict[str, Any], event: dict[str, Any], deltas: Deltas, seq:
         ("queue", "queue", 50),
         ("owner", "owner", 100),
         ("args_summary", "args", 500),
+        ("retry_of", "retry_of", 64),
     ):
         if row.get(column) is None and event.get(key) is not None:
             row[column] = _text(event[key], limit)

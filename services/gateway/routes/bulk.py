@@ -74,7 +74,15 @@ def _selection(filters: BulkFilters, allowed: tuple[str, ...]) -> bulk.Selection
         value = getattr(filters, name)
         if value is not None and value.tzinfo is None:
             raise filter_problem(FilterError(name, f"{name} needs a timezone, e.g. 2026-11-22T00:00:00Z"), "body")
-    return bulk.Selection(states, filters.task_name, filters.owner, filters.since, filters.until, arguments)
+    return bulk.Selection(
+        states,
+        filters.task_name,
+        filters.owner,
+        filters.since,
+        filters.until,
+        arguments,
+        only_not_retried=allowed == bulk.RETRYABLE,
+    )
 
 
 async def _find(runtime: Runtime, filters: BulkFilters, allowed: tuple[str, ...]) -> tuple[int, list[bulk.Selected]]:
@@ -104,7 +112,8 @@ async def retry_many(
 ) -> BulkAnswer:
     """Admin: re-submit the failed (or revoked) tasks the filters select, newest first, at most ``limit``
     (default and maximum 1,000) per request, each with the arguments its history keeps, as a new task
-    (``retry_of`` the old one). ``status`` defaults to FAILURE,REVOKED. ``dry_run`` only counts."""
+    (``retry_of`` the old one). A task already retried is not selected again. ``status`` defaults to
+    FAILURE,REVOKED. ``dry_run`` only counts."""
     matched, tasks = await _find(runtime, filters, bulk.RETRYABLE)
     if filters.dry_run:
         return BulkAnswer(dry_run=True, matched=matched, count=0, results=[])

@@ -1,4 +1,4 @@
-"""task history: a failure's traceback and the task's arguments as JSON
+"""task history: a failure's traceback, the task's arguments as JSON, the task a retry repeats
 
 Revision ID: 0003_failures
 Revises: 0002_monitor
@@ -20,9 +20,13 @@ def upgrade() -> None:
     with op.batch_alter_table("task_history", schema=None) as batch_op:
         batch_op.add_column(sa.Column("arguments", sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column("traceback", sa.Text(), nullable=True))
+        batch_op.add_column(sa.Column("retry_of", sa.String(length=64), nullable=True))
+        batch_op.create_index(batch_op.f("ix_task_history_retry_of"), ["retry_of"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("task_history", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_task_history_retry_of"))
+        batch_op.drop_column("retry_of")
         batch_op.drop_column("traceback")
         batch_op.drop_column("arguments")

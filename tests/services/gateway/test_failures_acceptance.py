@@ -132,6 +132,12 @@ def test_traceback_and_a_bulk_retry_by_argument_value(api: httpx.Client) -> None
         return states if len(states) == 50 else None
 
     wait_until(retried_recorded, timeout=120, interval=0.5, message="the 50 retries in the history")
+    rows = api.get("/tasks/history", params={"status": "FAILURE", "limit": 500}).json()["results"]
+    lineage = {row["task_id"]: row["retry_of"] for row in rows if row["task_id"] in set(new_ids)}
+    assert sorted(lineage.values()) == sorted(store12)
+    # asked again, the same selection finds only the 50 retries (which failed too), not the originals
+    again = api.post("/tasks/retry", json={**selection, "dry_run": True}).json()
+    assert again["matched"] == 50
     # nothing else was retried: 50 + 15 + 10 originals and the 50 retries, no more
     total = api.get("/tasks/history", params={"task_name": "test_task", "limit": 500}).json()["results"]
     assert len(total) == 125
