@@ -42,11 +42,12 @@ def clean_event(event: dict[str, Any]) -> dict[str, Any] | None:
     """The event made safe to fold into the history, or None if it cannot be used.
 
     Events come from every mallops process, and some fields from the messages they handled, so they are
-    not trusted: NUL characters in strings are replaced (PostgreSQL text cannot hold them, and one such
-    value, e.g. a task's result echoing its input, would fail its whole batch again and again); a ``ts``
+    not trusted: NUL characters in strings are replaced, also inside the ``arguments`` JSON (PostgreSQL
+    text cannot hold them, and one such value, e.g. a task's result echoing its input, would fail its whole
+    batch again and again; in a JSON column it would fail every query that reads it as text); a ``ts``
     that is not a number drops the event; ``retries`` that is not a count becomes 0; an ``id`` is a string.
     """
-    event = {key: value.replace("\x00", "\ufffd") if isinstance(value, str) else value for key, value in event.items()}
+    event = {key: _without_nul(value) for key, value in event.items()}
     ts = event.get("ts")
     if not isinstance(ts, int | float) or isinstance(ts, bool) or not math.isfinite(ts):
         return None
@@ -56,6 +57,16 @@ def clean_event(event: dict[str, Any]) -> dict[str, Any] | None:
     if "id" in event and not isinstance(event["id"], str):
         event["id"] = str(event["id"]) if type(event["id"]) is int else None
     return event
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
 
 
 def entry_seq(entry_id: str) -> int:

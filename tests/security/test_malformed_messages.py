@@ -22,6 +22,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from services.gateway.task_filters import argument_clauses, parse_arguments
 from shared import dead_letter_store
 from shared.db import session_scope
 from shared.models import TaskRecord
@@ -251,6 +252,10 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_consuming(
         message="the SUCCESS row of the task whose result has a NUL character",
     )
     assert echoed.result_summary == "Task received: a\ufffdb"
+    assert echoed.arguments == {"args": [], "kwargs": {"message": "a\ufffdb"}}
+    with session_scope(migrated) as session:  # and its arguments can be searched (PostgreSQL: no \u0000 in JSON)
+        where = argument_clauses(parse_arguments({"kwargs.message": "a\ufffdb"}), session.get_bind().dialect.name)
+        assert session.scalars(select(TaskRecord.task_id).where(*where)).all() == [ids["nul"]]
     assert in_state(migrated, ids["valid"], "SUCCESS") is not None  # and the monitor went on
     assert "message: Input should be a valid string" in (failed.error or "")
     assert "fail: Input should be a valid boolean" in (failed.error or "")
