@@ -71,6 +71,10 @@ def test_filters_by_states_argument_values_and_time(client: GatewayClient, token
     assert ids(since=base.isoformat(), **{"kwargs.format": "xlsx"}) == [later]
     assert no_arguments in ids(**window, status="FAILURE")
     assert ids(**window, **{"kwargs.filters.nothing_here": "12"}) == []
+    flagged = row("FAILURE", 7, {"args": [], "kwargs": {"fail": True, "ratio": 0.5}})
+    assert ids(**window, **{"kwargs.fail": "true"}) == [flagged]
+    assert ids(**window, **{"kwargs.fail": "false"}) == []
+    assert ids(**window, **{"kwargs.ratio": "0.5"}) == [flagged]
 
     page = client.get(
         f"{API}/tasks/history", params={**window, "status": "FAILURE"}, headers=tokens.auth("alice")
