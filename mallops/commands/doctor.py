@@ -272,6 +272,18 @@ def check_monitor(settings: Settings) -> list[Check]:
     ]
 
 
+def check_dead_letters(settings: Settings) -> list[Check]:
+    from shared import dead_letter_store
+    from shared.cache import redis_client
+
+    count = dead_letter_store.count(redis_client(settings))
+    if not count:
+        return [Check("dead letters", "ok", "none")]
+    return [
+        Check("dead letters", "warning", f"{count} message(s) the workers could not run: `mallops dead-letters list`")
+    ]
+
+
 def run_checks(settings: Settings) -> list[Check]:
     checks: list[Check] = []
     checks += _guard("gateway", check_gateway)
@@ -283,6 +295,7 @@ def run_checks(settings: Settings) -> list[Check]:
         checks += _guard("queues", lambda: check_queues_and_workers(settings))
         checks += _guard("beat", lambda: check_beat(settings))
         checks += _guard("monitor", lambda: check_monitor(settings))
+        checks += _guard("dead letters", lambda: check_dead_letters(settings))
     else:
         checks.append(Check("queues, workers, beat, monitor", "problem", "not checked: Redis cannot be reached"))
     return checks
@@ -290,7 +303,8 @@ def run_checks(settings: Settings) -> list[Check]:
 
 @handles_errors
 def doctor(as_json: JsonOption = False) -> None:
-    """Say what is wrong: gateway and token, Redis, database, SMTP, queues, workers, beat lock, monitor lag.
+    """Say what is wrong: gateway and token, Redis, database, SMTP, queues, workers, beat lock, monitor lag,
+    dead letters.
 
     Exit 0 when nothing is wrong (warnings allowed), 3 when something is down or unreachable.
     """
