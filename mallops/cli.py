@@ -102,68 +102,6 @@ def demo_data(
         typer.echo(", ".join(f"{value} {key}" for key, value in summary.as_dict().items()))
 
 
-tokens_app = typer.Typer(help="Manage API tokens (works on the database directly).", no_args_is_help=True)
-app.add_typer(tokens_app, name="tokens")
-
-
-@tokens_app.command("create")
-def tokens_create(
-    name: Annotated[str, typer.Option("--name", help="Who the token is for; owns the tasks it submits.")],
-    role: Annotated[str, typer.Option("--role", help="user or admin.")] = "user",
-) -> None:
-    """Create a token and print it (the only time it is shown; only its sha256 is stored)."""
-    from shared.db import session_scope
-    from shared.tokens import TokenError, create_token
-
-    try:
-        with session_scope() as session:
-            secret = create_token(session, name, role)
-    except TokenError as exc:
-        raise fail(str(exc), EXIT_USAGE) from exc
-    typer.echo(secret)
-
-
-@tokens_app.command("list")
-def tokens_list(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
-) -> None:
-    """List tokens: name, role, first characters, created, revoked, last used."""
-    from shared.db import session_scope
-    from shared.tokens import list_tokens
-
-    with session_scope() as session:
-        rows = list_tokens(session)
-    for row in rows:
-        values = {
-            "name": row.name,
-            "role": row.role,
-            "prefix": row.prefix,
-            "active": row.active,
-            "created_at": row.created_at.isoformat(),
-            "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
-            "last_used_at": row.last_used_at.isoformat() if row.last_used_at else None,
-        }
-        if as_json:
-            typer.echo(json.dumps(values))
-        else:
-            state = "active" if row.active else f"revoked {values['revoked_at']}"
-            typer.echo(f"{row.name}\t{row.role}\t{row.prefix}...\t{state}\tlast used {values['last_used_at'] or '-'}")
-
-
-@tokens_app.command("revoke")
-def tokens_revoke(name: Annotated[str, typer.Argument(help="The token's name.")]) -> None:
-    """Revoke a token; the gateway refuses it within MALLOPS_TOKEN_CACHE_SECONDS (default 5 s)."""
-    from shared.db import session_scope
-    from shared.tokens import TokenError, revoke_token
-
-    try:
-        with session_scope() as session:
-            changed = revoke_token(session, name)
-    except TokenError as exc:
-        raise fail(str(exc), EXIT_USAGE) from exc
-    typer.echo(f"revoked {name}" if changed else f"{name} was already revoked")
-
-
 def main() -> None:
     from mallops.output import run_app
 

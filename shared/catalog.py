@@ -10,9 +10,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError, model_validator
+
+from shared import permissions
 
 QUEUES: tuple[str, ...] = ("finance", "reports", "email", "default")
 DEFAULT_QUEUE = "default"
@@ -74,6 +76,13 @@ class ExportFilters(TaskArgs):
     date_from: dt.date | None = None
     date_to: dt.date | None = None
     store_id: int | None = Field(default=None, ge=1)
+    store_ids: list[Annotated[int, Field(ge=1)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1000,
+        description="Only these stores. For a token created with `stores`, the gateway sets it to the token's "
+        "stores (or to the one store_id asked for, if it is one of them).",
+    )
     status: Literal["pending", "paid", "overdue"] | None = None
 
 
@@ -176,6 +185,7 @@ class TaskSpec:
     queue: str
     args_model: type[TaskArgs]
     description: str
+    permission: str  # what submitting it needs (shared.permissions); required, so no task is left unguarded
     schedule: Schedule | None = None
     # a failure of a critical task alerts at once (CriticalTaskFailed in deploy/prometheus/alerts.yml)
     critical: bool = False
@@ -218,10 +228,13 @@ def _spec(
     queue: str,
     model: type[TaskArgs],
     description: str,
+    permission: str,
     schedule: Schedule | None = None,
     critical: bool = False,
 ) -> TaskSpec:
-    return TaskSpec(name, service, queue, model, description, schedule, critical)
+    if permission not in permissions.PERMISSIONS:
+        raise ValueError(f"task {name!r} declares an unknown permission {permission!r}")
+    return TaskSpec(name, service, queue, model, description, permission, schedule, critical)
 
 
 CATALOG: Mapping[str, TaskSpec] = {
@@ -234,6 +247,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             "finance",
             CheckPendingBillsArgs,
             "Mark bills past their due date as overdue and enqueue reminders for them.",
+            permissions.SUBMIT_FINANCE,
             Schedule(minute="*"),
         ),
         _spec(
@@ -242,6 +256,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             "finance",
             SendBillRemindersArgs,
             "Send at most one reminder e-mail per overdue bill per day.",
+            permissions.SUBMIT_FINANCE,
         ),
         _spec(
             "calculate_monthly_revenue",
@@ -249,6 +264,8 @@ CATALOG: Mapping[str, TaskSpec] = {
             "finance",
             MonthArgs,
             "Revenue by store and by category for a month, from payments; stored and cached.",
+            permissions.SUBMIT_FINANCE,
+            Schedule(minute="30", hour="0", day_of_month="1"),  # last month, on the 1st at 00:30
             critical=True,
         ),
         # reports
@@ -258,6 +275,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             "reports",
             HourlyReportArgs,
             "Sales and billing figures for one hour, stored as a report with CSV and HTML.",
+            permissions.SUBMIT_REPORTS,
             Schedule(minute="0"),
         ),
         _spec(
@@ -266,6 +284,8 @@ CATALOG: Mapping[str, TaskSpec] = {
             "reports",
             DailyReportArgs,
             "Sales and billing figures for one day, stored as a report with CSV and HTML.",
+            permissions.SUBMIT_REPORTS,
+            Schedule(minute="0", hour="6"),  # yesterday
         ),
         _spec(
             "generate_weekly_report",
@@ -273,6 +293,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             "reports",
             WeeklyReportArgs,
             "Sales and billing figures for one week (Monday to Sunday).",
+            permissions.SUBMIT_REPORTS,
             Schedule(minute="0", hour="10", day_of_week="1"),
         ),
         _spec(
@@ -281,6 +302,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             "reports",
             MonthArgs,
             "Sales and billing figures for one calendar month.",
+            permissions.SUBMIT_REPORTS,
             Schedule(minute="0", hour="0", day_of_month="1"),
             critical=True,
         ),
@@ -290,6 +312,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             "reports",
             ExportDataArgs,
             "Export a dataset to CSV or XLSX in the export store, for download through the gateway.",
+            permissions.SUBMIT_EXPORTS,
         ),
         _spec(
             "process_access_logs",
@@ -297,6 +320,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             "reports",
             ProcessAccessLogsArgs,
             "Move the gateway's buffered access log into the access_logs table.",
+            permissions.SUBMIT_ACCESS_LOGS,
             Schedule(every=30.0),
         ),
         _spec(
@@ -305,6 +329,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             "reports",
             AccessStatisticsArgs,
             "Daily request statistics per path, user and status.",
+            permissions.SUBMIT_ACCESS_LOGS,
             Schedule(minute="0", hour="1"),
         ),
         _spec(
@@ -313,6 +338,8 @@ CATALOG: Mapping[str, TaskSpec] = {
             "reports",
             RetentionArgs,
             "Delete access records older than the retention period.",
+            permissions.SUBMIT_MAINTENANCE,
+            Schedule(minute="0", hour="2"),  # 90 days, as the replaced system kept them
         ),
         # notifier
         _spec(
@@ -321,6 +348,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             "email",
             SendNotificationEmailArgs,
             "Send one notification e-mail over SMTP, in Chinese or English.",
+            permissions.SUBMIT_EMAIL,
         ),
         _spec(
             "cleanup_old_notifications",
@@ -328,6 +356,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             "email",
             NotificationRetentionArgs,
             "Delete notifications older than the retention period.",
+            permissions.SUBMIT_MAINTENANCE,
             Schedule(minute="0", hour="2"),
         ),
         # maintenance
@@ -337,6 +366,8 @@ CATALOG: Mapping[str, TaskSpec] = {
             "default",
             BackupDatabaseArgs,
             "Back up the database (pg_dump or SQLite online backup), keeping the last N.",
+            permissions.SUBMIT_MAINTENANCE,
+            Schedule(minute="0", hour="3"),
             critical=True,
         ),
         _spec(
@@ -345,6 +376,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             "default",
             CleanupCacheArgs,
             "Delete mallops cache keys by prefix, with SCAN.",
+            permissions.SUBMIT_MAINTENANCE,
         ),
         _spec(
             "cleanup_expired_data",
@@ -352,6 +384,8 @@ CATALOG: Mapping[str, TaskSpec] = {
             "default",
             NoArgs,
             "Delete expired exports, reports and old task history, in batches.",
+            permissions.SUBMIT_MAINTENANCE,
+            Schedule(minute="0", hour="4"),
         ),
         _spec(
             "test_task",
@@ -359,6 +393,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             "default",
             TestTaskArgs,
             "Echo a message: 'Task received: <message>'. Fails on request.",
+            permissions.SUBMIT_DIAGNOSTICS,
         ),
         _spec(
             "long_running_task",
@@ -366,6 +401,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             "default",
             LongRunningTaskArgs,
             "Sleep in steps, reporting PROGRESS {current, total} after each.",
+            permissions.SUBMIT_DIAGNOSTICS,
         ),
     )
 }

@@ -125,6 +125,7 @@ def _filters(
     task_name: str | None = None,
     status: str | None = None,
     owner: str | None = None,
+    or_queue: str | None = None,
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
 ) -> list[ColumnElement[bool]]:
@@ -133,7 +134,9 @@ def _filters(
         clauses.append(TaskRecord.task_name.in_(_name_variants(task_name)))
     if status:
         clauses.append(TaskRecord.state.in_([normalize_state(part) for part in status.split(",") if part.strip()]))
-    if owner:
+    if owner and or_queue:  # the owner's tasks and every task of that queue
+        clauses.append(or_(TaskRecord.owner == owner, TaskRecord.queue == or_queue))
+    elif owner:
         clauses.append(TaskRecord.owner == owner)
     if since is not None:
         clauses.append(TaskRecord.sent_at >= _aware(since))
@@ -148,6 +151,7 @@ def query_history(
     task_name: str | None = None,
     status: str | None = None,
     owner: str | None = None,
+    or_queue: str | None = None,
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
     cursor: str | None = None,
@@ -162,7 +166,10 @@ def query_history(
     """
     if not 1 <= limit <= MAX_PAGE:
         raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
-    clauses = [*_filters(task_name=task_name, status=status, owner=owner, since=since, until=until), *where]
+    clauses = [
+        *_filters(task_name=task_name, status=status, owner=owner, or_queue=or_queue, since=since, until=until),
+        *where,
+    ]
     if cursor:
         after_sent, after_id = decode_cursor(cursor)
         if after_sent is None:
@@ -216,6 +223,7 @@ def task_stats(
     until: dt.datetime,
     task_name: str | None = None,
     owner: str | None = None,
+    or_queue: str | None = None,
 ) -> dict[str, Any]:
     """Statistics of the tasks sent in ``[since, until)``, overall and per task name.
 
@@ -227,7 +235,7 @@ def task_stats(
     since, until = _aware(since), _aware(until)
     if until <= since:
         raise ValueError("until must be after since")
-    clauses = _filters(task_name=task_name, owner=owner, since=since, until=until)
+    clauses = _filters(task_name=task_name, owner=owner, or_queue=or_queue, since=since, until=until)
     window = (until - since).total_seconds()
 
     per_name: dict[str, _Acc] = defaultdict(_Acc)

@@ -263,12 +263,30 @@ class ApiToken(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
-    role: Mapped[str] = mapped_column(String(10))  # user | admin
+    role: Mapped[str] = mapped_column(String(20))  # shared.permissions.ROLES
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the token
     prefix: Mapped[str] = mapped_column(String(12))  # first characters, to recognise a token in lists
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[dt.datetime | None]
     last_used_at: Mapped[dt.datetime | None]
+    stores: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)  # store scope; None: every store
+    expires_at: Mapped[dt.datetime | None]
+
+
+class AuditEntry(Base):
+    """Who did what, when, from where, and how it ended; never a secret or a token (shared.audit)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str | None] = mapped_column(String(100), index=True)  # a token's name
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str | None] = mapped_column(String(300))
+    outcome: Mapped[str] = mapped_column(String(20))  # ok | denied | failed
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    client: Mapped[str | None] = mapped_column(String(100))  # the client's address
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class TaskRecord(Base):
@@ -321,3 +339,27 @@ class MonitorMetric(Base):
     key: Mapped[str] = mapped_column(String(1000), primary_key=True)
     hostname: Mapped[str | None] = mapped_column(String(200), index=True)
     value: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class DeferredTask(Base):
+    """A one-off run further ahead than the broker holds a message safely (``shared/deferred.py``): kept
+    here with state SCHEDULED until beat publishes it when due (then PUBLISHED), or REVOKED."""
+
+    __tablename__ = "deferred_tasks"
+    __table_args__ = (
+        Index("ix_deferred_tasks_state_eta", "state", "eta"),
+        Index("ix_deferred_tasks_owner_state", "owner", "state"),
+    )
+
+    task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task_name: Mapped[str] = mapped_column(String(100))  # the catalog short name
+    queue: Mapped[str] = mapped_column(String(50))
+    owner: Mapped[str] = mapped_column(String(100))
+    args: Mapped[list[Any]] = mapped_column(JSON, default=list)  # as submitted, for display and retry
+    kwargs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # validated keyword arguments to publish
+    priority: Mapped[int | None] = mapped_column(Integer)
+    eta: Mapped[dt.datetime]
+    state: Mapped[str] = mapped_column(String(12), default="SCHEDULED")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    published_at: Mapped[dt.datetime | None]

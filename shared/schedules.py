@@ -1,23 +1,28 @@
-"""The beat schedule, kept in Redis by celery-redbeat and editable at runtime.
+"""The beat schedule: named entries for any catalog task, kept in Redis by celery-redbeat, editable at runtime.
 
-Every catalog task with a default ``schedule`` has one RedBeat entry named by its catalog short name
-(Redis key ``<redbeat_key_prefix><name>``, e.g. ``mallops:redbeat:check_pending_bills``). The running
-beat process reads the entries from Redis on every tick, so enabling, disabling or re-timing an entry
-here takes effect within one beat loop interval, without restarting beat.
+An entry has a name of its own (``^[a-z0-9][a-z0-9_.-]{0,63}$``), a catalog task, a timing (``every``
+seconds or crontab fields read in ``MALLOPS_TIMEZONE``), arguments validated against the task's schema,
+a description and an enabled flag. Its Redis key is ``<redbeat_key_prefix><name>`` (for example
+``mallops:redbeat:backup_database``): RedBeat's ``definition`` and ``meta`` fields, plus a ``mallops``
+field with what mallops shows (task short name, arguments as given, description, when the clock last
+restarted and the last real run before that). The running beat reads the entries on every tick, so
+every change here reaches it within ``MALLOPS_BEAT_MAX_INTERVAL`` and survives its restart.
 
-- :func:`ensure_defaults` creates the catalog's entries that are missing (beat calls it at start); it
-  never overwrites an entry that exists, so runtime edits survive a beat restart.
-- :func:`list_entries` and :func:`update_entry` are what the gateway (``/schedules``) and the CLI use.
+Default entries come from the catalog. :func:`ensure_defaults` seeds each default once and records
+its name in the set ``<prefix>:seeded``; a default deleted later is not created again (the name in
+that set is its tombstone) until someone creates an entry of that name. Defaults added to the catalog
+by a new release are seeded at the next start. Entries whose task left the catalog are deleted.
 
-Crontab fields are read in the app's timezone (``MALLOPS_TIMEZONE``, Asia/Shanghai by default) and
 ``day_of_week`` counts from Sunday = 0, as Celery's crontab does.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,13 +31,25 @@ from celery.schedules import crontab
 from celery.schedules import schedule as interval_schedule
 from redbeat.schedulers import RedBeatSchedulerEntry, ensure_conf, get_redis
 
-from shared.catalog import CATALOG, Schedule, TaskSpec
+from shared.catalog import CATALOG, Schedule, TaskSpec, get_spec
 
 MIN_INTERVAL = 1.0
 MAX_INTERVAL = 31 * 24 * 3600.0
 CRON_FIELDS = ("minute", "hour", "day_of_week", "day_of_month", "month_of_year")
 BEAT_OWNER = "beat"  # the ``mallops_owner`` header of tasks that beat publishes
 FREQUENT = 300.0  # seconds: entries firing at least this often get an expiry (see entry_options)
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+META_FIELD = "mallops"  # the field of an entry's Redis hash that holds what mallops shows
+SEEDED_SUFFIX = ":seeded"  # <prefix>:seeded: the default entries created once (tombstones when deleted)
+DESCRIPTION_MAX = 500
+
+
+class EntryExists(Exception):
+    """An entry of that name exists already."""
+
+
+class UnknownTask(LookupError):
+    """The entry names a task that is not in the catalog."""
 
 
 @dataclass(frozen=True)
@@ -47,9 +64,17 @@ class ScheduleEntry:
     last_run_at: dt.datetime | None
     next_run_at: dt.datetime | None
     queue: str = field(default="")
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    timezone: dt.tzinfo = dt.UTC
+
+    @property
+    def next_run_local(self) -> dt.datetime | None:
+        return self.next_run_at.astimezone(self.timezone) if self.next_run_at is not None else None
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly: datetimes as ISO 8601 in UTC."""
+        """JSON-friendly: ``*_at`` in UTC with ``Z``, ``next_run_local`` in the mall's zone."""
+        local = self.next_run_local
         return {
             "name": self.name,
             "task_name": self.task_name,
@@ -57,15 +82,24 @@ class ScheduleEntry:
             "enabled": self.enabled,
             "schedule": dict(self.schedule),
             "schedule_text": Schedule(**self.schedule).describe(),
+            "args": list(self.args),
+            "kwargs": dict(self.kwargs),
             "description": self.description,
-            "last_run_at": _iso(self.last_run_at),
-            "next_run_at": _iso(self.next_run_at),
+            "last_run_at": utc_iso(self.last_run_at),
+            "next_run_at": utc_iso(self.next_run_at),
+            "next_run_local": local.isoformat() if local is not None else None,
         }
 
 
 def scheduled_specs() -> dict[str, TaskSpec]:
-    """The catalog tasks that have a beat entry, by short name."""
+    """The catalog tasks that have a default beat entry, by short name (the entry's name)."""
     return {name: spec for name, spec in CATALOG.items() if spec.schedule is not None}
+
+
+def validate_name(name: str) -> str:
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        raise ValueError(f"an entry name matches {NAME_PATTERN} (lower-case letters, digits, '_', '.', '-')")
+    return name
 
 
 # -- validation and conversion ----------------------------------------------------------------
@@ -157,16 +191,77 @@ def _schedule_of(entry: RedBeatSchedulerEntry) -> Schedule:
 # -- reading and writing entries ----------------------------------------------------------------
 
 
+@dataclass
+class _Meta:
+    """The ``mallops`` field of an entry: what RedBeat does not keep."""
+
+    task: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    description: str
+    counted_from: dt.datetime | None = None  # the run clock restarted here (creation, re-timing, enabling)
+    ran_at: dt.datetime | None = None  # the last real run before that restart
+
+    def to_json(self) -> str:
+        data = {
+            "task": self.task,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "description": self.description,
+            "counted_from": _iso(self.counted_from),
+            "ran_at": _iso(self.ran_at),
+        }
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | None, entry: RedBeatSchedulerEntry) -> _Meta:
+        """The stored field, or (an entry written before mallops kept one) what the definition says."""
+        spec = get_spec(str(entry.task))
+        data: dict[str, Any] = {}
+        if raw:
+            try:
+                loaded = json.loads(raw)
+                data = loaded if isinstance(loaded, dict) else {}
+            except ValueError:
+                data = {}
+        return cls(
+            task=str(data.get("task") or (spec.name if spec else entry.task)),
+            args=list(data.get("args") or []),
+            kwargs=dict(data.get("kwargs") or {}),
+            description=str(data.get("description") or (spec.description if spec else "")),
+            counted_from=_parse(data.get("counted_from")),
+            ran_at=_parse(data.get("ran_at")),
+        )
+
+
+def _conf_prefix(app: Celery) -> str:
+    return str(ensure_conf(app).key_prefix)
+
+
 def _key(app: Celery, name: str) -> str:
     ensure_conf(app)
     return str(RedBeatSchedulerEntry.generate_key(app, name))
 
 
-def _load(app: Celery, name: str) -> RedBeatSchedulerEntry | None:
+def _seeded_key(app: Celery) -> str:
+    return _conf_prefix(app) + SEEDED_SUFFIX
+
+
+def _load(app: Celery, name: str) -> tuple[RedBeatSchedulerEntry, _Meta] | None:
+    key = _key(app, name)
     try:
-        return RedBeatSchedulerEntry.from_key(_key(app, name), app=app)
+        entry = RedBeatSchedulerEntry.from_key(key, app=app)
     except KeyError:
         return None
+    return entry, _Meta.from_json(get_redis(app).hget(key, META_FIELD), entry)
+
+
+def _entry_names(app: Celery) -> list[str]:
+    """Every entry name under the mallops prefix (disabled entries stay in RedBeat's sorted set)."""
+    conf = ensure_conf(app)
+    prefix = conf.key_prefix
+    keys = get_redis(app).zrange(conf.schedule_key, 0, -1)
+    return sorted(k[len(prefix) :] for k in keys if k.startswith(prefix) and not k.startswith(prefix + ":"))
 
 
 def entry_options(spec: TaskSpec, schedule: Schedule) -> dict[str, Any]:
@@ -181,20 +276,52 @@ def entry_options(spec: TaskSpec, schedule: Schedule) -> dict[str, Any]:
     return options
 
 
-def _new_entry(app: Celery, spec: TaskSpec, schedule: Schedule, enabled: bool) -> RedBeatSchedulerEntry:
+def task_payload(spec: TaskSpec, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments beat publishes: ``args`` and ``kwargs`` validated against the task's schema
+    (pydantic's ValidationError, a ValueError, or TaskArgumentError when they do not fit)."""
+    return spec.validate(list(args), dict(kwargs)).model_dump(mode="json")
+
+
+def _new_entry(
+    app: Celery,
+    name: str,
+    spec: TaskSpec,
+    schedule: Schedule,
+    enabled: bool,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    description: str | None = None,
+) -> tuple[RedBeatSchedulerEntry, _Meta]:
+    kwargs = dict(kwargs or {})
     entry = RedBeatSchedulerEntry(
-        name=spec.name,
+        name=name,
         task=spec.celery_name,
         schedule=celery_schedule(schedule, app),
         args=(),
-        kwargs={},
+        kwargs=task_payload(spec, args, kwargs),
         options=entry_options(spec, schedule),
         enabled=enabled,
         app=app,
     )
-    # counted from now: a new entry fires at its next scheduled time, not at once
+    # counted from now: a new entry fires at its next scheduled time, not at once; it has not run yet
     entry.last_run_at = app.now()
-    return entry
+    meta = _Meta(spec.name, list(args), kwargs, description or spec.description, counted_from=entry.last_run_at)
+    return entry, meta
+
+
+def _last_run(entry: RedBeatSchedulerEntry, meta: _Meta) -> dt.datetime | None:
+    """When the entry really last ran: RedBeat's last_run_at unless that is only the restarted clock."""
+    last = _utc(entry.last_run_at)
+    counted_from = _utc(meta.counted_from)
+    if last is not None and (counted_from is None or last > counted_from):
+        return last
+    return _utc(meta.ran_at)
+
+
+def _restart_clock(app: Celery, entry: RedBeatSchedulerEntry, meta: _Meta) -> None:
+    meta.ran_at = _last_run(entry, meta)
+    entry.last_run_at = app.now()
+    meta.counted_from = entry.last_run_at
 
 
 def _next_run_at(app: Celery, entry: RedBeatSchedulerEntry) -> dt.datetime | None:
@@ -210,143 +337,222 @@ def _next_run_at(app: Celery, entry: RedBeatSchedulerEntry) -> dt.datetime | Non
     return _utc((at + dt.timedelta(microseconds=500_000)).replace(microsecond=0))
 
 
-def _to_public(app: Celery, spec: TaskSpec, entry: RedBeatSchedulerEntry) -> ScheduleEntry:
-    next_run_at = _next_run_at(app, entry) if entry.enabled else None
+def _to_public(app: Celery, entry: RedBeatSchedulerEntry, meta: _Meta) -> ScheduleEntry:
+    spec = get_spec(meta.task)
     return ScheduleEntry(
-        name=spec.name,
-        task_name=spec.celery_name,
-        queue=spec.queue,
+        name=str(entry.name),
+        task_name=spec.name if spec else meta.task,
+        queue=spec.queue if spec else "",
         enabled=bool(entry.enabled),
         schedule=_schedule_of(entry).as_dict(),
-        description=spec.description,
-        last_run_at=_utc(entry.last_run_at),
-        next_run_at=_utc(next_run_at),
+        description=meta.description,
+        args=list(meta.args),
+        kwargs=dict(meta.kwargs),
+        last_run_at=_last_run(entry, meta),
+        next_run_at=_next_run_at(app, entry) if entry.enabled else None,
+        timezone=app.timezone,
     )
 
 
-def ensure_defaults(app: Celery) -> list[str]:
-    """Create the catalog's beat entries that are missing from Redis; return the names created.
+def _save(app: Celery, entry: RedBeatSchedulerEntry, meta: _Meta) -> None:
+    """Write definition, mallops' field, last run and score (RedBeat's ``save`` keeps an existing meta)."""
+    entry.save()
+    get_redis(app).hset(entry.key, META_FIELD, meta.to_json())
+    entry.reschedule(entry.last_run_at)
 
-    Entries that exist keep their runtime state (enabled, schedule, last run). An entry whose task name
-    no longer matches the catalog is corrected, and entries the catalog no longer schedules are
-    deleted. Safe to call from several processes at once.
+
+def ensure_defaults(app: Celery) -> list[str]:
+    """Seed the catalog's default entries that were never seeded; return the names created.
+
+    A default is created once: its name then stays in ``<prefix>:seeded``, so one deleted later is not
+    created again. Entries that exist keep their runtime state; an entry whose task left the catalog is
+    deleted (it would fire a task no worker knows). Safe to call from several processes at once.
     """
-    created: list[str] = []
     _remove_strays(app)
+    client = get_redis(app)
+    seeded_key = _seeded_key(app)
+    seeded = set(client.smembers(seeded_key))
+    created: list[str] = []
     for name, spec in scheduled_specs().items():
+        if name in seeded:
+            continue
         assert spec.schedule is not None
-        existing = _load(app, name)
-        if existing is None:
-            _new_entry(app, spec, spec.schedule, enabled=True).save()
+        if _load(app, name) is None:
+            _save(app, *_new_entry(app, name, spec, spec.schedule, enabled=True))
             created.append(name)
-        elif existing.task != spec.celery_name:
-            existing.task = spec.celery_name
-            existing.save()
+        client.sadd(seeded_key, name)
     return created
 
 
 def _remove_strays(app: Celery) -> list[str]:
-    """Delete entries under the mallops prefix that the catalog no longer schedules (they would fire)."""
+    """Delete entries under the mallops prefix whose task is not in the catalog (or that are broken)."""
     conf = ensure_conf(app)
     client = get_redis(app)
-    wanted = {_key(app, name) for name in scheduled_specs()}
     removed = []
-    for key in client.zrange(conf.schedule_key, 0, -1):
-        if key.startswith(conf.key_prefix) and key not in wanted:
+    for name in _entry_names(app):
+        key = _key(app, name)
+        definition = client.hget(key, "definition")
+        task = None
+        if definition:
+            try:
+                task = json.loads(definition).get("task")
+            except (ValueError, AttributeError):
+                task = None
+        if task is None or get_spec(str(task)) is None:
             with client.pipeline() as pipe:
                 pipe.zrem(conf.schedule_key, key)
                 pipe.delete(key)
                 pipe.execute()
-            removed.append(key[len(conf.key_prefix) :])
+            removed.append(name)
     return removed
 
 
-def list_entries(app: Celery) -> list[ScheduleEntry]:
-    """Every catalog beat entry with its current state, in catalog order (defaults created if missing)."""
-    specs = scheduled_specs()
-    entries: list[ScheduleEntry] = []
-    missing = False
-    for name, spec in specs.items():
-        entry = _load(app, name)
-        if entry is None:
-            missing = True
-            break
-        entries.append(_to_public(app, spec, entry))
-    if missing:
+def _seed_if_new(app: Celery) -> None:
+    """Seed the defaults on a Redis that never had them (before beat's first start, or after data loss)."""
+    if not get_redis(app).exists(_seeded_key(app)):
         ensure_defaults(app)
-        return list_entries(app)
+
+
+def list_entries(app: Celery) -> list[ScheduleEntry]:
+    """Every entry with its current state, by name (the defaults are seeded first on a new Redis)."""
+    _seed_if_new(app)
+    entries = []
+    for name in _entry_names(app):
+        loaded = _load(app, name)
+        if loaded is not None:
+            entries.append(_to_public(app, *loaded))
     return entries
 
 
 def get_entry(app: Celery, name: str) -> ScheduleEntry:
-    """One entry by catalog short name; KeyError if the catalog has no beat entry of that name."""
-    spec = scheduled_specs().get(name)
-    if spec is None:
+    """One entry by name; KeyError if there is none."""
+    _seed_if_new(app)
+    loaded = _load(app, name)
+    if loaded is None:
         raise KeyError(name)
-    entry = _load(app, name)
-    if entry is None:
-        ensure_defaults(app)
-        entry = _load(app, name)
-        assert entry is not None
-    return _to_public(app, spec, entry)
+    return _to_public(app, *loaded)
+
+
+def create_entry(
+    app: Celery,
+    name: str,
+    task_name: str,
+    schedule: Schedule,
+    *,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    enabled: bool = True,
+    description: str | None = None,
+) -> ScheduleEntry:
+    """A new entry; beat fires it at its next scheduled time (within ``MALLOPS_BEAT_MAX_INTERVAL``).
+
+    ValueError for a bad name, schedule or arguments (pydantic's ValidationError is one),
+    :class:`UnknownTask` for a task not in the catalog, :class:`EntryExists` for a name in use.
+    """
+    validate_name(name)
+    _seed_if_new(app)  # else a default of that name would be seeded over it later
+    spec = get_spec(task_name)
+    if spec is None:
+        raise UnknownTask(task_name)
+    schedule = validate_schedule(schedule)
+    entry, meta = _new_entry(app, name, spec, schedule, enabled, args, kwargs, _description(description))
+    # claim the name: the first writer of the mallops field wins, a second create is refused
+    if not get_redis(app).hsetnx(entry.key, META_FIELD, meta.to_json()) and _load(app, name) is not None:
+        raise EntryExists(name)
+    _save(app, entry, meta)
+    return _to_public(app, entry, meta)
 
 
 def update_entry(
-    app: Celery, name: str, *, enabled: bool | None = None, schedule: Schedule | None = None
+    app: Celery,
+    name: str,
+    *,
+    enabled: bool | None = None,
+    schedule: Schedule | None = None,
+    args: Sequence[Any] | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    description: str | None = None,
 ) -> ScheduleEntry:
-    """Enable, disable or re-time the entry ``name``; the running beat picks it up on its next tick.
+    """Change the entry ``name``; the running beat picks it up on its next tick.
 
-    KeyError for a name that has no beat entry in the catalog, ValueError for a bad schedule.
-    Enabling a disabled entry or changing its schedule counts the next run from now, so neither
-    makes beat fire a missed run at once.
+    KeyError for a name that has no entry, ValueError for a bad schedule or arguments. ``args`` and
+    ``kwargs`` each replace what the entry had. Enabling a disabled entry or changing its schedule
+    counts the next run from now, so neither makes beat fire a missed run at once.
     """
-    spec = scheduled_specs().get(name)
-    if spec is None:
-        raise KeyError(name)
     if schedule is not None:
         schedule = validate_schedule(schedule)
-    entry = _load(app, name)
-    if entry is None:
-        assert spec.schedule is not None
-        entry = _new_entry(app, spec, spec.schedule, enabled=True)
+    _seed_if_new(app)
+    loaded = _load(app, name)
+    if loaded is None:
+        raise KeyError(name)
+    entry, meta = loaded
+    spec = get_spec(meta.task)
+    if spec is None:
+        raise KeyError(name)
+    if args is not None or kwargs is not None:
+        new_args = list(args) if args is not None else meta.args
+        new_kwargs = dict(kwargs) if kwargs is not None else meta.kwargs
+        entry.kwargs = task_payload(spec, new_args, new_kwargs)
+        entry.args = ()
+        meta.args, meta.kwargs = new_args, new_kwargs
+    if description is not None:
+        meta.description = _description(description) or spec.description
     restart_clock = False
-    if schedule is not None and schedule != _schedule_of(entry):
+    current = _schedule_of(entry)
+    if schedule is not None and schedule != current:
         entry.schedule = celery_schedule(schedule, app)
-        entry.options = entry_options(spec, schedule)
         restart_clock = True
+    entry.options = entry_options(spec, schedule or current)
     if enabled is not None:
         restart_clock = restart_clock or (enabled and not entry.enabled)
         entry.enabled = enabled
     if restart_clock:
-        entry.last_run_at = app.now()
-    _save(app, entry)
-    return _to_public(app, spec, entry)
+        _restart_clock(app, entry, meta)
+    _save(app, entry, meta)
+    return _to_public(app, entry, meta)
 
 
-def _save(app: Celery, entry: RedBeatSchedulerEntry) -> None:
-    """Write definition, last run and score together (RedBeat's ``save`` keeps an existing meta)."""
-    entry.save()
-    entry.reschedule(entry.last_run_at)
+def delete_entry(app: Celery, name: str) -> None:
+    """Delete the entry ``name`` (KeyError if there is none). A deleted default stays deleted."""
+    _seed_if_new(app)
+    if _load(app, name) is None:
+        raise KeyError(name)
+    RedBeatSchedulerEntry(name=name, app=app).delete()
 
 
 def reset_entry(app: Celery, name: str) -> ScheduleEntry:
-    """Put the entry ``name`` back to its catalog default (enabled, default schedule)."""
+    """Put the default entry ``name`` back to its catalog state (enabled, default schedule, no arguments)."""
     spec = scheduled_specs().get(name)
     if spec is None:
         raise KeyError(name)
     assert spec.schedule is not None
-    entry = _new_entry(app, spec, spec.schedule, enabled=True)
-    _save(app, entry)
-    return _to_public(app, spec, entry)
+    entry, meta = _new_entry(app, name, spec, spec.schedule, enabled=True)
+    _save(app, entry, meta)
+    return _to_public(app, entry, meta)
 
 
 def delete_all(app: Celery) -> None:
-    """Remove every mallops beat entry (tests, or a reset to defaults with beat stopped)."""
+    """Remove every mallops beat entry and the seeding record (tests, or a reset with beat stopped)."""
     client = get_redis(app)
     conf = ensure_conf(app)
-    for name in scheduled_specs():
+    for name in _entry_names(app):
         RedBeatSchedulerEntry(name=name, app=app).delete()
-    client.delete(conf.statics_key)
+    client.delete(conf.statics_key, _seeded_key(app))
+
+
+def _description(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if len(value) > DESCRIPTION_MAX:
+        raise ValueError(f"a description has at most {DESCRIPTION_MAX} characters")
+    return value
+
+
+def utc_iso(value: dt.datetime | None) -> str | None:
+    """ISO 8601 in UTC with ``Z`` (``2026-12-07T19:00:00Z``), or None."""
+    value = _utc(value)
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
 @dataclass(frozen=True)
@@ -359,16 +565,19 @@ class EntryTiming:
 
 
 def entry_timings(app: Celery) -> list[EntryTiming]:
-    """The enabled catalog entries that beat keeps, with their last run and period (reads only; the
-    monitor's ``mallops_schedule_*`` metrics). For a crontab the period is the gap after the last run."""
+    """Every enabled entry with its last run and period (reads only; the monitor's ``mallops_schedule_*``
+    metrics). The last run is RedBeat's clock: the last send, or when the clock restarted (creation,
+    re-timing, enabling), which is what the next run is counted from. For a crontab the period is the gap
+    from there to the next run due."""
     timings = []
-    for name in scheduled_specs():
-        entry = _load(app, name)
-        last = _utc(entry.last_run_at) if entry is not None and entry.enabled else None
-        if entry is None or last is None:
+    for name in _entry_names(app):
+        loaded = _load(app, name)
+        if loaded is None or not loaded[0].enabled or loaded[0].last_run_at is None:
             continue
-        remaining = entry.schedule.remaining_estimate(entry.last_run_at)
-        due = _utc(app.now() + remaining)
+        entry = loaded[0]
+        last = _utc(entry.last_run_at)
+        due = _utc(app.now() + entry.schedule.remaining_estimate(entry.last_run_at))
+        assert last is not None
         assert due is not None
         timings.append(EntryTiming(name, last, max((due - last).total_seconds(), 0.0)))
     return timings
@@ -386,10 +595,23 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def _parse(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return _utc(dt.datetime.fromisoformat(value))
+    except ValueError:
+        return None
+
+
 __all__ = [
+    "EntryExists",
     "EntryTiming",
     "ScheduleEntry",
+    "UnknownTask",
     "celery_schedule",
+    "create_entry",
+    "delete_entry",
     "ensure_defaults",
     "entry_timings",
     "get_entry",
@@ -398,5 +620,7 @@ __all__ = [
     "schedule_from_dict",
     "scheduled_specs",
     "update_entry",
+    "utc_iso",
+    "validate_name",
     "validate_schedule",
 ]

@@ -115,7 +115,7 @@ SERVICE_SPECS: Mapping[str, ServiceSpec] = {
         ServiceSpec(
             "beat",
             "scheduler",
-            "The scheduler (celery-redbeat): enqueues the periodic tasks.",
+            "The scheduler (celery-redbeat): enqueues the periodic tasks and the deferred one-off runs when due.",
             readiness="redbeat-lock",
         ),
         ServiceSpec(

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=600, ge=1)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     cors_origins: list[str] = Field(default_factory=list)
+    # gateway: requests with a missing, unknown, expired or revoked token per client address and minute
+    auth_failures_per_minute: int = Field(default=60, ge=1)
     # gateway: how long a verified token is trusted before the database is asked again (revocation delay)
     token_cache_seconds: float = Field(default=5.0, ge=0, le=60)
     # gateway: how long the owner and arguments of a submitted task are kept in Redis (beyond result_expires)
@@ -85,12 +87,19 @@ class Settings(BaseSettings):
     task_max_deliveries: int = Field(default=5, ge=1, le=1000)
     beat_max_interval: float = Field(default=5.0, gt=0, le=300)  # beat loop: runtime edits apply within it
     beat_lock_timeout: int = Field(default=30, ge=5)  # a dead beat's lock frees after this many seconds
+    # one-off runs further ahead than the broker's visibility timeout wait in the database (state SCHEDULED);
+    # one owner may have at most this many waiting (they count against MALLOPS_TASK_MAX_PER_USER once published)
+    scheduled_max_per_user: int = Field(default=100, ge=0)
+    # tests and drills only (refused in production): beat publishes deferred runs as if it were this many
+    # seconds later, so that a run hours ahead can be driven without waiting
+    clock_offset_seconds: float = Field(default=0.0, ge=0, le=10 * 366 * 86400)
     backup_keep: int = Field(default=7, ge=1)
     export_ttl_days: int = Field(default=7, ge=1)
     report_ttl_days: int = Field(default=365, ge=1)
     history_ttl_days: int = Field(default=30, ge=1)
     notification_ttl_days: int = Field(default=30, ge=1)
     access_log_ttl_days: int = Field(default=90, ge=1)
+    audit_ttl_days: int = Field(default=365, ge=1)  # audit_log rows, deleted by cleanup_expired_data
     pg_dump_command: str = "pg_dump"  # for backup_database on PostgreSQL (client major >= server's)
     # `mallops migrate` also loads the demo mall when the database has none (compose's one-shot migrate)
     demo_data: bool = False
@@ -130,6 +139,8 @@ class Settings(BaseSettings):
     def _refuse_default_secrets_in_production(self) -> Self:
         if self.environment == "production" and not self.database_url:
             raise ValueError("MALLOPS_DATABASE_URL must be set when MALLOPS_ENVIRONMENT=production")
+        if self.environment == "production" and self.clock_offset_seconds:
+            raise ValueError("MALLOPS_CLOCK_OFFSET_SECONDS is for tests and drills, not MALLOPS_ENVIRONMENT=production")
         return self
 
     # -- derived values ------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""API tokens: random bearer secrets stored only as sha256 hashes, with a role and revocation.
+"""API tokens: random bearer secrets stored only as sha256 hashes, with a role, an optional store scope,
+an optional expiry and revocation.
 
-Used by the gateway (verify) and by ``mallops tokens create|list|revoke`` (which work on the database
-directly). A token is shown once, when it is created; afterwards only its name, role and first
-characters (``prefix``) are known.
+Used by the gateway (verify; ``/api/v1/tokens``) and by ``mallops tokens create|list|revoke`` (over the
+API, or on the database directly). A token is shown once, when it is created; afterwards only its name,
+role, scope and first characters (``prefix``) are known. Revocation is final: the row stays, for the
+audit trail, and never works again.
 """
 
 from __future__ import annotations
@@ -13,16 +15,15 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared.models import ApiToken, utcnow
+from shared import permissions
+from shared.models import ApiToken, Store, utcnow
+from shared.permissions import ROLES, Role
 
-Role = Literal["user", "admin"]
-ROLES: tuple[str, ...] = get_args(Role)
 TOKEN_PREFIX = "mlp_"  # noqa: S105 - a marker that makes leaked tokens recognisable, not a secret
 PREFIX_LENGTH = 12  # at most; never more than a quarter of the secret (see visible_prefix)
 MIN_TOKEN_LENGTH = 16
@@ -36,14 +37,27 @@ class TokenError(ValueError):
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the token's name (the owner of the tasks it submits) and its role."""
+    """Who is calling: the token's name (the owner of the tasks it submits), its role and store scope."""
 
     name: str
     role: Role
+    stores: tuple[int, ...] | None = None  # None: every store
+    expires_at: dt.datetime | None = None
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def permissions(self) -> frozenset[str]:
+        granted = permissions.permissions_of(self.role)
+        return granted - {permissions.STORES_ALL} if self.stores is not None else granted
+
+    def has(self, permission: str) -> bool:
+        return permission in self.permissions
+
+    def expired(self, now: dt.datetime | None = None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or utcnow())
 
 
 @dataclass(frozen=True)
@@ -54,10 +68,25 @@ class TokenInfo:
     created_at: dt.datetime
     revoked_at: dt.datetime | None
     last_used_at: dt.datetime | None
+    stores: list[int] | None = None
+    expires_at: dt.datetime | None = None
 
     @property
     def active(self) -> bool:
-        return self.revoked_at is None
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > utcnow())
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "prefix": self.prefix,
+            "active": self.active,
+            "stores": self.stores,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "revoked_at": self.revoked_at,
+            "last_used_at": self.last_used_at,
+        }
 
 
 def hash_token(token: str) -> str:
@@ -82,21 +111,56 @@ def _check(name: str, role: str) -> Role:
         raise TokenError(f"invalid token name {name!r}: use 1-100 letters, digits, '_', '.', '@' or '-'")
     if role not in ROLES:
         raise TokenError(f"invalid role {role!r}: choose one of {', '.join(ROLES)}")
-    return role  # type: ignore[return-value]
+    return role
 
 
-def create_token(session: Session, name: str, role: str, token: str | None = None) -> str:
+def _check_scope(session: Session, role: str, stores: list[int] | None, expires_at: dt.datetime | None) -> None:
+    if stores is not None:
+        if not stores:
+            raise TokenError("stores: give at least one store id, or none for every store")
+        known = set(session.scalars(select(Store.id).where(Store.id.in_(stores))))
+        if missing := sorted(set(stores) - known):
+            raise TokenError(f"no store with id {', '.join(map(str, missing))}")
+    elif role == "store_manager":
+        raise TokenError("a store_manager token needs its stores: --store ID (repeatable)")
+    if expires_at is not None:
+        if expires_at.tzinfo is None:
+            raise TokenError("expires_at needs a timezone")
+        if expires_at <= utcnow():
+            raise TokenError("expires_at is in the past")
+
+
+def create_token(
+    session: Session,
+    name: str,
+    role: str,
+    token: str | None = None,
+    *,
+    stores: list[int] | None = None,
+    expires_at: dt.datetime | None = None,
+) -> str:
     """Store a new token called ``name`` and return its secret (the only time it is available).
 
-    Raises :class:`TokenError` for a bad name or role, a name already used, or a too short ``token``.
+    ``stores`` limits the token to those stores' data (a ``store_manager`` needs it); ``expires_at`` ends it.
+    Raises :class:`TokenError` for a bad name, role, store or expiry, a name already used, or a too short
+    ``token``.
     """
     _check(name, role)
+    stores = sorted(set(stores)) if stores is not None else None
+    _check_scope(session, role, stores, expires_at)
     secret = token if token is not None else generate_token()
     if len(secret) < MIN_TOKEN_LENGTH:
         raise TokenError(f"a token must be at least {MIN_TOKEN_LENGTH} characters long")
     if session.scalar(select(ApiToken.id).where(ApiToken.name == name)) is not None:
         raise TokenError(f"a token named {name!r} already exists")
-    row = ApiToken(name=name, role=role, token_hash=hash_token(secret), prefix=visible_prefix(secret))
+    row = ApiToken(
+        name=name,
+        role=role,
+        token_hash=hash_token(secret),
+        prefix=visible_prefix(secret),
+        stores=stores,
+        expires_at=expires_at,
+    )
     session.add(row)
     try:
         session.flush()
@@ -107,7 +171,18 @@ def create_token(session: Session, name: str, role: str, token: str | None = Non
 
 def list_tokens(session: Session) -> list[TokenInfo]:
     rows = session.scalars(select(ApiToken).order_by(ApiToken.name)).all()
-    return [TokenInfo(r.name, r.role, r.prefix, r.created_at, r.revoked_at, r.last_used_at) for r in rows]
+    return [token_info(r) for r in rows]
+
+
+def token_info(row: ApiToken) -> TokenInfo:
+    return TokenInfo(
+        row.name, row.role, row.prefix, row.created_at, row.revoked_at, row.last_used_at, row.stores, row.expires_at
+    )
+
+
+def get_token(session: Session, name: str) -> TokenInfo | None:
+    row = session.scalar(select(ApiToken).where(ApiToken.name == name))
+    return token_info(row) if row is not None else None
 
 
 def revoke_token(session: Session, name: str) -> bool:
@@ -122,7 +197,7 @@ def revoke_token(session: Session, name: str) -> bool:
 
 
 def verify_token(session: Session, token: str) -> Principal | None:
-    """The principal of an active token, or None for an unknown or revoked one.
+    """The principal of an active token, or None for an unknown, revoked or expired one.
 
     The lookup is by the token's sha256 (an index hit that reveals nothing about stored secrets);
     the stored hash is then compared in constant time.
@@ -135,7 +210,13 @@ def verify_token(session: Session, token: str) -> Principal | None:
         return None
     if row.revoked_at is not None or row.role not in ROLES:
         return None
-    return Principal(row.name, row.role)  # type: ignore[arg-type]
+    principal = Principal(
+        row.name,
+        row.role,
+        tuple(row.stores) if row.stores is not None else None,
+        row.expires_at,
+    )
+    return None if principal.expired() else principal
 
 
 def touch_last_used(session: Session, name: str, when: dt.datetime | None = None) -> None:

@@ -184,6 +184,12 @@ def start_redis(workdir: Path, port: int | None = None, appendonly: bool = False
     return server
 
 
+def redis_env(server: RedisServer) -> dict[str, str]:
+    """The MALLOPS_* variables that put a process on ``server``: cache, broker (db 0), results (db 1)."""
+    base = server.url_base
+    return {"MALLOPS_REDIS_URL": base, "MALLOPS_BROKER_URL": f"{base}/0", "MALLOPS_RESULT_BACKEND": f"{base}/1"}
+
+
 def wait_http_ready(process: Process, url: str, timeout: float = 60.0) -> None:
     """Poll ``url`` until it answers 200; fail at once, with the process's log, if ``process`` exits.
     On failure the process is stopped."""

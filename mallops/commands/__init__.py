@@ -1,6 +1,6 @@
 """The operator commands of the ``mallops`` CLI, one module per area, registered on the main app.
 
-Kept apart from ``mallops/cli.py`` (which holds ``serve``, ``migrate``, ``demo-data`` and ``tokens``)
+Kept apart from ``mallops/cli.py`` (which holds ``serve``, ``migrate`` and ``demo-data``)
 so that each area can grow without touching the others.
 """
 
@@ -11,7 +11,7 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add every operator command to ``app``."""
-    from mallops.commands import dead_letters, doctor, platform, schedules, stack, tasks
+    from mallops.commands import access, dead_letters, doctor, platform, schedules, stack, tasks
 
     tasks.register(app)
     platform.register(app)
@@ -19,3 +19,4 @@ def register(app: typer.Typer) -> None:
     dead_letters.register(app)
     doctor.register(app)
     stack.register(app)
+    access.register(app)

@@ -3,8 +3,10 @@
 RedBeat keeps the schedule in Redis (cache database, keys under ``mallops:redbeat:``) and holds a Redis
 lock while it runs, so a second beat replica waits as a standby instead of firing the same entries
 again; it takes over when the lock is released (clean stop) or expires (``MALLOPS_BEAT_LOCK_TIMEOUT``).
-Default entries come from the catalog (:func:`shared.schedules.ensure_defaults`); runtime edits made
-through :mod:`shared.schedules` are read on every tick, at most ``MALLOPS_BEAT_MAX_INTERVAL`` apart.
+Default entries come from the catalog and are seeded once (:func:`shared.schedules.ensure_defaults`, at
+every start: a deleted default is not seeded again); entries added or changed through
+:mod:`shared.schedules` are read on every tick, at most ``MALLOPS_BEAT_MAX_INTERVAL`` apart. Every tick
+also publishes the deferred one-off runs that are due (:mod:`shared.deferred`, from the database).
 """
 
 from __future__ import annotations

@@ -13,7 +13,19 @@ from starlette.concurrency import run_in_threadpool
 from services.gateway import problems
 from services.gateway.middleware import AccountingMiddleware, BodyLimitMiddleware
 from services.gateway.openapi import install_openapi
-from services.gateway.routes import admin, bulk, catalog, dead_letters, files, history, system, tasks
+from services.gateway.routes import (
+    admin,
+    audit,
+    bulk,
+    catalog,
+    dead_letters,
+    files,
+    history,
+    schedules,
+    system,
+    tasks,
+    tokens,
+)
 from services.gateway.runtime import Runtime
 from shared.settings import Settings, get_settings
 from shared.tokens import ensure_bootstrap_admin
@@ -66,7 +78,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         catalog.router,
         admin.router,
         dead_letters.router,
+        schedules.router,
         files.router,
+        tokens.router,
+        audit.router,
         system.router,
     )
     for router in routers:

@@ -25,6 +25,13 @@ class TokenCache:
         self._ttl = ttl
         self._entries: dict[str, tuple[float, Principal | None]] = {}
 
+    def cached(self, token: str) -> tuple[bool, Principal | None]:
+        """(known, principal) from the cache alone: (False, None) when the database must be asked."""
+        hit = self._entries.get(tokens.hash_token(token))
+        if hit is not None and hit[0] > time.monotonic():
+            return True, hit[1]
+        return False, None
+
     async def principal(self, token: str) -> Principal | None:
         """The principal of an active token, or None."""
         key = tokens.hash_token(token)

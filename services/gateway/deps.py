@@ -10,11 +10,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from services.gateway.problems import ProblemError
+from services.gateway.ratelimit import Decision
 from services.gateway.runtime import Runtime
 from services.gateway.taskstore import TaskStore
 from shared.tokens import Principal
 
-bearer = HTTPBearer(auto_error=False, description="An API token: `mallops tokens create --name NAME --role user`.")
+bearer = HTTPBearer(auto_error=False, description="An API token: `mallops tokens create --name NAME --role ROLE`.")
 
 
 # Dependencies that do no I/O are ``async def``: FastAPI runs a plain ``def`` one in the thread pool, a
@@ -51,12 +52,21 @@ async def current_principal(
     runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
-    """The caller, from ``Authorization: Bearer <token>``; also applies the per-token rate limit."""
-    if credentials is None or not credentials.credentials:
-        raise _unauthorized("send an API token: Authorization: Bearer <token>")
-    principal = await runtime.tokens.principal(credentials.credentials)
-    if principal is None:
-        raise _unauthorized("the API token is unknown or has been revoked")
+    """The caller, from ``Authorization: Bearer <token>``; also applies the per-token rate limit.
+
+    Requests without a valid token (missing, unknown, expired, revoked) are counted per client address;
+    past ``MALLOPS_AUTH_FAILURES_PER_MINUTE`` they are 429 before the database is asked.
+    """
+    token = credentials.credentials if credentials is not None else ""
+    known, principal = runtime.tokens.cached(token) if token else (True, None)
+    if not known:
+        await _refuse_blocked_client(request, runtime, await runtime.auth_failures.peek(_client(request)))
+        principal = await runtime.tokens.principal(token)
+    if principal is None or principal.expired():
+        await _refuse_blocked_client(request, runtime, await runtime.auth_failures.hit(_client(request)))
+        if not token:
+            raise _unauthorized("send an API token: Authorization: Bearer <token>")
+        raise _unauthorized("the API token is unknown, expired or revoked")
     request.state.principal = principal.name
     decision = await runtime.limiter.hit(principal.name)
     if not decision.allowed:
@@ -71,13 +81,20 @@ async def current_principal(
     return principal
 
 
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def _refuse_blocked_client(request: Request, runtime: Runtime, decision: Decision) -> None:
+    if not decision.allowed:
+        raise ProblemError(
+            429,
+            f"too many requests without a valid token from {_client(request)} (MALLOPS_AUTH_FAILURES_PER_MINUTE "
+            f"is {decision.limit}); retry in {decision.retry_after} s",
+            kind="auth-failures",
+            title="Too Many Requests",
+            headers={"Retry-After": str(decision.retry_after)},
+        )
+
+
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
-
-
-async def admin_principal(principal: CurrentPrincipal) -> Principal:
-    if not principal.is_admin:
-        raise ProblemError(403, "this endpoint needs an admin token", kind="forbidden")
-    return principal
-
-
-AdminPrincipal = Annotated[Principal, Depends(admin_principal)]

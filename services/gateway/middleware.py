@@ -133,6 +133,7 @@ class AccountingMiddleware:
         request_id = uuid.uuid4().hex  # ours, never the client's: access_logs.request_id is unique
         status = 500
         header = (REQUEST_ID_HEADER, request_id.encode())
+        scope.setdefault("state", {})["request_id"] = request_id  # request.state.request_id (the audit trail)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status

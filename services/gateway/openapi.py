@@ -25,7 +25,7 @@ ADMIN = "x-mallops-admin"
 DESCRIPTIONS = {
     400: "The request is malformed.",
     401: "No token, an unknown token or a revoked token.",
-    403: "The token is not an admin token.",
+    403: "The token's role (or store scope) lacks the permission named in `permission`.",
     404: "No such resource (or it belongs to someone else).",
     405: "Method not allowed.",
     410: "Gone: it has expired.",
@@ -80,7 +80,7 @@ def _add_errors(path: str, method: str, operation: dict[str, Any]) -> None:
     responses: dict[str, Any] = operation["responses"]
     statuses = {500}
     if operation.get("security"):
-        statuses |= {401, 429, 503}
+        statuses |= {401, 403, 429, 503}
     if operation.pop(ADMIN, False):
         statuses.add(403)
     if operation.get("requestBody") or method in ("post", "put", "patch"):

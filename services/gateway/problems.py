@@ -46,6 +46,9 @@ class Problem(BaseModel):
     status: int = Field(ge=100, le=599, description="The HTTP status code.")
     detail: str = Field(description="What went wrong with this request, for a human.")
     instance: str | None = Field(default=None, description="The request path this problem is about.")
+    permission: str | None = Field(
+        default=None, description="On a 403: the permission the token is missing (docs/security.md lists them)."
+    )
 
 
 class ValidationProblem(Problem):

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 
 WINDOW = 60
 KEY = "mallops:gw:rate:{name}"
+AUTH_FAILURES_KEY = "mallops:gw:authfail:{name}"  # per client address: requests without a valid token
 
 # KEYS[1] the token's log; ARGV: window seconds, limit, a unique member for this request.
 # Returns {allowed (1/0), remaining, retry-after in milliseconds}.
@@ -43,6 +44,20 @@ return {0, 0, wait}
 """
 
 
+# KEYS[1] the log; ARGV: window seconds, limit. Returns {full (1/0), retry-after in milliseconds}; records nothing.
+_PEEK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[1]) * 1000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then return {0, 0} end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local wait = window
+if oldest[2] then wait = tonumber(oldest[2]) + window - now end
+return {1, wait}
+"""
+
+
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
@@ -52,14 +67,23 @@ class Decision:
 
 
 class RateLimiter:
-    def __init__(self, client: aioredis.Redis[str], per_minute: int) -> None:
+    def __init__(self, client: aioredis.Redis[str], per_minute: int, key: str = KEY) -> None:
         self._client = client
         self.limit = per_minute
+        self._key = key
         self._hit: Any = client.register_script(_HIT)
+        self._peek: Any = client.register_script(_PEEK)
+
+    async def peek(self, name: str) -> Decision:
+        """Whether one more would be allowed, without recording anything."""
+        full, wait_ms = await self._peek(keys=[self._key.format(name=name)], args=[WINDOW, self.limit])
+        if not int(full):
+            return Decision(True, self.limit, 0, 0)
+        return Decision(False, self.limit, 0, max(1, math.ceil(int(wait_ms) / 1000)))
 
     async def hit(self, name: str) -> Decision:
         allowed, remaining, wait_ms = await self._hit(
-            keys=[KEY.format(name=name)], args=[WINDOW, self.limit, uuid.uuid4().hex]
+            keys=[self._key.format(name=name)], args=[WINDOW, self.limit, uuid.uuid4().hex]
         )
         if int(allowed):
             return Decision(True, self.limit, int(remaining), 0)

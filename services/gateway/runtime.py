@@ -18,7 +18,7 @@ from services.gateway.accesslog import AccessLogBuffer
 from services.gateway.auth import TokenCache
 from services.gateway.broker import TaskPublisher, task_publisher
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.ratelimit import RateLimiter
+from services.gateway.ratelimit import AUTH_FAILURES_KEY, RateLimiter
 from shared.celery_app import create_celery_app
 from shared.db import session_factory
 from shared.settings import Settings
@@ -74,6 +74,7 @@ class Runtime:
     sessions: sessionmaker[Session]
     tokens: TokenCache
     limiter: RateLimiter
+    auth_failures: RateLimiter  # per client address, MALLOPS_AUTH_FAILURES_PER_MINUTE
     metrics: GatewayMetrics
     access_log: AccessLogBuffer
     extras: dict[str, Any] = field(default_factory=dict)
@@ -92,6 +93,7 @@ class Runtime:
             sessions=sessions,
             tokens=TokenCache(sessions, ttl=settings.token_cache_seconds),
             limiter=RateLimiter(cache, settings.rate_limit_per_minute),
+            auth_failures=RateLimiter(cache, settings.auth_failures_per_minute, AUTH_FAILURES_KEY),
             metrics=GatewayMetrics(),
             access_log=AccessLogBuffer(cache),
         )

@@ -8,8 +8,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, StrictInt
 
 from shared.catalog import CATALOG
+from shared.schedules import NAME_PATTERN as SCHEDULE_NAME
 
 MAX_BATCH = 10_000
+MAX_DELAY = 10 * 366 * 86400  # seconds: ten years
 TASK_NAMES: list[JsonValue] = [*sorted(CATALOG)]
 CRON_FIELD = r"^[0-9*][0-9*,/-]*$"
 CRON_DOW = r"^[0-9a-zA-Z*][0-9a-zA-Z*,/-]*$"
@@ -39,11 +41,14 @@ class TaskSubmission(Strict):
     countdown: float | None = Field(
         default=None,
         ge=0,
-        le=7200,
-        description="Run no earlier than this many seconds from now (at most the broker's visibility timeout).",
+        le=MAX_DELAY,
+        description="Run no earlier than this many seconds from now. Beyond the broker's visibility timeout "
+        "(MALLOPS_BROKER_VISIBILITY_TIMEOUT) the run waits in the database with status SCHEDULED until due.",
     )
     eta: dt.datetime | None = Field(
-        default=None, description="Run no earlier than this time (ISO 8601 with a timezone; at most two hours ahead)."
+        default=None,
+        description="Run no earlier than this time (ISO 8601 with a timezone); as for countdown, a time "
+        "further ahead than the visibility timeout waits in the database (SCHEDULED).",
     )
     priority: StrictInt | None = Field(default=None, ge=0, le=9, description="0 (first) to 9 (last).")
 
@@ -60,7 +65,9 @@ class BatchSubmission(Strict):
 class TaskAccepted(BaseModel):
     task_id: str
     task_name: str
-    status: Literal["PENDING"] = "PENDING"
+    status: Literal["PENDING", "SCHEDULED"] = Field(
+        default="PENDING", description="PENDING: in the broker; SCHEDULED: waiting in the database until its eta."
+    )
     queue: str
     retry_of: str | None = Field(default=None, description="For a retry: the task it repeats.")
 
@@ -86,11 +93,12 @@ class TaskErrorInfo(BaseModel):
 class TaskSummary(BaseModel):
     task_id: str
     task_name: str
-    status: str = Field(description="PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE or REVOKED.")
+    status: str = Field(description="SCHEDULED, PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE or REVOKED.")
     queue: str | None = None
     owner: str | None = None
     sent_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
+    eta: dt.datetime | None = Field(default=None, description="For a SCHEDULED task: when it is to run.")
 
 
 class TaskList(BaseModel):
@@ -101,7 +109,7 @@ class TaskList(BaseModel):
 class TaskDetail(Strict):
     task_id: str
     task_name: str
-    status: str = Field(description="PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE or REVOKED.")
+    status: str = Field(description="SCHEDULED, PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE or REVOKED.")
     result: Any = Field(default=None, description="The return value, once SUCCESS.")
     error: TaskErrorInfo | None = Field(default=None, description="Why it failed, for FAILURE (or RETRY).")
     traceback: str | None = Field(default=None, description="Where it failed, for FAILURE (the end, capped).")
@@ -117,6 +125,7 @@ class TaskDetail(Strict):
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
     duration: float | None = Field(default=None, description="Run time in seconds, once finished.")
+    eta: dt.datetime | None = Field(default=None, description="For a deferred one-off run: when it is to run.")
 
 
 class RevokeRequest(Strict):
@@ -253,16 +262,19 @@ class QueueList(BaseModel):
     results: list[QueueInfo]
 
 
-class ScheduleInfo(BaseModel):
+class ScheduleInfo(Strict):
     name: str
-    task_name: str
+    task_name: str = Field(description="The catalog task it runs.")
     queue: str
     enabled: bool
     schedule: dict[str, Any]
     schedule_text: str
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
     description: str
-    last_run_at: dt.datetime | None = None
-    next_run_at: dt.datetime | None = None
+    last_run_at: str | None = Field(default=None, description="UTC, e.g. 2026-12-07T19:00:00Z; null if it never ran.")
+    next_run_at: str | None = Field(default=None, description="UTC with Z; null when disabled.")
+    next_run_local: str | None = Field(default=None, description="next_run_at in MALLOPS_TIMEZONE, with its offset.")
 
 
 class ScheduleList(BaseModel):
@@ -287,6 +299,23 @@ class SchedulePatch(Strict):
         default=None,
         description="New timing: `every` seconds or crontab fields (in MALLOPS_TIMEZONE; omitted fields are '*').",
     )
+    args: list[Any] | None = Field(default=None, max_length=50, description="New positional arguments.")
+    kwargs: dict[str, Any] | None = Field(default=None, description="New keyword arguments (see the catalog schema).")
+    description: str | None = Field(default=None, max_length=500)
+
+
+class ScheduleCreate(Strict):
+    name: str = Field(pattern=SCHEDULE_NAME, description="The entry's own name.", examples=["remind-tenants"])
+    task_name: str = Field(
+        min_length=1, max_length=200, description="A task name from GET /api/v1/catalog.", examples=["test_task"]
+    )
+    schedule: ScheduleTiming = Field(
+        description="`every` seconds or crontab fields (in MALLOPS_TIMEZONE; omitted fields are '*')."
+    )
+    args: list[Any] = Field(default_factory=list, max_length=50, description="Positional arguments.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments (see the catalog schema).")
+    enabled: StrictBool = True
+    description: str | None = Field(default=None, max_length=500, description="Default: the task's description.")
 
 
 # -- reports and exports -----------------------------------------------------------------------

@@ -5,6 +5,10 @@ Order of checks, so that nothing is enqueued for a request that is refused: ever
 (429); then the metadata is recorded and the messages are published in one pipelined round trip on the
 gateway's pooled asyncio broker connection (:mod:`services.gateway.broker`).
 If publishing fails, the reservation and metadata are undone and the answer is 503 with Retry-After.
+
+A run further ahead than ``MALLOPS_BROKER_VISIBILITY_TIMEOUT`` is not published: it is stored in the
+database with status SCHEDULED (:mod:`shared.deferred`, capped per owner by
+``MALLOPS_SCHEDULED_MAX_PER_USER``) and beat publishes it when due; it takes no quota until then.
 """
 
 from __future__ import annotations
@@ -20,16 +24,19 @@ from kombu.exceptions import KombuError, OperationalError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway.broker import TaskMessage
 from services.gateway.problems import ProblemError, describe_errors, field_errors
 from services.gateway.runtime import Runtime
 from services.gateway.schemas import TaskAccepted, TaskSubmission
-from services.gateway.taskstore import READY_STATES, TaskMeta, TaskStore
+from services.gateway.taskstore import READY_STATES, TaskStore
+from shared import deferred
 from shared.catalog import TaskArgumentError, TaskSpec, get_spec
 from shared.events import OWNER_HEADER, RETRY_OF_HEADER
-from shared.models import TaskRecord
+from shared.models import DeferredTask, TaskRecord
+from shared.taskmeta import TaskMeta
 from shared.tokens import Principal
 
 log = logging.getLogger("mallops.gateway")
@@ -48,6 +55,8 @@ class Prepared:
     countdown: float | None
     eta: dt.datetime | None
     priority: int | None
+    # further ahead than the broker holds a message safely: waits in the database (shared/deferred.py)
+    deferred_until: dt.datetime | None = None
 
     @property
     def kwargs_repr(self) -> str:
@@ -55,11 +64,32 @@ class Prepared:
         return text if len(text) <= KWARGS_REPR_MAX else text[: KWARGS_REPR_MAX - 3] + "..."
 
     def accepted(self, retry_of: str | None = None) -> TaskAccepted:
-        return TaskAccepted(task_id=self.task_id, task_name=self.spec.name, queue=self.spec.queue, retry_of=retry_of)
+        return TaskAccepted(
+            task_id=self.task_id,
+            task_name=self.spec.name,
+            status="SCHEDULED" if self.deferred_until is not None else "PENDING",  # shared.deferred.SCHEDULED
+            queue=self.spec.queue,
+            retry_of=retry_of,
+        )
+
+    def deferred_row(self, owner: str) -> DeferredTask:
+        assert self.deferred_until is not None
+        return DeferredTask(
+            task_id=self.task_id,
+            task_name=self.spec.name,
+            queue=self.spec.queue,
+            owner=owner,
+            args=self.args,
+            kwargs=self.kwargs,
+            payload=self.validated,
+            priority=self.priority,
+            eta=self.deferred_until,
+        )
 
 
 def prepare(item: TaskSubmission, loc: Sequence[str | int] = ("body",), max_delay: float = 7200) -> Prepared:
-    """Validate one submission; ProblemError 404 for an unknown task, 422 for arguments that do not fit."""
+    """Validate one submission; ProblemError 404 for an unknown task, 422 for arguments that do not fit.
+    A run more than ``max_delay`` seconds ahead (the broker's visibility timeout) is to be deferred."""
     spec = get_spec(item.task_name)
     if spec is None or item.task_name != spec.name:
         raise ProblemError(
@@ -84,20 +114,12 @@ def prepare(item: TaskSubmission, loc: Sequence[str | int] = ("body",), max_dela
             else:
                 error["loc"] = [*loc, "kwargs", *error["loc"]]
         raise _invalid(errors) from exc
-    if item.eta is not None:
-        if item.eta.tzinfo is None:
-            raise _invalid(
-                [{"loc": [*loc, "eta"], "msg": "eta needs a timezone, e.g. 2026-11-22T10:00:00Z", "type": "timezone"}]
-            )
-        ahead = (item.eta - dt.datetime.now(dt.UTC)).total_seconds()
-        if ahead > max_delay:
-            raise _invalid(
-                [{"loc": [*loc, "eta"], "msg": f"eta may be at most {max_delay:g} s ahead", "type": "too_far"}]
-            )
-    if item.countdown is not None and item.countdown > max_delay:
+    if item.eta is not None and item.eta.tzinfo is None:
         raise _invalid(
-            [{"loc": [*loc, "countdown"], "msg": f"countdown may be at most {max_delay:g} s", "type": "too_far"}]
+            [{"loc": [*loc, "eta"], "msg": "eta needs a timezone, e.g. 2026-11-22T10:00:00Z", "type": "timezone"}]
         )
+    at = deferred.run_at(item.eta, item.countdown, dt.datetime.now(dt.UTC))
+    ahead = (at - dt.datetime.now(dt.UTC)).total_seconds() if at is not None else 0.0
     return Prepared(
         task_id=str(uuid.uuid4()),
         spec=spec,
@@ -107,6 +129,7 @@ def prepare(item: TaskSubmission, loc: Sequence[str | int] = ("body",), max_dela
         countdown=item.countdown,
         eta=item.eta,
         priority=item.priority,
+        deferred_until=at if ahead > max_delay else None,
     )
 
 
@@ -147,7 +170,59 @@ class Submitter:
     async def submit(
         self, principal: Principal, items: Sequence[Prepared], owner: str | None = None, retry_of: str | None = None
     ) -> list[TaskAccepted]:
+        """Publish the items due within the broker's horizon and store the others as deferred runs."""
         owner = owner or principal.name
+        later = [item for item in items if item.deferred_until is not None]
+        now = [item for item in items if item.deferred_until is None]
+        if later:
+            await self._defer(owner, later)
+        try:
+            if now:
+                await self._publish(principal, owner, now, retry_of)
+        except BaseException:
+            if later:
+                await run_in_threadpool(self._forget_deferred, [item.task_id for item in later])
+            raise
+        for item in items:
+            self.runtime.metrics.tasks_submitted.labels(item.spec.name).inc()
+        return [item.accepted(retry_of) for item in items]
+
+    async def _defer(self, owner: str, items: Sequence[Prepared]) -> None:
+        """Store runs further ahead than the broker holds safely; 429 beyond MALLOPS_SCHEDULED_MAX_PER_USER."""
+        limit = self.runtime.settings.scheduled_max_per_user
+
+        def store() -> None:
+            with self.runtime.sessions() as session, session.begin():
+                deferred.store(session, [item.deferred_row(owner) for item in items], limit)
+
+        try:
+            await run_in_threadpool(store)
+        except deferred.TooManyWaiting as exc:
+            raise ProblemError(
+                429,
+                f"quota exceeded: {owner!r} already has {exc.waiting} scheduled run(s) waiting, and at most "
+                f"{limit} are allowed per user (MALLOPS_SCHEDULED_MAX_PER_USER)",
+                kind="scheduled-quota-exceeded",
+                title="Too many scheduled runs",
+                extra={"limit": limit, "scheduled": exc.waiting},
+            ) from exc
+        except SQLAlchemyError as exc:
+            log.warning("cannot store %d deferred run(s) for %s: %s", len(items), owner, exc)
+            raise ProblemError(
+                503,
+                f"the database cannot be reached ({type(exc).__name__}); nothing was scheduled",
+                kind="database-unavailable",
+                headers={"Retry-After": BROKER_RETRY_AFTER},
+            ) from exc
+
+    def _forget_deferred(self, task_ids: list[str]) -> None:
+        try:
+            with self.runtime.sessions() as session, session.begin():
+                deferred.forget(session, task_ids)
+        except SQLAlchemyError as exc:
+            log.warning("could not undo deferred runs %s: %s", task_ids, exc)
+
+    async def _publish(self, principal: Principal, owner: str, items: Sequence[Prepared], retry_of: str | None) -> None:
         ids = [item.task_id for item in items]
         quota = not principal.is_admin
         if quota:
@@ -177,9 +252,6 @@ class Submitter:
         except BaseException:
             await self._undo(owner, ids, metas if recorded else [], quota)
             raise
-        for item in items:
-            self.runtime.metrics.tasks_submitted.labels(item.spec.name).inc()
-        return [item.accepted(retry_of) for item in items]
 
     async def _undo(self, owner: str, ids: list[str], metas: list[TaskMeta], quota: bool) -> None:
         try:

@@ -16,70 +16,26 @@ import datetime as dt
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 from kombu.utils.json import loads as kombu_loads
 
-META_KEY = "mallops:gw:task:"
-RECENT_ALL = "mallops:gw:recent"
-RECENT_OWNER = "mallops:gw:recent:"
-UNFINISHED = "mallops:gw:unfinished:"
-RESULT_KEY = "celery-task-meta-"
-RECENT_MAX = 100_000
-RECENT_OWNER_MAX = 20_000
+from shared.taskmeta import (
+    META_KEY,
+    RECENT_ALL,
+    RECENT_MAX,
+    RECENT_OWNER,
+    RECENT_OWNER_MAX,
+    RECORD_SCRIPT,
+    RESULT_KEY,
+    UNFINISHED,
+    TaskMeta,
+)
 
 READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 # an unfinished task that nothing has been heard of for this long no longer counts against the quota
 UNFINISHED_MAX_AGE = 24 * 3600
-
-
-@dataclass
-class TaskMeta:
-    task_id: str
-    task_name: str
-    queue: str
-    owner: str
-    args: list[Any] = field(default_factory=list)
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    submitted_at: dt.datetime | None = None
-    retry_of: str | None = None
-
-    def to_json(self) -> str:
-        data: dict[str, Any] = {
-            "task_name": self.task_name,
-            "queue": self.queue,
-            "owner": self.owner,
-            "args": self.args,
-            "kwargs": self.kwargs,
-            "submitted_at": (self.submitted_at or dt.datetime.now(dt.UTC)).isoformat(),
-        }
-        if self.retry_of:
-            data["retry_of"] = self.retry_of
-        return json.dumps(data, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, task_id: str, raw: str | None) -> TaskMeta | None:
-        if not raw:
-            return None
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            return None
-        if not isinstance(data, dict) or "task_name" not in data:
-            return None
-        submitted = data.get("submitted_at")
-        return cls(
-            task_id=task_id,
-            task_name=str(data["task_name"]),
-            queue=str(data.get("queue") or ""),
-            owner=str(data.get("owner") or ""),
-            args=list(data.get("args") or []),
-            kwargs=dict(data.get("kwargs") or {}),
-            submitted_at=dt.datetime.fromisoformat(submitted) if submitted else None,
-            retry_of=data.get("retry_of"),
-        )
 
 
 class TaskStore:
@@ -98,7 +54,7 @@ class TaskStore:
         rows = [[META_KEY + m.task_id, m.to_json(), m.task_id, RECENT_OWNER + m.owner] for m in metas]
         async with self.cache.pipeline(transaction=False) as pipe:
             # one argument for all tasks: packing thousands of separate arguments costs more than the work
-            pipe.eval(_RECORD, 0, self.ttl, now, RECENT_ALL, json.dumps(rows, separators=(",", ":")))
+            pipe.eval(RECORD_SCRIPT, 0, self.ttl, now, RECENT_ALL, json.dumps(rows, separators=(",", ":")))
             # keep the lists bounded (cheap unless a set has grown past its bound)
             pipe.zremrangebyrank(RECENT_ALL, 0, -RECENT_MAX - 1)
             pipe.zremrangebyscore(RECENT_ALL, "-inf", now - self.ttl)
@@ -171,19 +127,6 @@ class TaskStore:
             pipe.zremrangebyscore(UNFINISHED + owner, "-inf", time.time() - UNFINISHED_MAX_AGE)
             await pipe.execute()
 
-
-# ARGV: ttl, now, the all-tasks sorted set, a JSON array of [meta key, meta JSON, task id, owner's sorted set]
-# (every key is built by the gateway, all in the cache db)
-_RECORD = """
-local ttl, now, recent = ARGV[1], ARGV[2], ARGV[3]
-local rows = cjson.decode(ARGV[4])
-for _, row in ipairs(rows) do
-  redis.call('SET', row[1], row[2], 'EX', ttl)
-  redis.call('ZADD', recent, now, row[3])
-  redis.call('ZADD', row[4], now, row[3])
-end
-return #rows
-"""
 
 # KEYS[1]: the owner's unfinished set; ARGV: limit, now, ttl, task ids...
 _RESERVE = """

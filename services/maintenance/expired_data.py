@@ -5,6 +5,7 @@
 - task history older than ``MALLOPS_HISTORY_TTL_DAYS``;
 - notifications older than ``MALLOPS_NOTIFICATION_TTL_DAYS``, access logs older than
   ``MALLOPS_ACCESS_LOG_TTL_DAYS``;
+- deferred one-off runs published or revoked more than ``MALLOPS_HISTORY_TTL_DAYS`` ago (never a waiting one);
 - temporary ``.part`` files older than a day that a killed process left in the file stores.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 from sqlalchemy import and_, or_
 from sqlalchemy.orm import Session
 
-from shared import models
+from shared import deferred, models
 from shared.files import resolve_under
 from shared.retention import DEFAULT_BATCH, cutoff_days, delete_in_batches
 from shared.settings import Settings
@@ -100,6 +101,22 @@ def cleanup_expired_data(
         session,
         models.AccessLog,
         models.AccessLog.ts < cutoff_days(settings.access_log_ttl_days, now),
+        batch_size=batch_size,
+    )
+    # one-off runs that were published or revoked (a waiting run is never past retention)
+    counts["deferred_tasks"] = delete_in_batches(
+        session,
+        models.DeferredTask,
+        and_(
+            models.DeferredTask.state != deferred.SCHEDULED,
+            models.DeferredTask.created_at < cutoff_days(settings.history_ttl_days, now),
+        ),
+        batch_size=batch_size,
+    )
+    counts["audit_log"] = delete_in_batches(
+        session,
+        models.AuditEntry,
+        models.AuditEntry.at < cutoff_days(settings.audit_ttl_days, now),
         batch_size=batch_size,
     )
     counts["partial_files"] = remove_partial_files(

@@ -80,6 +80,8 @@ def _bills(f: Mapping[str, Any], zone: ZoneInfo) -> Select[*tuple[Any, ...]]:
         stmt = stmt.where(b.issued_on <= f["date_to"])
     if f.get("store_id"):
         stmt = stmt.where(b.store_id == f["store_id"])
+    if f.get("store_ids"):
+        stmt = stmt.where(b.store_id.in_(f["store_ids"]))
     if f.get("status"):
         stmt = stmt.where(b.status == f["status"])
     return stmt
@@ -99,6 +101,8 @@ def _payments(f: Mapping[str, Any], zone: ZoneInfo) -> Select[*tuple[Any, ...]]:
         stmt = stmt.where(p.paid_at < _day_start(f["date_to"] + dt.timedelta(days=1), zone))
     if f.get("store_id"):
         stmt = stmt.where(p.store_id == f["store_id"])
+    if f.get("store_ids"):
+        stmt = stmt.where(p.store_id.in_(f["store_ids"]))
     return stmt
 
 
@@ -117,6 +121,8 @@ def _revenue(f: Mapping[str, Any], zone: ZoneInfo) -> Select[*tuple[Any, ...]]:
         stmt = stmt.where(r.period <= f"{f['date_to']:%Y-%m}")
     if f.get("store_id"):
         stmt = stmt.where(r.store_id == f["store_id"])
+    if f.get("store_ids"):
+        stmt = stmt.where(r.store_id.in_(f["store_ids"]))
     return stmt
 
 
@@ -129,6 +135,8 @@ def _stores(f: Mapping[str, Any], zone: ZoneInfo) -> Select[*tuple[Any, ...]]:
         stmt = stmt.where(s.opened_on <= f["date_to"])
     if f.get("store_id"):
         stmt = stmt.where(s.id == f["store_id"])
+    if f.get("store_ids"):
+        stmt = stmt.where(s.id.in_(f["store_ids"]))
     return stmt
 
 
@@ -145,6 +153,8 @@ def _sales(f: Mapping[str, Any], zone: ZoneInfo) -> Select[*tuple[Any, ...]]:
         stmt = stmt.where(s.day <= f["date_to"])
     if f.get("store_id"):
         stmt = stmt.where(s.store_id == f["store_id"])
+    if f.get("store_ids"):
+        stmt = stmt.where(s.store_id.in_(f["store_ids"]))
     return stmt
 
 
@@ -155,7 +165,7 @@ _QUERIES: dict[str, Callable[[Mapping[str, Any], ZoneInfo], Select[*tuple[Any, .
     "stores": _stores,
     "sales": _sales,
 }
-_DATES = frozenset({"date_from", "date_to", "store_id"})
+_DATES = frozenset({"date_from", "date_to", "store_id", "store_ids"})
 DATASETS: dict[str, Dataset] = {
     "bills": Dataset(
         "bills",

@@ -28,6 +28,9 @@ READ_COMMANDS = [
     ("schedules", "enable", "check_pending_bills"),
     ("schedules", "disable", "check_pending_bills"),
     ("schedules", "set", "check_pending_bills", "--every", "60"),
+    ("schedules", "add", "echo", "--task", "test_task", "--every", "60", "--kwargs", '{"message": "hi"}'),
+    ("schedules", "rm", "echo"),
+    ("schedules", "run", "echo"),
 ]
 
 
@@ -50,6 +53,9 @@ def test_no_gateway_is_exit_3_with_one_line(cli: CliRunner, no_gateway: str, arg
         (("stats", "--until", "later"), "--until must be an ISO date/time"),
         (("schedules", "set", "check_pending_bills"), "give exactly one of --every"),
         (("schedules", "set", "check_pending_bills", "--cron", "* *"), "--cron needs 5 fields"),
+        (("schedules", "add", "echo", "--task", "test_task"), "give exactly one of --every"),
+        (("schedules", "add", "echo", "--task", "test_task", "--every", "9", "--kwargs", "[1]"), "--kwargs must be"),
+        (("schedules", "set", "echo", "--args", "{}"), "--args must be a JSON array"),
     ],
 )
 def test_bad_input_is_exit_2_before_anything_is_sent(

@@ -130,7 +130,7 @@ def test_a_bad_token_is_exit_3(cli: CliRunner, gateway_env: LiveGateway, args: t
     result = cli(*args, env={"MALLOPS_TOKEN": "mlp_not_a_real_token_000000000000"})
     assert result.code == 3
     assert result.err_lines == [
-        f"mallops: not authorised by {gateway_env.url}: the API token is unknown or has been revoked"
+        f"mallops: not authorised by {gateway_env.url}: the API token is unknown, expired or revoked"
     ]
 
 

@@ -17,7 +17,9 @@ from shared.tasks import MallopsTask
 from shared.worker import run_worker
 
 POISON_TASK = "mallops.tests.poison_pill"
-POISON_SPEC = TaskSpec("poison_pill", "tests", "default", NoArgs, "SIGKILLs the worker process running it.")
+POISON_SPEC = TaskSpec(
+    "poison_pill", "tests", "default", NoArgs, "SIGKILLs the worker process running it.", "tasks.submit.maintenance"
+)
 COMMAND = [sys.executable, "-m", "tests.reliability.poison_worker"]
 
 

@@ -33,6 +33,7 @@ class Gateway:
     redis: RedisServer
     settings: Settings
     admin: str
+    viewer: str
     alice: str
     bob: str
     alice_name: str
@@ -50,11 +51,10 @@ class Gateway:
 
 def make_tokens(settings: Settings) -> dict[str, str]:
     suffix = uuid.uuid4().hex[:8]
-    names = {who: f"sec-{who}-{suffix}" for who in ("admin", "alice", "bob")}
+    names = {who: f"sec-{who}-{suffix}" for who in ("admin", "alice", "bob", "viewer")}
+    roles = {"admin": "admin", "viewer": "viewer"}
     with session_scope(settings) as session:
-        secrets = {
-            who: create_token(session, name, "admin" if who == "admin" else "user") for who, name in names.items()
-        }
+        secrets = {who: create_token(session, name, roles.get(who, "user")) for who, name in names.items()}
     return {**secrets, "alice_name": names["alice"], "bob_name": names["bob"]}
 
 
@@ -74,6 +74,7 @@ def gateway_settings(migrated: Settings, redis: RedisServer, **overrides: Any) -
             "result_backend": f"{base}/1",
             "rate_limit_per_minute": 1_000_000,
             "task_max_per_user": 1_000_000,
+            "auth_failures_per_minute": 1_000_000,
             **overrides,
         }
     )

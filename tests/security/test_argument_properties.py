@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -26,7 +26,9 @@ from tests.security.conftest import API, Gateway
 pytestmark = pytest.mark.integration
 
 EXAMPLES_PER_TASK = 20
+VIEWER_EXAMPLES_PER_TASK = 5
 OUTCOMES: defaultdict[str, Counter[int]] = defaultdict(Counter)  # task -> status -> examples
+VIEWER_OUTCOMES: Counter[int] = Counter()  # status -> examples, with a viewer token
 
 INTERESTING: list[Any] = [
     "",
@@ -164,24 +166,44 @@ def http() -> Iterator[httpx.Client]:
         yield client
 
 
-@pytest.mark.parametrize("task_name", sorted(CATALOG))
-@settings(
-    max_examples=EXAMPLES_PER_TASK,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(data=st.data())
+def per_task(examples: int) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Each catalog task, ``examples`` generated argument sets."""
+
+    def decorate(test: Callable[..., None]) -> Callable[..., None]:
+        test = given(data=st.data())(test)
+        test = settings(
+            max_examples=examples,
+            deadline=None,
+            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        )(test)
+        parametrized: Callable[..., None] = pytest.mark.parametrize("task_name", sorted(CATALOG))(test)
+        return parametrized
+
+    return decorate
+
+
+def submit_drawn(
+    data: st.DataObject, task_name: str, gateway: Gateway, http: httpx.Client, who: str
+) -> tuple[list[Any], dict[str, Any], int, httpx.Response]:
+    """Draw arguments for the task and POST them with ``who``'s token: (args, kwargs, queue length before,
+    the answer)."""
+    spec = CATALOG[task_name]
+    args, kwargs = data.draw(arguments(spec), label="args, kwargs")
+    before = gateway.queue_length(spec.queue)
+    response = http.post(
+        f"{gateway.url}{API}/tasks",
+        json={"task_name": task_name, "args": args, "kwargs": kwargs},
+        headers=gateway.auth(who),
+    )
+    return args, kwargs, before, response
+
+
+@per_task(EXAMPLES_PER_TASK)
 def test_nothing_invalid_reaches_a_queue(
     task_name: str, data: st.DataObject, secure_gateway: Gateway, http: httpx.Client
 ) -> None:
     spec = CATALOG[task_name]
-    args, kwargs = data.draw(arguments(spec), label="args, kwargs")
-    before = secure_gateway.queue_length(spec.queue)
-    response = http.post(
-        f"{secure_gateway.url}{API}/tasks",
-        json={"task_name": task_name, "args": args, "kwargs": kwargs},
-        headers=secure_gateway.auth("admin"),
-    )
+    args, kwargs, before, response = submit_drawn(data, task_name, secure_gateway, http, "admin")
     OUTCOMES[task_name][response.status_code] += 1
     after = secure_gateway.queue_length(spec.queue)
     if response.status_code == 202:
@@ -200,6 +222,22 @@ def test_nothing_invalid_reaches_a_queue(
         assert after == before
 
 
+@per_task(VIEWER_EXAMPLES_PER_TASK)
+def test_a_viewer_puts_nothing_on_a_queue(
+    task_name: str, data: st.DataObject, secure_gateway: Gateway, http: httpx.Client
+) -> None:
+    """The same arguments from a viewer token: always 4xx problem+json (403 once they validate), and the
+    queue does not grow."""
+    spec = CATALOG[task_name]
+    _, _, before, response = submit_drawn(data, task_name, secure_gateway, http, "viewer")
+    VIEWER_OUTCOMES[response.status_code] += 1
+    assert response.status_code in (400, 403, 413, 422), response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    if response.status_code == 403:
+        assert response.json()["permission"] == spec.permission
+    assert secure_gateway.queue_length(spec.queue) == before
+
+
 def test_the_generator_reaches_both_outcomes() -> None:
     """Both branches of the property ran: some arguments were accepted, some refused."""
     if not OUTCOMES:
@@ -207,3 +245,6 @@ def test_the_generator_reaches_both_outcomes() -> None:
     print({task: dict(statuses) for task, statuses in sorted(OUTCOMES.items())})
     assert sum(statuses[202] for statuses in OUTCOMES.values()) > 0
     assert sum(statuses[422] for statuses in OUTCOMES.values()) > 0
+    if VIEWER_OUTCOMES:
+        print("viewer:", dict(VIEWER_OUTCOMES))
+        assert VIEWER_OUTCOMES[403] > 0

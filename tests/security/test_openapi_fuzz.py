@@ -1,5 +1,5 @@
-"""schemathesis against the gateway's own OpenAPI document, with an admin token: no 5xx, and every
-response (status, content type, headers, body) is one the document describes."""
+"""schemathesis against the gateway's own OpenAPI document, with an admin and with a viewer token: no 5xx,
+and every response (status, content type, headers, body) is one the document describes."""
 
 from __future__ import annotations
 
@@ -31,8 +31,10 @@ CHECKS = [
     response_schema_conformance,
 ]
 MAX_EXAMPLES = 25
+VIEWER_EXAMPLES = 10
 COVERAGE_PHASE = False
 SEEN: defaultdict[str, Counter[int]] = defaultdict(Counter)  # operation -> status -> responses
+SEEN_BY_VIEWER: defaultdict[str, Counter[int]] = defaultdict(Counter)
 
 
 # The document the served app publishes at /openapi.json (building the app connects to nothing). It is
@@ -49,6 +51,14 @@ def test_every_response_conforms_to_the_document(case: Any, secure_gateway: Gate
     SEEN[f"{case.method} {case.path}"][response.status_code] += 1
 
 
+@schema.parametrize()
+@settings(max_examples=VIEWER_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_every_response_to_a_viewer_conforms_to_the_document(case: Any, secure_gateway: Gateway) -> None:
+    """The same with a viewer token: what it may not do is a documented 403, never a 5xx."""
+    response = case.call_and_validate(base_url=secure_gateway.url, headers=secure_gateway.auth("viewer"), checks=CHECKS)
+    SEEN_BY_VIEWER[f"{case.method} {case.path}"][response.status_code] += 1
+
+
 def test_the_fuzzer_got_past_validation_to_the_broker(secure_gateway: Gateway) -> None:
     """The per-task document lets generated submissions be accepted: they reached the queues."""
     if not SEEN:
@@ -56,6 +66,11 @@ def test_the_fuzzer_got_past_validation_to_the_broker(secure_gateway: Gateway) -
     print({operation: dict(statuses) for operation, statuses in sorted(SEEN.items())})
     assert SEEN["POST /api/v1/tasks"][202] > 0
     assert SEEN["POST /api/v1/tasks/batch"][202] > 0
+    if SEEN_BY_VIEWER:  # a viewer submits nothing, and reads
+        print({operation: dict(statuses) for operation, statuses in sorted(SEEN_BY_VIEWER.items())})
+        assert SEEN_BY_VIEWER["POST /api/v1/tasks"][202] == 0
+        assert SEEN_BY_VIEWER["POST /api/v1/tasks"][403] > 0
+        assert SEEN_BY_VIEWER["GET /api/v1/tasks/history"][200] > 0
 
 
 def test_the_served_document_is_the_fuzzed_one(api: Any) -> None:

@@ -93,6 +93,11 @@ def test_default_schedules() -> None:
         "generate_monthly_report",
         "process_access_logs",
         "generate_access_statistics",
+        "backup_database",
+        "cleanup_expired_data",
+        "cleanup_old_access_records",
+        "generate_daily_report",
+        "calculate_monthly_revenue",
     }
     weekly = schedules["generate_weekly_report"]
     assert (weekly.minute, weekly.hour, weekly.day_of_week) == ("0", "10", "1")

@@ -54,6 +54,42 @@ EXPECTED_DEFAULTS = {
         "day_of_month": "*",
         "month_of_year": "*",
     },
+    # added by issue 15: backups and retention without cron on the host
+    "backup_database": {
+        "minute": "0",
+        "hour": "3",
+        "day_of_week": "*",
+        "day_of_month": "*",
+        "month_of_year": "*",
+    },
+    "cleanup_expired_data": {
+        "minute": "0",
+        "hour": "4",
+        "day_of_week": "*",
+        "day_of_month": "*",
+        "month_of_year": "*",
+    },
+    "cleanup_old_access_records": {
+        "minute": "0",
+        "hour": "2",
+        "day_of_week": "*",
+        "day_of_month": "*",
+        "month_of_year": "*",
+    },
+    "generate_daily_report": {
+        "minute": "0",
+        "hour": "6",
+        "day_of_week": "*",
+        "day_of_month": "*",
+        "month_of_year": "*",
+    },
+    "calculate_monthly_revenue": {
+        "minute": "30",
+        "hour": "0",
+        "day_of_week": "*",
+        "day_of_month": "1",
+        "month_of_year": "*",
+    },
 }
 
 
@@ -71,11 +107,13 @@ def test_defaults_come_from_the_catalog(app: Celery, redis_client) -> None:
     assert {name: e.schedule for name, e in entries.items()} == EXPECTED_DEFAULTS
     for name, entry in entries.items():
         assert entry.enabled
-        assert entry.task_name == CATALOG[name].celery_name == f"mallops.{CATALOG[name].service}.{name}"
+        assert entry.task_name == name
+        assert entry.queue == CATALOG[name].queue
         assert entry.description == CATALOG[name].description
-        assert entry.last_run_at is not None
+        assert (entry.args, entry.kwargs) == ([], {})
+        assert entry.last_run_at is None  # never ran
         assert entry.next_run_at is not None
-        assert entry.next_run_at > entry.last_run_at
+        assert entry.next_run_at > dt.datetime.now(dt.UTC)
     assert schedules.ensure_defaults(app) == []  # idempotent
 
 
@@ -112,9 +150,9 @@ def test_disable_enable_and_retime_at_runtime(app: Celery) -> None:
 
     every = schedules.update_entry(app, "process_access_logs", schedule=Schedule(every=10))
     assert every.schedule == {"every": 10.0}
-    assert every.last_run_at is not None
+    assert every.last_run_at is None
     assert every.next_run_at is not None
-    assert abs((every.next_run_at - every.last_run_at).total_seconds() - 10) < 1
+    assert abs((every.next_run_at - dt.datetime.now(dt.UTC)).total_seconds() - 10) < 2
 
     # a restart of beat (ensure_defaults again) keeps the runtime edits
     assert schedules.ensure_defaults(app) == []
@@ -195,7 +233,12 @@ def test_entries_serialise_to_json(app: Celery) -> None:
     assert "generate_weekly_report" in text
     weekly = next(d for d in data if d["name"] == "generate_weekly_report")
     assert weekly["schedule_text"] == "0 10 * * 1"
-    assert weekly["next_run_at"].endswith("+00:00")
+    assert weekly["next_run_at"].endswith("Z")
+    assert weekly["last_run_at"] is None
+    local = dt.datetime.fromisoformat(weekly["next_run_local"])
+    assert local.utcoffset() == dt.timedelta(hours=8)  # Asia/Shanghai
+    assert local == dt.datetime.fromisoformat(weekly["next_run_at"])
+    assert (local.hour, local.minute, local.isoweekday()) == (10, 0, 1)
 
 
 def test_entries_the_catalog_no_longer_schedules_are_removed(app: Celery, redis_server) -> None:
@@ -220,6 +263,20 @@ def test_entries_the_catalog_no_longer_schedules_are_removed(app: Celery, redis_
         cache.close()
 
 
+def test_the_new_defaults_publish_their_documented_arguments(app: Celery) -> None:
+    from redbeat.schedulers import RedBeatSchedulerEntry
+
+    def kwargs(name: str) -> dict[str, Any]:
+        return dict(RedBeatSchedulerEntry.from_key(f"mallops:redbeat:{name}", app=app).kwargs)
+
+    schedules.ensure_defaults(app)
+    assert kwargs("cleanup_old_access_records") == {"days": 90}
+    assert kwargs("generate_daily_report") == {"date": None}  # yesterday
+    assert kwargs("calculate_monthly_revenue") == {"year": None, "month": None}  # last month
+    assert kwargs("backup_database") == {"keep": None}  # MALLOPS_BACKUP_KEEP
+    assert kwargs("cleanup_expired_data") == {}
+
+
 def test_frequent_entries_expire_so_a_backlog_is_skipped(app: Celery) -> None:
     from redbeat.schedulers import RedBeatSchedulerEntry
 
@@ -234,3 +291,90 @@ def test_frequent_entries_expire_so_a_backlog_is_skipped(app: Celery) -> None:
     assert "expires" not in options("process_access_logs")
     schedules.update_entry(app, "generate_weekly_report", schedule=Schedule(every=10))
     assert options("generate_weekly_report")["expires"] == 20.0
+
+
+# -- entries of one's own, deletion, last runs (issue 15) --------------------------------------
+
+
+def test_an_entry_of_ones_own_with_arguments(app: Celery) -> None:
+    from redbeat.schedulers import RedBeatSchedulerEntry
+
+    schedules.ensure_defaults(app)
+    entry = schedules.create_entry(
+        app,
+        "remind.tenants-9",
+        "send_notification_email",
+        Schedule(minute="0", hour="9"),
+        kwargs={"email": "shop@mall.example", "subject": "Rent", "message": "Rent is due"},
+        description="Monday rent reminder",
+    )
+    assert entry.task_name == "send_notification_email"
+    assert entry.queue == "email"
+    assert entry.kwargs == {"email": "shop@mall.example", "subject": "Rent", "message": "Rent is due"}
+    assert entry.description == "Monday rent reminder"
+    assert entry.last_run_at is None
+    # beat publishes the validated arguments, with the task's defaults filled in
+    stored = RedBeatSchedulerEntry.from_key("mallops:redbeat:remind.tenants-9", app=app)
+    assert stored.task == "mallops.notifier.send_notification_email"
+    assert stored.kwargs["language"] == "zh_CN"
+    assert stored.kwargs["subject"] == "Rent"
+    assert stored.options["queue"] == "email"
+    # a second entry for the same task, under another name
+    schedules.create_entry(app, "remind-again", "send_notification_email", Schedule(every=3600), kwargs=entry.kwargs)
+    names = {e.name for e in schedules.list_entries(app)}
+    assert {"remind.tenants-9", "remind-again"} <= names
+
+    with pytest.raises(schedules.EntryExists):
+        schedules.create_entry(app, "remind-again", "test_task", Schedule(every=60))
+    with pytest.raises(schedules.UnknownTask):
+        schedules.create_entry(app, "nope", "no_such_task", Schedule(every=60))
+    with pytest.raises(ValueError, match="name"):
+        schedules.create_entry(app, "Bad Name", "test_task", Schedule(every=60))
+    with pytest.raises(ValueError, match="email"):
+        schedules.create_entry(app, "bad-args", "send_notification_email", Schedule(every=60), kwargs={"email": 1})
+    assert "bad-args" not in {e.name for e in schedules.list_entries(app)}
+
+    changed = schedules.update_entry(app, "remind-again", kwargs={**entry.kwargs, "language": "en"}, description="x")
+    assert changed.kwargs["language"] == "en"
+    assert changed.description == "x"
+    assert RedBeatSchedulerEntry.from_key("mallops:redbeat:remind-again", app=app).kwargs["language"] == "en"
+    with pytest.raises(ValueError, match="subject"):
+        schedules.update_entry(app, "remind-again", kwargs={"subject": ""})
+
+
+def test_a_deleted_default_stays_deleted_until_created_again(app: Celery, redis_server) -> None:
+    schedules.ensure_defaults(app)
+    schedules.delete_entry(app, "backup_database")
+    with pytest.raises(KeyError):
+        schedules.delete_entry(app, "backup_database")
+    assert schedules.ensure_defaults(app) == []  # what beat does at every start
+    assert "backup_database" not in {e.name for e in schedules.list_entries(app)}
+    cache = redis_server.client(2)
+    try:
+        assert not cache.exists("mallops:redbeat:backup_database")
+        # created again by hand: an ordinary entry, kept from then on
+        schedules.create_entry(app, "backup_database", "backup_database", Schedule(minute="0", hour="5"))
+        assert schedules.ensure_defaults(app) == []
+        assert schedules.get_entry(app, "backup_database").schedule["hour"] == "5"
+        # a default new to this release (never seeded) is created at the next start
+        cache.srem("mallops:redbeat::seeded", "cleanup_expired_data")
+        schedules.delete_entry(app, "cleanup_expired_data")
+        assert schedules.ensure_defaults(app) == ["cleanup_expired_data"]
+    finally:
+        cache.close()
+
+
+def test_last_run_is_shown_once_it_ran_and_kept_across_a_retime(app: Celery) -> None:
+    from redbeat.schedulers import RedBeatSchedulerEntry
+
+    schedules.ensure_defaults(app)
+    schedules.create_entry(app, "echo", "test_task", Schedule(every=60), kwargs={"message": "hi"})
+    assert schedules.get_entry(app, "echo").last_run_at is None
+    # what beat does when it sends the entry
+    stored = RedBeatSchedulerEntry.from_key("mallops:redbeat:echo", app=app)
+    ran = next(stored)
+    ran_at = schedules.get_entry(app, "echo").last_run_at
+    assert ran_at is not None
+    assert abs((ran_at - ran.last_run_at.astimezone(dt.UTC)).total_seconds()) < 1
+    retimed = schedules.update_entry(app, "echo", schedule=Schedule(every=120))
+    assert retimed.last_run_at == ran_at  # the clock restarted, the last run is still the real one

@@ -47,3 +47,14 @@ def test_production_requires_a_database_url(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("MALLOPS_ENVIRONMENT", "production")
     with pytest.raises(ValidationError, match="MALLOPS_DATABASE_URL"):
         Settings()
+
+
+def test_the_clock_offset_is_for_tests_and_drills_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().clock_offset_seconds == 0
+    assert Settings().scheduled_max_per_user == 100
+    monkeypatch.setenv("MALLOPS_CLOCK_OFFSET_SECONDS", "10800")
+    assert Settings().clock_offset_seconds == 10800
+    monkeypatch.setenv("MALLOPS_ENVIRONMENT", "production")
+    monkeypatch.setenv("MALLOPS_DATABASE_URL", "postgresql://u:p@db:5432/mall")
+    with pytest.raises(ValidationError, match="MALLOPS_CLOCK_OFFSET_SECONDS"):
+        Settings()

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, StrictBool
 from starlette.concurrency import run_in_threadpool
 
-from services.gateway import bulk
+from services.gateway import authz, bulk
 from services.gateway.admin_actions import record_admin_action
-from services.gateway.deps import AdminPrincipal, RuntimeDep, StoreDep
+from services.gateway.deps import RuntimeDep, StoreDep
 from services.gateway.openapi import admin_only
 from services.gateway.problems import ProblemError
 from services.gateway.routes import API_PREFIX
@@ -19,11 +19,14 @@ from services.gateway.routes.history import filter_problem
 from services.gateway.runtime import Runtime
 from services.gateway.schemas import Strict
 from services.gateway.task_filters import FilterError, parse_arguments, parse_states
+from shared import audit, permissions
 from shared.catalog import get_spec
+from shared.tokens import Principal
 
 router = APIRouter(prefix=API_PREFIX, tags=["tasks"])
 
 Scalar = str | int | float | bool
+BulkActor = Annotated[Principal, authz.requires(permissions.TASKS_BULK)]
 
 
 class BulkFilters(Strict):
@@ -108,19 +111,20 @@ UNKNOWN_TASK: dict[int | str, dict[str, Any]] = {404: {"description": "task_name
     responses=UNKNOWN_TASK,
 )
 async def retry_many(
-    filters: BulkFilters, principal: AdminPrincipal, runtime: RuntimeDep, store: StoreDep
+    filters: BulkFilters, request: Request, principal: BulkActor, runtime: RuntimeDep, store: StoreDep
 ) -> BulkAnswer:
-    """Admin: re-submit the failed (or revoked) tasks the filters select, newest first, at most ``limit``
-    (default and maximum 1,000) per request, each with the arguments its history keeps, as a new task
+    """``tasks.bulk`` (admin): re-submit the failed (or revoked) tasks the filters select, newest first, at
+    most ``limit`` (default and maximum 1,000) per request, each with the arguments its history keeps, as a new task
     (``retry_of`` the old one). A task already retried is not selected again. ``status`` defaults to
     FAILURE,REVOKED. ``dry_run`` only counts."""
     matched, tasks = await _find(runtime, filters, bulk.RETRYABLE)
     if filters.dry_run:
         return BulkAnswer(dry_run=True, matched=matched, count=0, results=[])
     outcome = await bulk.retry(runtime, store, principal, tasks)
-    record_admin_action(
-        principal,
-        "tasks.retry",
+    await record_admin_action(
+        request,
+        audit.TASKS_BULK,
+        "retry",
         filters=filters.model_dump(mode="json", exclude={"dry_run"}),
         retried=outcome.done,
         skipped=outcome.skipped,
@@ -137,17 +141,20 @@ async def retry_many(
     openapi_extra=admin_only(),
     responses=UNKNOWN_TASK,
 )
-async def revoke_many(filters: BulkRevokeRequest, principal: AdminPrincipal, runtime: RuntimeDep) -> BulkAnswer:
-    """Admin: revoke the unfinished tasks the filters select, at most ``limit`` (default and maximum 1,000)
-    per request; with ``terminate`` running ones are killed. ``status`` defaults to every unfinished state
-    (SENT, RECEIVED, STARTED, PROGRESS, RETRY). ``dry_run`` only counts."""
+async def revoke_many(
+    filters: BulkRevokeRequest, request: Request, principal: BulkActor, runtime: RuntimeDep
+) -> BulkAnswer:
+    """``tasks.bulk`` (admin): revoke the unfinished tasks the filters select, at most ``limit`` (default and
+    maximum 1,000) per request; with ``terminate`` running ones are killed. ``status`` defaults to every
+    unfinished state (SENT, RECEIVED, STARTED, PROGRESS, RETRY). ``dry_run`` only counts."""
     matched, tasks = await _find(runtime, filters, bulk.REVOCABLE)
     if filters.dry_run:
         return BulkAnswer(dry_run=True, matched=matched, count=0, results=[])
     outcome = await bulk.revoke(runtime, tasks, filters.terminate)
-    record_admin_action(
-        principal,
-        "tasks.revoke",
+    await record_admin_action(
+        request,
+        audit.TASKS_BULK,
+        "revoke",
         filters=filters.model_dump(mode="json", exclude={"dry_run"}),
         revoked=[item["task_id"] for item in outcome.done],
     )

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import functools
+from typing import Annotated
 
 from fastapi import APIRouter
 
-from services.gateway.deps import CurrentPrincipal
+from services.gateway import authz
 from services.gateway.routes import API_PREFIX
 from services.gateway.schemas import Catalog, CatalogEntry
+from shared import permissions
 from shared.catalog import CATALOG
+from shared.tokens import Principal
 
 router = APIRouter(prefix=API_PREFIX, tags=["catalog"])
 
@@ -33,6 +36,6 @@ def _catalog() -> Catalog:
 
 
 @router.get("/catalog", response_model=Catalog, summary="Tasks that can be submitted")
-async def catalog(principal: CurrentPrincipal) -> Catalog:
+async def catalog(principal: Annotated[Principal, authz.requires(permissions.CATALOG_READ)]) -> Catalog:
     """Each task's name, queue, description, default schedule and the JSON Schema of its arguments."""
     return _catalog()

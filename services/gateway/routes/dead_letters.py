@@ -5,30 +5,32 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from kombu.exceptions import KombuError
 from pydantic import BaseModel, Field, StrictBool
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
-from services.gateway import dead_letter_replay
+from services.gateway import authz, dead_letter_replay
 from services.gateway.admin_actions import record_admin_action
-from services.gateway.deps import AdminPrincipal, RuntimeDep
+from services.gateway.deps import RuntimeDep
 from services.gateway.openapi import admin_only
 from services.gateway.problems import ProblemError
 from services.gateway.routes import API_PREFIX
 from services.gateway.routes.history import _aware as require_timezone
 from services.gateway.runtime import Runtime
 from services.gateway.schemas import Strict
-from shared import dead_letter_store
+from shared import audit, dead_letter_store, permissions
 from shared.cache import redis_client
 from shared.catalog import get_spec
 from shared.dead_letter_store import DeadLetter, LetterFilter
+from shared.tokens import Principal
 
 router = APIRouter(prefix=API_PREFIX, tags=["dead letters"])
 
 MAX_PAGE = 500
 MAX_BULK = 1000
+Manager = Annotated[Principal, authz.requires(permissions.DEAD_LETTERS_MANAGE)]
 LetterId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="The dead letter's id.")]
 
 
@@ -142,7 +144,7 @@ def _not_found(letter_id: str) -> ProblemError:
 
 @router.get("/dead-letters", response_model=DeadLetterPage, summary="Dead letters", openapi_extra=admin_only())
 async def list_dead_letters(
-    principal: AdminPrincipal,
+    principal: Manager,
     runtime: RuntimeDep,
     task: Annotated[str | None, Query(max_length=200, description="The task name the message gave.")] = None,
     queue: Annotated[str | None, Query(max_length=200)] = None,
@@ -154,7 +156,8 @@ async def list_dead_letters(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     offset: Annotated[int, Query(ge=0, le=dead_letter_store.MAX_DEAD_LETTERS)] = 0,
 ) -> DeadLetterPage:
-    """Admin: the messages workers could not run (malformed, unknown task, poison), newest first."""
+    """``dead_letters.manage`` (admin): the messages workers could not run (malformed, unknown task,
+    poison), newest first."""
     where = letter_filter(task, queue, exception, since, until)
     client = redis_client(runtime.settings)
     try:
@@ -170,8 +173,8 @@ async def list_dead_letters(
 @router.get(
     "/dead-letters/{letter_id}", response_model=DeadLetterDetail, summary="A dead letter", openapi_extra=admin_only()
 )
-async def get_dead_letter(letter_id: LetterId, principal: AdminPrincipal, runtime: RuntimeDep) -> DeadLetterDetail:
-    """Admin: one dead letter with its whole message (headers and body)."""
+async def get_dead_letter(letter_id: LetterId, principal: Manager, runtime: RuntimeDep) -> DeadLetterDetail:
+    """``dead_letters.manage`` (admin): one dead letter with its whole message (headers and body)."""
     client = redis_client(runtime.settings)
     letter = await run_in_threadpool(dead_letter_store.get, client, letter_id)
     message = await run_in_threadpool(dead_letter_store.get_message, client, letter_id)
@@ -198,11 +201,15 @@ def _replay(runtime: Runtime, letter_id: str, force: bool) -> dead_letter_replay
     responses={409: {"description": "It cannot be replayed, or it is a poison message and force is not given."}},
 )
 async def replay_dead_letter(
-    letter_id: LetterId, principal: AdminPrincipal, runtime: RuntimeDep, request: ReplayRequest | None = None
+    letter_id: LetterId,
+    request: Request,
+    principal: Manager,
+    runtime: RuntimeDep,
+    body: ReplayRequest | None = None,
 ) -> dict[str, Any]:
-    """Admin: put the message back onto its queue (a task message gets a new task id) and forget the letter.
-    A poison message needs ``{"force": true}``."""
-    force = bool(request and request.force)
+    """``dead_letters.manage`` (admin): put the message back onto its queue (a task message gets a new task
+    id) and forget the letter. A poison message needs ``{"force": true}``."""
+    force = bool(body and body.force)
     try:
         replayed = await run_in_threadpool(_replay, runtime, letter_id, force)
     except KeyError as exc:
@@ -211,20 +218,20 @@ async def replay_dead_letter(
         raise ProblemError(409, str(exc), kind=exc.kind) from exc
     except (RedisError, KombuError, OSError) as exc:
         raise _unavailable(exc) from exc
-    record_admin_action(principal, "dead_letters.replay", letters=[replayed.as_dict()], force=force)
+    await record_admin_action(request, audit.DEAD_LETTER_REPLAY, letter_id, letters=[replayed.as_dict()], force=force)
     return replayed.as_dict()
 
 
 @router.delete("/dead-letters/{letter_id}", status_code=204, summary="Drop a dead letter", openapi_extra=admin_only())
-async def drop_dead_letter(letter_id: LetterId, principal: AdminPrincipal, runtime: RuntimeDep) -> None:
-    """Admin: forget a dead letter for good."""
+async def drop_dead_letter(letter_id: LetterId, request: Request, principal: Manager, runtime: RuntimeDep) -> None:
+    """``dead_letters.manage`` (admin): forget a dead letter for good."""
     try:
         removed = await run_in_threadpool(dead_letter_store.forget, redis_client(runtime.settings), [letter_id])
     except RedisError as exc:
         raise _unavailable(exc) from exc
     if not removed:
         raise _not_found(letter_id)
-    record_admin_action(principal, "dead_letters.drop", ids=[letter_id])
+    await record_admin_action(request, audit.DEAD_LETTER_DROP, letter_id, ids=[letter_id])
 
 
 def _replay_many(runtime: Runtime, request: BulkReplayRequest) -> BulkLetterAnswer:
@@ -251,22 +258,24 @@ def _replay_many(runtime: Runtime, request: BulkReplayRequest) -> BulkLetterAnsw
     openapi_extra=admin_only(),
 )
 async def replay_dead_letters(
-    request: BulkReplayRequest, principal: AdminPrincipal, runtime: RuntimeDep
+    selection: BulkReplayRequest, request: Request, principal: Manager, runtime: RuntimeDep
 ) -> BulkLetterAnswer:
-    """Admin: replay the dead letters the filters select (newest first, at most ``limit``); poison
-    messages only with ``force``, letters that cannot go back are skipped. ``dry_run`` only counts."""
+    """``dead_letters.manage`` (admin): replay the dead letters the filters select (newest first, at most
+    ``limit``); poison messages only with ``force``, letters that cannot go back are skipped. ``dry_run``
+    only counts."""
     try:
-        answer = await run_in_threadpool(_replay_many, runtime, request)
+        answer = await run_in_threadpool(_replay_many, runtime, selection)
     except (RedisError, KombuError, OSError) as exc:
         raise _unavailable(exc) from exc
     if not answer.dry_run:
-        record_admin_action(
-            principal,
-            "dead_letters.replay",
-            filters=request.model_dump(mode="json", exclude={"dry_run"}),
+        await record_admin_action(
+            request,
+            audit.DEAD_LETTER_REPLAY,
+            "selection",
+            filters=selection.model_dump(mode="json", exclude={"dry_run"}),
             letters=answer.results,
             skipped=answer.skipped,
-            force=request.force,
+            force=selection.force,
         )
     return answer
 
@@ -285,7 +294,8 @@ def _drop_many(runtime: Runtime, where: LetterFilter, limit: int, dry_run: bool)
     "/dead-letters", response_model=BulkLetterAnswer, summary="Drop many dead letters", openapi_extra=admin_only()
 )
 async def drop_dead_letters(
-    principal: AdminPrincipal,
+    request: Request,
+    principal: Manager,
     runtime: RuntimeDep,
     task: Annotated[str | None, Query(max_length=200)] = None,
     queue: Annotated[str | None, Query(max_length=200)] = None,
@@ -296,7 +306,8 @@ async def drop_dead_letters(
     limit: Annotated[int, Query(ge=1, le=MAX_BULK)] = MAX_BULK,
     dry_run: Annotated[bool, Query()] = False,
 ) -> BulkLetterAnswer:
-    """Admin: drop the dead letters the filters select (at most ``limit``); without a filter, ``all=true``."""
+    """``dead_letters.manage`` (admin): drop the dead letters the filters select (at most ``limit``);
+    without a filter, ``all=true``."""
     where = letter_filter(task, queue, exception, since, until)
     if where.empty and not all_letters:
         raise ProblemError(
@@ -318,7 +329,6 @@ async def drop_dead_letters(
             "until": until,
             "all": all_letters,
         }
-        record_admin_action(
-            principal, "dead_letters.drop", filters=filters, ids=[item["id"] for item in answer.results]
-        )
+        ids = [item["id"] for item in answer.results]
+        await record_admin_action(request, audit.DEAD_LETTER_DROP, "selection", filters=filters, ids=ids)
     return answer

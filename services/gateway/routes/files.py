@@ -11,15 +11,18 @@ import datetime as dt
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from sqlalchemy import func, select
 
+from services.gateway import audit as gateway_audit
+from services.gateway import authz
 from services.gateway.deps import CurrentPrincipal, RuntimeDep, SessionDep
 from services.gateway.problems import ProblemError
 from services.gateway.routes import API_PREFIX
 from services.gateway.schemas import ExportInfo, ReportDetail, ReportList, ReportSummary
+from shared import audit
 from shared.models import Export, Report
 
 router = APIRouter(prefix=API_PREFIX, tags=["reports and exports"])
@@ -83,13 +86,15 @@ def _summary(report: Report) -> ReportSummary:
 
 @router.get("/reports", response_model=ReportList, summary="Reports, newest period first")
 def list_reports(
-    principal: CurrentPrincipal,
+    access: authz.ReportReader,
     session: SessionDep,
     kind: Annotated[ReportKind | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> ReportList:
     clauses = [Report.kind == kind] if kind else []
+    if access.kinds is not None:
+        clauses.append(Report.kind.in_(access.kinds))
     total = session.scalar(select(func.count()).select_from(Report).where(*clauses)) or 0
     rows = session.scalars(
         select(Report)
@@ -101,16 +106,16 @@ def list_reports(
     return ReportList(count=total, results=[_summary(row) for row in rows])
 
 
-def _report(session: SessionDep, report_id: int) -> Report:
+def _report(session: SessionDep, report_id: int, access: authz.ReportAccess) -> Report:
     report = session.get(Report, report_id)
-    if report is None:
+    if report is None or (access.kinds is not None and report.kind not in access.kinds):
         raise ProblemError(404, f"there is no report {report_id}", kind="unknown-report")
     return report
 
 
 @router.get("/reports/{report_id}", response_model=ReportDetail, summary="One report with its figures")
-def get_report(report_id: ReportId, principal: CurrentPrincipal, session: SessionDep) -> ReportDetail:
-    report = _report(session, report_id)
+def get_report(report_id: ReportId, access: authz.ReportReader, session: SessionDep) -> ReportDetail:
+    report = _report(session, report_id, access)
     return ReportDetail(**_summary(report).model_dump(), data=report.data)
 
 
@@ -122,28 +127,30 @@ def get_report(report_id: ReportId, principal: CurrentPrincipal, session: Sessio
 )
 def report_file(
     report_id: ReportId,
-    principal: CurrentPrincipal,
+    access: authz.ReportReader,
     session: SessionDep,
     runtime: RuntimeDep,
+    request: Request,
     format: Annotated[Literal["csv", "html"], Query(description="Which file.")] = "html",
 ) -> FileResponse:
-    report = _report(session, report_id)
+    report = _report(session, report_id, access)
     stored = report.csv_path if format == "csv" else report.html_path
     path = contained(runtime.settings.reports_dir, stored)
     if path is None:
         raise ProblemError(404, f"report {report_id} has no {format} file", kind="no-file")
+    gateway_audit.record_in(session, request, audit.REPORT_DOWNLOAD, target=str(report_id), details={"format": format})
     return FileResponse(path, media_type=MEDIA_TYPES[format], filename=path.name)
 
 
 def _export(session: SessionDep, task_id: str, principal: CurrentPrincipal) -> Export:
     row = session.scalar(select(Export).where(Export.task_id == task_id))
-    if row is None or (not principal.is_admin and row.owner != principal.name):
+    if row is None or not authz.sees_export(principal, row.owner):
         raise ProblemError(404, f"there is no export for task {task_id!r} (or it is not yours)", kind="unknown-export")
     return row
 
 
 @router.get("/exports/{task_id}", response_model=ExportInfo, summary="An export's state")
-def get_export(task_id: ExportTaskId, principal: CurrentPrincipal, session: SessionDep) -> ExportInfo:
+def get_export(task_id: ExportTaskId, principal: authz.Reader, session: SessionDep) -> ExportInfo:
     row = _export(session, task_id, principal)
     return ExportInfo(
         task_id=row.task_id,
@@ -173,7 +180,7 @@ def get_export(task_id: ExportTaskId, principal: CurrentPrincipal, session: Sess
     },
 )
 def download_export(
-    task_id: ExportTaskId, principal: CurrentPrincipal, session: SessionDep, runtime: RuntimeDep
+    task_id: ExportTaskId, principal: authz.Reader, session: SessionDep, runtime: RuntimeDep, request: Request
 ) -> FileResponse:
     row = _export(session, task_id, principal)
     if row.status != "done":
@@ -183,4 +190,6 @@ def download_export(
     path = contained(runtime.settings.exports_dir, row.file_name)
     if path is None or path.parent != runtime.settings.exports_dir.resolve():
         raise ProblemError(404, "the export's file is missing", kind="no-file")
+    details = {"dataset": row.dataset, "filters": row.filters, "owner": row.owner}
+    gateway_audit.record_in(session, request, audit.EXPORT_DOWNLOAD, target=task_id, details=details)
     return FileResponse(path, media_type=MEDIA_TYPES.get(row.format, "application/octet-stream"), filename=path.name)

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 
-from services.gateway.deps import CurrentPrincipal, SessionDep
+from services.gateway import authz
+from services.gateway.deps import SessionDep
 from services.gateway.problems import ProblemError
 from services.gateway.routes import API_PREFIX
 from services.gateway.schemas import HistoryItem, HistoryPage, TaskStats
@@ -22,11 +23,6 @@ STATUS_HELP = (
     "One state or several, comma-separated (FAILURE,REVOKED): SENT, RECEIVED, STARTED, PROGRESS, RETRY, "
     "SUCCESS, FAILURE, REVOKED, REJECTED."
 )
-
-
-def _owner(principal_name: str, is_admin: bool, owner: str | None) -> str | None:
-    """Users see only their own tasks, whatever they ask; admins may filter by owner."""
-    return owner if is_admin else principal_name
 
 
 def _known_task(task_name: str | None) -> None:
@@ -50,6 +46,7 @@ def _aware(value: dt.datetime | None, name: str) -> dt.datetime | None:
     return value
 
 
+OWNER_DOC = "Only this owner's tasks (roles that read every task); other roles always see what they may."
 UNKNOWN_TASK: dict[int | str, dict[str, Any]] = {404: {"description": "task_name is not a catalog task."}}
 
 
@@ -65,11 +62,11 @@ def filter_problem(exc: FilterError, where: str = "query") -> ProblemError:
 @router.get("/tasks/history", response_model=HistoryPage, summary="Task history (durable)", responses=UNKNOWN_TASK)
 def task_history(
     request: Request,
-    principal: CurrentPrincipal,
+    principal: authz.Reader,
     session: SessionDep,
     task_name: Annotated[str | None, Query(max_length=200)] = None,
     status: Annotated[str | None, Query(max_length=200, description=STATUS_HELP)] = None,
-    owner: Annotated[str | None, Query(max_length=100, description="Admins only; users always see their own.")] = None,
+    owner: Annotated[str | None, Query(max_length=100, description=OWNER_DOC)] = None,
     since: Annotated[dt.datetime | None, Query(description="Sent at or after (ISO 8601 with timezone).")] = None,
     until: Annotated[dt.datetime | None, Query(description="Sent before (ISO 8601 with timezone).")] = None,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
@@ -78,6 +75,7 @@ def task_history(
     """Every task the monitor recorded, newest first, kept ``MALLOPS_HISTORY_TTL_DAYS``; page with ``cursor``.
     Argument filters: ``kwargs.<field>=<value>`` query parameters (nested with dots)."""
     _known_task(task_name)
+    visible_owner, or_queue = authz.history_owner(principal, owner)
     try:
         states = parse_states(status)
         pairs = {key: value for key, value in request.query_params.items() if key.startswith(ARGUMENT_PREFIX)}
@@ -90,7 +88,8 @@ def task_history(
             task_name=task_name,
             status=",".join(states) or None,
             where=where,
-            owner=_owner(principal.name, principal.is_admin, owner),
+            owner=visible_owner,
+            or_queue=or_queue,
             since=_aware(since, "since"),
             until=_aware(until, "until"),
             cursor=cursor,
@@ -109,12 +108,12 @@ def task_history(
 
 @router.get("/tasks/stats", response_model=TaskStats, summary="Task statistics over a window", responses=UNKNOWN_TASK)
 def task_stats(
-    principal: CurrentPrincipal,
+    principal: authz.Reader,
     session: SessionDep,
     since: Annotated[dt.datetime | None, Query(description="Window start (default: 24 h before until).")] = None,
     until: Annotated[dt.datetime | None, Query(description="Window end (default: now).")] = None,
     task_name: Annotated[str | None, Query(max_length=200)] = None,
-    owner: Annotated[str | None, Query(max_length=100, description="Admins only; users always see their own.")] = None,
+    owner: Annotated[str | None, Query(max_length=100, description=OWNER_DOC)] = None,
 ) -> TaskStats:
     """Counts by state, success rate, throughput, run time p50/p95/p99 and queue wait p50/p95, overall and
     per task name, for the tasks sent in ``[since, until)``."""
@@ -128,7 +127,8 @@ def task_stats(
             kind="validation-error",
             errors=[{"loc": ["query", "since"], "msg": "bad window", "type": "value_error"}],
         )
+    visible_owner, or_queue = authz.history_owner(principal, owner)
     stats = history.task_stats(
-        session, since=start, until=end, task_name=task_name, owner=_owner(principal.name, principal.is_admin, owner)
+        session, since=start, until=end, task_name=task_name, owner=visible_owner, or_queue=or_queue
     )
     return TaskStats.model_validate(stats)

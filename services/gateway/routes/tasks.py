@@ -11,14 +11,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from kombu.exceptions import KombuError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from services.gateway.deps import AdminPrincipal, CurrentPrincipal, RuntimeDep, StoreDep
+from services.gateway import audit as gateway_audit
+from services.gateway import authz
+from services.gateway.deps import RuntimeDep, StoreDep
 from services.gateway.idempotency import IdempotencyClaim
 from services.gateway.openapi import admin_only
 from services.gateway.problems import ProblemError
@@ -38,12 +40,14 @@ from services.gateway.schemas import (
     TaskSummary,
 )
 from services.gateway.submission import BROKER_RETRY_AFTER, Prepared, Submitter, prepare
-from services.gateway.taskstore import READY_STATES, RESULT_KEY, TaskMeta, TaskStore, decode_result, parse_time
+from services.gateway.taskstore import READY_STATES, TaskStore, decode_result, parse_time
+from shared import audit, deferred, permissions
 from shared.catalog import get_spec
 from shared.celery_app import RESULT_EXPIRES
 from shared.events import capped_traceback
-from shared.models import TaskRecord
+from shared.models import DeferredTask, TaskRecord
 from shared.revocations import queue_revoke
+from shared.taskmeta import RESULT_KEY, TaskMeta
 from shared.tokens import Principal
 
 router = APIRouter(prefix=API_PREFIX, tags=["tasks"])
@@ -58,7 +62,7 @@ IdempotencyKey = Annotated[
         description="Repeat a submission safely: the same key and body return the first answer; another body is 409.",
     ),
 ]
-State = Literal["PENDING", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
+State = Literal["SCHEDULED", "PENDING", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
 SCAN_CHUNK = 500
 SCAN_MAX = 5_000
 SSE_MAX_SECONDS = 3600.0
@@ -113,14 +117,16 @@ SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
 )
 async def submit_task(
     submission: TaskSubmission,
-    principal: CurrentPrincipal,
+    principal: authz.Submitter,
     runtime: RuntimeDep,
     store: StoreDep,
+    request: Request,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Validate a submission against the catalog and put it on its queue. 202 means it is in the broker."""
     item = prepare(submission, max_delay=runtime.settings.broker_visibility_timeout)
-    return await _submit_once(
+    await authz.authorize_submissions(request, principal, [item])
+    answer = await _submit_once(
         runtime,
         store,
         principal,
@@ -129,6 +135,8 @@ async def submit_task(
         submission.model_dump(mode="json"),
         lambda accepted: accepted[0],
     )
+    await authz.audit_submissions(request, [item], answer)
+    return answer
 
 
 @router.post(
@@ -140,15 +148,17 @@ async def submit_task(
 )
 async def submit_batch(
     batch: BatchSubmission,
-    principal: CurrentPrincipal,
+    principal: authz.Submitter,
     runtime: RuntimeDep,
     store: StoreDep,
+    request: Request,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Submit many tasks in one request, published on one broker connection. All items are validated
     first; one invalid item refuses the whole batch (its index is in the error's ``loc``)."""
     max_delay = runtime.settings.broker_visibility_timeout
     items = [prepare(item, ("body", "tasks", i), max_delay) for i, item in enumerate(batch.tasks)]
+    await authz.authorize_submissions(request, principal, items)
     answer = await _submit_once(
         runtime,
         store,
@@ -158,6 +168,7 @@ async def submit_batch(
         batch.model_dump(mode="json"),
         lambda accepted: BatchAccepted(count=len(accepted), results=accepted),
     )
+    await authz.audit_submissions(request, items, answer)
     if isinstance(answer, BatchAccepted):  # serialized once, without validating thousands of items again
         return Response(answer.model_dump_json(), status_code=202, media_type="application/json")
     return answer
@@ -174,11 +185,14 @@ class Visible:
     meta: TaskMeta | None
     result: dict[str, Any] | None
     record: dict[str, Any] | None
+    deferred: DeferredTask | None = None  # a one-off run that waits (or waited) in the database
 
     @property
     def owner(self) -> str | None:
         if self.meta is not None:
             return self.meta.owner
+        if self.deferred is not None:
+            return self.deferred.owner
         return self.record.get("owner") if self.record else None
 
     @property
@@ -187,12 +201,16 @@ class Visible:
             return str(self.result.get("status") or "PENDING")
         if self.record is not None:
             return str(self.record.get("state") or "PENDING")
+        if self.deferred is not None and self.deferred.state in (deferred.SCHEDULED, deferred.REVOKED):
+            return self.deferred.state
         return "PENDING"
 
     @property
     def task_name(self) -> str:
         if self.meta is not None:
             return self.meta.task_name
+        if self.deferred is not None:
+            return self.deferred.task_name
         name = (self.result or {}).get("name") or (self.record or {}).get("task_name") or ""
         spec = get_spec(str(name))
         return spec.name if spec else str(name)
@@ -216,8 +234,8 @@ def _history_record(runtime: Runtime, task_id: str) -> dict[str, Any] | None:
     return record
 
 
-async def visible_task(task_id: TaskId, principal: CurrentPrincipal, runtime: RuntimeDep, store: StoreDep) -> Visible:
-    """The task, if it exists and the caller may see it (a user only their own); 404 otherwise."""
+async def visible_task(task_id: TaskId, principal: authz.Reader, runtime: RuntimeDep, store: StoreDep) -> Visible:
+    """The task, if it exists and the caller may see it (authz.sees_task); 404 otherwise."""
     meta, result = await asyncio.gather(store.load(task_id), store.result(task_id))
     record = None
     if (
@@ -227,10 +245,14 @@ async def visible_task(task_id: TaskId, principal: CurrentPrincipal, runtime: Ru
         or (result is None and _result_may_have_expired(meta))
     ):
         record = await run_in_threadpool(_history_record, runtime, task_id)
-    task = Visible(task_id, meta, result, record)
-    if meta is None and record is None and (result is None or not principal.is_admin):
+    waiting = None
+    if meta is None and record is None:
+        waiting = await run_in_threadpool(_deferred_row, runtime, task_id)
+    task = Visible(task_id, meta, result, record, waiting)
+    if meta is None and record is None and waiting is None and (result is None or authz.task_scope(principal) != "all"):
         raise _not_found(task_id)
-    if not principal.is_admin and task.owner != principal.name:
+    queue = (meta.queue if meta else None) or (record or {}).get("queue") or (result or {}).get("queue")
+    if not authz.sees_task(principal, task.owner, queue):
         raise _not_found(task_id)
     return task
 
@@ -240,6 +262,11 @@ def _result_may_have_expired(meta: TaskMeta) -> bool:
     history knows its state (before that, no result means it has not started)."""
     submitted = meta.submitted_at
     return submitted is None or (dt.datetime.now(dt.UTC) - submitted).total_seconds() >= RESULT_EXPIRES
+
+
+def _deferred_row(runtime: Runtime, task_id: str) -> DeferredTask | None:
+    with runtime.sessions() as session:
+        return deferred.find(session, task_id)
 
 
 def _not_found(task_id: str) -> ProblemError:
@@ -281,6 +308,8 @@ def detail(task: Visible) -> TaskDetail:
         duration = max(0.0, (finished_at - started_at).total_seconds())
     if meta is not None:
         args, kwargs = meta.args, meta.kwargs
+    elif task.deferred is not None:
+        args, kwargs = list(task.deferred.args), dict(task.deferred.kwargs)
     else:
         args = list(result.get("args") or [])
         kwargs = dict(result.get("kwargs") or {})
@@ -309,6 +338,7 @@ def detail(task: Visible) -> TaskDetail:
         started_at=started_at,
         finished_at=finished_at,
         duration=duration,
+        eta=task.deferred.eta if task.deferred is not None else None,
     )
 
 
@@ -321,17 +351,24 @@ def _traceback(status: str, result: dict[str, Any], record: dict[str, Any]) -> s
 
 @router.get("/tasks", response_model=TaskList, summary="List recent tasks")
 async def list_tasks(
-    principal: CurrentPrincipal,
+    principal: authz.Reader,
     store: StoreDep,
+    runtime: RuntimeDep,
     status: Annotated[State | None, Query(description="Only tasks in this state.")] = None,
     task_name: Annotated[str | None, Query(max_length=200, description="Only this task.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
 ) -> Response:
-    """Active and recent tasks (newest first): a user's own, or everyone's for an admin. Older tasks are
-    in ``GET /api/v1/tasks/history``. With a filter, the newest 5,000 tasks are searched."""
-    owner = None if principal.is_admin else principal.name
-    if status is None and task_name is None:
+    """Active and recent tasks (newest first) the token may see (its own, the finance queue's, or every
+    task, by role). Older tasks are in ``GET /api/v1/tasks/history``. With a filter, the newest 5,000 tasks
+    are searched. ``status=SCHEDULED`` lists the one-off runs waiting in the database for their eta
+    (soonest first)."""
+    scope = authz.task_scope(principal)
+    owner = principal.name if scope == "own" else None
+    if status == deferred.SCHEDULED:
+        waiting_owner = None if scope == "all" else principal.name
+        return _json(await run_in_threadpool(_waiting, runtime, waiting_owner, task_name, limit, offset))
+    if status is None and task_name is None and scope != "finance":
         total = await store.recent_count(owner)
         ids = await store.recent_ids(owner, offset, offset + limit - 1)
         metas, results = await asyncio.gather(store.load_many(ids), store.results_many(ids))
@@ -346,8 +383,28 @@ async def list_tasks(
         for task_id, meta, result in zip(ids, metas, results, strict=True):
             row = _summary(task_id, meta, result)
             if (status is None or row.status == status) and (task_name is None or row.task_name == task_name):
+                if scope == "finance" and not authz.sees_task(principal, row.owner, row.queue):
+                    continue
                 matches.append(row)
     return _json(TaskList(count=len(matches), results=matches[offset : offset + limit]))
+
+
+def _waiting(runtime: Runtime, owner: str | None, task_name: str | None, limit: int, offset: int) -> TaskList:
+    with runtime.sessions() as session:
+        total, rows = deferred.waiting(session, owner, limit, offset, task_name)
+    results = [
+        TaskSummary(
+            task_id=row.task_id,
+            task_name=row.task_name,
+            status=deferred.SCHEDULED,
+            queue=row.queue,
+            owner=row.owner,
+            sent_at=None,
+            eta=row.eta,
+        )
+        for row in rows
+    ]
+    return TaskList(count=total, results=results)
 
 
 def _summary(task_id: str, meta: TaskMeta | None, result: dict[str, Any] | None) -> TaskSummary:
@@ -448,14 +505,19 @@ async def task_events(task: VisibleTask, runtime: RuntimeDep, store: StoreDep) -
     openapi_extra=admin_only(),
 )
 async def revoke_task(
-    principal: AdminPrincipal,
+    principal: Annotated[Principal, authz.requires(permissions.TASKS_REVOKE)],
     task: VisibleTask,
     runtime: RuntimeDep,
+    http: Request,
     request: Annotated[RevokeRequest | None, Body()] = None,
 ) -> RevokeAccepted:
-    """Admin: workers discard the task if it has not started, including workers that start later (the id
-    is kept for MALLOPS_TASK_META_TTL_SECONDS); with ``terminate`` a running one is killed."""
+    """Operator or admin: workers discard the task if it has not started, including workers that start later
+    (the id is kept for MALLOPS_TASK_META_TTL_SECONDS); with ``terminate`` a running one is killed.
+    Maintenance tasks need the maintenance permission too."""
+    await authz.authorize_task_action(http, principal, audit.TASK_REVOKE, get_spec(task.task_name), task.task_id)
     terminate = bool(request and request.terminate)
+    if task.deferred is not None and await run_in_threadpool(_revoke_waiting, runtime, task.task_id):
+        return RevokeAccepted(task_id=task.task_id, terminate=terminate)  # never published: nothing to tell
     async with runtime.cache.pipeline(transaction=True) as pipe:
         queue_revoke(pipe, task.task_id, runtime.settings.task_meta_ttl_seconds)
         await pipe.execute()
@@ -472,7 +534,13 @@ async def revoke_task(
             kind="broker-unavailable",
             headers={"Retry-After": BROKER_RETRY_AFTER},
         ) from exc
+    await gateway_audit.record(http, audit.TASK_REVOKE, target=task.task_id, details={"terminate": terminate})
     return RevokeAccepted(task_id=task.task_id, terminate=terminate)
+
+
+def _revoke_waiting(runtime: Runtime, task_id: str) -> bool:
+    with runtime.sessions() as session, session.begin():
+        return deferred.revoke(session, task_id)
 
 
 @router.post(
@@ -483,9 +551,14 @@ async def revoke_task(
     responses={409: {"description": "The task has not failed (or its arguments are no longer known)."}},
 )
 async def retry_task(
-    task: VisibleTask, principal: CurrentPrincipal, runtime: RuntimeDep, store: StoreDep
+    principal: Annotated[Principal, authz.requires(permissions.TASKS_RETRY)],
+    task: VisibleTask,
+    runtime: RuntimeDep,
+    store: StoreDep,
+    request: Request,
 ) -> TaskAccepted:
     """Submit a failed (or revoked) task again with its original arguments, as a new task."""
+    await authz.authorize_task_action(request, principal, audit.TASK_RETRY, get_spec(task.task_name), task.task_id)
     if task.status not in ("FAILURE", "REVOKED"):
         raise ProblemError(
             409, f"only a failed or revoked task can be retried; {task.task_id} is {task.status}", kind="not-retryable"
@@ -495,11 +568,15 @@ async def retry_task(
         raise ProblemError(409, f"task {task.task_name!r} is no longer in the catalog", kind="not-retryable")
     if task.meta is not None:
         args, kwargs = task.meta.args, task.meta.kwargs
+    elif task.deferred is not None:
+        args, kwargs = list(task.deferred.args), dict(task.deferred.kwargs)
     elif task.result is not None and isinstance(task.result.get("kwargs"), dict):
         args, kwargs = list(task.result.get("args") or []), dict(task.result["kwargs"])
     else:
         raise ProblemError(409, "the original arguments of this task are no longer known", kind="not-retryable")
     item = prepare(TaskSubmission(task_name=spec.name, args=args, kwargs=kwargs))
+    await authz.authorize_retry_arguments(request, principal, item, task.task_id)
     owner = task.owner or principal.name
     accepted = await Submitter(runtime, store).submit(principal, [item], owner=owner, retry_of=task.task_id)
+    await gateway_audit.record(request, audit.TASK_RETRY, target=task.task_id, details={"new_task_id": item.task_id})
     return accepted[0]

@@ -145,6 +145,9 @@ def test_monday_ten_oclock_utc_is_not_monday_ten_in_shanghai(clocked_app, redis_
             (2026, 12, 1, 0, 0, 1),
             {"check_pending_bills", "generate_hourly_report", "generate_monthly_report"},
         ),
+        # ... and at 00:30 last month's revenue
+        ((2026, 12, 1, 0, 29, 50), (2026, 12, 1, 0, 30, 1), {"check_pending_bills", "calculate_monthly_revenue"}),
+        ((2026, 12, 2, 0, 29, 50), (2026, 12, 2, 0, 30, 1), {"check_pending_bills"}),
         (
             (2026, 11, 17, 0, 59, 50),
             (2026, 11, 17, 1, 0, 1),
@@ -153,7 +156,28 @@ def test_monday_ten_oclock_utc_is_not_monday_ten_in_shanghai(clocked_app, redis_
         (
             (2026, 11, 17, 1, 59, 50),
             (2026, 11, 17, 2, 0, 1),
-            {"check_pending_bills", "generate_hourly_report", "cleanup_old_notifications"},
+            {
+                "check_pending_bills",
+                "generate_hourly_report",
+                "cleanup_old_notifications",
+                "cleanup_old_access_records",
+            },
+        ),
+        # the backup at 03:00, retention at 04:00, yesterday's report at 06:00 (Shanghai)
+        (
+            (2026, 11, 17, 2, 59, 50),
+            (2026, 11, 17, 3, 0, 1),
+            {"check_pending_bills", "generate_hourly_report", "backup_database"},
+        ),
+        (
+            (2026, 11, 17, 3, 59, 50),
+            (2026, 11, 17, 4, 0, 1),
+            {"check_pending_bills", "generate_hourly_report", "cleanup_expired_data"},
+        ),
+        (
+            (2026, 11, 17, 5, 59, 50),
+            (2026, 11, 17, 6, 0, 1),
+            {"check_pending_bills", "generate_hourly_report", "generate_daily_report"},
         ),
         # mid-hour: only the every-minute check and, 30 s on, the access-log drain
         ((2026, 11, 17, 14, 29, 50), (2026, 11, 17, 14, 30, 21), {"check_pending_bills", "process_access_logs"}),

@@ -54,8 +54,17 @@ ENDPOINTS: list[tuple[str, str, Any, dict[str, int]]] = [
     ("GET", "/api/v1/tasks/stats", None, user_endpoint(200)),
     ("GET", "/api/v1/workers", None, admin_endpoint(200)),
     ("GET", "/api/v1/queues", None, admin_endpoint(200)),
-    ("GET", "/api/v1/schedules", None, admin_endpoint(200)),
+    ("GET", "/api/v1/schedules", None, user_endpoint(200)),
+    ("GET", "/api/v1/schedules/cleanup_old_notifications", None, user_endpoint(200)),
     ("PATCH", "/api/v1/schedules/cleanup_old_notifications", {"enabled": True}, admin_endpoint(200)),
+    (
+        "POST",
+        "/api/v1/schedules",
+        {"name": "matrix", "task_name": "test_task", "schedule": {"every": 3600}, "kwargs": {"message": "m"}},
+        admin_endpoint(201),
+    ),
+    ("POST", "/api/v1/schedules/matrix/run", None, admin_endpoint(202)),
+    ("DELETE", "/api/v1/schedules/matrix", None, admin_endpoint(204)),
     ("GET", "/api/v1/reports", None, user_endpoint(200)),
     ("GET", "/api/v1/reports/{report}", None, user_endpoint(200)),
     ("GET", "/api/v1/reports/{report}/file?format=csv", None, user_endpoint(200)),
@@ -89,7 +98,7 @@ def test_authorization_matrix(gateway: GatewayFactory, tokens: Tokens, migrated:
     (migrated.exports_dir / "matrix-export.csv").write_text("a,b\n")
     export_id = make_export(migrated, tokens.alice_name, file_name="matrix-export.csv")
     # quota and rate limit out of the way: this test is about who may do what
-    with gateway(task_max_per_user=1000, rate_limit_per_minute=10_000) as client:
+    with gateway(task_max_per_user=1000, rate_limit_per_minute=10_000, auth_failures_per_minute=10_000) as client:
         submitted = client.post(
             "/api/v1/tasks",
             json={"task_name": "test_task", "kwargs": {"message": "mine"}},

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from services.gateway.taskstore import META_KEY, TaskMeta
 from shared.settings import Settings
+from shared.taskmeta import META_KEY, TaskMeta
 from tests.harness import RedisServer
 from tests.services.gateway.conftest import GatewayClient, Tokens, make_history
 

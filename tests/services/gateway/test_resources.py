@@ -163,6 +163,77 @@ def test_schedules_list_and_patch(client: GatewayClient, tokens: Tokens) -> None
     assert client.patch(f"{API}/schedules/process_access_logs", json={}, headers=admin).status_code == 422
 
 
+def test_schedules_add_change_run_and_delete(client: GatewayClient, tokens: Tokens, redis_server) -> None:
+    admin = tokens.auth("admin")
+    body = {
+        "name": "tenants.reminder-9",
+        "task_name": "test_task",
+        "schedule": {"minute": "0", "hour": "9", "day_of_week": "1"},
+        "kwargs": {"message": "rent is due"},
+        "description": "Mondays at 09:00",
+    }
+    created = client.post(f"{API}/schedules", json=body, headers=admin)
+    assert created.status_code == 201, created.text
+    entry = created.json()
+    assert created.headers["location"] == f"{API}/schedules/tenants.reminder-9"
+    assert (entry["task_name"], entry["queue"], entry["enabled"]) == ("test_task", "default", True)
+    assert (entry["kwargs"], entry["args"], entry["description"]) == (
+        {"message": "rent is due"},
+        [],
+        "Mondays at 09:00",
+    )
+    assert entry["last_run_at"] is None
+    assert entry["next_run_at"].endswith("Z")
+    local = dt.datetime.fromisoformat(entry["next_run_local"])
+    assert (local.isoweekday(), local.hour, local.minute, local.utcoffset()) == (1, 9, 0, dt.timedelta(hours=8))
+    assert local == dt.datetime.fromisoformat(entry["next_run_at"])
+    # readable with a user token
+    mine = client.get(f"{API}/schedules/tenants.reminder-9", headers=tokens.auth("alice"))
+    assert mine.json()["kwargs"] == {"message": "rent is due"}
+
+    assert client.post(f"{API}/schedules", json=body, headers=admin).status_code == 409
+    refusals = [
+        ({**body, "name": "Bad Name"}, ["body", "name"], 422),
+        ({**body, "name": "x" * 65}, ["body", "name"], 422),
+        ({**body, "name": "n1", "kwargs": {"message": 5}}, ["body", "kwargs", "message"], 422),
+        ({**body, "name": "n2", "kwargs": {"surprise": 1}}, ["body", "kwargs", "surprise"], 422),
+        ({**body, "name": "n3", "schedule": {"minute": "99"}}, ["body", "schedule"], 422),
+        ({**body, "name": "n4", "task_name": "no_such_task"}, None, 404),
+    ]
+    for bad, loc, status in refusals:
+        response = client.post(f"{API}/schedules", json=bad, headers=admin)
+        assert response.status_code == status, (bad, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        if loc is not None:
+            assert any(error["loc"][: len(loc)] == loc for error in response.json()["errors"]), response.json()
+
+    changed = client.patch(
+        f"{API}/schedules/tenants.reminder-9",
+        json={"kwargs": {"message": "rent!"}, "description": "changed", "schedule": {"every": 600}},
+        headers=admin,
+    )
+    assert changed.status_code == 200, changed.text
+    assert (changed.json()["kwargs"], changed.json()["description"]) == ({"message": "rent!"}, "changed")
+    assert changed.json()["schedule"] == {"every": 600.0}
+    bad_args = client.patch(f"{API}/schedules/tenants.reminder-9", json={"args": [1, 2, 3]}, headers=admin)
+    assert bad_args.status_code == 422
+
+    run = client.post(f"{API}/schedules/tenants.reminder-9/run", headers=admin)
+    assert run.status_code == 202, run.text
+    task = client.get(f"{API}/tasks/{run.json()['task_id']}", headers=admin).json()
+    assert (task["task_name"], task["kwargs"]) == ("test_task", {"message": "rent!"})
+
+    assert client.delete(f"{API}/schedules/tenants.reminder-9", headers=admin).status_code == 204
+    assert client.delete(f"{API}/schedules/tenants.reminder-9", headers=admin).status_code == 404
+    assert client.post(f"{API}/schedules/tenants.reminder-9/run", headers=admin).status_code == 404
+    # a deleted default is gone from the listing; created again, it is back
+    assert client.delete(f"{API}/schedules/backup_database", headers=admin).status_code == 204
+    names = {row["name"] for row in client.get(f"{API}/schedules", headers=admin).json()["results"]}
+    assert "backup_database" not in names
+    again = {"name": "backup_database", "task_name": "backup_database", "schedule": {"minute": "0", "hour": "3"}}
+    assert client.post(f"{API}/schedules", json=again, headers=admin).status_code == 201
+
+
 def test_reports_and_their_files(client: GatewayClient, tokens: Tokens, migrated: Settings) -> None:
     reports_dir = migrated.reports_dir
     (reports_dir / "hourly").mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, insert, select, text
+from sqlalchemy import create_engine, delete, func, insert, select, text
 from sqlalchemy.engine import make_url
 
 from services.maintenance import backups
@@ -219,6 +219,38 @@ def test_cleanup_expired_data_deletes_rows_and_files_past_retention(
                 for age in (91, 89)
             ],
         )
+        session.execute(
+            insert(models.AuditEntry),
+            [
+                {
+                    "at": now - dt.timedelta(days=age),
+                    "actor": tag,
+                    "action": f"{tag}-{age}",
+                    "outcome": "ok",
+                    "details": {},
+                }
+                for age in (366, 364)
+            ],
+        )
+
+        session.execute(
+            insert(models.DeferredTask),
+            [
+                {
+                    "task_id": f"{tag}-{state}-{age}",
+                    "task_name": "test_task",
+                    "queue": "default",
+                    "owner": "t",
+                    "args": [],
+                    "kwargs": {},
+                    "payload": {},
+                    "eta": now + dt.timedelta(days=1),
+                    "state": state,
+                    "created_at": now - dt.timedelta(days=age),
+                }
+                for state, age in (("PUBLISHED", 31), ("REVOKED", 31), ("PUBLISHED", 29), ("SCHEDULED", 400))
+            ],
+        )
 
     result = submit_task("cleanup_expired_data").get(timeout=120)
     assert result == {
@@ -227,6 +259,8 @@ def test_cleanup_expired_data_deletes_rows_and_files_past_retention(
         "task_history": 1,
         "notifications": 1,
         "access_logs": 1,
+        "deferred_tasks": 2,
+        "audit_log": 1,
         "partial_files": 1,
     }
 
@@ -246,6 +280,13 @@ def test_cleanup_expired_data_deletes_rows_and_files_past_retention(
         assert set(
             session.scalars(select(models.AccessLog.request_id).where(models.AccessLog.request_id.like(f"{tag}%")))
         ) == {f"{tag}-89"}
+        assert set(
+            session.scalars(select(models.DeferredTask.task_id).where(models.DeferredTask.task_id.like(f"{tag}%")))
+        ) == {f"{tag}-PUBLISHED-29", f"{tag}-SCHEDULED-400"}
+        session.execute(delete(models.DeferredTask).where(models.DeferredTask.task_id.like(f"{tag}%")))
+        assert set(session.scalars(select(models.AuditEntry.action).where(models.AuditEntry.actor == tag))) == {
+            f"{tag}-364"
+        }
     assert not expired_file.exists()
     assert fresh_file.exists()
     assert not any((settings.reports_dir / n).exists() for n in old_report)

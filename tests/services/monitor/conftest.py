@@ -18,7 +18,16 @@ from sqlalchemy import delete
 from shared.db import session_scope
 from shared.models import MonitorMetric, TaskRecord
 from shared.settings import Settings
-from tests.harness import Process, RedisServer, free_port, service_argv, spawn, start_redis, wait_http_ready
+from tests.harness import (
+    Process,
+    RedisServer,
+    free_port,
+    redis_env,
+    service_argv,
+    spawn,
+    start_redis,
+    wait_http_ready,
+)
 
 OFFLINE_AFTER = 3.0
 
@@ -75,15 +84,16 @@ def monitor_stack(
 ) -> Iterator[MonitorStack]:
     redis = start_redis(tmp_path / "redis")
     base = redis.url_base
-    env = service_env | {
-        "MALLOPS_REDIS_URL": base,
-        "MALLOPS_BROKER_URL": f"{base}/0",
-        "MALLOPS_RESULT_BACKEND": f"{base}/1",
-        "MALLOPS_TASK_RETRY_BACKOFF": "0",
-        "MALLOPS_WORKER_HEARTBEAT_INTERVAL": "0.5",
-        "MALLOPS_WORKER_OFFLINE_AFTER": str(OFFLINE_AFTER),
-        "MALLOPS_LOG_LEVEL": "WARNING",
-    }
+    env = (
+        service_env
+        | redis_env(redis)
+        | {
+            "MALLOPS_TASK_RETRY_BACKOFF": "0",
+            "MALLOPS_WORKER_HEARTBEAT_INTERVAL": "0.5",
+            "MALLOPS_WORKER_OFFLINE_AFTER": str(OFFLINE_AFTER),
+            "MALLOPS_LOG_LEVEL": "WARNING",
+        }
+    )
     settings = Settings(
         redis_url=base, broker_url=f"{base}/0", result_backend=f"{base}/1", worker_offline_after=OFFLINE_AFTER
     )

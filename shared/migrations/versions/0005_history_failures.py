@@ -1,7 +1,7 @@
 """task history: a failure's traceback, the task's arguments as JSON, the task a retry repeats
 
-Revision ID: 0003_failures
-Revises: 0002_monitor
+Revision ID: 0005_failures
+Revises: 0004_security
 Create Date: 2026-12-07
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003_failures"
-down_revision: str | None = "0002_monitor"
+revision: str = "0005_failures"
+down_revision: str | None = "0004_security"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
