@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -26,6 +26,18 @@ from shared.catalog import CATALOG, get_spec
 from shared.schedules import EntryTiming
 
 log = logging.getLogger("mallops.monitor")
+
+
+T = TypeVar("T")
+
+
+def _read(read: Callable[[], T], what: str, default: T) -> T:
+    """What ``read`` returns, or ``default`` when it fails: a scrape still answers with what it has."""
+    try:
+        return read()
+    except Exception as exc:
+        log.warning("could not %s: %s", what, exc)
+        return default
 
 
 class FailureCollector(Collector):
@@ -44,10 +56,9 @@ class FailureCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield self._task_failures()
         letters = GaugeMetricFamily("mallops_dead_letters", "Dead letters kept: messages the workers could not run.")
-        try:
-            letters.add_metric([], float(self.dead_letters()))
-        except Exception as exc:  # a scrape still answers with what it has
-            log.warning("could not count the dead letters: %s", exc)
+        count = _read(self.dead_letters, "count the dead letters", None)
+        if count is not None:
+            letters.add_metric([], float(count))
         yield letters
         yield from self._schedules()
         yield self._lost_workers()
@@ -76,11 +87,7 @@ class FailureCollector(Collector):
             "Seconds between an enabled entry's last run and its next one due.",
             labels=["entry"],
         )
-        try:
-            timings = self.schedules()
-        except Exception as exc:
-            log.warning("could not read the beat schedule: %s", exc)
-            timings = []
+        timings: list[EntryTiming] = _read(self.schedules, "read the beat schedule", [])
         for timing in timings:
             last.add_metric([timing.name], timing.last_run_at.timestamp())
             period.add_metric([timing.name], timing.period)
@@ -92,11 +99,7 @@ class FailureCollector(Collector):
             "1 for a worker offline without having said it was stopping (killed, crashed, cut off).",
             labels=["hostname"],
         )
-        try:
-            workers = self.workers()
-        except Exception as exc:
-            log.warning("could not read the workers: %s", exc)
-            workers = []
+        workers: list[dict[str, Any]] = _read(self.workers, "read the workers", [])
         for worker in workers:
             lost.add_metric(
                 [worker["hostname"]], 1.0 if worker["status"] == "offline" and not worker.get("stopped") else 0.0
