@@ -1,6 +1,7 @@
 """The ``mallops`` command line.
 
-Exit codes: 0 ok, 1 the task failed, 2 bad usage or input, 3 cannot reach a service or not authorised.
+Exit codes: 0 ok, 1 the task failed, 2 bad usage or input, 3 cannot reach a service or not authorised,
+4 refused for now (quota, rate limit, 503: try later), 5 ``--wait``/``watch`` timed out.
 """
 
 from __future__ import annotations
@@ -19,11 +20,36 @@ EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 app = typer.Typer(
     name="mallops",
-    help="Operate the mallops task platform.",
+    help="Operate the mallops task platform.\n\nExit codes: 0 ok, 1 the task failed, 2 bad input, 3 no gateway "
+    "or not authorised, 4 refused for now (quota, rate limit, 503), 5 --wait timed out.",
+    epilog="Examples: mallops dev; mallops ping; mallops tasks send test_task --wait; mallops history --since 2h",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,  # plain help: flags shown as flags, examples kept as written, 80 columns
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"mallops {version('mallops')}")
+        except PackageNotFoundError:
+            typer.echo("mallops (not installed as a package)")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Operate the mallops task platform."""
+
 
 RUNNABLE = SERVICE_NAMES  # shared/services.py: the one list of the platform's processes
 register_operator_commands(app)  # tasks, workers, doctor, dev, ...: mallops/commands/
@@ -40,7 +66,14 @@ def serve(
     ctx: typer.Context,
     service: Annotated[str, typer.Argument(help=f"One of: {', '.join(RUNNABLE)}.")],
 ) -> None:
-    """Run one mallops service in the foreground (what compose and `mallops dev` start)."""
+    """Run one mallops service in the foreground (what compose and `mallops dev` start).
+
+    Examples:
+
+      \b
+      mallops serve gateway --port 8080
+      mallops serve finance
+    """
     if service not in RUNNABLE:
         raise fail(f"unknown service {service!r}; choose one of {', '.join(RUNNABLE)}", EXIT_USAGE)
     try:
@@ -53,12 +86,26 @@ def serve(
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database schema (Alembic); with MALLOPS_DEMO_DATA=1, also load the demo mall
-    when the database has none (what compose's one-shot `migrate` service runs)."""
+    when the database has none (what compose's one-shot `migrate` service runs).
+
+    Examples:
+
+      \b
+      mallops migrate
+      MALLOPS_DATABASE_URL=postgresql://mallops@db/mallops mallops migrate
+    """
     from shared.db import migrate as run_migrations
     from shared.settings import get_settings
 
+    before = _schema_revision()
     run_migrations()
-    typer.echo("database schema is up to date")
+    after = _schema_revision()
+    if before is None:
+        typer.echo(f"created the database schema (revision {after})")
+    elif before != after:
+        typer.echo(f"upgraded the database schema from revision {before} to {after}")
+    else:
+        typer.echo(f"database schema is up to date (revision {after})")
     if get_settings().demo_data:
         from shared import demo_data as demo
         from shared.db import session_scope
@@ -72,6 +119,17 @@ def migrate() -> None:
             typer.echo("demo data: " + ", ".join(f"{value} {key}" for key, value in summary.as_dict().items()))
 
 
+def _schema_revision() -> str | None:
+    """The database's Alembic revision; None for a database without the schema."""
+    from alembic.runtime.migration import MigrationContext
+
+    from shared.db import get_engine
+
+    with get_engine().connect() as connection:
+        revision: str | None = MigrationContext.configure(connection).get_current_revision()
+    return revision
+
+
 @app.command("demo-data")
 def demo_data(
     stores: Annotated[int, typer.Option(min=1, max=100_000, help="Number of stores.")] = 200,
@@ -81,7 +139,14 @@ def demo_data(
     reset: Annotated[bool, typer.Option(help="Replace demo data that is already there.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")] = False,
 ) -> None:
-    """Fill the database with a deterministic demo mall (migrating it first)."""
+    """Fill the database with a deterministic demo mall (migrating it first).
+
+    Examples:
+
+      \b
+      mallops demo-data
+      mallops demo-data --stores 50 --months 3 --reset
+    """
     from shared import demo_data as demo
     from shared.db import migrate as run_migrations
     from shared.db import session_scope

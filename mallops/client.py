@@ -15,7 +15,8 @@ It replaces the replaced system's ``TaskManager.send_task()`` and ``TaskMonitor(
 
 Every failure is one of the exceptions below, each with a one-line message and the CLI exit code:
 :class:`Unreachable` and :class:`Unauthorized` (3), :class:`NotFound` and :class:`InvalidRequest` (2,
-the latter carrying the problem+json document), :class:`TaskFailed` and :class:`WaitTimeout` (1).
+the latter carrying the problem+json document), :class:`Refused` (4: a quota, the rate limit or a 503;
+try later), :class:`TaskFailed` (1) and :class:`WaitTimeout` (5).
 """
 
 from __future__ import annotations
@@ -100,6 +101,13 @@ class InvalidRequest(_ProblemError):
         return float(value) if isinstance(value, int | float) else None
 
 
+class Refused(InvalidRequest):
+    """Refused for now, try later: 429 (the user's quota of unfinished tasks, the rate limit) or 503 (the
+    task queue cannot be reached); ``retry_after`` is the gateway's Retry-After when it sent one."""
+
+    exit_code = 4
+
+
 class GatewayError(_ProblemError):
     """The gateway failed (500 and other unexpected answers)."""
 
@@ -120,7 +128,7 @@ class TaskFailed(MallopsError):
 class WaitTimeout(MallopsError):
     """:meth:`Client.wait` gave up before the task finished (the task itself goes on)."""
 
-    exit_code = 1
+    exit_code = 5
 
     def __init__(self, task: Task, timeout: float) -> None:
         super().__init__(f"task {task.task_id} ({task.task_name}) is still {task.status} after {timeout:g}s")
@@ -291,14 +299,16 @@ class Client:
             return Unauthorized(f"forbidden: {detail}", status=status)
         if status == 404:
             return NotFound(detail, status=status, problem=problem)
-        if status in (502, 503, 504):
+        if status in (429, 503):
+            later = f"; try again in {retry_after:g}s" if retry_after is not None else "; try again later"
+            return Refused(f"refused for now: {detail}{later}", status=status, problem=problem)
+        if status in (502, 504):
             later = f"; retry after {retry_after:g}s" if retry_after is not None else ""
             return Unreachable(
                 f"the gateway at {self.url} is unavailable: {detail}{later}", status=status, retry_after=retry_after
             )
         if 400 <= status < 500:
-            later = f" (retry after {retry_after:g}s)" if status == 429 and retry_after is not None else ""
-            return InvalidRequest(f"{detail}{later}", status=status, problem=problem)
+            return InvalidRequest(detail, status=status, problem=problem)
         return GatewayError(f"the gateway failed (HTTP {status}): {detail}", status=status, problem=problem)
 
     # -- health ------------------------------------------------------------------------------------
@@ -489,6 +499,62 @@ class Client:
         """The beat entries (admin)."""
         return _items(self.request("GET", f"{API}/schedules"), "schedules")
 
+    def find_task_id(self, prefix: str) -> str:
+        """The whole id of the task whose id starts with ``prefix`` (a full id is returned as it is).
+
+        Looks among the recent tasks and the last 500 history rows; NotFound when none matches,
+        InvalidRequest when several do."""
+        prefix = prefix.strip().lower()
+        if len(prefix) == 36 or not prefix:
+            return prefix
+        found: set[str] = set()
+        history = self.history(limit=500)
+        for page in (self.list_tasks(limit=200).get("results", []), history.get("items", history.get("results", []))):
+            found |= {str(t["task_id"]) for t in page if str(t.get("task_id", "")).startswith(prefix)}
+        if not found:
+            raise NotFound(f"no recent task id starts with {prefix!r}", status=404)
+        if len(found) > 1:
+            raise InvalidRequest(
+                f"{len(found)} tasks start with {prefix!r} ({', '.join(sorted(found)[:3])}...); give more of the id",
+                status=400,
+            )
+        return found.pop()
+
+    # -- reports and exports -----------------------------------------------------------------------
+
+    def reports(self, *, kind: str | None = None, limit: int | None = None) -> dict[str, Any]:
+        """The reports, newest first: ``{"count": n, "results": [...]}``."""
+        return dict(self.request("GET", f"{API}/reports", params=_params(kind=kind, limit=limit)))
+
+    def report(self, report_id: int) -> dict[str, Any]:
+        """One report with its figures (``data``) and the formats of its files."""
+        return dict(self.request("GET", f"{API}/reports/{report_id}"))
+
+    def report_file(self, report_id: int, *, format: str = "html", lang: str | None = None) -> tuple[str, bytes]:
+        """A report's file: its name and its bytes."""
+        params = _params(format=format, lang=lang)
+        return self.download(f"{API}/reports/{report_id}/file", params)
+
+    def export_status(self, task_id: str) -> dict[str, Any]:
+        """An export's state (running, done, failed), rows, size and file name."""
+        return dict(self.request("GET", f"{API}/exports/{task_id}"))
+
+    def export_file(self, task_id: str) -> tuple[str, bytes]:
+        """A finished export's file: its name and its bytes."""
+        return self.download(f"{API}/exports/{task_id}/download", None)
+
+    def download(self, path: str, params: Mapping[str, Any] | None) -> tuple[str, bytes]:
+        """GET a file: the name the gateway gives it (Content-Disposition) and its bytes."""
+        try:
+            response = self._http.get(path, params=params, headers={"Accept": "*/*"})
+        except httpx.HTTPError as exc:
+            raise Unreachable(f"cannot reach the gateway at {self.url} ({str(exc) or type(exc).__name__})") from exc
+        if not response.is_success:
+            raise self._error(response)
+        disposition = response.headers.get("content-disposition", "")
+        name = disposition.split("filename=", 1)[1].strip('"; ') if "filename=" in disposition else path.rsplit("/")[-1]
+        return name.rsplit("/", 1)[-1], response.content
+
     def update_schedule(
         self, name: str, *, enabled: bool | None = None, schedule: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
@@ -527,6 +593,7 @@ __all__ = [
     "MallopsError",
     "NotFound",
     "Progress",
+    "Refused",
     "Task",
     "TaskFailed",
     "Unauthorized",

@@ -13,8 +13,11 @@ What it does, in order:
    the whole stack with a non-zero exit.
 4. Ready when every readiness probe of :mod:`shared.services` passes (gateway ``/readyz`` 200, each
    worker answers a ping, beat holds the RedBeat lock, the monitor's ``/health`` is 200) and the SMTP
-   catcher accepts connections; then it prints the URLs, the admin token and where e-mail goes, and
-   writes ``<data_dir>/dev/stack.json`` (and a sourceable ``<data_dir>/dev/env``).
+   catcher accepts connections. It then waits for the start-up burst of output to settle (the first
+   beat run, the workers' start lines) so that its ready banner (the URLs, the admin token, where
+   e-mail goes) is the last thing on screen; it keeps the banner in ``<data_dir>/dev/banner.txt``
+   (``mallops info`` prints it again) and writes ``<data_dir>/dev/stack.json`` and a sourceable
+   ``<data_dir>/dev/env`` (which also puts the ``mallops`` command's folder on ``PATH``).
 """
 
 from __future__ import annotations
@@ -49,6 +52,11 @@ REDIS_MISSING = (
     "or `brew install redis` (macOS), or set MALLOPS_REDIS_URL to a Redis you have"
 )
 MAIL_PROCESS = "mail"
+BANNER_FILE = "banner.txt"
+#: the banner waits until no process has printed for this long (seconds) ...
+QUIET_FOR = 1.5
+#: ... but no longer than this after every service is ready
+QUIET_AT_MOST = 20.0
 
 
 class DevError(Exception):
@@ -134,6 +142,8 @@ def make_plan(settings: Settings, environ: Mapping[str, str]) -> DevPlan:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    # a line per task would scroll the ready banner away at the first burst (beat's reminders, 150+ e-mails)
+    env.setdefault("MALLOPS_LOG_TASK_LINES", "false")
     if explicit_redis:
         env.setdefault("MALLOPS_REDIS_URL", settings.redis_url)
     plan = DevPlan(
@@ -175,6 +185,25 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+class QuietWatchingPrinter(Printer):  # type: ignore[misc]  # honcho has no type hints
+    """honcho's Printer, remembering when it last printed a line (for the banner to wait for quiet)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_line_at = time.monotonic()
+
+    def write(self, message: Message) -> None:
+        if message.type == "line":
+            self.last_line_at = time.monotonic()
+        super().write(message)
+
+
+def cli_bin_dir() -> Path | None:
+    """The folder of the ``mallops`` command next to this interpreter (``.venv/bin``), if there is one."""
+    folder = Path(sys.executable).parent
+    return folder if (folder / "mallops").exists() else None
 
 
 # -- the process manager -------------------------------------------------------------------------
@@ -228,10 +257,10 @@ class DevStack:
     load_demo_data: bool = True
     out: TextIO = field(default_factory=lambda: sys.stdout)
     redis: subprocess.Popen[bytes] | None = None
-    printer: Printer = field(init=False)
+    printer: QuietWatchingPrinter = field(init=False)
 
     def __post_init__(self) -> None:
-        self.printer = Printer(self.out)
+        self.printer = QuietWatchingPrinter(self.out)
         self.printer.width = max(len(n) for n in [*self.plan.commands, "system"])
 
     def say(self, text: str, name: str = "dev") -> None:
@@ -403,7 +432,12 @@ class DevStack:
                 return
             if manager.stopping.wait(0.5):
                 return
-        self._announce(manager, time.monotonic() - started)
+        took = time.monotonic() - started
+        settle_until = time.monotonic() + QUIET_AT_MOST
+        while time.monotonic() - self.printer.last_line_at < QUIET_FOR and time.monotonic() < settle_until:
+            if manager.stopping.wait(0.2):
+                return
+        self._announce(manager, took)
 
     def _announce(self, manager: StackManager, took: float) -> None:
         plan = self.plan
@@ -436,7 +470,11 @@ class DevStack:
         }
         if plan.env.get("MALLOPS_DATABASE_URL"):
             exports["MALLOPS_DATABASE_URL"] = plan.env["MALLOPS_DATABASE_URL"]
-        write_private(env_file, "".join(f"export {key}={shlex.quote(value)}\n" for key, value in exports.items()))
+        lines_out = [f"export {key}={shlex.quote(value)}\n" for key, value in exports.items()]
+        bin_dir = cli_bin_dir()
+        if bin_dir is not None:  # `mallops ping` works in a fresh shell, without activating the venv
+            lines_out.append(f'export PATH={shlex.quote(str(bin_dir))}:"$PATH"\n')
+        write_private(env_file, "".join(lines_out))
         stack_file = plan.dev_dir / "stack.json"
         write_private(stack_file, json.dumps(info, indent=2) + "\n")
         token_note = (
@@ -445,6 +483,7 @@ class DevStack:
             else " (MALLOPS_BOOTSTRAP_ADMIN_TOKEN)"
         )
         lines = [
+            "=" * 78,
             f"mallops dev is ready ({took:.1f}s): every service answers",
             f"  gateway      {info['gateway_url']}",
             f"  API docs     {info['docs_url']}",
@@ -454,9 +493,13 @@ class DevStack:
             "(`mallops mail` lists it)",
             f"  redis        {info['redis_url']}",
             f"  database     {info['database_url']}",
-            f"  CLI          source {env_file}   # MALLOPS_URL, MALLOPS_TOKEN, ...; then: mallops ping",
+            f"  CLI          source {env_file}",
+            "               (sets MALLOPS_URL, MALLOPS_TOKEN and PATH); then: mallops ping",
+            "  this banner  mallops info",
             "  Ctrl-C stops everything.",
+            "=" * 78,
         ]
+        write_private(plan.dev_dir / BANNER_FILE, "\n".join(lines) + "\n")
         for line in lines:
             self.say(line)
 

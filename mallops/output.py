@@ -1,7 +1,10 @@
-"""How the CLI prints: rich tables with colour on a terminal, tab-separated plain text when piped,
-JSON with ``--json``; errors as ONE line on stderr with a documented exit code, never a traceback.
+"""How the CLI prints: rich tables with colour on a terminal (short ids, relative times, fitting the
+terminal's width; ``--wide`` for full values), tab-separated plain text with full values when piped,
+one JSON document with ``--json`` and one JSON object per line with ``--jsonl``; errors as ONE line on
+stderr with a documented exit code, never a traceback.
 
-Exit codes: 0 ok, 1 the task failed, 2 bad usage or input, 3 cannot reach the gateway or not authorised.
+Exit codes: 0 ok, 1 the task failed, 2 bad usage or input, 3 cannot reach the gateway or not authorised,
+4 refused for now (quota, rate limit, 503: try later), 5 ``--wait`` or ``watch`` timed out.
 """
 
 from __future__ import annotations
@@ -15,18 +18,23 @@ from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import click
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from mallops.client import Client, MallopsError
 from mallops.config import ConfigError
 
-EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_TIMEOUT = 0, 1, 2, 3, 4, 5
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
+JsonlOption = Annotated[bool, typer.Option("--jsonl", help="Print one JSON object per line (for jq and log tools).")]
+WideOption = Annotated[bool, typer.Option("--wide", "-w", help="Full ids and times, wider than 80 columns.")]
+#: how many characters of a task id a table shows (any unique prefix is accepted back)
+SHORT_ID = 8
 
 STATUS_STYLES = {
     "SUCCESS": "green",
@@ -44,6 +52,7 @@ STATUS_STYLES = {
     "ok": "green",
     "warning": "yellow",
     "problem": "bold red",
+    "not checked": "dim",
     "enabled": "green",
     "disabled": "dim",
 }
@@ -111,14 +120,57 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
+def print_jsonl(items: Iterable[Any]) -> None:
+    """One compact JSON object per line."""
+    for item in items:
+        click.echo(json.dumps(item, ensure_ascii=False, default=str))
+
+
+def print_items(items: Sequence[Any], *, as_json: bool, as_jsonl: bool, document: Any = None) -> bool:
+    """``--json`` (``document``, else the list) or ``--jsonl`` (the list, a line each); True if printed."""
+    if as_json and as_jsonl:
+        fail("give --json or --jsonl, not both")
+    if as_json:
+        print_json(items if document is None else document)
+    elif as_jsonl:
+        print_jsonl(items)
+    return as_json or as_jsonl
+
+
+def short_id(value: Any, wide: bool = False) -> Any:
+    """The first :data:`SHORT_ID` characters of a task id (a unique prefix is accepted back)."""
+    return value[:SHORT_ID] if isinstance(value, str) and not wide and len(value) > SHORT_ID else value
+
+
+def relative_time(value: Any, now: Any = None) -> Any:
+    """``2026-12-07T07:30:00+00:00`` -> ``5m ago`` (or ``in 5m``); other values unchanged."""
+    import datetime as dt
+
+    if not isinstance(value, str) or not value:
+        return value
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    seconds = ((now or dt.datetime.now(dt.UTC)) - when).total_seconds()
+    span = abs(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if span >= size:
+            text = f"{int(span // size)}{unit}"
+            break
+    else:
+        text = f"{int(span)}s"
+    return f"{text} ago" if seconds >= 0 else f"in {text}"
+
+
 def cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.3f}".rstrip("0").rstrip(".") if value else "0"
-    if isinstance(value, list | tuple):
-        return ",".join(cell(v) for v in value) or "-"
-    if isinstance(value, dict):
+    if isinstance(value, list | tuple | dict):
         return json.dumps(value, ensure_ascii=False, default=str)
     return str(value)
 
@@ -134,25 +186,63 @@ def print_table(
     *,
     title: str | None = None,
     status_columns: Sequence[int] = (),
+    id_columns: Sequence[int] = (),
+    time_columns: Sequence[int] = (),
+    wrap_columns: Sequence[int] = (),
+    cut_columns: Sequence[int] | None = None,
+    wide: bool = False,
 ) -> None:
-    """A rich table on a terminal; a header line and tab-separated rows when piped."""
-    texts = [[cell(v) for v in row] for row in rows]
+    """A rich table on a terminal; a header line and tab-separated rows when piped.
+
+    On a terminal, unless ``wide``: task ids (``id_columns``) are shortened, times (``time_columns``)
+    shown relative to now, and the cells of ``cut_columns`` (default: all but ids, times and statuses)
+    cut with an ellipsis, or wrapped for ``wrap_columns``, so that the table fits the terminal's width.
+    Piped, every value is whole (ids, ISO times) for scripts.
+    """
     out = stdout()
     if not out.is_terminal:
         click.echo("\t".join(columns))
-        for row in texts:
-            click.echo("\t".join(v.replace("\t", " ").replace("\n", " ") for v in row))
+        for row in rows:
+            click.echo("\t".join(cell(v).replace("\t", " ").replace("\n", " ") for v in row))
         return
-    table = Table(title=title, header_style="bold", title_justify="left")
-    for name in columns:
-        table.add_column(name, overflow="fold")
+    texts = [
+        [
+            cell(short_id(v, wide) if i in id_columns else relative_time(v) if i in time_columns and not wide else v)
+            for i, v in enumerate(row)
+        ]
+        for row in rows
+    ]
+    table = Table(title=title, header_style="bold", title_justify="left", pad_edge=False, box=box.SIMPLE_HEAD)
+    if cut_columns is None:
+        cut_columns = [i for i in range(len(columns)) if i not in {*id_columns, *time_columns, *status_columns}]
+    widths = _fitted_widths(columns, texts, [] if wide else [*cut_columns, *wrap_columns], out.width)
+    for index, name in enumerate(columns):
+        wrap = index in wrap_columns and not wide
+        table.add_column(name, overflow="fold" if wrap else "ellipsis", no_wrap=not wrap, max_width=widths[index])
     from rich.markup import escape
 
     for row in texts:
         table.add_row(*[styled(escape(v)) if i in status_columns else escape(v) for i, v in enumerate(row)])
+    # --wide: as wide as the values need (the terminal wraps the lines); else cut to the terminal's width
+    if wide:
+        out = Console(soft_wrap=True, highlight=False, width=max(out.width, 400))
     out.print(table)
     if not texts:
         out.print("[dim](none)[/dim]")
+
+
+def _fitted_widths(columns: Sequence[str], texts: Sequence[Sequence[str]], cut: Sequence[int], width: int) -> list[int]:
+    """Each column's width so that the table fits ``width``: the ``cut`` columns give way, widest first."""
+    from rich.cells import cell_len
+
+    widths = [max([cell_len(name), *(cell_len(row[i]) for row in texts)]) for i, name in enumerate(columns)]
+    room = width - (3 * (len(columns) - 1) + 2)  # a space at each edge, three between columns
+    while sum(widths) > room and cut:
+        widest = max(cut, key=lambda i: widths[i])
+        if widths[widest] <= 4:
+            break
+        widths[widest] -= 1
+    return widths
 
 
 def print_fields(pairs: Iterable[tuple[str, Any]], *, status_keys: Sequence[str] = ("status",)) -> None:

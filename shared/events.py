@@ -51,6 +51,7 @@ import redis
 from celery import Celery, signals
 
 from shared.cache import EVENT_STREAM, WORKERS_KEY
+from shared.logs import REQUEST_ID_HEADER
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("mallops.events")
@@ -278,7 +279,19 @@ def _truncate(value: Any, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _args_summary(argsrepr: Any, kwargsrepr: Any) -> str | None:
+def _args_summary(argsrepr: Any, kwargsrepr: Any, body: Any = None) -> str | None:
+    """The task's arguments for the history, as JSON when the message body has them (protocol 2's
+    ``(args, kwargs, embed)``): ``{"date": "2026-11-14"}``, ``[1, 2]`` or ``{"args": [...], "kwargs": {...}}``;
+    else Celery's ``argsrepr``/``kwargsrepr``."""
+    if isinstance(body, list | tuple) and len(body) >= 2 and isinstance(body[1], dict):
+        args, kwargs = list(body[0] or ()), body[1]
+        value: Any = {"args": args, "kwargs": kwargs} if args and kwargs else args or kwargs
+        if not value:
+            return None
+        try:
+            return _truncate(json.dumps(value, ensure_ascii=False, default=str), SUMMARY_CHARS)
+        except (TypeError, ValueError):
+            pass
     parts = [str(p) for p in (argsrepr, kwargsrepr) if p not in (None, "", "()", "[]", "{}")]
     return _truncate(" ".join(parts), SUMMARY_CHARS) if parts else None
 
@@ -336,6 +349,8 @@ def _task_fields(task: Any) -> dict[str, Any]:
         "retries": request.retries or 0,
         "owner": request.get(OWNER_HEADER),
     }
+    if request.get(REQUEST_ID_HEADER):
+        fields["request_id"] = request.get(REQUEST_ID_HEADER)
     if request.hostname:
         fields["host"] = request.hostname
     return fields
@@ -352,6 +367,8 @@ def _request_fields(request: Any) -> dict[str, Any]:
         "retries": headers.get("retries") or 0,
         "owner": headers.get(OWNER_HEADER),
     }
+    if headers.get(REQUEST_ID_HEADER):
+        fields["request_id"] = headers[REQUEST_ID_HEADER]
     hostname = _worker.get("hostname") or getattr(request, "hostname", None)
     if hostname:
         fields["host"] = hostname
@@ -380,13 +397,15 @@ def _on_after_publish(
         "queue": routing_key or exchange,
         "retries": headers.get("retries") or 0,
         "owner": headers.get(OWNER_HEADER),
-        "args": _args_summary(headers.get("argsrepr"), headers.get("kwargsrepr")),
+        "args": _args_summary(headers.get("argsrepr"), headers.get("kwargsrepr"), body),
         "arguments": _body_arguments(body),
     }
     if headers.get("eta"):
         fields["eta"] = headers["eta"]
     if isinstance(headers.get(RETRY_OF_HEADER), str):
         fields["retry_of"] = headers[RETRY_OF_HEADER]
+    if headers.get(REQUEST_ID_HEADER):
+        fields["request_id"] = headers[REQUEST_ID_HEADER]
     if _worker.get("hostname"):
         fields["host"] = _worker["hostname"]
     _emit("task-sent", **fields)

@@ -80,6 +80,7 @@ def record_dict(row: TaskRecord) -> dict[str, Any]:
         "arguments": row.arguments,
         "retry_of": row.retry_of,
         "owner": row.owner,
+        "request_id": row.request_id,
         "worker": row.worker,
         "retries": row.retries,
         "exception": row.exception,

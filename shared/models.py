@@ -309,6 +309,8 @@ class TaskRecord(Base):
     arguments: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     retry_of: Mapped[str | None] = mapped_column(String(64), index=True)  # the task this one retries
     owner: Mapped[str | None] = mapped_column(String(100))
+    # X-Request-ID of the HTTP request that submitted the task (migration 0003)
+    request_id: Mapped[str | None] = mapped_column(String(64))
     worker: Mapped[str | None] = mapped_column(String(200))
     retries: Mapped[int] = mapped_column(Integer, default=0)
     exception: Mapped[str | None] = mapped_column(String(200))

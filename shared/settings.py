@@ -33,7 +33,13 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "test", "production"] = "development"
     timezone: str = "Asia/Shanghai"
-    log_level: str = "INFO"
+    log_level: str = "INFO"  # any case: info, INFO, Warning
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object per line (shared/logs.py)
+    # workers log a line when each task is received and when it succeeds (failures always); `mallops dev` turns
+    # these off so that a burst of tasks does not scroll its ready banner away
+    log_task_lines: bool = True
+    # the language of a report's HTML page when the download names none (?lang=zh_CN|en)
+    report_language: Literal["zh_CN", "en"] = "zh_CN"
 
     data_dir: Path = DEFAULT_DATA_DIR
     database_url: str = ""  # empty: SQLite file under data_dir
@@ -134,6 +140,18 @@ class Settings(BaseSettings):
         if not all(math.isfinite(b) and b > 0 for b in bounds) or list(bounds) != sorted(set(bounds)):
             raise ValueError("buckets must be positive finite seconds in increasing order (+Inf is added)")
         return bounds
+
+    @field_validator("log_level")
+    @classmethod
+    def _any_case_log_level(cls, value: str) -> str:
+        from shared.logs import normalize_level
+
+        return normalize_level(value)
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _any_case_log_format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _refuse_default_secrets_in_production(self) -> Self:

@@ -22,12 +22,15 @@ from mallops.config import config_path, load_config
 from mallops.output import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
+    JsonlOption,
     JsonOption,
+    WideOption,
     client,
     echo,
     fail,
     handles_errors,
     parse_when,
+    print_items,
     print_json,
     print_table,
 )
@@ -35,6 +38,7 @@ from mallops.output import (
 tokens_app = typer.Typer(
     help="Manage API tokens: through the gateway when a token is configured, else on the database.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 TOKEN_COLUMNS = ("name", "role", "stores", "prefix", "active", "created_at", "expires_at", "revoked_at", "last_used_at")
 
@@ -83,7 +87,15 @@ def tokens_create(
     ] = None,
     expires: Annotated[str | None, typer.Option("--expires", help="ISO date/time, or 30d, 12h, 2w.")] = None,
 ) -> None:
-    """Create a token and print it (the only time it is shown; only its sha256 is stored)."""
+    """Create a token and print it (the only time it is shown; only its sha256 is stored).
+
+    Examples:
+
+      \b
+      mallops tokens create --name ops --role admin
+      mallops tokens create --name s12 --role store_manager --store 12
+      TOKEN=$(mallops tokens create --name reporting --role viewer)
+    """
     expires_at = _expiry(expires)
     if _through_api():
         body: dict[str, Any] = {"name": name, "role": role, "stores": store or None}
@@ -108,8 +120,15 @@ def tokens_create(
 
 @tokens_app.command("list")
 @handles_errors
-def tokens_list(as_json: JsonOption = False) -> None:
-    """List tokens: name, role, stores, first characters, state, created, expires, revoked, last used."""
+def tokens_list(as_json: JsonOption = False, as_jsonl: JsonlOption = False, wide: WideOption = False) -> None:
+    """List tokens: name, role, stores, first characters, state, created, expires, revoked, last used.
+
+    Examples:
+
+      \b
+      mallops tokens list
+      mallops tokens list --json
+    """
     if _through_api():
         with client() as mallops:
             rows: list[dict[str, Any]] = mallops.request("GET", "/api/v1/tokens")["results"]
@@ -119,17 +138,26 @@ def tokens_list(as_json: JsonOption = False) -> None:
 
         with session_scope() as session:
             rows = [info.as_dict() for info in list_tokens(session)]
-    if as_json:
-        for row in rows:
-            typer.echo(json.dumps(row, default=str))
+    if print_items(rows, as_json=as_json, as_jsonl=as_jsonl):
         return
-    print_table(list(TOKEN_COLUMNS), [[row.get(key) for key in TOKEN_COLUMNS] for row in rows])
+    print_table(
+        list(TOKEN_COLUMNS),
+        [[row.get(key) for key in TOKEN_COLUMNS] for row in rows],
+        time_columns=[5, 6, 7, 8],
+        wide=wide,
+    )
 
 
 @tokens_app.command("revoke")
 @handles_errors
 def tokens_revoke(name: Annotated[str, typer.Argument(help="The token's name.")]) -> None:
-    """Revoke a token for good; gateways refuse it within MALLOPS_TOKEN_CACHE_SECONDS (default 5 s)."""
+    """Revoke a token for good; gateways refuse it within MALLOPS_TOKEN_CACHE_SECONDS (default 5 s).
+
+    Examples:
+
+      \b
+      mallops tokens revoke reporting
+    """
     if _through_api():
         with client() as mallops:
             mallops.request("DELETE", f"/api/v1/tokens/{name}")
@@ -175,7 +203,14 @@ def login(
         str | None, typer.Option("--token", help="An API token (asked for, unechoed, when left out).")
     ] = None,
 ) -> None:
-    """Check a gateway URL and token, then keep them in the config file (mode 0600) for every command."""
+    """Check a gateway URL and token, then keep them in the config file (mode 0600) for every command.
+
+    Examples:
+
+      \b
+      mallops login http://127.0.0.1:8000 --token mlp_...
+      mallops login https://mallops.example.internal   # asks for the token
+    """
     if not url.startswith(("http://", "https://")):
         fail(f"the gateway URL must start with http:// or https://, not {url!r}")
     secret = token or typer.prompt("API token", hide_input=True)
@@ -199,7 +234,14 @@ def audit_trail(
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many entries.")] = 50,
     as_json: JsonOption = False,
 ) -> None:
-    """The audit trail, newest first: who did what, when, from where, and how it ended (admin)."""
+    """The audit trail, newest first: who did what, when, from where, and how it ended (admin).
+
+    Examples:
+
+      \b
+      mallops audit --since 24h
+      mallops audit --action export.download --actor store12 --json
+    """
     params: dict[str, Any] = {
         "actor": actor,
         "action": action,

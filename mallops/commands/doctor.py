@@ -5,6 +5,11 @@ when the gateway itself is down): the gateway and the token, Redis (broker, resu
 eviction policy), the database and its migrations, SMTP, each queue's length and consumers, a worker
 online for every queue, which beat holds the RedBeat lock, and how far the monitor lags behind the
 event stream. Exit 0 when nothing is wrong (warnings allowed), 3 when something is down or unreachable.
+
+When this machine's settings name no part of the stack (no ``MALLOPS_REDIS_URL``, ``MALLOPS_BROKER_URL``,
+``MALLOPS_RESULT_BACKEND`` or ``MALLOPS_DATABASE_URL``; only the gateway's URL and a token), it checks
+through the gateway instead, what the gateway can tell (its readiness round trips, the token, workers
+and queues with an admin token, the schedule), and lists the checks it cannot make from there.
 """
 
 from __future__ import annotations
@@ -14,11 +19,11 @@ import smtplib
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
-from mallops.client import Client, MallopsError, Unauthorized
+from mallops.client import Client, MallopsError, Refused, Unauthorized
 from mallops.config import ConfigError, load_config
 from mallops.output import (
     EXIT_OK,
@@ -32,7 +37,15 @@ from mallops.output import (
 from shared.services import SERVICE_SPECS, WORKER_SERVICES, redbeat_lock_key
 from shared.settings import Settings, get_settings
 
-Status = Literal["ok", "warning", "problem"]
+Status = Literal["ok", "warning", "problem", "not checked"]
+#: settings that name the stack's parts: with none of them set, doctor checks through the gateway
+STACK_SETTINGS = frozenset({"redis_url", "broker_url", "result_backend", "database_url"})
+NOT_FROM_THE_GATEWAY = (
+    ("redis durability", "AOF and the eviction policy"),
+    ("smtp", "the SMTP server"),
+    ("beat", "which beat holds the RedBeat lock"),
+    ("monitor", "how far the monitor lags behind the event stream"),
+)
 TIMEOUT = 3.0
 
 
@@ -53,7 +66,9 @@ def _guard(area: str, fn: Callable[[], list[Check]]) -> list[Check]:
 # -- the checks ------------------------------------------------------------------------------------
 
 
-def check_gateway() -> list[Check]:
+def check_gateway(*, through_gateway: bool = False) -> list[Check]:
+    """The gateway and the token; ``through_gateway``: also what the gateway sees of its stack (the parts
+    its readiness round trips, each queue's consumers and the schedule with an admin token)."""
     try:
         config = load_config()
     except ConfigError as exc:
@@ -61,20 +76,33 @@ def check_gateway() -> list[Check]:
     checks: list[Check] = []
     with Client(config=config, timeout=TIMEOUT) as mallops:
         try:
-            mallops.ready()
+            parts: dict[str, Any] = dict(mallops.ready().get("checks") or {})
             checks.append(Check("gateway", "ok", f"{config.url} is ready"))
+        except Refused as exc:  # 503: the problem document's `checks` says which part failed
+            checks.append(Check("gateway", "problem", exc.message))
+            if not through_gateway:
+                return checks
+            parts = dict(exc.problem.get("checks") or {})
         except MallopsError as exc:
             return [Check("gateway", "problem", exc.message)]
+        if through_gateway:
+            checks += [
+                Check(part.replace("_", " "), "ok" if state == "ok" else "problem", f"{state} (seen by the gateway)")
+                for part, state in parts.items()
+            ]
         if not config.token:
-            checks.append(Check("token", "warning", "no token: set MALLOPS_TOKEN or the config file's token"))
-            return checks
+            missing = "no token: set MALLOPS_TOKEN or the config file's token"
+            return [*checks, Check("token", "problem" if through_gateway else "warning", missing)]
         try:
             mallops.list_tasks(limit=1)
             checks.append(Check("token", "ok", f"accepted (from {config.source})"))
         except Unauthorized as exc:
-            checks.append(Check("token", "problem", exc.message))
+            return [*checks, Check("token", "problem", exc.message)]
         except MallopsError as exc:
             checks.append(Check("token", "warning", exc.message))
+        if through_gateway:
+            checks += _guard("queues", lambda: _gateway_queues(mallops))
+            checks += _guard("beat", lambda: _gateway_schedules(mallops))
     return checks
 
 
@@ -284,6 +312,49 @@ def check_dead_letters(settings: Settings) -> list[Check]:
     ]
 
 
+def sees_the_stack(settings: Settings) -> bool:
+    """True when this machine's settings name the stack's Redis or database (so doctor can look at them)."""
+    return bool(STACK_SETTINGS & settings.model_fields_set)
+
+
+def run_gateway_checks() -> list[Check]:
+    """What the gateway can tell about its stack, and which checks cannot be made from here."""
+    checks = check_gateway(through_gateway=True)
+    reachable = not (checks and checks[0].area == "gateway" and checks[0].status == "problem" and len(checks) == 1)
+    why = "doctor has only the gateway's URL and a token" if reachable else "the gateway cannot be reached"
+    return checks + _not_checked(why)
+
+
+def _gateway_queues(mallops: Client) -> list[Check]:
+    try:
+        queues = mallops.queues()
+        workers = mallops.workers()
+    except Unauthorized as exc:
+        return [Check("queues, workers", "not checked", f"needs an admin token ({exc.message})")]
+    checks = []
+    for name, queue in sorted(queues.items()):
+        online = [w["hostname"] for w in workers if w.get("status") == "online" and name in (w.get("queues") or [])]
+        consumers = int(queue.get("consumers") or len(online))
+        status: Status = "ok" if consumers or online else "problem"
+        detail = f"{queue.get('pending', '?')} pending, {consumers} consumer(s)"
+        checks.append(Check(f"queue {name}", status, detail + ("" if status == "ok" else ": no worker online")))
+    return checks
+
+
+def _gateway_schedules(mallops: Client) -> list[Check]:
+    try:
+        entries = mallops.schedules()
+    except Unauthorized:
+        return []
+    enabled = sum(1 for e in entries if e.get("enabled"))
+    return [Check("schedule", "ok", f"{enabled} of {len(entries)} entries enabled (the lock holder: not visible)")]
+
+
+def _not_checked(why: str) -> list[Check]:
+    hint = "set the stack's MALLOPS_REDIS_URL and MALLOPS_DATABASE_URL here, or run doctor where the stack runs"
+    return [Check(area, "not checked", f"{what}: {why}; {hint}") for area, what in NOT_FROM_THE_GATEWAY]
+
+
 def run_checks(settings: Settings) -> list[Check]:
     checks: list[Check] = []
     checks += _guard("gateway", check_gateway)
@@ -302,13 +373,34 @@ def run_checks(settings: Settings) -> list[Check]:
 
 
 @handles_errors
-def doctor(as_json: JsonOption = False) -> None:
+def doctor(
+    through_gateway: Annotated[
+        bool | None,
+        typer.Option(
+            "--through-gateway/--local",
+            help="Check through the gateway only, or this machine's view of Redis, the database and SMTP "
+            "(default: the gateway when no MALLOPS_REDIS_URL, _BROKER_URL, _RESULT_BACKEND or _DATABASE_URL is set).",
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
     """Say what is wrong: gateway and token, Redis, database, SMTP, queues, workers, beat lock, monitor lag,
     dead letters.
 
-    Exit 0 when nothing is wrong (warnings allowed), 3 when something is down or unreachable.
+    Exit 0 when nothing is wrong (warnings allowed), 3 when something is down or unreachable. Checks
+    it cannot make (through the gateway: SMTP, Redis durability, the beat lock, monitor lag) are listed
+    as "not checked".
+
+    Examples:
+
+      \b
+      mallops doctor
+      MALLOPS_URL=https://mallops.example MALLOPS_TOKEN=mlp_... mallops doctor
+      mallops doctor --local --json
     """
-    checks = run_checks(get_settings())
+    settings = get_settings()
+    remote = not sees_the_stack(settings) if through_gateway is None else through_gateway
+    checks = run_gateway_checks() if remote else run_checks(settings)
     problems = [c for c in checks if c.status == "problem"]
     if as_json:
         print_json({"ok": not problems, "checks": [asdict(c) for c in checks]})
@@ -316,7 +408,8 @@ def doctor(as_json: JsonOption = False) -> None:
         print_table(
             ["check", "status", "detail"],
             [[c.area, c.status, c.detail] for c in checks],
-            title="mallops doctor",
+            title="mallops doctor" + (" (through the gateway)" if remote else ""),
+            wrap_columns=[2],  # the details are the point: wrapped, never cut
             status_columns=[1],
         )
         if problems:

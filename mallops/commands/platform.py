@@ -10,12 +10,15 @@ import typer
 from mallops.client import TaskFailed, WaitTimeout
 from mallops.commands.selection import SinceOption, StatusOption, UntilOption, WhereOption, parse_where
 from mallops.output import (
+    JsonlOption,
     JsonOption,
+    WideOption,
     client,
     echo,
     fail,
     handles_errors,
     parse_when,
+    print_items,
     print_json,
     print_table,
     stderr,
@@ -23,12 +26,18 @@ from mallops.output import (
 
 
 @handles_errors
-def workers(as_json: JsonOption = False) -> None:
-    """Workers online and offline, their queues and active tasks (admin; was: celery_manage --worker-stats)."""
+def workers(wide: WideOption = False, as_json: JsonOption = False, as_jsonl: JsonlOption = False) -> None:
+    """Workers online and offline, their queues and active tasks (admin; was: celery_manage --worker-stats).
+
+    Examples:
+
+      \b
+      mallops workers
+      mallops workers --json
+    """
     with client() as mallops:
         items = mallops.workers()
-    if as_json:
-        print_json(items)
+    if print_items(items, as_json=as_json, as_jsonl=as_jsonl):
         return
     rows = [
         [
@@ -47,16 +56,26 @@ def workers(as_json: JsonOption = False) -> None:
         rows,
         title=f"{online} of {len(items)} worker(s) online",
         status_columns=[1],
+        time_columns=[5],
+        wide=wide,
     )
 
 
 @handles_errors
-def queues(as_json: JsonOption = False) -> None:
-    """Each queue's pending messages and consumers (admin; was: celery_manage --queue-stats)."""
+def queues(as_json: JsonOption = False, as_jsonl: JsonlOption = False) -> None:
+    """Each queue's pending messages and consumers (admin; was: celery_manage --queue-stats).
+
+    Examples:
+
+      \b
+      mallops queues
+      mallops queues --jsonl
+    """
     with client() as mallops:
         data = mallops.queues()
-    if as_json:
-        print_json(data)
+    if print_items(
+        [{"queue": name, **q} for name, q in data.items()], as_json=as_json, as_jsonl=as_jsonl, document=data
+    ):
         return
     rows = [[name, q.get("pending"), q.get("consumers")] for name, q in data.items()]
     print_table(["queue", "pending", "consumers"], rows)
@@ -66,23 +85,39 @@ def queues(as_json: JsonOption = False) -> None:
 def stats(
     since: Annotated[str, typer.Option(help="Window start: an age like 30m, 24h, 7d, or an ISO date-time.")] = "24h",
     until: Annotated[str | None, typer.Option(help="Window end (default: now).")] = None,
-    task: Annotated[str | None, typer.Option("--task", help="Only this task name.")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="Only this task (short or Celery name).")] = None,
+    wide: WideOption = False,
     as_json: JsonOption = False,
+    as_jsonl: JsonlOption = False,
 ) -> None:
-    """Counts by state, success rate, throughput and runtime percentiles (was: celery_manage --task-stats)."""
+    """Counts by state, success rate, throughput and runtime percentiles (was: celery_manage --task-stats).
+
+    Examples:
+
+      \b
+      mallops stats
+      mallops stats --since 7d --task generate_daily_report
+      mallops stats --since 2026-11-14 --until 2026-11-15 --json
+    """
     with client() as mallops:
         data = mallops.stats(since=parse_when(since, "--since"), until=parse_when(until, "--until"), task_name=task)
-    if as_json:
-        print_json(data)
-        return
     blocks: dict[str, Any] = dict(data.get("tasks") or {})
+    if print_items(
+        [{"task_name": name, **block} for name, block in sorted(blocks.items())],
+        as_json=as_json,
+        as_jsonl=as_jsonl,
+        document=data,
+    ):
+        return
     rows = [_stats_row(name, block) for name, block in sorted(blocks.items())]
     if isinstance(data.get("overall"), dict):
         rows.append(_stats_row("(all)", data["overall"]))
+    columns = ["task", "total", "ok", "failed", "success", "per min", "p50 s", "p95 s", "p99 s", "wait p95 s"]
+    if not wide:  # 80 columns: the percentiles people look at first
+        columns = ["task", "total", "failed", "success", "p50 s", "p95 s"]
+        rows = [[r[0], r[1], r[3], r[4], r[6], r[7]] for r in rows]
     print_table(
-        ["task", "total", "ok", "failed", "success", "per min", "p50 s", "p95 s", "p99 s", "wait p95 s"],
-        rows,
-        title=f"tasks sent {data.get('since', since)} .. {data.get('until') or 'now'}",
+        columns, rows, title=f"tasks sent {data.get('since', since)} .. {data.get('until') or 'now'}", wide=wide
     )
 
 
@@ -117,9 +152,19 @@ def history(
     where: WhereOption = None,
     limit: Annotated[int, typer.Option(min=1, max=500, help="At most this many rows.")] = 50,
     cursor: Annotated[str | None, typer.Option(help="Continue after a previous page (its next_cursor).")] = None,
+    wide: WideOption = False,
     as_json: JsonOption = False,
+    as_jsonl: JsonlOption = False,
 ) -> None:
-    """The durable task history, newest first (was: celery_manage --history)."""
+    """The durable task history, newest first (was: celery_manage --history).
+
+    Examples:
+
+      \b
+      mallops history --since 2h
+      mallops history --task send_bill_reminders --status FAILURE --wide
+      mallops history --since 1d --jsonl > history.jsonl
+    """
     with client() as mallops:
         page = mallops.history(
             task_name=task,
@@ -130,15 +175,14 @@ def history(
             limit=limit,
             arguments=parse_where(where),
         )
-    if as_json:
-        print_json(page)
-        return
     items = page.get("items", page.get("results", []))
+    if print_items(items, as_json=as_json, as_jsonl=as_jsonl, document=page):
+        return
     rows = [
         [
             r.get("task_id"),
             r.get("task_name"),
-            r.get("state", r.get("status")),
+            r.get("status", r.get("state")),
             r.get("worker"),
             r.get("sent_at"),
             _round(r.get("runtime")),
@@ -146,7 +190,10 @@ def history(
         ]
         for r in items
     ]
-    print_table(["task_id", "task", "state", "worker", "sent", "runtime s", "wait s"], rows, status_columns=[2])
+    columns = ["task_id", "task", "status", "worker", "sent", "runtime s", "wait s"]
+    if not wide:  # 80 columns: the queue wait is in --wide and --json
+        columns, rows = columns[:-1], [row[:-1] for row in rows]
+    print_table(columns, rows, status_columns=[2], id_columns=[0], time_columns=[4], wide=wide)
     if page.get("next_cursor"):
         stderr().print(f"more: mallops history --cursor {page['next_cursor']}", markup=False)
 
@@ -157,7 +204,14 @@ def ping(
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the answer.")] = 30.0,
     as_json: JsonOption = False,
 ) -> None:
-    """Send test_task and time the round trip through gateway, broker and worker (was: celery_manage --test-task)."""
+    """Send test_task and time the round trip through gateway, broker and worker (was: celery_manage --test-task).
+
+    Examples:
+
+      \b
+      mallops ping
+      mallops ping --timeout 5 --json
+    """
     started = time.monotonic()
     with client() as mallops:
         submitted = mallops.submit("test_task", kwargs={"message": message})
@@ -179,8 +233,16 @@ def ping(
 def catalog(
     name: Annotated[str | None, typer.Argument(help="Show this task's arguments.")] = None,
     as_json: JsonOption = False,
+    as_jsonl: JsonlOption = False,
 ) -> None:
-    """Every task with its queue, schedule and description; with NAME, its arguments."""
+    """Every task with its queue, schedule and description; with NAME, its arguments.
+
+    Examples:
+
+      \b
+      mallops catalog
+      mallops catalog generate_daily_report
+    """
     with client() as mallops:
         items = mallops.catalog()
     if name is not None:
@@ -193,8 +255,7 @@ def catalog(
             return
         _print_arguments(task)
         return
-    if as_json:
-        print_json(items)
+    if print_items(items, as_json=as_json, as_jsonl=as_jsonl):
         return
     rows = [
         [_name(t), t.get("queue"), t.get("schedule_text") or _schedule_text(t.get("schedule")), t.get("description")]

@@ -6,6 +6,7 @@ platform's timezone (``MALLOPS_TIMEZONE``). Reading needs any token, changing an
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 import typer
@@ -13,17 +14,22 @@ import typer
 from mallops.client import API
 from mallops.commands.platform import _schedule_text
 from mallops.output import (
+    JsonlOption,
     JsonOption,
+    WideOption,
     client,
     echo,
     fail,
     handles_errors,
     parse_json_option,
+    print_items,
     print_json,
     print_table,
 )
 
-app = typer.Typer(help="List, add, change, run and delete the periodic (beat) tasks.", no_args_is_help=True)
+app = typer.Typer(
+    help="List, add, change, run and delete the periodic (beat) tasks.", no_args_is_help=True, rich_markup_mode=None
+)
 
 CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
 
@@ -43,12 +49,19 @@ Description = Annotated[str | None, typer.Option(help="What the entry is for (de
 
 @app.command("list")
 @handles_errors
-def list_schedules(as_json: JsonOption = False) -> None:
-    """Every beat entry with its schedule, arguments, last and next run (next run in the mall's time)."""
+def list_schedules(wide: WideOption = False, as_json: JsonOption = False, as_jsonl: JsonlOption = False) -> None:
+    """Every beat entry with its schedule, arguments, last and next run (was: Django admin, django_celery_beat).
+
+    Examples:
+
+      \b
+      mallops schedules list
+      mallops schedules list --wide
+      mallops schedules list --jsonl
+    """
     with client() as mallops:
         items = mallops.schedules()
-    if as_json:
-        print_json(items)
+    if print_items(items, as_json=as_json, as_jsonl=as_jsonl):
         return
     rows = [
         [
@@ -58,14 +71,20 @@ def list_schedules(as_json: JsonOption = False) -> None:
             s.get("schedule_text") or _schedule_text(s.get("schedule")),
             _arguments(s),
             s.get("last_run_at") or "never",
-            s.get("next_run_local") or s.get("next_run_at"),
+            s.get("next_run_at"),
         ]
         for s in items
     ]
+    columns = ["name", "task", "state", "schedule", "arguments", "last run", "next run"]
+    if not wide:  # 80 columns: the task only where the entry is not named after it, no arguments
+        rows = [[row[0] if row[0] == row[1] else f"{row[0]} ({row[1]})", *row[2:4], *row[5:]] for row in rows]
+        columns = ["name", "state", "schedule", "last run", "next run"]
     print_table(
-        ["name", "task", "state", "schedule", "arguments", "last run (UTC)", "next run (local)"],
+        columns,
         rows,
-        status_columns=[2],
+        status_columns=[columns.index("state")],
+        time_columns=[len(columns) - 2, len(columns) - 1],
+        wide=wide,
     )
 
 
@@ -82,7 +101,15 @@ def add(
     disabled: Annotated[bool, typer.Option("--disabled", help="Create it switched off.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Add an entry: NAME --task TASK (--every SECONDS | --cron 'm h dom mon dow') [--kwargs JSON]."""
+    """Add an entry: NAME --task TASK (--every SECONDS | --cron 'm h dom mon dow') [--kwargs JSON].
+
+    Examples:
+
+      \b
+      mallops schedules add bills12 --task export_data --cron '0 9 * * 1' \\
+        --kwargs '{"dataset": "bills", "filters": {"store_id": 12}}'
+      mallops schedules add ping --task test_task --every 300 --disabled
+    """
     body: dict[str, Any] = {
         "name": name,
         "task_name": task,
@@ -109,7 +136,14 @@ def set_schedule(
     description: Description = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Change an entry: re-time it (--every or --cron), replace its --args/--kwargs or its --description."""
+    """Change an entry: re-time it (--every or --cron), replace its --args/--kwargs or its --description.
+
+    Examples:
+
+      \b
+      mallops schedules set process_access_logs --every 60
+      mallops schedules set generate_weekly_report --cron '0 10 * * 1'
+    """
     body: dict[str, Any] = {}
     if every is not None or cron is not None:
         body["schedule"] = _timing(every, cron)
@@ -127,21 +161,39 @@ def set_schedule(
 @app.command("enable")
 @handles_errors
 def enable(name: Name, as_json: JsonOption = False) -> None:
-    """Let beat run this entry again (counted from now: a missed run is not made up)."""
+    """Let beat run this entry again (counted from now: a missed run is not made up).
+
+    Examples:
+
+      \b
+      mallops schedules enable check_pending_bills
+    """
     _patch(name, {"enabled": True}, as_json)
 
 
 @app.command("disable")
 @handles_errors
 def disable(name: Name, as_json: JsonOption = False) -> None:
-    """Stop beat from running this entry (it stays listed, disabled)."""
+    """Stop beat from running this entry (it stays listed, disabled).
+
+    Examples:
+
+      \b
+      mallops schedules disable check_pending_bills
+    """
     _patch(name, {"enabled": False}, as_json)
 
 
 @app.command("rm")
 @handles_errors
 def remove(name: Name) -> None:
-    """Delete an entry. A deleted default stays deleted (also across beat restarts) until added again."""
+    """Delete an entry. A deleted default stays deleted (also across beat restarts) until added again.
+
+    Examples:
+
+      \b
+      mallops schedules rm bills12
+    """
     with client() as mallops:
         mallops.request("DELETE", f"{API}/schedules/{name}")
     echo(f"{name}: deleted")
@@ -150,7 +202,13 @@ def remove(name: Name) -> None:
 @app.command("run")
 @handles_errors
 def run(name: Name, as_json: JsonOption = False) -> None:
-    """Run an entry's task with its arguments now (prints the task id; the schedule is unchanged)."""
+    """Run an entry's task with its arguments now (prints the task id; the schedule is unchanged).
+
+    Examples:
+
+      \b
+      mallops schedules run backup_database
+    """
     with client() as mallops:
         accepted = mallops.request("POST", f"{API}/schedules/{name}/run")
     if as_json:
@@ -177,9 +235,12 @@ def _patch(name: str, body: dict[str, Any], as_json: bool) -> None:
 
 
 def _arguments(entry: dict[str, Any]) -> str:
-    parts = [repr(a) for a in entry.get("args") or []]
-    parts += [f"{k}={v!r}" for k, v in (entry.get("kwargs") or {}).items()]
-    return ", ".join(parts) or "-"
+    """The arguments as JSON (``args`` only when there are any)."""
+    args, kwargs = entry.get("args") or [], entry.get("kwargs") or {}
+    if not args and not kwargs:
+        return "-"
+    shown: Any = {"args": args, "kwargs": kwargs} if args else kwargs
+    return json.dumps(shown, ensure_ascii=False, separators=(",", ":"))
 
 
 def _show(entry: dict[str, Any], as_json: bool) -> None:
@@ -189,7 +250,7 @@ def _show(entry: dict[str, Any], as_json: bool) -> None:
     state = "enabled" if entry.get("enabled") else "disabled"
     timing = entry.get("schedule_text") or _schedule_text(entry.get("schedule")) or "-"
     when = entry.get("next_run_local") or entry.get("next_run_at") or "-"
-    echo(f"{entry.get('name')}: {entry.get('task_name')}({_arguments(entry)}), {state}, {timing} (next run {when})")
+    echo(f"{entry.get('name')}: {entry.get('task_name')} {_arguments(entry)}, {state}, {timing} (next run {when})")
 
 
 def register(root: typer.Typer) -> None:

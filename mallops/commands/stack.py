@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from shared.services import SERVICE_NAMES, get_service, probe
 
-EXIT_OK, EXIT_NOT_READY, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_NOT_READY, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
 def probe_command(
@@ -18,7 +18,14 @@ def probe_command(
         str | None, typer.Option(help="Host part of a worker's node name (default: this machine's).")
     ] = None,
 ) -> None:
-    """Run a service's readiness check once: exit 0 when ready, 1 when not (a container healthcheck)."""
+    """Run a service's readiness check once: exit 0 when ready, 1 when not (a container healthcheck).
+
+    Examples:
+
+      \b
+      mallops probe gateway
+      mallops probe finance --timeout 5
+    """
     from shared.settings import get_settings
 
     try:
@@ -42,6 +49,12 @@ def dev_command(
     unless MALLOPS_DATABASE_URL, and the ports of MALLOPS_GATEWAY_PORT, MALLOPS_MONITOR_PORT and
     MALLOPS_SMTP_PORT. Exit 0 after Ctrl-C/SIGTERM, 1 when a service died or never became ready,
     2 when it cannot start (port in use, redis-server missing).
+
+    Examples:
+
+      \b
+      mallops dev
+      MALLOPS_GATEWAY_PORT=8080 mallops dev --no-demo-data
     """
     from mallops.devstack import DevError, run_dev
     from shared.settings import get_settings
@@ -54,12 +67,59 @@ def dev_command(
     raise typer.Exit(code)
 
 
+def info_command() -> None:
+    """Print `mallops dev`'s ready banner again: URLs, the admin token, where e-mail goes.
+
+    It is kept in <data dir>/dev/banner.txt (MALLOPS_DATA_DIR, default ./.mallops). Exit 0 while that
+    stack runs, 3 when it has stopped (the banner of its last start is still printed) or never started.
+
+    Examples:
+
+    \b
+      mallops info
+      MALLOPS_DATA_DIR=/srv/mallops mallops info
+    """
+    import os
+
+    from mallops.devstack import BANNER_FILE
+    from shared.settings import get_settings
+
+    dev_dir = get_settings().data_dir.expanduser().resolve() / "dev"
+    banner = dev_dir / BANNER_FILE
+    if not banner.exists():
+        typer.echo(f"mallops: no `mallops dev` has become ready with the data folder {dev_dir.parent}", err=True)
+        raise typer.Exit(EXIT_UNREACHABLE)
+    typer.echo(banner.read_text(), nl=False)
+    running = False
+    try:
+        import json
+
+        pid = int(json.loads((dev_dir / "stack.json").read_text())["pid"])
+        os.kill(pid, 0)
+        running = True
+    except (FileNotFoundError, KeyError, ValueError, ProcessLookupError, PermissionError):
+        running = False
+    if not running:
+        typer.echo("mallops: that `mallops dev` is not running now (the banner is from its last start)", err=True)
+        raise typer.Exit(EXIT_UNREACHABLE)
+
+
 def mail_command(
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many messages, newest first.")] = 20,
-    show: Annotated[int | None, typer.Option(help="Print message number N of the list in full.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    show: Annotated[int | None, typer.Option(help="Print message N of the list: its headers and decoded text.")] = None,
+    as_html: Annotated[bool, typer.Option("--html", help="With --show: print the HTML part instead.")] = False,
+    raw: Annotated[bool, typer.Option("--raw", help="With --show: print the message as received (MIME).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
-    """The e-mail caught by `mallops dev`'s SMTP catcher (the maildir <data dir>/mail)."""
+    """The e-mail caught by `mallops dev`'s SMTP catcher (the maildir <data dir>/mail).
+
+    Examples:
+
+      \b
+      mallops mail
+      mallops mail --show 1
+      mallops mail --show 1 --html > reminder.html
+    """
     import email.policy
     import json
     import mailbox
@@ -81,7 +141,7 @@ def mail_command(
     for number, (_, key) in enumerate(entries[:limit], start=1):
         message = email.message_from_bytes(box.get_bytes(key), policy=email.policy.default)
         if show == number:
-            typer.echo(message.as_string())
+            typer.echo(message.as_string() if raw else _readable(message, as_html))
             return
         rows.append(
             {
@@ -106,7 +166,17 @@ def mail_command(
     )
 
 
+def _readable(message: Any, as_html: bool) -> str:
+    """From, To, Date and Subject, then the decoded text part (or the HTML part)."""
+    head = "\n".join(f"{name}: {message.get(name)}" for name in ("From", "To", "Date", "Subject") if message.get(name))
+    part = message.get_body(preferencelist=("html",) if as_html else ("plain", "html"))
+    if part is None:
+        return head + "\n\n(no " + ("HTML" if as_html else "text") + " part)"
+    return f"{head}\n\n{part.get_content().rstrip()}"
+
+
 def register(app: typer.Typer) -> None:
     app.command("dev")(dev_command)
     app.command("mail")(mail_command)
+    app.command("info")(info_command)
     app.command("probe")(probe_command)

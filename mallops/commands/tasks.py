@@ -8,6 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import Task as RichTask
+from rich.text import Text
 
 from mallops.client import Client, Task, TaskFailed
 from mallops.commands.selection import (
@@ -22,19 +24,26 @@ from mallops.commands.selection import (
     show_bulk,
 )
 from mallops.output import (
+    JsonlOption,
     JsonOption,
+    WideOption,
     client,
     echo,
     fail,
     handles_errors,
     parse_json_option,
     print_fields,
+    print_items,
     print_json,
     print_table,
     stderr,
 )
 
-app = typer.Typer(help="Submit, follow and manage tasks.", no_args_is_help=True)
+app = typer.Typer(
+    help="Submit, follow and manage tasks. A task id may be given by any unique prefix (the 8 characters tables show).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 
 TASK_FIELDS = (
     "task_id",
@@ -58,15 +67,24 @@ TASK_FIELDS = (
 @handles_errors
 def list_tasks(
     status: Annotated[str | None, typer.Option(help="Only tasks in this state, e.g. STARTED or FAILURE.")] = None,
-    task: Annotated[str | None, typer.Option("--task", help="Only this task name.")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="Only this task (short or Celery name).")] = None,
     limit: Annotated[int, typer.Option(min=1, max=200, help="At most this many tasks.")] = 50,
+    wide: WideOption = False,
     as_json: JsonOption = False,
+    as_jsonl: JsonlOption = False,
 ) -> None:
-    """Active and recent tasks, newest first (was: celery_manage --list-tasks)."""
+    """Active and recent tasks, newest first (was: celery_manage --list-tasks).
+
+    Examples:
+
+      \b
+      mallops tasks list
+      mallops tasks list --status FAILURE --task generate_daily_report
+      mallops tasks list --jsonl | jq -r .task_id
+    """
     with client() as mallops:
         page = mallops.list_tasks(status=status.upper() if status else None, task_name=task, limit=limit)
-    if as_json:
-        print_json(page)
+    if print_items(page.get("results", []), as_json=as_json, as_jsonl=as_jsonl, document=page):
         return
     rows = [
         [t.get("task_id"), t.get("task_name"), t.get("status"), t.get("queue"), t.get("owner"), t.get("sent_at")]
@@ -77,6 +95,9 @@ def list_tasks(
         rows,
         title=f"{page.get('count', len(rows))} task(s)",
         status_columns=[2],
+        id_columns=[0],
+        time_columns=[5],
+        wide=wide,
     )
 
 
@@ -102,7 +123,16 @@ def send(
     """Submit a task by name (was: celery_manage --send-task NAME --args ... --kwargs ...).
 
     Exit 0 when submitted (with --wait: when it succeeded), 1 when it failed, 2 for an unknown task or
-    bad arguments, 3 when the gateway cannot be reached or refuses the token.
+    bad arguments, 3 when the gateway cannot be reached or refuses the token, 4 when refused for now
+    (quota of unfinished tasks, rate limit, queue unavailable: try later), 5 when --timeout passed.
+
+    Examples:
+
+      \b
+      mallops tasks send test_task --kwargs '{"message": "hello"}'
+      mallops tasks send generate_daily_report --kwargs '{"date": "2026-11-14"}'
+      mallops tasks send long_running_task --wait --timeout 60
+      id=$(mallops tasks send cleanup_cache -q)
     """
     positional = parse_json_option(args, "--args", list)
     keywords = parse_json_option(kwargs, "--kwargs", dict)
@@ -136,12 +166,19 @@ def send(
 @app.command("status")
 @handles_errors
 def status(
-    task_id: Annotated[str, typer.Argument(help="The task id.")],
+    task_id: Annotated[str, typer.Argument(help="The task id, or a unique prefix of it.")],
     as_json: JsonOption = False,
 ) -> None:
-    """Status, result or error, progress, worker and timestamps of one task (was: --task-status ID)."""
+    """Status, result or error, progress, worker and timestamps of one task (was: --task-status ID).
+
+    Examples:
+
+      \b
+      mallops tasks status 3f2a9c1e
+      mallops tasks status 3f2a9c1e-0d4b-4c6e-9a51-2b7e8f0c1d2a --json
+    """
     with client() as mallops:
-        task = mallops.get(task_id)
+        task = mallops.get(mallops.find_task_id(task_id))
     if as_json:
         print_json(task.raw)
         return
@@ -154,7 +191,9 @@ def status(
 @app.command("revoke")
 @handles_errors
 def revoke(
-    task_id: Annotated[str | None, typer.Argument(help="The task id (or select many with the options).")] = None,
+    task_id: Annotated[
+        str | None, typer.Argument(help="The task id, or a unique prefix of it (or select many with the options).")
+    ] = None,
     terminate: Annotated[bool, typer.Option("--terminate", help="Also stop it if it is already running.")] = False,
     status: StatusOption = None,
     task: TaskOption = None,
@@ -168,6 +207,13 @@ def revoke(
     """Revoke a task (admin); with --terminate a running task is stopped too (was: --revoke-task ID).
 
     Without an id, revoke every unfinished task the options select, e.g. `--status SENT --task export_data`.
+
+    Examples:
+
+      \b
+      mallops tasks revoke 3f2a9c1e
+      mallops tasks revoke 3f2a9c1e --terminate
+      mallops tasks revoke --status SENT --task export_data --dry-run
     """
     if task_id is None:
         filters = bulk_filters(status, task, since, until, where, limit, dry_run)
@@ -176,6 +222,7 @@ def revoke(
         show_bulk(answer, "revoked", as_json)
         return
     with client() as mallops:
+        task_id = mallops.find_task_id(task_id)
         answer = mallops.revoke(task_id, terminate=terminate)
     if as_json:
         print_json(answer)
@@ -186,7 +233,9 @@ def revoke(
 @app.command("retry")
 @handles_errors
 def retry(
-    task_id: Annotated[str | None, typer.Argument(help="The id of a failed task (or select many).")] = None,
+    task_id: Annotated[
+        str | None, typer.Argument(help="The id of a failed task, or a unique prefix of it (or select many).")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the new task's result.")] = False,
     failed: Annotated[bool, typer.Option("--failed", help="Select failed tasks (status FAILURE).")] = False,
     status: StatusOption = None,
@@ -202,6 +251,13 @@ def retry(
 
     Without an id, retry every failed (or revoked) task the options select (admin), e.g.
     `--failed --since 2h --where kwargs.filters.store_id=12`; `--dry-run` only counts them.
+
+    Examples:
+
+      \b
+      mallops tasks retry 3f2a9c1e
+      mallops tasks retry 3f2a9c1e --wait
+      mallops tasks retry --failed --since 2h --where kwargs.filters.store_id=12
     """
     if task_id is None:
         filters = bulk_filters(
@@ -212,6 +268,7 @@ def retry(
         show_bulk(answer, "retried", as_json)
         return
     with client() as mallops:
+        task_id = mallops.find_task_id(task_id)
         retried = mallops.retry(task_id)
         if wait:
             finished = follow(mallops, retried.task_id, timeout=None, quiet=as_json)
@@ -226,16 +283,22 @@ def retry(
 @app.command("watch")
 @handles_errors
 def watch(
-    task_id: Annotated[str, typer.Argument(help="The task id.")],
+    task_id: Annotated[str, typer.Argument(help="The task id, or a unique prefix of it.")],
     timeout: Annotated[float | None, typer.Option(min=0.1, help="Give up after this many seconds.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Follow a task's state and progress until it ends, then show its result.
 
-    Exit 0 when it succeeded, 1 when it failed or was revoked (or --timeout passed).
+    Exit 0 when it succeeded, 1 when it failed or was revoked, 5 when --timeout passed.
+
+    Examples:
+
+      \b
+      mallops tasks watch 3f2a9c1e
+      mallops tasks watch 3f2a9c1e --timeout 600
     """
     with client() as mallops:
-        finished = follow(mallops, task_id, timeout=timeout, quiet=as_json)
+        finished = follow(mallops, mallops.find_task_id(task_id), timeout=timeout, quiet=as_json)
     show_result(finished, as_json=as_json, quiet=False)
 
 
@@ -268,11 +331,18 @@ def _wait(mallops: Client, task_id: str, timeout: float | None, reporter: Any) -
         return exc.task
 
 
+class StepsColumn(MofNCompleteColumn):
+    """``3/10`` once the task reports progress; blank (not ``0/?``) for a task that reports none."""
+
+    def render(self, task: RichTask) -> Text:
+        return Text("") if task.total is None else super().render(task)
+
+
 def _follow_with_bar(mallops: Client, task_id: str, timeout: float | None, err: Console) -> Task:
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        StepsColumn(),
         TextColumn("{task.fields[state]}"),
         TimeElapsedColumn(),
         console=err,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from celery import Celery
 
 from shared.celery_app import create_celery_app
+from shared.logs import configure_logging
 from shared.schedules import ensure_defaults
 from shared.settings import Settings, get_settings
 
@@ -39,11 +40,13 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 def beat_argv(settings: Settings, extra: list[str]) -> list[str]:
-    return ["beat", f"--scheduler={SCHEDULER}", f"--loglevel={settings.log_level}", *extra]
+    # -q: without Celery's start-up banner; beat logs "Starting..." and the lock it holds
+    return ["-q", "beat", f"--scheduler={SCHEDULER}", f"--loglevel={settings.log_level}", *extra]
 
 
 def main(argv: list[str]) -> None:
     settings = get_settings()
+    configure_logging(SERVICE, settings.log_level, settings.log_format)
     app = create_app(settings)
     ensure_defaults(app)
     app.start(beat_argv(settings, argv))

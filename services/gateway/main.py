@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import logging
 
 import uvicorn
 
 from services.gateway.app import create_app
+from shared.logs import configure_logging
 from shared.settings import get_settings
 
 
@@ -18,7 +18,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--host", default=settings.gateway_host, help="default: MALLOPS_GATEWAY_HOST")
     parser.add_argument("--port", type=int, default=settings.gateway_port, help="default: MALLOPS_GATEWAY_PORT")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("gateway", settings.log_level, settings.log_format)
     app = create_app(settings)
     # Everything imported and built so far lives as long as the process: move it out of the garbage
     # collector's generations, so that a full collection scans only what requests allocate. Without it the
@@ -33,6 +33,7 @@ def main(argv: list[str]) -> None:
         loop="uvloop",
         http="httptools",
         access_log=False,  # every request goes to the access-log buffer instead
+        log_config=None,  # uvicorn's loggers go through ours (shared/logs.py)
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=10,
         server_header=False,

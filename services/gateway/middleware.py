@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+import re
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -12,11 +14,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.metrics import UNMATCHED
 from services.gateway.problems import PROBLEM_MEDIA_TYPE
+from shared.logs import request_id_var
 
 if TYPE_CHECKING:
     from services.gateway.runtime import Runtime
 
 REQUEST_ID_HEADER = b"x-request-id"
+#: a client's X-Request-ID is kept when it looks like an id (else the gateway makes one)
+CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,64}")
+access = logging.getLogger("mallops.gateway.access")
 
 
 class BodyLimitMiddleware:
@@ -117,8 +123,13 @@ async def _send_problem(
 
 
 class AccountingMiddleware:
-    """Give every request an id, count it in the gateway's metrics and append it to the access log.
+    """Give every request an id, count it in the gateway's metrics, append it to the access log and log
+    one line for it (logger ``mallops.gateway.access``, INFO).
 
+    The request id is the client's ``X-Request-ID`` when it sent a plausible one, else a new one; it is
+    answered in ``X-Request-ID``, set in :data:`shared.logs.request_id_var` for the request's log lines
+    and carried in the messages of the tasks it submits. The access-log buffer keys entries by an id
+    of the gateway's own (its ``request_id``, unique), the same one unless the client sent an id.
     The route label is the matched route's template, never the raw path (bounded label values).
     """
 
@@ -130,7 +141,14 @@ class AccountingMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = uuid.uuid4().hex  # ours, never the client's: access_logs.request_id is unique
+        own_id = uuid.uuid4().hex  # access_logs.request_id is unique: the buffer's key is always ours
+        request_id = own_id
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER:
+                if CLIENT_REQUEST_ID.fullmatch(value):
+                    request_id = value.decode()
+                break
+        token = request_id_var.set(request_id)
         status = 500
         header = (REQUEST_ID_HEADER, request_id.encode())
         scope.setdefault("state", {})["request_id"] = request_id  # request.state.request_id (the audit trail)
@@ -145,13 +163,23 @@ class AccountingMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            request_id_var.reset(token)
             duration = time.perf_counter() - started
             runtime: Runtime | None = getattr(scope["app"].state, "runtime", None) if "app" in scope else None
             route = scope.get("route")
             template = getattr(route, "path", None) or UNMATCHED
             method = scope.get("method", "GET")
             if runtime is not None:  # None: not started (no lifespan), nothing to account to
-                _account(runtime, scope, request_id, method, template, status, duration)
+                _account(runtime, scope, own_id, method, template, status, duration)
+            if access.isEnabledFor(logging.INFO):
+                access.info(
+                    "%s %s %d %.1f ms",
+                    method,
+                    scope.get("path", ""),
+                    status,
+                    duration * 1000,
+                    extra={"request_id": request_id},
+                )
 
 
 def _account(

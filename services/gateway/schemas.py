@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, StrictInt, model_validator
 
-from shared.catalog import CATALOG
+from shared.catalog import CATALOG, get_spec
 from shared.schedules import NAME_PATTERN as SCHEDULE_NAME
 
 MAX_BATCH = 10_000
@@ -19,6 +19,23 @@ CRON_DOW = r"^[0-9a-zA-Z*][0-9a-zA-Z*,/-]*$"
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class CatalogNamed(BaseModel):
+    """One naming in every answer: ``task_name`` the short catalog name, ``celery_name`` the Celery name
+    beside it (what Prometheus labels and worker logs use). Either may come in; both go out."""
+
+    task_name: str = Field(description="The catalog name, e.g. generate_daily_report.")
+    celery_name: str | None = Field(
+        default=None, description="The Celery name, e.g. mallops.reports.generate_daily_report."
+    )
+
+    @model_validator(mode="after")
+    def _catalog_names(self) -> Self:
+        spec = get_spec(self.task_name)
+        if spec is not None:
+            self.task_name, self.celery_name = spec.name, spec.celery_name
+        return self
 
 
 # -- submission --------------------------------------------------------------------------------
@@ -62,9 +79,8 @@ class BatchSubmission(Strict):
     )
 
 
-class TaskAccepted(BaseModel):
+class TaskAccepted(CatalogNamed):
     task_id: str
-    task_name: str
     status: Literal["PENDING", "SCHEDULED"] = Field(
         default="PENDING", description="PENDING: in the broker; SCHEDULED: waiting in the database until its eta."
     )
@@ -90,9 +106,8 @@ class TaskErrorInfo(BaseModel):
     message: str
 
 
-class TaskSummary(BaseModel):
+class TaskSummary(CatalogNamed):
     task_id: str
-    task_name: str
     status: str = Field(description="SCHEDULED, PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE or REVOKED.")
     queue: str | None = None
     owner: str | None = None
@@ -106,9 +121,8 @@ class TaskList(BaseModel):
     results: list[TaskSummary]
 
 
-class TaskDetail(Strict):
+class TaskDetail(CatalogNamed, Strict):
     task_id: str
-    task_name: str
     status: str = Field(description="SCHEDULED, PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE or REVOKED.")
     result: Any = Field(default=None, description="The return value, once SUCCESS.")
     error: TaskErrorInfo | None = Field(default=None, description="Why it failed, for FAILURE (or RETRY).")
@@ -172,12 +186,13 @@ class Readiness(BaseModel):
 # -- history and statistics --------------------------------------------------------------------
 
 
-class HistoryItem(BaseModel):
+class HistoryItem(CatalogNamed):
     task_id: str
-    task_name: str
     queue: str | None = None
+    status: str | None = Field(default=None, description="The task's state; `state` is the same, kept as an alias.")
     state: str
-    args_summary: str | None = None
+    request_id: str | None = Field(default=None, description="X-Request-ID of the request that submitted it.")
+    args_summary: str | None = Field(default=None, description="The arguments as JSON (when the message had them).")
     arguments: dict[str, Any] | None = Field(
         default=None, description='{"args": [...], "kwargs": {...}} as sent (capped: "truncated": true).'
     )
@@ -196,6 +211,11 @@ class HistoryItem(BaseModel):
     runtime: float | None = None
     queue_wait: float | None = None
 
+    @model_validator(mode="after")
+    def _status_beside_state(self) -> Self:
+        self.status = self.status or self.state
+        return self
+
 
 class HistoryPage(BaseModel):
     count: int = Field(description="Items on this page.")
@@ -210,6 +230,7 @@ class Percentiles(BaseModel):
 
 
 class StatsBlock(BaseModel):
+    celery_name: str | None = Field(default=None, description="Per task: its Celery name.")
     total: int
     counts: dict[str, int]
     succeeded: int
@@ -262,9 +283,8 @@ class QueueList(BaseModel):
     results: list[QueueInfo]
 
 
-class ScheduleInfo(Strict):
+class ScheduleInfo(CatalogNamed, Strict):
     name: str
-    task_name: str = Field(description="The catalog task it runs.")
     queue: str
     enabled: bool
     schedule: dict[str, Any]

@@ -35,6 +35,7 @@ from services.gateway.taskstore import READY_STATES, TaskStore
 from shared import deferred
 from shared.catalog import TaskArgumentError, TaskSpec, get_spec
 from shared.events import OWNER_HEADER, RETRY_OF_HEADER
+from shared.logs import REQUEST_ID_HEADER, request_id_var
 from shared.models import DeferredTask, TaskRecord
 from shared.taskmeta import TaskMeta
 from shared.tokens import Principal
@@ -236,7 +237,12 @@ class Submitter:
         try:
             await self.store.record(metas)
             recorded = True
-            headers = {OWNER_HEADER: owner, RETRY_OF_HEADER: retry_of} if retry_of else {OWNER_HEADER: owner}
+            headers = {OWNER_HEADER: owner}
+            if retry_of:  # the history keeps which task a retry repeats
+                headers[RETRY_OF_HEADER] = retry_of
+            request_id = request_id_var.get()
+            if request_id:  # the worker's log lines and the history name the request that submitted it
+                headers[REQUEST_ID_HEADER] = request_id
             await self.runtime.publisher.publish(messages(items), headers)
         except (OperationalError, KombuError, RedisError, OSError, TimeoutError) as exc:
             log.warning("cannot enqueue %d task(s) for %s: %s", len(items), owner, exc)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,16 @@ def _unlink_under(directory: Path, names: Sequence[str | None]) -> None:
             log.warning("not deleting %r: not a file under %s", name, directory)
             continue
         path.unlink(missing_ok=True)
+
+
+def _report_files(names: Sequence[str | None]) -> list[str | None]:
+    """A report's stored file names plus its HTML page in each language (``<stem>.<lang>.html``)."""
+    result = list(names)
+    for name in names:
+        if name and name.endswith(".html"):
+            stem = re.sub(r"(\.(zh_CN|en))?\.html$", "", name)
+            result += [f"{stem}.zh_CN.html", f"{stem}.en.html"]
+    return result
 
 
 def remove_partial_files(directories: Sequence[Path], now: dt.datetime) -> int:
@@ -83,7 +94,9 @@ def cleanup_expired_data(
         models.Report.period_end < cutoff_days(settings.report_ttl_days, now),
         batch_size=batch_size,
         extra_columns=[models.Report.csv_path, models.Report.html_path],
-        after_commit=lambda rows: _unlink_under(settings.reports_dir, [n for row in rows for n in row[1:]]),
+        after_commit=lambda rows: _unlink_under(
+            settings.reports_dir, _report_files([n for row in rows for n in row[1:]])
+        ),
     )
     counts["task_history"] = delete_in_batches(
         session,

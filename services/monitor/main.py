@@ -19,6 +19,7 @@ from shared import dead_letter_store, history
 from shared.cache import redis_client
 from shared.celery_app import create_celery_app
 from shared.db import session_scope
+from shared.logs import configure_logging
 from shared.schedules import entry_timings
 from shared.settings import Settings, get_settings
 
@@ -53,7 +54,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--port", type=int, default=settings.monitor_port)
     parser.add_argument("--name", default=None, help="consumer name in the group (default monitor@<hostname>)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("monitor", settings.log_level, settings.log_format)
 
     store, health = MetricStore(histogram_buckets(settings)), Health()
     registry = build_registry(store, health, lambda: live_state(settings))

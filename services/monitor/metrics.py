@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from services.monitor.state import BUCKETS, COUNTERS, HISTOGRAMS, Deltas, labels_of, parse_key
+from shared.catalog import CATALOG
 
 log = logging.getLogger("mallops.monitor")
 
@@ -100,10 +101,15 @@ class MonitorCollector(Collector):
                 histograms[metric][values][part] = value
             else:
                 counters[metric][values] = value
+        combos = _task_combos(counters)
         for metric, help_text in COUNTERS.values():
             family = CounterMetricFamily(metric, help_text, labels=labels_of(metric))
-            for values, value in sorted(counters.get(metric, {}).items()):
+            series = counters.get(metric, {})
+            for values, value in sorted(series.items()):
                 family.add_metric(list(values), value)
+            present = {_combo(metric, values) for values in series}
+            for name, hostname, queue in sorted(combos - present):
+                family.add_metric(_zero_labels(metric, name, hostname, queue), 0.0)
             yield family
         for metric, help_text in HISTOGRAMS.items():
             hist = HistogramMetricFamily(metric, help_text, labels=labels_of(metric))
@@ -129,6 +135,14 @@ class MonitorCollector(Collector):
         workers_per_queue = GaugeMetricFamily(
             "celery_active_worker_count", "The number of active workers in broker queue.", labels=["queue_name"]
         )
+        consumers = GaugeMetricFamily(
+            "celery_active_consumer_count", "The number of active consumer in broker queue.", labels=["queue_name"]
+        )
+        processes = GaugeMetricFamily(
+            "celery_active_process_count",
+            "The number of active process in broker queue. Each worker may have more than one process.",
+            labels=["queue_name"],
+        )
         if self.live is not None:
             try:
                 workers, queues = self.live()
@@ -140,9 +154,13 @@ class MonitorCollector(Collector):
                     up.add_metric([worker["hostname"]], 1.0 if online else 0.0)
                     active.add_metric([worker["hostname"]], float(worker["active"] if online else 0))
                 for queue, info in queues.items():
+                    online = [w for w in workers if w["status"] == "online" and queue in (w.get("queues") or [])]
                     length.add_metric([queue], float(info["pending"]))
                     workers_per_queue.add_metric([queue], float(info["consumers"]))
-        yield from (up, active, length, workers_per_queue)
+                    # consumers: each online worker consumes with one connection (Redis has no consumer list)
+                    consumers.add_metric([queue], float(info["consumers"]))
+                    processes.add_metric([queue], float(sum(int(w.get("concurrency") or 1) for w in online)))
+        yield from (up, active, length, workers_per_queue, consumers, processes)
 
     def _health_metrics(self) -> Iterator[Metric]:
         h = self.health
@@ -168,6 +186,35 @@ class MonitorCollector(Collector):
             gauge = GaugeMetricFamily(name, help_text)
             gauge.add_metric([], float(value))
             yield gauge
+
+
+SENT = COUNTERS["task-sent"][0]
+#: (Celery name, queue) of every catalog task: their counters are exported from the start, at zero
+CATALOG_TASKS: tuple[tuple[str, str], ...] = tuple(sorted((spec.celery_name, spec.queue) for spec in CATALOG.values()))
+
+
+def _combo(metric: str, values: tuple[str, ...]) -> tuple[str, str, str]:
+    """(name, hostname, queue_name) of a counter series (a failure's exception left out)."""
+    labels = dict(zip(labels_of(metric), values, strict=True))
+    return labels["name"], labels["hostname"], labels["queue_name"]
+
+
+def _task_combos(counters: dict[str, dict[tuple[str, ...], float]]) -> set[tuple[str, str, str]]:
+    """Every (task, worker, queue) that some counter has a series for, and (task, "", queue) for every
+    catalog task that has none yet: each task counter is exported for all of them, at zero where nothing
+    happened, as celery-exporter does (a task's counters move together; none is missing from a sum)."""
+    # not from task-sent: its hostname is the sender's (a gateway, beat), which runs nothing (celery-exporter
+    # leaves it out for the same reason)
+    combos = {_combo(metric, values) for metric, series in counters.items() if metric != SENT for values in series}
+    seen = {name for name, _, _ in combos}
+    combos |= {(name, "", queue) for name, queue in CATALOG_TASKS if name not in seen}
+    return combos
+
+
+def _zero_labels(metric: str, name: str, hostname: str, queue: str) -> list[str]:
+    """The labels of a zero series; a failure's exception is empty (as celery-exporter's)."""
+    values = {"name": name, "hostname": hostname, "queue_name": queue, "exception": ""}
+    return [values[label] for label in labels_of(metric)]
 
 
 def build_registry(store: MetricStore, health: Health, live: LiveReader | None = None) -> CollectorRegistry:

@@ -183,6 +183,7 @@ def new_row(task_id: str) -> dict[str, Any]:
         "arguments": None,
         "retry_of": None,
         "owner": None,
+        "request_id": None,
         "worker": None,
         "retries": 0,
         "exception": None,
@@ -222,6 +223,7 @@ def apply_event(row: dict[str, Any], event: dict[str, Any], deltas: Deltas, seq:
         ("task_name", "name", 100),
         ("queue", "queue", 50),
         ("owner", "owner", 100),
+        ("request_id", "request_id", 64),
         ("args_summary", "args", 500),
         ("retry_of", "retry_of", 64),
     ):

@@ -6,7 +6,11 @@ interrupted export (an error, a soft time limit) leaves no partial file. The ``e
 by the task id: a redelivered message whose export already finished returns the finished export.
 
 Columns with a ``_utc`` suffix are UTC instants (ISO 8601 in CSV, naive UTC cells in XLSX, which has
-no time zones). Date filters are inclusive local days of the mall's time zone.
+no time zones); in XLSX each is followed by a ``_local`` column, the same instant in the mall's time zone
+(``MALLOPS_TIMEZONE``). Date filters are inclusive local days of the mall's time zone.
+
+Files are for people: CSV in UTF-8 with a byte-order mark (Excel on a Chinese Windows reads it right),
+XLSX with a bold, frozen header row, a filter on it, column widths, amounts as numbers with two decimals.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -222,17 +227,83 @@ def _csv_cell(value: Any) -> Any:
     return value
 
 
-def _xlsx_cell(sheet: Any, value: Any) -> Any:
-    if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).replace(tzinfo=None)
-    if isinstance(value, str) and value.startswith("="):
-        # openpyxl would store it as a formula; data stays text
-        from openpyxl.cell import WriteOnlyCell
+TWO_DECIMAL_COLUMNS = frozenset(("amount", "amount_due", "area_sqm"))  # amounts (and floor areas)
+MONEY_FORMAT = "#,##0.00"
+TIME_FORMAT = "yyyy-mm-dd hh:mm:ss"
+DATE_FORMAT = "yyyy-mm-dd"
 
-        cell = WriteOnlyCell(sheet, value)
-        cell.data_type = "s"
-        return cell
-    return value
+
+def xlsx_columns(columns: Sequence[str]) -> list[str]:
+    """The XLSX header: every ``<name>_utc`` column followed by ``<name>_local`` (mall time)."""
+    result: list[str] = []
+    for name in columns:
+        result.append(name)
+        if name.endswith("_utc"):
+            result.append(name.removesuffix("_utc") + "_local")
+    return result
+
+
+def _column_width(name: str) -> float:
+    if name.endswith(("_utc", "_local")):
+        return 20
+    if name in TWO_DECIMAL_COLUMNS:
+        return 14
+    if name.endswith("name"):
+        return 26
+    return max(len(name) + 3, 9)
+
+
+def _xlsx_cells(sheet: Any, columns: Sequence[str], row: Sequence[Any], zone: ZoneInfo) -> list[Any]:
+    """One row's cells: numbers and times with their formats, ``_local`` times beside the UTC ones."""
+    from openpyxl.cell import WriteOnlyCell
+
+    cells: list[Any] = []
+    for name, value in zip(columns, row, strict=True):
+        if isinstance(value, dt.datetime):
+            instant = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+            for shown in (instant.astimezone(dt.UTC), instant.astimezone(zone)):
+                cell = WriteOnlyCell(sheet, shown.replace(tzinfo=None))
+                cell.number_format = TIME_FORMAT
+                cells.append(cell)
+            continue
+        if value is None and name.endswith("_utc"):
+            cells += [None, None]
+            continue
+        if isinstance(value, str) and value.startswith("="):
+            cell = WriteOnlyCell(sheet, value)  # openpyxl would store it as a formula; data stays text
+            cell.data_type = "s"
+        elif name in TWO_DECIMAL_COLUMNS and value is not None:
+            cell = WriteOnlyCell(sheet, Decimal(str(value)).quantize(Decimal("0.01")))
+            cell.number_format = MONEY_FORMAT
+        elif isinstance(value, dt.date):
+            cell = WriteOnlyCell(sheet, value)
+            cell.number_format = DATE_FORMAT
+        else:
+            cells.append(value)
+            continue
+        cells.append(cell)
+    return cells
+
+
+def _xlsx_sheet(book: Any, title: str, columns: Sequence[str]) -> Any:
+    """A write-only sheet with its widths, frozen bold header row and filter (set before any row)."""
+    from openpyxl.cell import WriteOnlyCell
+    from openpyxl.styles import Font
+    from openpyxl.utils import get_column_letter
+
+    sheet = book.create_sheet(title)
+    header = xlsx_columns(columns)
+    for index, name in enumerate(header, start=1):
+        sheet.column_dimensions[get_column_letter(index)].width = _column_width(name)
+    sheet.freeze_panes = "A2"
+    bold = Font(bold=True)
+    cells = []
+    for name in header:
+        cell = WriteOnlyCell(sheet, name)
+        cell.font = bold
+        cells.append(cell)
+    sheet.append(cells)
+    return sheet
 
 
 @contextlib.contextmanager
@@ -266,15 +337,21 @@ def write_file(
     if fmt not in ("csv", "xlsx"):
         raise PermanentError(f"unknown format {fmt!r}; choose csv or xlsx")
     with stream_rows(session, dataset, filters, zone) as (total, batches):
-        return _write(path, dataset, fmt, total, batches, progress)
+        return _write(path, dataset, fmt, total, batches, progress, zone)
 
 
 def _write(
-    path: Path, dataset: Dataset, fmt: str, total: int, batches: Iterator[Sequence[Sequence[Any]]], progress: Progress
+    path: Path,
+    dataset: Dataset,
+    fmt: str,
+    total: int,
+    batches: Iterator[Sequence[Sequence[Any]]],
+    progress: Progress,
+    zone: ZoneInfo,
 ) -> int:
     written = 0
     if fmt == "csv":
-        with atomic_write(path) as handle:
+        with atomic_write(path, encoding="utf-8-sig") as handle:
             writer = csv.writer(handle)
             writer.writerow(dataset.columns)
             progress(0, total)
@@ -284,17 +361,19 @@ def _write(
                 progress(written, total)
     else:
         from openpyxl import Workbook  # only exports need it
+        from openpyxl.utils import get_column_letter
 
         with atomic_path(path) as tmp:
             book = Workbook(write_only=True)
-            sheet = book.create_sheet(dataset.name)
-            sheet.append(list(dataset.columns))
+            sheet = _xlsx_sheet(book, dataset.name, dataset.columns)
             progress(0, total)
             for batch in batches:
                 for row in batch:
-                    sheet.append([_xlsx_cell(sheet, v) for v in row])
+                    sheet.append(_xlsx_cells(sheet, dataset.columns, row, zone))
                 written += len(batch)
                 progress(written, total)
+            last = get_column_letter(len(xlsx_columns(dataset.columns)))
+            sheet.auto_filter.ref = f"A1:{last}{written + 1}"  # written at the sheet's end, after the rows
             book.save(tmp)
     return written
 

@@ -216,6 +216,7 @@ def _chart(period: Period, data: dict[str, Any]) -> dict[str, Any]:
     if period.kind == "hourly":
         by_cat = data["payments"]["by_category"]
         return {
+            "key": "payments_by_category",
             "title": "Payments received by store category (CNY)",
             "labels": list(by_cat),
             "values": [by_cat[c]["amount"] for c in by_cat],
@@ -223,11 +224,13 @@ def _chart(period: Period, data: dict[str, Any]) -> dict[str, Any]:
     sales = data["sales"]
     if period.kind == "daily":
         return {
+            "key": "sales_by_category",
             "title": "Sales by store category (CNY)",
             "labels": list(sales["by_category"]),
             "values": [v["amount"] for v in sales["by_category"].values()],
         }
     return {
+        "key": "sales_by_day",
         "title": "Sales per day (CNY)",
         "labels": [d["day"][5:] for d in sales["by_day"]],
         "values": [d["amount"] for d in sales["by_day"]],
@@ -253,32 +256,38 @@ def totals_line(content: ReportContent) -> list[Any]:
     ]
 
 
-def file_names(period: Period) -> tuple[str, str]:
-    """The CSV and HTML names of a period's files, relative to ``settings.reports_dir``."""
+def file_names(period: Period, language: rendering.Language = "zh_CN") -> tuple[str, str]:
+    """The CSV and HTML names of a period's files, relative to ``settings.reports_dir``; the HTML page
+    in ``language`` (each language has its page: ``<stem>.zh_CN.html``, ``<stem>.en.html``)."""
     stem = f"{period.kind}/{period.kind}-{period.label}"
-    return f"{stem}.csv", f"{stem}.html"
+    return f"{stem}.csv", rendering.html_name(f"{stem}.html", language)
 
 
-def generate(session: Session, period: Period, reports_dir: Path, task_id: str | None = None) -> dict[str, Any]:
+def generate(
+    session: Session,
+    period: Period,
+    reports_dir: Path,
+    task_id: str | None = None,
+    language: rendering.Language = "zh_CN",
+) -> dict[str, Any]:
     """Compute ``period``'s figures, (re)write its files and upsert its ``reports`` row.
 
     Files are written atomically before the row, so a row never points at a half-written file; a
-    re-run replaces both. Returns a small summary for the task result.
+    re-run replaces both. The row's ``html_path`` is the page in ``language`` (MALLOPS_REPORT_LANGUAGE);
+    the page in the other language lies beside it. Returns a small summary for the task result.
     """
     content = compute(session, period)
-    csv_name, html_name = file_names(period)
-    rendering.write_csv(
-        reports_dir / csv_name,
-        CSV_HEADER,
-        [line.csv_row(period.whole_days) for line in content.lines] + [totals_line(content)],
-    )
-    rendering.write_html(
-        reports_dir / html_name,
-        title=f"mallops {period.kind} report {period.label}",
-        data=content.data,
-        header=CSV_HEADER,
-        rows=[line.csv_row(period.whole_days) for line in content.lines] + [totals_line(content)],
-    )
+    csv_name, html_name = file_names(period, language)
+    rows = [line.csv_row(period.whole_days) for line in content.lines] + [totals_line(content)]
+    rendering.write_csv(reports_dir / csv_name, CSV_HEADER, rows)
+    for other in rendering.LANGUAGES:
+        rendering.write_html(
+            reports_dir / file_names(period, other)[1],
+            language=other,
+            data=content.data,
+            header=CSV_HEADER,
+            rows=rows,
+        )
     values = {
         "kind": period.kind,
         "period_start": period.start,

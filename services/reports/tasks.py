@@ -19,7 +19,7 @@ from shared.tasks import MallopsTask, register
 def _report(task: MallopsTask, period: periods.Period) -> dict[str, Any]:
     settings = get_settings()
     with session_scope(settings) as session:
-        return sales_reports.generate(session, period, settings.reports_dir, task.request.id)
+        return sales_reports.generate(session, period, settings.reports_dir, task.request.id, settings.report_language)
 
 
 def _zone() -> ZoneInfo:

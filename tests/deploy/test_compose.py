@@ -326,10 +326,15 @@ def test_grafana_datasource_and_dashboards_agree(compose: Interpolated) -> None:
     dashboards = load_dashboards()
     assert home.name in dashboards
     for file_name, dashboard in dashboards.items():
+        # the panels use the `datasource` variable, which offers every Prometheus data source: the
+        # provisioned one is picked when it is the default (or the only one)
+        assert source["isDefault"] is True
+        variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "datasource")
+        assert variable["query"] == source["type"], file_name
         for panel in panels(dashboard):
-            assert panel["datasource"]["uid"] == source["uid"], (file_name, panel["title"])
+            assert panel["datasource"]["uid"] == "${datasource}", (file_name, panel["title"])
             for target in panel["targets"]:
-                assert target["datasource"]["uid"] == source["uid"], (file_name, panel["title"])
+                assert target["datasource"]["uid"] == "${datasource}", (file_name, panel["title"])
 
 
 def test_notifier_mails_to_mailpit(compose: Interpolated) -> None:

@@ -92,6 +92,8 @@ def test_dashboards_cover_the_platform() -> None:
         "celery_queue_length",
         "celery_worker_up",
         "celery_active_worker_count",
+        "celery_active_consumer_count",
+        "celery_active_process_count",
         "mallops_monitor_event_lag_seconds",
         "mallops_gateway_requests_total",
         "mallops_dead_letters",
@@ -105,9 +107,22 @@ def test_dashboards_cover_the_platform() -> None:
     ):
         assert metric in overview, f"the overview does not show {metric}"
 
-    drill_down = dashboards["mallops-task.json"]
-    variables = {v["name"]: v for v in drill_down["templating"]["list"]}
-    assert set(variables) == {"task"}
-    for panel in panels(drill_down):
-        for target in panel["targets"]:
-            assert 'name="$task"' in target["expr"], f"{panel['title']} is not about the chosen task"
+    for name, dashboard in dashboards.items():
+        # the data source is a variable (no hard-coded uid), and job, queue and task filter the Celery panels
+        variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+        assert list(variables) == ["datasource", "job", "queue", "task"], name
+        assert variables["datasource"]["type"] == "datasource"
+        assert variables["datasource"]["query"] == "prometheus"
+        for panel in panels(dashboard):
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+                if "celery_task_" in target["expr"]:
+                    for matcher in ('job=~"$job"', 'queue_name=~"$queue"', 'name=~"$task"'):
+                        assert matcher in target["expr"], f"{name} / {panel['title']}: no {matcher}"
+                if "celery_queue_length" in target["expr"] or "celery_active_" in target["expr"]:
+                    assert 'queue_name=~"$queue"' in target["expr"], f"{name} / {panel['title']}"
+        for variable in ("job", "queue", "task"):
+            assert variables[variable]["datasource"]["uid"] == "${datasource}"
+    assert variables["task"]["multi"] is False  # the drill-down is about one task
+    assert all(v["includeAll"] and v["allValue"] == ".*" for k, v in variables.items() if k in ("job", "queue"))

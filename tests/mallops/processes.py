@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 ProcId = tuple[int, int]  # (pid, start time in clock ticks): a pid alone may be reused
@@ -56,3 +59,21 @@ def command_line(pid: int) -> list[str]:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
     except (FileNotFoundError, ProcessLookupError):
         return []
+
+
+def stop_all(leader: subprocess.Popen[bytes], seen: set[ProcId], grace: float = 0.0) -> None:
+    """Stop ``leader``'s process group (SIGTERM first when ``grace`` > 0, then SIGKILL), then whatever of
+    ``seen`` still runs: nothing a test started outlives it."""
+    if leader.poll() is None:
+        if grace > 0:
+            os.killpg(leader.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                leader.wait(grace)
+        if leader.poll() is None:
+            os.killpg(leader.pid, signal.SIGKILL)
+            leader.wait(10)
+    for pid, _ in alive(seen):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)

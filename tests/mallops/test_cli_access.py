@@ -52,7 +52,7 @@ def test_tokens_on_the_database_with_stores(cli: CliRunner, no_token: Path, demo
         assert entry.action == "token.create"
         assert str(entry.actor).startswith("cli")
     listed = cli("tokens", "list", "--json")
-    rows = {row["name"]: row for row in map(json.loads, listed.out.splitlines())}
+    rows = {row["name"]: row for row in json.loads(listed.out)}
     assert rows[name]["stores"] == stores
     assert secret not in listed.out
     unscoped = cli("tokens", "create", "--name", _name("shop"), "--role", "store_manager")
@@ -78,7 +78,7 @@ def test_login_then_tokens_and_audit_through_the_gateway(
     assert created.code == 0, created.err
     secret = created.out.strip()
     listed = cli("tokens", "list", "--json")
-    assert name in {json.loads(line)["name"] for line in listed.out.splitlines()}
+    assert name in {row["name"] for row in json.loads(listed.out)}
     assert cli("tokens", "revoke", name).code == 0
     with session_scope(migrated) as session:
         assert verify_token(session, secret) is None

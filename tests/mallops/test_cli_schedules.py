@@ -17,7 +17,7 @@ def test_add_list_set_run_disable_enable_rm(cli: CliRunner, gateway_env: LiveGat
     cli("schedules", "rm", name)  # left over from an earlier run on the same Redis
     added = cli("schedules", "add", name, "--task", "test_task", "--cron", "0 9 * * 1", "--kwargs", '{"message": "hi"}')
     assert added.code == 0, added
-    assert added.out.startswith(f"{name}: test_task(message='hi'), enabled, 0 9 * * 1 (next run ")
+    assert added.out.startswith(f'{name}: test_task {{"message":"hi"}}, enabled, 0 9 * * 1 (next run ')
     assert "+08:00" in added.out  # the next run in the mall's time
 
     listed = cli("schedules", "list", "--json")

@@ -17,7 +17,7 @@ from shared.services import SERVICE_SPECS
 from shared.settings import Settings
 from tests.harness import ROOT, free_port, wait_until
 from tests.mallops.conftest import CliRunner
-from tests.mallops.processes import ProcId, alive, descendants
+from tests.mallops.processes import ProcId, alive, descendants, stop_all
 
 
 @pytest.mark.usefixtures("clean_env")
@@ -148,11 +148,4 @@ def test_a_child_that_dies_stops_the_whole_stack_with_exit_1_and_no_orphans(tmp_
         assert len(seen) >= 9  # redis, the catcher, 7 services (and their helpers)
         wait_until(lambda: not alive(seen), timeout=20, message="every child of mallops dev to be gone")
     finally:
-        if dev.poll() is None:
-            os.killpg(dev.pid, signal.SIGKILL)
-            dev.wait(10)
-        for pid, _ in alive(seen):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        stop_all(dev, seen)

@@ -95,7 +95,8 @@ def test_mail_lists_and_shows_the_caught_messages(cli: CliRunner, tmp_path: Path
     box = mailbox.Maildir(tmp_path / "data" / "mail", create=True)
     message = EmailMessage()
     message["From"], message["To"], message["Subject"] = "mallops@mall.example", "tenant@example.com", "账单提醒"
-    message.set_content("您的账单已逾期。")
+    message.set_content("您的账单已逾期。", cte="base64")
+    message.add_alternative("<p>您的账单<b>已逾期</b>。</p>", subtype="html", cte="base64")
     box.add(message)
     listed = cli("mail", "--json", env={"MALLOPS_DATA_DIR": str(tmp_path / "data")})
     assert listed.code == 0, listed
@@ -103,5 +104,8 @@ def test_mail_lists_and_shows_the_caught_messages(cli: CliRunner, tmp_path: Path
     assert [(r["n"], r["to"], r["subject"]) for r in rows] == [(1, "tenant@example.com", "账单提醒")]
     shown = cli("mail", "--show", "1")
     assert shown.code == 0
-    assert "Subject: " in shown.out
+    assert shown.out.endswith("Subject: 账单提醒\n\n您的账单已逾期。\n")  # decoded, not base64 MIME
+    as_html = cli("mail", "--show", "1", "--html")
+    assert as_html.out.endswith("\n\n<p>您的账单<b>已逾期</b>。</p>\n")
+    assert "Content-Transfer-Encoding: base64" in cli("mail", "--show", "1", "--raw").out
     assert cli("mail", "--show", "2").code == 2

@@ -90,7 +90,7 @@ def test_a_published_task_emits_task_sent_with_its_owner(
         assert event["owner"] == "carol"
         assert event["queue"] == "default"
         assert event["name"] == "mallops.maintenance.test_task"
-        assert event["args"] == "{'message': 'hi'}"
+        assert event["args"] == '{"message": "hi"}'  # the arguments as JSON, from the message body
     finally:
         broker = redis_server.client(5)
         broker.flushdb()

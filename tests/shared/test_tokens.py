@@ -125,8 +125,10 @@ def test_cli_creates_lists_and_revokes_tokens(service_env: dict[str, str], migra
     assert bad_role.returncode == 2
     assert "invalid role" in bad_role.stderr
 
-    listed = _cli(service_env, "list", "--json")
-    rows = {row["name"]: row for row in map(json.loads, listed.stdout.splitlines())}
+    listed = _cli(service_env, "list", "--json")  # one JSON document (a list); --jsonl: one object per line
+    rows = {row["name"]: row for row in json.loads(listed.stdout)}
+    lines = _cli(service_env, "list", "--jsonl").stdout.splitlines()
+    assert {json.loads(line)["name"] for line in lines} == set(rows)
     assert rows[name]["role"] == "admin"
     assert rows[name]["active"] is True
     assert secret not in listed.stdout

@@ -8,6 +8,7 @@ A user downloads only their own exports; reports are the mall's and readable by 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -132,10 +133,18 @@ def report_file(
     runtime: RuntimeDep,
     request: Request,
     format: Annotated[Literal["csv", "html"], Query(description="Which file.")] = "html",
+    lang: Annotated[
+        Literal["zh_CN", "en"] | None,
+        Query(description="The HTML page's language (default: MALLOPS_REPORT_LANGUAGE, zh_CN)."),
+    ] = None,
 ) -> FileResponse:
     report = _report(session, report_id, access)
     stored = report.csv_path if format == "csv" else report.html_path
     path = contained(runtime.settings.reports_dir, stored)
+    if format == "html" and stored:  # each language's page lies beside the stored one: <stem>.<lang>.html
+        stem = re.sub(r"(\.(zh_CN|en))?\.html$", "", stored)
+        localized = contained(runtime.settings.reports_dir, f"{stem}.{lang or runtime.settings.report_language}.html")
+        path = localized or path
     if path is None:
         raise ProblemError(404, f"report {report_id} has no {format} file", kind="no-file")
     gateway_audit.record_in(session, request, audit.REPORT_DOWNLOAD, target=str(report_id), details={"format": format})

@@ -131,4 +131,11 @@ def task_stats(
     stats = history.task_stats(
         session, since=start, until=end, task_name=task_name, owner=visible_owner, or_queue=or_queue
     )
+    stats["tasks"] = {_short(name): {**block, "celery_name": name} for name, block in stats["tasks"].items()}
     return TaskStats.model_validate(stats)
+
+
+def _short(name: str) -> str:
+    """The catalog name of a task recorded under its Celery name (unknown names stay as they are)."""
+    spec = get_spec(name)
+    return spec.name if spec is not None else name

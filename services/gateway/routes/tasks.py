@@ -365,6 +365,8 @@ async def list_tasks(
     (soonest first)."""
     scope = authz.task_scope(principal)
     owner = principal.name if scope == "own" else None
+    spec = get_spec(task_name) if task_name else None
+    task_name = spec.name if spec is not None else task_name  # the short or the Celery name
     if status == deferred.SCHEDULED:
         waiting_owner = None if scope == "all" else principal.name
         return _json(await run_in_threadpool(_waiting, runtime, waiting_owner, task_name, limit, offset))

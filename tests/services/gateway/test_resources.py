@@ -41,6 +41,13 @@ def test_history_pages_and_ownership(client: GatewayClient, tokens: Tokens, migr
     ).json()
     assert [row["task_id"] for row in rest["results"]] == [mine[0]]
     assert rest["next_cursor"] is None
+    # one naming: the catalog name, the Celery name beside it; status, with state kept as an alias
+    row = rest["results"][0]
+    assert (row["task_name"], row["celery_name"]) == ("test_task", "mallops.maintenance.test_task")
+    assert row["status"] == row["state"] == "SUCCESS"
+    for name in ("test_task", "mallops.maintenance.test_task"):  # filters take either name
+        named = client.get(f"{API}/tasks/history", params={**window, "task_name": name}, headers=tokens.auth("alice"))
+        assert {r["task_id"] for r in named.json()["results"]} == set(mine), name
     # a user cannot widen the owner filter; an admin sees everyone's, filterable
     sneaky = client.get(
         f"{API}/tasks/history", params={**window, "owner": tokens.bob_name}, headers=tokens.auth("alice")
@@ -82,7 +89,8 @@ def test_stats_over_a_window(client: GatewayClient, tokens: Tokens, migrated: Se
     assert overall["runtime"]["p50"] == 2.0
     admin = client.get(f"{API}/tasks/stats", params=window, headers=tokens.auth("admin")).json()
     assert admin["overall"]["total"] == 5
-    assert "mallops.maintenance.test_task" in admin["tasks"]
+    assert admin["tasks"]["test_task"]["celery_name"] == "mallops.maintenance.test_task"
+    assert admin["tasks"]["test_task"]["total"] == 5
     backwards = {"since": window["until"], "until": window["since"]}
     assert client.get(f"{API}/tasks/stats", params=backwards, headers=tokens.auth("admin")).status_code == 422
 
@@ -138,6 +146,8 @@ def test_schedules_list_and_patch(client: GatewayClient, tokens: Tokens) -> None
     assert listing.status_code == 200, listing.text
     names = {row["name"] for row in listing.json()["results"]}
     assert {"check_pending_bills", "process_access_logs", "generate_weekly_report"} <= names
+    bills = next(row for row in listing.json()["results"] if row["name"] == "check_pending_bills")
+    assert (bills["task_name"], bills["celery_name"]) == ("check_pending_bills", "mallops.finance.check_pending_bills")
 
     off = client.patch(f"{API}/schedules/check_pending_bills", json={"enabled": False}, headers=admin)
     assert off.status_code == 200, off.text
@@ -256,6 +266,16 @@ def test_reports_and_their_files(client: GatewayClient, tokens: Tokens, migrated
     assert csv.headers["content-type"].startswith("text/csv")
     assert client.get(f"{API}/reports/{good}/file", headers=user).text == "<h1>42</h1>"
     assert client.get(f"{API}/reports/999999", headers=user).status_code == 404
+
+    # a report's page in each language: MALLOPS_REPORT_LANGUAGE (zh_CN) unless ?lang= names one
+    (reports_dir / "hourly" / "p.zh_CN.html").write_text("<h1>小时报表</h1>")
+    (reports_dir / "hourly" / "p.en.html").write_text("<h1>Hourly report</h1>")
+    paged = make_report(migrated, None, "hourly/p.zh_CN.html")
+    page = f"{API}/reports/{paged}/file"
+    assert client.get(page, headers=user).text == "<h1>小时报表</h1>"
+    assert client.get(page, params={"lang": "en"}, headers=user).text == "<h1>Hourly report</h1>"
+    assert client.get(page, params={"lang": "zh_CN"}, headers=user).text == "<h1>小时报表</h1>"
+    assert client.get(page, params={"lang": "fr"}, headers=user).status_code == 422
 
     for stored in ("../secret.txt", str(secret), "hourly/link.csv", "hourly/../../secret.txt", "hourly"):
         evil = make_report(migrated, stored, None)

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from openpyxl import load_workbook
@@ -60,7 +61,8 @@ def test_csv_export_of_filtered_sales(
     assert summary["file_name"] == row.file_name
     assert summary["rows"] == 31
 
-    with path.open(newline="") as handle:
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark, for Excel
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         lines = list(csv.reader(handle))
     assert lines[0] == ["id", "store_id", "store_code", "day", "amount", "transactions"]
     parsed = [(int(r[0]), int(r[1]), r[2], dt.date.fromisoformat(r[3]), Decimal(r[4]), int(r[5])) for r in lines[1:]]
@@ -92,7 +94,7 @@ def test_xlsx_export_of_paid_bills(
         book.close()
     header = list(rows[0])
     assert header[:3] == ["id", "store_id", "store_code"]
-    assert header[-1] == "paid_at_utc"
+    assert header[-2:] == ["paid_at_utc", "paid_at_local"]
     body = rows[1:]
     assert summary["rows"] == len(body) == len(expected)
     assert [r[0] for r in body] == [e.id for e in expected]
@@ -100,8 +102,9 @@ def test_xlsx_export_of_paid_bills(
         e.amount for e in expected
     ]
     assert all(r[header.index("status")] == "paid" for r in body)
-    # XLSX has no time zones: instants are written as naive UTC
-    assert body[0][-1] == expected[0].paid_at.astimezone(dt.UTC).replace(tzinfo=None)
+    # XLSX has no time zones: instants are written as naive UTC, and beside them in mall time
+    assert body[0][-2] == expected[0].paid_at.astimezone(dt.UTC).replace(tzinfo=None)
+    assert body[0][-1] == expected[0].paid_at.astimezone(ZoneInfo("Asia/Shanghai")).replace(tzinfo=None)
 
 
 def test_redelivered_export_is_not_redone(
@@ -212,7 +215,7 @@ def test_payments_export_uses_shanghai_days(
             )
         )
     assert expected
-    with (demo_db.exports_dir / summary["file_name"]).open(newline="") as handle:
+    with (demo_db.exports_dir / summary["file_name"]).open(newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["id"]) for r in rows] == expected
     assert all(start <= dt.datetime.fromisoformat(r["paid_at_utc"]) < end for r in rows)

@@ -100,7 +100,9 @@ def assert_figures(data: dict[str, Any], figures: dict[str, Any]) -> None:
 
 
 def read_csv(settings: Settings, name: str) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO((settings.reports_dir / name).read_text())))
+    raw = (settings.reports_dir / name).read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark, for Excel
+    return list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"))))
 
 
 @pytest.fixture
@@ -155,11 +157,16 @@ def test_monthly_report_has_the_months_figures_and_a_rerun_replaces_it(
     # the HTML page: a chart with one bar per day
     page = (settings.reports_dir / str(report.html_path)).read_text()
     svg = ElementTree.fromstring(page[page.index("<svg") : page.index("</svg>") + len("</svg>")])  # noqa: S314 - our own file
-    bars = svg.findall("{http://www.w3.org/2000/svg}rect")
+    bars = [r for r in svg.iter("{http://www.w3.org/2000/svg}rect") if "reactive" in r.get("class", "")]
     assert len(bars) == 31
     heights = [float(bar.get("height", "0")) for bar in bars]
     assert max(heights) > min(heights) > 0  # bars scaled to the day's sales
-    assert "monthly report 2026-10" in page
+    assert "<h1>月报 2026-10</h1>" in page  # MALLOPS_REPORT_LANGUAGE: zh_CN
+    assert str(report.html_path).endswith(".zh_CN.html")
+    assert (
+        "<h1>Monthly report 2026-10</h1>"
+        in (settings.reports_dir / str(report.html_path)).with_name("monthly-2026-10.en.html").read_text()
+    )
 
     # a re-run of the same month after the data changed: same row, new figures, no duplicate
     with session_scope(settings) as session:
@@ -198,7 +205,8 @@ def test_daily_and_weekly_reports_use_shanghai_days(
         assert_figures(week.data, expected_figures(session, week.period_start, week.period_end, whole_days=True))
     assert [d["day"] for d in week.data["sales"]["by_day"]] == [f"2026-11-{d:02d}" for d in range(9, 16)]
     assert (settings.reports_dir / "daily" / "daily-2026-11-14.csv").is_file()
-    assert (settings.reports_dir / "weekly" / "weekly-2026-W46.html").is_file()
+    assert (settings.reports_dir / "weekly" / "weekly-2026-W46.zh_CN.html").is_file()
+    assert (settings.reports_dir / "weekly" / "weekly-2026-W46.en.html").is_file()
 
 
 def test_hourly_report_counts_the_payments_of_that_hour(

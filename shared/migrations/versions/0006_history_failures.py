@@ -1,7 +1,7 @@
 """task history: a failure's traceback, the task's arguments as JSON, the task a retry repeats
 
-Revision ID: 0005_failures
-Revises: 0004_security
+Revision ID: 0006_failures
+Revises: 0005_request_id
 Create Date: 2026-12-07
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005_failures"
-down_revision: str | None = "0004_security"
+revision: str = "0006_failures"
+down_revision: str | None = "0005_request_id"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
