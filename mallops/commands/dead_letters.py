@@ -56,7 +56,14 @@ def list_letters(
     offset: Annotated[int, typer.Option(min=0, help="Skip this many (the next page).")] = 0,
     as_json: JsonOption = False,
 ) -> None:
-    """Dead letters, newest first: id, when, kind, task, queue, reason."""
+    """Dead letters, newest first: id, when, kind, task, queue, reason.
+
+    Examples:
+
+      \b
+      mallops dead-letters list
+      mallops dead-letters list --exception PoisonMessage --since 1d
+    """
     with client() as mallops:
         page = mallops.dead_letters(**_filters(task, queue, exception, since, until), limit=limit, offset=offset)
     if as_json:
@@ -74,7 +81,13 @@ def list_letters(
 @app.command("show")
 @handles_errors
 def show(letter_id: Annotated[str, typer.Argument(help="The dead letter's id.")], as_json: JsonOption = False) -> None:
-    """One dead letter with its whole message (headers and body)."""
+    """One dead letter with its whole message (headers and body).
+
+    Examples:
+
+      \b
+      mallops dead-letters show 9c1e0d2b4f6a48e39d8e7c6b5a4f3e2d
+    """
     with client() as mallops:
         letter = mallops.dead_letter(letter_id)
     if as_json:
@@ -98,7 +111,15 @@ def replay(
     dry_run: DryRun = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Put dead letters back onto their queues: by id, or every one the options select."""
+    """Put dead letters back onto their queues: by id, or every one the options select.
+
+    Examples:
+
+      \b
+      mallops dead-letters replay 9c1e0d2b4f6a48e39d8e7c6b5a4f3e2d
+      mallops dead-letters replay --task export_data --dry-run
+      mallops dead-letters replay --exception PoisonMessage --force
+    """
     filters = _filters(task, queue, exception, since, until)
     with client() as mallops:
         if ids and not dry_run and not any(filters.values()):
@@ -138,7 +159,14 @@ def drop(
     dry_run: DryRun = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Forget dead letters for good: by id, or every one the options select (--all for all)."""
+    """Forget dead letters for good: by id, or every one the options select (--all for all).
+
+    Examples:
+
+      \b
+      mallops dead-letters drop 9c1e0d2b4f6a48e39d8e7c6b5a4f3e2d
+      mallops dead-letters drop --queue default --dry-run
+    """
     filters = _filters(task, queue, exception, since, until)
     with client() as mallops:
         if ids:

@@ -205,7 +205,10 @@ def _task_combos(counters: dict[str, dict[tuple[str, ...], float]]) -> set[tuple
     happened, as celery-exporter does (a task's counters move together; none is missing from a sum)."""
     # not from task-sent: its hostname is the sender's (a gateway, beat), which runs nothing (celery-exporter
     # leaves it out for the same reason)
-    combos = {_combo(metric, values) for metric, series in counters.items() if metric != SENT for values in series}
+    task_counters = {metric for metric, _ in COUNTERS.values()} - {SENT}  # celery_task_*, not mallops_task_failures
+    combos = {
+        _combo(metric, values) for metric, series in counters.items() if metric in task_counters for values in series
+    }
     seen = {name for name, _, _ in combos}
     combos |= {(name, "", queue) for name, queue in CATALOG_TASKS if name not in seen}
     return combos
