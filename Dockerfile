@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # One image for every mallops Python service; compose picks the service by its command
-# (`mallops serve <name>`, see shared/services.py). Build: docker compose build (or docker build .).
+# (`mallops serve <name>`, see mallops/services.py). Build: docker compose build (or docker build .).
 #
 # Debian 12 (bookworm) gives postgresql-client 15: pg_dump for backup_database, matching the
 # postgres:15 server of compose.yaml (pg_dump's major version must be >= the server's).

@@ -33,7 +33,7 @@ from sqlalchemy import delete, func, select
 from bench import http_load
 from bench.measure import PeakRSS, cpu_per_task, median_cpu, percentiles, spread, tree_memory
 from bench.noop_app import QUEUE, TASK
-from shared.cache import EVENT_STREAM
+from shared.contracts import EVENT_STREAM, MONITOR_GROUP
 from shared.db import migrate, reset_engines, session_scope
 from shared.models import TaskRecord
 from shared.settings import Settings
@@ -48,7 +48,6 @@ RAW_ROLES = ("raw worker", *SHARED_ROLES)
 EVENTS_ROLES = ("events worker", "events consumer (EventReceiver+State)", *SHARED_ROLES)
 MALLOPS_ROLES = ("mallops gateway", "mallops worker (events on)", "mallops monitor", *SHARED_ROLES)
 RAW_QUEUE, EVENTS_QUEUE = QUEUE, f"{QUEUE}-events"  # one queue per stack: all three stay up together
-MONITOR_GROUP = "mallops-monitor"
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from mallops.commands import register as register_operator_commands
-from shared.services import SERVICE_NAMES
+from mallops.services import SERVICE_NAMES
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -51,7 +51,7 @@ def _root(
     """Operate the mallops task platform."""
 
 
-RUNNABLE = SERVICE_NAMES  # shared/services.py: the one list of the platform's processes
+RUNNABLE = SERVICE_NAMES  # mallops/services.py: the one list of the platform's processes
 register_operator_commands(app)  # tasks, workers, doctor, dev, ...: mallops/commands/
 
 
@@ -107,7 +107,7 @@ def migrate() -> None:
     else:
         typer.echo(f"database schema is up to date (revision {after})")
     if get_settings().demo_data:
-        from shared import demo_data as demo
+        from mallops import demo_data as demo
         from shared.db import session_scope
 
         try:
@@ -147,7 +147,7 @@ def demo_data(
       mallops demo-data
       mallops demo-data --stores 50 --months 3 --reset
     """
-    from shared import demo_data as demo
+    from mallops import demo_data as demo
     from shared.db import migrate as run_migrations
     from shared.db import session_scope
 

@@ -31,10 +31,9 @@ from typing import Any, Self
 import httpx
 
 from mallops.config import ClientConfig, load_config
+from shared.contracts import FAILED_STATES, FINAL_STATES, TaskState
 
 API = "/api/v1"
-FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED"})
-FAILED_STATES = frozenset({"FAILURE", "REVOKED", "REJECTED"})
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -178,7 +177,7 @@ class Task:
         return cls(
             task_id=str(data.get("task_id", "")),
             task_name=str(data.get("task_name") or ""),
-            status=str(data.get("status") or data.get("state") or "PENDING").upper(),
+            status=str(data.get("status") or data.get("state") or TaskState.PENDING).upper(),
             queue=data.get("queue"),
             result=data.get("result"),
             error=str(error) if error not in (None, "") else None,
@@ -192,7 +191,7 @@ class Task:
 
     @property
     def successful(self) -> bool:
-        return self.status == "SUCCESS"
+        return self.status == TaskState.SUCCESS
 
     @property
     def failed(self) -> bool:

@@ -6,12 +6,12 @@ What it does, in order:
    with AOF on, on a free loopback port, its data in ``<data_dir>/dev/redis``.
 2. The database (embedded SQLite under the data dir unless ``MALLOPS_DATABASE_URL``): ``mallops migrate``,
    and ``mallops demo-data`` on the first start.
-3. Every service of :mod:`shared.services` with exactly its command (``mallops serve <name>``), plus a
+3. Every service of :mod:`mallops.services` with exactly its command (``mallops serve <name>``), plus a
    local SMTP catcher (aiosmtpd's ``Mailbox`` handler) that stores every e-mail in a maildir, all under
    honcho's process manager: output multiplexed with a prefix per process; Ctrl-C or SIGTERM stops every
    child (SIGTERM to each process group, SIGKILL after honcho's grace period); a child that dies stops
    the whole stack with a non-zero exit.
-4. Ready when every readiness probe of :mod:`shared.services` passes (gateway ``/readyz`` 200, each
+4. Ready when every readiness probe of :mod:`mallops.services` passes (gateway ``/readyz`` 200, each
    worker answers a ping, beat holds the RedBeat lock, the monitor's ``/health`` is 200) and the SMTP
    catcher accepts connections. It then waits for the start-up burst of output to settle (the first
    beat run, the workers' start lines) so that its ready banner (the URLs, the admin token, where
@@ -43,8 +43,8 @@ from typing import Any, TextIO
 from honcho.manager import Manager
 from honcho.printer import Message, Printer
 
+from mallops.services import SERVICE_SPECS, ServiceSpec, probe
 from shared.files import atomic_write
-from shared.services import SERVICE_SPECS, ServiceSpec, probe
 from shared.settings import Settings
 
 REDIS_MISSING = (
@@ -439,23 +439,9 @@ class DevStack:
                 return
         self._announce(manager, took)
 
-    def _announce(self, manager: StackManager, took: float) -> None:
+    def _write_env(self, settings: Settings) -> Path:
+        """``.dev/env``: the exports that point the CLI (and a fresh shell) at this stack."""
         plan = self.plan
-        settings = plan.child_settings()
-        info: dict[str, Any] = {
-            "ready": True,
-            "pid": os.getpid(),
-            "gateway_url": plan.gateway_url,
-            "docs_url": plan.gateway_url + "/docs",
-            "metrics_url": plan.metrics_url,
-            "admin_token": plan.admin_token,
-            "mail_dir": str(plan.mail_dir),
-            "smtp": f"127.0.0.1:{settings.smtp_port}",
-            "redis_url": plan.env["MALLOPS_REDIS_URL"],
-            "database_url": settings.sqlalchemy_url,
-            "data_dir": str(plan.data_dir),
-            "processes": manager.pids(),
-        }
         env_file = plan.dev_dir / "env"
         exports = {
             "MALLOPS_URL": plan.gateway_url,
@@ -475,8 +461,27 @@ class DevStack:
         if bin_dir is not None:  # `mallops ping` works in a fresh shell, without activating the venv
             lines_out.append(f'export PATH={shlex.quote(str(bin_dir))}:"$PATH"\n')
         write_private(env_file, "".join(lines_out))
-        stack_file = plan.dev_dir / "stack.json"
-        write_private(stack_file, json.dumps(info, indent=2) + "\n")
+        return env_file
+
+    def _announce(self, manager: StackManager, took: float) -> None:
+        plan = self.plan
+        settings = plan.child_settings()
+        info: dict[str, Any] = {
+            "ready": True,
+            "pid": os.getpid(),
+            "gateway_url": plan.gateway_url,
+            "docs_url": plan.gateway_url + "/docs",
+            "metrics_url": plan.metrics_url,
+            "admin_token": plan.admin_token,
+            "mail_dir": str(plan.mail_dir),
+            "smtp": f"127.0.0.1:{settings.smtp_port}",
+            "redis_url": plan.env["MALLOPS_REDIS_URL"],
+            "database_url": settings.sqlalchemy_url,
+            "data_dir": str(plan.data_dir),
+            "processes": manager.pids(),
+        }
+        env_file = self._write_env(settings)
+        write_private(plan.dev_dir / "stack.json", json.dumps(info, indent=2) + "\n")
         token_note = (
             " (generated; kept in " + str(plan.dev_dir / "admin-token") + ")"
             if not plan.settings.bootstrap_admin_token.get_secret_value()

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) >= 2 and args[0] == "serve" and not args[1].startswith("-"):
-        from shared.services import SERVICE_NAMES
+        from mallops.services import SERVICE_NAMES
 
         if args[1] in SERVICE_NAMES:
             try:

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from mallops.client import Client, MallopsError
 from mallops.config import ConfigError
+from shared.contracts import TaskState
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_TIMEOUT = 0, 1, 2, 3, 4, 5
 
@@ -37,16 +38,18 @@ WideOption = Annotated[bool, typer.Option("--wide", "-w", help="Full ids and tim
 SHORT_ID = 8
 
 STATUS_STYLES = {
-    "SUCCESS": "green",
-    "FAILURE": "bold red",
-    "REVOKED": "magenta",
-    "REJECTED": "red",
-    "RETRY": "yellow",
-    "STARTED": "cyan",
-    "PROGRESS": "cyan",
-    "RECEIVED": "blue",
-    "PENDING": "dim",
-    "SENT": "dim",
+    TaskState.SUCCESS: "green",
+    TaskState.FAILURE: "bold red",
+    TaskState.REVOKED: "magenta",
+    TaskState.REJECTED: "red",
+    TaskState.RETRY: "yellow",
+    TaskState.REQUEUED: "yellow",
+    TaskState.STARTED: "cyan",
+    TaskState.PROGRESS: "cyan",
+    TaskState.RECEIVED: "blue",
+    TaskState.PENDING: "dim",
+    TaskState.SCHEDULED: "dim",
+    TaskState.SENT: "dim",
     "online": "green",
     "offline": "red",
     "ok": "green",

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from shared.history import decode_cursor, encode_cursor
+from shared.cursors import decode_cursor, encode_cursor
 from shared.models import AuditEntry, utcnow
 
 MAX_PAGE = 500

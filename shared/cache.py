@@ -1,6 +1,6 @@
-"""Redis for everything that is not the broker: cache, event stream, quotas, access-log buffer.
+"""Redis clients for everything that is not the broker: cache, event stream, quotas, access-log buffer.
 
-Key names that more than one service uses are defined here and nowhere else.
+The key names are contracts (:mod:`shared.contracts`).
 """
 
 from __future__ import annotations
@@ -10,26 +10,6 @@ import functools
 import redis
 
 from shared.settings import Settings, get_settings
-
-KEY_PREFIX = "mallops:"
-CACHE_PREFIX = "mallops:cache:"
-# The gateway RPUSHes one JSON object per request; process_access_logs drains it. Fields:
-# request_id, ts (ISO 8601 UTC), method, path, status, duration_ms, principal, client_ip
-ACCESS_LOG_BUFFER = "mallops:access_log"
-# Lifecycle events (shared/events.py writes, services/monitor reads with a consumer group)
-EVENT_STREAM = "mallops:events"
-# Worker liveness: hostname -> JSON {hostname, service, pid, queues, active, processed, last_heartbeat,
-# status, concurrency}; written by each worker's heartbeat, read by shared.history.list_workers
-WORKERS_KEY = "mallops:workers"
-# Poison messages (shared.tasks): runs of a redelivered message, per task id and attempt
-# (``mallops:deliveries:<task_id>:<retries>``, an integer with a TTL)
-DELIVERIES_PREFIX = "mallops:deliveries:"
-
-
-def revenue_cache_key(period: str) -> str:
-    """Where calculate_monthly_revenue caches a month (``YYYY-MM``): JSON with totals, by_category,
-    by_store; expires after an hour."""
-    return f"{CACHE_PREFIX}revenue:{period}"
 
 
 @functools.lru_cache(maxsize=8)
@@ -48,9 +28,3 @@ def consumer_loop_client(url: str) -> redis.Redis[bytes]:
     (dead letters, revocation checks): a slow Redis must not stall message consumption. redis-py's pool
     notices a fork and reconnects in the child."""
     return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-
-
-def reset_clients() -> None:
-    """Forget pooled clients (after fork, or when tests change the settings)."""
-    _client_for.cache_clear()
-    consumer_loop_client.cache_clear()

@@ -15,6 +15,7 @@ from celery import Celery
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from shared.catalog import DEFAULT_QUEUE, QUEUES, task_routes
+from shared.contracts import REDBEAT_KEY_PREFIX
 from shared.settings import Settings, get_settings
 
 HARD_TIME_LIMIT = 30 * 60
@@ -82,18 +83,11 @@ def create_celery_app(name: str = "mallops", settings: Settings | None = None) -
         broker_transport_options=broker_transport_options(settings),
         result_backend_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
         redbeat_redis_url=settings.cache_redis_url,
-        redbeat_key_prefix="mallops:redbeat:",
+        redbeat_key_prefix=REDBEAT_KEY_PREFIX,
         # explicit, so RedBeat does not fall back to (and warn about) broker_transport_options
         redbeat_redis_options={},
     )
-    if settings.events_enabled:
-        from shared import events
+    from shared import celery_extensions
 
-        events.install(app, settings)  # lifecycle events for the monitor; once per process
-    from shared import dead_letters, redelivery, revocations
-
-    redelivery.install(app, settings)  # workers without an event loop also put back a dead worker's messages
-
-    dead_letters.install(app, settings)  # a malformed message is recorded and dropped, never fatal to a worker
-    revocations.install(app, settings)  # a task revoked before a worker started is skipped by it too
+    celery_extensions.install(app, settings)  # events, dead letters, revocations, redelivery
     return app

@@ -1,6 +1,7 @@
 """Dead letters kept whole, each with a stable id: what a worker could not run, to look at, replay or drop.
 
-Workers record them (:mod:`shared.dead_letters`, :meth:`shared.tasks.MallopsTask.dead_letter`); the gateway
+Workers record them (:mod:`shared.celery_extensions.dead_letters`,
+:meth:`shared.celery_extensions.task_base.MallopsTask.dead_letter`); the gateway
 lists, replays and drops them (``/api/v1/dead-letters``); the monitor counts them (``mallops_dead_letters``).
 Three keys of the cache Redis (db 2), changed together by one script or transaction:
 
@@ -26,11 +27,12 @@ from typing import Any
 
 import redis
 
-from shared.cache import KEY_PREFIX
+from shared.contracts import DEAD_LETTER_ENTRIES_KEY, DEAD_LETTER_INDEX_KEY, DEAD_LETTER_MESSAGES_KEY
 
-INDEX_KEY = f"{KEY_PREFIX}dead_letters:index"
-ENTRIES_KEY = f"{KEY_PREFIX}dead_letters:entries"
-MESSAGES_KEY = f"{KEY_PREFIX}dead_letters:messages"
+INDEX_KEY = DEAD_LETTER_INDEX_KEY
+ENTRIES_KEY = DEAD_LETTER_ENTRIES_KEY
+MESSAGES_KEY = DEAD_LETTER_MESSAGES_KEY
+
 MAX_DEAD_LETTERS = 10_000
 REASON_CHARS = 2000
 POISON = "PoisonMessage"  # the exception of a message whose worker died in each of its runs

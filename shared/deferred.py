@@ -32,17 +32,14 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog import get_spec
-from shared.events import OWNER_HEADER
+from shared.contracts import OWNER_HEADER, DeferredState
 from shared.models import DeferredTask
 from shared.settings import Settings
 from shared.taskmeta import TaskMeta, record_published
 
 log = logging.getLogger("mallops.deferred")
 
-# the states of a deferred run (shared/contracts.py's TaskState will hold SCHEDULED once it lands)
-SCHEDULED = "SCHEDULED"
-PUBLISHED = "PUBLISHED"
-REVOKED = "REVOKED"
+SCHEDULED, PUBLISHED, REVOKED = DeferredState.SCHEDULED, DeferredState.PUBLISHED, DeferredState.REVOKED
 BATCH = 100  # rows published per beat tick at most
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 

@@ -15,8 +15,8 @@ import sys
 from contextvars import ContextVar
 from typing import Any
 
-#: the task message header that carries the submitting request's id (and the event field, history column)
-REQUEST_ID_HEADER = "mallops_request_id"
+from shared.contracts import REQUEST_ID_HEADER
+
 #: the request id of the HTTP request being handled (set by the gateway's middleware)
 request_id_var: ContextVar[str | None] = ContextVar("mallops_request_id", default=None)
 

@@ -29,6 +29,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from shared.contracts import DeferredState
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -304,7 +306,7 @@ class TaskRecord(Base):
     queue: Mapped[str | None] = mapped_column(String(50))
     state: Mapped[str] = mapped_column(String(12))
     args_summary: Mapped[str | None] = mapped_column(String(500))
-    # {"args": [...], "kwargs": {...}} as the message carried them, capped (shared.events.capped_arguments);
+    # {"args": [...], "kwargs": {...}} as the message carried them, capped (celery_extensions.events.capped_arguments);
     # the history filters on it (kwargs.<field>=<value>) and bulk retries re-send it
     arguments: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     retry_of: Mapped[str | None] = mapped_column(String(64), index=True)  # the task this one retries
@@ -315,7 +317,9 @@ class TaskRecord(Base):
     retries: Mapped[int] = mapped_column(Integer, default=0)
     exception: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
-    traceback: Mapped[str | None] = mapped_column(Text)  # the final failure's, capped (shared.events.TRACEBACK_CHARS)
+    traceback: Mapped[str | None] = mapped_column(
+        Text
+    )  # the final failure's, capped (celery_extensions.events.TRACEBACK_CHARS)
     result_summary: Mapped[str | None] = mapped_column(String(500))
     sent_at: Mapped[dt.datetime | None] = mapped_column(index=True)
     received_at: Mapped[dt.datetime | None]
@@ -362,6 +366,6 @@ class DeferredTask(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # validated keyword arguments to publish
     priority: Mapped[int | None] = mapped_column(Integer)
     eta: Mapped[dt.datetime]
-    state: Mapped[str] = mapped_column(String(12), default="SCHEDULED")
+    state: Mapped[str] = mapped_column(String(12), default=DeferredState.SCHEDULED.value)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     published_at: Mapped[dt.datetime | None]

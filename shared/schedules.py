@@ -32,11 +32,12 @@ from celery.schedules import schedule as interval_schedule
 from redbeat.schedulers import RedBeatSchedulerEntry, ensure_conf, get_redis
 
 from shared.catalog import CATALOG, Schedule, TaskSpec, get_spec
+from shared.contracts import OWNER_HEADER
 
 MIN_INTERVAL = 1.0
 MAX_INTERVAL = 31 * 24 * 3600.0
 CRON_FIELDS = ("minute", "hour", "day_of_week", "day_of_month", "month_of_year")
-BEAT_OWNER = "beat"  # the ``mallops_owner`` header of tasks that beat publishes
+BEAT_OWNER = "beat"  # the owner header of tasks that beat publishes
 FREQUENT = 300.0  # seconds: entries firing at least this often get an expiry (see entry_options)
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 META_FIELD = "mallops"  # the field of an entry's Redis hash that holds what mallops shows
@@ -268,7 +269,7 @@ def entry_options(spec: TaskSpec, schedule: Schedule) -> dict[str, Any]:
     """How beat publishes the entry: its queue, the ``beat`` owner and, for entries that fire every few
     minutes or more often, an expiry of two periods: when workers are down, a backlog of stale runs
     is skipped (the next run does the same work) instead of being run one after another."""
-    options: dict[str, Any] = {"queue": spec.queue, "headers": {"mallops_owner": BEAT_OWNER}}
+    options: dict[str, Any] = {"queue": spec.queue, "headers": {OWNER_HEADER: BEAT_OWNER}}
     if schedule.every is not None and schedule.every <= FREQUENT:
         options["expires"] = 2 * schedule.every
     elif schedule.every is None and schedule.minute == "*" and schedule.hour == "*":

@@ -84,12 +84,16 @@ class Settings(BaseSettings):
     # gateway: how long the owner and arguments of a submitted task are kept in Redis (beyond result_expires)
     task_meta_ttl_seconds: int = Field(default=7 * 86400, ge=3600)
     idempotency_ttl_seconds: int = Field(default=86400, ge=60)
+    # the operator console (/console/): a signed-in browser session lasts this many hours
+    console_session_hours: float = Field(default=8.0, gt=0, le=24 * 30)
+    # signs the console's CSRF tokens; empty: a random key kept in Redis, shared by every gateway process
+    console_secret: SecretStr = SecretStr("")
 
     worker_concurrency: int = Field(default=2, ge=1)
     task_max_retries: int = Field(default=3, ge=0)
     task_retry_backoff: float = Field(default=30.0, ge=0)
     # a message whose worker died while running it (SIGKILL, OOM, a crash) is run at most this many times;
-    # the next delivery is dead-lettered (shared.tasks, shared.dead_letter_store) and fails the task
+    # the next delivery is dead-lettered (celery_extensions.task_base, shared.dead_letter_store) and fails the task
     task_max_deliveries: int = Field(default=5, ge=1, le=1000)
     beat_max_interval: float = Field(default=5.0, gt=0, le=300)  # beat loop: runtime edits apply within it
     beat_lock_timeout: int = Field(default=30, ge=5)  # a dead beat's lock frees after this many seconds
@@ -110,7 +114,7 @@ class Settings(BaseSettings):
     # `mallops migrate` also loads the demo mall when the database has none (compose's one-shot migrate)
     demo_data: bool = False
 
-    # lifecycle events (shared/events.py) and the monitor (services/monitor)
+    # lifecycle events (shared/celery_extensions/events.py) and the monitor (services/monitor)
     events_enabled: bool = True
     events_stream_maxlen: int = Field(default=500_000, ge=1000)  # approximate (XADD MAXLEN ~)
     events_flush_interval: float = Field(default=0.1, gt=0, le=10)  # seconds a buffered event may wait

@@ -16,11 +16,12 @@ from typing import Any
 
 import redis
 
-META_KEY = "mallops:gw:task:"
-RECENT_ALL = "mallops:gw:recent"
-RECENT_OWNER = "mallops:gw:recent:"
-UNFINISHED = "mallops:gw:unfinished:"
-RESULT_KEY = "celery-task-meta-"
+from shared.contracts import GATEWAY_KEY_PREFIX
+
+META_KEY = f"{GATEWAY_KEY_PREFIX}task:"
+RECENT_ALL = f"{GATEWAY_KEY_PREFIX}recent"
+RECENT_OWNER = f"{GATEWAY_KEY_PREFIX}recent:"
+UNFINISHED = f"{GATEWAY_KEY_PREFIX}unfinished:"
 RECENT_MAX = 100_000
 RECENT_OWNER_MAX = 20_000
 

@@ -204,7 +204,12 @@ def verify_token(session: Session, token: str) -> Principal | None:
     """
     if not token or len(token) > 512:
         return None
-    digest = hash_token(token)
+    return verify_digest(session, hash_token(token))
+
+
+def verify_digest(session: Session, digest: str) -> Principal | None:
+    """The principal of the active token whose sha256 is ``digest`` (what a console session keeps
+    instead of the token), or None for an unknown, revoked or expired one."""
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
     if row is None or not hmac.compare_digest(row.token_hash, digest):
         return None

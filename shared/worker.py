@@ -10,8 +10,8 @@ from typing import Any
 from celery import Celery, signals
 from celery.exceptions import SecurityWarning
 
-from shared.cache import EVENT_STREAM
 from shared.catalog import SERVICE_QUEUES
+from shared.contracts import EVENT_STREAM
 from shared.logs import configure_logging
 from shared.settings import get_settings
 

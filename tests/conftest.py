@@ -13,15 +13,15 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
-from shared.cache import reset_clients
-from shared.db import migrate, reset_engines, session_scope
+from shared.db import make_engine, migrate, reset_engines, session_scope
 from shared.settings import Settings, get_settings
 from tests.harness import Process, RedisServer, start_redis, start_worker
 
@@ -106,8 +106,7 @@ def service_env(
     saved = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
     get_settings.cache_clear()
-    reset_engines()
-    reset_clients()
+    reset_engines()  # pooled Redis clients are per URL: they need no reset
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOPS_")} | values
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
     yield env
@@ -117,7 +116,6 @@ def service_env(
         else:
             os.environ[key] = old
     get_settings.cache_clear()
-    reset_clients()
 
 
 @pytest.fixture(scope="session")
@@ -131,10 +129,56 @@ def migrated(settings: Settings) -> Settings:
     return settings
 
 
+@pytest.fixture(scope="session")
+def savepoint_engine(migrated: Settings) -> Iterator[Engine]:
+    """An engine of the tests' own for :func:`db`. On SQLite it carries SQLAlchemy's documented pysqlite
+    workaround (the driver's own transaction handling breaks SAVEPOINT: turn it off and emit BEGIN
+    ourselves), which production engines do not need."""
+    engine = make_engine(migrated.sqlalchemy_url)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _no_pysqlite_transactions(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN")
+
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def db(savepoint_engine: Engine) -> Iterator[Session]:
+    """A session inside a transaction that is rolled back after the test ("Joining a Session into an
+    External Transaction"): what the test writes is never committed, so tests need no cleanup and see no
+    one else's rows. A commit in the code under test releases a SAVEPOINT instead. Only for tests whose
+    data no other process (worker, gateway) has to read."""
+    with savepoint_engine.connect() as connection:
+        transaction = connection.begin()
+        session = Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+        try:
+            yield session
+        finally:
+            session.close()
+            transaction.rollback()
+
+
+@pytest.fixture
+def demo(db: Session) -> Session:
+    """The demo mall of :func:`demo_db`, inside the test's rolled-back transaction (for tests that need
+    no other process to see it)."""
+    from mallops.demo_data import generate
+
+    generate(db, stores=20, months=3, seed=7, as_of=DEMO_AS_OF, reset=True)
+    return db
+
+
 @pytest.fixture
 def demo_db(migrated: Settings) -> Settings:
     """A small deterministic demo mall (20 stores, 3 months to DEMO_AS_OF), replaced for each test."""
-    from shared.demo_data import generate
+    from mallops.demo_data import generate
 
     with session_scope(migrated) as session:
         generate(session, stores=20, months=3, seed=7, as_of=DEMO_AS_OF, reset=True)

@@ -94,3 +94,38 @@ def test_every_service_folder_is_a_package() -> None:
     expected = {"gateway", "finance", "reports", "notifier", "monitor", "maintenance"}
     present = {p.name for p in SERVICES_DIR.iterdir() if (p / "__init__.py").exists()}
     assert expected <= present
+
+
+MAX_FUNCTION_LINES = 60
+LONG_REASON = "# long:"  # written on the line above a function that must stay longer, with the reason
+
+
+def long_functions(root: Path) -> list[str]:
+    """Production functions over MAX_FUNCTION_LINES lines without a ``# long:`` reason (migrations excepted)."""
+    found = []
+    for package in ("shared", "services", "mallops"):
+        for path in sorted((root / package).rglob("*.py")):
+            if "migrations" in path.parts:
+                continue
+            lines = path.read_text().splitlines()
+            for node in ast.walk(ast.parse("\n".join(lines), filename=str(path))):
+                if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) or node.end_lineno is None:
+                    continue
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                reason = first >= 2 and lines[first - 2].strip().startswith(LONG_REASON)
+                if node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES and not reason:
+                    found.append(f"{path.relative_to(root)}:{node.lineno} {node.name}")
+    return found
+
+
+def test_no_production_function_is_long_without_a_reason() -> None:
+    assert long_functions(ROOT) == []
+
+
+def test_the_length_check_finds_a_long_function_and_accepts_a_reason(tmp_path: Path) -> None:
+    for package in ("shared", "services", "mallops"):
+        (tmp_path / package).mkdir()
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+    (tmp_path / "services" / "long.py").write_text(f"def long() -> None:\n{body}")
+    (tmp_path / "shared" / "ok.py").write_text(f"{LONG_REASON} a table of constants\ndef table() -> None:\n{body}")
+    assert long_functions(tmp_path) == ["services/long.py:1 long"]

@@ -34,7 +34,7 @@ from mallops.output import (
     print_table,
     say_error,
 )
-from shared.services import SERVICE_SPECS, WORKER_SERVICES, redbeat_lock_key
+from mallops.services import SERVICE_SPECS, WORKER_SERVICES, redbeat_lock_key
 from shared.settings import Settings, get_settings
 
 Status = Literal["ok", "warning", "problem", "not checked"]
@@ -197,7 +197,7 @@ def check_smtp(settings: Settings) -> list[Check]:
 
 
 def check_queues_and_workers(settings: Settings) -> list[Check]:
-    from shared.history import list_workers, queue_lengths
+    from shared.workers import list_workers, queue_lengths
 
     workers = list_workers(settings)
     lengths = queue_lengths(settings, workers)
@@ -262,7 +262,7 @@ def check_monitor(settings: Settings) -> list[Check]:
     import httpx
     import redis
 
-    from shared.cache import EVENT_STREAM
+    from shared.contracts import EVENT_STREAM
 
     base = SERVICE_SPECS["monitor"].base_url(settings)
     try:

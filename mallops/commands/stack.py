@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from shared.services import SERVICE_NAMES, get_service, probe
+from mallops.services import SERVICE_NAMES, get_service, probe
 
 EXIT_OK, EXIT_NOT_READY, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 

@@ -38,6 +38,7 @@ from mallops.output import (
     print_table,
     stderr,
 )
+from shared.contracts import TaskState
 
 app = typer.Typer(
     help="Submit, follow and manage tasks. A task id may be given by any unique prefix (the 8 characters tables show).",
@@ -261,7 +262,7 @@ def retry(
     """
     if task_id is None:
         filters = bulk_filters(
-            "FAILURE" if failed and not status else status, task, since, until, where, limit, dry_run
+            TaskState.FAILURE.value if failed and not status else status, task, since, until, where, limit, dry_run
         )
         with client() as mallops:
             answer = mallops.retry_many(**filters)
@@ -348,7 +349,7 @@ def _follow_with_bar(mallops: Client, task_id: str, timeout: float | None, err: 
         console=err,
         transient=False,
     ) as bar:
-        bar_id: TaskID = bar.add_task(task_id[:8], total=None, state="PENDING")
+        bar_id: TaskID = bar.add_task(task_id[:8], total=None, state=TaskState.PENDING)
 
         def update(task: Task) -> None:
             if task.progress is not None and task.progress.total:

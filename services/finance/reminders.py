@@ -13,6 +13,7 @@ import datetime as dt
 import string
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select
@@ -134,45 +135,10 @@ def prepare(
     ``days_overdue`` days past its due date.
     """
     run = ReminderRun(today)
-    query = (
-        select(Bill, Tenant, Store)
-        .join(Tenant, Tenant.id == Bill.tenant_id)
-        .join(Store, Store.id == Bill.store_id)
-        .where(Bill.status == "overdue")
-        .order_by(Bill.id)
-    )
-    if bill_ids is not None:
-        wanted = sorted(set(bill_ids))
-        rows: list[tuple[Bill, Tenant, Store]] = []
-        for i in range(0, len(wanted), INSERT_BATCH):
-            rows.extend(session.execute(query.where(Bill.id.in_(wanted[i : i + INSERT_BATCH]))).all())
-        run.not_overdue = len(wanted) - len(rows)
-    else:
-        cutoff = today - dt.timedelta(days=days_overdue or 0)
-        rows = list(session.execute(query.where(Bill.due_date <= cutoff)).all())
+    rows = _overdue_rows(session, run, today, bill_ids, days_overdue)
     run.bills = len(rows)
-
     now = utcnow()
-    values = []
-    for bill, tenant, store in rows:
-        language, subject, message = render(bill, tenant, store, today)
-        address = _valid_address(tenant.email)
-        values.append(
-            {
-                "dedupe_key": dedupe_key(bill.id, today),
-                "kind": KIND,
-                "tenant_id": tenant.id,
-                "bill_id": bill.id,
-                "email": address or tenant.email,
-                "subject": subject,
-                "message": message,
-                "language": language,
-                "status": "queued" if address else "failed",
-                "error": None if address else f"invalid e-mail address {tenant.email!r}",
-                "created_at": now,
-            }
-        )
-    keys = [v["dedupe_key"] for v in values]
+    values = [_reminder_row(bill, tenant, store, today, now) for bill, tenant, store in rows]
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     for i in range(0, len(values), INSERT_BATCH):
         created = session.execute(
@@ -182,7 +148,54 @@ def prepare(
             .returning(Notification.id)
         )
         run.created += len(created.all())
+    _sort_out(session, run, [v["dedupe_key"] for v in values])
+    return run
 
+
+def _overdue_rows(
+    session: Session, run: ReminderRun, today: dt.date, bill_ids: list[int] | None, days_overdue: int | None
+) -> list[tuple[Bill, Tenant, Store]]:
+    """The selected overdue bills with their tenant and store (counting the requested ids that are not)."""
+    query = (
+        select(Bill, Tenant, Store)
+        .join(Tenant, Tenant.id == Bill.tenant_id)
+        .join(Store, Store.id == Bill.store_id)
+        .where(Bill.status == "overdue")
+        .order_by(Bill.id)
+    )
+    if bill_ids is None:
+        cutoff = today - dt.timedelta(days=days_overdue or 0)
+        return [(bill, tenant, store) for bill, tenant, store in session.execute(query.where(Bill.due_date <= cutoff))]
+    wanted = sorted(set(bill_ids))
+    rows: list[tuple[Bill, Tenant, Store]] = []
+    for i in range(0, len(wanted), INSERT_BATCH):
+        batch = session.execute(query.where(Bill.id.in_(wanted[i : i + INSERT_BATCH])))
+        rows.extend((bill, tenant, store) for bill, tenant, store in batch)
+    run.not_overdue = len(wanted) - len(rows)
+    return rows
+
+
+def _reminder_row(bill: Bill, tenant: Tenant, store: Store, today: dt.date, now: dt.datetime) -> dict[str, Any]:
+    """Today's notification row for an overdue bill (failed at once when the address is invalid)."""
+    language, subject, message = render(bill, tenant, store, today)
+    address = _valid_address(tenant.email)
+    return {
+        "dedupe_key": dedupe_key(bill.id, today),
+        "kind": KIND,
+        "tenant_id": tenant.id,
+        "bill_id": bill.id,
+        "email": address or tenant.email,
+        "subject": subject,
+        "message": message,
+        "language": language,
+        "status": "queued" if address else "failed",
+        "error": None if address else f"invalid e-mail address {tenant.email!r}",
+        "created_at": now,
+    }
+
+
+def _sort_out(session: Session, run: ReminderRun, keys: list[str]) -> None:
+    """Today's rows of the selected bills: queued ones are to send; the others were dealt with before."""
     for i in range(0, len(keys), INSERT_BATCH):
         for row in session.scalars(
             select(Notification)
@@ -195,4 +208,3 @@ def prepare(
                 run.invalid_address += 1
             else:  # sent, being sent, or failed at the SMTP server: not again today
                 run.already_reminded += 1
-    return run

@@ -1,7 +1,7 @@
 """Monthly revenue: payments received in a calendar month (local time), by store and by category.
 
 Stored in ``monthly_revenue`` (one row per store with payments; a re-run replaces the month's rows)
-and cached in Redis for an hour under :func:`shared.cache.revenue_cache_key`.
+and cached in Redis for an hour under :func:`shared.contracts.revenue_cache_key`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from services.finance.periods import month_bounds
-from shared.cache import revenue_cache_key
+from shared.contracts import revenue_cache_key
 from shared.models import MonthlyRevenue, Payment, Store, utcnow
 
 CENT = Decimal("0.01")

@@ -16,9 +16,10 @@ from services.finance import billing, reminders, revenue
 from services.finance.periods import local_today, local_zone, previous_month
 from shared.cache import redis_client
 from shared.catalog import CATALOG
+from shared.celery_extensions.task_base import MallopsTask, register
+from shared.contracts import OWNER_HEADER
 from shared.db import session_scope
-from shared.settings import get_settings
-from shared.tasks import MallopsTask, TransientError, register
+from shared.errors import TransientError
 
 REMINDER_BATCH = 500  # bill ids per send_bill_reminders message
 REMINDER_GRACE = dt.timedelta(minutes=5)  # an overdue bill with no reminder row after this was left behind
@@ -27,8 +28,8 @@ ORPHAN_LOOKBACK = dt.timedelta(days=2)  # how far back check_pending_bills looks
 
 def _owner_headers(task: MallopsTask) -> dict[str, str]:
     """Follow-up tasks keep the owner of the task that caused them."""
-    owner = task.request.get("mallops_owner")
-    return {"mallops_owner": str(owner)} if owner else {}
+    owner = task.request.get(OWNER_HEADER)
+    return {OWNER_HEADER: str(owner)} if owner else {}
 
 
 def _enqueue(task: MallopsTask, name: str, kwargs: dict[str, Any]) -> None:
@@ -37,7 +38,7 @@ def _enqueue(task: MallopsTask, name: str, kwargs: dict[str, Any]) -> None:
 
 
 def check_pending_bills(task: MallopsTask, as_of: dt.date | None) -> dict[str, object]:
-    settings = get_settings()
+    settings = task.settings
     day = as_of or local_today(local_zone(settings.timezone))
     now = dt.datetime.now(dt.UTC)
     with session_scope(settings) as session:
@@ -64,7 +65,7 @@ def check_pending_bills(task: MallopsTask, as_of: dt.date | None) -> dict[str, o
 
 
 def send_bill_reminders(task: MallopsTask, bill_ids: list[int] | None, days_overdue: int | None) -> dict[str, object]:
-    settings = get_settings()
+    settings = task.settings
     today = local_today(local_zone(settings.timezone))
     with session_scope(settings) as session:
         run = reminders.prepare(
@@ -76,7 +77,7 @@ def send_bill_reminders(task: MallopsTask, bill_ids: list[int] | None, days_over
 
 
 def calculate_monthly_revenue(task: MallopsTask, year: int | None, month: int | None) -> dict[str, object]:
-    settings = get_settings()
+    settings = task.settings
     tz = local_zone(settings.timezone)
     if year is None or month is None:
         year, month = previous_month(local_today(tz))

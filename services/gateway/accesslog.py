@@ -1,5 +1,5 @@
 """The access-log buffer: every request is appended, in the background, to the Redis list
-``shared.cache.ACCESS_LOG_BUFFER`` that the reports worker's process_access_logs drains.
+``shared.contracts.ACCESS_LOG_BUFFER`` that the reports worker's process_access_logs drains.
 
 Requests never wait for Redis: entries go into a bounded in-process queue and a background task RPUSHes
 them in pipelined batches. If Redis is down, entries wait (up to ``MAX_PENDING``, then the oldest are
@@ -18,7 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from shared.cache import ACCESS_LOG_BUFFER
+from shared.contracts import ACCESS_LOG_BUFFER
 
 log = logging.getLogger("mallops.gateway.access")
 

@@ -11,6 +11,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway import problems
+from services.gateway.console import install_console
+from services.gateway.console import pages as console_pages
+from services.gateway.docs import install_docs
 from services.gateway.middleware import AccountingMiddleware, BodyLimitMiddleware
 from services.gateway.openapi import install_openapi
 from services.gateway.routes import (
@@ -65,11 +68,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # /docs and /redoc: services.gateway.docs, with no CDN
         redoc_url=None,
         openapi_url="/openapi.json",
     )
     problems.install_handlers(app)
+    install_console(app)  # before the routers: its static files must win over the console's catch-all 404
     # history and bulk first: /tasks/history, /tasks/stats, /tasks/retry must win over /tasks/{task_id}
     routers = (
         history.router,
@@ -83,12 +87,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tokens.router,
         audit.router,
         system.router,
+        console_pages.router,
     )
     for router in routers:
         app.include_router(router)
     # every route with its full path, for the Allow header of a 405 (included routers are nested)
     app.state.flat_routes = [route for router in routers for route in router.routes]
     install_openapi(app)
+    install_docs(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -34,21 +34,26 @@ class TokenCache:
 
     async def principal(self, token: str) -> Principal | None:
         """The principal of an active token, or None."""
-        key = tokens.hash_token(token)
+        if not token or len(token) > 512:
+            return None
+        return await self.principal_for_digest(tokens.hash_token(token))
+
+    async def principal_for_digest(self, key: str) -> Principal | None:
+        """The principal of the active token whose sha256 is ``key`` (a console session keeps only that)."""
         now = time.monotonic()
         hit = self._entries.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
-        principal = await run_in_threadpool(self._lookup, token)
+        principal = await run_in_threadpool(self._lookup, key)
         if self._ttl > 0:
             if len(self._entries) >= MAX_ENTRIES:
                 self._entries.clear()
             self._entries[key] = (now + self._ttl, principal)
         return principal
 
-    def _lookup(self, token: str) -> Principal | None:
+    def _lookup(self, digest: str) -> Principal | None:
         with self._sessions() as session, session.begin():
-            principal = tokens.verify_token(session, token)
+            principal = tokens.verify_digest(session, digest)
             if principal is not None:
                 tokens.touch_last_used(session, principal.name)
             return principal

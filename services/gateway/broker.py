@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import uuid
-from bisect import bisect
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -32,9 +31,8 @@ from celery import Celery, signals
 from kombu.serialization import dumps as kombu_dumps
 from starlette.concurrency import run_in_threadpool
 
-# kombu.transport.redis.Channel: how a message's priority picks its list
-PRIORITY_STEPS = (0, 3, 6, 9)
-PRIORITY_SEPARATOR = "\x06\x16"
+from shared.contracts import priority_queue_key
+
 MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 0, 9, 0
 PERSISTENT = 2
 
@@ -45,12 +43,6 @@ def message_priority(priority: Any) -> int:
         return max(min(int(priority), MAX_PRIORITY), MIN_PRIORITY)
     except (TypeError, ValueError):
         return DEFAULT_PRIORITY
-
-
-def list_key(queue: str, priority: int) -> str:
-    """The Redis list kombu pushes a message of ``priority`` onto: the queue's, or a priority step's."""
-    step = PRIORITY_STEPS[bisect(PRIORITY_STEPS, priority) - 1]
-    return f"{queue}{PRIORITY_SEPARATOR}{step}" if step else queue
 
 
 def delivery_tags(count: int) -> list[str]:
@@ -186,7 +178,7 @@ class Publisher:
             priority = message_priority(properties.get("priority"))
             pushes.append(
                 (
-                    list_key(message.queue, priority),
+                    priority_queue_key(message.queue, priority),
                     envelope(body, task_headers, properties, message.queue, properties.get("priority"), tag),
                 )
             )

@@ -3,7 +3,7 @@
 A :class:`Selection` is the history's filters (task name, states, owner, time, argument values). Retrying
 re-submits each selected FAILURE or REVOKED task with the arguments its history row keeps (a new task id,
 ``retry_of`` the old one), in its owner's name; revoking records every selected unfinished task as revoked
-(:mod:`shared.revocations`) and broadcasts one revoke for all of them. ``dry_run`` only counts.
+(:mod:`shared.celery_extensions.revocations`) and broadcasts one revoke for all of them. ``dry_run`` only counts.
 """
 
 from __future__ import annotations
@@ -24,16 +24,17 @@ from services.gateway.runtime import Runtime
 from services.gateway.schemas import TaskSubmission
 from services.gateway.submission import BROKER_RETRY_AFTER, Submitter, prepare
 from services.gateway.task_filters import ArgumentFilter, argument_clauses
+from services.gateway.task_history import _filters as history_filters
 from services.gateway.taskstore import TaskStore
 from shared.catalog import get_spec
-from shared.history import _filters as history_filters
+from shared.celery_extensions.revocations import queue_revoke
+from shared.contracts import TaskState
 from shared.models import TaskRecord
-from shared.revocations import queue_revoke
 from shared.tokens import Principal
 
 MAX_LIMIT = 1000
-RETRYABLE = ("FAILURE", "REVOKED")
-REVOCABLE = ("SENT", "RECEIVED", "STARTED", "PROGRESS", "RETRY")
+RETRYABLE = (TaskState.FAILURE, TaskState.REVOKED)
+REVOCABLE = (TaskState.SENT, TaskState.RECEIVED, TaskState.STARTED, TaskState.PROGRESS, TaskState.RETRY)
 PARALLEL_SUBMISSIONS = 20
 
 

@@ -9,16 +9,21 @@ A request arriving while the first one with its key is still being processed get
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from pydantic import BaseModel
 
 from services.gateway.problems import ProblemError
+from shared.contracts import GATEWAY_KEY_PREFIX
 
-KEY = "mallops:gw:idem:"
+KEY = f"{GATEWAY_KEY_PREFIX}idem:"
+Answer = TypeVar("Answer", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -71,3 +76,22 @@ class IdempotencyClaim:
 
     async def release(self) -> None:
         await self.client.delete(self.redis_key)
+
+
+async def submit_once(claim: IdempotencyClaim | None, submit: Callable[[], Awaitable[Answer]]) -> Answer | Replay:
+    """Run ``submit`` once per claimed key: the first request's answer (202) is stored and replayed to the
+    repeats; a submission that fails releases the key. Without a claim, just run it."""
+    if claim is not None:
+        replay = await claim.claim()
+        if replay is not None:
+            return replay
+    try:
+        answer = await submit()
+    except BaseException:
+        if claim is not None:
+            with contextlib.suppress(Exception):
+                await claim.release()
+        raise
+    if claim is not None:
+        await claim.complete(202, answer.model_dump(mode="json"))
+    return answer

@@ -19,9 +19,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from shared.contracts import GATEWAY_KEY_PREFIX
+
 WINDOW = 60
-KEY = "mallops:gw:rate:{name}"
-AUTH_FAILURES_KEY = "mallops:gw:authfail:{name}"  # per client address: requests without a valid token
+KEY = GATEWAY_KEY_PREFIX + "rate:{name}"
+AUTH_FAILURES_KEY = GATEWAY_KEY_PREFIX + "authfail:{name}"  # per client address: requests without a valid token
 
 # KEYS[1] the token's log; ARGV: window seconds, limit, a unique member for this request.
 # Returns {allowed (1/0), remaining, retry-after in milliseconds}.

@@ -19,6 +19,7 @@ from services.gateway.auth import TokenCache
 from services.gateway.broker import TaskPublisher, task_publisher
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.ratelimit import AUTH_FAILURES_KEY, RateLimiter
+from services.gateway.task_view import FinishedRecords
 from shared.celery_app import create_celery_app
 from shared.db import session_factory
 from shared.settings import Settings
@@ -77,7 +78,8 @@ class Runtime:
     auth_failures: RateLimiter  # per client address, MALLOPS_AUTH_FAILURES_PER_MINUTE
     metrics: GatewayMetrics
     access_log: AccessLogBuffer
-    extras: dict[str, Any] = field(default_factory=dict)
+    finished_records: FinishedRecords = field(default_factory=FinishedRecords)
+    console: dict[str, Any] = field(default_factory=dict)  # the console's sessions store and overview cache
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:

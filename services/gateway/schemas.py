@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, StrictInt, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, StrictBool, StrictInt, model_validator
 
 from shared.catalog import CATALOG, get_spec
+from shared.contracts import FINAL_STATES, TaskState
 from shared.schedules import NAME_PATTERN as SCHEDULE_NAME
 
 MAX_BATCH = 10_000
@@ -15,6 +16,20 @@ MAX_DELAY = 10 * 366 * 86400  # seconds: ten years
 TASK_NAMES: list[JsonValue] = [*sorted(CATALOG)]
 CRON_FIELD = r"^[0-9*][0-9*,/-]*$"
 CRON_DOW = r"^[0-9a-zA-Z*][0-9a-zA-Z*,/-]*$"
+STATUS_DESCRIPTION = (
+    "SCHEDULED (a one-off run waiting in the database until its eta), PENDING (accepted, nothing heard of "
+    "it yet), SENT (published by beat or another task), RECEIVED, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE, "
+    "REVOKED or REJECTED (dropped by a worker); REQUEUED is reserved. Final: " + ", ".join(sorted(FINAL_STATES)) + "."
+)
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    """Every time the API returns is UTC (serialised with ``Z``): a naive time is UTC (SQLite returns
+    them so), an aware one is converted (Celery stores ``date_done`` in MALLOPS_TIMEZONE)."""
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+UtcDateTime = Annotated[dt.datetime, AfterValidator(_utc)]
 
 
 class Strict(BaseModel):
@@ -81,8 +96,9 @@ class BatchSubmission(Strict):
 
 class TaskAccepted(CatalogNamed):
     task_id: str
-    status: Literal["PENDING", "SCHEDULED"] = Field(
-        default="PENDING", description="PENDING: in the broker; SCHEDULED: waiting in the database until its eta."
+    status: Literal[TaskState.PENDING, TaskState.SCHEDULED] = Field(
+        default=TaskState.PENDING,
+        description="PENDING: in the broker; SCHEDULED: waiting in the database until its eta.",
     )
     queue: str
     retry_of: str | None = Field(default=None, description="For a retry: the task it repeats.")
@@ -108,12 +124,12 @@ class TaskErrorInfo(BaseModel):
 
 class TaskSummary(CatalogNamed):
     task_id: str
-    status: str = Field(description="SCHEDULED, PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE or REVOKED.")
+    status: TaskState = Field(description=STATUS_DESCRIPTION)
     queue: str | None = None
     owner: str | None = None
-    sent_at: dt.datetime | None = None
-    finished_at: dt.datetime | None = None
-    eta: dt.datetime | None = Field(default=None, description="For a SCHEDULED task: when it is to run.")
+    sent_at: UtcDateTime | None = None
+    finished_at: UtcDateTime | None = None
+    eta: UtcDateTime | None = Field(default=None, description="For a SCHEDULED task: when it is to run.")
 
 
 class TaskList(BaseModel):
@@ -123,9 +139,9 @@ class TaskList(BaseModel):
 
 class TaskDetail(CatalogNamed, Strict):
     task_id: str
-    status: str = Field(description="SCHEDULED, PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE or REVOKED.")
+    status: TaskState = Field(description=STATUS_DESCRIPTION)
     result: Any = Field(default=None, description="The return value, once SUCCESS.")
-    error: TaskErrorInfo | None = Field(default=None, description="Why it failed, for FAILURE (or RETRY).")
+    error: TaskErrorInfo | None = Field(default=None, description="Why it failed, for FAILURE or REJECTED (or RETRY).")
     traceback: str | None = Field(default=None, description="Where it failed, for FAILURE (the end, capped).")
     progress: Progress | None = Field(default=None, description="While running, if the task reports it.")
     queue: str | None = None
@@ -135,11 +151,11 @@ class TaskDetail(CatalogNamed, Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     owner: str | None = None
     retry_of: str | None = None
-    sent_at: dt.datetime | None = None
-    started_at: dt.datetime | None = None
-    finished_at: dt.datetime | None = None
+    sent_at: UtcDateTime | None = None
+    started_at: UtcDateTime | None = None
+    finished_at: UtcDateTime | None = None
     duration: float | None = Field(default=None, description="Run time in seconds, once finished.")
-    eta: dt.datetime | None = Field(default=None, description="For a deferred one-off run: when it is to run.")
+    eta: UtcDateTime | None = Field(default=None, description="For a deferred one-off run: when it is to run.")
 
 
 class RevokeRequest(Strict):
@@ -189,8 +205,10 @@ class Readiness(BaseModel):
 class HistoryItem(CatalogNamed):
     task_id: str
     queue: str | None = None
-    status: str | None = Field(default=None, description="The task's state; `state` is the same, kept as an alias.")
-    state: str
+    status: TaskState | None = Field(
+        default=None, description="The task's state; `state` is the same, kept as an alias."
+    )
+    state: TaskState = Field(description="The task's state in the history (never PENDING: a row starts at SENT).")
     request_id: str | None = Field(default=None, description="X-Request-ID of the request that submitted it.")
     args_summary: str | None = Field(default=None, description="The arguments as JSON (when the message had them).")
     arguments: dict[str, Any] | None = Field(
@@ -204,10 +222,10 @@ class HistoryItem(CatalogNamed):
     error: str | None = None
     traceback: str | None = Field(default=None, description="The final failure's traceback (its end, capped).")
     result_summary: str | None = None
-    sent_at: dt.datetime | None = None
-    received_at: dt.datetime | None = None
-    started_at: dt.datetime | None = None
-    finished_at: dt.datetime | None = None
+    sent_at: UtcDateTime | None = None
+    received_at: UtcDateTime | None = None
+    started_at: UtcDateTime | None = None
+    finished_at: UtcDateTime | None = None
     runtime: float | None = None
     queue_wait: float | None = None
 
@@ -235,6 +253,7 @@ class StatsBlock(BaseModel):
     counts: dict[str, int]
     succeeded: int
     failed: int
+    retried: int = Field(description="Tasks retried at least once.")
     success_rate: float | None
     throughput_per_second: float
     throughput_per_minute: float
@@ -243,8 +262,8 @@ class StatsBlock(BaseModel):
 
 
 class TaskStats(BaseModel):
-    since: dt.datetime
-    until: dt.datetime
+    since: UtcDateTime
+    until: UtcDateTime
     window_seconds: float
     overall: StatsBlock
     tasks: dict[str, StatsBlock]
@@ -262,7 +281,7 @@ class WorkerInfo(BaseModel):
     concurrency: int | None = None
     active: int = 0
     processed: int = 0
-    last_heartbeat: dt.datetime | None = None
+    last_heartbeat: UtcDateTime | None = None
     seconds_since_heartbeat: float | None = None
 
 
@@ -292,8 +311,10 @@ class ScheduleInfo(CatalogNamed, Strict):
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
     description: str
-    last_run_at: str | None = Field(default=None, description="UTC, e.g. 2026-12-07T19:00:00Z; null if it never ran.")
-    next_run_at: str | None = Field(default=None, description="UTC with Z; null when disabled.")
+    last_run_at: UtcDateTime | None = Field(
+        default=None, description="UTC, e.g. 2026-12-07T19:00:00Z; null if it never ran."
+    )
+    next_run_at: UtcDateTime | None = Field(default=None, description="UTC with Z; null when disabled.")
     next_run_local: str | None = Field(default=None, description="next_run_at in MALLOPS_TIMEZONE, with its offset.")
 
 
@@ -344,10 +365,10 @@ class ScheduleCreate(Strict):
 class ReportSummary(BaseModel):
     id: int
     kind: str
-    period_start: dt.datetime
-    period_end: dt.datetime
+    period_start: UtcDateTime
+    period_end: UtcDateTime
     task_id: str | None = None
-    created_at: dt.datetime
+    created_at: UtcDateTime
     formats: list[Literal["csv", "html"]] = Field(description="Files available at /reports/{id}/file.")
 
 
@@ -371,6 +392,6 @@ class ExportInfo(BaseModel):
     rows: int | None = None
     size_bytes: int | None = None
     sha256: str | None = None
-    created_at: dt.datetime
-    expires_at: dt.datetime | None = None
+    created_at: UtcDateTime
+    expires_at: UtcDateTime | None = None
     download_url: str | None = Field(default=None, description="Where to fetch the file once done.")

@@ -31,11 +31,11 @@ from services.gateway.broker import TaskMessage
 from services.gateway.problems import ProblemError, describe_errors, field_errors
 from services.gateway.runtime import Runtime
 from services.gateway.schemas import TaskAccepted, TaskSubmission
-from services.gateway.taskstore import READY_STATES, TaskStore
+from services.gateway.taskstore import TaskStore
 from shared import deferred
 from shared.catalog import TaskArgumentError, TaskSpec, get_spec
-from shared.events import OWNER_HEADER, RETRY_OF_HEADER
-from shared.logs import REQUEST_ID_HEADER, request_id_var
+from shared.contracts import FINAL_STATES, OWNER_HEADER, REQUEST_ID_HEADER, RETRY_OF_HEADER, TaskState
+from shared.logs import request_id_var
 from shared.models import DeferredTask, TaskRecord
 from shared.taskmeta import TaskMeta
 from shared.tokens import Principal
@@ -68,7 +68,7 @@ class Prepared:
         return TaskAccepted(
             task_id=self.task_id,
             task_name=self.spec.name,
-            status="SCHEDULED" if self.deferred_until is not None else "PENDING",  # shared.deferred.SCHEDULED
+            status=TaskState.SCHEDULED if self.deferred_until is not None else TaskState.PENDING,
             queue=self.spec.queue,
             retry_of=retry_of,
         )
@@ -308,7 +308,7 @@ class Submitter:
         finished = {
             task_id
             for task_id, meta in zip(ids, results, strict=True)
-            if meta is not None and meta.get("status") in READY_STATES
+            if meta is not None and meta.get("status") in FINAL_STATES
         }
         unknown = [task_id for task_id, meta in zip(ids, results, strict=True) if meta is None]
         if unknown:
@@ -324,4 +324,4 @@ class Submitter:
         except Exception as exc:
             log.warning("cannot read task history for the quota: %s", exc)
             return set()
-        return {row.task_id for row in rows if row.state in READY_STATES}
+        return {row.task_id for row in rows if row.state in FINAL_STATES}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, String, cast, or_
 
-from shared.history import normalize_state
+from services.gateway.task_history import normalize_state
 from shared.models import TaskRecord
 
 ARGUMENT_PREFIX = "kwargs."

@@ -21,6 +21,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from kombu.utils.json import loads as kombu_loads
 
+from shared.contracts import RESULT_KEY_PREFIX
 from shared.taskmeta import (
     META_KEY,
     RECENT_ALL,
@@ -28,12 +29,10 @@ from shared.taskmeta import (
     RECENT_OWNER,
     RECENT_OWNER_MAX,
     RECORD_SCRIPT,
-    RESULT_KEY,
     UNFINISHED,
     TaskMeta,
 )
 
-READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 # an unfinished task that nothing has been heard of for this long no longer counts against the quota
 UNFINISHED_MAX_AGE = 24 * 3600
 
@@ -93,12 +92,12 @@ class TaskStore:
     # -- results -----------------------------------------------------------------------------
 
     async def result(self, task_id: str) -> dict[str, Any] | None:
-        return decode_result(await self.results.get(RESULT_KEY + task_id))
+        return decode_result(await self.results.get(RESULT_KEY_PREFIX + task_id))
 
     async def results_many(self, task_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         if not task_ids:
             return []
-        raw = await self.results.mget([RESULT_KEY + task_id for task_id in task_ids])
+        raw = await self.results.mget([RESULT_KEY_PREFIX + task_id for task_id in task_ids])
         return [decode_result(value) for value in raw]
 
     # -- quota -------------------------------------------------------------------------------

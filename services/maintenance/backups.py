@@ -18,9 +18,9 @@ from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 
+from shared.errors import PermanentError, TransientError
 from shared.files import atomic_path, sha256_of
 from shared.settings import Settings
-from shared.tasks import PermanentError, TransientError
 
 PREFIX = "mallops-"
 SUFFIXES = (".dump", ".sqlite3")

@@ -11,16 +11,23 @@ from typing import Any
 
 import redis
 
-from shared.cache import ACCESS_LOG_BUFFER, EVENT_STREAM, KEY_PREFIX, WORKERS_KEY
-from shared.tasks import PermanentError
+from shared.contracts import (
+    ACCESS_LOG_BUFFER,
+    EVENT_STREAM,
+    GATEWAY_KEY_PREFIX,
+    KEY_PREFIX,
+    REDBEAT_KEY_PREFIX,
+    WORKERS_KEY,
+)
+from shared.errors import PermanentError
 
 # state, not cache: deleting it would lose schedules, events, access-log entries or task ownership
 PROTECTED_PREFIXES: tuple[str, ...] = (
-    "mallops:redbeat:",
+    REDBEAT_KEY_PREFIX,
     EVENT_STREAM,
     WORKERS_KEY,
     ACCESS_LOG_BUFFER,
-    "mallops:gw:",
+    GATEWAY_KEY_PREFIX,
 )
 SCAN_COUNT = 500
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from shared.tasks import TransientError
+from shared.errors import TransientError
 
 
 class RequestedFailure(RuntimeError):

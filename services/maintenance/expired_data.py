@@ -74,12 +74,22 @@ def cleanup_expired_data(
 ) -> dict[str, Any]:
     """Delete everything past retention; returns the number deleted per kind."""
     now = now or models.utcnow()
-    counts: dict[str, Any] = {}
+    counts: dict[str, Any] = _expire_files(session, settings, now, batch_size)
+    for kind, model, expired in _expired_rows(settings, now):
+        counts[kind] = delete_in_batches(session, model, expired, batch_size=batch_size)
+    counts["partial_files"] = remove_partial_files(
+        [settings.exports_dir, settings.reports_dir, settings.backups_dir], now
+    )
+    return counts
 
+
+def _expire_files(session: Session, settings: Settings, now: dt.datetime, batch_size: int) -> dict[str, Any]:
+    """Exports and reports past retention: their rows, then (after commit) their files."""
     export_expired = or_(
         models.Export.expires_at < now,
         and_(models.Export.expires_at.is_(None), models.Export.created_at < cutoff_days(settings.export_ttl_days, now)),
     )
+    counts: dict[str, Any] = {}
     counts["exports"] = delete_in_batches(
         session,
         models.Export,
@@ -98,41 +108,27 @@ def cleanup_expired_data(
             settings.reports_dir, _report_files([n for row in rows for n in row[1:]])
         ),
     )
-    counts["task_history"] = delete_in_batches(
-        session,
-        models.TaskRecord,
-        models.TaskRecord.updated_at < cutoff_days(settings.history_ttl_days, now),
-        batch_size=batch_size,
-    )
-    counts["notifications"] = delete_in_batches(
-        session,
-        models.Notification,
-        models.Notification.created_at < cutoff_days(settings.notification_ttl_days, now),
-        batch_size=batch_size,
-    )
-    counts["access_logs"] = delete_in_batches(
-        session,
-        models.AccessLog,
-        models.AccessLog.ts < cutoff_days(settings.access_log_ttl_days, now),
-        batch_size=batch_size,
-    )
-    # one-off runs that were published or revoked (a waiting run is never past retention)
-    counts["deferred_tasks"] = delete_in_batches(
-        session,
-        models.DeferredTask,
-        and_(
-            models.DeferredTask.state != deferred.SCHEDULED,
-            models.DeferredTask.created_at < cutoff_days(settings.history_ttl_days, now),
-        ),
-        batch_size=batch_size,
-    )
-    counts["audit_log"] = delete_in_batches(
-        session,
-        models.AuditEntry,
-        models.AuditEntry.at < cutoff_days(settings.audit_ttl_days, now),
-        batch_size=batch_size,
-    )
-    counts["partial_files"] = remove_partial_files(
-        [settings.exports_dir, settings.reports_dir, settings.backups_dir], now
-    )
     return counts
+
+
+def _expired_rows(settings: Settings, now: dt.datetime) -> list[tuple[str, Any, Any]]:
+    """(kind, model, what has expired) of the rows that have no files."""
+    return [
+        ("task_history", models.TaskRecord, models.TaskRecord.updated_at < cutoff_days(settings.history_ttl_days, now)),
+        (
+            "notifications",
+            models.Notification,
+            models.Notification.created_at < cutoff_days(settings.notification_ttl_days, now),
+        ),
+        ("access_logs", models.AccessLog, models.AccessLog.ts < cutoff_days(settings.access_log_ttl_days, now)),
+        # one-off runs that were published or revoked (a waiting run is never past retention)
+        (
+            "deferred_tasks",
+            models.DeferredTask,
+            and_(
+                models.DeferredTask.state != deferred.SCHEDULED,
+                models.DeferredTask.created_at < cutoff_days(settings.history_ttl_days, now),
+            ),
+        ),
+        ("audit_log", models.AuditEntry, models.AuditEntry.at < cutoff_days(settings.audit_ttl_days, now)),
+    ]

@@ -8,9 +8,9 @@ from celery import Celery
 
 from services.maintenance import backups, cache_cleanup, diagnostics, expired_data
 from shared.cache import redis_client
+from shared.celery_extensions.task_base import MallopsTask, register
+from shared.contracts import TaskState
 from shared.db import session_factory
-from shared.settings import get_settings
-from shared.tasks import MallopsTask, register
 
 
 def test_task(task: MallopsTask, message: str, fail: bool) -> str:
@@ -19,21 +19,21 @@ def test_task(task: MallopsTask, message: str, fail: bool) -> str:
 
 def long_running_task(task: MallopsTask, steps: int, step_seconds: float) -> dict[str, Any]:
     def progress(current: int, total: int) -> None:
-        task.update_state(state="PROGRESS", meta={"current": current, "total": total})
+        task.update_state(state=TaskState.PROGRESS, meta={"current": current, "total": total})
 
     return diagnostics.run_steps(steps, step_seconds, progress)
 
 
 def backup_database(task: MallopsTask, keep: int | None) -> dict[str, Any]:
-    return backups.backup_database(get_settings(), keep).as_dict()
+    return backups.backup_database(task.settings, keep).as_dict()
 
 
 def cleanup_cache(task: MallopsTask, prefix: str) -> dict[str, Any]:
-    return cache_cleanup.delete_by_prefix(redis_client(get_settings()), prefix)
+    return cache_cleanup.delete_by_prefix(redis_client(task.settings), prefix)
 
 
 def cleanup_expired_data(task: MallopsTask) -> dict[str, Any]:
-    settings = get_settings()
+    settings = task.settings
     with session_factory(settings)() as session:
         return expired_data.cleanup_expired_data(session, settings)
 

@@ -24,13 +24,12 @@ import sqlalchemy.exc
 
 from services.monitor.metrics import Health, MetricStore
 from services.monitor.store import load_metrics, purge_hostname, reset_changed_histograms, write_events
-from shared.cache import EVENT_STREAM, WORKERS_KEY
+from shared.contracts import EVENT_FIELD, EVENT_STREAM, MONITOR_GROUP, WORKERS_KEY, WorkerRecord
 from shared.db import session_scope
 from shared.settings import Settings
 
 log = logging.getLogger("mallops.monitor")
 
-GROUP = "mallops-monitor"
 BLOCK_MS = 1000
 STATS_EVERY = 1.0
 PURGE_EVERY = 5.0
@@ -118,7 +117,7 @@ class StreamConsumer:
     def start(self) -> None:
         """Create the group if needed, load the persisted counters, process our own pending entries."""
         try:
-            self.redis.xgroup_create(EVENT_STREAM, GROUP, id="0", mkstream=True)
+            self.redis.xgroup_create(EVENT_STREAM, MONITOR_GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -133,7 +132,7 @@ class StreamConsumer:
         last = "0"
         while True:  # entries delivered to this consumer before a restart, never acknowledged
             reply = self.redis.xreadgroup(
-                GROUP, self.name, {EVENT_STREAM: last}, count=self.settings.monitor_batch_size
+                MONITOR_GROUP, self.name, {EVENT_STREAM: last}, count=self.settings.monitor_batch_size
             )
             entries = reply[0][1] if reply else []
             if not entries:
@@ -149,7 +148,7 @@ class StreamConsumer:
             self._next_claim = now + max(self.settings.monitor_claim_idle / 2, 1.0)
             done += self.claim_stale()
         reply = self.redis.xreadgroup(
-            GROUP, self.name, {EVENT_STREAM: ">"}, count=self.settings.monitor_batch_size, block=BLOCK_MS
+            MONITOR_GROUP, self.name, {EVENT_STREAM: ">"}, count=self.settings.monitor_batch_size, block=BLOCK_MS
         )
         entries = reply[0][1] if reply else []
         if entries:
@@ -171,7 +170,7 @@ class StreamConsumer:
         for _ in range(100):
             reply = self.redis.xautoclaim(
                 EVENT_STREAM,
-                GROUP,
+                MONITOR_GROUP,
                 self.name,
                 min_idle_time=int(self.settings.monitor_claim_idle * 1000),
                 start_id=start,
@@ -191,10 +190,10 @@ class StreamConsumer:
         that are not valid events are acknowledged without effect."""
         events: list[tuple[int, dict[str, Any]]] = []
         for entry_id, fields in entries:
-            if not fields or "e" not in fields:
+            if not fields or EVENT_FIELD not in fields:
                 continue
             try:
-                event = json.loads(fields["e"])
+                event = json.loads(fields[EVENT_FIELD])
             except ValueError:
                 log.warning("skipping stream entry %s: not JSON", entry_id)
                 continue
@@ -206,7 +205,7 @@ class StreamConsumer:
         with session_scope(self.settings) as session:
             deltas = write_events(session, events, buckets=self.store.buckets)
         ids = [entry_id for entry_id, _ in entries]
-        self.redis.xack(EVENT_STREAM, GROUP, *ids)  # type: ignore[no-untyped-call]
+        self.redis.xack(EVENT_STREAM, MONITOR_GROUP, *ids)  # type: ignore[no-untyped-call]
         self.store.apply(deltas)
         self.health.events_processed += len(ids)
         self.health.batches += 1
@@ -222,7 +221,7 @@ class StreamConsumer:
         length, groups = pipe.execute()
         self.health.stream_length = int(length)
         for group in groups:
-            if group.get("name") == GROUP:
+            if group.get("name") == MONITOR_GROUP:
                 self.health.pending_entries = int(group.get("pending") or 0) + int(group.get("lag") or 0)
 
     def purge_offline_workers(self) -> list[str]:
@@ -231,10 +230,8 @@ class StreamConsumer:
         now = time.time()
         gone = []
         for hostname, value in self.redis.hgetall(WORKERS_KEY).items():
-            try:
-                last = float(json.loads(value)["last_heartbeat"])
-            except (ValueError, KeyError, TypeError):
-                last = 0.0
+            record = WorkerRecord.from_json(hostname, value)
+            last = record.last_heartbeat if record is not None else 0.0
             if now - last > self.settings.worker_purge_after:
                 gone.append(hostname)
         if gone:

@@ -15,20 +15,21 @@ from services.monitor.failure_metrics import FailureCollector
 from services.monitor.http import make_app, serve
 from services.monitor.metrics import Health, MetricStore, build_registry
 from services.monitor.state import histogram_buckets
-from shared import dead_letter_store, history
+from shared import dead_letter_store
 from shared.cache import redis_client
 from shared.celery_app import create_celery_app
 from shared.db import session_scope
 from shared.logs import configure_logging
 from shared.schedules import entry_timings
 from shared.settings import Settings, get_settings
+from shared.workers import list_workers, queue_lengths
 
 log = logging.getLogger("mallops.monitor")
 
 
 def live_state(settings: Settings) -> tuple[list[dict[str, object]], dict[str, dict[str, int]]]:
-    workers = history.list_workers(settings)
-    return workers, history.queue_lengths(settings, workers)
+    workers = list_workers(settings)
+    return workers, queue_lengths(settings, workers)
 
 
 def health_check(settings: Settings) -> dict[str, str]:
@@ -64,7 +65,7 @@ def main(argv: list[str]) -> None:
             store,
             dead_letters=lambda: dead_letter_store.count(redis_client(settings)),
             schedules=lambda: entry_timings(schedule_app),
-            workers=lambda: history.list_workers(settings),
+            workers=lambda: list_workers(settings),
         )
     )
     server = serve(make_app(registry, health, lambda: health_check(settings)), args.host, args.port)

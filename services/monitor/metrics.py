@@ -22,6 +22,7 @@ from prometheus_client.utils import floatToGoString
 
 from services.monitor.state import BUCKETS, COUNTERS, HISTOGRAMS, Deltas, labels_of, parse_key
 from shared.catalog import CATALOG
+from shared.contracts import EventType
 
 log = logging.getLogger("mallops.monitor")
 
@@ -188,7 +189,7 @@ class MonitorCollector(Collector):
             yield gauge
 
 
-SENT = COUNTERS["task-sent"][0]
+SENT = COUNTERS[EventType.TASK_SENT][0]
 #: (Celery name, queue) of every catalog task: their counters are exported from the start, at zero
 CATALOG_TASKS: tuple[tuple[str, str], ...] = tuple(sorted((spec.celery_name, spec.queue) for spec in CATALOG.values()))
 

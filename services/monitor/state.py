@@ -18,11 +18,13 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.utils import INF
 
+from shared.contracts import EVENT_STATE, FINAL_STATES, TASK_EVENTS, EventType, TaskState, parse_event_type
 from shared.settings import RUNTIME_BUCKETS, Settings
 
 # -- metric names and labels (celery-exporter's) ---------------------------------------------------
@@ -31,14 +33,14 @@ TASK_LABELS = ("name", "hostname", "queue_name")
 FAILED_LABELS = ("name", "hostname", "exception", "queue_name")
 COUNTERS: dict[str, tuple[str, str]] = {
     # event type -> (metric name without _total, help)
-    "task-sent": ("celery_task_sent", "Sent when a task message is published."),
-    "task-received": ("celery_task_received", "Sent when the worker receives a task."),
-    "task-started": ("celery_task_started", "Sent just before the worker executes the task."),
-    "task-succeeded": ("celery_task_succeeded", "Sent if the task executed successfully."),
-    "task-failed": ("celery_task_failed", "Sent if the execution of the task failed."),
-    "task-retried": ("celery_task_retried", "Sent if the task failed, but will be retried in the future."),
-    "task-revoked": ("celery_task_revoked", "Sent if the task has been revoked."),
-    "task-rejected": (
+    EventType.TASK_SENT: ("celery_task_sent", "Sent when a task message is published."),
+    EventType.TASK_RECEIVED: ("celery_task_received", "Sent when the worker receives a task."),
+    EventType.TASK_STARTED: ("celery_task_started", "Sent just before the worker executes the task."),
+    EventType.TASK_SUCCEEDED: ("celery_task_succeeded", "Sent if the task executed successfully."),
+    EventType.TASK_FAILED: ("celery_task_failed", "Sent if the execution of the task failed."),
+    EventType.TASK_RETRIED: ("celery_task_retried", "Sent if the task failed, but will be retried in the future."),
+    EventType.TASK_REVOKED: ("celery_task_revoked", "Sent if the task has been revoked."),
+    EventType.TASK_REJECTED: (
         "celery_task_rejected",
         "The task was rejected by the worker, possibly to be re-queued or moved to a dead letter queue.",
     ),
@@ -80,8 +82,18 @@ def parse_key(key: str) -> tuple[str, tuple[str, ...], str]:
 # -- event bits --------------------------------------------------------------------------------
 
 MAX_ATTEMPT = 13  # attempts 0..13 have their own bits; later attempts share the last ones
-_PER_ATTEMPT = {"task-sent": 0, "task-received": 1, "task-started": 2, "task-retried": 3}
-_FINAL_BITS = {"task-succeeded": 56, "task-failed": 57, "task-revoked": 58, "task-rejected": 59}
+_PER_ATTEMPT: dict[str, int] = {
+    EventType.TASK_SENT: 0,
+    EventType.TASK_RECEIVED: 1,
+    EventType.TASK_STARTED: 2,
+    EventType.TASK_RETRIED: 3,
+}
+_FINAL_BITS: dict[str, int] = {
+    EventType.TASK_SUCCEEDED: 56,
+    EventType.TASK_FAILED: 57,
+    EventType.TASK_REVOKED: 58,
+    EventType.TASK_REJECTED: 59,
+}
 QUEUE_WAIT_BIT = 60
 SENT_BIT = 0  # the original publish (attempt 0)
 
@@ -94,39 +106,26 @@ def event_bit(type_: str, attempt: int) -> int | None:
 
 # -- states ------------------------------------------------------------------------------------
 
-EVENT_STATE = {
-    "task-sent": "SENT",
-    "task-received": "RECEIVED",
-    "task-started": "STARTED",
-    "task-progress": "PROGRESS",
-    "task-retried": "RETRY",
-    "task-succeeded": "SUCCESS",
-    "task-failed": "FAILURE",
-    "task-revoked": "REVOKED",
-    "task-rejected": "REJECTED",
+RANK: dict[str, int] = {
+    TaskState.SENT: 1,
+    TaskState.RECEIVED: 2,
+    TaskState.STARTED: 3,
+    TaskState.PROGRESS: 4,
+    TaskState.RETRY: 5,
+    TaskState.REVOKED: 10,
+    TaskState.REJECTED: 10,
+    TaskState.SUCCESS: 11,
+    TaskState.FAILURE: 11,
 }
-RANK = {
-    "SENT": 1,
-    "RECEIVED": 2,
-    "STARTED": 3,
-    "PROGRESS": 4,
-    "RETRY": 5,
-    "REVOKED": 10,
-    "REJECTED": 10,
-    "SUCCESS": 11,
-    "FAILURE": 11,
-}
-FINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED"})
-TASK_EVENTS = frozenset(EVENT_STATE)
 
 
 def precedence(state: str, attempt: int) -> tuple[int, int, int]:
-    return (1 if state in FINAL else 0, attempt, RANK.get(state, 0))
+    return (1 if state in FINAL_STATES else 0, attempt, RANK.get(state, 0))
 
 
 def _state_attempt(row: dict[str, Any]) -> int:
     retries = int(row.get("retries") or 0)
-    return retries - 1 if row.get("state") == "RETRY" else retries
+    return retries - 1 if row.get("state") == TaskState.RETRY else retries
 
 
 # -- metric deltas -------------------------------------------------------------------------------
@@ -205,20 +204,59 @@ def new_row(task_id: str) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Fold:
+    """One event being folded into its task's row."""
+
+    row: dict[str, Any]
+    event: dict[str, Any]
+    type_: EventType
+    when: dt.datetime
+    attempt: int
+    host: str
+    deltas: Deltas
+    # the row's state precedence before this event (its handler may change the retries it depends on)
+    before: tuple[int, int, int] | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.row.get("task_name") or self.event.get("name") or "unknown")
+
+    @property
+    def queue(self) -> str:
+        return str(self.event.get("queue") or self.row.get("queue") or "")
+
+
 def apply_event(row: dict[str, Any], event: dict[str, Any], deltas: Deltas, seq: int = 0) -> bool:
     """Fold ``event`` into ``row`` (in place), adding new counts to ``deltas``; False if the event is
     not a task event or is malformed. ``seq`` is the stream entry's sequence (kept as the highest seen)."""
-    type_ = event.get("type")
-    if type_ not in TASK_EVENTS or not event.get("id") or "ts" not in event:
+    type_ = parse_event_type(event.get("type"))
+    if type_ is None or type_ not in TASK_EVENTS or not event.get("id") or "ts" not in event:
         return False
-    when = _ts(event)
-    attempt = int(event.get("retries") or 0)
-    state = EVENT_STATE[str(type_)]
     host = str(event.get("host") or "unknown")
-    current_state = row.get("state")
-    current_key = precedence(current_state, _state_attempt(row)) if current_state else None
+    current = row.get("state")
+    before = precedence(current, _state_attempt(row)) if current else None
+    fold = Fold(row, event, type_, _ts(event), int(event.get("retries") or 0), host, deltas, before)
+    _identity(fold)
+    mask = int(row.get("event_mask") or 0)
+    bit = event_bit(type_, fold.attempt)
+    counted = bit is not None and not mask & (1 << bit)
+    row["event_mask"] = mask | (1 << bit) if bit is not None else mask
 
-    # identity fields: the first value wins
+    _HANDLERS[type_](fold)  # the fields this kind of event carries
+    _advance_state(fold)
+    _keep_error(fold)
+    if counted:
+        _count(fold)
+    if type_ in (EventType.TASK_SENT, EventType.TASK_STARTED) and fold.attempt == 0:
+        _queue_wait(fold)
+    row["last_event_seq"] = max(int(row.get("last_event_seq") or 0), seq)
+    return True
+
+
+def _identity(fold: Fold) -> None:
+    """Identity fields: the first value wins."""
+    row, event = fold.row, fold.event
     for column, key, limit in (
         ("task_name", "name", 100),
         ("queue", "queue", 50),
@@ -231,96 +269,154 @@ def apply_event(row: dict[str, Any], event: dict[str, Any], deltas: Deltas, seq:
             row[column] = _text(event[key], limit)
     if row.get("arguments") is None and isinstance(event.get("arguments"), dict):
         row["arguments"] = event["arguments"]
-    row["_first_seen"] = _earliest(row.get("_first_seen"), when)
+    row["_first_seen"] = _earliest(row.get("_first_seen"), fold.when)
 
-    # counters, once per (event kind, attempt)
-    mask = int(row.get("event_mask") or 0)
-    bit = event_bit(str(type_), attempt)
-    counted = bit is not None and not mask & (1 << bit)
-    if bit is not None:
-        mask |= 1 << bit
-    name = str(row.get("task_name") or event.get("name") or "unknown")
-    queue = str(event.get("queue") or row.get("queue") or "")
 
-    if type_ == "task-sent":
-        if attempt == 0:
-            row["sent_at"] = _earliest(row.get("sent_at"), when)
-    elif type_ == "task-received":
-        row["received_at"] = _earliest(row.get("received_at"), when)
-        row["worker"] = row.get("worker") or _text(host, 200)
-    elif type_ == "task-started":
-        row["started_at"] = _earliest(row.get("started_at"), when)
-        row["worker"] = _text(host, 200)
-    elif type_ == "task-progress":
-        current, total = event.get("current"), event.get("total")
-        if isinstance(current, int) and current >= int(row.get("progress_current") or 0):
-            row["progress_current"] = current
-            row["progress_total"] = total if isinstance(total, int) else row.get("progress_total")
-    elif type_ == "task-retried":
-        row["retries"] = max(int(row.get("retries") or 0), attempt + 1)
-    elif type_ in ("task-succeeded", "task-failed", "task-revoked", "task-rejected"):
-        row["finished_at"] = row.get("finished_at") or when
+# -- one handler per family of events: the fields each carries -------------------------------------
 
-    # the state, by precedence (a retry message's publish is not a state of its own)
-    is_republish = type_ == "task-sent" and attempt > 0
-    if not is_republish and (current_key is None or precedence(state, attempt) > current_key):
-        row["state"] = state
-        if state == "RETRY":
-            row["retries"] = max(int(row.get("retries") or 0), attempt + 1)
-        else:
-            row["retries"] = max(int(row.get("retries") or 0), attempt)
-        if state in ("SUCCESS", "FAILURE"):
-            runtime = event.get("runtime")
-            row["runtime"] = float(runtime) if isinstance(runtime, int | float) else row.get("runtime")
-            row["finished_at"] = when
-            row["worker"] = _text(host, 200)
-        if state == "SUCCESS":
-            row["result_summary"] = _text(event.get("result"), 500)
-            row["exception"] = None
-            row["error"] = None
-            row["traceback"] = None
 
-    # the error shown is the final failure's, or the last retry's while the task is not finished
-    error_counts = (
-        (type_ == "task-failed" and row.get("state") == "FAILURE")
-        or (type_ == "task-rejected" and row.get("state") == "REJECTED")
-        or (type_ == "task-retried" and row.get("state") not in FINAL)
-    )
-    if error_counts and (event.get("exception") or event.get("error")):
-        row["exception"] = _text(event.get("exception"), 200) or row.get("exception")
-        row["error"] = _text(event.get("error"), 5000) or row.get("error")
-        if type_ == "task-failed":
-            row["traceback"] = _text(event.get("traceback"), 20_000)
+def _on_sent(fold: Fold) -> None:
+    if fold.attempt == 0:  # a retry's publish is not the task's
+        fold.row["sent_at"] = _earliest(fold.row.get("sent_at"), fold.when)
+        _keep_eta(fold)
 
-    if counted:
-        metric = COUNTERS[str(type_)][0]
-        if type_ == "task-failed":
-            deltas.count(metric, (name, host, str(event.get("exception") or ""), queue), host)
-            deltas.add(series_key(TASK_FAILURES, (name,)), NO_HOST)
-        else:
-            deltas.count(metric, (name, host, queue), host)
-        if type_ == "task-succeeded" and isinstance(event.get("runtime"), int | float):
-            deltas.observe(RUNTIME, (name, host, queue), host, float(event["runtime"]))
 
-    # queue wait: from the original publish to the first start, observed once both are known
+def _on_received(fold: Fold) -> None:
+    fold.row["received_at"] = _earliest(fold.row.get("received_at"), fold.when)
+    fold.row["worker"] = fold.row.get("worker") or _text(fold.host, 200)
+
+
+def _on_started(fold: Fold) -> None:
+    fold.row["started_at"] = _earliest(fold.row.get("started_at"), fold.when)
+    fold.row["worker"] = _text(fold.host, 200)
+    if fold.attempt == 0:
+        _keep_eta(fold)
+
+
+def _on_progress(fold: Fold) -> None:
+    row, current, total = fold.row, fold.event.get("current"), fold.event.get("total")
+    if isinstance(current, int) and current >= int(row.get("progress_current") or 0):
+        row["progress_current"] = current
+        row["progress_total"] = total if isinstance(total, int) else row.get("progress_total")
+
+
+def _on_retried(fold: Fold) -> None:
+    fold.row["retries"] = max(int(fold.row.get("retries") or 0), fold.attempt + 1)
+
+
+def _on_final(fold: Fold) -> None:
+    fold.row["finished_at"] = fold.row.get("finished_at") or fold.when
+
+
+_HANDLERS: dict[EventType, Callable[[Fold], None]] = {
+    EventType.TASK_SENT: _on_sent,
+    EventType.TASK_RECEIVED: _on_received,
+    EventType.TASK_STARTED: _on_started,
+    EventType.TASK_PROGRESS: _on_progress,
+    EventType.TASK_RETRIED: _on_retried,
+    EventType.TASK_SUCCEEDED: _on_final,
+    EventType.TASK_FAILED: _on_final,
+    EventType.TASK_REVOKED: _on_final,
+    EventType.TASK_REJECTED: _on_final,
+}
+
+
+# -- what every event may change ----------------------------------------------------------------------
+
+
+def _advance_state(fold: Fold) -> None:
+    """The state, by precedence (a retry message's publish is not a state of its own)."""
+    row, attempt = fold.row, fold.attempt
+    state = EVENT_STATE[fold.type_]
+    if fold.type_ == EventType.TASK_SENT and attempt > 0:
+        return
+    if fold.before is not None and precedence(state, attempt) <= fold.before:
+        return
+    row["state"] = state
+    row["retries"] = max(int(row.get("retries") or 0), attempt + 1 if state == TaskState.RETRY else attempt)
+    if state in (TaskState.SUCCESS, TaskState.FAILURE):
+        runtime = fold.event.get("runtime")
+        row["runtime"] = float(runtime) if isinstance(runtime, int | float) else row.get("runtime")
+        row["finished_at"] = fold.when
+        row["worker"] = _text(fold.host, 200)
+    if state == TaskState.SUCCESS:
+        row["result_summary"] = _text(fold.event.get("result"), 500)
+        row["exception"] = None
+        row["error"] = None
+        row["traceback"] = None
+
+
+# the events whose error is shown while the row is in this state (None: while it is not finished)
+_ERROR_SHOWN_IN: dict[EventType, TaskState | None] = {
+    EventType.TASK_FAILED: TaskState.FAILURE,
+    EventType.TASK_REJECTED: TaskState.REJECTED,
+    EventType.TASK_REVOKED: TaskState.REVOKED,
+    EventType.TASK_RETRIED: None,
+}
+
+
+def _keep_error(fold: Fold) -> None:
+    """The error shown is the final failure's (or rejection's, or revocation's reason), or the last
+    retry's while the task is not finished."""
+    if fold.type_ not in _ERROR_SHOWN_IN or not (fold.event.get("exception") or fold.event.get("error")):
+        return
+    shown_in, state = _ERROR_SHOWN_IN[fold.type_], fold.row.get("state")
+    if state == shown_in or (shown_in is None and state not in FINAL_STATES):
+        fold.row["exception"] = _text(fold.event.get("exception"), 200) or fold.row.get("exception")
+        fold.row["error"] = _text(fold.event.get("error"), 5000) or fold.row.get("error")
+        if fold.type_ == EventType.TASK_FAILED:
+            fold.row["traceback"] = _text(fold.event.get("traceback"), 20_000)
+
+
+def _count(fold: Fold) -> None:
+    metric, name, host, queue = COUNTERS[fold.type_][0], fold.name, fold.host, fold.queue
+    if fold.type_ == EventType.TASK_FAILED:
+        fold.deltas.count(metric, (name, host, str(fold.event.get("exception") or ""), queue), host)
+        fold.deltas.add(series_key(TASK_FAILURES, (name,)), NO_HOST)
+    else:
+        fold.deltas.count(metric, (name, host, queue), host)
+    if fold.type_ == EventType.TASK_SUCCEEDED and isinstance(fold.event.get("runtime"), int | float):
+        fold.deltas.observe(RUNTIME, (name, host, queue), host, float(fold.event["runtime"]))
+
+
+def _keep_eta(fold: Fold) -> None:
+    eta = _parse_eta(fold.event.get("eta"))
+    if eta is not None:
+        fold.row["_eta"] = eta
+
+
+def _queue_wait(fold: Fold) -> None:
+    """From when the task could run (its publish, or its ETA or countdown if later) to its first start,
+    observed once both are known. Both events of the pair carry the ETA, so whichever comes second has it."""
+    row = fold.row
     sent, started = row.get("sent_at"), row.get("started_at")
-    if sent is not None and started is not None:
-        row["queue_wait"] = max((started - sent).total_seconds(), 0.0)
-        if mask & (1 << SENT_BIT) and not mask & (1 << QUEUE_WAIT_BIT):
-            mask |= 1 << QUEUE_WAIT_BIT
-            worker = str(row.get("worker") or host)
-            deltas.observe(QUEUE_WAIT, (name, worker, str(row.get("queue") or queue)), worker, row["queue_wait"])
+    if sent is None or started is None:
+        return
+    due = max(sent, row.get("_eta") or sent)
+    row["queue_wait"] = max((started - due).total_seconds(), 0.0)
+    mask = int(row.get("event_mask") or 0)
+    if mask & (1 << SENT_BIT) and not mask & (1 << QUEUE_WAIT_BIT):
+        row["event_mask"] = mask | (1 << QUEUE_WAIT_BIT)
+        worker = str(row.get("worker") or fold.host)
+        queue = str(row.get("queue") or fold.queue)
+        fold.deltas.observe(QUEUE_WAIT, (fold.name, worker, queue), worker, row["queue_wait"])
 
-    row["event_mask"] = mask
-    row["last_event_seq"] = max(int(row.get("last_event_seq") or 0), seq)
-    return True
+
+def _parse_eta(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        eta = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return eta.replace(tzinfo=dt.UTC) if eta.tzinfo is None else eta.astimezone(dt.UTC)
 
 
 def finish_row(row: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
     """The row's column values ready to store: defaults for a task first seen without its sent event."""
     values = {k: v for k, v in row.items() if not k.startswith("_")}
     values["task_name"] = values.get("task_name") or "unknown"
-    values["state"] = values.get("state") or "SENT"
+    values["state"] = values.get("state") or TaskState.SENT
     if values.get("sent_at") is None:
         values["sent_at"] = values.get("received_at") or values.get("started_at") or row.get("_first_seen") or now
     values["updated_at"] = now

@@ -6,7 +6,7 @@ with :func:`html.escape` here, in one place.
 
 Errors: SMTP 4xx replies and lost connections propagate as they are (the shared task base retries
 them); 5xx replies are permanent; TLS or authentication trouble is a configuration problem, reported
-as :class:`~shared.tasks.PermanentError` with a message that says what to fix.
+as :class:`~shared.errors.PermanentError` with a message that says what to fix.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from email.utils import format_datetime, make_msgid
 from importlib import resources
 from typing import Literal
 
+from shared.errors import PermanentError
 from shared.models import utcnow
 from shared.settings import Settings
-from shared.tasks import PermanentError
 
 Language = Literal["zh_CN", "en"]
 LANGUAGES: tuple[Language, ...] = ("zh_CN", "en")

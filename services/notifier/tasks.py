@@ -8,9 +8,10 @@ from typing import Any
 from celery import Celery
 
 from services.notifier import mailer, notifications
+from shared.celery_extensions.task_base import MallopsTask, is_transient, register
 from shared.db import session_scope
-from shared.settings import Settings, get_settings
-from shared.tasks import MallopsTask, PermanentError, is_transient, register
+from shared.errors import PermanentError
+from shared.settings import Settings
 
 
 def send_notification_email(
@@ -21,7 +22,7 @@ def send_notification_email(
     language: mailer.Language,
     notification_id: int | None,
 ) -> dict[str, Any]:
-    settings = get_settings()
+    settings = task.settings
     if notification_id is None:  # a direct send: its row is keyed by the task id, so redelivery finds it
         with session_scope(settings) as session:
             notification_id = notifications.record_manual(
@@ -77,7 +78,7 @@ def _record_sent(settings: Settings, notification_id: int, attempts: int = 4) ->
 
 
 def cleanup_old_notifications(task: MallopsTask, days: int) -> dict[str, object]:
-    return notifications.cleanup_old(get_settings(), days).as_dict()
+    return notifications.cleanup_old(task.settings, days).as_dict()
 
 
 def register_all(app: Celery) -> None:

@@ -1,7 +1,7 @@
 """The gateway's access log: from its Redis buffer into ``access_logs``, daily statistics, retention.
 
 Draining never loses an entry. One drainer at a time (a Redis lock) moves a batch from the buffer
-(``shared.cache.ACCESS_LOG_BUFFER``) to a processing list in one MULTI transaction, inserts it, commits,
+(``shared.contracts.ACCESS_LOG_BUFFER``) to a processing list in one MULTI transaction, inserts it, commits,
 and only then deletes the processing list. If the insert fails or the worker dies, the entries stay in
 the processing list and the next run inserts them first; ``request_id`` is unique, so entries already
 committed are skipped, never inserted twice. Entries that are not valid JSON of the documented shape are
@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from services.reports.upserts import insert_ignoring, upsert
 from shared import models
-from shared.cache import ACCESS_LOG_BUFFER
+from shared.contracts import ACCESS_LOG_BUFFER
 from shared.db import session_scope
 from shared.retention import cutoff_days, delete_in_batches
 from shared.settings import Settings

@@ -33,9 +33,9 @@ from sqlalchemy.orm import Session
 from services.reports.upserts import insert_ignoring
 from shared import models
 from shared.db import get_engine, session_scope
+from shared.errors import PermanentError
 from shared.files import atomic_path, atomic_write, sha256_of
 from shared.settings import Settings
-from shared.tasks import PermanentError
 
 log = logging.getLogger("mallops.reports.exports")
 

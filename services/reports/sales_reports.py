@@ -13,8 +13,8 @@ Re-running a period replaces its row (unique ``kind`` + ``period_start``, upsert
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -91,112 +91,132 @@ class ReportContent:
     lines: list[StoreLine]
 
 
+@dataclass
+class Tally:
+    """A running count and amount (sales: transactions and CNY; payments: payments and CNY)."""
+
+    count: int = 0
+    amount: Decimal = Decimal("0.00")
+
+    def add(self, count: int, amount: Decimal) -> None:
+        self.count += count
+        self.amount += amount
+
+    def as_pair(self) -> dict[str, Any]:
+        return _pair(self.count, self.amount)
+
+    def as_sales(self) -> dict[str, Any]:
+        return {"amount": str(self.amount), "transactions": self.count}
+
+
 def _pair(count: int, amount: Decimal) -> dict[str, Any]:
     return {"count": count, "amount": str(amount)}
 
 
+def _total(lines: dict[int, StoreLine], count: str, amount: str) -> dict[str, Any]:
+    return _pair(
+        sum(getattr(line, count) for line in lines.values()),
+        sum((getattr(line, amount) for line in lines.values()), Decimal("0.00")),
+    )
+
+
 def compute(session: Session, period: Period) -> ReportContent:
     """Every figure of ``period``, as the report's JSON data and one line per store."""
+    query = select(models.Store.id, models.Store.code, models.Store.name, models.Store.category)
     stores = {
         row.id: StoreLine(row.id, row.code, row.name, row.category)
-        for row in session.execute(
-            select(models.Store.id, models.Store.code, models.Store.name, models.Store.category).order_by(
-                models.Store.id
-            )
-        )
+        for row in session.execute(query.order_by(models.Store.id))
     }
     data: dict[str, Any] = {"period": period.as_dict(), "currency": "CNY"}
+    data["sales"] = _sales(session, period, stores) if period.whole_days else None  # the POS feed is daily
+    data["payments"] = _payments(session, period, stores)
+    data["bills_issued"] = _bills_issued(session, period, stores) if period.whole_days else None
+    data["overdue_at_end"] = _overdue_at_end(session, period, stores)
+    lines = list(stores.values())
+    data["top_stores"] = _top_stores(lines, period)
+    data["chart"] = _chart(period, data)
+    return ReportContent(data, lines)
 
-    # -- sales (daily granularity) -------------------------------------------------------------
-    if period.whole_days:
-        by_day: dict[dt.date, list[Any]] = defaultdict(lambda: [Decimal("0.00"), 0])
-        by_category: dict[str, list[Any]] = defaultdict(lambda: [Decimal("0.00"), 0])
-        for store_id, day, amount, transactions in session.execute(
-            select(models.Sale.store_id, models.Sale.day, models.Sale.amount, models.Sale.transactions).where(
-                models.Sale.day >= period.first_day, models.Sale.day < period.end_day
-            )
-        ):
-            value = money(amount)
-            line = stores[store_id]
-            line.sales_amount += value
-            line.sales_transactions += transactions
-            by_day[day][0] += value
-            by_day[day][1] += transactions
-            by_category[line.category][0] += value
-            by_category[line.category][1] += transactions
-        data["sales"] = {
-            "amount": str(sum((line.sales_amount for line in stores.values()), Decimal("0.00"))),
-            "transactions": sum(line.sales_transactions for line in stores.values()),
-            "by_category": {cat: {"amount": str(v[0]), "transactions": v[1]} for cat, v in sorted(by_category.items())},
-            "by_day": [
-                {"day": day.isoformat(), "amount": str(v[0]), "transactions": v[1]} for day, v in sorted(by_day.items())
-            ],
-        }
-    else:
-        data["sales"] = None
 
-    # -- payments received in the period ------------------------------------------------------
-    by_method: dict[str, list[Any]] = defaultdict(lambda: [0, Decimal("0.00")])
-    pay_by_category: dict[str, list[Any]] = defaultdict(lambda: [0, Decimal("0.00")])
-    for store_id, method, count, amount in session.execute(
+def _sales(session: Session, period: Period, stores: dict[int, StoreLine]) -> dict[str, Any]:
+    """The POS feed's daily sales on the period's local days, by day and by store category."""
+    rows = session.execute(
+        select(models.Sale.store_id, models.Sale.day, models.Sale.transactions, models.Sale.amount).where(
+            models.Sale.day >= period.first_day, models.Sale.day < period.end_day
+        )
+    )
+    by_day, by_category = _add_up(stores, rows, "sales_transactions", "sales_amount")
+    return {
+        "amount": str(sum((line.sales_amount for line in stores.values()), Decimal("0.00"))),
+        "transactions": sum(line.sales_transactions for line in stores.values()),
+        "by_category": {category: tally.as_sales() for category, tally in sorted(by_category.items())},
+        "by_day": [{"day": day.isoformat(), **tally.as_sales()} for day, tally in sorted(by_day.items())],
+    }
+
+
+def _payments(session: Session, period: Period, stores: dict[int, StoreLine]) -> dict[str, Any]:
+    """Payments received in the period, by method and by store category."""
+    rows = session.execute(
         select(models.Payment.store_id, models.Payment.method, func.count(), func.sum(models.Payment.amount))
         .where(models.Payment.paid_at >= period.start, models.Payment.paid_at < period.end)
         .group_by(models.Payment.store_id, models.Payment.method)
-    ):
-        value = money(amount)
-        line = stores[store_id]
-        line.payments += count
-        line.payments_amount += value
-        by_method[method][0] += count
-        by_method[method][1] += value
-        pay_by_category[line.category][0] += count
-        pay_by_category[line.category][1] += value
-    data["payments"] = {
-        **_pair(
-            sum(line.payments for line in stores.values()),
-            sum((line.payments_amount for line in stores.values()), Decimal("0.00")),
-        ),
-        "by_method": {m: _pair(v[0], v[1]) for m, v in sorted(by_method.items())},
-        "by_category": {c: _pair(v[0], v[1]) for c, v in sorted(pay_by_category.items())},
+    )
+    by_method, by_category = _add_up(stores, rows, "payments", "payments_amount")
+    return {
+        **_total(stores, "payments", "payments_amount"),
+        "by_method": {method: tally.as_pair() for method, tally in sorted(by_method.items())},
+        "by_category": {category: tally.as_pair() for category, tally in sorted(by_category.items())},
     }
 
-    # -- bills issued on the period's days ----------------------------------------------------
-    if period.whole_days:
-        for store_id, count, amount in session.execute(
-            select(models.Bill.store_id, func.count(), func.sum(models.Bill.amount))
-            .where(models.Bill.issued_on >= period.first_day, models.Bill.issued_on < period.end_day)
-            .group_by(models.Bill.store_id)
-        ):
-            stores[store_id].bills_issued = count
-            stores[store_id].bills_issued_amount = money(amount)
-        data["bills_issued"] = _pair(
-            sum(line.bills_issued for line in stores.values()),
-            sum((line.bills_issued_amount for line in stores.values()), Decimal("0.00")),
-        )
-    else:
-        data["bills_issued"] = None
 
-    # -- overdue at the end of the period -----------------------------------------------------
-    for store_id, count, amount in session.execute(
+def _add_up(
+    stores: dict[int, StoreLine], rows: Iterable[Any], count: str, amount: str
+) -> tuple[dict[Any, Tally], dict[str, Tally]]:
+    """Add each ``(store_id, key, count, amount)`` row to its store's line (attributes ``count`` and
+    ``amount``) and to the tallies by key and by the store's category."""
+    by_key: dict[Any, Tally] = defaultdict(Tally)
+    by_category: dict[str, Tally] = defaultdict(Tally)
+    for store_id, key, n, total in rows:
+        value = money(total)
+        line = stores[store_id]
+        setattr(line, count, getattr(line, count) + n)
+        setattr(line, amount, getattr(line, amount) + value)
+        by_key[key].add(n, value)
+        by_category[line.category].add(n, value)
+    return by_key, by_category
+
+
+def _bills_issued(session: Session, period: Period, stores: dict[int, StoreLine]) -> dict[str, Any]:
+    """Bills issued on the period's local days."""
+    issued = models.Bill.issued_on >= period.first_day, models.Bill.issued_on < period.end_day
+    return _per_store(session, stores, issued, "bills_issued", "bills_issued_amount")
+
+
+def _overdue_at_end(session: Session, period: Period, stores: dict[int, StoreLine]) -> dict[str, Any]:
+    """Bills due before the local day the period ends on and not paid by its end."""
+    unpaid = or_(models.Bill.paid_at.is_(None), models.Bill.paid_at >= period.end)
+    return _per_store(session, stores, (models.Bill.due_date < period.end_day, unpaid), "overdue", "overdue_amount")
+
+
+def _per_store(
+    session: Session, stores: dict[int, StoreLine], where: tuple[Any, ...], count: str, amount: str
+) -> dict[str, Any]:
+    """Count and sum the bills matching ``where`` per store into each line's ``count`` and ``amount``."""
+    for store_id, bills, total in session.execute(
         select(models.Bill.store_id, func.count(), func.sum(models.Bill.amount))
-        .where(
-            models.Bill.due_date < period.end_day, or_(models.Bill.paid_at.is_(None), models.Bill.paid_at >= period.end)
-        )
+        .where(*where)
         .group_by(models.Bill.store_id)
     ):
-        stores[store_id].overdue = count
-        stores[store_id].overdue_amount = money(amount)
-    data["overdue_at_end"] = _pair(
-        sum(line.overdue for line in stores.values()),
-        sum((line.overdue_amount for line in stores.values()), Decimal("0.00")),
-    )
+        setattr(stores[store_id], count, bills)
+        setattr(stores[store_id], amount, money(total))
+    return _total(stores, count, amount)
 
-    lines = list(stores.values())
 
+def _top_stores(lines: list[StoreLine], period: Period) -> list[dict[str, Any]]:
     def rank(line: StoreLine) -> Decimal:
         return line.sales_amount if period.whole_days else line.payments_amount
 
-    data["top_stores"] = [
+    return [
         {
             "store_id": ln.store_id,
             "code": ln.code,
@@ -207,8 +227,6 @@ def compute(session: Session, period: Period) -> ReportContent:
         }
         for ln in sorted(lines, key=lambda ln: (-rank(ln), ln.store_id))[:TOP_STORES]
     ]
-    data["chart"] = _chart(period, data)
-    return ReportContent(data, lines)
 
 
 def _chart(period: Period, data: dict[str, Any]) -> dict[str, Any]:

@@ -11,45 +11,45 @@ from celery import Celery
 
 from services.reports import access_logs, exports, periods, sales_reports
 from shared.cache import redis_client
+from shared.celery_extensions.task_base import MallopsTask, register
+from shared.contracts import OWNER_HEADER, TaskState
 from shared.db import session_factory, session_scope
-from shared.settings import get_settings
-from shared.tasks import MallopsTask, register
 
 
 def _report(task: MallopsTask, period: periods.Period) -> dict[str, Any]:
-    settings = get_settings()
+    settings = task.settings
     with session_scope(settings) as session:
         return sales_reports.generate(session, period, settings.reports_dir, task.request.id, settings.report_language)
 
 
-def _zone() -> ZoneInfo:
-    return ZoneInfo(get_settings().timezone)
+def _zone(task: MallopsTask) -> ZoneInfo:
+    return ZoneInfo(task.settings.timezone)
 
 
 def generate_hourly_report(task: MallopsTask, hour: dt.datetime | None) -> dict[str, Any]:
-    return _report(task, periods.hourly(_zone(), hour))
+    return _report(task, periods.hourly(_zone(task), hour))
 
 
 def generate_daily_report(task: MallopsTask, date: dt.date | None) -> dict[str, Any]:
-    return _report(task, periods.daily(_zone(), date))
+    return _report(task, periods.daily(_zone(task), date))
 
 
 def generate_weekly_report(task: MallopsTask, week_start: dt.date | None) -> dict[str, Any]:
-    return _report(task, periods.weekly(_zone(), week_start))
+    return _report(task, periods.weekly(_zone(task), week_start))
 
 
 def generate_monthly_report(task: MallopsTask, year: int | None, month: int | None) -> dict[str, Any]:
-    return _report(task, periods.monthly(_zone(), year, month))
+    return _report(task, periods.monthly(_zone(task), year, month))
 
 
 def export_data(task: MallopsTask, dataset: str, format: str, filters: dict[str, Any]) -> dict[str, Any]:
     def progress(current: int, total: int) -> None:
-        task.update_state(state="PROGRESS", meta={"current": current, "total": total})
+        task.update_state(state=TaskState.PROGRESS, meta={"current": current, "total": total})
 
     return exports.run_export(
-        get_settings(),
+        task.settings,
         task_id=task.request.id,
-        owner=task.request.get("mallops_owner"),
+        owner=task.request.get(OWNER_HEADER),
         dataset=dataset,
         fmt=format,
         filters=filters,
@@ -58,19 +58,19 @@ def export_data(task: MallopsTask, dataset: str, format: str, filters: dict[str,
 
 
 def process_access_logs(task: MallopsTask, batch_size: int) -> dict[str, Any]:
-    settings = get_settings()
+    settings = task.settings
     return access_logs.drain(settings, redis_client(settings), batch_size).as_dict()
 
 
 def generate_access_statistics(task: MallopsTask, date: dt.date | None) -> dict[str, Any]:
-    zone = _zone()
+    zone = _zone(task)
     day = date or (dt.datetime.now(zone).date() - dt.timedelta(days=1))
-    with session_scope(get_settings()) as session:
+    with session_scope(task.settings) as session:
         return access_logs.access_statistics(session, day, zone)
 
 
 def cleanup_old_access_records(task: MallopsTask, days: int) -> dict[str, Any]:
-    with session_factory(get_settings())() as session:
+    with session_factory(task.settings)() as session:
         return access_logs.cleanup_old_records(session, days)
 
 

@@ -1,7 +1,7 @@
 """compose.yaml against the code: service commands, settings, ports, healthchecks, dependencies.
 
 No Docker engine here: the file is parsed (variables substituted like ``docker compose`` does) and
-compared with shared/services.py, shared/settings.py, the Prometheus and Grafana files.
+compared with mallops/services.py, shared/settings.py, the Prometheus and Grafana files.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 import typer.main
 
 from mallops.cli import app as cli_app
-from shared.services import SERVICE_SPECS, WORKER_SERVICES
+from mallops.services import SERVICE_SPECS, WORKER_SERVICES
 from shared.settings import Settings
 from tests.deploy.conftest import (
     COMPOSE_FILE,
@@ -41,7 +41,7 @@ CONDITIONS = {"service_healthy", "service_completed_successfully", "service_star
 
 
 def spec_of(service: str) -> str | None:
-    """The shared/services.py name a compose service runs: ``gateway`` -> gateway, ``finance-worker``
+    """The mallops/services.py name a compose service runs: ``gateway`` -> gateway, ``finance-worker``
     -> finance."""
     name = service.removesuffix("-worker")
     return name if name in SERVICE_SPECS else None
@@ -125,10 +125,10 @@ def test_every_service_command_is_the_one_mallops_dev_runs(compose: Interpolated
         if name in ONE_SHOT:
             continue
         spec = spec_of(name)
-        assert spec is not None, f"compose service {name} runs no service of shared/services.py"
+        assert spec is not None, f"compose service {name} runs no service of mallops/services.py"
         assert service["command"] == list(SERVICE_SPECS[spec].argv), name
         ran[spec] = name
-    assert set(ran) == set(SERVICE_SPECS), "every service of shared/services.py runs in compose"
+    assert set(ran) == set(SERVICE_SPECS), "every service of mallops/services.py runs in compose"
     assert {f"{worker}-worker" for worker in WORKER_SERVICES} <= set(compose.services)
 
 

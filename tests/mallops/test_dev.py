@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mallops.devstack import MAIL_PROCESS, make_plan
-from shared.services import SERVICE_SPECS
+from mallops.services import SERVICE_SPECS
 from shared.settings import Settings
 from tests.harness import ROOT, free_port, wait_until
 from tests.mallops.conftest import CliRunner
@@ -21,7 +21,7 @@ from tests.mallops.processes import ProcId, alive, descendants, stop_all
 
 
 @pytest.mark.usefixtures("clean_env")
-def test_dev_runs_exactly_the_service_commands_of_shared_services(tmp_path: Path) -> None:
+def test_dev_runs_exactly_the_service_commands_of_mallops_services(tmp_path: Path) -> None:
     plan = make_plan(Settings(data_dir=tmp_path), {})
     assert set(plan.commands) == {*SERVICE_SPECS, MAIL_PROCESS}
     for name, spec in SERVICE_SPECS.items():

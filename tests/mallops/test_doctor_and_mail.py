@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mallops.commands.doctor import describe_lock_token
-from shared.services import redbeat_lock_key
+from mallops.services import redbeat_lock_key
 from shared.settings import Settings
 from tests.harness import Process, RedisServer, free_port, wait_until
 from tests.mallops.conftest import CliRunner

@@ -32,8 +32,8 @@ from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from shared.cache import EVENT_STREAM
 from shared.celery_app import create_celery_app
+from shared.contracts import EVENT_STREAM
 from shared.db import session_scope
 from shared.models import TaskRecord
 from shared.settings import Settings

@@ -13,7 +13,7 @@ import sys
 
 from services.maintenance.main import SERVICE, create_app
 from shared.catalog import NoArgs, TaskSpec
-from shared.tasks import MallopsTask
+from shared.celery_extensions.task_base import MallopsTask
 from shared.worker import run_worker
 
 POISON_TASK = "mallops.tests.poison_pill"

@@ -21,9 +21,9 @@ from sqlalchemy.engine import make_url
 
 from services.beat.main import create_app as create_beat_app
 from shared import dead_letter_store
-from shared.cache import DELIVERIES_PREFIX
 from shared.catalog import Schedule
-from shared.dead_letters import header_problem
+from shared.celery_extensions.dead_letters import header_problem
+from shared.contracts import DELIVERIES_PREFIX
 from shared.schedules import update_entry
 from tests.conftest import DEFAULT_PG
 from tests.harness import free_port, wait_until

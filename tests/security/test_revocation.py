@@ -1,7 +1,7 @@
 """A task revoked while no worker was online is skipped by a worker that starts afterwards (issue 4).
 
 Celery's revoke broadcast reaches only the workers online at that moment; the gateway also keeps the id in
-Redis (``shared.revocations``), which every worker checks for each task it receives.
+Redis (``shared.celery_extensions.revocations``), which every worker checks for each task it receives.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from shared.revocations import REVOKED_KEY
+from shared.contracts import REVOKED_KEY
 from shared.settings import Settings
 from tests.harness import Process, wait_until
 from tests.security.conftest import API, Gateway

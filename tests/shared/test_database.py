@@ -7,10 +7,11 @@ import signal
 
 import pytest
 from sqlalchemy import func, inspect, select, text
+from sqlalchemy.orm import Session
 
+from mallops.demo_data import DemoDataExists, generate
 from shared import models
 from shared.db import get_engine, session_scope
-from shared.demo_data import DemoDataExists, generate
 from shared.settings import Settings
 
 
@@ -20,34 +21,33 @@ def test_migrations_create_every_model_table(migrated: Settings) -> None:
     assert "alembic_version" in tables
 
 
-def test_demo_data_is_deterministic_and_has_arrears(migrated: Settings) -> None:
+def test_demo_data_is_deterministic_and_has_arrears(db: Session) -> None:
     day = dt.date(2026, 6, 20)
-    with session_scope(migrated) as session:
-        first = generate(session, stores=15, months=4, seed=3, as_of=day, reset=True)
-        bills_first = session.execute(
-            select(models.Bill.id, models.Bill.amount, models.Bill.status).order_by(models.Bill.id)
-        ).all()
-        sales_first = session.scalar(select(func.sum(models.Sale.amount)))
-    with session_scope(migrated) as session:
-        second = generate(session, stores=15, months=4, seed=3, as_of=day, reset=True)
-        bills_second = session.execute(
-            select(models.Bill.id, models.Bill.amount, models.Bill.status).order_by(models.Bill.id)
-        ).all()
-        assert session.scalar(select(func.sum(models.Sale.amount))) == sales_first
+    bills = select(models.Bill.id, models.Bill.amount, models.Bill.status).order_by(models.Bill.id)
+    first = generate(db, stores=15, months=4, seed=3, as_of=day, reset=True)
+    bills_first = db.execute(bills).all()
+    sales_first = db.scalar(select(func.sum(models.Sale.amount)))
+    second = generate(db, stores=15, months=4, seed=3, as_of=day, reset=True)
+    assert db.execute(bills).all() == bills_first
+    assert db.scalar(select(func.sum(models.Sale.amount))) == sales_first
     assert first == second
-    assert bills_first == bills_second
     assert first.stores == 15
     assert first.bills == 15 * 4
     assert first.unpaid_past_due > 0
-    with session_scope(migrated) as session:
-        unpaid = session.scalar(
-            select(func.count())
-            .select_from(models.Bill)
-            .where(models.Bill.status == "pending", models.Bill.due_date < day)
-        )
-        assert unpaid == first.unpaid_past_due
-        payments = session.scalar(select(func.count()).select_from(models.Payment))
-        assert payments == first.payments
+    unpaid = db.scalar(
+        select(func.count()).select_from(models.Bill).where(models.Bill.status == "pending", models.Bill.due_date < day)
+    )
+    assert unpaid == first.unpaid_past_due
+    assert db.scalar(select(func.count()).select_from(models.Payment)) == first.payments
+
+
+def test_the_db_fixture_commits_nothing(db: Session, migrated: Settings) -> None:
+    """What a test writes through ``db`` (even "committed" by the code under test) stays in its transaction."""
+    db.add(models.TaskRecord(task_id="savepoint-probe", task_name="t", state="SENT", retries=0, last_event_seq=0))
+    db.commit()  # the code under test commits: a SAVEPOINT is released, the outer transaction stays open
+    assert db.get(models.TaskRecord, "savepoint-probe") is not None
+    with session_scope(migrated) as other:
+        assert other.get(models.TaskRecord, "savepoint-probe") is None
 
 
 def test_demo_data_refuses_to_overwrite_without_reset(demo_db: Settings) -> None:

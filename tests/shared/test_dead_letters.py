@@ -1,4 +1,4 @@
-"""The message checks of shared.dead_letters, without a broker (the worker-level test is
+"""The message checks of shared.celery_extensions.dead_letters, without a broker (the worker-level test is
 tests/security/test_malformed_messages.py)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shared.dead_letters import body_problem, header_problem
+from shared.celery_extensions.dead_letters import body_problem, header_problem
 
 GOOD = {
     "lang": "py",

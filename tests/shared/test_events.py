@@ -1,4 +1,4 @@
-"""shared.events: buffering, batched writes to the stream, keeping events while Redis is away."""
+"""shared.celery_extensions.events: buffering, batched writes to the stream, keeping events while Redis is away."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import uuid
 
 from celery import signals
 
-from shared import events
-from shared.cache import EVENT_STREAM
 from shared.celery_app import create_celery_app
+from shared.celery_extensions import events
+from shared.contracts import EVENT_STREAM, EventType
 from shared.settings import Settings
 from tests.harness import RedisServer, free_port, wait_until
 
@@ -19,8 +19,8 @@ def test_events_are_buffered_then_written_in_one_batch(
 ) -> None:
     host = f"tester-{uuid.uuid4().hex[:8]}@h"  # running workers write heartbeats into the same stream
     emitter = events.EventEmitter(settings, host)
-    emitter.emit("task-started", id="a", name="n", queue="default", retries=0)
-    emitter.emit("task-succeeded", id="a", name="n", queue="default", retries=0, runtime=0.1)
+    emitter.emit(EventType.TASK_STARTED, id="a", name="n", queue="default", retries=0)
+    emitter.emit(EventType.TASK_SUCCEEDED, id="a", name="n", queue="default", retries=0, runtime=0.1)
     cache = redis_server.client(2)
 
     def mine() -> list[dict[str, object]]:
@@ -47,7 +47,7 @@ def test_events_wait_for_redis_instead_of_being_lost(settings: Settings) -> None
     emitter = events.EventEmitter(unreachable, "tester@h")
     try:
         for i in range(5):
-            emitter.emit("task-received", id=str(i))
+            emitter.emit(EventType.TASK_RECEIVED, id=str(i))
         assert emitter.flush() == 0
         assert emitter.pending == 5
     finally:
@@ -56,9 +56,15 @@ def test_events_wait_for_redis_instead_of_being_lost(settings: Settings) -> None
 
 
 def test_installing_twice_connects_each_handler_once(settings: Settings) -> None:
-    create_celery_app("one", settings).close()
-    create_celery_app("two", settings).close()
-    assert events.emitter() is not None
+    one = create_celery_app("one", settings)
+    two = create_celery_app("two", settings.model_copy(update={"redis_url": "redis://127.0.0.1:1"}))
+    # each app has its own events, writing where its own settings say
+    assert events.for_app(one) is not None
+    assert events.for_app(two) is not None
+    assert events.for_app(one) is not events.for_app(two)
+    assert events.for_app(two).emitter._url.startswith("redis://127.0.0.1:1/")  # type: ignore[union-attr]
+    one.close()
+    two.close()
     receivers = [r for r in signals.task_prerun.receivers if "mallops.events" in str(r[0])]
     assert len(receivers) == 1
 
@@ -97,3 +103,10 @@ def test_a_published_task_emits_task_sent_with_its_owner(
         broker.close()
         cache.close()
         app.close()
+
+
+def test_a_revocation_names_its_reason() -> None:
+    assert events.revocation_reason(True, 15, False) == ("Terminated", "terminated by SIGTERM")
+    assert events.revocation_reason(True, "SIGKILL", False) == ("Terminated", "terminated by signal SIGKILL")
+    assert events.revocation_reason(False, None, True) == ("Expired", "expired before it ran")
+    assert events.revocation_reason(False, None, False) == ("Revoked", "revoked before it ran")

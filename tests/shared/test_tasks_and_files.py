@@ -9,8 +9,9 @@ import sqlalchemy.exc
 from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import ValidationError
 
+from shared.celery_extensions.task_base import is_transient, retry_delay
+from shared.errors import PermanentError, TransientError
 from shared.files import atomic_path, atomic_write, sha256_of
-from shared.tasks import PermanentError, TransientError, is_transient, retry_delay
 
 
 @pytest.mark.parametrize(

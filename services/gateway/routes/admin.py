@@ -12,8 +12,9 @@ from services.gateway.deps import RuntimeDep
 from services.gateway.openapi import admin_only
 from services.gateway.routes import API_PREFIX
 from services.gateway.schemas import QueueInfo, QueueList, WorkerInfo, WorkerList
-from shared import history, permissions
+from shared import permissions
 from shared.tokens import Principal
+from shared.workers import list_workers, queue_lengths
 
 router = APIRouter(prefix=API_PREFIX, tags=["admin"])
 WorkersReader = Annotated[Principal, authz.requires(permissions.WORKERS_READ)]
@@ -23,7 +24,7 @@ QueuesReader = Annotated[Principal, authz.requires(permissions.QUEUES_READ)]
 @router.get("/workers", response_model=WorkerList, summary="Workers online and offline", openapi_extra=admin_only())
 async def workers(principal: WorkersReader, runtime: RuntimeDep) -> WorkerList:
     """Every worker seen recently (from their heartbeats): status, queues, active and processed tasks."""
-    rows = await run_in_threadpool(history.list_workers, runtime.settings)
+    rows = await run_in_threadpool(list_workers, runtime.settings)
     items = [WorkerInfo.model_validate(row) for row in rows]
     return WorkerList(count=len(items), online=sum(1 for w in items if w.status == "online"), results=items)
 
@@ -31,7 +32,7 @@ async def workers(principal: WorkersReader, runtime: RuntimeDep) -> WorkerList:
 @router.get("/queues", response_model=QueueList, summary="Queue lengths and consumers", openapi_extra=admin_only())
 async def queues(principal: QueuesReader, runtime: RuntimeDep) -> QueueList:
     """Each queue's pending messages in the broker (priority sub-queues included) and its online consumers."""
-    lengths = await run_in_threadpool(history.queue_lengths, runtime.settings)
+    lengths = await run_in_threadpool(queue_lengths, runtime.settings)
     items = [
         QueueInfo(name=name, pending=value["pending"], consumers=value["consumers"]) for name, value in lengths.items()
     ]

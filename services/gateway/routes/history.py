@@ -9,20 +9,18 @@ from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 
 from services.gateway import authz
+from services.gateway import task_history as history
 from services.gateway.deps import SessionDep
 from services.gateway.problems import ProblemError
 from services.gateway.routes import API_PREFIX
 from services.gateway.schemas import HistoryItem, HistoryPage, TaskStats
 from services.gateway.task_filters import ARGUMENT_PREFIX, FilterError, argument_clauses, parse_arguments, parse_states
-from shared import history
 from shared.catalog import get_spec
+from shared.contracts import HISTORY_STATES, state_list
 
 router = APIRouter(prefix=API_PREFIX, tags=["history"])
 
-STATUS_HELP = (
-    "One state or several, comma-separated (FAILURE,REVOKED): SENT, RECEIVED, STARTED, PROGRESS, RETRY, "
-    "SUCCESS, FAILURE, REVOKED, REJECTED."
-)
+STATUS_HELP = f"One state or several, comma-separated (FAILURE,REVOKED): {state_list(HISTORY_STATES)}."
 
 
 def _known_task(task_name: str | None) -> None:

@@ -10,13 +10,14 @@ from typing import Any, cast
 import pytest
 from kombu.exceptions import OperationalError
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from services.finance import billing, reminders, tasks
 from services.finance.periods import month_bounds, previous_month
 from shared.db import session_scope
+from shared.errors import TransientError
 from shared.models import Bill, Notification, Store, Tenant
 from shared.settings import Settings
-from shared.tasks import TransientError
 from tests.conftest import DEMO_AS_OF
 
 pytestmark = pytest.mark.integration  # a real database
@@ -24,42 +25,43 @@ pytestmark = pytest.mark.integration  # a real database
 SHANGHAI = zoneinfo.ZoneInfo("Asia/Shanghai")
 
 
-def test_mark_overdue_moves_each_bill_once(demo_db: Settings) -> None:
-    with session_scope(demo_db) as session:
+def test_mark_overdue_moves_each_bill_once(demo: Session) -> None:
+    session = demo
+    with session.begin_nested():
         expected = set(session.scalars(select(Bill.id).where(Bill.status == "pending", Bill.due_date < DEMO_AS_OF)))
         first = billing.mark_overdue(session, DEMO_AS_OF)
     assert set(first.newly_overdue) == expected
     assert first.overdue == len(expected)
-    with session_scope(demo_db) as session:
+    with session.begin_nested():
         second = billing.mark_overdue(session, DEMO_AS_OF)
     assert second.newly_overdue == []
     assert second.overdue == first.overdue
     assert second.pending == first.pending
     # the next day, bills due today become overdue too
-    with session_scope(demo_db) as session:
+    with session.begin_nested():
         due_today = set(session.scalars(select(Bill.id).where(Bill.status == "pending", Bill.due_date == DEMO_AS_OF)))
         third = billing.mark_overdue(session, DEMO_AS_OF + dt.timedelta(days=1))
     assert set(third.newly_overdue) == due_today
 
 
-def test_revert_overdue_gives_the_bills_back_to_the_next_run(demo_db: Settings) -> None:
-    with session_scope(demo_db) as session:
+def test_revert_overdue_gives_the_bills_back_to_the_next_run(demo: Session) -> None:
+    session = demo
+    with session.begin_nested():
         moved = billing.mark_overdue(session, DEMO_AS_OF).newly_overdue
         assert billing.revert_overdue(session, moved) == len(moved)
-    with session_scope(demo_db) as session:
+    with session.begin_nested():
         assert billing.mark_overdue(session, DEMO_AS_OF).newly_overdue == moved
 
 
-def test_unreachable_broker_leaves_the_bills_pending_for_the_retry(
-    demo_db: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unreachable_broker_leaves_the_bills_pending_for_the_retry(demo_db: Settings) -> None:
     """check_pending_bills commits, then cannot enqueue: it undoes the move and asks for a retry."""
-    monkeypatch.setattr(tasks, "get_settings", lambda: demo_db)  # this run's database, whatever is cached
 
     def send_task(*args: Any, **kwargs: Any) -> None:
         raise OperationalError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
 
-    task = SimpleNamespace(app=SimpleNamespace(send_task=send_task), request=SimpleNamespace(get=lambda key: None))
+    task = SimpleNamespace(
+        app=SimpleNamespace(send_task=send_task), request=SimpleNamespace(get=lambda key: None), settings=demo_db
+    )
     with session_scope(demo_db) as session:
         pending = set(session.scalars(select(Bill.id).where(Bill.status == "pending", Bill.due_date < DEMO_AS_OF)))
     with pytest.raises(TransientError, match=f"{len(pending)} newly overdue"):
@@ -69,19 +71,20 @@ def test_unreachable_broker_leaves_the_bills_pending_for_the_retry(
         assert billing.mark_overdue(session, DEMO_AS_OF).newly_overdue == sorted(pending)
 
 
-def test_reminders_are_recorded_once_per_bill_per_day(demo_db: Settings) -> None:
+def test_reminders_are_recorded_once_per_bill_per_day(demo: Session) -> None:
+    session = demo
     today = dt.date(2026, 11, 20)
-    with session_scope(demo_db) as session:
+    with session.begin_nested():
         moved = billing.mark_overdue(session, DEMO_AS_OF).newly_overdue
         first = reminders.prepare(session, today=today, bill_ids=moved)
     assert first.created == len(moved)
     assert len(first.to_send) == len(moved)
-    with session_scope(demo_db) as session:
+    with session.begin_nested():
         again = reminders.prepare(session, today=today, bill_ids=moved)
     assert again.created == 0
     # not sent yet: handed out again (the notifier's claim makes a second send impossible)
     assert [r.notification_id for r in again.to_send] == [r.notification_id for r in first.to_send]
-    with session_scope(demo_db) as session:
+    with session.begin_nested():
         session.execute(update(Notification).values(status="sent"))
         sent = reminders.prepare(session, today=today, bill_ids=moved)
         tomorrow = reminders.prepare(session, today=today + dt.timedelta(days=1), bill_ids=moved)

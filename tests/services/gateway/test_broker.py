@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import redis
 
-from services.gateway.broker import KombuPublisher, Publisher, TaskMessage, list_key, task_publisher
+from services.gateway.broker import KombuPublisher, Publisher, TaskMessage, task_publisher
 from services.gateway.runtime import async_redis, create_gateway_celery
 from shared.catalog import CATALOG
+from shared.contracts import priority_queue_key
 from shared.settings import Settings
 from tests.harness import RedisServer
 
@@ -57,7 +58,7 @@ def test_the_envelope_is_the_one_kombu_publishes(redis_server: RedisServer, prio
         asyncio.run(ours())
         keys = client.keys("*")
         queue_keys = [k for k in keys if not k.startswith(b"_kombu")]
-        assert queue_keys == [list_key(spec.queue, priority or 0).encode()]
+        assert queue_keys == [priority_queue_key(spec.queue, priority or 0).encode()]
         ours_raw, kombus_raw = client.lrange(queue_keys[0], 0, -1)  # LPUSH: the latest is first
     finally:
         client.close()
@@ -80,7 +81,7 @@ def _decode(raw: bytes) -> dict[str, Any]:
 
 
 def test_priority_lists_follow_kombus_steps() -> None:
-    assert [list_key("default", p) for p in (0, 2, 3, 5, 6, 9)] == [
+    assert [priority_queue_key("default", p) for p in (0, 2, 3, 5, 6, 9)] == [
         "default",
         "default",
         "default\x06\x163",

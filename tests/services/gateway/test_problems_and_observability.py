@@ -9,7 +9,7 @@ import pytest
 from fastapi import FastAPI
 
 from services.gateway.app import create_app
-from shared.cache import ACCESS_LOG_BUFFER
+from shared.contracts import ACCESS_LOG_BUFFER
 from shared.settings import Settings
 from tests.harness import RedisServer, wait_until
 from tests.services.gateway.conftest import GatewayClient, Tokens, serve

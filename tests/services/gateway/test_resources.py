@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from shared.cache import WORKERS_KEY
+from shared.contracts import WORKERS_KEY
 from shared.settings import Settings
 from tests.harness import RedisServer
 from tests.services.gateway.conftest import (

@@ -4,6 +4,7 @@ idempotency, quota, rate limit; and that a 202 means the message really is in th
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import time
 from collections.abc import Iterator
@@ -12,9 +13,11 @@ from typing import Any
 import pytest
 import redis
 
+from shared.db import session_scope
+from shared.models import TaskRecord
 from shared.settings import Settings
 from tests.harness import RedisServer, free_port, start_redis
-from tests.services.gateway.conftest import GatewayClient, GatewayFactory, Tokens
+from tests.services.gateway.conftest import _CREATED, GatewayClient, GatewayFactory, Tokens
 
 pytestmark = pytest.mark.integration
 
@@ -253,6 +256,38 @@ def test_quota_of_unfinished_tasks_per_user(gateway: GatewayFactory, tokens: Tok
         assert client.post(TASKS, json={"task_name": "test_task"}, headers=tokens.auth("alice")).status_code == 429
     results.close()
     assert len(queued(redis_server)) == 6
+
+
+def test_a_rejected_task_frees_its_quota_slot_and_reads_rejected(
+    gateway: GatewayFactory, tokens: Tokens, redis_server: RedisServer, migrated: Settings
+) -> None:
+    """A worker that rejects a message stores no result; the monitor's history row is all there is."""
+    with gateway(task_max_per_user=1, broker_url=f"{redis_server.url_base}/{IDLE_BROKER_DB}") as client:
+        task_id = client.post(TASKS, json={"task_name": "test_task"}, headers=tokens.auth("alice")).json()["task_id"]
+        assert client.post(TASKS, json={"task_name": "test_task"}, headers=tokens.auth("alice")).status_code == 429
+        now = dt.datetime.now(dt.UTC)
+        with session_scope(migrated) as session:
+            session.add(
+                TaskRecord(
+                    task_id=task_id,
+                    task_name="mallops.maintenance.test_task",
+                    queue="default",
+                    state="REJECTED",
+                    owner="alice",
+                    exception="NotRegistered",
+                    error="unknown task",
+                    sent_at=now,
+                    finished_at=now,
+                    updated_at=now,
+                )
+            )
+        _CREATED.append((TaskRecord, task_id))
+        detail = client.get(f"{TASKS}/{task_id}", headers=tokens.auth("alice")).json()
+        assert detail["status"] == "REJECTED"
+        assert detail["error"] == {"type": "NotRegistered", "message": "unknown task"}
+        listed = client.get(TASKS, headers=tokens.auth("alice")).json()["results"]
+        assert {row["task_id"]: row["status"] for row in listed}[task_id] == "REJECTED"
+        assert client.post(TASKS, json={"task_name": "test_task"}, headers=tokens.auth("alice")).status_code == 202
 
 
 def test_rate_limit_per_token_is_429_with_retry_after(gateway: GatewayFactory, tokens: Tokens) -> None:

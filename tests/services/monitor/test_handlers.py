@@ -173,8 +173,13 @@ def test_progress_revoked_and_rejected() -> None:
     row = h.row("p")
     assert (row["state"], row["progress_current"], row["progress_total"]) == ("PROGRESS", 3, 10)
     assert row["sent_at"] == dt.datetime.fromtimestamp(T, dt.UTC)  # first seen, without a sent event
-    h.feed(ev("task-revoked", 0.2, task_id="p"), ev("task-progress", 0.3, task_id="p", current=4, total=10))
-    assert h.row("p")["state"] == "REVOKED"
+    h.feed(
+        ev("task-revoked", 0.2, task_id="p", terminated=True, exception="Terminated", error="terminated by SIGTERM"),
+        ev("task-progress", 0.3, task_id="p", current=4, total=10),
+    )
+    row = h.row("p")
+    assert (row["state"], row["exception"], row["error"]) == ("REVOKED", "Terminated", "terminated by SIGTERM")
+    assert row["finished_at"] == dt.datetime.fromtimestamp(T + 0.2, dt.UTC)
     assert h.value("celery_task_revoked_total", **LABELS) == 1
     h.feed(ev("task-rejected", 0.0, task_id="r", exception="NotRegistered", error="unknown task"))
     assert h.row("r")["state"] == "REJECTED"
@@ -242,3 +247,17 @@ def test_untrusted_event_fields_are_cleaned_before_they_reach_the_history() -> N
     row = new_row("t1")  # and what is left folds without error
     assert apply_event(row, clean_event({**base, "retries": "many", "error": "bad\x00"}) or {}, Deltas())
     assert row["state"] == "REJECTED"
+
+
+def test_queue_wait_starts_at_the_eta_or_countdown() -> None:
+    eta = dt.datetime.fromtimestamp(T + 10.0, dt.UTC).isoformat()
+    for order in ("in order", "started first"):
+        h = Harness()
+        sent = ev("task-sent", 0.0, eta=eta)
+        started = ev("task-started", 12.5, eta=eta)
+        h.feed(*((sent, started) if order == "in order" else (started, sent)))
+        assert h.row()["queue_wait"] == 2.5, order
+        assert h.value("celery_task_queue_wait_time_sum", **LABELS) == 2.5, order
+    h = Harness()
+    h.feed(ev("task-sent", 0.0), ev("task-started", 3.0))  # no ETA: from the publish
+    assert h.row()["queue_wait"] == 3.0

@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 from shared.catalog import CATALOG
 from shared.celery_app import create_celery_app
 from shared.db import session_scope
-from shared.history import list_workers
 from shared.models import TaskRecord
+from shared.workers import list_workers
 from tests.harness import wait_until
 from tests.services.monitor.conftest import OFFLINE_AFTER, MonitorStack
 
@@ -193,3 +193,41 @@ def test_a_killed_worker_goes_offline_within_the_heartbeat_timeout(monitor_stack
     assert workers[hostname]["status"] == "offline"
     assert stack.value("celery_worker_tasks_active", hostname=hostname) == 0
     assert stack.value("celery_active_worker_count", queue_name="default") == 0
+
+
+def test_a_terminated_task_is_revoked_in_the_history_and_counted(monitor_stack: MonitorStack) -> None:
+    """``revoke --terminate`` of a running task: the worker's task-revoked event reaches the monitor."""
+    stack = monitor_stack
+    worker = stack.worker()
+    stack.monitor()
+    app = create_celery_app("monitor-test", stack.settings)
+    spec = CATALOG["long_running_task"]
+    try:
+        result = app.send_task(
+            spec.celery_name,
+            kwargs={"steps": 600, "step_seconds": 0.1},
+            queue=spec.queue,
+            headers={"mallops_owner": "monitor-test"},
+        )
+
+        def state() -> str | None:
+            with session_scope(stack.settings) as session:
+                row = session.get(TaskRecord, result.id)
+                return row.state if row else None
+
+        wait_until(lambda: state() == "PROGRESS", timeout=30, message="the task running")
+        app.control.revoke(result.id, terminate=True, signal="SIGTERM")
+        wait_until(lambda: state() == "REVOKED", timeout=30, message="the history row REVOKED")
+    finally:
+        app.close()
+    with session_scope(stack.settings) as session:
+        row = session.get(TaskRecord, result.id)
+        assert row is not None
+        assert (row.exception, row.error) == ("Terminated", "terminated by SIGTERM")
+        assert row.finished_at is not None
+    wait_until(
+        lambda: stack.total("celery_task_revoked_total", name=spec.celery_name) == 1,
+        timeout=30,
+        message="celery_task_revoked_total",
+    )
+    assert "request_dict" not in worker.log()

@@ -371,7 +371,8 @@ def test_starttls_and_login_from_settings(
 def test_a_sent_e_mail_that_cannot_be_recorded_is_not_retried(settings: Settings) -> None:
     """After the SMTP server took the message, a database outage must not lead to a second send."""
     from services.notifier import tasks
-    from shared.tasks import PermanentError, is_transient
+    from shared.celery_extensions.task_base import is_transient
+    from shared.errors import PermanentError
 
     unreachable = settings.model_copy(update={"database_url": f"postgresql://mallops@127.0.0.1:{free_port()}/x"})
     with pytest.raises(PermanentError, match="was sent but could not be recorded") as failure:

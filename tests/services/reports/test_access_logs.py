@@ -16,7 +16,8 @@ from sqlalchemy.exc import OperationalError
 
 from services.reports import access_logs
 from shared import models
-from shared.cache import ACCESS_LOG_BUFFER, redis_client
+from shared.cache import redis_client
+from shared.contracts import ACCESS_LOG_BUFFER
 from shared.db import session_scope
 from shared.settings import Settings
 from tests.harness import Process

@@ -14,14 +14,14 @@ A message that a worker cannot run ends here instead of crashing the worker or v
 - an envelope whose body cannot be deserialised (``on_decode_error``): Celery logs and acknowledges it
   without any signal; :class:`Consumer` also records it;
 - no ``task`` header / unknown format (``task_rejected``) and an unregistered task name (``task_unknown``):
-  Celery rejects them; :func:`install` records them.
+  Celery rejects them; the signal handlers connected by :func:`configure` record them.
 
 Each is kept whole, with an id, by :mod:`shared.dead_letter_store` in the cache Redis (the message's
 headers, body up to ``MALLOPS_MAX_BODY_BYTES``, content type and properties; the reason, the queue, the
 task and its arguments), for ``/api/v1/dead-letters`` to show, replay or drop. A message that names a task
 id also gets a ``task-rejected`` lifecycle event, so the monitor's history has a REJECTED row for it with
 the reason. Messages whose arguments do not fit the task's catalog model are not dead letters:
-:class:`shared.tasks.MallopsTask` fails them (FAILURE, ``InvalidTaskArguments``).
+:class:`~shared.celery_extensions.task_base.MallopsTask` fails them (FAILURE, ``InvalidTaskArguments``).
 """
 
 from __future__ import annotations
@@ -37,24 +37,41 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
-from shared import dead_letter_store, events
+from shared import dead_letter_store
 from shared.cache import consumer_loop_client
-from shared.settings import Settings, get_settings
+from shared.celery_extensions import events
+from shared.celery_extensions.config import find_extensions
+from shared.contracts import OWNER_HEADER
+from shared.settings import Settings
 
 log = logging.getLogger("mallops.dead_letters")
 
 REPLAYED_PROPERTIES = ("correlation_id", "reply_to", "priority")  # what a replay publishes again
+DEFAULT_MAX_BODY_BYTES: int = Settings.model_fields["max_body_bytes"].default
 
-_settings: Settings | None = None  # the settings given to install(): cache Redis, body limit
+# the broker transport options that tell RedisTransport where to record dead letters (the cache Redis)
+# and how much of a body to keep
+CACHE_URL_OPTION = "mallops_cache_url"
+MAX_BODY_OPTION = "mallops_max_body_bytes"
 
 
-def _redis() -> redis.Redis[bytes]:
-    return consumer_loop_client((_settings or get_settings()).cache_redis_url)
+def _redis(url: str) -> redis.Redis[bytes]:
+    return consumer_loop_client(url)
+
+
+def _app_target(app: Any) -> tuple[str | None, int]:
+    """The cache Redis URL and body limit of ``app``'s settings (no URL for an app the factory did not build)."""
+    extensions = find_extensions(app)
+    if extensions is None:
+        return None, DEFAULT_MAX_BODY_BYTES
+    return extensions.settings.cache_redis_url, extensions.settings.max_body_bytes
 
 
 def record(
     reason: str,
     *,
+    url: str | None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     queue: str | None = None,
     headers: Any = None,
     body: Any = None,
@@ -63,7 +80,8 @@ def record(
     content_type: str | None = None,
     content_encoding: str | None = None,
 ) -> None:
-    """Keep a dead letter for a message that was dropped; never raises (a worker must go on).
+    """Keep a dead letter for a message that was dropped in the cache Redis at ``url``; never raises (a
+    worker must go on).
 
     ``message`` is the kombu message when there is one (its headers, body, content type and properties
     are kept); otherwise ``headers`` and ``body`` are what is known, and without headers the body is
@@ -89,7 +107,7 @@ def record(
             content_encoding=content_encoding,
             properties=properties,
             envelope=isinstance(headers, dict) and (message is not None or content_type is not None),
-            max_body_bytes=(_settings or get_settings()).max_body_bytes,
+            max_body_bytes=max_body_bytes,
             arguments=events.capped_arguments(*decoded) if decoded else None,
         )
     except Exception:  # never let the record of a bad message stop the worker
@@ -98,8 +116,11 @@ def record(
     log.error(
         "dead letter %s from queue %s (task %s, id %s): %s", letter.id, queue, letter.task, letter.task_id, reason
     )
+    if url is None:
+        log.error("no cache Redis to record the dead letter in (an app not built by create_celery_app)")
+        return
     try:
-        dead_letter_store.add(_redis(), letter, stored)
+        dead_letter_store.add(_redis(url), letter, stored)
     except redis.RedisError as exc:
         log.error("could not record the dead letter in Redis: %s", exc)
 
@@ -107,24 +128,37 @@ def record(
 def reject(
     reason: str,
     *,
+    url: str | None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    app: Any = None,
     queue: str | None = None,
     headers: Any = None,
     exception: str = "MalformedMessage",
     message: Any = None,
 ) -> None:
-    """Record a dead letter and, if the message names a task id, a ``task-rejected`` event for its history."""
-    record(reason, queue=queue, headers=headers, exception=exception, message=message)
-    _history_row(reason, queue, getattr(message, "headers", headers), exception)
+    """Record a dead letter and, if the message names a task id, a ``task-rejected`` event for its history
+    (with ``app``'s events, or the process's newest app's when the caller does not know its app)."""
+    record(
+        reason,
+        url=url,
+        max_body_bytes=max_body_bytes,
+        queue=queue,
+        headers=headers,
+        exception=exception,
+        message=message,
+    )
+    _history_row(reason, app, queue, getattr(message, "headers", headers), exception)
 
 
-def _history_row(reason: str, queue: str | None, headers: Any, exception: str) -> None:
+def _history_row(reason: str, app: Any, queue: str | None, headers: Any, exception: str) -> None:
     """A ``task-rejected`` event when the message names a task id: its history row shows the reason."""
-    if isinstance(headers, dict) and isinstance(headers.get("id"), str):
-        events.emit_rejected(
+    lifecycle = events.for_app(app) if app is not None else events.newest()
+    if lifecycle is not None and isinstance(headers, dict) and isinstance(headers.get("id"), str):
+        lifecycle.emit_rejected(
             headers["id"],
             name=headers.get("task"),
             queue=queue,
-            owner=headers.get(events.OWNER_HEADER),
+            owner=headers.get(OWNER_HEADER),
             exception=exception,
             error=reason,
         )
@@ -160,15 +194,19 @@ class Channel(kombu_redis.Channel):
             # the round-robin cycle has just moved the queue it read from to its end
             queue = self._queue_cycle.items[-1] if self._queue_cycle.items else None
             raw = getattr(exc, "doc", None) or getattr(exc, "object", None)
-            record(f"not a JSON message envelope: {exc}", queue=queue, body=raw)
+            url, max_body = _transport_target(self.connection)
+            record(f"not a JSON message envelope: {exc}", url=url, max_body_bytes=max_body, queue=queue, body=raw)
             return True
 
     def _get(self, queue: Any, timeout: Any = None) -> Any:
         try:  # nothing is delivered here: a ValueError can only be the envelope's
             return super()._get(queue)  # type: ignore[no-untyped-call]
         except ValueError as exc:
+            url, max_body = _transport_target(self.connection)
             record(
                 f"not a JSON message envelope: {exc}",
+                url=url,
+                max_body_bytes=max_body,
                 queue=queue,
                 body=getattr(exc, "doc", None) or getattr(exc, "object", None),
             )
@@ -187,8 +225,9 @@ class RedisTransport(kombu_redis.Transport):
             super()._deliver(message, queue)  # type: ignore[no-untyped-call]
         except MalformedEnvelope as exc:
             headers = message.get("headers") if isinstance(message, dict) else None
-            record(str(exc), queue=queue, body=message)  # not an envelope: kept as it came
-            _history_row(str(exc), queue, headers, "MalformedMessage")
+            url, max_body = _transport_target(self)
+            record(str(exc), url=url, max_body_bytes=max_body, queue=queue, body=message)  # kept as it came
+            _history_row(str(exc), None, queue, headers, "MalformedMessage")
 
 
 # -- the worker's consumer and signals -------------------------------------------------------------
@@ -233,7 +272,16 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         return on_task_received
 
     def _drop(self, message: Any, reason: str, exception: str) -> None:
-        reject(reason, queue=_queue(message), exception=exception, message=message)
+        url, max_body = _app_target(self.app)
+        reject(
+            reason,
+            url=url,
+            max_body_bytes=max_body,
+            app=self.app,
+            queue=_queue(message),
+            exception=exception,
+            message=message,
+        )
         try:
             if not message.acknowledged:
                 message.reject(requeue=False)
@@ -243,8 +291,12 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         super().on_decode_error(message, exc)
         delivery = getattr(message, "delivery_info", None) or {}
+        url, max_body = _app_target(self.app)
         reject(
             f"the body cannot be decoded ({message.content_type}): {exc}",
+            url=url,
+            max_body_bytes=max_body,
+            app=self.app,
             queue=delivery.get("routing_key"),
             exception=type(exc).__name__,
             message=message,
@@ -262,7 +314,7 @@ _OPTIONAL_TEXT_HEADERS = (
     "origin",
     "shadow",
     "lang",
-    events.OWNER_HEADER,
+    OWNER_HEADER,
 )
 
 
@@ -324,8 +376,11 @@ def _queue(message: Any) -> str | None:
 
 def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:
     reason = f"rejected: {exc}" if exc is not None else "rejected: not a task message (no task name)"
+    url, max_body = _app_target(getattr(sender, "app", None))
     record(
         reason,
+        url=url,
+        max_body_bytes=max_body,
         queue=_queue(message),
         exception=type(exc).__name__ if exc is not None else "UnknownFormat",
         message=message,
@@ -333,15 +388,37 @@ def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: 
 
 
 def _on_unknown(sender: Any = None, message: Any = None, exc: Any = None, name: Any = None, **_: Any) -> None:
-    record(f"unknown task {name!r}", queue=_queue(message), exception="NotRegistered", message=message)
+    url, max_body = _app_target(getattr(sender, "app", None))
+    record(
+        f"unknown task {name!r}",
+        url=url,
+        max_body_bytes=max_body,
+        queue=_queue(message),
+        exception="NotRegistered",
+        message=message,
+    )
 
 
-def install(app: Celery, settings: Settings) -> None:
+def _transport_target(transport: Any) -> tuple[str | None, int]:
+    """The cache Redis and body limit :func:`configure` put into the broker transport options of a
+    RedisTransport."""
+    options = getattr(getattr(transport, "client", None), "transport_options", None) or {}
+    url = options.get(CACHE_URL_OPTION)
+    max_body = options.get(MAX_BODY_OPTION)
+    return (
+        url if isinstance(url, str) else None,
+        max_body if isinstance(max_body, int) else DEFAULT_MAX_BODY_BYTES,
+    )
+
+
+def configure(app: Celery, settings: Settings) -> None:
     """Use the dead-lettering transport (Redis brokers) and consumer, and record rejected messages."""
-    global _settings
-    _settings = settings
     if str(app.conf.broker_url or "").split("://", 1)[0] in ("redis", "rediss"):
         app.conf.broker_transport = f"{__name__}:RedisTransport"
+        options = dict(app.conf.broker_transport_options or {})
+        options[CACHE_URL_OPTION] = settings.cache_redis_url
+        options[MAX_BODY_OPTION] = settings.max_body_bytes
+        app.conf.broker_transport_options = options
     app.conf.worker_consumer = f"{__name__}:Consumer"
     signals.task_rejected.connect(_on_rejected, weak=False, dispatch_uid="mallops.dead_letters.rejected")
     signals.task_unknown.connect(_on_unknown, weak=False, dispatch_uid="mallops.dead_letters.unknown")

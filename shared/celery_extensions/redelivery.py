@@ -5,7 +5,7 @@ message whose worker died is put back on its queue by a sweep once ``MALLOPS_BRO
 has passed. kombu sweeps periodically only from a worker's event loop (the prefork pool); a worker whose
 pool has no event loop (the notifier's ``threads`` pool, ``solo``) sweeps only when it starts. A notifier
 killed mid-send therefore left its e-mails in the set until some notifier started after the timeout
-(found by tests/reliability). :func:`install` gives such workers a thread that sweeps every
+(found by tests/reliability). :func:`connect` gives such workers a thread that sweeps every
 ``MALLOPS_BROKER_RESTORE_INTERVAL`` seconds on a connection of its own. Sweeps hold kombu's Redis mutex,
 so several workers sweeping never put a message back twice.
 """
@@ -17,8 +17,6 @@ import threading
 from typing import Any
 
 from celery import Celery, signals
-
-from shared.settings import Settings
 
 log = logging.getLogger("mallops.redelivery")
 
@@ -45,27 +43,29 @@ class Sweeper(threading.Thread):
                 log.warning("could not put back the messages of dead workers: %s", exc)
 
 
-_sweeper: Sweeper | None = None
+def _on_ready(sender: Any = None, **_: Any) -> None:
+    from shared.celery_extensions.config import find_extensions
+
+    extensions = find_extensions(getattr(sender, "app", None))
+    pool = getattr(sender, "pool", None)
+    if extensions is None or extensions.sweeper is not None or pool is None:
+        return
+    if extensions.settings.broker_is_amqp or type(pool).__module__.endswith("prefork"):
+        return  # RabbitMQ gives back a dead consumer's messages by itself; prefork sweeps from its event loop
+    extensions.sweeper = Sweeper(sender.app, extensions.settings.broker_restore_interval)
+    extensions.sweeper.start()
 
 
-def install(app: Celery, settings: Settings) -> None:
+def _on_shutdown(sender: Any = None, **_: Any) -> None:
+    from shared.celery_extensions.config import find_extensions
+
+    extensions = find_extensions(getattr(sender, "app", None))
+    if extensions is not None and extensions.sweeper is not None:
+        extensions.sweeper.stopping.set()
+        extensions.sweeper = None
+
+
+def connect() -> None:
     """Start a :class:`Sweeper` when a worker without an event loop is ready (Redis brokers only)."""
-    if settings.broker_is_amqp:
-        return  # RabbitMQ gives back a dead consumer's messages by itself
-
-    def on_ready(sender: Any = None, **_: Any) -> None:
-        global _sweeper
-        pool = getattr(sender, "pool", None)
-        if _sweeper is not None or pool is None or type(pool).__module__.endswith("prefork"):
-            return  # prefork workers sweep from their event loop
-        _sweeper = Sweeper(sender.app, settings.broker_restore_interval)
-        _sweeper.start()
-
-    def on_shutdown(**_: Any) -> None:
-        global _sweeper
-        if _sweeper is not None:
-            _sweeper.stopping.set()
-            _sweeper = None
-
-    signals.worker_ready.connect(on_ready, weak=False, dispatch_uid="mallops.redelivery.ready")
-    signals.worker_shutdown.connect(on_shutdown, weak=False, dispatch_uid="mallops.redelivery.shutdown")
+    signals.worker_ready.connect(_on_ready, weak=False, dispatch_uid="mallops.redelivery.ready")
+    signals.worker_shutdown.connect(_on_shutdown, weak=False, dispatch_uid="mallops.redelivery.shutdown")

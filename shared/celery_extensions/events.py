@@ -1,18 +1,14 @@
 """Task and worker lifecycle events, from Celery signals into the Redis Stream ``mallops:events``.
 
-Every process built by :func:`shared.celery_app.create_celery_app` (workers, beat, the gateway)
-installs the signal handlers once (:func:`install`). An event is a small JSON object in the stream
+Every app built by :func:`shared.celery_app.create_celery_app` (workers, beat, the gateway) gets its
+:class:`LifecycleEvents` (:func:`build`); the signal handlers, connected once per process, reach it through
+the sender's app. An event is a small JSON object in the stream
 entry's field ``e``; the monitor (``services/monitor``) reads the stream with a consumer group.
 
-Event types and their fields (all carry ``type``, ``ts`` (epoch seconds), ``host``, ``pid``):
-
-- ``task-sent`` (publisher): id, name, queue, retries, owner, args, arguments, eta, retry_of
-- ``task-received`` (worker main process): id, name, queue, retries, owner, args, arguments
-- ``task-started``, ``task-progress`` (current, total), ``task-retried`` (exception, error),
-  ``task-succeeded`` (runtime, result), ``task-failed`` (runtime, exception, error, traceback),
-  ``task-revoked`` (terminated, expired), ``task-rejected``: id, name, queue, retries, owner
-- ``worker-online``, ``worker-heartbeat``, ``worker-offline``: service, queues, active, processed,
-  concurrency. Heartbeats also refresh the worker's entry in ``shared.cache.WORKERS_KEY``.
+Event types and their payloads are contracts: :class:`shared.contracts.EventType`,
+:class:`shared.contracts.TaskEvent` and :class:`shared.contracts.WorkerEvent` (every event carries ``type``,
+``v``, ``ts``, ``host`` and ``pid``). Heartbeats also refresh the worker's
+:class:`shared.contracts.WorkerRecord` in ``WORKERS_KEY``.
 
 Cost: emitting never does network I/O on the caller's thread except where durability needs it. An
 event is serialised and appended to a per-process buffer; a background thread writes the buffer with
@@ -37,12 +33,15 @@ flusher thread (``os.register_at_fork``); prefork pool children emit on their ow
 from __future__ import annotations
 
 import atexit
+import datetime as dt
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -50,9 +49,20 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
-from shared.cache import EVENT_STREAM, WORKERS_KEY
-from shared.logs import REQUEST_ID_HEADER
-from shared.settings import Settings, get_settings
+from shared.contracts import (
+    EVENT_FIELD,
+    EVENT_SCHEMA_VERSION,
+    EVENT_STREAM,
+    OWNER_HEADER,
+    REQUEST_ID_HEADER,
+    RETRY_OF_HEADER,
+    WORKERS_KEY,
+    EventType,
+    WorkerEventFields,
+    WorkerRecord,
+    WorkerStatus,
+)
+from shared.settings import Settings
 
 log = logging.getLogger("mallops.events")
 
@@ -62,8 +72,6 @@ ERROR_CHARS = 2000
 TRACEBACK_CHARS = 16_000  # the end of a traceback is kept: the innermost frames and the exception
 ARGUMENTS_CHARS = 16_000  # the JSON of a task's {"args", "kwargs"} in events and the history
 ARGUMENT_VALUE_CHARS = 1000  # when the arguments are too long, each value longer than this is cut
-OWNER_HEADER = "mallops_owner"
-RETRY_OF_HEADER = "mallops_retry_of"  # a retry's message names the task it repeats (the history's retry_of)
 
 
 class EventEmitter:
@@ -90,9 +98,10 @@ class EventEmitter:
 
     # -- producing ---------------------------------------------------------------------------------
 
-    def emit(self, type_: str, **fields: Any) -> None:
+    def emit(self, type_: EventType, **fields: Any) -> None:
         """Buffer one event; never blocks on the network."""
         fields["type"] = type_
+        fields["v"] = EVENT_SCHEMA_VERSION
         fields["ts"] = time.time()
         fields.setdefault("host", self.node)
         fields["pid"] = self.pid
@@ -136,7 +145,7 @@ class EventEmitter:
             try:
                 pipe = self.redis().pipeline(transaction=False)
                 for data in batch:
-                    pipe.xadd(EVENT_STREAM, {"e": data}, maxlen=self._maxlen, approximate=True)
+                    pipe.xadd(EVENT_STREAM, {EVENT_FIELD: data}, maxlen=self._maxlen, approximate=True)
                 if extra is not None:
                     extra(pipe)
                 pipe.execute()
@@ -185,90 +194,161 @@ class EventEmitter:
             self._client = None
 
 
-# -- the process's emitter -----------------------------------------------------------------------
-
-_emitter: EventEmitter | None = None
-_installed = False
-_install_lock = threading.Lock()
-# (task id, attempt) -> perf_counter at task_prerun (this process). The attempt is part of the key: in a
-# threads pool a retry may start in another thread before the attempt that published it has finished.
-_started: dict[tuple[str, int], float] = {}
-_worker: dict[str, Any] = {}  # the worker main process: hostname, service, queues, concurrency
+# -- one app's lifecycle events ------------------------------------------------------------------
 
 
-def emitter() -> EventEmitter | None:
-    return _emitter
+class LifecycleEvents:
+    """The lifecycle events of one Celery app in this process: its emitter, and while the process is a
+    worker, the worker's identity, its running tasks' start times and its heartbeat thread.
+
+    Built by :func:`shared.celery_extensions.install` from the app's settings and reached by the signal
+    handlers through the sender's app (:func:`for_app`)."""
+
+    def __init__(self, settings: Settings, node: str) -> None:
+        self.settings = settings
+        self.emitter = EventEmitter(settings, node)
+        self.worker: dict[str, Any] = {}  # a worker main process: hostname, service, queues, concurrency
+        # (task id, attempt) -> perf_counter at task_prerun. The attempt is part of the key: in a threads
+        # pool a retry may start in another thread before the attempt that published it has finished.
+        self.started: dict[tuple[str, int], float] = {}
+        self.heartbeat_thread: _Heartbeat | None = None
+
+    def after_fork_in_child(self) -> None:
+        """A forked child must not share its parent's buffer, lock, socket or thread."""
+        self.emitter = EventEmitter(self.emitter.settings, self.emitter.node)
+        self.started.clear()
+        self.heartbeat_thread = None
+
+    def emit(self, type_: EventType, **fields: Any) -> None:
+        if "host" not in fields and self.worker.get("hostname"):
+            fields["host"] = self.worker["hostname"]
+        try:
+            self.emitter.emit(type_, **fields)
+        except Exception:  # monitoring must never break a task
+            log.exception("could not emit %s", type_)
+
+    def emit_rejected(self, task_id: str, *, name: Any, queue: Any, owner: Any, exception: str, error: str) -> None:
+        """A ``task-rejected`` event for a message the worker could not run (``dead_letters``), written at
+        once: the message is gone from the broker, its record must not wait in a buffer."""
+        self.emit(
+            EventType.TASK_REJECTED,
+            id=task_id,
+            name=name if isinstance(name, str) else None,
+            queue=queue,
+            retries=0,
+            owner=owner if isinstance(owner, str) else None,
+            exception=exception,
+            error=_truncate(error, ERROR_CHARS),
+        )
+        self.emitter.flush()
+
+    def emit_progress(self, task: Any, current: Any, total: Any) -> None:
+        """A PROGRESS update of the running ``task`` (called from MallopsTask.update_state)."""
+        self.emit(EventType.TASK_PROGRESS, **_task_fields(task), current=current, total=total)
+
+    def runtime(self, task_id: str | None, attempt: int) -> float | None:
+        start = self.started.get((task_id or "", attempt))
+        return round(time.perf_counter() - start, 6) if start is not None else None
+
+    def heartbeat(self, status: WorkerStatus = "online", type_: EventType = EventType.WORKER_HEARTBEAT) -> None:
+        """Emit a worker event and refresh the worker's liveness entry, in one round trip."""
+        if not self.worker.get("hostname"):
+            return
+        fields = self._worker_fields()
+        self.emit(type_, **fields)
+        record = WorkerRecord.of(fields, os.getpid(), status).to_json()
+        self.emitter.flush(extra=lambda pipe: pipe.hset(WORKERS_KEY, fields["host"], record))
+
+    def _worker_fields(self) -> WorkerEventFields:
+        from celery.worker import state
+
+        return {
+            "host": self.worker["hostname"],
+            "service": self.worker.get("service"),
+            "queues": self.worker.get("queues", []),
+            "concurrency": self.worker.get("concurrency"),
+            "active": len(state.active_requests),
+            "processed": state.all_total_count[0],
+        }
+
+    def close(self) -> None:
+        if self.heartbeat_thread is not None:
+            self.heartbeat_thread.stop.set()
+            self.heartbeat_thread = None
+        self.emitter.close()
+
+
+class _Heartbeat(threading.Thread):
+    def __init__(self, events: LifecycleEvents) -> None:
+        super().__init__(name="mallops-heartbeat", daemon=True)
+        self.events = events
+        self.interval = events.settings.worker_heartbeat_interval
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                self.events.heartbeat()
+            except Exception:
+                log.exception("worker heartbeat failed")
+
+
+# -- this process's apps (fork handling) -----------------------------------------------------------
+
+# Every LifecycleEvents of this process, oldest first: a forked child replaces their buffers and threads,
+# a pool process closes them on shutdown, and atexit flushes them. Celery's after_task_publish signal does
+# not say which app published: its events go to the newest app's emitter (a service has one app; tests
+# and tools that build several build the one they publish with last).
+_apps: list[weakref.ref[LifecycleEvents]] = []
+_hooks_registered = False
+_lock = threading.Lock()
+
+
+def _live() -> list[LifecycleEvents]:
+    return [events for ref in _apps if (events := ref()) is not None]
 
 
 def _after_fork_in_child() -> None:
-    """A forked child must not share its parent's buffer, lock, socket or thread."""
-    global _emitter
-    if _emitter is not None:
-        _emitter = EventEmitter(_emitter.settings, _emitter.node)
-    _started.clear()
-
-
-def install(app: Celery, settings: Settings | None = None, node: str | None = None) -> EventEmitter | None:
-    """Connect the lifecycle signal handlers (once per process). ``node`` names the publisher in
-    ``task-sent`` events until a worker names itself (default ``<service>@<hostname>``)."""
-    global _emitter, _installed
-    settings = settings or get_settings()
-    if not settings.events_enabled:
-        return None
-    with _install_lock:
-        if _installed:
-            if _emitter is not None and _emitter.settings.cache_redis_url != settings.cache_redis_url:
-                # the latest configuration wins (tests and tools build apps for other Redis servers)
-                old, _emitter = _emitter, EventEmitter(settings, _emitter.node)
-                old.close()
-            return _emitter
-        service = app.main.removeprefix("mallops.") if app.main else "mallops"
-        _emitter = EventEmitter(settings, node or f"{service}@{socket.gethostname()}")
-        for signal, handler in _HANDLERS:
-            signal.connect(handler, weak=False, dispatch_uid=f"mallops.events.{handler.__name__}")
-        os.register_at_fork(after_in_child=_after_fork_in_child)
-        atexit.register(_close_at_exit)
-        _installed = True
-        return _emitter
+    for events in _live():
+        events.after_fork_in_child()
 
 
 def _close_at_exit() -> None:
-    if _emitter is not None and _emitter.pid == os.getpid():
-        _emitter.close()
+    for events in _live():
+        if events.emitter.pid == os.getpid():
+            events.emitter.close()
 
 
-def _emit(type_: str, **fields: Any) -> None:
-    em = _emitter
-    if em is None:
-        return
-    try:
-        em.emit(type_, **fields)
-    except Exception:  # monitoring must never break a task
-        log.exception("could not emit %s", type_)
+def build(app: Celery, settings: Settings, node: str | None = None) -> LifecycleEvents:
+    """The app's lifecycle events, with the signal handlers connected (once per process). ``node`` names
+    the publisher in ``task-sent`` events until a worker names itself (default ``<service>@<hostname>``)."""
+    global _hooks_registered
+    service = app.main.removeprefix("mallops.") if app.main else "mallops"
+    events = LifecycleEvents(settings, node or f"{service}@{socket.gethostname()}")
+    with _lock:
+        _apps[:] = [ref for ref in _apps if ref() is not None]
+        _apps.append(weakref.ref(events))
+        if not _hooks_registered:
+            for sig, handler in _HANDLERS:
+                sig.connect(handler, weak=False, dispatch_uid=f"mallops.events.{handler.__name__}")
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+            atexit.register(_close_at_exit)
+            _hooks_registered = True
+    return events
 
 
-def emit_rejected(task_id: str, *, name: Any, queue: Any, owner: Any, exception: str, error: str) -> None:
-    """A ``task-rejected`` event for a message the worker could not run (``shared.dead_letters``)."""
-    fields: dict[str, Any] = {
-        "id": task_id,
-        "name": name if isinstance(name, str) else None,
-        "queue": queue,
-        "retries": 0,
-        "owner": owner if isinstance(owner, str) else None,
-        "exception": exception,
-        "error": _truncate(error, ERROR_CHARS),
-    }
-    if _worker.get("hostname"):
-        fields["host"] = _worker["hostname"]
-    _emit("task-rejected", **fields)
-    em = _emitter
-    if em is not None:
-        em.flush()  # the message is gone from the broker: its record must not wait in a buffer
+def for_app(app: Any) -> LifecycleEvents | None:
+    """The lifecycle events of ``app`` (None when they are off or the app was not built by the factory)."""
+    from shared.celery_extensions.config import find_extensions
+
+    extensions = find_extensions(app)
+    return extensions.events if extensions is not None else None
 
 
-def emit_progress(task: Any, current: Any, total: Any) -> None:
-    """A PROGRESS update of the running ``task`` (called from MallopsTask.update_state)."""
-    _emit("task-progress", **_task_fields(task), current=current, total=total)
+def newest() -> LifecycleEvents | None:
+    """The events of the app built last in this process (for callers that do not know their app)."""
+    live = _live()
+    return live[-1] if live else None
 
 
 # -- field extraction ------------------------------------------------------------------------------
@@ -369,10 +449,37 @@ def _request_fields(request: Any) -> dict[str, Any]:
     }
     if headers.get(REQUEST_ID_HEADER):
         fields["request_id"] = headers[REQUEST_ID_HEADER]
-    hostname = _worker.get("hostname") or getattr(request, "hostname", None)
-    if hostname:
-        fields["host"] = hostname
+    if getattr(request, "hostname", None):
+        fields["host"] = request.hostname
     return fields
+
+
+def _context_fields(task: Any, context: Any) -> dict[str, Any]:
+    """The same fields from a task's request :class:`celery.app.task.Context` (what ``task_revoked`` gets)."""
+    delivery = getattr(context, "delivery_info", None) or {}
+    fields: dict[str, Any] = {
+        "id": context.id,
+        "name": getattr(task, "name", None) or getattr(context, "task", None),
+        "queue": delivery.get("routing_key"),
+        "retries": getattr(context, "retries", None) or 0,
+        "owner": getattr(context, OWNER_HEADER, None),
+    }
+    if getattr(context, "hostname", None):
+        fields["host"] = context.hostname
+    return fields
+
+
+def revocation_reason(terminated: bool, signum: Any, expired: bool) -> tuple[str, str]:
+    """The (exception, error) a revoked task's history shows."""
+    if terminated:
+        try:
+            name = signal.Signals(int(signum)).name
+        except (TypeError, ValueError):
+            name = f"signal {signum}" if signum else "a signal"
+        return "Terminated", f"terminated by {name}"
+    if expired:
+        return "Expired", "expired before it ran"
+    return "Revoked", "revoked before it ran"
 
 
 # -- signal handlers -------------------------------------------------------------------------------
@@ -389,7 +496,8 @@ def _on_after_publish(
 ) -> None:
     headers = headers or {}
     task_id = headers.get("id")
-    if not task_id:  # protocol 1 or not a task message
+    events = newest()
+    if not task_id or events is None:  # protocol 1 or not a task message
         return
     fields: dict[str, Any] = {
         "id": task_id,
@@ -406,20 +514,18 @@ def _on_after_publish(
         fields["retry_of"] = headers[RETRY_OF_HEADER]
     if headers.get(REQUEST_ID_HEADER):
         fields["request_id"] = headers[REQUEST_ID_HEADER]
-    if _worker.get("hostname"):
-        fields["host"] = _worker["hostname"]
-    _emit("task-sent", **fields)
+    events.emit(EventType.TASK_SENT, **fields)
 
 
 def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
-    if request is None:
+    events = for_app(getattr(sender, "app", None))
+    if request is None or events is None:
         return
-    _emit(
-        "task-received",
-        **_request_fields(request),
-        args=_args_summary(getattr(request, "argsrepr", None), getattr(request, "kwargsrepr", None)),
-        arguments=_request_arguments(request),
-    )
+    fields = _request_fields(request)
+    if events.worker.get("hostname"):
+        fields["host"] = events.worker["hostname"]
+    args = _args_summary(getattr(request, "argsrepr", None), getattr(request, "kwargsrepr", None))
+    events.emit(EventType.TASK_RECEIVED, **fields, args=args, arguments=_request_arguments(request))
 
 
 def _request_arguments(request: Any) -> dict[str, Any] | None:
@@ -430,27 +536,24 @@ def _request_arguments(request: Any) -> dict[str, Any] | None:
 
 
 def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None, **_: Any) -> None:
-    if task is None or task_id is None:
+    events = for_app(getattr(task, "app", None))
+    if task is None or task_id is None or events is None:
         return
-    _started[(task_id, task.request.retries or 0)] = time.perf_counter()
-    _emit("task-started", **_task_fields(task))
-
-
-def _runtime(task_id: str | None, attempt: int) -> float | None:
-    start = _started.get((task_id or "", attempt))
-    return round(time.perf_counter() - start, 6) if start is not None else None
+    events.started[(task_id, task.request.retries or 0)] = time.perf_counter()
+    fields = _task_fields(task)
+    eta = getattr(task.request, "eta", None)
+    if eta:  # the monitor's queue wait starts at the ETA (or countdown), not at the publish
+        fields["eta"] = eta.isoformat() if isinstance(eta, dt.datetime) else str(eta)
+    events.emit(EventType.TASK_STARTED, **fields)
 
 
 def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
-    if sender is None:
+    events = for_app(getattr(sender, "app", None))
+    if sender is None or events is None:
         return
     fields = _task_fields(sender)
-    _emit(
-        "task-succeeded",
-        **fields,
-        runtime=_runtime(fields["id"], fields["retries"]),
-        result=_truncate(result, SUMMARY_CHARS),
-    )
+    runtime = events.runtime(fields["id"], fields["retries"])
+    events.emit(EventType.TASK_SUCCEEDED, **fields, runtime=runtime, result=_truncate(result, SUMMARY_CHARS))
 
 
 def _on_failure(
@@ -460,14 +563,15 @@ def _on_failure(
     einfo: Any = None,
     **_: Any,
 ) -> None:
-    if sender is None:
+    events = for_app(getattr(sender, "app", None))
+    if sender is None or events is None:
         return
     fields = _task_fields(sender)
     fields["id"] = task_id or fields["id"]
-    _emit(
-        "task-failed",
+    events.emit(
+        EventType.TASK_FAILED,
         **fields,
-        runtime=_runtime(fields["id"], fields["retries"]),
+        runtime=events.runtime(fields["id"], fields["retries"]),
         exception=type(exception).__name__ if exception is not None else None,
         error=_truncate(str(exception), ERROR_CHARS) if exception is not None else None,
         traceback=capped_traceback(getattr(einfo, "traceback", None)),
@@ -475,13 +579,13 @@ def _on_failure(
 
 
 def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
-    if sender is None:
+    events = for_app(getattr(sender, "app", None))
+    if sender is None or events is None:
         return
-    fields = _task_fields(sender)
     exc = reason if isinstance(reason, BaseException) else None
-    _emit(
-        "task-retried",
-        **fields,
+    events.emit(
+        EventType.TASK_RETRIED,
+        **_task_fields(sender),
         exception=type(exc).__name__ if exc else None,
         error=_truncate(str(reason), ERROR_CHARS) if reason is not None else None,
     )
@@ -489,44 +593,48 @@ def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: 
 
 def _on_postrun(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
     """The task's outcome is in the stream before the worker acknowledges its message."""
-    attempt = (getattr(getattr(sender, "request", None), "retries", None) or 0) if sender is not None else 0
-    _started.pop((task_id or "", attempt), None)
-    em = _emitter
-    if em is not None:
-        em.flush()
-
-
-def _on_revoked(sender: Any = None, request: Any = None, terminated: Any = None, expired: Any = None, **_: Any) -> None:
-    if request is None:
+    events = for_app(getattr(sender, "app", None))
+    if events is None:
         return
-    # Celery sends the task's request *context* here (Request._announce_revoked), not the worker Request
-    fields = _request_fields(request) if hasattr(request, "request_dict") else _context_fields(sender, request)
-    _emit("task-revoked", **fields, terminated=bool(terminated), expired=bool(expired))
+    attempt = getattr(getattr(sender, "request", None), "retries", None) or 0
+    events.started.pop((task_id or "", attempt), None)
+    events.emitter.flush()
 
 
-def _context_fields(task: Any, context: Any) -> dict[str, Any]:
-    """The task fields from a request context (``celery.app.task.Context``) and the task it is for."""
-    delivery = getattr(context, "delivery_info", None) or {}
-    fields: dict[str, Any] = {
-        "id": context.id,
-        "name": getattr(task, "name", None) or getattr(context, "task", None),
-        "queue": delivery.get("routing_key"),
-        "retries": getattr(context, "retries", None) or 0,
-        "owner": getattr(context, OWNER_HEADER, None),
-    }
-    hostname = _worker.get("hostname") or getattr(context, "hostname", None)
-    if hostname:
-        fields["host"] = hostname
-    return fields
+def _on_revoked(
+    sender: Any = None,
+    request: Any = None,
+    terminated: Any = None,
+    signum: Any = None,
+    expired: Any = None,
+    **_: Any,
+) -> None:
+    events = for_app(getattr(sender, "app", None))
+    if request is None or not getattr(request, "id", None) or events is None:
+        return
+    fields = _context_fields(sender, request)
+    if events.worker.get("hostname"):
+        fields["host"] = events.worker["hostname"]
+    exception, error = revocation_reason(bool(terminated), signum, bool(expired))
+    events.emit(
+        EventType.TASK_REVOKED,
+        **fields,
+        terminated=bool(terminated),
+        expired=bool(expired),
+        exception=exception,
+        error=error,
+    )
+    events.emitter.flush()  # the message is acknowledged: its outcome must not wait in a buffer
 
 
 def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:
+    events = for_app(getattr(sender, "app", None))
     headers = getattr(message, "headers", None) or {}
-    if not headers.get("id"):
+    if not headers.get("id") or events is None:
         return
     delivery = getattr(message, "delivery_info", None) or {}
-    _emit(
-        "task-rejected",
+    events.emit(
+        EventType.TASK_REJECTED,
         id=headers["id"],
         name=headers.get("task"),
         queue=delivery.get("routing_key"),
@@ -539,12 +647,13 @@ def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: 
 def _on_unknown(
     sender: Any = None, message: Any = None, exc: Any = None, name: Any = None, id: Any = None, **_: Any
 ) -> None:
-    if not id:
+    events = for_app(getattr(sender, "app", None))
+    if not id or events is None:
         return
     delivery = getattr(message, "delivery_info", None) or {}
     headers = getattr(message, "headers", None) or {}
-    _emit(
-        "task-rejected",
+    events.emit(
+        EventType.TASK_REJECTED,
         id=id,
         name=name,
         queue=delivery.get("routing_key"),
@@ -558,113 +667,55 @@ def _on_unknown(
 # -- workers ---------------------------------------------------------------------------------------
 
 
-def _worker_fields() -> dict[str, Any]:
-    from celery.worker import state
-
-    return {
-        "host": _worker["hostname"],
-        "service": _worker.get("service"),
-        "queues": _worker.get("queues", []),
-        "concurrency": _worker.get("concurrency"),
-        "active": len(state.active_requests),
-        "processed": state.all_total_count[0],
-    }
-
-
-def _worker_record(fields: dict[str, Any], status: str) -> str:
-    return json.dumps(
-        {
-            "hostname": fields["host"],
-            "service": fields["service"],
-            "pid": os.getpid(),
-            "queues": fields["queues"],
-            "concurrency": fields["concurrency"],
-            "active": fields["active"],
-            "processed": fields["processed"],
-            "last_heartbeat": time.time(),
-            "status": status,
-        },
-        separators=(",", ":"),
-    )
-
-
-def heartbeat(status: str = "online", type_: str = "worker-heartbeat") -> None:
-    """Emit a worker event and refresh the worker's liveness entry, in one round trip."""
-    em = _emitter
-    if em is None or not _worker.get("hostname"):
-        return
-    fields = _worker_fields()
-    _emit(type_, **fields)
-    record = _worker_record(fields, status)
-    em.flush(extra=lambda pipe: pipe.hset(WORKERS_KEY, fields["host"], record))
-
-
-class _Heartbeat(threading.Thread):
-    def __init__(self, interval: float) -> None:
-        super().__init__(name="mallops-heartbeat", daemon=True)
-        self.interval = interval
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(self.interval):
-            try:
-                heartbeat()
-            except Exception:
-                log.exception("worker heartbeat failed")
-
-
-_heartbeat: _Heartbeat | None = None
+def _on_celeryd_init(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """Name this worker's events (and its pool children's, inherited at fork) after its hostname."""
+    events = for_app(getattr(instance, "app", None))
+    if events is not None and sender:
+        events.emitter.node = str(sender)
+        events.worker["hostname"] = str(sender)
 
 
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
-    global _heartbeat
-    em = _emitter
-    if em is None or sender is None:
-        return
-    hostname = getattr(sender, "hostname", None) or em.node
     app = getattr(sender, "app", None)
+    events = for_app(app)
+    if events is None or app is None:
+        return
+    hostname = getattr(sender, "hostname", None) or events.emitter.node
     queues: list[str] = []
     try:
         queues = sorted(q.name for q in sender.task_consumer.queues)
     except AttributeError:
-        if app is not None:
-            queues = sorted(app.amqp.queues.consume_from or [])
+        queues = sorted(app.amqp.queues.consume_from or [])
     pool = getattr(sender, "pool", None)
-    _worker.update(
+    events.worker.update(
         hostname=hostname,
-        service=(app.main or "").removeprefix("mallops.") if app is not None else None,
+        service=(app.main or "").removeprefix("mallops."),
         queues=queues,
         concurrency=getattr(pool, "limit", None) if pool is not None else None,
     )
-    em.node = hostname
-    heartbeat(type_="worker-online")
-    if _heartbeat is None:
-        _heartbeat = _Heartbeat(em.settings.worker_heartbeat_interval)
-        _heartbeat.start()
+    events.emitter.node = hostname
+    events.heartbeat(type_=EventType.WORKER_ONLINE)
+    if events.heartbeat_thread is None:
+        events.heartbeat_thread = _Heartbeat(events)
+        events.heartbeat_thread.start()
 
 
 def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
-    global _heartbeat
-    if _heartbeat is not None:
-        _heartbeat.stop.set()
-        _heartbeat = None
+    events = for_app(getattr(sender, "app", None))
+    if events is None:
+        return
+    if events.heartbeat_thread is not None:
+        events.heartbeat_thread.stop.set()
+        events.heartbeat_thread = None
     try:
-        heartbeat(status="offline", type_="worker-offline")
+        events.heartbeat(status="offline", type_=EventType.WORKER_OFFLINE)
     finally:
-        if _emitter is not None:
-            _emitter.close()
+        events.close()
 
 
 def _on_process_shutdown(**_: Any) -> None:
-    if _emitter is not None:
-        _emitter.close()
-
-
-def _on_celeryd_init(sender: Any = None, **_: Any) -> None:
-    """Name this worker's events (and its pool children's, inherited at fork) after its hostname."""
-    if _emitter is not None and sender:
-        _emitter.node = str(sender)
-        _worker["hostname"] = str(sender)
+    for events in _live():
+        events.emitter.close()
 
 
 _HANDLERS: tuple[tuple[Any, Callable[..., None]], ...] = (

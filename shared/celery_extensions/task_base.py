@@ -32,10 +32,13 @@ from celery import Celery, Task
 from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 from pydantic import ValidationError
 
-from shared import dead_letters, events
-from shared.cache import DELIVERIES_PREFIX, redis_client
+from shared.cache import redis_client
 from shared.catalog import CATALOG, TaskSpec
-from shared.settings import Settings, get_settings
+from shared.celery_extensions import dead_letters, events
+from shared.celery_extensions.config import app_settings
+from shared.contracts import DELIVERIES_PREFIX, OWNER_HEADER, TaskState
+from shared.errors import PermanentError, TransientError
+from shared.settings import Settings
 
 log = logging.getLogger("mallops.tasks")
 
@@ -54,14 +57,6 @@ PROTOCOL_HEADERS = (
     "origin",
     "ignore_result",
 )
-
-
-class TransientError(Exception):
-    """Raise from business code for a failure that may go away on its own (retry it)."""
-
-
-class PermanentError(Exception):
-    """Raise from business code for a failure that a retry cannot fix (bad data, invalid input)."""
 
 
 class InvalidTaskArguments(PermanentError, ValueError):
@@ -124,8 +119,13 @@ class MallopsTask(Task):  # type: ignore[misc]
     spec: TaskSpec
     abstract = True
 
+    @property
+    def settings(self) -> Settings:
+        """The settings of the app this task runs in."""
+        return app_settings(self.app)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        settings = get_settings()
+        settings = self.settings
         deliveries = self.delivery_count(settings)
         if deliveries > settings.task_max_deliveries:
             reason = (
@@ -133,7 +133,7 @@ class MallopsTask(Task):  # type: ignore[misc]
                 f"{deliveries - 1} runs (MALLOPS_TASK_MAX_DELIVERIES={settings.task_max_deliveries}); "
                 "not run again, kept as a dead letter"
             )
-            self.dead_letter(reason, args, kwargs)
+            self.dead_letter(settings, reason, args, kwargs)
             raise PoisonMessage(reason)
         try:
             validated = self.spec.validate(args, kwargs)
@@ -192,18 +192,20 @@ class MallopsTask(Task):  # type: ignore[misc]
             return 1
         return int(runs) + 1
 
-    def dead_letter(self, reason: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Keep the message in the dead letters (``shared.dead_letters``): its protocol-2 headers and body as
-        the worker got them, so that it can be looked at and replayed."""
+    def dead_letter(self, settings: Settings, reason: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Keep the message in the dead letters (:mod:`~shared.celery_extensions.dead_letters`): its
+        protocol-2 headers and body as the worker got them, so that it can be looked at and replayed."""
         request = self.request
         headers = {name: getattr(request, name, None) for name in PROTOCOL_HEADERS}
         headers.update(lang="py", task=self.name, id=request.id, retries=request.retries or 0)
-        headers[events.OWNER_HEADER] = request.get(events.OWNER_HEADER)
+        headers[OWNER_HEADER] = request.get(OWNER_HEADER)
         embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
         body = json.dumps([list(args), kwargs, embed], default=str)
         queue = (request.delivery_info or {}).get("routing_key") or getattr(self, "queue", None)
         dead_letters.record(
             reason,
+            url=settings.cache_redis_url,
+            max_body_bytes=settings.max_body_bytes,
             queue=queue,
             headers=headers,
             body=body,
@@ -222,12 +224,14 @@ class MallopsTask(Task):  # type: ignore[misc]
         try:
             super().update_state(task_id=task_id, state=state, meta=meta, **kwargs)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            if state != "PROGRESS":
+            if state != TaskState.PROGRESS:
                 raise
             log.warning("%s[%s]: progress not stored (%s)", self.name, self.request.id, exc)
-        if state == "PROGRESS" and (task_id is None or task_id == self.request.id):
+        if state == TaskState.PROGRESS and (task_id is None or task_id == self.request.id):
             progress = meta if isinstance(meta, dict) else {}
-            events.emit_progress(self, progress.get("current"), progress.get("total"))
+            lifecycle = events.for_app(self.app)
+            if lifecycle is not None:
+                lifecycle.emit_progress(self, progress.get("current"), progress.get("total"))
 
 
 def register(app: Celery, name: str, fn: Callable[..., Any], **options: Any) -> MallopsTask:

@@ -4,7 +4,7 @@ Celery's revoke is a broadcast: only the workers online at that moment hear it, 
 memory (or in a ``--statedb`` file of their own). A task revoked while its queue's workers were down, or
 redelivered to a worker started since, would run anyway. The gateway therefore also records the id in the
 sorted set :data:`REVOKED_KEY` of the cache Redis (score: when it may be forgotten, after
-``MALLOPS_TASK_META_TTL_SECONDS``) and bumps :data:`VERSION_KEY`.
+``MALLOPS_TASK_META_TTL_SECONDS``) and bumps :data:`REVOKED_VERSION_KEY` (both in :mod:`shared.contracts`).
 
 Every worker checks each task it receives against its copy of that set and, if the id is there, adds it to
 Celery's own revoked set, so Celery discards it exactly as after a broadcast: state REVOKED, the
@@ -23,15 +23,13 @@ import time
 from typing import Any
 
 import redis
-from celery import Celery, signals
+from celery import signals
 
-from shared.cache import KEY_PREFIX, consumer_loop_client
-from shared.settings import Settings
+from shared.cache import consumer_loop_client
+from shared.contracts import REVOKED_KEY, REVOKED_VERSION_KEY
 
 log = logging.getLogger("mallops.revocations")
 
-REVOKED_KEY = f"{KEY_PREFIX}revoked"  # sorted set: task id -> epoch seconds after which it is forgotten
-VERSION_KEY = f"{KEY_PREFIX}revoked:version"  # incremented at every revoke
 REFRESH_SECONDS = 1.0
 
 
@@ -40,7 +38,7 @@ def queue_revoke(pipe: Any, task_id: str, ttl: float, now: float | None = None) 
     now = time.time() if now is None else now
     pipe.zadd(REVOKED_KEY, {task_id: now + ttl})
     pipe.zremrangebyscore(REVOKED_KEY, "-inf", now)  # forget the expired ones
-    pipe.incr(VERSION_KEY)
+    pipe.incr(REVOKED_VERSION_KEY)  # incremented at every revoke
 
 
 class RevokedIds:
@@ -64,7 +62,7 @@ class RevokedIds:
     def _refresh(self) -> None:
         client = consumer_loop_client(self.url)
         try:
-            version = client.get(VERSION_KEY)
+            version = client.get(REVOKED_VERSION_KEY)
             if version is not None and version == self.version:
                 return
             members = client.zrangebyscore(REVOKED_KEY, time.time(), "+inf")
@@ -75,23 +73,20 @@ class RevokedIds:
         self.version = version
 
 
-_revoked: RevokedIds | None = None
-
-
 def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     from celery.worker import state
 
+    from shared.celery_extensions.config import find_extensions
+
+    extensions = find_extensions(getattr(sender, "app", None))
     task_id = getattr(request, "id", None)
-    if not task_id or _revoked is None or task_id in state.revoked:
+    if not task_id or extensions is None or task_id in state.revoked:
         return
-    if task_id in _revoked:
+    if task_id in extensions.revoked:
         log.info("task %s was revoked before this worker received it; discarding it", task_id)
         state.revoked.add(task_id)
 
 
-def install(app: Celery, settings: Settings) -> None:
-    """Check every task a worker of this process receives against the durable revocations."""
-    global _revoked
-    if _revoked is None or _revoked.url != settings.cache_redis_url:
-        _revoked = RevokedIds(settings.cache_redis_url)
+def connect() -> None:
+    """Check every task a worker receives against its app's copy of the durable revocations."""
     signals.task_received.connect(_on_received, weak=False, dispatch_uid="mallops.revocations.received")

@@ -1,4 +1,4 @@
-"""shared/services.py: the one list of the platform's processes and their readiness checks."""
+"""mallops/services.py: the one list of the platform's processes and their readiness checks."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mallops.cli import RUNNABLE
-from shared.services import SERVICE_NAMES, SERVICE_SPECS, WORKER_SERVICES, get_service, probe, redbeat_lock_key
+from mallops.services import SERVICE_NAMES, SERVICE_SPECS, WORKER_SERVICES, get_service, probe, redbeat_lock_key
 from shared.settings import Settings
 from tests.harness import ROOT, Process, RedisServer, free_port
 
@@ -73,7 +73,14 @@ def test_probe_command_exits_0_for_a_ready_worker_and_1_for_a_missing_one(
     service_env: dict[str, str], worker_factory: Callable[..., Process], tmp_path: Path
 ) -> None:
     host = f"probe-{free_port()}.{socket.gethostname()}"
-    worker_factory("maintenance", hostname=f"maintenance@{host}")
+    worker = worker_factory("maintenance", hostname=f"maintenance@{host}")
+    try:
+        check_probe_command(service_env, host)
+    finally:
+        worker.stop()  # it consumes the shared default queue: later tests must not meet it
+
+
+def check_probe_command(service_env: dict[str, str], host: str) -> None:
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

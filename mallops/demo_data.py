@@ -102,10 +102,37 @@ def generate(
     month_starts = _month_starts(as_of, months)
     history_start = month_starts[0]
 
+    store_rows, tenant_rows, lease_rows = _stores(rng, stores, history_start, as_of)
+    bill_rows, payment_rows, unpaid_past_due = _bills(rng, lease_rows, month_starts, as_of)
+    sale_rows = _sales(rng, store_rows, history_start, as_of)
+
+    _insert(session, models.Store, store_rows)
+    _insert(session, models.Tenant, tenant_rows)
+    _insert(session, models.Lease, lease_rows)
+    _insert(session, models.Bill, bill_rows)
+    _insert(session, models.Payment, payment_rows)
+    _insert(session, models.Sale, sale_rows)
+    _resync_sequences(session)
+    return DemoSummary(
+        len(store_rows),
+        len(tenant_rows),
+        len(lease_rows),
+        len(bill_rows),
+        len(payment_rows),
+        len(sale_rows),
+        unpaid_past_due,
+    )
+
+
+Rows = list[dict[str, Any]]
+
+
+def _stores(rng: random.Random, count: int, history_start: dt.date, as_of: dt.date) -> tuple[Rows, Rows, Rows]:
+    """Stores, their tenants (70 % Chinese-speaking) and one lease each."""
     store_rows: list[dict[str, Any]] = []
     tenant_rows: list[dict[str, Any]] = []
     lease_rows: list[dict[str, Any]] = []
-    for i in range(1, stores + 1):
+    for i in range(1, count + 1):
         category = CATEGORIES[rng.randrange(len(CATEGORIES))]
         zh = rng.random() < 0.7
         brand = (_ZH_BRANDS if zh else _EN_BRANDS)[rng.randrange(10)]
@@ -145,6 +172,11 @@ def generate(
             }
         )
 
+    return store_rows, tenant_rows, lease_rows
+
+
+def _bills(rng: random.Random, lease_rows: Rows, month_starts: list[dt.date], as_of: dt.date) -> tuple[Rows, Rows, int]:
+    """A rent bill per lease and month, paid or not, with its payment; and how many are unpaid past due."""
     bill_rows: list[dict[str, Any]] = []
     payment_rows: list[dict[str, Any]] = []
     unpaid_past_due = 0
@@ -191,6 +223,11 @@ def generate(
             elif due < as_of:
                 unpaid_past_due += 1
 
+    return bill_rows, payment_rows, unpaid_past_due
+
+
+def _sales(rng: random.Random, store_rows: Rows, history_start: dt.date, as_of: dt.date) -> Rows:
+    """The POS feed: one line per store and day (busier at weekends)."""
     sale_rows: list[dict[str, Any]] = []
     day = history_start
     base = {s["id"]: rng.randrange(2_000, 60_000) for s in store_rows}
@@ -207,23 +244,7 @@ def generate(
                 }
             )
         day += dt.timedelta(days=1)
-
-    _insert(session, models.Store, store_rows)
-    _insert(session, models.Tenant, tenant_rows)
-    _insert(session, models.Lease, lease_rows)
-    _insert(session, models.Bill, bill_rows)
-    _insert(session, models.Payment, payment_rows)
-    _insert(session, models.Sale, sale_rows)
-    _resync_sequences(session)
-    return DemoSummary(
-        len(store_rows),
-        len(tenant_rows),
-        len(lease_rows),
-        len(bill_rows),
-        len(payment_rows),
-        len(sale_rows),
-        unpaid_past_due,
-    )
+    return sale_rows
 
 
 def _resync_sequences(session: Session) -> None:

@@ -1,0 +1,353 @@
+"""The console's routes under ``/console/``: sign-in and sign-out, the language switch, the overview, the
+tasks and a task (with its live progress), and the retry and revoke forms.
+
+Routes only translate HTTP: the data comes from the same functions the API routes use
+(:mod:`services.gateway.task_history`, ``visible_task``/``detail``/``retry_task``/``revoke_task`` of
+:mod:`services.gateway.routes.tasks`), and every right is asked of :func:`permissions.can`.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.templating import Jinja2Templates
+
+from services.gateway.console import views
+from services.gateway.console.i18n import LANG_COOKIE, LANGUAGES, NATIVE_NAMES, Translator, negotiate
+from services.gateway.console.permissions import Action, can
+from services.gateway.console.sessions import (
+    CSRF_FIELD,
+    LOGIN_COOKIE,
+    LOGIN_FORM_SECONDS,
+    SESSION_COOKIE,
+    ConsoleSession,
+    ConsoleSessions,
+    is_https,
+)
+from services.gateway.deps import RuntimeDep, StoreDep
+from services.gateway.problems import ProblemError
+from services.gateway.ratelimit import Decision
+from services.gateway.routes.tasks import retry_task, revoke_task, task_events, visible_task
+from services.gateway.runtime import Runtime
+from services.gateway.schemas import RevokeRequest
+from services.gateway.task_view import TaskView as Visible
+from shared.contracts import TaskState
+from shared.tokens import Principal, hash_token
+
+PREFIX = "/console"
+TaskId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+NOTICES = frozenset({"retried", "revoked", "signed_out"})
+# what the console's pages may load: only the gateway's own files; no inline script or style
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+# The header's links: (path, message key, the action a role needs to see it, or None for everyone).
+# A later page (failures, schedules, workers, reports, audit) adds its line here and its route below.
+NAV: tuple[tuple[str, str, Action | None], ...] = (
+    (f"{PREFIX}/", "nav.overview", None),
+    (f"{PREFIX}/tasks", "nav.tasks", None),
+)
+
+router = APIRouter(prefix=PREFIX, include_in_schema=False)
+
+
+@functools.cache
+def templates() -> Jinja2Templates:
+    return Jinja2Templates(directory=str(views.PACKAGE_DIR / "templates"))
+
+
+class LoginRequired(Exception):
+    """No valid session: a page answers with a redirect to the sign-in form."""
+
+    def __init__(self, next_path: str) -> None:
+        self.next_path = next_path
+
+
+class ConsoleError(Exception):
+    """An error page (HTML) with a status: 403 for a refused action or a bad CSRF token, 404, ..."""
+
+    def __init__(self, status: int, message_key: str, detail: str = "", headers: dict[str, str] | None = None) -> None:
+        self.status = status
+        self.message_key = message_key
+        self.detail = detail
+        self.headers = headers or {}
+
+
+def sessions(runtime: Runtime) -> ConsoleSessions:
+    store: ConsoleSessions | None = runtime.console.get("console_sessions")
+    if store is None:
+        store = runtime.console["console_sessions"] = ConsoleSessions(runtime.cache, runtime.settings)
+    return store
+
+
+def translator(request: Request, runtime: Runtime) -> Translator:
+    language = negotiate(request.headers.get("accept-language"), request.cookies.get(LANG_COOKIE))
+    return Translator(language, runtime.settings.timezone)
+
+
+@dataclass
+class Page:
+    """A signed-in request: who, in which language, and the CSRF token of its forms."""
+
+    request: Request
+    runtime: Runtime
+    principal: Principal
+    session: ConsoleSession
+    t: Translator
+    csrf: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def can(self, action: Action, task_name: str | None = None) -> bool:
+        return can(self.principal, action, task_name)
+
+    def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        nav = [(href, key) for href, key, action in NAV if action is None or self.can(action)]
+        return render(self.request, self.t, template, status, page=self, principal=self.principal, nav=nav, **context)
+
+    def require(self, action: Action, task_name: str | None = None) -> None:
+        if not self.can(action, task_name):
+            raise ConsoleError(403, "error.forbidden", action)
+
+
+def render(request: Request, t: Translator, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    switch = [(code, NATIVE_NAMES[code], f"{PREFIX}/lang/{code}?{urlencode({'next': path})}") for code in LANGUAGES]
+    response = templates().TemplateResponse(
+        request,
+        template,
+        {"t": t, "languages": switch, "csrf_field": CSRF_FIELD, "path": request.url.path, **context},
+        status_code=status,
+    )
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+async def signed_in(request: Request, runtime: RuntimeDep) -> Page:
+    """The signed-in page context; without a valid session (or with a revoked token): LoginRequired."""
+    store = sessions(runtime)
+    session = await store.load(request.cookies.get(SESSION_COOKIE))
+    principal = await runtime.tokens.principal_for_digest(session.token_digest) if session else None
+    if session is None or principal is None or principal.expired():
+        raise LoginRequired(request.url.path)
+    request.state.principal = principal.name  # the access log names who did it, as for the API
+    decision = await runtime.limiter.hit(principal.name)  # the token's rate limit, as for the API
+    if not decision.allowed:
+        raise ConsoleError(429, "error.rate_limited", headers={"Retry-After": str(decision.retry_after)})
+    csrf = await store.csrf_token(session.csrf_binding)
+    page = Page(request, runtime, principal, session, translator(request, runtime), csrf)
+    page.require("tasks.read")
+    return page
+
+
+PageDep = Annotated[Page, Depends(signed_in)]
+
+
+async def form_with_csrf(page: PageDep) -> dict[str, str]:
+    """A POSTed form whose CSRF token is this session's; anything else is refused (403) before it acts."""
+    form = await page.request.form()
+    token = form.get(CSRF_FIELD)
+    store = sessions(page.runtime)
+    if not isinstance(token, str) or not await store.csrf_valid(token, page.session.csrf_binding, store.ttl):
+        raise ConsoleError(403, "error.csrf")
+    return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+FormDep = Annotated[dict[str, str], Depends(form_with_csrf)]
+
+
+def safe_next(value: str | None) -> str:
+    """Only a console path of this site: never an open redirect."""
+    if value and value.startswith(PREFIX + "/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return PREFIX + "/"
+
+
+def redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+# -- signing in and out, the language ----------------------------------------------------------------
+
+
+async def _login_form(request: Request, runtime: Runtime, status: int = 200, error: str | None = None) -> HTMLResponse:
+    nonce = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(32)
+    csrf = await sessions(runtime).csrf_token(nonce)
+    t = translator(request, runtime)
+    notice = request.query_params.get("notice")
+    response = render(
+        request,
+        t,
+        "login.html",
+        status,
+        csrf=csrf,
+        error=error,
+        notice=notice if notice in NOTICES else None,
+        next=safe_next(request.query_params.get("next")),
+    )
+    response.set_cookie(
+        LOGIN_COOKIE,
+        nonce,
+        max_age=LOGIN_FORM_SECONDS,
+        path=f"{PREFIX}/login",
+        httponly=True,
+        secure=is_https(request),
+        samesite="strict",
+    )
+    return response
+
+
+@router.get("/login")
+async def login_page(request: Request, runtime: RuntimeDep) -> Response:
+    return await _login_form(request, runtime)
+
+
+@router.post("/login")
+async def login(request: Request, runtime: RuntimeDep) -> Response:
+    form = await request.form()
+    store = sessions(runtime)
+    nonce = request.cookies.get(LOGIN_COOKIE) or ""
+    csrf = form.get(CSRF_FIELD)
+    if not nonce or not isinstance(csrf, str) or not await store.csrf_valid(csrf, nonce, LOGIN_FORM_SECONDS):
+        raise ConsoleError(403, "error.csrf")
+    # guesses count against the client's address, as the API's requests without a valid token do
+    client = request.client.host if request.client else "unknown"
+    await _refuse_blocked(await runtime.auth_failures.peek(client))
+    token = form.get("token")
+    principal = await runtime.tokens.principal(token.strip()) if isinstance(token, str) and token.strip() else None
+    if principal is None or principal.expired() or not isinstance(token, str):
+        await _refuse_blocked(await runtime.auth_failures.hit(client))
+        return await _login_form(request, runtime, 401, "login.invalid")
+    previous = request.cookies.get(SESSION_COOKIE)
+    if previous:  # signing in again replaces the browser's session
+        await store.delete(previous)
+    session = await store.create(hash_token(token.strip()))
+    next_field = form.get("next")
+    response = redirect(safe_next(next_field if isinstance(next_field, str) else None))
+    store.set_cookie(response, request, session)
+    response.delete_cookie(LOGIN_COOKIE, path=f"{PREFIX}/login")
+    return response
+
+
+async def _refuse_blocked(decision: Decision) -> None:
+    if not decision.allowed:
+        raise ConsoleError(429, "error.auth_failures", headers={"Retry-After": str(decision.retry_after)})
+
+
+@router.post("/logout")
+async def logout(page: PageDep, form: FormDep) -> Response:
+    await sessions(page.runtime).delete(page.session.session_id)
+    response = redirect(f"{PREFIX}/login?notice=signed_out")
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=is_https(page.request))
+    return response
+
+
+@router.get("/lang/{language}")
+async def switch_language(request: Request, language: str, next: str | None = None) -> Response:
+    if language not in LANGUAGES:
+        raise ConsoleError(404, "error.not_found")
+    response = redirect(safe_next(next))
+    response.set_cookie(LANG_COOKIE, language, max_age=365 * 86400, path="/", samesite="strict")
+    return response
+
+
+# -- pages -------------------------------------------------------------------------------------------
+
+
+@router.get("/")
+async def overview(page: PageDep) -> Response:
+    data = await views.overview(page.runtime, page.principal)
+    return page.render("overview.html", overview=data, chart=views.chart(data["hours"]))
+
+
+@router.get("/tasks")
+async def tasks(page: PageDep, fragment: bool = False) -> Response:
+    filters = views.TaskFilters.from_query(page.request.query_params, page.t, page.principal)
+    listing = await views.task_list(page.runtime, page.principal, filters)
+    template = "_task_rows.html" if fragment else "tasks.html"
+    return page.render(template, filters=filters, listing=listing, statuses=views.STATES, names=views.task_names())
+
+
+async def console_task(task_id: TaskId, page: PageDep, store: StoreDep) -> Visible:
+    """The task if this session's principal may see it, as the API decides (404 otherwise)."""
+    try:
+        return await visible_task(task_id, page.principal, page.runtime, store)
+    except ProblemError as exc:
+        raise ConsoleError(exc.status, "error.not_found", task_id) from exc
+
+
+ConsoleTask = Annotated[Visible, Depends(console_task)]
+
+
+@router.get("/tasks/{task_id}")
+async def task(page: PageDep, visible: ConsoleTask) -> Response:
+    info = await views.task_page(page.runtime, visible)
+    notice = page.request.query_params.get("notice")
+    labels = {state: page.t(f"state.{state}") for state in (*views.STATES, TaskState.PENDING)}
+    return page.render("task.html", info=info, notice=notice if notice in NOTICES else None, state_labels=labels)
+
+
+@router.get("/tasks/{task_id}/events", response_class=EventSourceResponse)
+async def task_events_page(
+    visible: ConsoleTask, runtime: RuntimeDep, store: StoreDep
+) -> AsyncIterator[ServerSentEvent]:
+    """The API's own event stream of the task (``GET /api/v1/tasks/{id}/events``), for the session."""
+    async for event in task_events(visible, runtime, store):
+        yield event
+
+
+@router.post("/tasks/{task_id}/retry")
+async def retry(page: PageDep, form: FormDep, visible: ConsoleTask, store: StoreDep) -> Response:
+    page.require("task.retry", visible.task_name)
+    try:  # the API's own route: its checks, its audit entry
+        accepted = await retry_task(page.principal, visible, page.runtime, store, page.request)
+    except ProblemError as exc:
+        raise ConsoleError(exc.status, "error.action_failed", exc.detail) from exc
+    return redirect(f"{PREFIX}/tasks/{accepted.task_id}?notice=retried")
+
+
+@router.post("/tasks/{task_id}/revoke")
+async def revoke(page: PageDep, form: FormDep, visible: ConsoleTask) -> Response:
+    page.require("task.revoke", visible.task_name)
+    terminate = form.get("terminate") == "on"
+    try:  # the API's own route: its checks, its audit entry
+        await revoke_task(page.principal, visible, page.runtime, page.request, RevokeRequest(terminate=terminate))
+    except ProblemError as exc:
+        raise ConsoleError(exc.status, "error.action_failed", exc.detail) from exc
+    return redirect(f"{PREFIX}/tasks/{visible.task_id}?notice=revoked")
+
+
+@router.get("/{path:path}")
+async def unknown(path: str) -> Response:
+    """Any other path under /console/: the console's own 404 page (not the API's problem document)."""
+    raise ConsoleError(404, "error.not_found")
+
+
+# -- errors ------------------------------------------------------------------------------------------
+
+
+async def login_required(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LoginRequired)
+    if request.method != "GET" or request.url.path.endswith("/events") or "fragment" in request.query_params:
+        return HTMLResponse("sign in first", status_code=401, headers=SECURITY_HEADERS)
+    return redirect(f"{PREFIX}/login?{urlencode({'next': exc.next_path})}")
+
+
+async def console_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ConsoleError)
+    runtime: Runtime = request.app.state.runtime
+    response = render(request, translator(request, runtime), "error.html", exc.status, error=exc)
+    response.headers.update(exc.headers)
+    return response

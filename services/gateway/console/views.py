@@ -1,0 +1,279 @@
+"""What the console's pages show, read through the functions the API routes use (no query of its own):
+statistics, hourly counts, history pages and task records of :mod:`services.gateway.task_history`, workers
+and queues of :mod:`shared.workers`, the task as ``detail`` of :mod:`services.gateway.task_view` reads it;
+and the small layout the templates need."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+from starlette.concurrency import run_in_threadpool
+
+from services.gateway import task_history as history
+from services.gateway.console.i18n import Translator
+from services.gateway.console.permissions import can, task_scope
+from services.gateway.runtime import Runtime
+from services.gateway.schemas import TaskDetail
+from services.gateway.task_view import TaskView as Visible
+from services.gateway.task_view import detail
+from shared import workers as platform
+from shared.catalog import CATALOG, get_spec
+from shared.contracts import FINAL_STATES as READY_STATES
+from shared.contracts import HISTORY_STATES, TaskState
+from shared.tokens import Principal
+
+PACKAGE_DIR = Path(__file__).parent
+STATES: tuple[str, ...] = tuple(str(state) for state in HISTORY_STATES)
+PAGE_SIZE = 25
+RUNNING_STATES = (TaskState.RECEIVED, TaskState.STARTED, TaskState.PROGRESS)
+
+
+def task_names() -> list[str]:
+    return sorted(spec.name for spec in CATALOG.values())
+
+
+def short_name(task_name: str) -> str:
+    spec = get_spec(task_name)
+    return spec.name if spec else task_name
+
+
+# -- the overview ------------------------------------------------------------------------------------
+
+
+def _block(stats: Mapping[str, Any]) -> dict[str, int]:
+    counts = stats["counts"]
+    return {
+        "submitted": int(stats["total"]),
+        "succeeded": int(stats["succeeded"]),
+        "failed": int(stats["failed"]),
+        "running": sum(int(counts[state]) for state in RUNNING_STATES),
+        "retried": int(stats["retried"]),
+    }
+
+
+# The overview's counts are kept this long per owner scope: over 100,000 rows a day they cost a few
+# hundred milliseconds on SQLite; workers, queues and the monitor's lag are read live (a few ms).
+OVERVIEW_CACHE_SECONDS = 10.0
+
+
+async def overview(runtime: Runtime, principal: Principal) -> dict[str, Any]:
+    """The last hour and day of the tasks the principal may see; workers, queues and the monitor's lag
+    where it may see them."""
+    data = dict(await _task_counts(runtime, *task_scope(principal)))
+    settings = runtime.settings
+    workers = None
+    if can(principal, "workers.read") or can(principal, "queues.read"):
+        workers = await run_in_threadpool(platform.list_workers, settings)
+    if can(principal, "workers.read") and workers is not None:
+        data["workers"] = {
+            "online": sum(1 for w in workers if w["status"] == "online"),
+            "offline": sum(1 for w in workers if w["status"] != "online"),
+        }
+    if can(principal, "queues.read"):
+        data["queues"] = await run_in_threadpool(platform.queue_lengths, settings, workers)
+    if can(principal, "monitor.read"):
+        data["monitor"] = await run_in_threadpool(platform.monitor_lag, settings)
+    return data
+
+
+async def _task_counts(runtime: Runtime, owner: str | None, or_queue: str | None) -> dict[str, Any]:
+    cache: dict[tuple[str | None, str | None], tuple[float, dict[str, Any]]]
+    cache = runtime.console.setdefault("console_overview", {})
+    hit = cache.get((owner, or_queue))
+    if hit is not None and hit[0] > time.monotonic():
+        return hit[1]
+    now = dt.datetime.now(dt.UTC)
+
+    def read_history() -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+        with runtime.sessions() as session:
+            hour, day = (
+                history.task_stats(
+                    session, since=now - window, until=now, owner=owner, or_queue=or_queue, percentiles=False
+                )
+                for window in (dt.timedelta(hours=1), dt.timedelta(days=1))
+            )
+            hours = history.hourly_counts(
+                session, since=now - dt.timedelta(hours=23), until=now, owner=owner, or_queue=or_queue
+            )
+        return hour, day, hours
+
+    hour, day, hours = await run_in_threadpool(read_history)
+    counts = {"hour": _block(hour["overall"]), "day": _block(day["overall"]), "hours": hours}
+    if len(cache) > 1000:
+        cache.clear()
+    cache[(owner, or_queue)] = (time.monotonic() + OVERVIEW_CACHE_SECONDS, counts)
+    return counts
+
+
+@dataclass(frozen=True)
+class Bar:
+    x: float
+    sent_y: float
+    sent_height: float
+    failed_y: float
+    failed_height: float
+    labelled: bool
+    hour: dt.datetime
+    sent: int
+    failed: int
+
+
+CHART_WIDTH, CHART_HEIGHT, CHART_TOP = 720.0, 160.0, 10.0
+
+
+def chart(hours: list[dict[str, Any]]) -> dict[str, Any]:
+    """Bars of the tasks sent (and failed) per hour, laid out for an inline SVG."""
+    highest = max((h["sent"] for h in hours), default=0)
+    peak = highest or 1
+    step = CHART_WIDTH / max(len(hours), 1)
+    usable = CHART_HEIGHT - CHART_TOP
+    bars = []
+    for i, h in enumerate(hours):
+        sent_height = usable * h["sent"] / peak
+        failed_height = usable * h["failed"] / peak
+        bars.append(
+            Bar(
+                x=round(i * step + 2, 1),
+                sent_y=round(CHART_HEIGHT - sent_height, 1),
+                sent_height=round(sent_height, 1),
+                failed_y=round(CHART_HEIGHT - failed_height, 1),
+                failed_height=round(failed_height, 1),
+                labelled=i % 3 == 0,
+                hour=h["hour"],
+                sent=h["sent"],
+                failed=h["failed"],
+            )
+        )
+    return {
+        "bars": bars,
+        "bar_width": round(max(step - 4, 1), 1),
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+        "peak": highest,
+        "total": sum(h["sent"] for h in hours),
+    }
+
+
+# -- the tasks ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskFilters:
+    """The history's filters (``GET /api/v1/tasks/history``), from the page's query string."""
+
+    task_name: str | None = None
+    status: str | None = None
+    owner: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    cursor: str | None = None
+    since_text: str = ""
+    until_text: str = ""
+    error: str | None = None
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str], t: Translator, principal: Principal) -> TaskFilters:
+        errors = []
+        name = (query.get("task_name") or "").strip() or None
+        if name is not None and get_spec(name) is None:
+            errors.append(t("tasks.unknown_task", name=name))
+            name = None
+        status = (query.get("status") or "").strip().upper() or None
+        if status is not None and status not in STATES:
+            errors.append(t("tasks.unknown_status", status=status))
+            status = None
+        owner = ((query.get("owner") or "").strip()[:100] or None) if can(principal, "tasks.read_all") else None
+        since_text, until_text = (query.get("since") or "").strip(), (query.get("until") or "").strip()
+        since, until = _local(since_text, t.tz), _local(until_text, t.tz)
+        if since_text and since is None:
+            errors.append(t("tasks.bad_time", value=since_text))
+        if until_text and until is None:
+            errors.append(t("tasks.bad_time", value=until_text))
+        cursor = (query.get("cursor") or "").strip()[:500] or None
+        return cls(name, status, owner, since, until, cursor, since_text, until_text, "; ".join(errors) or None)
+
+    def query(self, **changes: str | None) -> str:
+        """The query string of these filters (without the cursor unless given)."""
+        values = {
+            "task_name": self.task_name,
+            "status": self.status,
+            "owner": self.owner,
+            "since": self.since_text or None,
+            "until": self.until_text or None,
+        } | changes
+        return urlencode({key: value for key, value in values.items() if value})
+
+
+def _local(text: str, tz: ZoneInfo) -> dt.datetime | None:
+    """``2026-12-07T09:30`` (a datetime-local field) in the mall's timezone, as an aware datetime."""
+    if not text:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=tz)
+
+
+async def task_list(runtime: Runtime, principal: Principal, filters: TaskFilters) -> dict[str, Any]:
+    """A page of the history, newest first, as ``GET /api/v1/tasks/history`` reads it."""
+
+    owner, or_queue = task_scope(principal, filters.owner)
+
+    def read() -> history.HistoryPage:
+        with runtime.sessions() as session:
+            return history.query_history(
+                session,
+                task_name=filters.task_name,
+                status=filters.status,
+                owner=owner,
+                or_queue=or_queue,
+                since=filters.since,
+                until=filters.until,
+                cursor=filters.cursor,
+                limit=PAGE_SIZE,
+            )
+
+    try:
+        page = await run_in_threadpool(read)
+    except ValueError as exc:  # a cursor this page did not make
+        return {"rows": [], "next_cursor": None, "error": str(exc)}
+    rows = [row | {"short_name": short_name(row["task_name"])} for row in page.items]
+    return {"rows": rows, "next_cursor": page.next_cursor, "error": None}
+
+
+# -- a task ------------------------------------------------------------------------------------------
+
+
+async def task_page(runtime: Runtime, task: Visible) -> dict[str, Any]:
+    """The task as ``GET /api/v1/tasks/{id}`` shows it, with its history row's timeline."""
+    info: TaskDetail = detail(task)
+
+    def read_record() -> dict[str, Any] | None:
+        with runtime.sessions() as session:
+            return history.get_task_record(session, task.task_id)
+
+    record = await run_in_threadpool(read_record) or {}
+    traceback = (task.result or {}).get("traceback") if info.status == TaskState.FAILURE else None
+    timeline = [
+        ("sent", info.sent_at or record.get("sent_at")),
+        ("received", record.get("received_at")),
+        ("started", info.started_at or record.get("started_at")),
+        ("finished", info.finished_at or record.get("finished_at")),
+    ]
+    return {
+        "detail": info,
+        "record": record,
+        "timeline": timeline,
+        "traceback": traceback,
+        "finished": info.status in READY_STATES,
+        "retryable": info.status in (TaskState.FAILURE, TaskState.REVOKED),
+        "short_name": short_name(info.task_name),
+    }

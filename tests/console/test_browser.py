@@ -1,0 +1,177 @@
+"""The console in Debian's Chromium against a real gateway process, worker, monitor, Redis and database:
+sign in, filter the tasks, follow a long task's progress to its end, retry a failure, sign out; what a
+user may not do it does not see and the server refuses anyway; both languages; axe-core on every page;
+/docs and /redoc with every request to another host blocked."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.console.browser import sign_in
+from tests.console.conftest import Stack, Tab
+
+pytestmark = pytest.mark.integration
+
+# Playwright runs this in every page before the page's own script: it notes each value the progress bar
+# is set to, as [value, max], in sessionStorage (which outlives the reload the page makes at the end).
+RECORD_PROGRESS = """
+(() => {
+  const value = Object.getOwnPropertyDescriptor(HTMLProgressElement.prototype, "value");
+  Object.defineProperty(HTMLProgressElement.prototype, "value", {
+    configurable: true,
+    get() { return value.get.call(this); },
+    set(v) {
+      value.set.call(this, v);
+      const seen = JSON.parse(sessionStorage.getItem("progress") || "[]");
+      seen.push([Number(v), Number(this.max)]);
+      sessionStorage.setItem("progress", JSON.stringify(seen));
+    },
+  });
+})();
+"""
+
+
+def test_docs_and_redoc_render_the_api_offline(stack: Stack, open_tab: Callable[[str], Tab]) -> None:
+    tab = open_tab("en")
+    tab.page.goto("/docs")
+    expect(tab.page.locator(".opblock-summary-path", has_text="/api/v1/tasks/{task_id}/retry")).to_be_visible()
+    expect(tab.page.get_by_text("mallops gateway").first).to_be_visible()
+    assert tab.offline.blocked == []  # Swagger UI did not even try another host
+    tab.page.goto("/redoc")
+    expect(tab.page.get_by_role("heading", name=re.compile("Submit a task")).first).to_be_attached()
+    # ReDoc's bundle has its "Redocly" logo URL built in (hidden when it does not load); nothing else left
+    assert set(tab.offline.blocked) <= {"https://cdn.redoc.ly/redoc/logo-mini.svg"}
+
+
+def test_an_admin_signs_in_filters_follows_progress_retries_and_signs_out(
+    stack: Stack, open_tab: Callable[[str], Tab]
+) -> None:
+    tab = open_tab("en")
+    page = tab.page
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/console/login\?next="))
+    tab.assert_accessible()
+    sign_in(page, stack.admin)
+    expect(page.get_by_role("heading", name="Overview", level=1)).to_be_visible()
+    expect(page.get_by_role("rowheader", name="Last hour")).to_be_visible()
+    expect(page.get_by_text("Workers online")).to_be_visible()
+    tab.assert_accessible()
+
+    failed = stack.submit(stack.admin, "test_task", message="console failure", fail=True)
+    ok = stack.submit(stack.admin, "test_task", message="console success")
+    stack.recorded(stack.admin, failed)
+    stack.recorded(stack.admin, ok)
+
+    # the tasks, filtered to this admin's failures
+    page.get_by_role("link", name="Tasks", exact=True).click()
+    expect(page.get_by_role("heading", name="Tasks", level=1)).to_be_visible()
+    page.get_by_label("Status").select_option("FAILURE")
+    page.get_by_label("Owner").fill(stack.admin_name)
+    page.get_by_role("button", name="Filter").click()
+    expect(page).to_have_url(re.compile("status=FAILURE"))
+    rows = page.locator("#task-rows tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("Failed")
+    expect(rows.first).to_contain_text(re.compile(r"ago|now"))
+    tab.assert_accessible()
+
+    # the failure, retried from its page
+    rows.first.get_by_role("link").click()
+    expect(page.get_by_role("heading", name="Error")).to_be_visible()
+    expect(page.get_by_text("console failure").first).to_be_visible()
+    tab.assert_accessible()
+    page.get_by_role("button", name="Retry").click()
+    expect(page.get_by_role("status")).to_have_text("Submitted again as this new task.")
+    retry_id = page.url.rsplit("/", 1)[-1].split("?")[0]
+    assert retry_id != failed
+    assert stack.task(stack.admin, retry_id)["retry_of"] == failed
+
+    # a long task: the progress bar follows its events to the end (each value the bar is given is kept
+    # in sessionStorage, which outlives the reload the page makes at the end)
+    page.add_init_script(RECORD_PROGRESS)
+    long_id = stack.submit(stack.admin, "long_running_task", steps=6, step_seconds=0.5)
+    page.goto(f"/console/tasks/{long_id}")
+    bar = page.locator("#task-progress")
+    expect(bar).to_have_attribute("max", "6", timeout=30_000)
+    page.wait_for_function("document.getElementById('task-progress').value >= 3", timeout=30_000)
+    tab.assert_accessible()
+    # at the end the page reloads by itself with the result and the whole timeline
+    expect(page.locator("#task-status")).to_have_text("Succeeded", timeout=30_000)
+    expect(page.get_by_role("heading", name="Result")).to_be_visible()
+    expect(page.locator(".timeline li.done")).to_have_count(4, timeout=30_000)
+    seen = json.loads(page.evaluate("sessionStorage.getItem('progress') || '[]'"))
+    assert seen[-1] == [6, 6], seen  # the bar reached the end
+    assert len(seen) >= 3, seen
+    assert seen == sorted(seen), seen  # step by step, never backwards
+
+    # sign out: the session is gone
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("status")).to_have_text("You have signed out.")
+    page.goto("/console/tasks")
+    expect(page).to_have_url(re.compile(r"/console/login"))
+
+
+def test_a_user_in_chinese_sees_no_revoke_and_forged_posts_are_refused(
+    stack: Stack, open_tab: Callable[[str], Tab]
+) -> None:
+    tab = open_tab("zh_CN")
+    page = tab.page
+    # with the keyboard alone: the token field has the focus, Enter sends the form
+    page.goto("/console/login")
+    page.keyboard.type(stack.user)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="概览", level=1)).to_be_visible()
+    assert page.locator("html").get_attribute("lang") == "zh-CN"
+    expect(page.get_by_role("rowheader", name="最近一小时")).to_be_visible()
+    expect(page.get_by_text("您自己的任务。")).to_be_visible()
+    expect(page.get_by_text("在线工作进程")).to_have_count(0)  # workers are an admin's
+    tab.assert_accessible()
+    page.get_by_role("link", name="任务", exact=True).click()
+    expect(page.get_by_role("heading", name="任务", level=1)).to_be_visible()
+    expect(page.get_by_label("提交者")).to_have_count(0)  # a user filters only its own tasks
+    expect(page.get_by_text("实时更新中")).to_be_visible()
+    tab.assert_accessible()
+    # the list updates by itself: a task submitted now appears without a reload
+    fresh = stack.submit(stack.user, "test_task", message="live")
+    expect(page.locator(f"#task-rows a[href='/console/tasks/{fresh}']")).to_be_visible(timeout=30_000)
+    row = page.locator("#task-rows tr", has=page.locator(f"a[href='/console/tasks/{fresh}']"))
+    expect(row.locator("time")).to_have_text(re.compile(r"^\d{4}年\d{1,2}月\d{1,2}日 \d{2}:\d{2}:\d{2}$"))
+    expect(row.locator(".ago")).to_have_text(re.compile("秒钟前|分钟前"))
+    # the skip link is the first stop of the keyboard
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="跳到正文")).to_be_focused()
+
+    running = stack.submit(stack.user, "long_running_task", steps=40, step_seconds=0.5)
+    page.goto(f"/console/tasks/{running}")
+    expect(page.get_by_role("heading", name="进度")).to_be_visible()
+    expect(page.locator("#task-status")).to_have_text(re.compile("已开始|进行中"), timeout=30_000)
+    expect(page.get_by_role("button", name="撤销")).to_have_count(0)
+    tab.assert_accessible()
+
+    # a forged revoke with this session's own CSRF token: refused by the server
+    csrf = page.locator("form[action='/console/logout'] input[name=csrf_token]").get_attribute("value")
+    forged = page.request.post(f"/console/tasks/{running}/revoke", form={"csrf_token": str(csrf), "terminate": "on"})
+    assert forged.status == 403
+    assert "您的角色无权执行此操作" in forged.text()
+    # and any form without the CSRF token
+    unsigned = page.request.post(f"/console/tasks/{running}/retry", form={})
+    assert unsigned.status == 403
+    assert stack.task(stack.admin, running)["status"] in ("STARTED", "PROGRESS")
+
+    # the admin may revoke it, from its page
+    admin = open_tab("en")
+    sign_in(admin.page, stack.admin)
+    admin.page.goto(f"/console/tasks/{running}")
+    admin.page.get_by_role("button", name="Revoke").click()
+    expect(admin.page.get_by_role("status")).to_have_text(re.compile("Revoked"))
+    expect(admin.page.locator("#task-status")).to_have_text("Revoked", timeout=30_000)
+
+    # the language switch
+    page.get_by_role("link", name="English").click()
+    expect(page.locator("#task-status")).to_have_text("Revoked")
+    assert page.locator("html").get_attribute("lang") == "en"

@@ -1,0 +1,340 @@
+"""The console over plain HTTP (fast request tests beside the browser tests of tests/console): sessions,
+cookies, CSRF, role checks on the server, the language, and the routes the console adds to the gateway."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.gateway.console.i18n import LANGUAGES, LOCALES_DIR, negotiate
+from services.gateway.console.permissions import GRANTS, can
+from services.gateway.console.sessions import LOGIN_COOKIE, SESSION_COOKIE, SESSION_KEY, _digest
+from shared.contracts import REVOKED_KEY
+from shared.db import session_scope
+from shared.permissions import ROLES
+from shared.settings import Settings
+from shared.tokens import Principal, create_token, revoke_token
+from tests.harness import Process, RedisServer, wait_until
+from tests.services.gateway.conftest import GatewayClient, GatewayFactory, Tokens
+
+pytestmark = pytest.mark.integration
+
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_of(html: str) -> str:
+    found = CSRF.search(html)
+    assert found, "no CSRF field in the page"
+    return found.group(1)
+
+
+def sign_in(client: httpx.Client, token: str, **headers: str) -> httpx.Response:
+    form = client.get("/console/login")
+    assert form.status_code == 200
+    return client.post(
+        "/console/login",
+        data={"token": token, "csrf_token": csrf_of(form.text), "next": "/console/tasks"},
+        headers=headers,
+    )
+
+
+def browser(client: GatewayClient, language: str = "en") -> httpx.Client:
+    """A second client on the same gateway, with its own cookies (a browser of its own)."""
+    return httpx.Client(base_url=str(client.base_url), timeout=30, headers={"Accept-Language": language})
+
+
+def submit(client: GatewayClient, tokens: Tokens, who: str, countdown: int | None = None, **kwargs: object) -> str:
+    body = {"task_name": "test_task", "kwargs": kwargs} | ({"countdown": countdown} if countdown else {})
+    answer = client.post("/api/v1/tasks", headers=tokens.auth(who), json=body)
+    assert answer.status_code == 202, answer.text
+    return str(answer.json()["task_id"])
+
+
+def test_root_sends_browsers_to_the_console_and_api_clients_keep_the_404(client: GatewayClient) -> None:
+    page = client.get("/", headers={"Accept": "text/html,application/xhtml+xml"})
+    assert page.status_code == 303
+    assert page.headers["location"] == "/console/"
+    api = client.get("/", headers={"Accept": "application/json"})
+    assert api.status_code == 404
+    assert api.headers["content-type"] == "application/problem+json"
+    assert api.json()["detail"] == "there is no resource at /"
+    assert client.get("/").status_code == 404  # no Accept at all (curl's */*): unchanged too
+    assert client.post("/", headers={"Accept": "text/html"}).status_code == 404
+    assert client.get("/console/").headers["location"] == "/console/login?next=%2Fconsole%2F"
+
+
+def test_docs_and_redoc_load_only_the_gateways_own_assets(client: GatewayClient) -> None:
+    for path in ("/docs", "/redoc"):
+        html = client.get(path).text
+        urls = re.findall(r'(?:src|href|url)\s*[:=]\s*["\']([^"\']+)["\']', html)
+        assert urls, html
+        assert all(url.startswith("/") for url in urls), (path, urls)
+        for url in urls:
+            assert client.get(url).status_code == 200, url
+
+
+def test_sign_in_sets_a_strict_httponly_cookie_that_expires(
+    gateway: GatewayFactory, tokens: Tokens, redis_server: RedisServer
+) -> None:
+    with gateway(console_session_hours=0.5) as client, browser(client) as http:
+        answer = sign_in(http, tokens.alice)
+        assert answer.status_code == 303
+        assert answer.headers["location"] == "/console/tasks"
+        cookie = next(c for c in answer.headers.get_list("set-cookie") if c.startswith(SESSION_COOKIE + "="))
+        attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")}
+        assert {"httponly", "max-age", "path"} <= attributes
+        assert "samesite=strict" in cookie.lower()
+        assert "max-age=1800" in cookie.lower()
+        assert "secure" not in attributes  # plain HTTP
+        session_id = http.cookies[SESSION_COOKIE]
+        ttl = redis_server.client(2).ttl(SESSION_KEY + _digest(session_id))
+        assert 1700 < ttl <= 1800
+        stored = redis_server.client(2).get(SESSION_KEY + _digest(session_id))
+        assert stored is not None
+        assert tokens.alice.encode() not in stored  # only the token's hash is kept
+        assert http.get("/console/tasks").status_code == 200
+        # behind a TLS proxy the cookie is Secure
+        with browser(client) as proxied:
+            answer = sign_in(proxied, tokens.alice, **{"X-Forwarded-Proto": "https"})
+            cookie = next(c for c in answer.headers.get_list("set-cookie") if c.startswith(SESSION_COOKIE + "="))
+            assert "secure" in {part.strip().lower() for part in cookie.split(";")}
+
+
+def test_sign_in_refuses_a_bad_token_and_a_missing_or_foreign_csrf_token(client: GatewayClient, tokens: Tokens) -> None:
+    with browser(client) as http, browser(client) as other:
+        form = http.get("/console/login")
+        assert http.cookies.get(LOGIN_COOKIE)
+        bad = http.post("/console/login", data={"token": "not-a-token-at-all", "csrf_token": csrf_of(form.text)})
+        assert bad.status_code == 401
+        assert "unknown or has been revoked" in bad.text
+        missing = http.post("/console/login", data={"token": tokens.alice})
+        assert missing.status_code == 403
+        assert SESSION_COOKIE not in http.cookies
+        others = csrf_of(other.get("/console/login").text)
+        foreign = http.post("/console/login", data={"token": tokens.alice, "csrf_token": others})
+        assert foreign.status_code == 403
+        assert SESSION_COOKIE not in http.cookies
+
+
+def test_forms_refuse_a_missing_or_foreign_csrf_token(client: GatewayClient, tokens: Tokens) -> None:
+    failed = submit(client, tokens, "admin", fail=True)
+    with browser(client) as admin, browser(client) as other:
+        sign_in(admin, tokens.admin)
+        sign_in(other, tokens.admin)
+        foreign_token = csrf_of(other.get("/console/").text)
+        for data in ({}, {"csrf_token": "forged"}, {"csrf_token": foreign_token}):
+            refused = admin.post(f"/console/tasks/{failed}/retry", data=data)
+            assert refused.status_code == 403, data
+            assert "did not come from this console" in refused.text
+            refused = admin.post("/console/logout", data=data)
+            assert refused.status_code == 403
+        assert admin.get("/console/").status_code == 200  # still signed in: the forged sign-out did nothing
+
+
+def test_a_user_sees_no_revoke_button_and_a_forged_revoke_is_refused(
+    client: GatewayClient, tokens: Tokens, redis_server: RedisServer
+) -> None:
+    task_id = submit(client, tokens, "alice", countdown=600, message="pending")  # unfinished for 10 minutes
+    with browser(client) as alice, browser(client) as admin:
+        sign_in(alice, tokens.alice)
+        page = alice.get(f"/console/tasks/{task_id}")
+        assert page.status_code == 200
+        assert 'id="revoke"' not in page.text
+        assert f"/console/tasks/{task_id}/revoke" not in page.text
+        forged = alice.post(
+            f"/console/tasks/{task_id}/revoke", data={"csrf_token": csrf_of(page.text), "terminate": "on"}
+        )
+        assert forged.status_code == 403
+        assert "may not do this" in forged.text
+        assert redis_server.client(2).zscore(REVOKED_KEY, task_id) is None
+        # someone else's task is not there at all for a user
+        sign_in(admin, tokens.admin)
+        admins_task = submit(client, tokens, "admin", message="admin's")
+        assert alice.get(f"/console/tasks/{admins_task}").status_code == 404
+        # the admin has the button, and it works
+        page = admin.get(f"/console/tasks/{task_id}")
+        assert 'id="revoke"' in page.text
+        done = admin.post(f"/console/tasks/{task_id}/revoke", data={"csrf_token": csrf_of(page.text)})
+        assert done.status_code == 303
+        assert redis_server.client(2).zscore(REVOKED_KEY, task_id) is not None
+
+
+def test_sign_out_ends_the_session(client: GatewayClient, tokens: Tokens, redis_server: RedisServer) -> None:
+    with browser(client) as http:
+        sign_in(http, tokens.bob)
+        session_id = http.cookies[SESSION_COOKIE]
+        page = http.get("/console/")
+        out = http.post("/console/logout", data={"csrf_token": csrf_of(page.text)})
+        assert out.status_code == 303
+        assert out.headers["location"] == "/console/login?notice=signed_out"
+        assert redis_server.client(2).exists(SESSION_KEY + _digest(session_id)) == 0
+        http.cookies.set(SESSION_COOKIE, session_id)  # the old cookie, replayed
+        assert http.get("/console/").status_code == 303
+
+
+def test_a_revoked_token_ends_its_console_sessions(gateway: GatewayFactory, tokens: Tokens, migrated: Settings) -> None:
+    with gateway(token_cache_seconds=0) as client, browser(client) as http:
+        sign_in(http, tokens.bob)
+        assert http.get("/console/").status_code == 200
+        with session_scope(migrated) as session:
+            revoke_token(session, tokens.bob_name)
+        assert http.get("/console/").headers["location"].startswith("/console/login")
+
+
+def test_language_from_accept_language_and_the_switch(client: GatewayClient, tokens: Tokens) -> None:
+    with browser(client, "zh-CN,zh;q=0.9,en;q=0.5") as http:
+        sign_in(http, tokens.alice)
+        page = http.get("/console/")
+        assert '<html lang="zh-CN">' in page.text
+        assert "最近一小时" in page.text
+        switched = http.get("/console/lang/en", params={"next": "/console/tasks"})
+        assert switched.headers["location"] == "/console/tasks"
+        assert '<html lang="en">' in http.get("/console/").text
+        assert http.get("/console/lang/en", params={"next": "https://evil.example/"}).headers["location"] == "/console/"
+        assert http.get("/console/lang/fr").status_code == 404
+
+
+def test_pages_send_a_content_security_policy(client: GatewayClient, tokens: Tokens) -> None:
+    with browser(client) as http:
+        sign_in(http, tokens.alice)
+        policy = http.get("/console/tasks").headers["content-security-policy"]
+        assert "default-src 'self'" in policy
+        assert "script-src 'self'" in policy
+
+
+def test_negotiation() -> None:
+    assert negotiate("zh-CN,zh;q=0.9,en;q=0.8") == "zh_CN"
+    assert negotiate("en-US,en;q=0.9,zh;q=0.8") == "en"
+    assert negotiate("fr-FR, zh-Hans;q=0.5") == "zh_CN"
+    assert negotiate("zh-TW") == "en"
+    assert negotiate(None) == "en"
+    assert negotiate("zh-CN", cookie="en") == "en"
+    assert negotiate("en", cookie="xx") == "en"
+
+
+def test_the_console_grants_what_the_roles_permissions_grant() -> None:
+    for role in ROLES:
+        principal = Principal("someone", role)
+        for action, permission in GRANTS.items():
+            assert can(principal, action) == principal.has(permission), (role, action)
+    admin, user, viewer = Principal("a", "admin"), Principal("u", "user"), Principal("v", "viewer")
+    assert all(can(admin, action) for action in GRANTS)
+    assert [action for action in GRANTS if can(user, action)] == ["tasks.read", "task.retry"]
+    assert not can(viewer, "task.retry")
+    assert can(viewer, "tasks.read_all")
+    operator = Principal("o", "operator")
+    # retrying or revoking a maintenance task also needs the maintenance permission
+    assert can(operator, "task.retry", "generate_daily_report")
+    assert not can(operator, "task.retry", "backup_database")
+    assert can(admin, "task.revoke", "backup_database")
+
+
+def test_a_viewer_reads_every_task_but_has_no_buttons_and_a_forged_retry_is_refused(
+    client: GatewayClient, tokens: Tokens, migrated: Settings, running_worker: Callable[[str], Process]
+) -> None:
+    running_worker("maintenance")
+    with session_scope(migrated) as session:
+        viewer = create_token(session, f"viewer-{uuid.uuid4().hex[:8]}", "viewer")
+    failed = submit(client, tokens, "alice", message="alice's failure", fail=True)
+    pending = submit(client, tokens, "alice", countdown=600, message="alice's later task")
+    wait_until(
+        lambda: client.get(f"/api/v1/tasks/{failed}", headers=tokens.auth("alice")).json()["status"] == "FAILURE",
+        timeout=60,
+        message="the failure",
+    )
+    with browser(client) as http:
+        sign_in(http, viewer)
+        page = http.get(f"/console/tasks/{failed}")  # alice's task: a viewer reads every task
+        assert page.status_code == 200
+        assert "alice&#39;s failure" in page.text or "alice's failure" in page.text
+        assert 'id="retry"' not in page.text
+        assert 'id="revoke"' not in http.get(f"/console/tasks/{pending}").text
+        assert 'id="f-owner"' in http.get("/console/tasks").text  # it may filter by owner
+        forged = http.post(f"/console/tasks/{failed}/retry", data={"csrf_token": csrf_of(page.text)})
+        assert forged.status_code == 403
+        assert "may not do this" in forged.text
+        forged = http.post(f"/console/tasks/{pending}/revoke", data={"csrf_token": csrf_of(page.text)})
+        assert forged.status_code == 403
+    listed = client.get("/api/v1/tasks", headers=tokens.auth("alice")).json()["results"]
+    assert {row["task_id"] for row in listed} == {failed, pending}  # no retry was submitted
+    # alice herself (a user) may retry her failure: the button is there
+    with browser(client) as http:
+        sign_in(http, tokens.alice)
+        assert 'id="retry"' in http.get(f"/console/tasks/{failed}").text
+
+
+def test_every_message_is_in_both_languages_and_every_key_used_exists() -> None:
+    catalogs = {lang: json.loads((LOCALES_DIR / f"{lang}.json").read_text(encoding="utf-8")) for lang in LANGUAGES}
+    assert catalogs["en"].keys() == catalogs["zh_CN"].keys()
+    templates = Path(LOCALES_DIR.parent / "templates").glob("*.html")
+    key = re.compile(r"""\bt\(["']([a-z_]+\.[a-z_]+)["']\s*[),]""")
+    used = {found for path in templates for found in key.findall(path.read_text())}
+    # keys the routes name: the header's links, the error pages
+    pages = (LOCALES_DIR.parent / "pages.py").read_text()
+    used |= set(re.findall(r'"((?:nav|error)\.[a-z_]+)"', pages)) - {"error.html"}
+    assert used
+    assert used <= catalogs["en"].keys(), used - catalogs["en"].keys()
+
+
+def test_unknown_console_paths_answer_an_html_404(client: GatewayClient, tokens: Tokens) -> None:
+    with browser(client) as http:
+        sign_in(http, tokens.alice)
+        for asset in ("console.js", "console.css"):
+            assert http.get(f"/console/static/{asset}").status_code == 200
+        page = http.get("/console/no-such-page")
+        assert page.status_code == 404
+        assert page.headers["content-type"].startswith("text/html")
+        assert "There is no such page" in page.text
+
+
+def test_signing_in_again_replaces_the_session(
+    client: GatewayClient, tokens: Tokens, redis_server: RedisServer
+) -> None:
+    with browser(client) as http:
+        sign_in(http, tokens.alice)
+        first = http.cookies[SESSION_COOKIE]
+        sign_in(http, tokens.bob)
+        assert http.cookies[SESSION_COOKIE] != first
+        assert redis_server.client(2).exists(SESSION_KEY + _digest(first)) == 0
+        assert tokens.bob_name in http.get("/console/").text
+
+
+def test_the_tokens_rate_limit_applies_to_the_console(gateway: GatewayFactory, tokens: Tokens) -> None:
+    with gateway(rate_limit_per_minute=3) as client, browser(client) as http:
+        sign_in(http, tokens.alice)  # the sign-in form itself is not counted
+        for path in ("/console/", "/console/tasks", "/console/"):
+            assert http.get(path).status_code == 200
+        limited = http.get("/console/")
+        assert limited.status_code == 429
+        assert int(limited.headers["retry-after"]) >= 1
+        assert "Too many requests" in limited.text
+
+
+def test_a_refused_action_shows_the_apis_reason(client: GatewayClient, tokens: Tokens) -> None:
+    task_id = submit(client, tokens, "alice", countdown=600, message="not failed")
+    with browser(client) as http:
+        sign_in(http, tokens.alice)
+        page = http.get(f"/console/tasks/{task_id}")
+        assert 'id="retry"' not in page.text  # only a failed or revoked task offers it
+        refused = http.post(f"/console/tasks/{task_id}/retry", data={"csrf_token": csrf_of(page.text)})
+        assert refused.status_code == 409
+        assert "only a failed or revoked task can be retried" in refused.text
+
+
+def test_bad_sign_ins_count_against_the_clients_auth_failure_limit(gateway: GatewayFactory, tokens: Tokens) -> None:
+    with gateway(auth_failures_per_minute=2) as client, browser(client) as http:
+        csrf = csrf_of(http.get("/console/login").text)
+        for _ in range(2):
+            assert (
+                http.post("/console/login", data={"token": "a-wrong-guess-0000", "csrf_token": csrf}).status_code == 401
+            )
+        blocked = http.post("/console/login", data={"token": tokens.alice, "csrf_token": csrf})
+        assert blocked.status_code == 429  # even a right token, from this address, for now
+        assert int(blocked.headers["retry-after"]) >= 1
+        assert SESSION_COOKIE not in http.cookies
