@@ -394,6 +394,15 @@ class Client:
         """Re-submit a failed task with its original arguments; the new task."""
         return Task.from_json(self.request("POST", f"{API}/tasks/{task_id}/retry"))
 
+    def retry_many(self, **filters: Any) -> dict[str, Any]:
+        """Retry the failed tasks the history's filters select (admin): ``task_name``, ``status``, ``owner``,
+        ``since``, ``until``, ``arguments`` ({"kwargs.x": value}), ``limit``, ``dry_run``."""
+        return dict(self.request("POST", f"{API}/tasks/retry", json=_bulk_body(filters)))
+
+    def revoke_many(self, **filters: Any) -> dict[str, Any]:
+        """Revoke the unfinished tasks the history's filters select (admin); ``terminate`` as :meth:`revoke`."""
+        return dict(self.request("POST", f"{API}/tasks/revoke", json=_bulk_body(filters)))
+
     def list_tasks(
         self,
         *,
@@ -426,12 +435,46 @@ class Client:
         until: dt.datetime | str | None = None,
         cursor: str | None = None,
         limit: int | None = None,
+        arguments: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """One page of the durable task history, newest first, with ``next_cursor`` to continue."""
+        """One page of the durable task history, newest first, with ``next_cursor`` to continue.
+        ``status`` may name several states (``FAILURE,REVOKED``); ``arguments`` filters by argument values
+        (``{"kwargs.filters.store_id": 12}``)."""
         params = _params(
             task_name=task_name, status=status, since=_when(since), until=_when(until), cursor=cursor, limit=limit
         )
+        params.update({key: str(value) for key, value in (arguments or {}).items()})
         return dict(self.request("GET", f"{API}/tasks/history", params=params))
+
+    # -- dead letters (admin) ----------------------------------------------------------------------
+
+    def dead_letters(self, **filters: Any) -> dict[str, Any]:
+        """A page of dead letters, newest first: ``task``, ``queue``, ``exception``, ``since``, ``until``,
+        ``limit``, ``offset``; ``{"count", "results", "next_offset"}``."""
+        params = _params(**{k: _when(v) if k in ("since", "until") else v for k, v in filters.items()})
+        return dict(self.request("GET", f"{API}/dead-letters", params=params))
+
+    def dead_letter(self, letter_id: str) -> dict[str, Any]:
+        """One dead letter with its whole message."""
+        return dict(self.request("GET", f"{API}/dead-letters/{letter_id}"))
+
+    def replay_dead_letter(self, letter_id: str, *, force: bool = False) -> dict[str, Any]:
+        """Put a dead letter's message back onto its queue (a poison message needs ``force``)."""
+        return dict(self.request("POST", f"{API}/dead-letters/{letter_id}/replay", json={"force": force}))
+
+    def drop_dead_letter(self, letter_id: str) -> None:
+        self.request("DELETE", f"{API}/dead-letters/{letter_id}")
+
+    def replay_dead_letters(self, **filters: Any) -> dict[str, Any]:
+        """Replay the dead letters the filters select (``task``, ``queue``, ``exception``, ``since``,
+        ``until``, ``ids``, ``force``, ``limit``, ``dry_run``)."""
+        return dict(self.request("POST", f"{API}/dead-letters/replay", json=_bulk_body(filters)))
+
+    def drop_dead_letters(self, **filters: Any) -> dict[str, Any]:
+        """Drop the dead letters the filters select (``all=True`` for every one)."""
+        params = _params(**{k: _when(v) if k in ("since", "until") else v for k, v in filters.items()})
+        params = {k: ("true" if v is True else "false" if v is False else v) for k, v in params.items()}
+        return dict(self.request("DELETE", f"{API}/dead-letters", params=params))
 
     # -- platform ----------------------------------------------------------------------------------
 
@@ -517,6 +560,11 @@ class Client:
         """Enable, disable or re-time a beat entry (admin)."""
         body = _params(enabled=enabled, schedule=dict(schedule) if schedule is not None else None)
         return dict(self.request("PATCH", f"{API}/schedules/{name}", json=body))
+
+
+def _bulk_body(filters: Mapping[str, Any]) -> dict[str, Any]:
+    body = {key: _when(value) if key in ("since", "until") else value for key, value in filters.items()}
+    return _params(**body)
 
 
 def _items(data: Any, key: str) -> list[dict[str, Any]]:

@@ -34,6 +34,7 @@ TASK_REVOKE = "task.revoke"
 TASK_RETRY = "task.retry"
 TASKS_BULK = "tasks.bulk"  # a batch submission, or any bulk retry/revoke
 DEAD_LETTER_REPLAY = "dead_letter.replay"
+DEAD_LETTER_DROP = "dead_letter.drop"
 EXPORT_DOWNLOAD = "export.download"
 REPORT_DOWNLOAD = "report.download"
 PERMISSION_DENIED = "permission.denied"  # a 403 on an endpoint that is not one of the actions above

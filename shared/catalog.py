@@ -187,6 +187,8 @@ class TaskSpec:
     description: str
     permission: str  # what submitting it needs (shared.permissions); required, so no task is left unguarded
     schedule: Schedule | None = None
+    # a failure of a critical task alerts at once (CriticalTaskFailed in deploy/prometheus/alerts.yml)
+    critical: bool = False
 
     @property
     def celery_name(self) -> str:
@@ -228,10 +230,11 @@ def _spec(
     description: str,
     permission: str,
     schedule: Schedule | None = None,
+    critical: bool = False,
 ) -> TaskSpec:
     if permission not in permissions.PERMISSIONS:
         raise ValueError(f"task {name!r} declares an unknown permission {permission!r}")
-    return TaskSpec(name, service, queue, model, description, permission, schedule)
+    return TaskSpec(name, service, queue, model, description, permission, schedule, critical)
 
 
 CATALOG: Mapping[str, TaskSpec] = {
@@ -263,6 +266,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             "Revenue by store and by category for a month, from payments; stored and cached.",
             permissions.SUBMIT_FINANCE,
             Schedule(minute="30", hour="0", day_of_month="1"),  # last month, on the 1st at 00:30
+            critical=True,
         ),
         # reports
         _spec(
@@ -300,6 +304,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             "Sales and billing figures for one calendar month.",
             permissions.SUBMIT_REPORTS,
             Schedule(minute="0", hour="0", day_of_month="1"),
+            critical=True,
         ),
         _spec(
             "export_data",
@@ -363,6 +368,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             "Back up the database (pg_dump or SQLite online backup), keeping the last N.",
             permissions.SUBMIT_MAINTENANCE,
             Schedule(minute="0", hour="3"),
+            critical=True,
         ),
         _spec(
             "cleanup_cache",

@@ -5,7 +5,7 @@
 - :class:`EventType` and the payloads of the lifecycle events in the Redis stream :data:`EVENT_STREAM`
   (:class:`TaskEvent`, :class:`WorkerEvent`, versioned by :data:`EVENT_SCHEMA_VERSION`);
 - :class:`WorkerRecord`: a worker's liveness entry in :data:`WORKERS_KEY`, with its JSON round trip;
-- message header names (:data:`OWNER_HEADER`);
+- message header names (:data:`OWNER_HEADER`, :data:`REQUEST_ID_HEADER`, :data:`RETRY_OF_HEADER`);
 - Redis key names and layouts, including kombu's priority lists and Celery's result keys, and the
   monitor's consumer group.
 
@@ -160,11 +160,12 @@ class TaskEventFields(TypedDict):
 class TaskEvent(EventEnvelope, TaskEventFields, total=False):
     """A task event as written; the optional fields by type:
 
-    - ``task-sent``: args, eta; ``task-received``: args; ``task-started``: eta (ISO 8601, when the task
-      had an ETA or a countdown)
+    - ``task-sent``: args, arguments, eta, retry_of; ``task-received``: args, arguments; ``task-started``:
+      eta (ISO 8601, when the task had an ETA or a countdown)
     - ``task-progress``: current, total
     - ``task-succeeded``: runtime, result
-    - ``task-failed``: runtime, exception, error; ``task-retried``, ``task-rejected``: exception, error
+    - ``task-failed``: runtime, exception, error, traceback (its end, capped); ``task-retried``,
+      ``task-rejected``: exception, error
     - ``task-revoked``: terminated, expired, exception (``Terminated``, ``Expired`` or ``Revoked``), error
     - ``task-requeued``: worker (the gone worker that held it), requeues
     - any: request_id, when the task was submitted through the gateway's HTTP API; events of a worker:
@@ -172,13 +173,16 @@ class TaskEvent(EventEnvelope, TaskEventFields, total=False):
     """
 
     args: str | None
+    arguments: dict[str, Any] | None  # {"args": [...], "kwargs": {...}} as JSON values, capped ("truncated")
     eta: str
+    retry_of: str  # the task a retry repeats (RETRY_OF_HEADER)
     current: Any
     total: Any
     runtime: float | None
     result: str
     exception: str | None
     error: str | None
+    traceback: str | None
     terminated: bool
     expired: bool
     request_id: str
@@ -267,6 +271,9 @@ OWNER_HEADER = "mallops_owner"
 REQUEST_ID_HEADER = "mallops_request_id"
 # how many times a requeuer put the message back (shared/celery_extensions/redelivery.py)
 REQUEUES_HEADER = "mallops_requeues"
+# a retry's message names the task it repeats (``POST /api/v1/tasks/retry``): the event field and history
+# column ``retry_of``
+RETRY_OF_HEADER = "mallops_retry_of"
 
 
 # -- Redis keys ----------------------------------------------------------------------------------------
@@ -288,8 +295,11 @@ PROCESSES_KEY = f"{KEY_PREFIX}worker_processes"
 ACCESS_LOG_BUFFER = f"{KEY_PREFIX}access_log"
 # poison messages: runs of a redelivered message, ``<prefix><task_id>:<retries>`` (an integer with a TTL)
 DELIVERIES_PREFIX = f"{KEY_PREFIX}deliveries:"
-# dropped messages, newest first (JSON objects; see shared.celery_extensions.dead_letters)
-DEAD_LETTERS_KEY = f"{KEY_PREFIX}dead_letters"
+# dropped messages kept whole (shared.dead_letter_store), changed together: a sorted set id -> epoch
+# seconds recorded, a hash id -> summary JSON, a hash id -> the message JSON (headers, body, properties)
+DEAD_LETTER_INDEX_KEY = f"{KEY_PREFIX}dead_letters:index"
+DEAD_LETTER_ENTRIES_KEY = f"{KEY_PREFIX}dead_letters:entries"
+DEAD_LETTER_MESSAGES_KEY = f"{KEY_PREFIX}dead_letters:messages"
 # durable revocations: sorted set task id -> epoch seconds after which it is forgotten, and its version
 REVOKED_KEY = f"{KEY_PREFIX}revoked"
 REVOKED_VERSION_KEY = f"{KEY_PREFIX}revoked:version"

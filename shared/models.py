@@ -306,6 +306,10 @@ class TaskRecord(Base):
     queue: Mapped[str | None] = mapped_column(String(50))
     state: Mapped[str] = mapped_column(String(12))
     args_summary: Mapped[str | None] = mapped_column(String(500))
+    # {"args": [...], "kwargs": {...}} as the message carried them, capped (celery_extensions.events.capped_arguments);
+    # the history filters on it (kwargs.<field>=<value>) and bulk retries re-send it
+    arguments: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    retry_of: Mapped[str | None] = mapped_column(String(64), index=True)  # the task this one retries
     owner: Mapped[str | None] = mapped_column(String(100))
     # X-Request-ID of the HTTP request that submitted the task (migration 0003)
     request_id: Mapped[str | None] = mapped_column(String(64))
@@ -313,6 +317,9 @@ class TaskRecord(Base):
     retries: Mapped[int] = mapped_column(Integer, default=0)
     exception: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
+    traceback: Mapped[str | None] = mapped_column(
+        Text
+    )  # the final failure's, capped (celery_extensions.events.TRACEBACK_CHARS)
     result_summary: Mapped[str | None] = mapped_column(String(500))
     sent_at: Mapped[dt.datetime | None] = mapped_column(index=True)
     received_at: Mapped[dt.datetime | None]

@@ -50,6 +50,7 @@ SCHEDULES_WRITE = "schedules.write"
 TOKENS_MANAGE = "tokens.manage"
 AUDIT_READ = "audit.read"
 DEAD_LETTERS_MANAGE = "dead_letters.manage"
+TASKS_BULK = "tasks.bulk"  # retry or revoke many tasks at once by the history's filters (admin for now)
 
 SUBMIT_PERMISSIONS: tuple[str, ...] = (
     SUBMIT_FINANCE,
@@ -92,7 +93,8 @@ DESCRIPTIONS: Mapping[str, str] = {
     SCHEDULES_WRITE: "change the beat schedule",
     TOKENS_MANAGE: "create, list and revoke API tokens",
     AUDIT_READ: "read the audit trail",
-    DEAD_LETTERS_MANAGE: "read and replay dead letters",
+    DEAD_LETTERS_MANAGE: "read, replay and drop dead letters",
+    TASKS_BULK: "retry or revoke many tasks at once, selected by the history's filters",
 }
 PERMISSIONS: tuple[str, ...] = tuple(DESCRIPTIONS)
 

@@ -556,6 +556,34 @@ def utc_iso(value: dt.datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
+@dataclass(frozen=True)
+class EntryTiming:
+    """An enabled entry's last run and its period: seconds from that run to the next one due."""
+
+    name: str
+    last_run_at: dt.datetime
+    period: float
+
+
+def entry_timings(app: Celery) -> list[EntryTiming]:
+    """Every enabled entry with its last run and period (reads only; the monitor's ``mallops_schedule_*``
+    metrics). The last run is RedBeat's clock: the last send, or when the clock restarted (creation,
+    re-timing, enabling), which is what the next run is counted from. For a crontab the period is the gap
+    from there to the next run due."""
+    timings = []
+    for name in _entry_names(app):
+        loaded = _load(app, name)
+        if loaded is None or not loaded[0].enabled or loaded[0].last_run_at is None:
+            continue
+        entry = loaded[0]
+        last = _utc(entry.last_run_at)
+        due = _utc(app.now() + entry.schedule.remaining_estimate(entry.last_run_at))
+        assert last is not None
+        assert due is not None
+        timings.append(EntryTiming(name, last, max((due - last).total_seconds(), 0.0)))
+    return timings
+
+
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
     if value is None:
         return None
@@ -579,12 +607,14 @@ def _parse(value: Any) -> dt.datetime | None:
 
 __all__ = [
     "EntryExists",
+    "EntryTiming",
     "ScheduleEntry",
     "UnknownTask",
     "celery_schedule",
     "create_entry",
     "delete_entry",
     "ensure_defaults",
+    "entry_timings",
     "get_entry",
     "list_entries",
     "reset_entry",

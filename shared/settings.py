@@ -6,13 +6,19 @@ Nothing is read at import: call :func:`get_settings` (cached) or build :class:`S
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path(".mallops")
+# Histogram buckets (seconds, +Inf added): from milliseconds to the 30-minute hard time limit; the queue
+# wait goes on to the broker's 2-hour visibility timeout, the longest a message can wait unnoticed.
+RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900, 1200, 1800)
+QUEUE_WAIT_BUCKETS = (*RUNTIME_BUCKETS, 3600, 7200)
+MAX_BUCKETS = 40
 
 
 class Settings(BaseSettings):
@@ -87,7 +93,7 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(default=3, ge=0)
     task_retry_backoff: float = Field(default=30.0, ge=0)
     # a message whose worker died while running it (SIGKILL, OOM, a crash) is run at most this many times;
-    # the next delivery is dead-lettered (celery_extensions.task_base, list mallops:dead_letters) and fails the task
+    # the next delivery is dead-lettered (celery_extensions.task_base, shared.dead_letter_store) and fails the task
     task_max_deliveries: int = Field(default=5, ge=1, le=1000)
     beat_max_interval: float = Field(default=5.0, gt=0, le=300)  # beat loop: runtime edits apply within it
     beat_lock_timeout: int = Field(default=30, ge=5)  # a dead beat's lock frees after this many seconds
@@ -118,6 +124,26 @@ class Settings(BaseSettings):
     worker_purge_after: float = Field(default=600.0, gt=0)  # seconds offline before labels are dropped
     monitor_batch_size: int = Field(default=1000, ge=1, le=50_000)
     monitor_claim_idle: float = Field(default=30.0, gt=0)  # seconds before another consumer's entry is taken
+    # the monitor's celery_task_runtime and celery_task_queue_wait_time buckets: seconds, comma-separated
+    # (MALLOPS_RUNTIME_BUCKETS=0.1,1,10,60); a change starts that histogram afresh (services/monitor/store.py)
+    runtime_buckets: Annotated[tuple[float, ...], NoDecode] = RUNTIME_BUCKETS
+    queue_wait_buckets: Annotated[tuple[float, ...], NoDecode] = QUEUE_WAIT_BUCKETS
+
+    @field_validator("runtime_buckets", "queue_wait_buckets", mode="before")
+    @classmethod
+    def _bucket_list(cls, value: Any) -> Any:
+        """``"0.1, 1, 10"`` -> (0.1, 1.0, 10.0): finite, positive, increasing, at most MAX_BUCKETS."""
+        if isinstance(value, str):
+            try:
+                value = tuple(float(part) for part in value.split(",") if part.strip())
+            except ValueError as exc:
+                raise ValueError("buckets are seconds separated by commas, e.g. 0.1,1,10,60") from exc
+        bounds = tuple(float(bound) for bound in value)
+        if not bounds or len(bounds) > MAX_BUCKETS:
+            raise ValueError(f"give between 1 and {MAX_BUCKETS} buckets")
+        if not all(math.isfinite(b) and b > 0 for b in bounds) or list(bounds) != sorted(set(bounds)):
+            raise ValueError("buckets must be positive finite seconds in increasing order (+Inf is added)")
+        return bounds
 
     @field_validator("log_level")
     @classmethod

@@ -43,6 +43,7 @@ def list_workers(settings: Settings | None = None, *, now: float | None = None) 
             {
                 "hostname": hostname,
                 "status": "online" if online else "offline",
+                "stopped": record.status == "offline",  # it said so on shutdown (else it was lost)
                 "service": record.service,
                 "pid": record.pid,
                 "queues": record.queues,

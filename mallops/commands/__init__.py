@@ -11,12 +11,13 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add every operator command to ``app``."""
-    from mallops.commands import access, doctor, files, platform, schedules, stack, tasks
+    from mallops.commands import access, dead_letters, doctor, files, platform, schedules, stack, tasks
 
     tasks.register(app)
     files.register(app)
     platform.register(app)
     schedules.register(app)
+    dead_letters.register(app)
     doctor.register(app)
     stack.register(app)
     access.register(app)

@@ -300,6 +300,18 @@ def check_monitor(settings: Settings) -> list[Check]:
     ]
 
 
+def check_dead_letters(settings: Settings) -> list[Check]:
+    from shared import dead_letter_store
+    from shared.cache import redis_client
+
+    count = dead_letter_store.count(redis_client(settings))
+    if not count:
+        return [Check("dead letters", "ok", "none")]
+    return [
+        Check("dead letters", "warning", f"{count} message(s) the workers could not run: `mallops dead-letters list`")
+    ]
+
+
 def sees_the_stack(settings: Settings) -> bool:
     """True when this machine's settings name the stack's Redis or database (so doctor can look at them)."""
     return bool(STACK_SETTINGS & settings.model_fields_set)
@@ -354,6 +366,7 @@ def run_checks(settings: Settings) -> list[Check]:
         checks += _guard("queues", lambda: check_queues_and_workers(settings))
         checks += _guard("beat", lambda: check_beat(settings))
         checks += _guard("monitor", lambda: check_monitor(settings))
+        checks += _guard("dead letters", lambda: check_dead_letters(settings))
     else:
         checks.append(Check("queues, workers, beat, monitor", "problem", "not checked: Redis cannot be reached"))
     return checks
@@ -371,7 +384,8 @@ def doctor(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Say what is wrong: gateway and token, Redis, database, SMTP, queues, workers, beat lock, monitor lag.
+    """Say what is wrong: gateway and token, Redis, database, SMTP, queues, workers, beat lock, monitor lag,
+    dead letters.
 
     Exit 0 when nothing is wrong (warnings allowed), 3 when something is down or unreachable. Checks
     it cannot make (through the gateway: SMTP, Redis durability, the beat lock, monitor lag) are listed

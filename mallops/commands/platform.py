@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from mallops.client import TaskFailed, WaitTimeout
+from mallops.commands.selection import SinceOption, StatusOption, UntilOption, WhereOption, parse_where
 from mallops.output import (
     JsonlOption,
     JsonOption,
@@ -145,11 +146,10 @@ def _round(value: Any) -> Any:
 @handles_errors
 def history(
     task: Annotated[str | None, typer.Option("--task", help="Only this task name.")] = None,
-    status: Annotated[str | None, typer.Option(help="Only this final or current state, e.g. FAILURE.")] = None,
-    since: Annotated[
-        str | None, typer.Option(help="Sent at or after: an age like 2h, 7d, or an ISO date-time.")
-    ] = None,
-    until: Annotated[str | None, typer.Option(help="Sent before this (same forms as --since).")] = None,
+    status: StatusOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    where: WhereOption = None,
     limit: Annotated[int, typer.Option(min=1, max=500, help="At most this many rows.")] = 50,
     cursor: Annotated[str | None, typer.Option(help="Continue after a previous page (its next_cursor).")] = None,
     wide: WideOption = False,
@@ -173,6 +173,7 @@ def history(
             until=parse_when(until, "--until"),
             cursor=cursor,
             limit=limit,
+            arguments=parse_where(where),
         )
     items = page.get("items", page.get("results", []))
     if print_items(items, as_json=as_json, as_jsonl=as_jsonl, document=page):

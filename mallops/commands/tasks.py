@@ -12,6 +12,17 @@ from rich.progress import Task as RichTask
 from rich.text import Text
 
 from mallops.client import Client, Task, TaskFailed
+from mallops.commands.selection import (
+    DryRunOption,
+    LimitOption,
+    SinceOption,
+    StatusOption,
+    TaskOption,
+    UntilOption,
+    WhereOption,
+    bulk_filters,
+    show_bulk,
+)
 from mallops.output import (
     JsonlOption,
     JsonOption,
@@ -173,23 +184,44 @@ def status(
         print_json(task.raw)
         return
     print_fields(_task_fields(task))
+    if task.raw.get("traceback"):
+        echo("traceback:")
+        echo(str(task.raw["traceback"]).rstrip("\n"))
 
 
 @app.command("revoke")
 @handles_errors
 def revoke(
-    task_id: Annotated[str, typer.Argument(help="The task id, or a unique prefix of it.")],
+    task_id: Annotated[
+        str | None, typer.Argument(help="The task id, or a unique prefix of it (or select many with the options).")
+    ] = None,
     terminate: Annotated[bool, typer.Option("--terminate", help="Also stop it if it is already running.")] = False,
+    status: StatusOption = None,
+    task: TaskOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    where: WhereOption = None,
+    limit: LimitOption = 1000,
+    dry_run: DryRunOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Revoke a task (admin); with --terminate a running task is stopped too (was: --revoke-task ID).
+
+    Without an id, revoke every unfinished task the options select, e.g. `--status SENT --task export_data`.
 
     Examples:
 
       \b
       mallops tasks revoke 3f2a9c1e
       mallops tasks revoke 3f2a9c1e --terminate
+      mallops tasks revoke --status SENT --task export_data --dry-run
     """
+    if task_id is None:
+        filters = bulk_filters(status, task, since, until, where, limit, dry_run)
+        with client() as mallops:
+            answer = mallops.revoke_many(**filters, terminate=terminate)
+        show_bulk(answer, "revoked", as_json)
+        return
     with client() as mallops:
         task_id = mallops.find_task_id(task_id)
         answer = mallops.revoke(task_id, terminate=terminate)
@@ -202,29 +234,51 @@ def revoke(
 @app.command("retry")
 @handles_errors
 def retry(
-    task_id: Annotated[str, typer.Argument(help="The id of a failed task, or a unique prefix of it.")],
+    task_id: Annotated[
+        str | None, typer.Argument(help="The id of a failed task, or a unique prefix of it (or select many).")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the new task's result.")] = False,
+    failed: Annotated[bool, typer.Option("--failed", help="Select failed tasks (status FAILURE).")] = False,
+    status: StatusOption = None,
+    task: TaskOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    where: WhereOption = None,
+    limit: LimitOption = 1000,
+    dry_run: DryRunOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Re-submit a failed task with its original arguments; prints the new task id.
+
+    Without an id, retry every failed (or revoked) task the options select (admin), e.g.
+    `--failed --since 2h --where kwargs.filters.store_id=12`; `--dry-run` only counts them.
 
     Examples:
 
       \b
       mallops tasks retry 3f2a9c1e
       mallops tasks retry 3f2a9c1e --wait
+      mallops tasks retry --failed --since 2h --where kwargs.filters.store_id=12
     """
+    if task_id is None:
+        filters = bulk_filters(
+            TaskState.FAILURE.value if failed and not status else status, task, since, until, where, limit, dry_run
+        )
+        with client() as mallops:
+            answer = mallops.retry_many(**filters)
+        show_bulk(answer, "retried", as_json)
+        return
     with client() as mallops:
         task_id = mallops.find_task_id(task_id)
-        task = mallops.retry(task_id)
+        retried = mallops.retry(task_id)
         if wait:
-            finished = follow(mallops, task.task_id, timeout=None, quiet=as_json)
+            finished = follow(mallops, retried.task_id, timeout=None, quiet=as_json)
             show_result(finished, as_json=as_json, quiet=False)
             return
     if as_json:
-        print_json(task.raw)
+        print_json(retried.raw)
     else:
-        echo(f"retried {task_id} as {task.task_id}")
+        echo(f"retried {task_id} as {retried.task_id}")
 
 
 @app.command("watch")
@@ -338,7 +392,7 @@ def _task_fields(task: Task) -> list[tuple[str, Any]]:
     if task.progress is not None:
         raw["progress"] = f"{task.progress.current}/{task.progress.total}"
     pairs = [(key, raw.get(key)) for key in TASK_FIELDS if key in raw]
-    pairs += [(key, value) for key, value in raw.items() if key not in TASK_FIELDS]
+    pairs += [(key, value) for key, value in raw.items() if key not in TASK_FIELDS and key != "traceback"]
     return pairs
 
 

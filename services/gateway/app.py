@@ -16,7 +16,19 @@ from services.gateway.console import pages as console_pages
 from services.gateway.docs import install_docs
 from services.gateway.middleware import AccountingMiddleware, BodyLimitMiddleware
 from services.gateway.openapi import install_openapi
-from services.gateway.routes import admin, audit, catalog, files, history, schedules, system, tasks, tokens
+from services.gateway.routes import (
+    admin,
+    audit,
+    bulk,
+    catalog,
+    dead_letters,
+    files,
+    history,
+    schedules,
+    system,
+    tasks,
+    tokens,
+)
 from services.gateway.runtime import Runtime
 from shared.settings import Settings, get_settings
 from shared.tokens import ensure_bootstrap_admin
@@ -62,12 +74,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     problems.install_handlers(app)
     install_console(app)  # before the routers: its static files must win over the console's catch-all 404
-    # history first: /tasks/history and /tasks/stats must win over /tasks/{task_id}
+    # history and bulk first: /tasks/history, /tasks/stats, /tasks/retry must win over /tasks/{task_id}
     routers = (
         history.router,
+        bulk.router,
         tasks.router,
         catalog.router,
         admin.router,
+        dead_letters.router,
         schedules.router,
         files.router,
         tokens.router,

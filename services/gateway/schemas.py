@@ -142,6 +142,7 @@ class TaskDetail(CatalogNamed, Strict):
     status: TaskState = Field(description=STATUS_DESCRIPTION)
     result: Any = Field(default=None, description="The return value, once SUCCESS.")
     error: TaskErrorInfo | None = Field(default=None, description="Why it failed, for FAILURE or REJECTED (or RETRY).")
+    traceback: str | None = Field(default=None, description="Where it failed, for FAILURE (the end, capped).")
     progress: Progress | None = Field(default=None, description="While running, if the task reports it.")
     queue: str | None = None
     worker: str | None = None
@@ -210,11 +211,16 @@ class HistoryItem(CatalogNamed):
     state: TaskState = Field(description="The task's state in the history (never PENDING: a row starts at SENT).")
     request_id: str | None = Field(default=None, description="X-Request-ID of the request that submitted it.")
     args_summary: str | None = Field(default=None, description="The arguments as JSON (when the message had them).")
+    arguments: dict[str, Any] | None = Field(
+        default=None, description='{"args": [...], "kwargs": {...}} as sent (capped: "truncated": true).'
+    )
+    retry_of: str | None = Field(default=None, description="For a retry: the task it repeats.")
     owner: str | None = None
     worker: str | None = None
     retries: int = 0
     exception: str | None = None
     error: str | None = None
+    traceback: str | None = Field(default=None, description="The final failure's traceback (its end, capped).")
     result_summary: str | None = None
     sent_at: UtcDateTime | None = None
     received_at: UtcDateTime | None = None

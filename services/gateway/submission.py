@@ -34,7 +34,7 @@ from services.gateway.schemas import TaskAccepted, TaskSubmission
 from services.gateway.taskstore import TaskStore
 from shared import deferred
 from shared.catalog import TaskArgumentError, TaskSpec, get_spec
-from shared.contracts import FINAL_STATES, OWNER_HEADER, REQUEST_ID_HEADER, TaskState
+from shared.contracts import FINAL_STATES, OWNER_HEADER, REQUEST_ID_HEADER, RETRY_OF_HEADER, TaskState
 from shared.logs import request_id_var
 from shared.models import DeferredTask, TaskRecord
 from shared.taskmeta import TaskMeta
@@ -238,6 +238,8 @@ class Submitter:
             await self.store.record(metas)
             recorded = True
             headers = {OWNER_HEADER: owner}
+            if retry_of:  # the history keeps which task a retry repeats
+                headers[RETRY_OF_HEADER] = retry_of
             request_id = request_id_var.get()
             if request_id:  # the worker's log lines and the history name the request that submitted it
                 headers[REQUEST_ID_HEADER] = request_id

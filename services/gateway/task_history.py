@@ -50,12 +50,15 @@ def record_dict(row: TaskRecord) -> dict[str, Any]:
         "queue": row.queue,
         "state": row.state,
         "args_summary": row.args_summary,
+        "arguments": row.arguments,
+        "retry_of": row.retry_of,
         "owner": row.owner,
         "request_id": row.request_id,
         "worker": row.worker,
         "retries": row.retries,
         "exception": row.exception,
         "error": row.error,
+        "traceback": row.traceback,
         "result_summary": row.result_summary,
         "sent_at": _iso(row.sent_at),
         "received_at": _iso(row.received_at),
@@ -92,7 +95,7 @@ def _filters(
     if task_name:
         clauses.append(TaskRecord.task_name.in_(_name_variants(task_name)))
     if status:
-        clauses.append(TaskRecord.state == normalize_state(status))
+        clauses.append(TaskRecord.state.in_([normalize_state(part) for part in status.split(",") if part.strip()]))
     if owner and or_queue:  # the owner's tasks and every task of that queue
         clauses.append(or_(TaskRecord.owner == owner, TaskRecord.queue == or_queue))
     elif owner:
@@ -115,15 +118,20 @@ def query_history(
     until: dt.datetime | None = None,
     cursor: str | None = None,
     limit: int = 50,
+    where: Sequence[ColumnElement[bool]] = (),
 ) -> HistoryPage:
     """Tasks newest first (by ``sent_at``, then ``task_id``), filtered; ``next_cursor`` continues.
 
     ``since`` is inclusive and ``until`` exclusive, on the time the task was sent. ``task_name`` is a
-    catalog short name or the Celery name. Raises ValueError for a bad status, cursor or limit.
+    catalog short name or the Celery name; ``status`` one state or several (``FAILURE,REVOKED``); ``where``
+    more clauses (the gateway's argument filters). Raises ValueError for a bad status, cursor or limit.
     """
     if not 1 <= limit <= MAX_PAGE:
         raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
-    clauses = _filters(task_name=task_name, status=status, owner=owner, or_queue=or_queue, since=since, until=until)
+    clauses = [
+        *_filters(task_name=task_name, status=status, owner=owner, or_queue=or_queue, since=since, until=until),
+        *where,
+    ]
     if cursor:
         after_sent, after_id = decode_cursor(cursor)
         if after_sent is None:

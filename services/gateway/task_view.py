@@ -18,6 +18,7 @@ from services.gateway.schemas import Progress, TaskDetail, TaskErrorInfo, TaskSu
 from services.gateway.taskstore import TaskStore, parse_time
 from shared import deferred
 from shared.catalog import get_spec
+from shared.celery_extensions.events import capped_traceback
 from shared.contracts import FINAL_STATES, DeferredState, TaskState, parse_state
 from shared.models import DeferredTask, TaskRecord
 from shared.taskmeta import TaskMeta
@@ -40,6 +41,7 @@ class HistoryFacts:
     retries: int
     exception: str | None
     error: str | None
+    traceback: str | None
     sent_at: dt.datetime | None
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
@@ -56,6 +58,7 @@ class HistoryFacts:
             retries=row.retries or 0,
             exception=row.exception,
             error=row.error,
+            traceback=row.traceback,
             sent_at=parse_time(row.sent_at),
             started_at=parse_time(row.started_at),
             finished_at=parse_time(row.finished_at),
@@ -199,6 +202,13 @@ def error_info(task: TaskView) -> TaskErrorInfo | None:
     return None
 
 
+def traceback_text(task: TaskView) -> str | None:
+    """A failure's traceback: the result backend's while it keeps the result, else the history's."""
+    if task.status != TaskState.FAILURE:
+        return None
+    return capped_traceback((task.result or {}).get("traceback")) or (task.history.traceback if task.history else None)
+
+
 def detail(task: TaskView) -> TaskDetail:
     result = task.result or {}
     history = task.history
@@ -229,6 +239,7 @@ def detail(task: TaskView) -> TaskDetail:
         status=status,
         result=value if status == TaskState.SUCCESS else None,
         error=error_info(task),
+        traceback=traceback_text(task),
         progress=progress,
         queue=task.queue,
         worker=worker,

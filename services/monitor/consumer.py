@@ -23,7 +23,7 @@ import redis
 import sqlalchemy.exc
 
 from services.monitor.metrics import Health, MetricStore
-from services.monitor.store import load_metrics, purge_hostname, write_events
+from services.monitor.store import load_metrics, purge_hostname, reset_changed_histograms, write_events
 from shared.contracts import EVENT_FIELD, EVENT_STREAM, MONITOR_GROUP, WORKERS_KEY, WorkerRecord
 from shared.db import session_scope
 from shared.settings import Settings
@@ -41,11 +41,12 @@ def clean_event(event: dict[str, Any]) -> dict[str, Any] | None:
     """The event made safe to fold into the history, or None if it cannot be used.
 
     Events come from every mallops process, and some fields from the messages they handled, so they are
-    not trusted: NUL characters in strings are replaced (PostgreSQL text cannot hold them, and one such
-    value, e.g. a task's result echoing its input, would fail its whole batch again and again); a ``ts``
+    not trusted: NUL characters in strings are replaced, also inside the ``arguments`` JSON (PostgreSQL
+    text cannot hold them, and one such value, e.g. a task's result echoing its input, would fail its whole
+    batch again and again; in a JSON column it would fail every query that reads it as text); a ``ts``
     that is not a number drops the event; ``retries`` that is not a count becomes 0; an ``id`` is a string.
     """
-    event = {key: value.replace("\x00", "\ufffd") if isinstance(value, str) else value for key, value in event.items()}
+    event = {key: _without_nul(value) for key, value in event.items()}
     ts = event.get("ts")
     if not isinstance(ts, int | float) or isinstance(ts, bool) or not math.isfinite(ts):
         return None
@@ -55,6 +56,16 @@ def clean_event(event: dict[str, Any]) -> dict[str, Any] | None:
     if "id" in event and not isinstance(event["id"], str):
         event["id"] = str(event["id"]) if type(event["id"]) is int else None
     return event
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
 
 
 def entry_seq(entry_id: str) -> int:
@@ -110,6 +121,10 @@ class StreamConsumer:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        with session_scope(self.settings) as session:
+            changed = reset_changed_histograms(session, self.store.buckets)
+        if changed:
+            log.warning("histogram buckets changed: %s started afresh", ", ".join(changed))
         with session_scope(self.settings) as session:
             self.store.load(load_metrics(session))
         self.health.connected = True
@@ -188,7 +203,7 @@ class StreamConsumer:
                 continue
             events.append((entry_seq(entry_id), cleaned))
         with session_scope(self.settings) as session:
-            deltas = write_events(session, events)
+            deltas = write_events(session, events, buckets=self.store.buckets)
         ids = [entry_id for entry_id, _ in entries]
         self.redis.xack(EVENT_STREAM, MONITOR_GROUP, *ids)  # type: ignore[no-untyped-call]
         self.store.apply(deltas)

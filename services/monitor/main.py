@@ -11,11 +11,16 @@ from types import FrameType
 from sqlalchemy import text
 
 from services.monitor.consumer import StreamConsumer
+from services.monitor.failure_metrics import FailureCollector
 from services.monitor.http import make_app, serve
 from services.monitor.metrics import Health, MetricStore, build_registry
+from services.monitor.state import histogram_buckets
+from shared import dead_letter_store
 from shared.cache import redis_client
+from shared.celery_app import create_celery_app
 from shared.db import session_scope
 from shared.logs import configure_logging
+from shared.schedules import entry_timings
 from shared.settings import Settings, get_settings
 from shared.workers import list_workers, queue_lengths
 
@@ -52,8 +57,17 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     configure_logging("monitor", settings.log_level, settings.log_format)
 
-    store, health = MetricStore(), Health()
+    store, health = MetricStore(histogram_buckets(settings)), Health()
     registry = build_registry(store, health, lambda: live_state(settings))
+    schedule_app = create_celery_app("monitor", settings)  # only to read the beat entries from Redis
+    registry.register(
+        FailureCollector(
+            store,
+            dead_letters=lambda: dead_letter_store.count(redis_client(settings)),
+            schedules=lambda: entry_timings(schedule_app),
+            workers=lambda: list_workers(settings),
+        )
+    )
     server = serve(make_app(registry, health, lambda: health_check(settings)), args.host, args.port)
     log.info("monitor serving /metrics and /health on http://%s:%d", args.host, args.port)
 

@@ -33,7 +33,8 @@ LiveReader = Callable[[], tuple[list[dict[str, Any]], dict[str, dict[str, int]]]
 class MetricStore:
     """Counter and histogram series by persisted key (see :func:`services.monitor.state.series_key`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, buckets: dict[str, tuple[float, ...]] | None = None) -> None:
+        self.buckets = dict(buckets or {})  # each histogram's bounds (state.histogram_buckets); BUCKETS if absent
         self._values: dict[str, float] = {}
         self._hosts: dict[str, str | None] = {}
         self._lock = threading.Lock()
@@ -116,7 +117,7 @@ class MonitorCollector(Collector):
             for values, parts in sorted(histograms.get(metric, {}).items()):
                 cumulative = 0.0
                 buckets = []
-                for index, bound in enumerate(BUCKETS):
+                for index, bound in enumerate(self.store.buckets.get(metric, BUCKETS)):
                     cumulative += parts.get(f"b{index}", 0.0)
                     buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
                 hist.add_metric(list(values), buckets, parts.get("sum", 0.0))
@@ -205,7 +206,10 @@ def _task_combos(counters: dict[str, dict[tuple[str, ...], float]]) -> set[tuple
     happened, as celery-exporter does (a task's counters move together; none is missing from a sum)."""
     # not from task-sent: its hostname is the sender's (a gateway, beat), which runs nothing (celery-exporter
     # leaves it out for the same reason)
-    combos = {_combo(metric, values) for metric, series in counters.items() if metric != SENT for values in series}
+    task_counters = {metric for metric, _ in COUNTERS.values()} - {SENT}  # celery_task_*, not mallops_task_failures
+    combos = {
+        _combo(metric, values) for metric, series in counters.items() if metric in task_counters for values in series
+    }
     seen = {name for name, _, _ in combos}
     combos |= {(name, "", queue) for name, queue in CATALOG_TASKS if name not in seen}
     return combos

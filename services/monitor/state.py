@@ -27,6 +27,7 @@ from typing import Any
 from prometheus_client.utils import INF
 
 from shared.contracts import EVENT_STATE, FINAL_STATES, TASK_EVENTS, EventType, TaskState, parse_event_type
+from shared.settings import RUNTIME_BUCKETS, Settings
 
 # -- metric names and labels (celery-exporter's) ---------------------------------------------------
 
@@ -52,7 +53,17 @@ HISTOGRAMS: dict[str, str] = {
     RUNTIME: "Histogram of task runtime measurements.",
     QUEUE_WAIT: "Histogram of the time tasks waited between being sent and being started.",
 }
-BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, INF)
+BUCKETS: tuple[float, ...] = (*RUNTIME_BUCKETS, INF)  # the default; MALLOPS_RUNTIME_BUCKETS and
+# MALLOPS_QUEUE_WAIT_BUCKETS choose them per histogram (:func:`histogram_buckets`)
+# failures per task name only (no hostname or exception label): a stable series per catalog task, so that
+# the first failure of a task is an increase Prometheus sees (the CriticalTaskFailed alert)
+TASK_FAILURES = "mallops_task_failures"
+NO_HOST = ""  # the hostname of series that no worker purge may drop
+
+
+def histogram_buckets(settings: Settings) -> dict[str, tuple[float, ...]]:
+    """Each histogram's bucket bounds from the settings, +Inf last."""
+    return {RUNTIME: (*settings.runtime_buckets, INF), QUEUE_WAIT: (*settings.queue_wait_buckets, INF)}
 
 
 def labels_of(metric: str) -> tuple[str, ...]:
@@ -133,6 +144,7 @@ class Deltas:
 
     values: dict[str, float] = field(default_factory=dict)
     hostnames: dict[str, str] = field(default_factory=dict)
+    buckets: dict[str, tuple[float, ...]] = field(default_factory=dict)  # by histogram; BUCKETS when absent
 
     def add(self, key: str, hostname: str, amount: float = 1.0) -> None:
         self.values[key] = self.values.get(key, 0.0) + amount
@@ -142,7 +154,7 @@ class Deltas:
         self.add(series_key(metric, values), hostname)
 
     def observe(self, metric: str, values: tuple[str, ...], hostname: str, amount: float) -> None:
-        for index, bound in enumerate(BUCKETS):
+        for index, bound in enumerate(self.buckets.get(metric, BUCKETS)):
             if amount <= bound:
                 self.add(series_key(metric, values, f"b{index}"), hostname)
                 break
@@ -174,12 +186,15 @@ def new_row(task_id: str) -> dict[str, Any]:
         "queue": None,
         "state": None,
         "args_summary": None,
+        "arguments": None,
+        "retry_of": None,
         "owner": None,
         "request_id": None,
         "worker": None,
         "retries": 0,
         "exception": None,
         "error": None,
+        "traceback": None,
         "result_summary": None,
         "sent_at": None,
         "received_at": None,
@@ -256,9 +271,12 @@ def _identity(fold: Fold) -> None:
         ("owner", "owner", 100),
         ("request_id", "request_id", 64),
         ("args_summary", "args", 500),
+        ("retry_of", "retry_of", 64),
     ):
         if row.get(column) is None and event.get(key) is not None:
             row[column] = _text(event[key], limit)
+    if row.get("arguments") is None and isinstance(event.get("arguments"), dict):
+        row["arguments"] = event["arguments"]
     row["_first_seen"] = _earliest(row.get("_first_seen"), fold.when)
 
 
@@ -336,6 +354,7 @@ def _advance_state(fold: Fold) -> None:
         row["result_summary"] = _text(fold.event.get("result"), 500)
         row["exception"] = None
         row["error"] = None
+        row["traceback"] = None
 
 
 # the events whose error is shown while the row is in this state (None: while it is not finished)
@@ -356,12 +375,15 @@ def _keep_error(fold: Fold) -> None:
     if state == shown_in or (shown_in is None and state not in FINAL_STATES):
         fold.row["exception"] = _text(fold.event.get("exception"), 200) or fold.row.get("exception")
         fold.row["error"] = _text(fold.event.get("error"), 5000) or fold.row.get("error")
+        if fold.type_ == EventType.TASK_FAILED:
+            fold.row["traceback"] = _text(fold.event.get("traceback"), 20_000)
 
 
 def _count(fold: Fold) -> None:
     metric, name, host, queue = COUNTERS[fold.type_][0], fold.name, fold.host, fold.queue
     if fold.type_ == EventType.TASK_FAILED:
         fold.deltas.count(metric, (name, host, str(fold.event.get("exception") or ""), queue), host)
+        fold.deltas.add(series_key(TASK_FAILURES, (name,)), NO_HOST)
     else:
         fold.deltas.count(metric, (name, host, queue), host)
     if fold.type_ == EventType.TASK_SUCCEEDED and isinstance(fold.event.get("runtime"), int | float):

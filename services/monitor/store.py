@@ -8,13 +8,15 @@ counter deltas are added with the same kind of upsert (``value = value + exclude
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from typing import Any
 
+from prometheus_client.utils import floatToGoString
 from sqlalchemy import Table, delete, select
 from sqlalchemy.orm import Session
 
-from services.monitor.state import Deltas, apply_event, finish_row, new_row
+from services.monitor.state import Deltas, apply_event, finish_row, new_row, parse_key, series_key
 from shared.models import MonitorMetric, TaskRecord
 
 CHUNK = 500
@@ -64,12 +66,15 @@ def load_rows(session: Session, task_ids: Sequence[str]) -> dict[str, dict[str, 
 
 
 def write_events(
-    session: Session, events: Sequence[tuple[int, dict[str, Any]]], now: dt.datetime | None = None
+    session: Session,
+    events: Sequence[tuple[int, dict[str, Any]]],
+    now: dt.datetime | None = None,
+    buckets: dict[str, tuple[float, ...]] | None = None,
 ) -> Deltas:
     """Fold ``(sequence, event)`` pairs (in stream order) into the history; returns the metric deltas,
-    which are already added to ``monitor_metrics`` in this transaction."""
+    which are already added to ``monitor_metrics`` in this transaction. ``buckets``: each histogram's."""
     now = now or dt.datetime.now(dt.UTC)
-    deltas = Deltas()
+    deltas = Deltas(buckets=dict(buckets or {}))
     task_ids = list(
         dict.fromkeys(str(e["id"]) for _, e in events if e.get("id") and str(e.get("type", "")).startswith("task-"))
     )
@@ -113,7 +118,35 @@ def load_metrics(session: Session) -> list[tuple[str, str | None, float]]:
     return [
         (key, host, float(value))
         for key, host, value in session.execute(select(METRICS.c.key, METRICS.c.hostname, METRICS.c.value))
+        if not parse_key(key)[2].startswith(LAYOUT)
     ]
+
+
+LAYOUT = "layout:"
+
+
+def reset_changed_histograms(session: Session, buckets: dict[str, tuple[float, ...]]) -> list[str]:
+    """Start afresh every histogram whose bucket bounds differ from the ones its counts were made with.
+
+    Counts are kept per bucket index, so counts made with other bounds would be shown under the wrong
+    ``le``: they are deleted and the new bounds recorded (a row ``[metric, [], "layout:<bounds>"]``).
+    Prometheus sees those series reset, as after a restart. Returns the histograms started afresh."""
+    changed = []
+    for metric, bounds in buckets.items():
+        layout = series_key(metric, (), LAYOUT + ",".join(floatToGoString(b) for b in bounds))  # type: ignore[no-untyped-call]
+        prefix = json.dumps([metric], separators=(",", ":"))[:-1] + ","
+        recorded = session.scalars(
+            select(METRICS.c.key).where(
+                METRICS.c.key.startswith(prefix, autoescape=True),
+                METRICS.c.key.contains(f'"{LAYOUT}', autoescape=True),
+            )
+        ).all()
+        if recorded == [layout]:
+            continue
+        session.execute(delete(METRICS).where(METRICS.c.key.startswith(prefix, autoescape=True)))
+        session.execute(METRICS.insert().values(key=layout, hostname=None, value=1.0))
+        changed.append(metric)
+    return changed
 
 
 def purge_hostname(session: Session, hostname: str) -> None:

@@ -16,12 +16,12 @@ A message that a worker cannot run ends here instead of crashing the worker or v
 - no ``task`` header / unknown format (``task_rejected``) and an unregistered task name (``task_unknown``):
   Celery rejects them; the signal handlers connected by :func:`configure` record them.
 
-Each record is a JSON object in the capped list :data:`DEAD_LETTERS_KEY` of the cache Redis (newest first,
-:data:`MAX_DEAD_LETTERS` kept): ``ts``, ``reason``, ``queue``, ``id``, ``task``, ``headers`` and an excerpt of
-``body``. A message that names a task id also gets a ``task-rejected`` lifecycle event, so the monitor's
-history has a REJECTED row for it with the reason. Messages whose arguments do not fit the task's catalog
-model are not dead letters: :class:`~shared.celery_extensions.task_base.MallopsTask` fails them (FAILURE,
-``InvalidTaskArguments``).
+Each is kept whole, with an id, by :mod:`shared.dead_letter_store` in the cache Redis (the message's
+headers, body up to ``MALLOPS_MAX_BODY_BYTES``, content type and properties; the reason, the queue, the
+task and its arguments), for ``/api/v1/dead-letters`` to show, replay or drop. A message that names a task
+id also gets a ``task-rejected`` lifecycle event, so the monitor's history has a REJECTED row for it with
+the reason. Messages whose arguments do not fit the task's catalog model are not dead letters:
+:class:`~shared.celery_extensions.task_base.MallopsTask` fails them (FAILURE, ``InvalidTaskArguments``).
 
 The same transport also rides out a Redis restart under load (issue 12): :meth:`Channel.close` and
 :class:`QoS` (docs/reliability.md).
@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import threading
-import time
 from queue import Empty
 from typing import Any
 
@@ -43,72 +42,90 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
+from shared import dead_letter_store
 from shared.cache import consumer_loop_client
 from shared.celery_extensions import events
 from shared.celery_extensions.config import find_extensions
-from shared.contracts import DEAD_LETTERS_KEY, OWNER_HEADER
+from shared.contracts import OWNER_HEADER
 from shared.settings import Settings
 
 log = logging.getLogger("mallops.dead_letters")
 
-MAX_DEAD_LETTERS = 10_000
-EXCERPT_CHARS = 2000
+REPLAYED_PROPERTIES = ("correlation_id", "reply_to", "priority")  # what a replay publishes again
+DEFAULT_MAX_BODY_BYTES: int = Settings.model_fields["max_body_bytes"].default
 
-# the broker transport option that tells RedisTransport where to record dead letters (the cache Redis)
+# the broker transport options that tell RedisTransport where to record dead letters (the cache Redis)
+# and how much of a body to keep
 CACHE_URL_OPTION = "mallops_cache_url"
+MAX_BODY_OPTION = "mallops_max_body_bytes"
 
 
 def _redis(url: str) -> redis.Redis[bytes]:
     return consumer_loop_client(url)
 
 
-def _app_url(app: Any) -> str | None:
+def _app_target(app: Any) -> tuple[str | None, int]:
+    """The cache Redis URL and body limit of ``app``'s settings (no URL for an app the factory did not build)."""
     extensions = find_extensions(app)
-    return extensions.settings.cache_redis_url if extensions is not None else None
-
-
-def _excerpt(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bytes | bytearray | memoryview):
-        value = bytes(value).decode("utf-8", errors="replace")
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
+    if extensions is None:
+        return None, DEFAULT_MAX_BODY_BYTES
+    return extensions.settings.cache_redis_url, extensions.settings.max_body_bytes
 
 
 def record(
     reason: str,
     *,
     url: str | None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     queue: str | None = None,
     headers: Any = None,
     body: Any = None,
     exception: str = "MalformedMessage",
+    message: Any = None,
+    content_type: str | None = None,
+    content_encoding: str | None = None,
 ) -> None:
     """Keep a dead letter for a message that was dropped in the cache Redis at ``url``; never raises (a
-    worker must go on)."""
-    headers = headers if isinstance(headers, dict) else {}
-    task_id = headers.get("id") if isinstance(headers.get("id"), str) else None
-    task_name = headers.get("task") if isinstance(headers.get("task"), str) else None
-    entry = {
-        "ts": time.time(),
-        "reason": _excerpt(reason),
-        "exception": exception,
-        "queue": queue,
-        "id": task_id,
-        "task": task_name,
-        "headers": _excerpt(json.dumps(headers, default=repr)) if headers else None,
-        "body": _excerpt(body),
-    }
-    log.error("dead letter from queue %s (task %s, id %s): %s", queue, task_name, task_id, reason)
+    worker must go on).
+
+    ``message`` is the kombu message when there is one (its headers, body, content type and properties
+    are kept); otherwise ``headers`` and ``body`` are what is known, and without headers the body is
+    taken as something that was not even a message envelope."""
+    properties: dict[str, Any] = {}
+    if message is not None:
+        headers = getattr(message, "headers", headers)
+        body = getattr(message, "body", body)
+        content_type = getattr(message, "content_type", None)
+        content_encoding = getattr(message, "content_encoding", None)
+        props = getattr(message, "properties", None) or {}
+        properties = {key: props[key] for key in REPLAYED_PROPERTIES if props.get(key) is not None}
+    try:
+        data = dead_letter_store.as_bytes(body) or b""
+        decoded = dead_letter_store.decode_body_arguments(content_type, data) if isinstance(headers, dict) else None
+        letter, stored = dead_letter_store.build(
+            reason,
+            exception=exception,
+            queue=str(queue) if queue else None,
+            headers=headers,
+            body=data,
+            content_type=content_type,
+            content_encoding=content_encoding,
+            properties=properties,
+            envelope=isinstance(headers, dict) and (message is not None or content_type is not None),
+            max_body_bytes=max_body_bytes,
+            arguments=events.capped_arguments(*decoded) if decoded else None,
+        )
+    except Exception:  # never let the record of a bad message stop the worker
+        log.exception("could not describe the dead letter from queue %s: %s", queue, reason)
+        return
+    log.error(
+        "dead letter %s from queue %s (task %s, id %s): %s", letter.id, queue, letter.task, letter.task_id, reason
+    )
     if url is None:
         log.error("no cache Redis to record the dead letter in (an app not built by create_celery_app)")
         return
     try:
-        pipe = _redis(url).pipeline(transaction=False)
-        pipe.lpush(DEAD_LETTERS_KEY, json.dumps(entry, separators=(",", ":")))
-        pipe.ltrim(DEAD_LETTERS_KEY, 0, MAX_DEAD_LETTERS - 1)
-        pipe.execute()
+        dead_letter_store.add(_redis(url), letter, stored)
     except redis.RedisError as exc:
         log.error("could not record the dead letter in Redis: %s", exc)
 
@@ -117,15 +134,29 @@ def reject(
     reason: str,
     *,
     url: str | None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     app: Any = None,
     queue: str | None = None,
     headers: Any = None,
-    body: Any = None,
     exception: str = "MalformedMessage",
+    message: Any = None,
 ) -> None:
     """Record a dead letter and, if the message names a task id, a ``task-rejected`` event for its history
     (with ``app``'s events, or the process's newest app's when the caller does not know its app)."""
-    record(reason, url=url, queue=queue, headers=headers, body=body, exception=exception)
+    record(
+        reason,
+        url=url,
+        max_body_bytes=max_body_bytes,
+        queue=queue,
+        headers=headers,
+        exception=exception,
+        message=message,
+    )
+    _history_row(reason, app, queue, getattr(message, "headers", headers), exception)
+
+
+def _history_row(reason: str, app: Any, queue: str | None, headers: Any, exception: str) -> None:
+    """A ``task-rejected`` event when the message names a task id: its history row shows the reason."""
     lifecycle = events.for_app(app) if app is not None else events.newest()
     if lifecycle is not None and isinstance(headers, dict) and isinstance(headers.get("id"), str):
         lifecycle.emit_rejected(
@@ -327,16 +358,19 @@ class Channel(kombu_redis.Channel):
             # the round-robin cycle has just moved the queue it read from to its end
             queue = self._queue_cycle.items[-1] if self._queue_cycle.items else None
             raw = getattr(exc, "doc", None) or getattr(exc, "object", None)
-            record(f"not a JSON message envelope: {exc}", url=_transport_url(self.connection), queue=queue, body=raw)
+            url, max_body = _transport_target(self.connection)
+            record(f"not a JSON message envelope: {exc}", url=url, max_body_bytes=max_body, queue=queue, body=raw)
             return True
 
     def _get(self, queue: Any, timeout: Any = None) -> Any:
         try:  # nothing is delivered here: a ValueError can only be the envelope's
             return super()._get(queue)  # type: ignore[no-untyped-call]
         except ValueError as exc:
+            url, max_body = _transport_target(self.connection)
             record(
                 f"not a JSON message envelope: {exc}",
-                url=_transport_url(self.connection),
+                url=url,
+                max_body_bytes=max_body,
                 queue=queue,
                 body=getattr(exc, "doc", None) or getattr(exc, "object", None),
             )
@@ -356,7 +390,9 @@ class RedisTransport(kombu_redis.Transport):
             super()._deliver(message, queue)  # type: ignore[no-untyped-call]
         except MalformedEnvelope as exc:
             headers = message.get("headers") if isinstance(message, dict) else None
-            reject(str(exc), url=_transport_url(self), queue=queue, headers=headers, body=message)
+            url, max_body = _transport_target(self)
+            record(str(exc), url=url, max_body_bytes=max_body, queue=queue, body=message)  # kept as it came
+            _history_row(str(exc), None, queue, headers, "MalformedMessage")
 
 
 # -- the worker's consumer and signals -------------------------------------------------------------
@@ -401,14 +437,15 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         return on_task_received
 
     def _drop(self, message: Any, reason: str, exception: str) -> None:
+        url, max_body = _app_target(self.app)
         reject(
             reason,
-            url=_app_url(self.app),
+            url=url,
+            max_body_bytes=max_body,
             app=self.app,
             queue=_queue(message),
-            headers=getattr(message, "headers", None),
-            body=getattr(message, "body", None),
             exception=exception,
+            message=message,
         )
         try:
             if not message.acknowledged:
@@ -419,14 +456,15 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         super().on_decode_error(message, exc)
         delivery = getattr(message, "delivery_info", None) or {}
+        url, max_body = _app_target(self.app)
         reject(
             f"the body cannot be decoded ({message.content_type}): {exc}",
-            url=_app_url(self.app),
+            url=url,
+            max_body_bytes=max_body,
             app=self.app,
             queue=delivery.get("routing_key"),
-            headers=getattr(message, "headers", None),
-            body=getattr(message, "body", None),
             exception=type(exc).__name__,
+            message=message,
         )
 
 
@@ -503,32 +541,39 @@ def _queue(message: Any) -> str | None:
 
 def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:
     reason = f"rejected: {exc}" if exc is not None else "rejected: not a task message (no task name)"
+    url, max_body = _app_target(getattr(sender, "app", None))
     record(
         reason,
-        url=_app_url(getattr(sender, "app", None)),
+        url=url,
+        max_body_bytes=max_body,
         queue=_queue(message),
-        headers=getattr(message, "headers", None),
-        body=getattr(message, "body", None),
         exception=type(exc).__name__ if exc is not None else "UnknownFormat",
+        message=message,
     )
 
 
 def _on_unknown(sender: Any = None, message: Any = None, exc: Any = None, name: Any = None, **_: Any) -> None:
+    url, max_body = _app_target(getattr(sender, "app", None))
     record(
         f"unknown task {name!r}",
-        url=_app_url(getattr(sender, "app", None)),
+        url=url,
+        max_body_bytes=max_body,
         queue=_queue(message),
-        headers=getattr(message, "headers", None),
-        body=getattr(message, "body", None),
         exception="NotRegistered",
+        message=message,
     )
 
 
-def _transport_url(transport: Any) -> str | None:
-    """The cache Redis :func:`configure` put into the broker transport options of a RedisTransport."""
+def _transport_target(transport: Any) -> tuple[str | None, int]:
+    """The cache Redis and body limit :func:`configure` put into the broker transport options of a
+    RedisTransport."""
     options = getattr(getattr(transport, "client", None), "transport_options", None) or {}
     url = options.get(CACHE_URL_OPTION)
-    return url if isinstance(url, str) else None
+    max_body = options.get(MAX_BODY_OPTION)
+    return (
+        url if isinstance(url, str) else None,
+        max_body if isinstance(max_body, int) else DEFAULT_MAX_BODY_BYTES,
+    )
 
 
 def configure(app: Celery, settings: Settings) -> None:
@@ -537,6 +582,7 @@ def configure(app: Celery, settings: Settings) -> None:
         app.conf.broker_transport = f"{__name__}:RedisTransport"
         options = dict(app.conf.broker_transport_options or {})
         options[CACHE_URL_OPTION] = settings.cache_redis_url
+        options[MAX_BODY_OPTION] = settings.max_body_bytes
         app.conf.broker_transport_options = options
     app.conf.worker_consumer = f"{__name__}:Consumer"
     signals.task_rejected.connect(_on_rejected, weak=False, dispatch_uid="mallops.dead_letters.rejected")

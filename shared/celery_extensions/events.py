@@ -58,6 +58,7 @@ from shared.contracts import (
     PROCESSES_KEY,
     REQUEST_ID_HEADER,
     REQUEUES_HEADER,
+    RETRY_OF_HEADER,
     WORKERS_KEY,
     EventType,
     WorkerEventFields,
@@ -72,6 +73,9 @@ MAX_BUFFERED = 100_000
 SUMMARY_CHARS = 500
 ERROR_CHARS = 2000
 HOLDER_TTL_MARGIN = 3600  # a holder outlives the visibility timeout, after which kombu's sweep takes over
+TRACEBACK_CHARS = 16_000  # the end of a traceback is kept: the innermost frames and the exception
+ARGUMENTS_CHARS = 16_000  # the JSON of a task's {"args", "kwargs"} in events and the history
+ARGUMENT_VALUE_CHARS = 1000  # when the arguments are too long, each value longer than this is cut
 
 
 class EventEmitter:
@@ -414,6 +418,48 @@ def _args_summary(argsrepr: Any, kwargsrepr: Any, body: Any = None) -> str | Non
     return _truncate(" ".join(parts), SUMMARY_CHARS) if parts else None
 
 
+def capped_traceback(text: Any) -> str | None:
+    """A traceback as text, at most :data:`TRACEBACK_CHARS` (the start is cut: the end says most)."""
+    if not text:
+        return None
+    value = str(text)
+    return value if len(value) <= TRACEBACK_CHARS else "…" + value[-(TRACEBACK_CHARS - 1) :]
+
+
+def capped_arguments(args: Any, kwargs: Any) -> dict[str, Any] | None:
+    """``{"args": [...], "kwargs": {...}}`` as JSON values, at most :data:`ARGUMENTS_CHARS` as JSON.
+
+    Too long: values longer than :data:`ARGUMENT_VALUE_CHARS` as JSON become the start of their JSON text
+    (``"truncated": true`` is added), so the short values one filters on (ids, dates, names) stay exact."""
+    if args is None and kwargs is None:
+        return None
+    positional: list[Any] = list(args) if isinstance(args, list | tuple) else []
+    named: dict[str, Any] = dict(kwargs) if isinstance(kwargs, dict) else {}
+    text = json.dumps({"args": positional, "kwargs": named}, separators=(",", ":"), default=str)
+    if len(text) <= ARGUMENTS_CHARS:
+        return dict(json.loads(text))  # JSON values only (dates as strings)
+
+    def cut(item: Any) -> Any:
+        dumped = json.dumps(item, separators=(",", ":"), default=str)
+        return json.loads(dumped) if len(dumped) <= ARGUMENT_VALUE_CHARS else dumped[: ARGUMENT_VALUE_CHARS - 1] + "…"
+
+    short = {
+        "args": [cut(item) for item in positional],
+        "kwargs": {str(key): cut(item) for key, item in named.items()},
+        "truncated": True,
+    }
+    if len(json.dumps(short, separators=(",", ":"))) > ARGUMENTS_CHARS:
+        return {"args": [], "kwargs": {}, "truncated": True}
+    return short
+
+
+def _body_arguments(body: Any) -> dict[str, Any] | None:
+    """The arguments of a protocol-2 message body ``(args, kwargs, embed)``."""
+    if isinstance(body, list | tuple) and len(body) == 3:
+        return capped_arguments(body[0], body[1])
+    return None
+
+
 def _task_fields(task: Any) -> dict[str, Any]:
     """id, name, queue, retries, owner and host of the task being executed (its request context)."""
     request = task.request
@@ -504,9 +550,12 @@ def _on_after_publish(
         "retries": headers.get("retries") or 0,
         "owner": headers.get(OWNER_HEADER),
         "args": _args_summary(headers.get("argsrepr"), headers.get("kwargsrepr"), body),
+        "arguments": _body_arguments(body),
     }
     if headers.get("eta"):
         fields["eta"] = headers["eta"]
+    if isinstance(headers.get(RETRY_OF_HEADER), str):
+        fields["retry_of"] = headers[RETRY_OF_HEADER]
     if headers.get(REQUEST_ID_HEADER):
         fields["request_id"] = headers[REQUEST_ID_HEADER]
     events.emit(EventType.TASK_SENT, **fields)
@@ -527,6 +576,14 @@ def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
         holder = Holder(str(fields["host"]), os.getpid(), time.time())
         ttl = events.emitter.settings.broker_visibility_timeout + HOLDER_TTL_MARGIN
         events.emitter.put(holder_key(fields["id"], int(fields["retries"])), holder.dumps(), ttl)
+    events.emit(EventType.TASK_RECEIVED, **fields, args=args, arguments=_request_arguments(request))
+
+
+def _request_arguments(request: Any) -> dict[str, Any] | None:
+    try:
+        return capped_arguments(request.args, request.kwargs)
+    except Exception:  # a body that does not decode: the dead-letter path records it
+        return None
 
 
 def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None, **_: Any) -> None:
@@ -551,7 +608,11 @@ def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
 
 
 def _on_failure(
-    sender: Any = None, task_id: str | None = None, exception: BaseException | None = None, **_: Any
+    sender: Any = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    einfo: Any = None,
+    **_: Any,
 ) -> None:
     events = for_app(getattr(sender, "app", None))
     if sender is None or events is None:
@@ -564,6 +625,7 @@ def _on_failure(
         runtime=events.runtime(fields["id"], fields["retries"]),
         exception=type(exception).__name__ if exception is not None else None,
         error=_truncate(str(exception), ERROR_CHARS) if exception is not None else None,
+        traceback=capped_traceback(getattr(einfo, "traceback", None)),
     )
 
 

@@ -12,7 +12,7 @@ return a small JSON value):
   worker every time. Each run of a *redelivered* message is counted in Redis (``INCR`` with a TTL,
   per task id and attempt; a first delivery costs nothing); the run after
   ``MALLOPS_TASK_MAX_DELIVERIES`` runs does not call the body: it records the message in the
-  dead-letter list ``mallops:dead_letters`` (:mod:`shared.celery_extensions.dead_letters`) and fails the task with
+  dead letters (:mod:`shared.dead_letter_store`) and fails the task with
   :class:`PoisonMessage`, so the history shows it as FAILURE with the reason.
 """
 
@@ -41,6 +41,22 @@ from shared.errors import PermanentError, TransientError
 from shared.settings import Settings
 
 log = logging.getLogger("mallops.tasks")
+
+# Celery's protocol-2 headers, read back from a running task's request to keep its message as a dead letter
+PROTOCOL_HEADERS = (
+    "shadow",
+    "eta",
+    "expires",
+    "group",
+    "group_index",
+    "timelimit",
+    "root_id",
+    "parent_id",
+    "argsrepr",
+    "kwargsrepr",
+    "origin",
+    "ignore_result",
+)
 
 
 class InvalidTaskArguments(PermanentError, ValueError):
@@ -115,7 +131,7 @@ class MallopsTask(Task):  # type: ignore[misc]
             reason = (
                 f"dead-lettered: delivered {deliveries} times and its worker died during each of the "
                 f"{deliveries - 1} runs (MALLOPS_TASK_MAX_DELIVERIES={settings.task_max_deliveries}); "
-                "not run again, kept in mallops:dead_letters"
+                "not run again, kept as a dead letter"
             )
             self.dead_letter(settings, reason, args, kwargs)
             raise PoisonMessage(reason)
@@ -177,18 +193,25 @@ class MallopsTask(Task):  # type: ignore[misc]
         return int(runs) + 1
 
     def dead_letter(self, settings: Settings, reason: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Keep the message in the dead-letter list (:mod:`~shared.celery_extensions.dead_letters`), to retry."""
+        """Keep the message in the dead letters (:mod:`~shared.celery_extensions.dead_letters`): its
+        protocol-2 headers and body as the worker got them, so that it can be looked at and replayed."""
         request = self.request
-        headers = {
-            "id": request.id,
-            "task": self.name,
-            "retries": request.retries or 0,
-            OWNER_HEADER: request.get(OWNER_HEADER),
-        }
-        body = json.dumps([list(args), kwargs, {}], default=str)
+        headers = {name: getattr(request, name, None) for name in PROTOCOL_HEADERS}
+        headers.update(lang="py", task=self.name, id=request.id, retries=request.retries or 0)
+        headers[OWNER_HEADER] = request.get(OWNER_HEADER)
+        embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+        body = json.dumps([list(args), kwargs, embed], default=str)
         queue = (request.delivery_info or {}).get("routing_key") or getattr(self, "queue", None)
         dead_letters.record(
-            reason, url=settings.cache_redis_url, queue=queue, headers=headers, body=body, exception="PoisonMessage"
+            reason,
+            url=settings.cache_redis_url,
+            max_body_bytes=settings.max_body_bytes,
+            queue=queue,
+            headers=headers,
+            body=body,
+            exception="PoisonMessage",
+            content_type="application/json",
+            content_encoding="utf-8",
         )
 
     def update_state(

@@ -17,7 +17,17 @@ from tests.deploy.conftest import (
     require_tool,
 )
 
-REQUIRED_ALERTS = {"TaskFailureRateHigh", "QueueBacklog", "WorkerDown", "MonitorLagging", "TaskHitTimeLimit"}
+REQUIRED_ALERTS = {
+    "TaskFailureRateHigh",
+    "QueueBacklog",
+    "WorkerDown",
+    "MonitorLagging",
+    "TaskHitTimeLimit",
+    "CriticalTaskFailed",
+    "DeadLettersGrowing",
+    "ScheduleEntryMissed",
+    "WorkerLost",
+}
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -86,6 +96,11 @@ def test_dashboards_cover_the_platform() -> None:
         "celery_active_process_count",
         "mallops_monitor_event_lag_seconds",
         "mallops_gateway_requests_total",
+        "mallops_dead_letters",
+        "mallops_task_failures_total",
+        "mallops_schedule_last_run_timestamp_seconds",
+        "mallops_schedule_period_seconds",
+        "mallops_worker_lost",
         "by (exception)",
         "by (queue_name)",
         "by (name)",

@@ -22,9 +22,11 @@ import httpx
 import pytest
 import yaml
 
+from services.beat.main import create_app as create_beat_app
 from shared.catalog import CATALOG
 from shared.db import session_scope
-from shared.settings import Settings
+from shared.schedules import ensure_defaults
+from shared.settings import RUNTIME_BUCKETS, Settings
 from shared.tokens import create_token
 from tests.deploy.conftest import ALERT_RULES, PROMETHEUS_CONFIG, alert_rules, load_dashboards, panels, require_tool
 from tests.harness import Process, free_port, service_argv, spawn, wait_http_ready, wait_until
@@ -111,6 +113,8 @@ def platform(monitor_stack: MonitorStack, migrated: Settings, tmp_path: Path) ->
     stack = monitor_stack
     stack.worker()
     stack.monitor()
+    # the beat entries (as beat creates them at start), for the schedule panels and alert
+    ensure_defaults(create_beat_app(stack.settings.model_copy(update={"database_url": migrated.database_url})))
     gateway, gateway_url = start_gateway(stack.env, stack.log_dir)
     stack.processes.append(gateway)  # stopped by the stack's fixture, with the others
     with session_scope(migrated) as session:
@@ -227,6 +231,13 @@ def test_every_panel_and_alert_rule_evaluates_with_data(platform: Platform) -> N
                     problems += check_target(prometheus, f"{file_name} / {panel['title']}", target, variables)
     assert not problems, "\n".join(problems)
     assert evaluated >= 80
+
+    # the histograms have the catalog's buckets, from milliseconds to the 30-minute hard limit
+    for histogram in ("celery_task_runtime_bucket", "celery_task_queue_wait_time_bucket"):
+        bounds = httpx.get(f"{prometheus.url}/api/v1/label/le/values", params={"match[]": histogram}, timeout=10).json()
+        assert {"0.005", "1800.0", "+Inf"} <= set(bounds["data"]), (histogram, bounds)
+        assert len(bounds["data"]) >= len(RUNTIME_BUCKETS) + 1
+    assert prometheus.scalar('count(mallops_task_failures_total{critical="true"})') == 3
 
     for rule in alert_rules():
         body = prometheus.query(rule["expr"])

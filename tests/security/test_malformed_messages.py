@@ -22,7 +22,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from shared.contracts import DEAD_LETTERS_KEY
+from services.gateway.task_filters import argument_clauses, parse_arguments
+from shared import dead_letter_store
 from shared.db import session_scope
 from shared.models import TaskRecord
 from shared.settings import Settings
@@ -206,13 +207,14 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_consuming(
     expected = len(without_id) + len(with_id)
 
     def recorded() -> list[dict[str, Any]] | None:
-        rows = [json.loads(raw) for raw in cache.lrange(DEAD_LETTERS_KEY, 0, -1)]
+        _, found = dead_letter_store.find(cache, dead_letter_store.LetterFilter(), limit=1000)
+        rows = [vars(letter) for letter in found]
         return rows if len(rows) >= expected else None
 
     letters = wait_until(recorded, timeout=20, message=f"{expected} dead letters")
     assert len(letters) == expected
     assert all(letter["reason"] and letter["queue"] == QUEUE for letter in letters), letters
-    by_id = {letter["id"]: letter for letter in letters if letter["id"]}
+    by_id = {letter["task_id"]: letter for letter in letters if letter["task_id"]}
     assert set(by_id) == {ids[name] for name in rejected}
     assert by_id[ids["bad_timelimit"]]["exception"] == "InvalidTaskHeaders"
     assert by_id[ids["kwargs_not_a_mapping"]]["exception"] == "InvalidTaskBody"
@@ -221,7 +223,12 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_consuming(
     assert "no_such_task" in by_id[ids["unknown"]]["reason"]
     assert by_id[ids["pickle"]]["exception"] == "ContentDisallowed"
     assert sum("not a JSON message envelope" in letter["reason"] for letter in letters) == 2
-    assert any("this is not json" in (letter["body"] or "") for letter in letters)
+    assert len({letter["id"] for letter in letters}) == expected  # each has an id of its own
+    stored = [dead_letter_store.get_message(cache, letter["id"]) for letter in letters]
+    assert any(m is not None and not m.envelope and m.body == "this is not json {" for m in stored)
+    assert by_id[ids["unknown"]]["arguments"] == {"args": [], "kwargs": {}}
+    assert by_id[ids["unknown"]]["envelope"]
+    assert by_id[ids["unknown"]]["owner"] == "mallory"
 
     # the history: the ones with an id are REJECTED with the reason, wrong types FAILED with the field errors
     for name in rejected:
@@ -245,6 +252,10 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_consuming(
         message="the SUCCESS row of the task whose result has a NUL character",
     )
     assert echoed.result_summary == "Task received: a\ufffdb"
+    assert echoed.arguments == {"args": [], "kwargs": {"message": "a\ufffdb"}}
+    with session_scope(migrated) as session:  # and its arguments can be searched (PostgreSQL: no \u0000 in JSON)
+        where = argument_clauses(parse_arguments({"kwargs.message": "a\ufffdb"}), session.get_bind().dialect.name)
+        assert session.scalars(select(TaskRecord.task_id).where(*where)).all() == [ids["nul"]]
     assert in_state(migrated, ids["valid"], "SUCCESS") is not None  # and the monitor went on
     assert "message: Input should be a valid string" in (failed.error or "")
     assert "fail: Input should be a valid boolean" in (failed.error or "")

@@ -74,4 +74,5 @@ def test_permission_identifiers_are_stable() -> None:
         "tokens.manage",
         "audit.read",
         "dead_letters.manage",
+        "tasks.bulk",
     }

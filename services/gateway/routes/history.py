@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 
 from services.gateway import authz
@@ -14,10 +14,13 @@ from services.gateway.deps import SessionDep
 from services.gateway.problems import ProblemError
 from services.gateway.routes import API_PREFIX
 from services.gateway.schemas import HistoryItem, HistoryPage, TaskStats
+from services.gateway.task_filters import ARGUMENT_PREFIX, FilterError, argument_clauses, parse_arguments, parse_states
 from shared.catalog import get_spec
-from shared.contracts import TaskState
+from shared.contracts import HISTORY_STATES, state_list
 
 router = APIRouter(prefix=API_PREFIX, tags=["history"])
+
+STATUS_HELP = f"One state or several, comma-separated (FAILURE,REVOKED): {state_list(HISTORY_STATES)}."
 
 
 def _known_task(task_name: str | None) -> None:
@@ -45,26 +48,44 @@ OWNER_DOC = "Only this owner's tasks (roles that read every task); other roles a
 UNKNOWN_TASK: dict[int | str, dict[str, Any]] = {404: {"description": "task_name is not a catalog task."}}
 
 
+def filter_problem(exc: FilterError, where: str = "query") -> ProblemError:
+    return ProblemError(
+        422,
+        f"invalid filter: {exc}",
+        kind="validation-error",
+        errors=[{"loc": [where, exc.field], "msg": str(exc), "type": "value_error"}],
+    )
+
+
 @router.get("/tasks/history", response_model=HistoryPage, summary="Task history (durable)", responses=UNKNOWN_TASK)
 def task_history(
+    request: Request,
     principal: authz.Reader,
     session: SessionDep,
     task_name: Annotated[str | None, Query(max_length=200)] = None,
-    status: Annotated[TaskState | None, Query(description="Only tasks in this state.")] = None,
+    status: Annotated[str | None, Query(max_length=200, description=STATUS_HELP)] = None,
     owner: Annotated[str | None, Query(max_length=100, description=OWNER_DOC)] = None,
     since: Annotated[dt.datetime | None, Query(description="Sent at or after (ISO 8601 with timezone).")] = None,
     until: Annotated[dt.datetime | None, Query(description="Sent before (ISO 8601 with timezone).")] = None,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=history.MAX_PAGE)] = 50,
 ) -> HistoryPage:
-    """Every task the monitor recorded, newest first, kept ``MALLOPS_HISTORY_TTL_DAYS``; page with ``cursor``."""
+    """Every task the monitor recorded, newest first, kept ``MALLOPS_HISTORY_TTL_DAYS``; page with ``cursor``.
+    Argument filters: ``kwargs.<field>=<value>`` query parameters (nested with dots)."""
     _known_task(task_name)
     visible_owner, or_queue = authz.history_owner(principal, owner)
+    try:
+        states = parse_states(status)
+        pairs = {key: value for key, value in request.query_params.items() if key.startswith(ARGUMENT_PREFIX)}
+        where = argument_clauses(parse_arguments(pairs), session.get_bind().dialect.name)
+    except FilterError as exc:
+        raise filter_problem(exc) from exc
     try:
         page = history.query_history(
             session,
             task_name=task_name,
-            status=status,
+            status=",".join(states) or None,
+            where=where,
             owner=visible_owner,
             or_queue=or_queue,
             since=_aware(since, "since"),

@@ -193,6 +193,8 @@ def make_history(
     sent_at: dt.datetime,
     runtime: float | None = None,
     task_name: str = "mallops.maintenance.test_task",
+    arguments: dict[str, Any] | None = None,
+    traceback: str | None = None,
 ) -> str:
     task_id = str(uuid.uuid4())
     with session_scope(settings) as session:
@@ -211,6 +213,10 @@ def make_history(
                 runtime=runtime,
                 queue_wait=0.1,
                 result_summary="'Task received: old'" if state == "SUCCESS" else None,
+                arguments=arguments,
+                traceback=traceback,
+                exception="RequestedFailure" if state == "FAILURE" else None,
+                error="failed on request" if state == "FAILURE" else None,
                 updated_at=sent_at,
             )
         )

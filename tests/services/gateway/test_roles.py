@@ -275,6 +275,37 @@ ENDPOINTS: list[tuple[str, str, str, Any, dict[str, int]]] = [
     ("GET", "/api/v1/tokens", "/api/v1/tokens", None, expect(default=403, admin=200)),
     ("DELETE", "/api/v1/tokens/{name}", "/api/v1/tokens/{victim}", None, expect(default=403, admin=200)),
     ("GET", "/api/v1/audit", "/api/v1/audit", None, expect(default=403, admin=200)),
+    # bulk actions (tasks.bulk) and dead letters (dead_letters.manage): admin only
+    *(
+        ("POST", path, path, {"task_name": "test_task", "arguments": {"kwargs.message": "x"}, "dry_run": True}, admin)
+        for path, admin in (
+            ("/api/v1/tasks/retry", expect(default=403, admin=200)),
+            ("/api/v1/tasks/revoke", expect(default=403, admin=200)),
+        )
+    ),
+    ("GET", "/api/v1/dead-letters", "/api/v1/dead-letters", None, expect(default=403, admin=200)),
+    (
+        "POST",
+        "/api/v1/dead-letters/replay",
+        "/api/v1/dead-letters/replay",
+        {"dry_run": True},
+        expect(default=403, admin=200),
+    ),
+    (
+        "DELETE",
+        "/api/v1/dead-letters",
+        "/api/v1/dead-letters?queue=none&dry_run=true",
+        None,
+        expect(default=403, admin=200),
+    ),
+    *(
+        (method, template, template.replace("{letter_id}", "0" * 32), None, expect(default=403, admin=404))
+        for method, template in (
+            ("GET", "/api/v1/dead-letters/{letter_id}"),
+            ("POST", "/api/v1/dead-letters/{letter_id}/replay"),
+            ("DELETE", "/api/v1/dead-letters/{letter_id}"),
+        )
+    ),
 ]
 
 
