@@ -123,6 +123,7 @@ def test_a_user_in_chinese_sees_no_revoke_and_forged_posts_are_refused(
     page = tab.page
     # with the keyboard alone: the token field has the focus, Enter sends the form
     page.goto("/console/login")
+    expect(page.get_by_label("API 令牌")).to_be_focused()  # typing before the autofocus lands loses keys
     page.keyboard.type(stack.user)
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="概览", level=1)).to_be_visible()
