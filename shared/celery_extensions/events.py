@@ -48,6 +48,7 @@ from typing import Any
 
 import redis
 from celery import Celery, signals
+from celery.exceptions import SoftTimeLimitExceeded
 
 from shared.celery_extensions.redelivery import Holder, holder_key, process_field
 from shared.contracts import (
@@ -247,6 +248,8 @@ class LifecycleEvents:
             fields["host"] = self.worker["hostname"]
         try:
             self.emitter.emit(type_, **fields)
+        except SoftTimeLimitExceeded:  # the task's own time limit, landing here: it ends the task, not the event
+            raise
         except Exception:  # monitoring must never break a task
             log.exception("could not emit %s", type_)
 
