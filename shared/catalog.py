@@ -8,7 +8,7 @@ Nothing here imports Celery task code.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -18,6 +18,11 @@ from shared import permissions
 
 QUEUES: tuple[str, ...] = ("finance", "reports", "email", "default")
 DEFAULT_QUEUE = "default"
+
+
+# an argument's JSON Schema key: in a workflow, the argument may be left out and is then taken from this key
+# of the previous step's result (e.g. send_report_email's report_id from generate_monthly_report's)
+FROM_PREVIOUS = "from_previous"
 
 
 class TaskArgs(BaseModel):
@@ -117,6 +122,15 @@ class SendNotificationEmailArgs(TaskArgs):
     message: str = Field(min_length=1, max_length=20_000)
     language: Literal["zh_CN", "en"] = "zh_CN"
     notification_id: int | None = Field(default=None, ge=1, description="Row to mark sent (set by reminders).")
+
+
+class SendReportEmailArgs(TaskArgs):
+    report_id: int | None = Field(
+        default=None,
+        ge=1,
+        description="The stored report to send. In a workflow, the previous step's report when not given.",
+        json_schema_extra={FROM_PREVIOUS: "report_id"},
+    )
 
 
 # -- maintenance -------------------------------------------------------------------------------
@@ -351,6 +365,14 @@ CATALOG: Mapping[str, TaskSpec] = {
             permissions.SUBMIT_EMAIL,
         ),
         _spec(
+            "send_report_email",
+            "notifier",
+            "email",
+            SendReportEmailArgs,
+            "E-mail a stored report, its CSV and HTML attached, to the addresses in MALLOPS_MANAGEMENT_EMAILS.",
+            permissions.SUBMIT_REPORTS,
+        ),
+        _spec(
             "cleanup_old_notifications",
             "notifier",
             "email",
@@ -406,6 +428,106 @@ CATALOG: Mapping[str, TaskSpec] = {
     )
 }
 
+
+def from_previous_fields(spec: TaskSpec) -> dict[str, str]:
+    """The arguments of ``spec`` that a workflow step may take from the previous step's result: argument ->
+    key of that result (the fields marked :data:`FROM_PREVIOUS` in the model's JSON Schema)."""
+    found: dict[str, str] = {}
+    for name, info in spec.args_model.model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and isinstance(extra.get(FROM_PREVIOUS), str):
+            found[name] = str(extra[FROM_PREVIOUS])
+    return found
+
+
+# -- named workflows ---------------------------------------------------------------------------
+
+
+class MonthEndCloseArgs(MonthArgs):
+    """year and month of the close (both, or neither for the previous month in the mall's timezone)."""
+
+
+class NightlyReportsArgs(TaskArgs):
+    date: dt.date | None = Field(default=None, description="The day (default: yesterday in the mall's timezone).")
+
+
+def _previous_month(today: dt.date) -> tuple[int, int]:
+    first = today.replace(day=1) - dt.timedelta(days=1)
+    return first.year, first.month
+
+
+def _month_end_close(args: TaskArgs, today: dt.date) -> list[dict[str, Any]]:
+    assert isinstance(args, MonthEndCloseArgs)
+    year, month = (args.year, args.month) if args.year and args.month else _previous_month(today)
+    period = {"year": year, "month": month}
+    return [
+        {"name": "revenue", "task_name": "calculate_monthly_revenue", "kwargs": period},
+        {"name": "report", "task_name": "generate_monthly_report", "kwargs": period},
+        {"name": "email", "task_name": "send_report_email", "kwargs": {}},
+    ]
+
+
+def _nightly_reports(args: TaskArgs, today: dt.date) -> list[dict[str, Any]]:
+    assert isinstance(args, NightlyReportsArgs)
+    day = (args.date or today - dt.timedelta(days=1)).isoformat()
+    return [
+        {
+            "parallel": [
+                {"name": "daily_report", "task_name": "generate_daily_report", "kwargs": {"date": day}},
+                {"name": "access_statistics", "task_name": "generate_access_statistics", "kwargs": {"date": day}},
+            ]
+        },
+        {"name": "cleanup", "task_name": "cleanup_expired_data", "kwargs": {}},
+    ]
+
+
+@dataclass(frozen=True)
+class WorkflowSpec:
+    """A named workflow: its arguments' model, and the steps it runs for them (the same shape as an ad-hoc
+    workflow's ``steps``: a step ``{name, task_name, kwargs}`` or ``{"parallel": [step, ...]}``, in order).
+    ``build`` resolves defaults (the previous month, yesterday) once, when the workflow is submitted, so a
+    retry days later runs for the same period."""
+
+    name: str
+    args_model: type[TaskArgs]
+    description: str
+    permission: str  # what running it needs besides workflows.run (the steps' own are not asked for)
+    build: Callable[[TaskArgs, dt.date], list[dict[str, Any]]]
+    schedule: Schedule | None = None
+
+    def json_schema(self) -> dict[str, Any]:
+        return self.args_model.model_json_schema()
+
+    def steps(self, kwargs: Mapping[str, Any], today: dt.date) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The validated arguments (defaults resolved) and the step definitions; ValidationError if they
+        do not fit."""
+        validated = self.args_model.model_validate(dict(kwargs))
+        return validated.model_dump(mode="json"), self.build(validated, today)
+
+
+WORKFLOWS: Mapping[str, WorkflowSpec] = {
+    spec.name: spec
+    for spec in (
+        WorkflowSpec(
+            "month_end_close",
+            MonthEndCloseArgs,
+            "A month's close: calculate_monthly_revenue, then generate_monthly_report for the same month, then "
+            "send_report_email to MALLOPS_MANAGEMENT_EMAILS.",
+            permissions.SUBMIT_FINANCE,
+            _month_end_close,
+            Schedule(minute="30", hour="0", day_of_month="1"),  # last month, on the 1st at 00:30
+        ),
+        WorkflowSpec(
+            "nightly_reports",
+            NightlyReportsArgs,
+            "The daily report and the access statistics of a day in parallel, then cleanup_expired_data.",
+            permissions.SUBMIT_MAINTENANCE,
+            _nightly_reports,
+        ),
+    )
+}
+
+
 SERVICES: tuple[str, ...] = ("finance", "reports", "notifier", "maintenance")
 SERVICE_QUEUES: Mapping[str, str] = {
     "finance": "finance",
@@ -434,11 +556,13 @@ __all__ = [
     "CATALOG",
     "DEFAULT_QUEUE",
     "QUEUES",
+    "WORKFLOWS",
     "Schedule",
     "TaskArgs",
     "TaskArgumentError",
     "TaskSpec",
     "ValidationError",
+    "WorkflowSpec",
     "get_spec",
     "task_routes",
     "tasks_for_service",

@@ -5,7 +5,9 @@
 - :class:`EventType` and the payloads of the lifecycle events in the Redis stream :data:`EVENT_STREAM`
   (:class:`TaskEvent`, :class:`WorkerEvent`, versioned by :data:`EVENT_SCHEMA_VERSION`);
 - :class:`WorkerRecord`: a worker's liveness entry in :data:`WORKERS_KEY`, with its JSON round trip;
-- message header names (:data:`OWNER_HEADER`, :data:`REQUEST_ID_HEADER`, :data:`RETRY_OF_HEADER`);
+- workflow states (:data:`WORKFLOW_STATES`, :data:`STEP_STATES`: task states);
+- message header names (:data:`OWNER_HEADER`, :data:`REQUEST_ID_HEADER`, :data:`RETRY_OF_HEADER`,
+  :data:`WORKFLOW_ID_HEADER`, :data:`WORKFLOW_STEP_HEADER`);
 - Redis key names and layouts, including kombu's priority lists and Celery's result keys, and the
   monitor's consumer group.
 
@@ -70,6 +72,29 @@ class DeferredState(StrEnum):
     SCHEDULED = TaskState.SCHEDULED.value
     PUBLISHED = "PUBLISHED"
     REVOKED = TaskState.REVOKED.value
+
+
+# -- workflows ---------------------------------------------------------------------------------------
+
+# A workflow's status and each of its steps' states are task states (shared/workflows.py):
+# PENDING (nothing of it has started; a step: not yet published), SENT (a step: published), STARTED,
+# SUCCESS, FAILURE (a step failed: what depends on it never runs), REVOKED (steps not yet run never run)
+WORKFLOW_STATES: tuple[TaskState, ...] = (
+    TaskState.PENDING,
+    TaskState.STARTED,
+    TaskState.SUCCESS,
+    TaskState.FAILURE,
+    TaskState.REVOKED,
+)
+STEP_STATES: tuple[TaskState, ...] = (
+    TaskState.PENDING,
+    TaskState.SENT,
+    TaskState.STARTED,
+    TaskState.SUCCESS,
+    TaskState.FAILURE,
+    TaskState.REVOKED,
+)
+WORKFLOW_FINAL_STATES: frozenset[TaskState] = frozenset({TaskState.SUCCESS, TaskState.FAILURE, TaskState.REVOKED})
 
 
 def parse_state(value: object) -> TaskState | None:
@@ -168,6 +193,7 @@ class TaskEvent(EventEnvelope, TaskEventFields, total=False):
       ``task-rejected``: exception, error
     - ``task-revoked``: terminated, expired, exception (``Terminated``, ``Expired`` or ``Revoked``), error
     - ``task-requeued``: worker (the gone worker that held it), requeues
+    - any: workflow_id and workflow_step, when the task is a step of a workflow;
     - any: request_id, when the task was submitted through the gateway's HTTP API; events of a worker:
       requeues (how often a requeuer put the message back; 0 if never); ``task-received``: delivery_tag
     """
@@ -189,6 +215,8 @@ class TaskEvent(EventEnvelope, TaskEventFields, total=False):
     requeues: int
     delivery_tag: str | None
     worker: str
+    workflow_id: str
+    workflow_step: str
 
 
 class WorkerEventFields(TypedDict):
@@ -274,6 +302,11 @@ REQUEUES_HEADER = "mallops_requeues"
 # a retry's message names the task it repeats (``POST /api/v1/tasks/retry``): the event field and history
 # column ``retry_of``
 RETRY_OF_HEADER = "mallops_retry_of"
+# a step of a workflow (``POST /api/v1/workflows``): the workflow's id and the step's name. The worker that
+# runs the step records its outcome on the workflow and publishes the steps that waited for it; the events
+# and the history row of the task carry both (``workflow_id``, ``workflow_step``)
+WORKFLOW_ID_HEADER = "mallops_workflow_id"
+WORKFLOW_STEP_HEADER = "mallops_workflow_step"
 
 
 # -- Redis keys ----------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from shared.contracts import DeferredState
+from shared.contracts import DeferredState, TaskState
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -337,6 +337,9 @@ class TaskRecord(Base):
     # how often the message of the task's current state had been put back by a requeuer
     # (shared/celery_extensions/redelivery.py)
     requeues: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # the workflow the task is a step of, and the step's name (WORKFLOW_ID_HEADER, migration 0008)
+    workflow_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    workflow_step: Mapped[str | None] = mapped_column(String(100))
 
 
 class MonitorMetric(Base):
@@ -372,3 +375,56 @@ class DeferredTask(Base):
     state: Mapped[str] = mapped_column(String(12), default=DeferredState.SCHEDULED.value)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     published_at: Mapped[dt.datetime | None]
+
+
+class Workflow(Base):
+    """A workflow (``shared/workflows.py``): steps of catalog tasks run in order and in parallel, submitted,
+    counted against the quota and retried as one. ``status`` is a task state (contracts.WORKFLOW_STATES)."""
+
+    __tablename__ = "workflows"
+    __table_args__ = (
+        Index("ix_workflows_owner_created", "owner", "created_at"),
+        Index("ix_workflows_status_created", "status", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(100), index=True)  # a named workflow's, else None (ad hoc)
+    owner: Mapped[str] = mapped_column(String(100))
+    kwargs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # a named workflow's arguments
+    status: Mapped[str] = mapped_column(String(12), default=TaskState.PENDING.value)
+    failed_step: Mapped[str | None] = mapped_column(String(100))
+    reason: Mapped[str | None] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    retries: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    steps: Mapped[list[WorkflowStep]] = relationship(
+        back_populates="workflow", order_by="WorkflowStep.position", cascade="all, delete-orphan"
+    )
+
+
+class WorkflowStep(Base):
+    """One step of a workflow: a catalog task with its validated arguments and the steps it waits for."""
+
+    __tablename__ = "workflow_steps"
+    __table_args__ = (UniqueConstraint("workflow_id", "name", name="uq_workflow_steps_workflow_name"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(ForeignKey("workflows.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    position: Mapped[int] = mapped_column(Integer)
+    task_name: Mapped[str] = mapped_column(String(100))  # the catalog short name
+    kwargs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # validated; filled from results when sent
+    after: Mapped[list[str]] = mapped_column(JSON, default=list)  # names of the steps it waits for
+    # argument -> key of the previous step's result (catalog fields marked ``from_previous``)
+    from_previous: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(12), default=TaskState.PENDING.value)
+    task_id: Mapped[str | None] = mapped_column(String(64), index=True)  # the current attempt's task
+    published_at: Mapped[dt.datetime | None]  # set once the current attempt's message is in the broker
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[Any | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    workflow: Mapped[Workflow] = relationship(back_populates="steps")

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     smtp_timeout: float = Field(default=10.0, gt=0)
     smtp_ca_file: str = ""  # CA bundle that signs the SMTP server certificate (empty: the system CAs)
     mail_from: str = "mallops@mall.example"
+    # who gets the month's report from the month_end_close workflow (send_report_email): comma-separated;
+    # taken from here only, never from a request
+    management_emails: Annotated[tuple[str, ...], NoDecode] = ()
     notifier_pool: Literal["threads", "prefork", "solo"] = "threads"  # e-mail is I/O-bound
     notifier_concurrency: int = Field(default=8, ge=1, le=200)
     # prefork: Celery's soft/hard time limits, reject_on_worker_lost and revoke --terminate need it (long_running_task,
@@ -144,6 +147,13 @@ class Settings(BaseSettings):
         if not all(math.isfinite(b) and b > 0 for b in bounds) or list(bounds) != sorted(set(bounds)):
             raise ValueError("buckets must be positive finite seconds in increasing order (+Inf is added)")
         return bounds
+
+    @field_validator("management_emails", mode="before")
+    @classmethod
+    def _addresses(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @field_validator("log_level")
     @classmethod

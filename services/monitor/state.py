@@ -188,6 +188,8 @@ def new_row(task_id: str) -> dict[str, Any]:
         "args_summary": None,
         "arguments": None,
         "retry_of": None,
+        "workflow_id": None,
+        "workflow_step": None,
         "owner": None,
         "request_id": None,
         "worker": None,
@@ -272,6 +274,8 @@ def _identity(fold: Fold) -> None:
         ("request_id", "request_id", 64),
         ("args_summary", "args", 500),
         ("retry_of", "retry_of", 64),
+        ("workflow_id", "workflow_id", 64),
+        ("workflow_step", "workflow_step", 100),
     ):
         if row.get(column) is None and event.get(key) is not None:
             row[column] = _text(event[key], limit)

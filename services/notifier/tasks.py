@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import Celery
 
-from services.notifier import mailer, notifications
+from services.notifier import mailer, notifications, report_mail
 from shared.celery_extensions.task_base import MallopsTask, is_transient, register
 from shared.db import session_scope
 from shared.errors import PermanentError
@@ -77,10 +77,46 @@ def _record_sent(settings: Settings, notification_id: int, attempts: int = 4) ->
             time.sleep(0.5 * 2**attempt)
 
 
+def send_report_email(task: MallopsTask, report_id: int | None) -> dict[str, Any]:
+    """E-mail a stored report to MALLOPS_MANAGEMENT_EMAILS, once per task (its notification row is keyed
+    by the task id, so a redelivered message finds the e-mail already sent)."""
+    settings = task.settings
+    if report_id is None:
+        raise PermanentError("report_id is required (in a workflow, the previous step's result gives it)")
+    to = report_mail.recipients(settings)
+    with session_scope(settings) as session:
+        mail = report_mail.load(session, settings, report_id)
+        notification_id = notifications.record_manual(
+            session,
+            dedupe_key=f"report-email:{task.request.id}",
+            email=", ".join(to)[:254],
+            subject=mail.subject,
+            message=mail.message,
+            language=settings.report_language,
+        )
+    with session_scope(settings) as session:
+        redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
+        state, _ = notifications.claim(session, notification_id, take_over=redelivered)
+    if state != "claimed":
+        return {"report_id": report_id, "notification_id": notification_id, "status": state, "sent": False}
+    domain = settings.mail_from.rpartition("@")[2] or "mallops.invalid"
+    msg = report_mail.compose(settings, mail, to, f"<notification-{notification_id}@{domain}>")
+    try:
+        mailer.send(settings, msg)
+    except Exception as exc:
+        retry_follows = is_transient(exc) and task.request.retries < settings.task_max_retries
+        with session_scope(settings) as session:
+            notifications.release(session, notification_id, f"{type(exc).__name__}: {exc}", final=not retry_follows)
+        raise
+    _record_sent(settings, notification_id)
+    return {"report_id": report_id, "notification_id": notification_id, "status": "sent", "sent": True, "to": len(to)}
+
+
 def cleanup_old_notifications(task: MallopsTask, days: int) -> dict[str, object]:
     return notifications.cleanup_old(task.settings, days).as_dict()
 
 
 def register_all(app: Celery) -> None:
     register(app, "send_notification_email", send_notification_email)
+    register(app, "send_report_email", send_report_email)
     register(app, "cleanup_old_notifications", cleanup_old_notifications)

@@ -61,6 +61,8 @@ from shared.contracts import (
     REQUEUES_HEADER,
     RETRY_OF_HEADER,
     WORKERS_KEY,
+    WORKFLOW_ID_HEADER,
+    WORKFLOW_STEP_HEADER,
     EventType,
     WorkerEventFields,
     WorkerRecord,
@@ -477,6 +479,7 @@ def _task_fields(task: Any) -> dict[str, Any]:
     }
     if request.get(REQUEST_ID_HEADER):
         fields["request_id"] = request.get(REQUEST_ID_HEADER)
+    _workflow_fields(fields, request.get(WORKFLOW_ID_HEADER), request.get(WORKFLOW_STEP_HEADER))
     if request.hostname:
         fields["host"] = request.hostname
     return fields
@@ -496,9 +499,18 @@ def _request_fields(request: Any) -> dict[str, Any]:
     }
     if headers.get(REQUEST_ID_HEADER):
         fields["request_id"] = headers[REQUEST_ID_HEADER]
+    _workflow_fields(fields, headers.get(WORKFLOW_ID_HEADER), headers.get(WORKFLOW_STEP_HEADER))
     if getattr(request, "hostname", None):
         fields["host"] = request.hostname
     return fields
+
+
+def _workflow_fields(fields: dict[str, Any], workflow_id: Any, step: Any) -> None:
+    """A workflow step's task events name its workflow and step (shared/workflows.py)."""
+    if isinstance(workflow_id, str) and workflow_id:
+        fields["workflow_id"] = workflow_id
+        if isinstance(step, str):
+            fields["workflow_step"] = step
 
 
 def _context_fields(task: Any, context: Any) -> dict[str, Any]:
@@ -561,6 +573,7 @@ def _on_after_publish(
         fields["retry_of"] = headers[RETRY_OF_HEADER]
     if headers.get(REQUEST_ID_HEADER):
         fields["request_id"] = headers[REQUEST_ID_HEADER]
+    _workflow_fields(fields, headers.get(WORKFLOW_ID_HEADER), headers.get(WORKFLOW_STEP_HEADER))
     events.emit(EventType.TASK_SENT, **fields)
 
 

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from shared.cache import redis_client
 from shared.catalog import CATALOG, TaskSpec
-from shared.celery_extensions import dead_letters, events
+from shared.celery_extensions import dead_letters, events, workflow_steps
 from shared.celery_extensions.config import app_settings
 from shared.contracts import DELIVERIES_PREFIX, OWNER_HEADER, TaskState
 from shared.errors import PermanentError, TransientError
@@ -125,6 +125,19 @@ class MallopsTask(Task):  # type: ignore[misc]
         return app_settings(self.app)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        step = workflow_steps.step_of(self.request)
+        if step is None:
+            return self._checked_run(args, kwargs, None)
+        try:
+            return self._checked_run(args, kwargs, step)
+        except (Retry, Reject):
+            raise
+        except Exception as exc:  # the step's final failure: the workflow stops here (shared/workflows.py)
+            workflow_steps.failed(self.settings, step, self.request.id, exc)
+            raise
+
+    def _checked_run(self, args: tuple[Any, ...], kwargs: dict[str, Any], step: tuple[str, str] | None) -> Any:
+        """Cap deliveries, validate, run; a workflow step records its start and success around the body."""
         settings = self.settings
         deliveries = self.delivery_count(settings)
         if deliveries > settings.task_max_deliveries:
@@ -142,7 +155,12 @@ class MallopsTask(Task):  # type: ignore[misc]
                 f"invalid arguments for {self.spec.name}: {describe_validation_error(exc)}"
             ) from None
         try:
-            return self.run(**validated.model_dump())
+            if step is None:
+                return self.run(**validated.model_dump())
+            workflow_steps.started(settings, step, self.request.id)
+            result = self.run(**validated.model_dump())
+            workflow_steps.succeeded(self.app, settings, step, self.request.id, result)
+            return result
         except Retry:
             raise
         except Exception as exc:

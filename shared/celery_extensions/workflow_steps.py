@@ -1,0 +1,77 @@
+"""The worker's side of workflows (``shared/workflows.py``): a task whose message names a workflow step
+records the step's start and outcome in the database, and publishes the steps that waited for it, before its
+message is acknowledged (acks_late). Called by :class:`~shared.celery_extensions.task_base.MallopsTask`.
+
+A worker killed anywhere in here loses nothing: the step's message is delivered again, the step (idempotent)
+runs again, its success is found already recorded, and the claimed steps that were never published are
+published then (``workflows.unpublished``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery
+
+from shared import workflows
+from shared.contracts import OWNER_HEADER, REQUEST_ID_HEADER, WORKFLOW_ID_HEADER, WORKFLOW_STEP_HEADER
+from shared.db import session_scope
+from shared.settings import Settings
+
+log = logging.getLogger("mallops.workflows")
+
+
+def step_of(request: Any) -> tuple[str, str] | None:
+    """(workflow id, step name) of the task being run, or None when it is no workflow's step."""
+    workflow_id, step = request.get(WORKFLOW_ID_HEADER), request.get(WORKFLOW_STEP_HEADER)
+    if isinstance(workflow_id, str) and workflow_id and isinstance(step, str) and step:
+        return workflow_id, step
+    return None
+
+
+def step_headers(item: workflows.Outgoing) -> dict[str, str]:
+    headers = {OWNER_HEADER: item.owner, WORKFLOW_ID_HEADER: item.workflow_id, WORKFLOW_STEP_HEADER: item.step}
+    if item.request_id:
+        headers[REQUEST_ID_HEADER] = item.request_id
+    return headers
+
+
+def publish(app: Celery, settings: Settings, outgoing: Sequence[workflows.Outgoing]) -> None:
+    """Publish claimed steps as ordinary catalog tasks, then record that they are in the broker."""
+    if not outgoing:
+        return
+    for item in outgoing:
+        app.send_task(
+            item.spec.celery_name,
+            kwargs=item.kwargs,
+            task_id=item.task_id,
+            queue=item.spec.queue,
+            headers=step_headers(item),
+        )
+        log.info("workflow %s: step %r sent as %s[%s]", item.workflow_id, item.step, item.spec.name, item.task_id)
+    with session_scope(settings) as session:
+        workflows.published(session, outgoing)
+
+
+def started(settings: Settings, step: tuple[str, str], task_id: str) -> None:
+    with session_scope(settings) as session:
+        workflows.step_started(session, step[0], step[1], task_id)
+
+
+def succeeded(app: Celery, settings: Settings, step: tuple[str, str], task_id: str, result: Any) -> None:
+    with session_scope(settings) as session:
+        outgoing = workflows.step_succeeded(session, step[0], step[1], task_id, result)
+    publish(app, settings, outgoing)
+
+
+def failed(settings: Settings, step: tuple[str, str], task_id: str, exc: BaseException) -> None:
+    """Record the step's final failure; never raises (the task's own failure is what propagates)."""
+    reason = f"{type(exc).__name__}: {exc}"
+    try:
+        with session_scope(settings) as session:
+            if workflows.step_failed(session, step[0], step[1], task_id, reason):
+                log.warning("workflow %s failed at step %r: %s", step[0], step[1], reason)
+    except Exception as error:
+        log.error("workflow %s: could not record the failure of step %r: %s", step[0], step[1], error)
