@@ -14,7 +14,7 @@ from shared.catalog import WORKFLOWS
 from shared.contracts import TaskState
 from shared.models import Workflow
 
-SEQUENCE = [
+SEQUENCE: list[dict[str, Any]] = [
     {"name": "revenue", "task_name": "calculate_monthly_revenue", "kwargs": {"year": 2026, "month": 10}},
     {"name": "report", "task_name": "generate_monthly_report", "kwargs": {"year": 2026, "month": 10}},
     {"name": "email", "task_name": "send_report_email"},
