@@ -37,6 +37,9 @@ DEAD_LETTER_REPLAY = "dead_letter.replay"
 DEAD_LETTER_DROP = "dead_letter.drop"
 EXPORT_DOWNLOAD = "export.download"
 REPORT_DOWNLOAD = "report.download"
+WORKFLOW_SUBMIT = "workflow.submit"
+WORKFLOW_REVOKE = "workflow.revoke"
+WORKFLOW_RETRY = "workflow.retry"
 PERMISSION_DENIED = "permission.denied"  # a 403 on an endpoint that is not one of the actions above
 
 

@@ -51,6 +51,8 @@ TOKENS_MANAGE = "tokens.manage"
 AUDIT_READ = "audit.read"
 DEAD_LETTERS_MANAGE = "dead_letters.manage"
 TASKS_BULK = "tasks.bulk"  # retry or revoke many tasks at once by the history's filters (admin for now)
+WORKFLOWS_RUN = "workflows.run"  # submit, retry and revoke workflows (each step's or the named one's own too)
+WORKFLOWS_READ = "workflows.read"  # read workflows: its own, or everyone's with tasks.read.all
 
 SUBMIT_PERMISSIONS: tuple[str, ...] = (
     SUBMIT_FINANCE,
@@ -95,6 +97,9 @@ DESCRIPTIONS: Mapping[str, str] = {
     AUDIT_READ: "read the audit trail",
     DEAD_LETTERS_MANAGE: "read, replay and drop dead letters",
     TASKS_BULK: "retry or revoke many tasks at once, selected by the history's filters",
+    WORKFLOWS_RUN: "submit, retry and revoke workflows (and hold each step's submit permission, or the named "
+    "workflow's)",
+    WORKFLOWS_READ: "read its own workflows (every workflow with tasks.read.all)",
 }
 PERMISSIONS: tuple[str, ...] = tuple(DESCRIPTIONS)
 
@@ -109,6 +114,7 @@ _READ_EVERYTHING = frozenset(
         QUEUES_READ,
         SCHEDULES_READ,
         STORES_ALL,
+        WORKFLOWS_READ,
     }
 )
 _SUBMIT_LIKE_OPERATOR = frozenset(
@@ -132,6 +138,7 @@ ROLE_PERMISSIONS: Mapping[Role, frozenset[str]] = {
             SUBMIT_EXPORTS,
             SUBMIT_DIAGNOSTICS,
             TASKS_RETRY,
+            WORKFLOWS_READ,
             *(dataset_permission(d) for d in EXPORT_DATASETS),
         }
     ),
@@ -148,14 +155,25 @@ ROLE_PERMISSIONS: Mapping[Role, frozenset[str]] = {
             TASKS_RETRY,
             REPORTS_READ_FINANCE,
             STORES_ALL,
+            WORKFLOWS_RUN,
+            WORKFLOWS_READ,
             *(dataset_permission(d) for d in ("bills", "payments", "revenue")),
         }
     ),
-    "operator": _READ_EVERYTHING | _SUBMIT_LIKE_OPERATOR | {TASKS_RETRY, TASKS_REVOKE},
+    "operator": _READ_EVERYTHING | _SUBMIT_LIKE_OPERATOR | {TASKS_RETRY, TASKS_REVOKE, WORKFLOWS_RUN},
     "admin": frozenset(PERMISSIONS),
     # today's role: submits what an operator may, sees only its own tasks; reports stay readable
     "user": _SUBMIT_LIKE_OPERATOR
-    | {CATALOG_READ, TASKS_READ_OWN, SCHEDULES_READ, TASKS_RETRY, REPORTS_READ, STORES_ALL},
+    | {
+        CATALOG_READ,
+        TASKS_READ_OWN,
+        SCHEDULES_READ,
+        TASKS_RETRY,
+        REPORTS_READ,
+        STORES_ALL,
+        WORKFLOWS_RUN,
+        WORKFLOWS_READ,
+    },
 }
 
 ROLE_SUMMARIES: Mapping[Role, str] = {

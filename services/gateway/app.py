@@ -28,6 +28,7 @@ from services.gateway.routes import (
     system,
     tasks,
     tokens,
+    workflows,
 )
 from services.gateway.runtime import Runtime
 from shared.settings import Settings, get_settings
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         history.router,
         bulk.router,
         tasks.router,
+        workflows.router,
         catalog.router,
         admin.router,
         dead_letters.router,

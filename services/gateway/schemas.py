@@ -185,6 +185,7 @@ class CatalogEntry(BaseModel):
 class Catalog(BaseModel):
     count: int
     results: list[CatalogEntry]
+    workflows: list[WorkflowCatalogEntry] = Field(default_factory=list, description="The named workflows.")
 
 
 # -- health ------------------------------------------------------------------------------------
@@ -395,3 +396,79 @@ class ExportInfo(BaseModel):
     created_at: UtcDateTime
     expires_at: UtcDateTime | None = None
     download_url: str | None = Field(default=None, description="Where to fetch the file once done.")
+
+
+# -- workflows ---------------------------------------------------------------------------------
+
+
+class WorkflowSubmission(BaseModel):
+    """A named workflow (``name`` and its ``kwargs``) or an ad-hoc one (``steps``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, description="A named workflow from GET /api/v1/catalog `workflows`.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="The named workflow's arguments.")
+    steps: list[dict[str, Any]] | None = Field(
+        default=None,
+        max_length=100,
+        description="Ad hoc, in order: a step `{task_name, kwargs, name?}` or `{parallel: [step, ...]}`; each item "
+        "starts when every step of the item before it succeeded. An argument whose schema has `from_previous` "
+        "may be left out and is taken from the previous step's result.",
+    )
+
+
+class WorkflowStepView(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    task_name: str
+    kwargs: dict[str, Any]
+    after: list[str] = Field(description="The steps it waits for.")
+    state: str = Field(description="PENDING (not yet sent), SENT, STARTED, SUCCESS, FAILURE or REVOKED.")
+    task_id: str | None = Field(description="The task of its current attempt.")
+    attempts: int
+    error: str | None = None
+    result: Any = None
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+
+
+class WorkflowProgress(BaseModel):
+    done: int = Field(description="Steps succeeded.")
+    total: int
+
+
+class WorkflowSummary(BaseModel):
+    workflow_id: str
+    name: str | None = Field(description="The named workflow, or null for an ad-hoc one.")
+    owner: str
+    status: str = Field(description="PENDING, STARTED, SUCCESS, FAILURE or REVOKED.")
+    progress: WorkflowProgress
+    failed_step: str | None = None
+    reason: str | None = None
+    retries: int = 0
+    created_at: dt.datetime
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    duration: float | None = Field(default=None, description="Seconds from submission to the end.")
+
+
+class WorkflowDetail(WorkflowSummary):
+    model_config = ConfigDict(extra="forbid")
+
+    kwargs: dict[str, Any]
+    steps: list[WorkflowStepView]
+
+
+class WorkflowList(BaseModel):
+    count: int
+    results: list[WorkflowSummary]
+
+
+class WorkflowCatalogEntry(BaseModel):
+    name: str
+    description: str
+    args_schema: dict[str, Any]
+    steps: list[dict[str, Any]] = Field(description="The steps it runs (for its default arguments).")
+    schedule: dict[str, Any] | None = None
+    schedule_text: str | None = None

@@ -34,9 +34,16 @@ from services.gateway.schemas import TaskAccepted, TaskSubmission
 from services.gateway.taskstore import TaskStore
 from shared import deferred
 from shared.catalog import TaskArgumentError, TaskSpec, get_spec
-from shared.contracts import FINAL_STATES, OWNER_HEADER, REQUEST_ID_HEADER, RETRY_OF_HEADER, TaskState
+from shared.contracts import (
+    FINAL_STATES,
+    OWNER_HEADER,
+    REQUEST_ID_HEADER,
+    RETRY_OF_HEADER,
+    WORKFLOW_FINAL_STATES,
+    TaskState,
+)
 from shared.logs import request_id_var
-from shared.models import DeferredTask, TaskRecord
+from shared.models import DeferredTask, TaskRecord, Workflow
 from shared.taskmeta import TaskMeta
 from shared.tokens import Principal
 
@@ -132,6 +139,11 @@ def prepare(item: TaskSubmission, loc: Sequence[str | int] = ("body",), max_dela
         priority=item.priority,
         deferred_until=at if ahead > max_delay else None,
     )
+
+
+def invalid(errors: list[dict[str, Any]]) -> ProblemError:
+    """422 problem for arguments that do not fit, each error with its ``loc``."""
+    return _invalid(errors)
 
 
 def _invalid(errors: list[dict[str, Any]]) -> ProblemError:
@@ -268,6 +280,11 @@ class Submitter:
         except Exception as exc:  # Redis itself is down: nothing more to undo with
             log.warning("could not undo the records of unpublished tasks: %s", exc)
 
+    async def reserve(self, owner: str, ids: list[str]) -> None:
+        """Count ``ids`` (tasks, or a workflow's id: one per workflow) as the owner's unfinished work; 429
+        beyond MALLOPS_TASK_MAX_PER_USER."""
+        await self._reserve(owner, ids)
+
     async def _reserve(self, owner: str, ids: list[str]) -> None:
         limit = self.runtime.settings.task_max_per_user
         if len(ids) > limit:
@@ -321,7 +338,10 @@ class Submitter:
                 rows = session.execute(
                     select(TaskRecord.task_id, TaskRecord.state).where(TaskRecord.task_id.in_(task_ids))
                 ).all()
+                flows = session.execute(select(Workflow.id, Workflow.status).where(Workflow.id.in_(task_ids))).all()
         except Exception as exc:
             log.warning("cannot read task history for the quota: %s", exc)
             return set()
-        return {row.task_id for row in rows if row.state in FINAL_STATES}
+        # a workflow counts once against the quota (its id is the member) until it is finished
+        finished = {row.id for row in flows if row.status in WORKFLOW_FINAL_STATES}
+        return finished | {row.task_id for row in rows if row.state in FINAL_STATES}

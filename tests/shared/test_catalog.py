@@ -19,7 +19,7 @@ EXPECTED = {
         "generate_access_statistics",
         "cleanup_old_access_records",
     },
-    "email": {"send_notification_email", "cleanup_old_notifications"},
+    "email": {"send_notification_email", "cleanup_old_notifications", "send_report_email"},  # + the workflows issue
     "default": {"backup_database", "cleanup_cache", "cleanup_expired_data", "test_task", "long_running_task"},
 }
 

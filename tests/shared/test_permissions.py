@@ -75,4 +75,6 @@ def test_permission_identifiers_are_stable() -> None:
         "audit.read",
         "dead_letters.manage",
         "tasks.bulk",
+        "workflows.run",
+        "workflows.read",
     }

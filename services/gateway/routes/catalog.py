@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from typing import Annotated
 
 from fastapi import APIRouter
 
-from services.gateway import authz
+from services.gateway import authz, workflow_runs
 from services.gateway.routes import API_PREFIX
 from services.gateway.schemas import Catalog, CatalogEntry
 from shared import permissions
@@ -37,5 +38,8 @@ def _catalog() -> Catalog:
 
 @router.get("/catalog", response_model=Catalog, summary="Tasks that can be submitted")
 async def catalog(principal: Annotated[Principal, authz.requires(permissions.CATALOG_READ)]) -> Catalog:
-    """Each task's name, queue, description, default schedule and the JSON Schema of its arguments."""
-    return _catalog()
+    """Each task's name, queue, description, default schedule and the JSON Schema of its arguments; the named
+    workflows under `workflows`."""
+    # named workflows' steps are shown for their default arguments (the previous month, yesterday), today's
+    flows = workflow_runs.catalog_entries(dt.date.today())
+    return _catalog().model_copy(update={"workflows": flows})

@@ -42,11 +42,15 @@ MAINTENANCE = {
     "cleanup_old_notifications",
 }
 DIAGNOSTICS = {"test_task", "long_running_task"}
-OPERATOR_TASKS = PERIOD_REPORTS | ACCESS_LOG_TASKS | {"export_data", "send_notification_email"} | DIAGNOSTICS
+# send_report_email mails a stored report to MALLOPS_MANAGEMENT_EMAILS only: whoever may build the reports may
+REPORT_MAIL = {"send_report_email"}
+OPERATOR_TASKS = (
+    PERIOD_REPORTS | ACCESS_LOG_TASKS | {"export_data", "send_notification_email"} | DIAGNOSTICS | REPORT_MAIL
+)
 MAY_SUBMIT: dict[str, set[str]] = {
     "viewer": set(),
     "store_manager": {"export_data"} | DIAGNOSTICS,
-    "finance": FINANCE_TASKS | PERIOD_REPORTS | {"export_data"} | DIAGNOSTICS,
+    "finance": FINANCE_TASKS | PERIOD_REPORTS | {"export_data"} | DIAGNOSTICS | REPORT_MAIL,
     "operator": OPERATOR_TASKS,
     "admin": set(CATALOG),
     "user": OPERATOR_TASKS,
@@ -73,6 +77,7 @@ class World:
     report: int
     access_report: int
     export: str  # an export of `user`
+    user_workflow: str  # an ad-hoc workflow of `user`
 
     def auth(self, caller: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.secrets[caller]}"} if caller in self.secrets else {}
@@ -133,10 +138,18 @@ def world(gateway: GatewayFactory, demo_db: Settings) -> Iterator[World]:
             report=report,
             access_report=access_report,
             export=export,
+            user_workflow=_workflow(client, secrets["user"]),
         )
     with session_scope(settings) as session:
         for token in session.scalars(select(ApiToken).where(ApiToken.name.in_(names.values()))):
             session.delete(token)
+
+
+def _workflow(client: GatewayClient, secret: str) -> str:
+    body = {"steps": [{"task_name": "test_task"}]}
+    answer = client.post("/api/v1/workflows", json=body, headers={"Authorization": f"Bearer {secret}"})
+    assert answer.status_code == 202, answer.text
+    return str(answer.json()["workflow_id"])
 
 
 def expect(**by_role: int) -> dict[str, int]:
@@ -202,6 +215,36 @@ ENDPOINTS: list[tuple[str, str, str, Any, dict[str, int]]] = [
     ),
     ("GET", "/api/v1/tasks/history", "/api/v1/tasks/history", None, expect(default=200)),
     ("GET", "/api/v1/tasks/stats", "/api/v1/tasks/stats", None, expect(default=200)),
+    # workflows: everyone reads their own (and every one with tasks.read.all); workflows.run to act
+    ("GET", "/api/v1/workflows", "/api/v1/workflows", None, expect(default=200)),
+    (
+        "POST",
+        "/api/v1/workflows",
+        "/api/v1/workflows",
+        {"steps": [{"task_name": "test_task"}, {"task_name": "test_task"}]},
+        expect(default=202, viewer=403, store_manager=403),
+    ),
+    (
+        "GET",
+        "/api/v1/workflows/{workflow_id}",
+        "/api/v1/workflows/{user_workflow}",
+        None,
+        expect(default=404, viewer=200, operator=200, admin=200, user=200),
+    ),
+    (  # 409: it has not failed
+        "POST",
+        "/api/v1/workflows/{workflow_id}/retry",
+        "/api/v1/workflows/{user_workflow}/retry",
+        None,
+        expect(default=409, viewer=403, store_manager=403, finance=404),
+    ),
+    (
+        "POST",
+        "/api/v1/workflows/{workflow_id}/revoke",
+        "/api/v1/workflows/{user_workflow}/revoke",
+        None,
+        expect(default=202, viewer=403, store_manager=403, finance=404),
+    ),
     ("GET", "/api/v1/workers", "/api/v1/workers", None, expect(default=403, viewer=200, operator=200, admin=200)),
     ("GET", "/api/v1/queues", "/api/v1/queues", None, expect(default=403, viewer=200, operator=200, admin=200)),
     # everyone who may read tasks may read schedules (issue 15); only admin changes them
@@ -347,6 +390,7 @@ def test_every_role_every_endpoint_every_task(world: World, migrated: Settings) 
         "report": world.report,
         "access_report": world.access_report,
         "export": world.export,
+        "user_workflow": world.user_workflow,
         "victim": victim,
     }
     failures: list[str] = []
