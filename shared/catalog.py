@@ -144,6 +144,19 @@ class CleanupCacheArgs(TaskArgs):
     prefix: str = Field(default="mallops:cache:", pattern=r"^mallops:[A-Za-z0-9_:.-]*$", max_length=200)
 
 
+class RunWorkflowArgs(TaskArgs):
+    name: str = Field(description="A named workflow (GET /api/v1/catalog `workflows`).")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Its arguments.")
+
+    @model_validator(mode="after")
+    def _known(self) -> RunWorkflowArgs:
+        spec = WORKFLOWS.get(self.name)
+        if spec is None:
+            raise ValueError(f"there is no workflow named {self.name!r}")
+        spec.args_model.model_validate(self.kwargs)
+        return self
+
+
 class NoArgs(TaskArgs):
     pass
 
@@ -279,7 +292,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             MonthArgs,
             "Revenue by store and by category for a month, from payments; stored and cached.",
             permissions.SUBMIT_FINANCE,
-            Schedule(minute="30", hour="0", day_of_month="1"),  # last month, on the 1st at 00:30
+            None,  # scheduled as the first step of month_end_close (WORKFLOWS), on the 1st at 00:30
             critical=True,
         ),
         # reports
@@ -317,7 +330,7 @@ CATALOG: Mapping[str, TaskSpec] = {
             MonthArgs,
             "Sales and billing figures for one calendar month.",
             permissions.SUBMIT_REPORTS,
-            Schedule(minute="0", hour="0", day_of_month="1"),
+            None,  # scheduled as the second step of month_end_close (WORKFLOWS)
             critical=True,
         ),
         _spec(
@@ -408,6 +421,14 @@ CATALOG: Mapping[str, TaskSpec] = {
             "Delete expired exports, reports and old task history, in batches.",
             permissions.SUBMIT_MAINTENANCE,
             Schedule(minute="0", hour="4"),
+        ),
+        _spec(
+            "run_workflow",
+            "maintenance",
+            "default",
+            RunWorkflowArgs,
+            "Start a named workflow (how beat schedules one: the entry month_end_close runs this task).",
+            permissions.SUBMIT_MAINTENANCE,
         ),
         _spec(
             "test_task",

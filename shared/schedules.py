@@ -31,7 +31,7 @@ from celery.schedules import crontab
 from celery.schedules import schedule as interval_schedule
 from redbeat.schedulers import RedBeatSchedulerEntry, ensure_conf, get_redis
 
-from shared.catalog import CATALOG, Schedule, TaskSpec, get_spec
+from shared.catalog import CATALOG, WORKFLOWS, Schedule, TaskSpec, get_spec
 from shared.contracts import OWNER_HEADER
 
 MIN_INTERVAL = 1.0
@@ -95,6 +95,40 @@ class ScheduleEntry:
 def scheduled_specs() -> dict[str, TaskSpec]:
     """The catalog tasks that have a default beat entry, by short name (the entry's name)."""
     return {name: spec for name, spec in CATALOG.items() if spec.schedule is not None}
+
+
+# the default entries of named workflows: entry name -> (its schedule, the run_workflow arguments)
+def workflow_defaults() -> dict[str, tuple[Schedule, dict[str, Any]]]:
+    return {
+        name: (spec.schedule, {"name": name, "kwargs": {}})
+        for name, spec in WORKFLOWS.items()
+        if spec.schedule is not None
+    }
+
+
+def default_names() -> list[str]:
+    """Every default entry: the catalog tasks' and the named workflows'."""
+    return [*scheduled_specs(), *workflow_defaults()]
+
+
+def _default_entry(app: Celery, name: str) -> tuple[RedBeatSchedulerEntry, _Meta]:
+    """The default entry ``name`` as the catalog declares it (a named workflow's runs ``run_workflow``)."""
+    flows = workflow_defaults()
+    if name in flows:
+        schedule, kwargs = flows[name]
+        description = WORKFLOWS[name].description
+        return _new_entry(app, name, CATALOG["run_workflow"], schedule, True, kwargs=kwargs, description=description)
+    spec = scheduled_specs()[name]
+    assert spec.schedule is not None
+    return _new_entry(app, name, spec, spec.schedule, enabled=True)
+
+
+# defaults of earlier releases that a workflow replaced: removed at beat's start when still as seeded
+# (generate_monthly_report at 00:00 and calculate_monthly_revenue at 00:30 on the 1st are month_end_close now)
+RETIRED_DEFAULTS: Mapping[str, Schedule] = {
+    "generate_monthly_report": Schedule(minute="0", hour="0", day_of_month="1"),
+    "calculate_monthly_revenue": Schedule(minute="30", hour="0", day_of_month="1"),
+}
 
 
 def validate_name(name: str) -> str:
@@ -374,15 +408,26 @@ def ensure_defaults(app: Celery) -> list[str]:
     seeded_key = _seeded_key(app)
     seeded = set(client.smembers(seeded_key))
     created: list[str] = []
-    for name, spec in scheduled_specs().items():
+    for name in default_names():
         if name in seeded:
             continue
-        assert spec.schedule is not None
         if _load(app, name) is None:
-            _save(app, *_new_entry(app, name, spec, spec.schedule, enabled=True))
+            _save(app, *_default_entry(app, name))
             created.append(name)
         client.sadd(seeded_key, name)
+    _retire(app, seeded)
     return created
+
+
+def _retire(app: Celery, seeded: set[str]) -> None:
+    """Delete the retired defaults that are still as they were seeded (same task, schedule, no arguments)."""
+    for name, schedule in RETIRED_DEFAULTS.items():
+        loaded = _load(app, name) if name in seeded else None
+        if loaded is None:
+            continue
+        entry, meta = loaded
+        if meta.task == name and not meta.args and not meta.kwargs and _schedule_of(entry) == schedule:
+            delete_entry(app, name)
 
 
 def _remove_strays(app: Celery) -> list[str]:
@@ -523,11 +568,9 @@ def delete_entry(app: Celery, name: str) -> None:
 
 def reset_entry(app: Celery, name: str) -> ScheduleEntry:
     """Put the default entry ``name`` back to its catalog state (enabled, default schedule, no arguments)."""
-    spec = scheduled_specs().get(name)
-    if spec is None:
+    if name not in default_names():
         raise KeyError(name)
-    assert spec.schedule is not None
-    entry, meta = _new_entry(app, name, spec, spec.schedule, enabled=True)
+    entry, meta = _default_entry(app, name)
     _save(app, entry, meta)
     return _to_public(app, entry, meta)
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from celery import Celery
 
 from services.maintenance import backups, cache_cleanup, diagnostics, expired_data
 from shared.cache import redis_client
+from shared.celery_extensions import workflow_steps
 from shared.celery_extensions.task_base import MallopsTask, register
-from shared.contracts import TaskState
+from shared.contracts import OWNER_HEADER, TaskState
 from shared.db import session_factory
+from shared.schedules import BEAT_OWNER
 
 
 def test_task(task: MallopsTask, message: str, fail: bool) -> str:
@@ -38,9 +41,17 @@ def cleanup_expired_data(task: MallopsTask) -> dict[str, Any]:
         return expired_data.cleanup_expired_data(session, settings)
 
 
+def run_workflow(task: MallopsTask, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Start a named workflow; its id comes from this task's id, so a redelivered message starts it once."""
+    owner = str(task.request.get(OWNER_HEADER) or BEAT_OWNER)
+    workflow_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"mallops:run_workflow:{task.request.id}"))
+    return workflow_steps.start_named(task.app, task.settings, name, kwargs, workflow_id=workflow_id, owner=owner)
+
+
 def register_all(app: Celery) -> None:
     register(app, "test_task", test_task)
     register(app, "long_running_task", long_running_task)
     register(app, "backup_database", backup_database)
     register(app, "cleanup_cache", cleanup_cache)
     register(app, "cleanup_expired_data", cleanup_expired_data)
+    register(app, "run_workflow", run_workflow)

@@ -16,8 +16,10 @@ from typing import Any
 from celery import Celery
 
 from shared import workflows
+from shared.catalog import WORKFLOWS
 from shared.contracts import OWNER_HEADER, REQUEST_ID_HEADER, WORKFLOW_ID_HEADER, WORKFLOW_STEP_HEADER
 from shared.db import session_scope
+from shared.models import Workflow
 from shared.settings import Settings
 
 log = logging.getLogger("mallops.workflows")
@@ -53,6 +55,26 @@ def publish(app: Celery, settings: Settings, outgoing: Sequence[workflows.Outgoi
         log.info("workflow %s: step %r sent as %s[%s]", item.workflow_id, item.step, item.spec.name, item.task_id)
     with session_scope(settings) as session:
         workflows.published(session, outgoing)
+
+
+def start_named(
+    app: Celery, settings: Settings, name: str, kwargs: dict[str, Any], *, workflow_id: str, owner: str
+) -> dict[str, Any]:
+    """Store named workflow ``name`` under ``workflow_id`` and publish its first steps (the ``run_workflow``
+    task, which beat schedules). A redelivered message finds the workflow stored and publishes only what was
+    claimed and never published, so a workflow is started once."""
+    spec = WORKFLOWS[name]
+    validated, definition = spec.steps(kwargs, workflows.now_local(settings.timezone))
+    planned = workflows.plan(definition)
+    with session_scope(settings) as session:
+        if session.get(Workflow, workflow_id) is None:
+            _, outgoing = workflows.create(
+                session, planned, owner=owner, name=name, kwargs=validated, workflow_id=workflow_id
+            )
+        else:
+            outgoing = workflows.unpublished(session, workflow_id)
+    publish(app, settings, outgoing)
+    return {"workflow_id": workflow_id, "name": name, "steps": len(planned)}
 
 
 def started(settings: Settings, step: tuple[str, str], task_id: str) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from shared.catalog import CATALOG, QUEUES, TaskArgumentError, get_spec, task_routes
+from shared.catalog import CATALOG, QUEUES, WORKFLOWS, TaskArgumentError, get_spec, task_routes
 from shared.celery_app import create_celery_app
 from shared.settings import Settings
 
@@ -20,7 +20,14 @@ EXPECTED = {
         "cleanup_old_access_records",
     },
     "email": {"send_notification_email", "cleanup_old_notifications", "send_report_email"},  # + the workflows issue
-    "default": {"backup_database", "cleanup_cache", "cleanup_expired_data", "test_task", "long_running_task"},
+    "default": {
+        "backup_database",
+        "cleanup_cache",
+        "cleanup_expired_data",
+        "test_task",
+        "long_running_task",
+        "run_workflow",  # the workflows issue: how beat starts a named workflow
+    },
 }
 
 
@@ -90,15 +97,17 @@ def test_default_schedules() -> None:
         "generate_hourly_report",
         "cleanup_old_notifications",
         "generate_weekly_report",
-        "generate_monthly_report",
         "process_access_logs",
         "generate_access_statistics",
         "backup_database",
         "cleanup_expired_data",
         "cleanup_old_access_records",
         "generate_daily_report",
-        "calculate_monthly_revenue",
     }
+    # the month's revenue and report are the workflow month_end_close now, on the 1st at 00:30
+    close = WORKFLOWS["month_end_close"].schedule
+    assert close is not None
+    assert (close.minute, close.hour, close.day_of_month) == ("30", "0", "1")
     weekly = schedules["generate_weekly_report"]
     assert (weekly.minute, weekly.hour, weekly.day_of_week) == ("0", "10", "1")
     assert schedules["process_access_logs"].every == 30.0

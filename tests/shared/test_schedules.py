@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from redbeat.schedulers import get_redis
 
 from shared import schedules
-from shared.catalog import CATALOG, Schedule
+from shared.catalog import CATALOG, WORKFLOWS, Schedule
 from shared.celery_app import create_celery_app
 from shared.settings import Settings
 
@@ -30,13 +31,6 @@ EXPECTED_DEFAULTS = {
         "hour": "10",
         "day_of_week": "1",
         "day_of_month": "*",
-        "month_of_year": "*",
-    },
-    "generate_monthly_report": {
-        "minute": "0",
-        "hour": "0",
-        "day_of_week": "*",
-        "day_of_month": "1",
         "month_of_year": "*",
     },
     "process_access_logs": {"every": 30.0},
@@ -83,7 +77,8 @@ EXPECTED_DEFAULTS = {
         "day_of_month": "*",
         "month_of_year": "*",
     },
-    "calculate_monthly_revenue": {
+    # the workflows issue: revenue, then the monthly report, then the e-mail, as one workflow on the 1st at 00:30
+    "month_end_close": {
         "minute": "30",
         "hour": "0",
         "day_of_week": "*",
@@ -91,6 +86,7 @@ EXPECTED_DEFAULTS = {
         "month_of_year": "*",
     },
 }
+WORKFLOW_DEFAULTS = {"month_end_close"}
 
 
 @pytest.fixture
@@ -107,14 +103,33 @@ def test_defaults_come_from_the_catalog(app: Celery, redis_client) -> None:
     assert {name: e.schedule for name, e in entries.items()} == EXPECTED_DEFAULTS
     for name, entry in entries.items():
         assert entry.enabled
+        assert entry.last_run_at is None  # never ran
+        assert entry.next_run_at is not None
+        assert entry.next_run_at > dt.datetime.now(dt.UTC)
+        if name in WORKFLOW_DEFAULTS:  # a named workflow, started by run_workflow
+            assert entry.task_name == "run_workflow"
+            assert entry.description == WORKFLOWS[name].description
+            assert (entry.args, entry.kwargs) == ([], {"name": name, "kwargs": {}})
+            continue
         assert entry.task_name == name
         assert entry.queue == CATALOG[name].queue
         assert entry.description == CATALOG[name].description
         assert (entry.args, entry.kwargs) == ([], {})
-        assert entry.last_run_at is None  # never ran
-        assert entry.next_run_at is not None
-        assert entry.next_run_at > dt.datetime.now(dt.UTC)
     assert schedules.ensure_defaults(app) == []  # idempotent
+
+
+def test_the_retired_monthly_defaults_give_way_to_month_end_close(app: Celery) -> None:
+    """A Redis seeded by an earlier release: its two monthly entries, untouched, are removed; a changed one stays."""
+    client = get_redis(app)
+    seeded = schedules._seeded_key(app)
+    for name, when in schedules.RETIRED_DEFAULTS.items():
+        schedules._save(app, *schedules._new_entry(app, name, CATALOG[name], when, True))
+        client.sadd(seeded, name)
+    schedules.update_entry(app, "generate_monthly_report", kwargs={"year": 2026, "month": 1})
+    schedules.ensure_defaults(app)
+    names = {entry.name for entry in schedules.list_entries(app)}
+    assert "calculate_monthly_revenue" not in names
+    assert {"generate_monthly_report", "month_end_close"} <= names
 
 
 def test_keys_are_redbeat_entries_under_the_mallops_prefix(app: Celery, redis_server) -> None:
@@ -272,7 +287,7 @@ def test_the_new_defaults_publish_their_documented_arguments(app: Celery) -> Non
     schedules.ensure_defaults(app)
     assert kwargs("cleanup_old_access_records") == {"days": 90}
     assert kwargs("generate_daily_report") == {"date": None}  # yesterday
-    assert kwargs("calculate_monthly_revenue") == {"year": None, "month": None}  # last month
+    assert kwargs("month_end_close") == {"name": "month_end_close", "kwargs": {}}  # last month, when it runs
     assert kwargs("backup_database") == {"keep": None}  # MALLOPS_BACKUP_KEEP
     assert kwargs("cleanup_expired_data") == {}
 

@@ -139,14 +139,14 @@ def test_monday_ten_oclock_utc_is_not_monday_ten_in_shanghai(clocked_app, redis_
 @pytest.mark.parametrize(
     ("start", "end", "expected"),
     [
-        # the first of the month at midnight: monthly report, hourly report, every-minute check
+        # the first of the month at midnight: hourly report, every-minute check (the monthly work waits)
         (
             (2026, 11, 30, 23, 59, 50),
             (2026, 12, 1, 0, 0, 1),
-            {"check_pending_bills", "generate_hourly_report", "generate_monthly_report"},
+            {"check_pending_bills", "generate_hourly_report"},
         ),
-        # ... and at 00:30 last month's revenue
-        ((2026, 12, 1, 0, 29, 50), (2026, 12, 1, 0, 30, 1), {"check_pending_bills", "calculate_monthly_revenue"}),
+        # ... and at 00:30 month_end_close: revenue, then the monthly report, then the e-mail
+        ((2026, 12, 1, 0, 29, 50), (2026, 12, 1, 0, 30, 1), {"check_pending_bills", "run_workflow"}),
         ((2026, 12, 2, 0, 29, 50), (2026, 12, 2, 0, 30, 1), {"check_pending_bills"}),
         (
             (2026, 11, 17, 0, 59, 50),

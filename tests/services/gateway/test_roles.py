@@ -60,6 +60,7 @@ ARGUMENTS: dict[str, dict[str, Any]] = {  # valid arguments per task ({tenant} i
     "export_data": {"dataset": "bills"},
     "calculate_monthly_revenue": {"year": 2026, "month": 10},
     "long_running_task": {"steps": 1, "step_seconds": 0},
+    "run_workflow": {"name": "month_end_close", "kwargs": {"year": 2026, "month": 10}},
 }
 
 

@@ -43,6 +43,7 @@ def workflow_workers(
     """The four workers, with the management's addresses and no retries (a failed step fails at once)."""
     env = service_env | {"MALLOPS_MANAGEMENT_EMAILS": ",".join(MANAGEMENT), "MALLOPS_TASK_MAX_RETRIES": "0"}
     workers = {service: worker_factory(service, env=env) for service in ("finance", "reports", "notifier")}
+    workers["maintenance"] = worker_factory("maintenance", "--concurrency=4", env=env)
     yield workers
     for process in workers.values():
         process.stop()
@@ -185,31 +186,52 @@ def test_the_catalog_lists_the_named_workflows(api: tuple[httpx.Client, str]) ->
 
 
 def test_twenty_in_parallel_then_one_counts_once_against_the_quota(
-    gateway: GatewayFactory, migrated: Settings, worker_factory: Callable[..., Process], service_env: dict[str, str]
+    gateway: GatewayFactory, migrated: Settings, workflow_workers: dict[str, Process]
 ) -> None:
-    maintenance = worker_factory("maintenance", "--concurrency=4", env=service_env)
-    try:
-        with session_scope(migrated) as session:
-            token = create_token(session, f"user-{time.monotonic_ns()}", "user")
-        with gateway(task_max_per_user=1) as client:
-            client.headers["Authorization"] = f"Bearer {token}"
-            group = [{"task_name": "test_task", "kwargs": {"message": f"part {i}"}} for i in range(20)]
-            body = {"steps": [{"parallel": group}, {"name": "last", "task_name": "test_task"}]}
-            answer = client.post(f"{API}/workflows", json=body)
-            assert answer.status_code == 202, answer.text
-            # one workflow of 21 steps is one unit of the quota of 1: a second one waits
-            second = client.post(f"{API}/workflows", json=body)
-            assert second.status_code == 429, second.text
-            workflow = finished(client, answer.json()["workflow_id"])
-            assert workflow["status"] == "SUCCESS", workflow
-            by_name = steps(workflow)
-            last = by_name.pop("last")
-            assert len(by_name) == 20
-            assert last["attempts"] == 1
-            assert last["after"] == sorted(by_name, key=lambda n: int(n.split(".")[1]))
-            ends = [dt.datetime.fromisoformat(step["finished_at"]) for step in by_name.values()]
-            assert dt.datetime.fromisoformat(last["started_at"]) >= max(ends)
-            # finished: the quota is free again
-            assert client.post(f"{API}/workflows", json=body).status_code == 202
-    finally:
-        maintenance.stop()
+    with session_scope(migrated) as session:
+        token = create_token(session, f"user-{time.monotonic_ns()}", "user")
+    with gateway(task_max_per_user=1) as client:
+        client.headers["Authorization"] = f"Bearer {token}"
+        group = [{"task_name": "test_task", "kwargs": {"message": f"part {i}"}} for i in range(20)]
+        body = {"steps": [{"parallel": group}, {"name": "last", "task_name": "test_task"}]}
+        answer = client.post(f"{API}/workflows", json=body)
+        assert answer.status_code == 202, answer.text
+        # one workflow of 21 steps is one unit of the quota of 1: a second one waits
+        second = client.post(f"{API}/workflows", json=body)
+        assert second.status_code == 429, second.text
+        workflow = finished(client, answer.json()["workflow_id"])
+        assert workflow["status"] == "SUCCESS", workflow
+        by_name = steps(workflow)
+        last = by_name.pop("last")
+        assert len(by_name) == 20
+        assert last["attempts"] == 1
+        assert last["after"] == sorted(by_name, key=lambda n: int(n.split(".")[1]))
+        ends = [dt.datetime.fromisoformat(step["finished_at"]) for step in by_name.values()]
+        assert dt.datetime.fromisoformat(last["started_at"]) >= max(ends)
+        # finished: the quota is free again
+        assert client.post(f"{API}/workflows", json=body).status_code == 202
+
+
+def test_beat_starts_a_named_workflow_with_run_workflow(
+    gateway: GatewayFactory, demo_db: Settings, workflow_workers: dict[str, Process]
+) -> None:
+    """What the default entry month_end_close publishes (run_workflow) starts the workflow, owned by beat's
+    owner or, sent by hand, by the sender."""
+    with session_scope(demo_db) as session:
+        token = create_token(session, f"admin-{time.monotonic_ns()}", "admin")
+    with gateway() as client:
+        client.headers["Authorization"] = f"Bearer {token}"
+        kwargs = {"name": "month_end_close", "kwargs": {"year": YEAR, "month": MONTH}}
+        sent = client.post(f"{API}/tasks", json={"task_name": "run_workflow", "kwargs": kwargs})
+        assert sent.status_code == 202, sent.text
+        found: list[dict[str, Any]] = []
+
+        def listed() -> bool:
+            page = client.get(f"{API}/workflows", params={"name": "month_end_close", "limit": 500}).json()
+            found[:] = [row for row in page["results"] if row["owner"].startswith("admin-")]
+            return bool(found)
+
+        wait_until(listed, timeout=30, message="the workflow run_workflow starts")
+        workflow = finished(client, found[0]["workflow_id"])
+        assert workflow["status"] == "SUCCESS", workflow
+        assert workflow["kwargs"] == {"year": YEAR, "month": MONTH}
