@@ -180,6 +180,7 @@ def create(
         status=TaskState.PENDING.value,
         request_id=request_id,
         retries=0,
+        failures=0,
         created_at=utcnow(),
     )
     for position, step in enumerate(steps):
@@ -344,6 +345,7 @@ def step_failed(session: Session, workflow_id: str, step: str, task_id: str, rea
     if workflow.status in WORKFLOW_FINAL_STATES:
         return False
     workflow.status = TaskState.FAILURE.value
+    workflow.failures += 1
     workflow.failed_step = step
     workflow.reason = f"step {step!r} ({row.task_name}) failed: {reason}"[:REASON_MAX]
     workflow.finished_at = now
@@ -414,3 +416,41 @@ def now_local(timezone: str) -> dt.date:
     from zoneinfo import ZoneInfo
 
     return dt.datetime.now(ZoneInfo(timezone)).date()
+
+
+AD_HOC = "ad_hoc"  # the metrics' name label of a workflow that has no name
+
+
+@dataclass
+class Totals:
+    """What the monitor exports per workflow name: started, succeeded, failed (every time one went FAILURE)
+    and the durations (submission to end) of the succeeded ones."""
+
+    started: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    durations: list[float] = field(default_factory=list)
+
+
+def totals(session: Session) -> dict[str, Totals]:
+    """Totals per workflow name (``ad_hoc`` for unnamed ones), read from the workflows table."""
+    found: dict[str, Totals] = {}
+    rows = session.execute(
+        select(
+            Workflow.name,
+            Workflow.status,
+            Workflow.failures,
+            Workflow.started_at,
+            Workflow.created_at,
+            Workflow.finished_at,
+        )
+    )
+    for name, status, failures, started_at, created_at, finished_at in rows:
+        item = found.setdefault(name or AD_HOC, Totals())
+        item.started += 1 if started_at is not None else 0
+        item.failed += int(failures or 0)
+        if status == TaskState.SUCCESS:
+            item.succeeded += 1
+            if finished_at is not None:
+                item.durations.append(max(0.0, (finished_at - created_at).total_seconds()))
+    return found

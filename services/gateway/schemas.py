@@ -151,6 +151,8 @@ class TaskDetail(CatalogNamed, Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     owner: str | None = None
     retry_of: str | None = None
+    workflow_id: str | None = Field(default=None, description="The workflow the task is a step of.")
+    workflow_step: str | None = Field(default=None, description="Its step in that workflow.")
     sent_at: UtcDateTime | None = None
     started_at: UtcDateTime | None = None
     finished_at: UtcDateTime | None = None
@@ -216,6 +218,8 @@ class HistoryItem(CatalogNamed):
         default=None, description='{"args": [...], "kwargs": {...}} as sent (capped: "truncated": true).'
     )
     retry_of: str | None = Field(default=None, description="For a retry: the task it repeats.")
+    workflow_id: str | None = Field(default=None, description="The workflow the task is a step of.")
+    workflow_step: str | None = Field(default=None, description="Its step in that workflow.")
     owner: str | None = None
     worker: str | None = None
     retries: int = 0

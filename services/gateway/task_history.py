@@ -52,6 +52,8 @@ def record_dict(row: TaskRecord) -> dict[str, Any]:
         "args_summary": row.args_summary,
         "arguments": row.arguments,
         "retry_of": row.retry_of,
+        "workflow_id": row.workflow_id,
+        "workflow_step": row.workflow_step,
         "owner": row.owner,
         "request_id": row.request_id,
         "worker": row.worker,

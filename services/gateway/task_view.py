@@ -46,6 +46,8 @@ class HistoryFacts:
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     runtime: float | None
+    workflow_id: str | None = None
+    workflow_step: str | None = None
 
     @classmethod
     def of(cls, row: TaskRecord) -> HistoryFacts:
@@ -63,6 +65,8 @@ class HistoryFacts:
             started_at=parse_time(row.started_at),
             finished_at=parse_time(row.finished_at),
             runtime=row.runtime,
+            workflow_id=row.workflow_id,
+            workflow_step=row.workflow_step,
         )
 
 
@@ -248,6 +252,8 @@ def detail(task: TaskView) -> TaskDetail:
         kwargs=kwargs,
         owner=task.owner,
         retry_of=meta.retry_of if meta else None,
+        workflow_id=history.workflow_id if history else None,
+        workflow_step=history.workflow_step if history else None,
         sent_at=(meta.submitted_at if meta else None) or (history.sent_at if history else None),
         started_at=started_at,
         finished_at=finished_at,

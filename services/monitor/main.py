@@ -15,7 +15,8 @@ from services.monitor.failure_metrics import FailureCollector
 from services.monitor.http import make_app, serve
 from services.monitor.metrics import Health, MetricStore, build_registry
 from services.monitor.state import histogram_buckets
-from shared import dead_letter_store
+from services.monitor.workflow_metrics import WorkflowCollector
+from shared import dead_letter_store, workflows
 from shared.cache import redis_client
 from shared.celery_app import create_celery_app
 from shared.db import session_scope
@@ -30,6 +31,11 @@ log = logging.getLogger("mallops.monitor")
 def live_state(settings: Settings) -> tuple[list[dict[str, object]], dict[str, dict[str, int]]]:
     workers = list_workers(settings)
     return workers, queue_lengths(settings, workers)
+
+
+def _workflow_totals(settings: Settings) -> dict[str, workflows.Totals]:
+    with session_scope(settings) as session:
+        return workflows.totals(session)
 
 
 def health_check(settings: Settings) -> dict[str, str]:
@@ -68,6 +74,7 @@ def main(argv: list[str]) -> None:
             workers=lambda: list_workers(settings),
         )
     )
+    registry.register(WorkflowCollector(lambda: _workflow_totals(settings), settings.runtime_buckets))
     server = serve(make_app(registry, health, lambda: health_check(settings)), args.host, args.port)
     log.info("monitor serving /metrics and /health on http://%s:%d", args.host, args.port)
 

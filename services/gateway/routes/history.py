@@ -17,6 +17,7 @@ from services.gateway.schemas import HistoryItem, HistoryPage, TaskStats
 from services.gateway.task_filters import ARGUMENT_PREFIX, FilterError, argument_clauses, parse_arguments, parse_states
 from shared.catalog import get_spec
 from shared.contracts import HISTORY_STATES, state_list
+from shared.models import TaskRecord
 
 router = APIRouter(prefix=API_PREFIX, tags=["history"])
 
@@ -69,6 +70,7 @@ def task_history(
     until: Annotated[dt.datetime | None, Query(description="Sent before (ISO 8601 with timezone).")] = None,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=history.MAX_PAGE)] = 50,
+    workflow_id: Annotated[str | None, Query(max_length=64, description="Only the steps of this workflow.")] = None,
 ) -> HistoryPage:
     """Every task the monitor recorded, newest first, kept ``MALLOPS_HISTORY_TTL_DAYS``; page with ``cursor``.
     Argument filters: ``kwargs.<field>=<value>`` query parameters (nested with dots)."""
@@ -78,6 +80,8 @@ def task_history(
         states = parse_states(status)
         pairs = {key: value for key, value in request.query_params.items() if key.startswith(ARGUMENT_PREFIX)}
         where = argument_clauses(parse_arguments(pairs), session.get_bind().dialect.name)
+        if workflow_id:
+            where.append(TaskRecord.workflow_id == workflow_id)
     except FilterError as exc:
         raise filter_problem(exc) from exc
     try:
