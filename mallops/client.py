@@ -519,6 +519,50 @@ class Client:
             )
         return found.pop()
 
+    # -- workflows ---------------------------------------------------------------------------------
+
+    def run_workflow(
+        self,
+        name: str | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        steps: Sequence[Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Submit a named workflow (``name``, ``kwargs``) or an ad-hoc one (``steps``): the workflow."""
+        body: dict[str, Any] = {"steps": list(steps)} if steps is not None else {"name": name, "kwargs": kwargs or {}}
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return dict(self.request("POST", f"{API}/workflows", json=body, headers=headers))
+
+    def workflow(self, workflow_id: str) -> dict[str, Any]:
+        """A workflow with its steps, ``status`` and ``progress``."""
+        return dict(self.request("GET", f"{API}/workflows/{workflow_id}"))
+
+    def workflows(self, **filters: Any) -> dict[str, Any]:
+        """Workflows, newest first; filters ``status``, ``name``, ``owner``, ``since``, ``until``, ``limit``."""
+        return dict(self.request("GET", f"{API}/workflows", params=_params(**filters)))
+
+    def retry_workflow(self, workflow_id: str) -> dict[str, Any]:
+        """Run a failed (or revoked) workflow again from its failed step."""
+        return dict(self.request("POST", f"{API}/workflows/{workflow_id}/retry"))
+
+    def revoke_workflow(self, workflow_id: str) -> dict[str, Any]:
+        """Revoke a workflow: its steps not yet run never run."""
+        return dict(self.request("POST", f"{API}/workflows/{workflow_id}/revoke"))
+
+    def find_workflow_id(self, prefix: str) -> str:
+        """The whole id of the workflow whose id starts with ``prefix`` (among the newest 500)."""
+        prefix = prefix.strip().lower()
+        if len(prefix) == 36 or not prefix:
+            return prefix
+        rows = self.workflows(limit=500).get("results", [])
+        found = {str(row["workflow_id"]) for row in rows if str(row.get("workflow_id", "")).startswith(prefix)}
+        if not found:
+            raise NotFound(f"no recent workflow id starts with {prefix!r}", status=404)
+        if len(found) > 1:
+            raise InvalidRequest(f"{len(found)} workflows start with {prefix!r}; give more of the id", status=400)
+        return found.pop()
+
     # -- reports and exports -----------------------------------------------------------------------
 
     def reports(self, *, kind: str | None = None, limit: int | None = None) -> dict[str, Any]:

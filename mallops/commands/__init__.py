@@ -11,7 +11,7 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add every operator command to ``app``."""
-    from mallops.commands import access, dead_letters, doctor, files, platform, schedules, stack, tasks
+    from mallops.commands import access, dead_letters, doctor, files, platform, schedules, stack, tasks, workflows
 
     tasks.register(app)
     files.register(app)
@@ -21,3 +21,4 @@ def register(app: typer.Typer) -> None:
     doctor.register(app)
     stack.register(app)
     access.register(app)
+    workflows.register(app)
