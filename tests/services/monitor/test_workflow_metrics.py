@@ -18,7 +18,19 @@ def _run(db: Session, item: workflows.Outgoing) -> list[workflows.Outgoing]:
     return workflows.step_succeeded(db, item.workflow_id, item.step, item.task_id, None)
 
 
+def _samples(db: Session) -> dict[tuple[str, str], float]:
+    """Every sample by (metric, name label) -- the table may hold other tests' committed workflows: compare."""
+    registry = CollectorRegistry()
+    registry.register(WorkflowCollector(lambda: workflows.totals(db), [1.0, 60.0]))
+    return {
+        (sample.name + sample.labels.get("le", ""), sample.labels["name"]): sample.value
+        for family in registry.collect()
+        for sample in family.samples
+    }
+
+
 def test_started_succeeded_failed_and_duration_per_workflow_name(db: Session) -> None:
+    before = _samples(db)
     _, (first,) = workflows.create(db, workflows.plan(STEPS), owner="alice")
     (second,) = _run(db, first)
     _run(db, second)  # one ad-hoc workflow succeeded
@@ -29,16 +41,18 @@ def test_started_succeeded_failed_and_duration_per_workflow_name(db: Session) ->
     workflows.step_started(db, failing.id, again.step, again.task_id)
     workflows.step_failed(db, failing.id, again.step, again.task_id, "boom again")
 
-    registry = CollectorRegistry()
-    registry.register(WorkflowCollector(lambda: workflows.totals(db), [1.0, 60.0]))
-    value = registry.get_sample_value
-    assert value("mallops_workflows_started_total", {"name": "ad_hoc"}) == 1
-    assert value("mallops_workflows_succeeded_total", {"name": "ad_hoc"}) == 1
-    assert value("mallops_workflows_failed_total", {"name": "nightly_reports"}) == 2  # failed, retried, failed
-    assert value("mallops_workflows_succeeded_total", {"name": "nightly_reports"}) == 0
-    assert value("mallops_workflows_started_total", {"name": "month_end_close"}) == 0  # present from the start
-    assert value("mallops_workflow_duration_seconds_count", {"name": "ad_hoc"}) == 1
-    assert value("mallops_workflow_duration_seconds_bucket", {"name": "ad_hoc", "le": "60.0"}) == 1
+    after = _samples(db)
+
+    def grew(metric: str, name: str) -> float:
+        return after[(metric, name)] - before.get((metric, name), 0.0)
+
+    assert grew("mallops_workflows_started_total", "ad_hoc") == 1
+    assert grew("mallops_workflows_succeeded_total", "ad_hoc") == 1
+    assert grew("mallops_workflows_failed_total", "nightly_reports") == 2  # failed, retried, failed
+    assert grew("mallops_workflows_succeeded_total", "nightly_reports") == 0
+    assert ("mallops_workflows_started_total", "month_end_close") in after  # present from the start
+    assert grew("mallops_workflow_duration_seconds_count", "ad_hoc") == 1
+    assert grew("mallops_workflow_duration_seconds_bucket60.0", "ad_hoc") == 1
 
 
 def test_a_scrape_answers_when_the_database_is_down() -> None:
