@@ -10,7 +10,8 @@ A message that a worker cannot run ends here instead of crashing the worker or v
   whose body is not ``[args, kwargs, options]``, and one of Celery's built-in tasks: Celery would raise in
   its handler (a KeyError counts as a lost connection, so the message came back for ever) or fail later
   outside the task and leave the message unacknowledged. :class:`Consumer` checks them first
-  (:func:`header_problem`, :func:`body_problem`) and drops them;
+  (:func:`header_problem`, :func:`body_problem`) and drops them; so also a canvas message (one whose options
+  carry callbacks, errbacks, a chain or a chord: workflows are mallops' own, ``shared/workflows.py``);
 - an envelope whose body cannot be deserialised (``on_decode_error``): Celery logs and acknowledges it
   without any signal; :class:`Consumer` also records it;
 - no ``task`` header / unknown format (``task_rejected``) and an unregistered task name (``task_unknown``):
@@ -511,6 +512,11 @@ def header_problem(headers: Any) -> str | None:
     return None
 
 
+# the options of a protocol-2 body that make the worker publish further tasks (Celery's canvas): refused, so
+# that no publisher can chain arbitrary tasks behind a valid one (shared/workflows.py orchestrates instead)
+CANVAS_OPTIONS = ("callbacks", "errbacks", "chain", "chord")
+
+
 def body_problem(message: Any) -> str | None:
     """What is wrong with the shape of a JSON protocol-2 body (``[args, kwargs, embed]``), or None. Celery
     checks it only in the pool, where a kwargs that is not a mapping fails outside the task and leaves
@@ -530,6 +536,12 @@ def body_problem(message: Any) -> str | None:
         and (body[2] is None or isinstance(body[2], dict))
     ):
         return "the body is not [args (a list), kwargs (an object), options (an object)]"
+    canvas = [key for key in CANVAS_OPTIONS if body[2] and body[2].get(key)]
+    if canvas:
+        return (
+            f"a canvas message ({', '.join(canvas)}): mallops does not run Celery's chains, groups or chords; "
+            "workflows go through POST /api/v1/workflows"
+        )
     return None
 
 

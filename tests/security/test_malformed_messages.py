@@ -143,6 +143,7 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_consuming(
         "args_not_a_list",
         "body_not_a_triple",
         "celery_builtin",
+        "canvas_chain",
     )
     ids = {name: str(uuid.uuid4()) for name in (*rejected, "wrong_types", "nul", "valid")}
     test_task = "mallops.maintenance.test_task"
@@ -177,6 +178,10 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_consuming(
         envelope(task_headers(test_task, ids["args_not_a_list"]), b'[{"message": "m"}, {}, {}]'),
         envelope(task_headers(test_task, ids["body_not_a_triple"]), b"[[]]"),
         envelope(task_headers("celery.accumulate", ids["celery_builtin"]), task_body({})),  # Celery internals
+        envelope(  # a valid task with a chain behind it: Celery's canvas is not run
+            task_headers(test_task, ids["canvas_chain"]),
+            json.dumps([[], {}, {"chain": [{"task": "mallops.maintenance.cleanup_cache", "kwargs": {}}]}]).encode(),
+        ),
     ]
     wrong_types = envelope(
         task_headers(test_task, ids["wrong_types"]), task_body({"message": ["not", "a", "string"], "fail": "perhaps"})
@@ -219,6 +224,8 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_keeps_consuming(
     assert by_id[ids["bad_timelimit"]]["exception"] == "InvalidTaskHeaders"
     assert by_id[ids["kwargs_not_a_mapping"]]["exception"] == "InvalidTaskBody"
     assert by_id[ids["kwargs_not_a_mapping"]]["reason"].startswith("the body is not [args")
+    assert by_id[ids["canvas_chain"]]["exception"] == "InvalidTaskBody"
+    assert by_id[ids["canvas_chain"]]["reason"].startswith("a canvas message (chain)")
     assert by_id[ids["unknown"]]["exception"] == "NotRegistered"
     assert "no_such_task" in by_id[ids["unknown"]]["reason"]
     assert by_id[ids["pickle"]]["exception"] == "ContentDisallowed"

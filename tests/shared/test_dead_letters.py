@@ -74,6 +74,11 @@ def test_malformed_headers_are_named(change: dict[str, Any], problem: str) -> No
     ("body", "ok"),
     [
         ([[], {"message": "m"}, {"callbacks": None}], True),
+        ([[], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}], True),
+        # canvas: a chain, a callback or a chord behind a valid task is never run (workflows are mallops' own)
+        ([[], {}, {"chain": [{"task": "mallops.maintenance.cleanup_cache", "kwargs": {}}]}], False),
+        ([[], {}, {"callbacks": [{"task": "mallops.maintenance.backup_database"}]}], False),
+        ([[], {}, {"chord": {"task": "mallops.maintenance.test_task"}}], False),
         ([[1], {}, None], True),
         ([[], ["message"], {}], False),
         ([{"message": "m"}, {}, {}], False),
