@@ -62,7 +62,9 @@ FIELDS = (
 @app.command("run")
 @handles_errors
 def run(
-    name: Annotated[str | None, typer.Argument(help="A named workflow: `mallops catalog --workflows`.")] = None,
+    name: Annotated[
+        str | None, typer.Argument(help="A named workflow: month_end_close, nightly_reports (docs/workflows.md).")
+    ] = None,
     kwargs: Annotated[str | None, typer.Option("--kwargs", help="Its arguments as a JSON object.")] = None,
     steps: Annotated[
         str | None, typer.Option("--steps", help="Ad hoc: the steps as a JSON array (instead of a name).")
