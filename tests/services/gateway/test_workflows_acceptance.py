@@ -6,13 +6,15 @@ the run's redis-server and database (SQLite or PostgreSQL), the run's SMTP serve
 - with the report step made to fail, no e-mail is sent, the workflow reads FAILURE at that step with the
   reason, and a retry from that step completes it without computing the revenue again;
 - a parallel group of 20 steps then one step: the last starts once, after all 20 succeeded, and the whole
-  counts once against the owner's quota.
+  counts once against the owner's quota;
+- beat's run_workflow starts a named workflow; a worker SIGKILLed mid-workflow loses nothing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -235,3 +237,48 @@ def test_beat_starts_a_named_workflow_with_run_workflow(
         workflow = finished(client, found[0]["workflow_id"])
         assert workflow["status"] == "SUCCESS", workflow
         assert workflow["kwargs"] == {"year": YEAR, "month": MONTH}
+
+
+def test_a_worker_killed_mid_workflow_loses_nothing(
+    gateway: GatewayFactory,
+    migrated: Settings,
+    worker_factory: Callable[..., Process],
+    service_env: dict[str, str],
+    workflow_workers: dict[str, Process],
+) -> None:
+    """SIGKILL the only maintenance worker while a step runs: the step's message comes back (the next worker's
+    requeuer), runs again under the same task id, and the workflow goes on to SUCCESS; nothing runs twice
+    but the killed step."""
+    workflow_workers["maintenance"].stop()  # this test's workers only
+    fast = service_env | {"MALLOPS_WORKER_OFFLINE_AFTER": "3", "MALLOPS_WORKER_HEARTBEAT_INTERVAL": "0.5"}
+    doomed = worker_factory("maintenance", env=fast)
+    with session_scope(migrated) as session:
+        token = create_token(session, f"admin-{time.monotonic_ns()}", "admin")
+    with gateway() as client:
+        client.headers["Authorization"] = f"Bearer {token}"
+        body = {
+            "steps": [
+                {"name": "long", "task_name": "long_running_task", "kwargs": {"steps": 6, "step_seconds": 0.5}},
+                {"name": "after", "task_name": "test_task", "kwargs": {"message": "after the kill"}},
+            ]
+        }
+        answer = client.post(f"{API}/workflows", json=body)
+        assert answer.status_code == 202, answer.text
+        workflow_id = answer.json()["workflow_id"]
+
+        def running() -> bool:
+            return bool(steps(client.get(f"{API}/workflows/{workflow_id}").json())["long"]["state"] == "STARTED")
+
+        wait_until(running, timeout=30, interval=0.1, message="the first step running")
+        doomed.signal(signal.SIGKILL)
+        doomed.popen.wait(10)
+        survivor = worker_factory("maintenance", env=fast)
+        try:
+            workflow = finished(client, workflow_id, timeout=90)
+        finally:
+            survivor.stop()
+    assert workflow["status"] == "SUCCESS", workflow
+    by_name = steps(workflow)
+    assert by_name["long"]["attempts"] == 1  # the same message, delivered again: not a new attempt
+    assert by_name["after"]["attempts"] == 1
+    assert by_name["after"]["result"] == "Task received: after the kill"
