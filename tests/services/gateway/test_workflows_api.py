@@ -1,0 +1,61 @@
+"""The workflows API without workers: idempotency, ownership, validation before anything is stored, revoke
+of steps not yet run (against the run's Redis and database)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.services.gateway.conftest import GatewayClient, Tokens
+
+pytestmark = pytest.mark.integration
+API = "/api/v1"
+BODY: dict[str, Any] = {
+    "steps": [{"task_name": "test_task", "kwargs": {"message": "x"}}, {"name": "two", "task_name": "test_task"}]
+}
+
+
+def test_the_same_idempotency_key_starts_one_workflow(client: GatewayClient, tokens: Tokens) -> None:
+    headers = {**tokens.auth("alice"), "Idempotency-Key": "close-2026-10"}
+    first = client.post(f"{API}/workflows", json=BODY, headers=headers)
+    assert first.status_code == 202, first.text
+    again = client.post(f"{API}/workflows", json=BODY, headers=headers)
+    assert again.status_code == 202
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["workflow_id"] == first.json()["workflow_id"]
+    other = client.post(f"{API}/workflows", json={"steps": [{"task_name": "test_task"}]}, headers=headers)
+    assert other.status_code == 409
+
+
+def test_owners_see_their_own_and_revoke_stops_the_rest(client: GatewayClient, tokens: Tokens) -> None:
+    started = client.post(f"{API}/workflows", json=BODY, headers=tokens.auth("alice")).json()
+    workflow_id = started["workflow_id"]
+    assert started["status"] == "PENDING"
+    assert [(s["name"], s["state"]) for s in started["steps"]] == [("1", "SENT"), ("two", "PENDING")]
+    assert client.get(f"{API}/workflows/{workflow_id}", headers=tokens.auth("bob")).status_code == 404
+    assert client.get(f"{API}/workflows/{workflow_id}", headers=tokens.auth("admin")).status_code == 200
+    listed = client.get(f"{API}/workflows", headers=tokens.auth("bob")).json()["results"]
+    assert workflow_id not in {row["workflow_id"] for row in listed}
+    assert client.post(f"{API}/workflows/{workflow_id}/revoke", headers=tokens.auth("bob")).status_code == 404
+    revoked = client.post(f"{API}/workflows/{workflow_id}/revoke", headers=tokens.auth("alice")).json()
+    assert revoked["status"] == "REVOKED"
+    assert [s["state"] for s in revoked["steps"]] == ["REVOKED", "REVOKED"]
+    assert revoked["reason"] == f"revoked by {tokens.alice_name}"
+    mine = client.get(f"{API}/workflows", params={"status": "REVOKED"}, headers=tokens.auth("alice")).json()
+    assert workflow_id in {row["workflow_id"] for row in mine["results"]}
+
+
+def test_nothing_is_stored_for_a_workflow_that_does_not_fit(client: GatewayClient, tokens: Tokens) -> None:
+    before = client.get(f"{API}/workflows", headers=tokens.auth("alice")).json()["count"]
+    bad = {"steps": [{"task_name": "test_task"}, {"parallel": [{"task_name": "test_task", "kwargs": {"x": 1}}]}]}
+    answer = client.post(f"{API}/workflows", json=bad, headers=tokens.auth("alice"))
+    assert answer.status_code == 422
+    assert answer.json()["errors"][0]["loc"] == ["body", "steps", 1, "parallel", 0, "kwargs", "x"]
+    both = client.post(f"{API}/workflows", json={"name": "month_end_close", **BODY}, headers=tokens.auth("alice"))
+    assert both.status_code == 422
+    maintenance = {"steps": [{"task_name": "backup_database"}]}
+    refused = client.post(f"{API}/workflows", json=maintenance, headers=tokens.auth("alice"))
+    assert refused.status_code == 403
+    assert refused.json()["permission"] == "tasks.submit.maintenance"
+    assert client.get(f"{API}/workflows", headers=tokens.auth("alice")).json()["count"] == before
