@@ -79,10 +79,9 @@ def run(
     Examples:
 
       \b
-      mallops workflows run month_end_close --kwargs '{"year": 2026, "month": 10}' --wait
-      mallops workflows run nightly_reports
-      mallops workflows run --steps '[{"parallel": [{"task_name": "test_task"}, {"task_name": "test_task"}]},
-                                      {"task_name": "cleanup_cache"}]'
+      mallops workflows run month_end_close --kwargs '{"year":2026,"month":10}'
+      mallops workflows run nightly_reports --wait --timeout 600
+      mallops workflows run --steps "$(cat steps.json)" --wait
     """
     if (name is None) == (steps is None):
         fail("give a workflow name or --steps (not both)")

@@ -107,6 +107,7 @@ def test_help_lists_every_operator_command(cli: CliRunner) -> None:
     assert result.code == 0
     for command in (
         "tasks",
+        "workflows",
         "workers",
         "queues",
         "stats",
