@@ -21,6 +21,7 @@ from kombu.exceptions import KombuError, OperationalError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy import delete, select
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway import authz
@@ -148,7 +149,15 @@ class WorkflowRunner:
                 return outgoing
 
         try:
-            outgoing = await run_in_threadpool(create)
+            try:
+                outgoing = await run_in_threadpool(create)
+            except SQLAlchemyError as exc:
+                raise ProblemError(
+                    503,
+                    f"the database cannot be reached ({type(exc).__name__}); nothing was started",
+                    kind="database-unavailable",
+                    headers={"Retry-After": BROKER_RETRY_AFTER},
+                ) from exc
             await self.publish(outgoing)
         except BaseException:
             await run_in_threadpool(self._forget, workflow_id)
