@@ -36,6 +36,7 @@ class Stack:
     admin_name: str
     user: str
     user_name: str
+    viewer: str
 
     def submit(self, token: str, task_name: str, **kwargs: object) -> str:
         answer = httpx.post(
@@ -93,6 +94,7 @@ def stack(
     with session_scope(migrated) as session:
         admin = create_token(session, f"console-admin-{suffix}", "admin")
         user = create_token(session, f"console-user-{suffix}", "user")
+        viewer = create_token(session, f"console-viewer-{suffix}", "viewer")
     processes: list[Process] = []
     try:
         port, monitor_port = free_port(), free_port()
@@ -103,7 +105,9 @@ def stack(
         processes.append(monitor)
         wait_http_ready(monitor, f"http://127.0.0.1:{monitor_port}/health")
         worker_factory("maintenance", env=env)  # stopped by worker_factory at the end of the run
-        yield Stack(f"http://127.0.0.1:{port}", admin, f"console-admin-{suffix}", user, f"console-user-{suffix}")
+        yield Stack(
+            f"http://127.0.0.1:{port}", admin, f"console-admin-{suffix}", user, f"console-user-{suffix}", viewer
+        )
     finally:
         for process in processes:
             process.stop()

@@ -109,6 +109,25 @@ def test_an_admin_signs_in_filters_follows_progress_retries_and_signs_out(
     assert len(seen) >= 3, seen
     assert seen == sorted(seen), seen  # step by step, never backwards
 
+    # the failures page: a bulk retry of this admin's failures not yet retried, behind a confirmation
+    # that shows the count (the first failure was retried above, its retry failed too)
+    more = [stack.submit(stack.admin, "test_task", message=f"bulk {i}", fail=True) for i in range(2)]
+    for task_id in (*more, retry_id):
+        stack.recorded(stack.admin, task_id)
+    page.get_by_role("link", name="Failures", exact=True).click()
+    expect(page.get_by_role("heading", name="Failures and dead letters", level=1)).to_be_visible()
+    page.get_by_label("Owner").fill(stack.admin_name)
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("#failure-rows tr")).to_have_count(4)
+    expect(page.get_by_role("heading", name=re.compile("Dead letters"))).to_be_visible()
+    tab.assert_accessible()
+    page.get_by_role("button", name="Retry all that match…").click()
+    expect(page.locator("#confirm-message")).to_contain_text("Retry 3 failed or revoked tasks (of 3 that match)")
+    expect(page.get_by_role("button", name="Yes, do it")).to_be_focused()
+    tab.assert_accessible()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("status")).to_have_text("Retried 3 tasks.")
+
     # sign out: the session is gone
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("status")).to_have_text("You have signed out.")
@@ -176,3 +195,27 @@ def test_a_user_in_chinese_sees_no_revoke_and_forged_posts_are_refused(
     page.get_by_role("link", name="English").click()
     expect(page.locator("#task-status")).to_have_text("Revoked")
     assert page.locator("html").get_attribute("lang") == "en"
+
+
+def test_a_viewer_reads_failures_but_has_no_buttons_and_its_forged_posts_are_refused(
+    stack: Stack, open_tab: Callable[[str], Tab]
+) -> None:
+    failed = stack.submit(stack.admin, "test_task", message="for the viewer", fail=True)
+    stack.recorded(stack.admin, failed)
+    tab = open_tab("en")
+    page = tab.page
+    sign_in(page, stack.viewer)
+    page.get_by_role("link", name="Failures", exact=True).click()
+    expect(page.locator(f"#failure-rows a[href='/console/tasks/{failed}']")).to_be_visible()
+    expect(page.get_by_role("button", name=re.compile("Retry"))).to_have_count(0)
+    expect(page.get_by_role("heading", name=re.compile("Dead letters"))).to_have_count(0)
+    tab.assert_accessible()
+    page.goto(f"/console/tasks/{failed}")
+    expect(page.get_by_role("heading", name="Error")).to_be_visible()
+    expect(page.get_by_role("button", name="Retry")).to_have_count(0)
+    csrf = str(page.locator("form[action='/console/logout'] input[name=csrf_token]").get_attribute("value"))
+    for path in (f"/console/tasks/{failed}/retry", "/console/failures/retry", "/console/dead-letters/replay"):
+        forged = page.request.post(path, form={"csrf_token": csrf, "confirm": "yes"})
+        assert forged.status == 403, path
+        assert "Your role may not do this." in forged.text()
+        assert page.request.post(path, form={"confirm": "yes"}).status == 403  # no CSRF token

@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.templating import Jinja2Templates
 
+from services.gateway import bulk
 from services.gateway.console import views
 from services.gateway.console.i18n import LANG_COOKIE, LANGUAGES, NATIVE_NAMES, Translator, negotiate
 from services.gateway.console.permissions import Action, can
@@ -35,6 +36,9 @@ from services.gateway.console.sessions import (
 from services.gateway.deps import RuntimeDep, StoreDep
 from services.gateway.problems import ProblemError
 from services.gateway.ratelimit import Decision
+from services.gateway.routes.bulk import BulkFilters, retry_many
+from services.gateway.routes.dead_letters import MAX_BULK as MAX_REPLAY
+from services.gateway.routes.dead_letters import BulkReplayRequest, replay_dead_letters
 from services.gateway.routes.tasks import retry_task, revoke_task, task_events, visible_task
 from services.gateway.runtime import Runtime
 from services.gateway.schemas import RevokeRequest
@@ -45,6 +49,8 @@ from shared.tokens import Principal, hash_token
 PREFIX = "/console"
 TaskId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
 NOTICES = frozenset({"retried", "revoked", "signed_out"})
+# notices of an action on many, with their count (``?notice=bulk_retried&n=12``)
+COUNTED_NOTICES = frozenset({"bulk_retried", "replayed"})
 # what the console's pages may load: only the gateway's own files; no inline script or style
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -59,6 +65,7 @@ SECURITY_HEADERS = {
 NAV: tuple[tuple[str, str, Action | None], ...] = (
     (f"{PREFIX}/", "nav.overview", None),
     (f"{PREFIX}/tasks", "nav.tasks", None),
+    (f"{PREFIX}/failures", "nav.failures", None),
 )
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -120,6 +127,18 @@ class Page:
     def require(self, action: Action, task_name: str | None = None) -> None:
         if not self.can(action, task_name):
             raise ConsoleError(403, "error.forbidden", action)
+
+    def counted_notice(self) -> str | None:
+        """The page's ``?notice=bulk_retried&n=12``, as a sentence in its language."""
+        notice, count = self.request.query_params.get("notice"), self.request.query_params.get("n", "0")
+        if notice not in COUNTED_NOTICES or not count.isdigit():
+            return None
+        return self.t(f"notice.{notice}", n=self.t.number(int(count)))
+
+    def confirm(self, action: str, message: str, form: dict[str, str], cancel: str) -> HTMLResponse:
+        """The page that asks before an action on many (``form`` sent back with ``confirm=yes``)."""
+        fields = {key: value for key, value in form.items() if key not in (CSRF_FIELD, "confirm")}
+        return self.render("confirm.html", action=action, message=message, fields=fields, cancel=cancel)
 
 
 def render(request: Request, t: Translator, template: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -327,6 +346,83 @@ async def revoke(page: PageDep, form: FormDep, visible: ConsoleTask) -> Response
     except ProblemError as exc:
         raise ConsoleError(exc.status, "error.action_failed", exc.detail) from exc
     return redirect(f"{PREFIX}/tasks/{visible.task_id}?notice=revoked")
+
+
+@router.get("/failures")
+async def failures(page: PageDep) -> Response:
+    filters = views.failure_filters(page.request.query_params, page.t, page.principal)
+    listing = await views.task_list(page.runtime, page.principal, filters)
+    letters = await views.dead_letters(page.runtime, page.principal) if page.can("dead_letters.read") else None
+    return page.render(
+        "failures.html",
+        filters=filters,
+        listing=listing,
+        letters=letters,
+        names=views.task_names(),
+        notice=page.counted_notice(),
+    )
+
+
+def _expected(form: dict[str, str], most: int) -> int:
+    """The count the confirmation showed: never act on more than the person agreed to."""
+    value = form.get("expected", "")
+    return max(1, min(int(value), most)) if value.isdigit() else most
+
+
+@router.post("/failures/retry")
+async def retry_failures(page: PageDep, form: FormDep, store: StoreDep) -> Response:
+    """Every failure the filters select, retried through ``POST /api/v1/tasks/retry`` once confirmed."""
+    page.require("tasks.bulk")
+    filters = views.failure_filters(form, page.t, page.principal)
+    if filters.error:
+        raise ConsoleError(422, "error.action_failed", filters.error)
+    confirmed = form.get("confirm") == "yes"
+    body = BulkFilters(
+        task_name=filters.task_name,
+        owner=filters.owner,
+        since=filters.since,
+        until=filters.until,
+        limit=_expected(form, bulk.MAX_LIMIT),
+        dry_run=not confirmed,
+    )
+    try:  # the API's own route: its selection, its audit entry
+        answer = await retry_many(body, page.request, page.principal, page.runtime, store)
+    except ProblemError as exc:
+        raise ConsoleError(exc.status, "error.action_failed", exc.detail) from exc
+    back = f"{PREFIX}/failures?{filters.query(status=None)}"
+    if not confirmed:
+        count = min(answer.matched, bulk.MAX_LIMIT)
+        message = page.t(
+            "confirm.retry" if count else "confirm.nothing",
+            n=page.t.number(count),
+            matched=page.t.number(answer.matched),
+        )
+        return page.confirm(f"{PREFIX}/failures/retry", message, form | {"expected": str(count)}, back)
+    return redirect(f"{PREFIX}/failures?{filters.query(status=None, notice='bulk_retried', n=str(answer.count))}")
+
+
+@router.post("/dead-letters/replay")
+async def replay_letters(page: PageDep, form: FormDep) -> Response:
+    """Every dead letter replayed through ``POST /api/v1/dead-letters/replay`` once confirmed (poison
+    messages are left: the API needs ``force`` for them)."""
+    page.require("dead_letters.replay")
+    confirmed = form.get("confirm") == "yes"
+    body = BulkReplayRequest(limit=_expected(form, MAX_REPLAY), dry_run=not confirmed)
+    try:  # the API's own route, its audit entry
+        answer = await replay_dead_letters(body, page.request, page.principal, page.runtime)
+    except ProblemError as exc:
+        raise ConsoleError(exc.status, "error.action_failed", exc.detail) from exc
+    if not confirmed:
+        count = min(answer.matched, MAX_REPLAY)
+        message = page.t(
+            "confirm.replay" if count else "confirm.nothing",
+            n=page.t.number(count),
+            matched=page.t.number(answer.matched),
+        )
+        return page.confirm(
+            f"{PREFIX}/dead-letters/replay", message, form | {"expected": str(count)}, f"{PREFIX}/failures"
+        )
+    return redirect(f"{PREFIX}/failures?{urlencode({'notice': 'replayed', 'n': answer.count})}#dead-letters")
 
 
 @router.get("/{path:path}")

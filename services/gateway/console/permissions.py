@@ -24,6 +24,9 @@ Action = Literal[
     "workers.read",  # workers online
     "queues.read",  # queue lengths
     "monitor.read",  # the monitor's lag behind the event stream
+    "tasks.bulk",  # retry every failure a filter selects at once
+    "dead_letters.read",  # the dead letters (whole messages: admin)
+    "dead_letters.replay",  # put dead letters back onto their queues
 ]
 
 GRANTS: dict[Action, str] = {
@@ -34,6 +37,9 @@ GRANTS: dict[Action, str] = {
     "workers.read": permissions.WORKERS_READ,
     "queues.read": permissions.QUEUES_READ,
     "monitor.read": permissions.QUEUES_READ,  # platform health, shown with the queues
+    "tasks.bulk": permissions.TASKS_BULK,
+    "dead_letters.read": permissions.DEAD_LETTERS_MANAGE,
+    "dead_letters.replay": permissions.DEAD_LETTERS_MANAGE,
 }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -19,6 +19,8 @@ from starlette.concurrency import run_in_threadpool
 from services.gateway import task_history as history
 from services.gateway.console.i18n import Translator
 from services.gateway.console.permissions import can, task_scope
+from services.gateway.problems import ProblemError
+from services.gateway.routes import dead_letters as dead_letter_routes
 from services.gateway.runtime import Runtime
 from services.gateway.schemas import TaskDetail
 from services.gateway.task_view import TaskView as Visible
@@ -277,3 +279,22 @@ async def task_page(runtime: Runtime, task: Visible) -> dict[str, Any]:
         "retryable": info.status in (TaskState.FAILURE, TaskState.REVOKED),
         "short_name": short_name(info.task_name),
     }
+
+
+# -- failures and dead letters -----------------------------------------------------------------------
+
+FAILED_STATES = ",".join((TaskState.FAILURE, TaskState.REVOKED))
+
+
+def failure_filters(query: Mapping[str, str], t: Translator, principal: Principal) -> TaskFilters:
+    """The tasks page's filters without the status: failures are FAILURE or REVOKED."""
+    return replace(TaskFilters.from_query({**query, "status": ""}, t, principal), status=FAILED_STATES)
+
+
+async def dead_letters(runtime: Runtime, principal: Principal) -> dict[str, Any]:
+    """The newest dead letters, as ``GET /api/v1/dead-letters`` lists them (its caller may see them)."""
+    try:
+        page = await dead_letter_routes.list_dead_letters(principal, runtime, limit=PAGE_SIZE)
+    except ProblemError as exc:
+        return {"count": 0, "rows": [], "error": exc.detail}
+    return {"count": page.count, "rows": page.results, "error": None}

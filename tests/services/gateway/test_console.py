@@ -3,6 +3,7 @@ cookies, CSRF, role checks on the server, the language, and the routes the conso
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import uuid
@@ -15,13 +16,16 @@ import pytest
 from services.gateway.console.i18n import LANGUAGES, LOCALES_DIR, negotiate
 from services.gateway.console.permissions import GRANTS, can
 from services.gateway.console.sessions import LOGIN_COOKIE, SESSION_COOKIE, SESSION_KEY, _digest
+from shared import dead_letter_store
 from shared.contracts import REVOKED_KEY
 from shared.db import session_scope
+from shared.dead_letter_store import LetterFilter
 from shared.permissions import ROLES
 from shared.settings import Settings
 from shared.tokens import Principal, create_token, revoke_token
 from tests.harness import Process, RedisServer, wait_until
-from tests.services.gateway.conftest import GatewayClient, GatewayFactory, Tokens
+from tests.security.test_malformed_messages import task_body, task_headers
+from tests.services.gateway.conftest import GatewayClient, GatewayFactory, Tokens, make_history
 
 pytestmark = pytest.mark.integration
 
@@ -338,3 +342,108 @@ def test_bad_sign_ins_count_against_the_clients_auth_failure_limit(gateway: Gate
         assert blocked.status_code == 429  # even a right token, from this address, for now
         assert int(blocked.headers["retry-after"]) >= 1
         assert SESSION_COOKIE not in http.cookies
+
+
+def _dead_letter(redis_server: RedisServer, note: str) -> str:
+    letter, message = dead_letter_store.build(
+        f"unknown task 'mallops.maintenance.{note}'",
+        exception="NotRegistered",
+        queue="default",
+        headers=task_headers(f"mallops.maintenance.{note}", str(uuid.uuid4())),
+        body=task_body({"note": note}),
+        content_type="application/json",
+        content_encoding="utf-8",
+        max_body_bytes=1_000_000,
+    )
+    dead_letter_store.add(redis_server.client(2), letter, message)
+    return letter.id
+
+
+def test_failures_bulk_retry_asks_with_the_count_then_retries_exactly_those(
+    client: GatewayClient, tokens: Tokens, migrated: Settings
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    arguments = {"args": [], "kwargs": {"message": "bulk"}}
+    failed = [
+        make_history(migrated, tokens.alice_name, "FAILURE", now - dt.timedelta(minutes=i + 1), arguments=arguments)
+        for i in range(3)
+    ]
+    make_history(migrated, tokens.bob_name, "FAILURE", now - dt.timedelta(minutes=2), arguments=arguments)
+    make_history(migrated, tokens.alice_name, "SUCCESS", now - dt.timedelta(minutes=2), runtime=0.1)
+    with browser(client) as http:
+        sign_in(http, tokens.admin)
+        page = http.get("/console/failures", params={"owner": tokens.alice_name})
+        assert page.status_code == 200
+        assert all(f"/console/tasks/{task_id}" in page.text for task_id in failed)
+        assert page.text.count('href="/console/tasks/') == 3
+        assert 'id="bulk-retry"' in page.text
+        assert 'id="dead-letters"' in page.text  # an admin sees the dead letters
+        form = {"csrf_token": csrf_of(page.text), "owner": tokens.alice_name}
+        confirm = http.post("/console/failures/retry", data=form)
+        assert confirm.status_code == 200
+        assert "Retry 3 failed or revoked tasks (of 3 that match)" in confirm.text
+        assert 'name="expected" value="3"' in confirm.text
+        assert (
+            client.get(
+                "/api/v1/tasks/history", params={"owner": tokens.alice_name}, headers=tokens.auth("admin")
+            ).json()["count"]
+            == 4
+        )  # nothing retried yet
+        done = http.post("/console/failures/retry", data=form | {"confirm": "yes", "expected": "3"})
+        assert done.status_code == 303
+        assert "notice=bulk_retried" in done.headers["location"]
+        assert "n=3" in done.headers["location"]
+        assert "Retried 3 tasks." in http.get(done.headers["location"]).text
+        trail = client.get("/api/v1/audit", params={"action": "tasks.bulk"}, headers=tokens.auth("admin")).json()
+        mine = [row for row in trail["results"] if row["actor"] == tokens.admin_name]
+        assert len(mine) == 1
+        assert len(mine[0]["details"]["retried"]) == 3
+        nothing = http.post("/console/failures/retry", data={"csrf_token": form["csrf_token"], "owner": "nobody"})
+        assert "Nothing matches" in nothing.text
+        assert 'id="confirm"' not in nothing.text
+
+
+def test_failures_page_in_chinese_for_a_viewer_has_no_bulk_button_nor_dead_letters(
+    client: GatewayClient, tokens: Tokens, migrated: Settings, redis_server: RedisServer
+) -> None:
+    _dead_letter(redis_server, "viewer_hidden")
+    make_history(migrated, tokens.alice_name, "FAILURE", dt.datetime.now(dt.UTC), arguments={"args": [], "kwargs": {}})
+    with session_scope(migrated) as session:
+        viewer = create_token(session, f"viewer-{uuid.uuid4().hex[:8]}", "viewer")
+    with browser(client, "zh-CN") as http:
+        sign_in(http, viewer)
+        page = http.get("/console/failures")
+        assert page.status_code == 200
+        assert "失败任务与死信" in page.text
+        assert 'id="bulk-retry"' not in page.text
+        assert "viewer_hidden" not in page.text
+        assert 'id="dead-letters"' not in page.text
+        for path in ("/console/failures/retry", "/console/dead-letters/replay"):
+            forged = http.post(path, data={"csrf_token": csrf_of(page.text), "confirm": "yes"})
+            assert forged.status_code == 403, path
+            assert "您的角色无权执行此操作" in forged.text
+            assert http.post(path, data={"confirm": "yes"}).status_code == 403  # no CSRF token
+
+
+def test_dead_letters_are_replayed_after_a_confirmation_that_shows_the_count(
+    client: GatewayClient, tokens: Tokens, redis_server: RedisServer
+) -> None:
+    dead_letter_store.forget(
+        redis_server.client(2),
+        [x.id for x in dead_letter_store.find(redis_server.client(2), LetterFilter(), 0, 1000)[1]],
+    )
+    ids = [_dead_letter(redis_server, f"console_letter_{i}") for i in range(2)]
+    with browser(client) as http:
+        sign_in(http, tokens.admin)
+        page = http.get("/console/failures")
+        assert "console_letter_0" in page.text
+        assert "console_letter_1" in page.text
+        assert 'id="replay-all"' in page.text
+        token = csrf_of(page.text)
+        confirm = http.post("/console/dead-letters/replay", data={"csrf_token": token})
+        assert "Replay 2 dead letters (of 2)" in confirm.text
+        assert http.post("/console/dead-letters/replay", data={"confirm": "yes"}).status_code == 403  # no CSRF
+        done = http.post("/console/dead-letters/replay", data={"csrf_token": token, "confirm": "yes", "expected": "2"})
+        assert done.status_code == 303
+        assert "Replayed 2 dead letters." in http.get(done.headers["location"]).text
+    assert all(dead_letter_store.get(redis_server.client(2), letter_id) is None for letter_id in ids)
