@@ -128,6 +128,25 @@ def test_an_admin_signs_in_filters_follows_progress_retries_and_signs_out(
     page.keyboard.press("Enter")
     expect(page.get_by_role("status")).to_have_text("Retried 3 tasks.")
 
+    # a schedule added from its form: the next run in the mall's time, "in x minutes" beside it
+    entry = f"console-{stack.admin_name[-8:]}"
+    page.get_by_role("link", name="Schedules", exact=True).click()
+    expect(page.get_by_role("heading", name="Schedules", level=1)).to_be_visible()
+    tab.assert_accessible()
+    page.get_by_role("link", name="Add a schedule").click()
+    page.get_by_label("Name", exact=True).fill(entry)
+    page.get_by_label("Task", exact=True).select_option("test_task")
+    page.get_by_label("Every (seconds)").fill("600")
+    page.get_by_label("Arguments (JSON)").fill('{"message": "every ten minutes"}')
+    tab.assert_accessible()
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("status")).to_contain_text("The schedule is saved")
+    row = page.locator(f"#entry-{entry}")
+    expect(row).to_contain_text("every 10 minutes")
+    expect(row.locator(".ago").first).to_have_text(re.compile(r"in (9|10) minutes"))
+    row.get_by_role("button", name=f"Disable: {entry}").click()
+    expect(page.locator(f"#entry-{entry}")).to_contain_text("Disabled")
+
     # sign out: the session is gone
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("status")).to_have_text("You have signed out.")
@@ -214,7 +233,19 @@ def test_a_viewer_reads_failures_but_has_no_buttons_and_its_forged_posts_are_ref
     expect(page.get_by_role("heading", name="Error")).to_be_visible()
     expect(page.get_by_role("button", name="Retry")).to_have_count(0)
     csrf = str(page.locator("form[action='/console/logout'] input[name=csrf_token]").get_attribute("value"))
-    for path in (f"/console/tasks/{failed}/retry", "/console/failures/retry", "/console/dead-letters/replay"):
+    page.get_by_role("link", name="Schedules", exact=True).click()
+    expect(page.locator("#schedule-rows tr").first).to_be_visible()
+    expect(page.get_by_role("link", name="Add a schedule")).to_have_count(0)
+    expect(page.get_by_role("button", name=re.compile("Run now|Disable|Enable"))).to_have_count(0)
+    tab.assert_accessible()
+    forbidden = (
+        f"/console/tasks/{failed}/retry",
+        "/console/failures/retry",
+        "/console/dead-letters/replay",
+        "/console/schedules/new",
+        "/console/schedules/check_pending_bills/run",
+    )
+    for path in forbidden:
         forged = page.request.post(path, form={"csrf_token": csrf, "confirm": "yes"})
         assert forged.status == 403, path
         assert "Your role may not do this." in forged.text()

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from babel import Locale, dates, numbers
+from babel import Locale, dates, numbers, units
 
 LANGUAGES: tuple[str, ...] = ("en", "zh_CN")
 DEFAULT_LANGUAGE = "en"
@@ -96,6 +96,13 @@ class Translator:
         if value is None:
             return "–"
         return dates.format_timedelta(dt.timedelta(seconds=value), threshold=1.1, format="short", locale=self.locale)
+
+    def period(self, seconds: float) -> str:
+        """A schedule's interval: "1 hour", "90 seconds" / "1小时" (exactly, in the largest whole unit)."""
+        for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+            if seconds >= size and seconds % size == 0:
+                return units.format_unit(seconds // size, f"duration-{unit}", length="long", locale=self.locale)
+        return units.format_unit(seconds, "duration-second", length="long", locale=self.locale)
 
     def iso(self, value: dt.datetime | str | None) -> str:
         when = _parse(value)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -36,19 +36,24 @@ from services.gateway.console.sessions import (
 from services.gateway.deps import RuntimeDep, StoreDep
 from services.gateway.problems import ProblemError
 from services.gateway.ratelimit import Decision
+from services.gateway.routes import schedules as schedule_routes
 from services.gateway.routes.bulk import BulkFilters, retry_many
 from services.gateway.routes.dead_letters import MAX_BULK as MAX_REPLAY
 from services.gateway.routes.dead_letters import BulkReplayRequest, replay_dead_letters
 from services.gateway.routes.tasks import retry_task, revoke_task, task_events, visible_task
 from services.gateway.runtime import Runtime
-from services.gateway.schemas import RevokeRequest
+from services.gateway.schemas import RevokeRequest, ScheduleCreate, ScheduleInfo, SchedulePatch
 from services.gateway.task_view import TaskView as Visible
+from shared import schedules
 from shared.contracts import TaskState
 from shared.tokens import Principal, hash_token
 
 PREFIX = "/console"
 TaskId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
-NOTICES = frozenset({"retried", "revoked", "signed_out"})
+EntryName = Annotated[str, Path(pattern=schedules.NAME_PATTERN)]
+NOTICES = frozenset(
+    {"retried", "revoked", "signed_out", "schedule_saved", "schedule_enabled", "schedule_disabled", "schedule_run"}
+)
 # notices of an action on many, with their count (``?notice=bulk_retried&n=12``)
 COUNTED_NOTICES = frozenset({"bulk_retried", "replayed"})
 # what the console's pages may load: only the gateway's own files; no inline script or style
@@ -66,6 +71,7 @@ NAV: tuple[tuple[str, str, Action | None], ...] = (
     (f"{PREFIX}/", "nav.overview", None),
     (f"{PREFIX}/tasks", "nav.tasks", None),
     (f"{PREFIX}/failures", "nav.failures", None),
+    (f"{PREFIX}/schedules", "nav.schedules", "schedules.read"),
 )
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -423,6 +429,103 @@ async def replay_letters(page: PageDep, form: FormDep) -> Response:
             f"{PREFIX}/dead-letters/replay", message, form | {"expected": str(count)}, f"{PREFIX}/failures"
         )
     return redirect(f"{PREFIX}/failures?{urlencode({'notice': 'replayed', 'n': answer.count})}#dead-letters")
+
+
+@router.get("/schedules")
+async def schedule_list(page: PageDep) -> Response:
+    page.require("schedules.read")
+    entries = await views.schedule_list(page.runtime, page.principal)
+    notice = page.request.query_params.get("notice")
+    return page.render(
+        "schedules.html", entries=entries, timing=views.timing_text, notice=notice if notice in NOTICES else None
+    )
+
+
+def _schedule_form(page: Page, entry: views.ScheduleForm, editing: bool, error: str | None = None) -> HTMLResponse:
+    return page.render(
+        "schedule_form.html",
+        422 if error else 200,
+        entry=entry,
+        editing=editing,
+        error=error,
+        names=views.task_names(),
+        cron_fields=views.CRON_FIELDS,
+    )
+
+
+@router.get("/schedules/new")
+async def new_schedule(page: PageDep) -> Response:
+    page.require("schedules.write")
+    return _schedule_form(page, views.ScheduleForm(enabled=True), editing=False)
+
+
+@router.post("/schedules/new")
+async def add_schedule(page: PageDep, form: FormDep) -> Response:
+    """A new beat entry through ``POST /api/v1/schedules`` (its validation, its audit entry)."""
+    page.require("schedules.write")
+    entry = views.ScheduleForm.from_form(form)
+    try:
+        body = ScheduleCreate(
+            name=entry.name,
+            task_name=entry.task_name,
+            schedule=entry.timing(),
+            kwargs=entry.kwargs_value(),
+            enabled=entry.enabled,
+            description=entry.description or None,
+        )
+        await schedule_routes.create_schedule(body, page.principal, page.runtime, page.request, Response())
+    except (ValueError, ProblemError) as exc:  # pydantic's ValidationError and bad JSON are ValueErrors
+        return _schedule_form(page, entry, editing=False, error=views.refusal(exc))
+    return redirect(f"{PREFIX}/schedules?notice=schedule_saved")
+
+
+async def _entry(page: Page, name: str) -> ScheduleInfo:
+    try:
+        return await schedule_routes.get_schedule(name, page.principal, page.runtime)
+    except ProblemError as exc:
+        raise ConsoleError(404, "error.not_found", name) from exc
+
+
+@router.get("/schedules/{name}/edit")
+async def edit_schedule(page: PageDep, name: EntryName) -> Response:
+    page.require("schedules.write")
+    return _schedule_form(page, views.ScheduleForm.from_entry(await _entry(page, name)), editing=True)
+
+
+@router.post("/schedules/{name}/edit")
+async def change_schedule(page: PageDep, form: FormDep, name: EntryName) -> Response:
+    """A changed beat entry through ``PATCH /api/v1/schedules/{name}``."""
+    page.require("schedules.write")
+    current = await _entry(page, name)
+    entry = replace(views.ScheduleForm.from_form(form, name), task_name=current.task_name)
+    try:
+        patch = SchedulePatch(
+            schedule=entry.timing(),
+            kwargs=entry.kwargs_value(),
+            enabled=entry.enabled,
+            description=entry.description or None,
+        )
+        await schedule_routes.update_schedule(name, patch, page.principal, page.runtime, page.request)
+    except (ValueError, ProblemError) as exc:
+        return _schedule_form(page, entry, editing=True, error=views.refusal(exc))
+    return redirect(f"{PREFIX}/schedules?notice=schedule_saved")
+
+
+@router.post("/schedules/{name}/{switch}")
+async def switch_schedule(page: PageDep, form: FormDep, name: EntryName, switch: str, store: StoreDep) -> Response:
+    """Enable or disable an entry (``PATCH``), or run it now (``POST /api/v1/schedules/{name}/run``)."""
+    page.require("schedules.write")
+    if switch not in ("enable", "disable", "run"):
+        raise ConsoleError(404, "error.not_found")
+    try:
+        if switch == "run":
+            accepted = await schedule_routes.run_schedule(name, page.principal, page.runtime, store, page.request)
+            return redirect(f"{PREFIX}/tasks/{accepted.task_id}?notice=schedule_run")
+        patch = SchedulePatch(enabled=switch == "enable")
+        await schedule_routes.update_schedule(name, patch, page.principal, page.runtime, page.request)
+    except ProblemError as exc:
+        raise ConsoleError(exc.status, "error.action_failed", exc.detail) from exc
+    return redirect(f"{PREFIX}/schedules?notice=schedule_{switch}d#entry-{name}")
 
 
 @router.get("/{path:path}")

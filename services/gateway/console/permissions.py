@@ -27,6 +27,8 @@ Action = Literal[
     "tasks.bulk",  # retry every failure a filter selects at once
     "dead_letters.read",  # the dead letters (whole messages: admin)
     "dead_letters.replay",  # put dead letters back onto their queues
+    "schedules.read",  # the beat schedule
+    "schedules.write",  # add, change, enable, disable and run beat entries
 ]
 
 GRANTS: dict[Action, str] = {
@@ -40,6 +42,8 @@ GRANTS: dict[Action, str] = {
     "tasks.bulk": permissions.TASKS_BULK,
     "dead_letters.read": permissions.DEAD_LETTERS_MANAGE,
     "dead_letters.replay": permissions.DEAD_LETTERS_MANAGE,
+    "schedules.read": permissions.SCHEDULES_READ,
+    "schedules.write": permissions.SCHEDULES_WRITE,
 }
 
 

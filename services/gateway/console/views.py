@@ -6,6 +6,7 @@ and the small layout the templates need."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -14,6 +15,7 @@ from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway import task_history as history
@@ -21,8 +23,9 @@ from services.gateway.console.i18n import Translator
 from services.gateway.console.permissions import can, task_scope
 from services.gateway.problems import ProblemError
 from services.gateway.routes import dead_letters as dead_letter_routes
+from services.gateway.routes import schedules as schedule_routes
 from services.gateway.runtime import Runtime
-from services.gateway.schemas import TaskDetail
+from services.gateway.schemas import ScheduleInfo, ScheduleTiming, TaskDetail
 from services.gateway.task_view import TaskView as Visible
 from services.gateway.task_view import detail
 from shared import workers as platform
@@ -298,3 +301,84 @@ async def dead_letters(runtime: Runtime, principal: Principal) -> dict[str, Any]
     except ProblemError as exc:
         return {"count": 0, "rows": [], "error": exc.detail}
     return {"count": page.count, "rows": page.results, "error": None}
+
+
+# -- schedules ---------------------------------------------------------------------------------------
+
+CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")  # crontab's order
+
+
+def timing_text(schedule: Mapping[str, Any], t: Translator) -> str:
+    """``every 5 minutes`` in the page's language, or the crontab line (``0 3 * * *``, mall time)."""
+    if schedule.get("every") is not None:
+        return t("schedules.every", period=t.period(float(schedule["every"])))
+    return " ".join(str(schedule.get(name, "*")) for name in CRON_FIELDS)
+
+
+async def schedule_list(runtime: Runtime, principal: Principal) -> list[ScheduleInfo]:
+    """Every beat entry, as ``GET /api/v1/schedules`` lists them, the next run first."""
+    answer = await schedule_routes.list_schedules(principal, runtime)
+    far = dt.datetime.max.replace(tzinfo=dt.UTC)
+    return sorted(answer.results, key=lambda entry: (entry.next_run_at or far, entry.name))
+
+
+@dataclass(frozen=True)
+class ScheduleForm:
+    """The add and edit form of a beat entry, as text (what was typed comes back when it is refused)."""
+
+    name: str = ""
+    task_name: str = ""
+    every: str = ""
+    minute: str = ""
+    hour: str = ""
+    day_of_month: str = ""
+    month_of_year: str = ""
+    day_of_week: str = ""
+    kwargs: str = "{}"
+    description: str = ""
+    enabled: bool = True
+
+    @classmethod
+    def from_form(cls, form: Mapping[str, str], name: str | None = None) -> ScheduleForm:
+        texts = {key: (form.get(key) or "").strip() for key in ("name", "task_name", "every", *CRON_FIELDS)}
+        return cls(
+            **(texts | ({"name": name} if name else {})),
+            kwargs=(form.get("kwargs") or "").strip() or "{}",
+            description=(form.get("description") or "").strip(),
+            enabled=form.get("enabled") == "on",
+        )
+
+    @classmethod
+    def from_entry(cls, entry: ScheduleInfo) -> ScheduleForm:
+        every = entry.schedule.get("every")
+        cron = {name: str(entry.schedule.get(name, "*")) for name in CRON_FIELDS} if every is None else {}
+        return cls(
+            name=entry.name,
+            task_name=entry.task_name,
+            every=f"{every:g}" if every is not None else "",
+            kwargs=json.dumps(entry.kwargs, ensure_ascii=False),
+            description=entry.description,
+            enabled=entry.enabled,
+            **cron,
+        )
+
+    def timing(self) -> ScheduleTiming:
+        """``every`` seconds, else the crontab fields given (left empty: ``*``). ValueError if not valid."""
+        if self.every:
+            return ScheduleTiming(every=float(self.every))
+        return ScheduleTiming(**{name: getattr(self, name) for name in CRON_FIELDS if getattr(self, name)})
+
+    def kwargs_value(self) -> dict[str, Any]:
+        value = json.loads(self.kwargs)
+        if not isinstance(value, dict):
+            raise ValueError('the arguments are a JSON object, e.g. {"message": "hello"}')
+        return value
+
+
+def refusal(exc: Exception) -> str:
+    """A short reason for a refused form: pydantic's errors by field, the API's problem detail, or the text."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors())
+    if isinstance(exc, ProblemError):
+        return exc.detail
+    return str(exc)

@@ -229,7 +229,7 @@ def test_the_console_grants_what_the_roles_permissions_grant() -> None:
             assert can(principal, action) == principal.has(permission), (role, action)
     admin, user, viewer = Principal("a", "admin"), Principal("u", "user"), Principal("v", "viewer")
     assert all(can(admin, action) for action in GRANTS)
-    assert [action for action in GRANTS if can(user, action)] == ["tasks.read", "task.retry"]
+    assert [action for action in GRANTS if can(user, action)] == ["tasks.read", "task.retry", "schedules.read"]
     assert not can(viewer, "task.retry")
     assert can(viewer, "tasks.read_all")
     operator = Principal("o", "operator")
@@ -447,3 +447,64 @@ def test_dead_letters_are_replayed_after_a_confirmation_that_shows_the_count(
         assert done.status_code == 303
         assert "Replayed 2 dead letters." in http.get(done.headers["location"]).text
     assert all(dead_letter_store.get(redis_server.client(2), letter_id) is None for letter_id in ids)
+
+
+def test_schedules_are_added_edited_switched_and_run_from_the_console(client: GatewayClient, tokens: Tokens) -> None:
+    name = f"console-{uuid.uuid4().hex[:8]}"
+    with browser(client) as http:
+        sign_in(http, tokens.admin)
+        listing = http.get("/console/schedules")
+        assert listing.status_code == 200
+        assert 'id="add-schedule"' in listing.text
+        token = csrf_of(listing.text)
+        form = {"csrf_token": token, "name": name, "task_name": "test_task", "every": "3600", "enabled": "on"}
+        refused = http.post("/console/schedules/new", data=form | {"kwargs": "{not json"})
+        assert refused.status_code == 422
+        assert "Not saved:" in refused.text
+        assert f'value="{name}"' in refused.text  # what was typed comes back
+        added = http.post("/console/schedules/new", data=form | {"kwargs": '{"message": "from the console"}'})
+        assert added.status_code == 303, added.text
+        entry = client.get(f"/api/v1/schedules/{name}", headers=tokens.auth("admin")).json()
+        assert entry["schedule"] == {"every": 3600.0}
+        assert entry["kwargs"] == {"message": "from the console"}
+        assert entry["enabled"]
+        row = http.get("/console/schedules").text.split(f'id="entry-{name}"')[1].split("</tr>")[0]
+        assert "every 1 hour" in row
+        assert re.search(r"in (59|60) minutes|in 1 hour", row), row  # the next run, "x minutes" ahead
+        edited = http.post(
+            f"/console/schedules/{name}/edit",
+            data={
+                "csrf_token": token,
+                "minute": "0",
+                "hour": "3",
+                "kwargs": '{"message": "at three"}',
+                "enabled": "on",
+            },
+        )
+        assert edited.status_code == 303, edited.text
+        entry = client.get(f"/api/v1/schedules/{name}", headers=tokens.auth("admin")).json()
+        assert entry["schedule"]["hour"] == "3"
+        assert entry["kwargs"] == {"message": "at three"}
+        assert "0 3 * * *" in http.get("/console/schedules").text
+        assert http.post(f"/console/schedules/{name}/disable", data={"csrf_token": token}).status_code == 303
+        assert not client.get(f"/api/v1/schedules/{name}", headers=tokens.auth("admin")).json()["enabled"]
+        run = http.post(f"/console/schedules/{name}/run", data={"csrf_token": token})
+        assert run.status_code == 303
+        assert "notice=schedule_run" in run.headers["location"]
+        task_id = run.headers["location"].split("/")[-1].split("?")[0]
+        assert client.get(f"/api/v1/tasks/{task_id}", headers=tokens.auth("admin")).json()["kwargs"] == {
+            "message": "at three"
+        }
+        assert http.post(f"/console/schedules/{name}/enable", data={}).status_code == 403  # no CSRF token
+    with browser(client, "zh-CN") as http:
+        sign_in(http, tokens.alice)  # a user reads the schedule, changes nothing
+        page = http.get("/console/schedules")
+        assert "定时计划" in page.text
+        assert "0 3 * * *" in page.text
+        assert 'id="add-schedule"' not in page.text
+        assert f"/console/schedules/{name}/run" not in page.text
+        for path in (f"/console/schedules/{name}/run", "/console/schedules/new", f"/console/schedules/{name}/edit"):
+            forged = http.post(path, data={"csrf_token": csrf_of(page.text), "name": "x", "every": "60"})
+            assert forged.status_code == 403, path
+        assert http.get("/console/schedules/new").status_code == 403
+    assert client.delete(f"/api/v1/schedules/{name}", headers=tokens.auth("admin")).status_code == 204
