@@ -169,6 +169,7 @@ def test_a_user_in_chinese_sees_no_revoke_and_forged_posts_are_refused(
     expect(page.get_by_role("rowheader", name="最近一小时")).to_be_visible()
     expect(page.get_by_text("您自己的任务。")).to_be_visible()
     expect(page.get_by_text("在线工作进程")).to_have_count(0)  # workers are an admin's
+    expect(page.get_by_role("link", name="工作进程与队列")).to_have_count(0)
     tab.assert_accessible()
     page.get_by_role("link", name="任务", exact=True).click()
     expect(page.get_by_role("heading", name="任务", level=1)).to_be_visible()
@@ -237,6 +238,11 @@ def test_a_viewer_reads_failures_but_has_no_buttons_and_its_forged_posts_are_ref
     expect(page.locator("#schedule-rows tr").first).to_be_visible()
     expect(page.get_by_role("link", name="Add a schedule")).to_have_count(0)
     expect(page.get_by_role("button", name=re.compile("Run now|Disable|Enable"))).to_have_count(0)
+    tab.assert_accessible()
+    # workers and queues: a viewer may read them (a user has no such link, see the Chinese test)
+    page.get_by_role("link", name="Workers and queues", exact=True).click()
+    expect(page.locator("#workers tbody tr", has_text="maintenance").first).to_contain_text("Online")
+    expect(page.locator("#queues")).to_contain_text("default")
     tab.assert_accessible()
     forbidden = (
         f"/console/tasks/{failed}/retry",

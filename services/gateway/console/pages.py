@@ -72,6 +72,7 @@ NAV: tuple[tuple[str, str, Action | None], ...] = (
     (f"{PREFIX}/tasks", "nav.tasks", None),
     (f"{PREFIX}/failures", "nav.failures", None),
     (f"{PREFIX}/schedules", "nav.schedules", "schedules.read"),
+    (f"{PREFIX}/workers", "nav.workers", "workers.read"),
 )
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -526,6 +527,15 @@ async def switch_schedule(page: PageDep, form: FormDep, name: EntryName, switch:
     except ProblemError as exc:
         raise ConsoleError(exc.status, "error.action_failed", exc.detail) from exc
     return redirect(f"{PREFIX}/schedules?notice=schedule_{switch}d#entry-{name}")
+
+
+@router.get("/workers")
+async def workers(page: PageDep, fragment: bool = False) -> Response:
+    """Workers and queues (the page, or its live part), to roles that may read them."""
+    if not (page.can("workers.read") or page.can("queues.read")):
+        raise ConsoleError(403, "error.forbidden", "workers.read")
+    data = await views.platform_state(page.runtime, page.principal)
+    return page.render("_platform.html" if fragment else "workers.html", platform=data)
 
 
 @router.get("/{path:path}")

@@ -382,3 +382,21 @@ def refusal(exc: Exception) -> str:
     if isinstance(exc, ProblemError):
         return exc.detail
     return str(exc)
+
+
+# -- workers and queues ------------------------------------------------------------------------------
+
+
+async def platform_state(runtime: Runtime, principal: Principal) -> dict[str, Any]:
+    """Workers (online first), queue lengths and the monitor's lag, each where the principal may see it;
+    as ``GET /api/v1/workers`` and ``GET /api/v1/queues`` read them."""
+    settings = runtime.settings
+    workers = await run_in_threadpool(platform.list_workers, settings)
+    data: dict[str, Any] = {}
+    if can(principal, "workers.read"):
+        data["workers"] = sorted(workers, key=lambda w: (w["status"] != "online", w["service"] or "", w["hostname"]))
+    if can(principal, "queues.read"):
+        data["queues"] = await run_in_threadpool(platform.queue_lengths, settings, workers)
+    if can(principal, "monitor.read"):
+        data["monitor"] = await run_in_threadpool(platform.monitor_lag, settings)
+    return data

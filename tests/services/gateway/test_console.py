@@ -508,3 +508,28 @@ def test_schedules_are_added_edited_switched_and_run_from_the_console(client: Ga
             assert forged.status_code == 403, path
         assert http.get("/console/schedules/new").status_code == 403
     assert client.delete(f"/api/v1/schedules/{name}", headers=tokens.auth("admin")).status_code == 204
+
+
+def test_workers_and_queues_only_to_roles_that_may_read_them(
+    client: GatewayClient, tokens: Tokens, running_worker: Callable[[str], Process]
+) -> None:
+    worker = running_worker("maintenance")
+    with browser(client, "zh-CN") as http:
+        sign_in(http, tokens.admin)
+
+        def listed() -> str | None:
+            page = http.get("/console/workers", params={"fragment": "1"}).text
+            return page if "在线" in page and "maintenance" in page else None
+
+        fragment = wait_until(listed, timeout=30, message="the worker online on the workers page")
+        assert "<code>default</code>" in fragment  # the queues
+        page = http.get("/console/workers")
+        assert "工作进程与队列" in page.text
+        assert 'href="/console/workers"' in page.text
+    with browser(client) as http:
+        sign_in(http, tokens.alice)
+        assert 'href="/console/workers"' not in http.get("/console/").text
+        refused = http.get("/console/workers")
+        assert refused.status_code == 403
+        assert "may not do this" in refused.text
+    assert worker.alive()
