@@ -395,3 +395,8 @@ class ExportInfo(BaseModel):
     created_at: UtcDateTime
     expires_at: UtcDateTime | None = None
     download_url: str | None = Field(default=None, description="Where to fetch the file once done.")
+
+
+class ExportList(BaseModel):
+    count: int = Field(description="Exports the token may read.")
+    results: list[ExportInfo]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
@@ -49,7 +50,7 @@ def test_docs_and_redoc_render_the_api_offline(stack: Stack, open_tab: Callable[
 
 
 def test_an_admin_signs_in_filters_follows_progress_retries_and_signs_out(
-    stack: Stack, open_tab: Callable[[str], Tab]
+    stack: Stack, open_tab: Callable[[str], Tab], stores: int
 ) -> None:
     tab = open_tab("en")
     page = tab.page
@@ -108,6 +109,28 @@ def test_an_admin_signs_in_filters_follows_progress_retries_and_signs_out(
     assert seen[-1] == [6, 6], seen  # the bar reached the end
     assert len(seen) >= 3, seen
     assert seen == sorted(seen), seen  # step by step, never backwards
+
+    # an export requested from the form the catalog's schema makes: its progress to the end, then its file
+    page.evaluate("sessionStorage.removeItem('progress')")
+    page.get_by_role("link", name="Reports and exports", exact=True).click()
+    expect(page.get_by_role("heading", name="Request an export")).to_be_visible()
+    tab.assert_accessible()
+    page.get_by_label("Dataset").select_option("stores")
+    page.get_by_label("File format").select_option("csv")
+    page.get_by_role("button", name="Export", exact=True).click()
+    expect(page.get_by_role("status")).to_contain_text("Export requested")
+    download_link = page.get_by_role("link", name=re.compile("Download"))
+    expect(download_link).to_be_visible(timeout=60_000)  # the page reloads itself at the end
+    expect(page.locator("#task-status")).to_have_text("Succeeded")
+    tab.assert_accessible()
+    seen = json.loads(page.evaluate("sessionStorage.getItem('progress') || '[]'"))
+    assert seen, "no progress was shown"
+    assert seen[-1][0] == seen[-1][1] >= stores, seen  # the bar reached the end: every row written
+    with page.expect_download() as download:
+        download_link.click()
+    lines = Path(download.value.path()).read_text(encoding="utf-8-sig").splitlines()
+    assert len(lines) == seen[-1][1] + 1  # a header and every row
+    assert any("Console store 7," in line for line in lines)
 
     # the failures page: a bulk retry of this admin's failures not yet retried, behind a confirmation
     # that shows the count (the first failure was retried above, its retry failed too)

@@ -72,6 +72,23 @@ class Translator:
         text = self.messages.get(key) or catalog(DEFAULT_LANGUAGE).get(key) or key
         return text.format(**values) if values else text
 
+    def maybe(self, key: str, default: str) -> str:
+        """The message ``key`` if a catalog has it, else ``default`` (a schema's own title, a value)."""
+        return self.messages.get(key) or catalog(DEFAULT_LANGUAGE).get(key) or default
+
+    def size(self, value: int | None) -> str:
+        """Bytes as "12.3 kB" / "12.3千字节"."""
+        if value is None:
+            return "–"
+        for unit, size in (("gigabyte", 1e9), ("megabyte", 1e6), ("kilobyte", 1e3)):
+            if value >= size:
+                return units.format_unit(round(value / size, 1), f"digital-{unit}", length="short", locale=self.locale)
+        return units.format_unit(value, "digital-byte", length="short", locale=self.locale)
+
+    def money(self, value: float | None, currency: str = "CNY") -> str:
+        """An amount of money for the language: "CN¥1,234.50" / "¥1,234.50"."""
+        return "–" if value is None else numbers.format_currency(value, currency, locale=self.locale)
+
     def number(self, value: float | None) -> str:
         return "–" if value is None else numbers.format_decimal(value, locale=self.locale)
 

@@ -12,16 +12,17 @@ import functools
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 
 from services.gateway import bulk
-from services.gateway.console import views
+from services.gateway.console import schema_form, views
 from services.gateway.console.i18n import LANG_COOKIE, LANGUAGES, NATIVE_NAMES, Translator, negotiate
 from services.gateway.console.permissions import Action, can
 from services.gateway.console.sessions import (
@@ -36,13 +37,14 @@ from services.gateway.console.sessions import (
 from services.gateway.deps import RuntimeDep, StoreDep
 from services.gateway.problems import ProblemError
 from services.gateway.ratelimit import Decision
+from services.gateway.routes import files as file_routes
 from services.gateway.routes import schedules as schedule_routes
 from services.gateway.routes.bulk import BulkFilters, retry_many
 from services.gateway.routes.dead_letters import MAX_BULK as MAX_REPLAY
 from services.gateway.routes.dead_letters import BulkReplayRequest, replay_dead_letters
-from services.gateway.routes.tasks import retry_task, revoke_task, task_events, visible_task
+from services.gateway.routes.tasks import retry_task, revoke_task, submit_task, task_events, visible_task
 from services.gateway.runtime import Runtime
-from services.gateway.schemas import RevokeRequest, ScheduleCreate, ScheduleInfo, SchedulePatch
+from services.gateway.schemas import RevokeRequest, ScheduleCreate, ScheduleInfo, SchedulePatch, TaskSubmission
 from services.gateway.task_view import TaskView as Visible
 from shared import schedules
 from shared.contracts import TaskState
@@ -52,7 +54,16 @@ PREFIX = "/console"
 TaskId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
 EntryName = Annotated[str, Path(pattern=schedules.NAME_PATTERN)]
 NOTICES = frozenset(
-    {"retried", "revoked", "signed_out", "schedule_saved", "schedule_enabled", "schedule_disabled", "schedule_run"}
+    {
+        "retried",
+        "revoked",
+        "signed_out",
+        "schedule_saved",
+        "schedule_enabled",
+        "schedule_disabled",
+        "schedule_run",
+        "export_requested",
+    }
 )
 # notices of an action on many, with their count (``?notice=bulk_retried&n=12``)
 COUNTED_NOTICES = frozenset({"bulk_retried", "replayed"})
@@ -73,6 +84,7 @@ NAV: tuple[tuple[str, str, Action | None], ...] = (
     (f"{PREFIX}/failures", "nav.failures", None),
     (f"{PREFIX}/schedules", "nav.schedules", "schedules.read"),
     (f"{PREFIX}/workers", "nav.workers", "workers.read"),
+    (f"{PREFIX}/reports", "nav.reports", None),
 )
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -536,6 +548,84 @@ async def workers(page: PageDep, fragment: bool = False) -> Response:
         raise ConsoleError(403, "error.forbidden", "workers.read")
     data = await views.platform_state(page.runtime, page.principal)
     return page.render("_platform.html" if fragment else "workers.html", platform=data)
+
+
+def _reports_page(
+    page: Page, files: dict[str, Any], error: str | None = None, typed: dict[str, str] | None = None
+) -> HTMLResponse:
+    form = views.export_form() if page.can("exports.request") else None
+    return page.render("reports.html", 422 if error else 200, files=files, form=form, error=error, typed=typed or {})
+
+
+@router.get("/reports")
+async def reports(page: PageDep) -> Response:
+    return _reports_page(page, await views.files_page(page.runtime, page.principal))
+
+
+@router.post("/exports")
+async def request_export(page: PageDep, form: FormDep, store: StoreDep) -> Response:
+    """export_data submitted through ``POST /api/v1/tasks`` (its validation, rights and audit), then the
+    page that follows it to its file."""
+    page.require("exports.request")
+    try:
+        kwargs = schema_form.arguments(views.export_form(), form)
+        submission = TaskSubmission(task_name=views.EXPORT_TASK, kwargs=kwargs)
+        accepted = await submit_task(submission, page.principal, page.runtime, store, page.request, None)
+    except (ValueError, ProblemError) as exc:
+        if isinstance(exc, ProblemError) and exc.status == 403:
+            raise ConsoleError(403, "error.forbidden", exc.detail) from exc
+        files = await views.files_page(page.runtime, page.principal)
+        return _reports_page(page, files, views.refusal(exc), form)
+    return redirect(f"{PREFIX}/exports/{accepted.task_id}?notice=export_requested")
+
+
+@router.get("/exports/{task_id}")
+async def export_page(page: PageDep, visible: ConsoleTask) -> Response:
+    """An export followed to its file: the task's live progress, then the download link."""
+    if views.short_name(visible.task_name) != views.EXPORT_TASK:
+        raise ConsoleError(404, "error.not_found", visible.task_id)
+    info = await views.task_page(page.runtime, visible)
+    export = await views.export_state(page.runtime, page.principal, visible.task_id)
+    notice = page.request.query_params.get("notice")
+    labels = {state: page.t(f"state.{state}") for state in (*views.STATES, TaskState.PENDING)}
+    return page.render(
+        "export.html", info=info, export=export, state_labels=labels, notice=notice if notice in NOTICES else None
+    )
+
+
+@router.get("/exports/{task_id}/download")
+async def download_export(page: PageDep, task_id: TaskId) -> Response:
+    """The file, as ``GET /api/v1/exports/{id}/download`` serves it (its checks, its audit entry)."""
+
+    def download() -> Response:
+        with page.runtime.sessions() as session, session.begin():
+            return file_routes.download_export(task_id, page.principal, session, page.runtime, page.request)
+
+    try:
+        return await run_in_threadpool(download)
+    except ProblemError as exc:
+        raise ConsoleError(exc.status, "error.action_failed", exc.detail) from exc
+
+
+@router.get("/reports/{report_id}/file")
+async def report_file(
+    page: PageDep, report_id: Annotated[int, Path(ge=1, le=2**31 - 1)], format: str = "html"
+) -> Response:
+    """A report's CSV or HTML file (the HTML in the page's language), as the API serves it."""
+    access = views.report_access(page.principal)
+    if access is None:
+        raise ConsoleError(403, "error.forbidden", "reports.read")
+    kind: Literal["csv", "html"] = "csv" if format == "csv" else "html"
+    language: Literal["zh_CN", "en"] = "zh_CN" if page.t.language == "zh_CN" else "en"
+
+    def read() -> Response:
+        with page.runtime.sessions() as session, session.begin():
+            return file_routes.report_file(report_id, access, session, page.runtime, page.request, kind, language)
+
+    try:
+        return await run_in_threadpool(read)
+    except ProblemError as exc:
+        raise ConsoleError(exc.status, "error.action_failed", exc.detail) from exc
 
 
 @router.get("/{path:path}")

@@ -29,6 +29,9 @@ Action = Literal[
     "dead_letters.replay",  # put dead letters back onto their queues
     "schedules.read",  # the beat schedule
     "schedules.write",  # add, change, enable, disable and run beat entries
+    "reports.read",  # every report
+    "reports.read_finance",  # the period (sales and billing) reports
+    "exports.request",  # submit export_data (each dataset also needs its permission: the API checks)
 ]
 
 GRANTS: dict[Action, str] = {
@@ -44,6 +47,9 @@ GRANTS: dict[Action, str] = {
     "dead_letters.replay": permissions.DEAD_LETTERS_MANAGE,
     "schedules.read": permissions.SCHEDULES_READ,
     "schedules.write": permissions.SCHEDULES_WRITE,
+    "reports.read": permissions.REPORTS_READ,
+    "reports.read_finance": permissions.REPORTS_READ_FINANCE,
+    "exports.request": permissions.SUBMIT_EXPORTS,
 }
 
 

@@ -18,14 +18,18 @@ from zoneinfo import ZoneInfo
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from services.gateway import authz
 from services.gateway import task_history as history
+from services.gateway.console import schema_form
 from services.gateway.console.i18n import Translator
 from services.gateway.console.permissions import can, task_scope
 from services.gateway.problems import ProblemError
+from services.gateway.routes import catalog as catalog_routes
 from services.gateway.routes import dead_letters as dead_letter_routes
+from services.gateway.routes import files as file_routes
 from services.gateway.routes import schedules as schedule_routes
 from services.gateway.runtime import Runtime
-from services.gateway.schemas import ScheduleInfo, ScheduleTiming, TaskDetail
+from services.gateway.schemas import ExportInfo, ScheduleInfo, ScheduleTiming, TaskDetail
 from services.gateway.task_view import TaskView as Visible
 from services.gateway.task_view import detail
 from shared import workers as platform
@@ -400,3 +404,50 @@ async def platform_state(runtime: Runtime, principal: Principal) -> dict[str, An
     if can(principal, "monitor.read"):
         data["monitor"] = await run_in_threadpool(platform.monitor_lag, settings)
     return data
+
+
+# -- reports and exports -----------------------------------------------------------------------------
+
+EXPORT_TASK = "export_data"
+
+
+def export_form() -> list[schema_form.SchemaField]:
+    """The export request's fields, from the catalog's JSON Schema of export_data's arguments."""
+    entry = next(item for item in catalog_routes._catalog().results if item.task_name == EXPORT_TASK)
+    return schema_form.fields(entry.args_schema)
+
+
+def report_access(principal: Principal) -> authz.ReportAccess | None:
+    """Which reports the principal reads, as the API decides (None: none)."""
+    if can(principal, "reports.read"):
+        return authz.ReportAccess(principal, None)
+    if can(principal, "reports.read_finance"):
+        return authz.ReportAccess(principal, authz.REPORT_KINDS_FINANCE)
+    return None
+
+
+async def files_page(runtime: Runtime, principal: Principal) -> dict[str, Any]:
+    """The principal's exports and the reports it may read, as ``GET /api/v1/exports`` and
+    ``GET /api/v1/reports`` list them."""
+    access = report_access(principal)
+
+    def read() -> dict[str, Any]:
+        with runtime.sessions() as session:
+            exports = file_routes.list_exports(principal, session, limit=PAGE_SIZE)
+            reports = file_routes.list_reports(access, session, limit=PAGE_SIZE) if access else None
+        return {"exports": exports, "reports": reports}
+
+    return await run_in_threadpool(read)
+
+
+async def export_state(runtime: Runtime, principal: Principal, task_id: str) -> ExportInfo | None:
+    """The export row of a task (None until its worker created it, or if it is not the principal's)."""
+
+    def read() -> ExportInfo | None:
+        with runtime.sessions() as session:
+            try:
+                return file_routes.get_export(task_id, principal, session)
+            except ProblemError:
+                return None
+
+    return await run_in_threadpool(read)

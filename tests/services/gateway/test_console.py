@@ -25,7 +25,7 @@ from shared.settings import Settings
 from shared.tokens import Principal, create_token, revoke_token
 from tests.harness import Process, RedisServer, wait_until
 from tests.security.test_malformed_messages import task_body, task_headers
-from tests.services.gateway.conftest import GatewayClient, GatewayFactory, Tokens, make_history
+from tests.services.gateway.conftest import GatewayClient, GatewayFactory, Tokens, make_export, make_history
 
 pytestmark = pytest.mark.integration
 
@@ -229,7 +229,13 @@ def test_the_console_grants_what_the_roles_permissions_grant() -> None:
             assert can(principal, action) == principal.has(permission), (role, action)
     admin, user, viewer = Principal("a", "admin"), Principal("u", "user"), Principal("v", "viewer")
     assert all(can(admin, action) for action in GRANTS)
-    assert [action for action in GRANTS if can(user, action)] == ["tasks.read", "task.retry", "schedules.read"]
+    assert [action for action in GRANTS if can(user, action)] == [
+        "tasks.read",
+        "task.retry",
+        "schedules.read",
+        "reports.read",
+        "exports.request",
+    ]
     assert not can(viewer, "task.retry")
     assert can(viewer, "tasks.read_all")
     operator = Principal("o", "operator")
@@ -533,3 +539,58 @@ def test_workers_and_queues_only_to_roles_that_may_read_them(
         assert refused.status_code == 403
         assert "may not do this" in refused.text
     assert worker.alive()
+
+
+def test_exports_are_listed_requested_from_the_catalogs_schema_and_downloaded(
+    client: GatewayClient, tokens: Tokens, migrated: Settings
+) -> None:
+    exports_dir = migrated.exports_dir
+    exports_dir.mkdir(parents=True, exist_ok=True)
+    file_name = f"console-{uuid.uuid4().hex[:8]}.csv"
+    (exports_dir / file_name).write_text("id,name\n1,Nova\n", encoding="utf-8")
+    mine = make_export(migrated, tokens.alice_name, file_name=file_name)
+    bobs = make_export(migrated, tokens.bob_name, file_name=file_name)
+    with browser(client) as http:
+        sign_in(http, tokens.alice)
+        page = http.get("/console/reports")
+        assert page.status_code == 200
+        assert f"/console/exports/{mine}/download" in page.text
+        assert bobs not in page.text
+        # the form is the catalog's schema of export_data: every argument, nested ones with dots
+        for name in ("dataset", "format", "filters.date_from", "filters.store_ids", "filters.status"):
+            assert f'name="{name}"' in page.text, name
+        assert 'type="date"' in page.text
+        assert '<option value="sales"' in page.text
+        download = http.get(f"/console/exports/{mine}/download")
+        assert download.status_code == 200
+        assert download.text == "id,name\n1,Nova\n"
+        assert "attachment" in download.headers["content-disposition"]
+        assert http.get(f"/console/exports/{bobs}/download").status_code == 404
+        token = csrf_of(page.text)
+        refused = http.post(
+            "/console/exports", data={"csrf_token": token, "dataset": "stores", "filters.store_id": "x"}
+        )
+        assert refused.status_code == 422
+        assert "Not requested:" in refused.text
+        requested = http.post(
+            "/console/exports",
+            data={"csrf_token": token, "dataset": "stores", "format": "csv", "filters.store_ids": "3, 4"},
+        )
+        assert requested.status_code == 303, requested.text
+        task_id = requested.headers["location"].split("/")[-1].split("?")[0]
+        task = client.get(f"/api/v1/tasks/{task_id}", headers=tokens.auth("alice")).json()
+        assert task["task_name"] == "export_data"
+        assert task["kwargs"] == {"dataset": "stores", "format": "csv", "filters": {"store_ids": [3, 4]}}
+        follow = http.get(requested.headers["location"])
+        assert follow.status_code == 200
+        assert f'data-events="/console/tasks/{task_id}/events"' in follow.text  # live until it is done
+        assert http.post("/console/exports", data={"dataset": "stores"}).status_code == 403  # no CSRF token
+    with session_scope(migrated) as session:
+        viewer = create_token(session, f"viewer-{uuid.uuid4().hex[:8]}", "viewer")
+    with browser(client, "zh-CN") as http:
+        sign_in(http, viewer)
+        page = http.get("/console/reports")
+        assert "报表与导出" in page.text
+        assert 'id="request-export"' not in page.text  # a viewer submits nothing
+        forged = http.post("/console/exports", data={"csrf_token": csrf_of(page.text), "dataset": "stores"})
+        assert forged.status_code == 403
