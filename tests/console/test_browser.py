@@ -170,6 +170,16 @@ def test_an_admin_signs_in_filters_follows_progress_retries_and_signs_out(
     row.get_by_role("button", name=f"Disable: {entry}").click()
     expect(page.locator(f"#entry-{entry}")).to_contain_text("Disabled")
 
+    # the audit trail (an admin's page) holds what this admin did here, newest first
+    page.get_by_role("link", name="Audit", exact=True).click()
+    page.get_by_label("Who").fill(stack.admin_name)
+    page.get_by_role("button", name="Filter").click()
+    rows = page.locator("#audit-rows tr")
+    expect(rows.first).to_contain_text("schedule changed")  # the disable above
+    expect(page.locator("#audit-rows tr", has_text="schedule added")).to_have_count(1)
+    expect(page.locator("#audit-rows tr", has_text="export downloaded")).to_have_count(1)
+    tab.assert_accessible()
+
     # sign out: the session is gone
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("status")).to_have_text("You have signed out.")
@@ -193,6 +203,7 @@ def test_a_user_in_chinese_sees_no_revoke_and_forged_posts_are_refused(
     expect(page.get_by_text("您自己的任务。")).to_be_visible()
     expect(page.get_by_text("在线工作进程")).to_have_count(0)  # workers are an admin's
     expect(page.get_by_role("link", name="工作进程与队列")).to_have_count(0)
+    expect(page.get_by_role("link", name="审计")).to_have_count(0)
     tab.assert_accessible()
     page.get_by_role("link", name="任务", exact=True).click()
     expect(page.get_by_role("heading", name="任务", level=1)).to_be_visible()
@@ -279,3 +290,36 @@ def test_a_viewer_reads_failures_but_has_no_buttons_and_its_forged_posts_are_ref
         assert forged.status == 403, path
         assert "Your role may not do this." in forged.text()
         assert page.request.post(path, form={"confirm": "yes"}).status == 403  # no CSRF token
+
+
+ZH_PAGES = {
+    "/console/failures": "失败任务与死信",
+    "/console/schedules": "定时计划",
+    "/console/schedules/new": "添加定时计划",
+    "/console/workers": "工作进程与队列",
+    "/console/reports": "报表与导出",
+    "/console/audit": "审计记录",
+}
+# a message key shown instead of its text: "schedules.next_run", "option.bills", ...
+MESSAGE_KEY = re.compile(
+    r"\b(?:nav|failures|letters|confirm|schedules|cron|workers|reports|exports|field|audit)\.[a-z_]+\b"
+)
+
+
+def test_every_new_page_reads_in_chinese_and_passes_axe(stack: Stack, open_tab: Callable[[str], Tab]) -> None:
+    tab = open_tab("zh_CN")
+    page = tab.page
+    sign_in(page, stack.admin)
+    for path, heading in ZH_PAGES.items():
+        page.goto(path)
+        expect(page.get_by_role("heading", name=heading, level=1)).to_be_visible()
+        assert page.locator("html").get_attribute("lang") == "zh-CN"
+        text = page.locator("body").inner_text()
+        assert not MESSAGE_KEY.search(text), (path, MESSAGE_KEY.findall(text))
+        tab.assert_accessible()
+    # times in the mall's zone with "x ago" / "in x" beside them, in Chinese
+    page.goto("/console/schedules")
+    expect(page.locator("#schedule-rows .ago").first).to_have_text(re.compile("后$|前$"))
+    page.goto("/console/reports")
+    expect(page.get_by_label("数据集")).to_be_visible()
+    expect(page.get_by_label("数据集").locator("option[value=bills]")).to_have_text("账单")

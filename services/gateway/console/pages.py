@@ -85,6 +85,7 @@ NAV: tuple[tuple[str, str, Action | None], ...] = (
     (f"{PREFIX}/schedules", "nav.schedules", "schedules.read"),
     (f"{PREFIX}/workers", "nav.workers", "workers.read"),
     (f"{PREFIX}/reports", "nav.reports", None),
+    (f"{PREFIX}/audit", "nav.audit", "audit.read"),
 )
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -626,6 +627,14 @@ async def report_file(
         return await run_in_threadpool(read)
     except ProblemError as exc:
         raise ConsoleError(exc.status, "error.action_failed", exc.detail) from exc
+
+
+@router.get("/audit")
+async def audit_trail(page: PageDep) -> Response:
+    page.require("audit.read")
+    filters = views.AuditFilters.from_query(page.request.query_params, page.t)
+    trail = await views.audit_page(page.runtime, page.principal, filters)
+    return page.render("audit.html", filters=filters, trail=trail, actions=views.AUDIT_ACTIONS)
 
 
 @router.get("/{path:path}")

@@ -32,6 +32,7 @@ Action = Literal[
     "reports.read",  # every report
     "reports.read_finance",  # the period (sales and billing) reports
     "exports.request",  # submit export_data (each dataset also needs its permission: the API checks)
+    "audit.read",  # the audit trail (admin)
 ]
 
 GRANTS: dict[Action, str] = {
@@ -50,6 +51,7 @@ GRANTS: dict[Action, str] = {
     "reports.read": permissions.REPORTS_READ,
     "reports.read_finance": permissions.REPORTS_READ_FINANCE,
     "exports.request": permissions.SUBMIT_EXPORTS,
+    "audit.read": permissions.AUDIT_READ,
 }
 
 

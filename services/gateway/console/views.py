@@ -24,6 +24,7 @@ from services.gateway.console import schema_form
 from services.gateway.console.i18n import Translator
 from services.gateway.console.permissions import can, task_scope
 from services.gateway.problems import ProblemError
+from services.gateway.routes import audit as audit_routes
 from services.gateway.routes import catalog as catalog_routes
 from services.gateway.routes import dead_letters as dead_letter_routes
 from services.gateway.routes import files as file_routes
@@ -32,6 +33,7 @@ from services.gateway.runtime import Runtime
 from services.gateway.schemas import ExportInfo, ScheduleInfo, ScheduleTiming, TaskDetail
 from services.gateway.task_view import TaskView as Visible
 from services.gateway.task_view import detail
+from shared import audit
 from shared import workers as platform
 from shared.catalog import CATALOG, get_spec
 from shared.contracts import FINAL_STATES as READY_STATES
@@ -451,3 +453,79 @@ async def export_state(runtime: Runtime, principal: Principal, task_id: str) -> 
                 return None
 
     return await run_in_threadpool(read)
+
+
+# -- the audit trail ---------------------------------------------------------------------------------
+
+AUDIT_ACTIONS: tuple[str, ...] = tuple(
+    sorted(value for name, value in vars(audit).items() if name.isupper() and isinstance(value, str) and "." in value)
+)
+
+
+@dataclass(frozen=True)
+class AuditFilters:
+    """``GET /api/v1/audit``'s filters, from the page's query string (times typed in the mall's zone)."""
+
+    actor: str | None = None
+    action: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    cursor: str | None = None
+    since_text: str = ""
+    until_text: str = ""
+    error: str | None = None
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str], t: Translator) -> AuditFilters:
+        errors = []
+        action = (query.get("action") or "").strip() or None
+        if action is not None and action not in AUDIT_ACTIONS:
+            errors.append(t("audit.unknown_action", action=action))
+            action = None
+        since_text, until_text = (query.get("since") or "").strip(), (query.get("until") or "").strip()
+        since, until = _local(since_text, t.tz), _local(until_text, t.tz)
+        for text, value in ((since_text, since), (until_text, until)):
+            if text and value is None:
+                errors.append(t("tasks.bad_time", value=text))
+        return cls(
+            actor=(query.get("actor") or "").strip()[:100] or None,
+            action=action,
+            since=since,
+            until=until,
+            cursor=(query.get("cursor") or "").strip()[:500] or None,
+            since_text=since_text,
+            until_text=until_text,
+            error="; ".join(errors) or None,
+        )
+
+    def query(self, **changes: str | None) -> str:
+        values = {
+            "actor": self.actor,
+            "action": self.action,
+            "since": self.since_text or None,
+            "until": self.until_text or None,
+        } | changes
+        return urlencode({key: value for key, value in values.items() if value})
+
+
+async def audit_page(runtime: Runtime, principal: Principal, filters: AuditFilters) -> dict[str, Any]:
+    """A page of the audit trail, newest first, as ``GET /api/v1/audit`` reads it."""
+
+    def read() -> audit_routes.AuditPage:
+        with runtime.sessions() as session:
+            return audit_routes.audit_trail(
+                principal,
+                session,
+                actor=filters.actor,
+                action=filters.action,
+                since=filters.since,
+                until=filters.until,
+                cursor=filters.cursor,
+                limit=PAGE_SIZE,
+            )
+
+    try:
+        page = await run_in_threadpool(read)
+    except ProblemError as exc:  # a cursor this page did not make
+        return {"rows": [], "next_cursor": None, "error": exc.detail}
+    return {"rows": page.results, "next_cursor": page.next_cursor, "error": None}

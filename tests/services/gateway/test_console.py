@@ -594,3 +594,24 @@ def test_exports_are_listed_requested_from_the_catalogs_schema_and_downloaded(
         assert 'id="request-export"' not in page.text  # a viewer submits nothing
         forged = http.post("/console/exports", data={"csrf_token": csrf_of(page.text), "dataset": "stores"})
         assert forged.status_code == 403
+
+
+def test_the_audit_trail_is_an_admins_page_with_the_apis_filters(client: GatewayClient, tokens: Tokens) -> None:
+    task_id = submit(client, tokens, "alice", countdown=600, message="to revoke")
+    assert client.post(f"/api/v1/tasks/{task_id}/revoke", headers=tokens.auth("admin"), json={}).status_code == 202
+    with browser(client, "zh-CN") as http:
+        sign_in(http, tokens.admin)
+        page = http.get("/console/audit", params={"actor": tokens.admin_name, "action": "task.revoke"})
+        assert page.status_code == 200
+        assert "审计记录" in page.text
+        assert page.text.count("<code>" + task_id[:64] + "</code>") == 1
+        assert "撤销任务" in page.text
+        assert 'href="/console/audit"' in page.text
+        other = http.get("/console/audit", params={"actor": tokens.admin_name, "action": "token.create"})
+        assert task_id not in other.text
+        bad = http.get("/console/audit", params={"action": "no.such", "since": "yesterday"})
+        assert "没有名为 no.such 的操作" in bad.text
+    with browser(client) as http:
+        sign_in(http, tokens.alice)
+        assert 'href="/console/audit"' not in http.get("/console/").text
+        assert http.get("/console/audit").status_code == 403
