@@ -112,7 +112,7 @@ def test_an_admin_signs_in_filters_follows_progress_retries_and_signs_out(
 
     # an export requested from the form the catalog's schema makes: its progress to the end, then its file
     page.evaluate("sessionStorage.removeItem('progress')")
-    page.get_by_role("link", name="Reports and exports", exact=True).click()
+    page.get_by_role("link", name="Reports", exact=True).click()
     expect(page.get_by_role("heading", name="Request an export")).to_be_visible()
     tab.assert_accessible()
     page.get_by_label("Dataset").select_option("stores")
@@ -274,7 +274,7 @@ def test_a_viewer_reads_failures_but_has_no_buttons_and_its_forged_posts_are_ref
     expect(page.get_by_role("button", name=re.compile("Run now|Disable|Enable"))).to_have_count(0)
     tab.assert_accessible()
     # workers and queues: a viewer may read them (a user has no such link, see the Chinese test)
-    page.get_by_role("link", name="Workers and queues", exact=True).click()
+    page.get_by_role("link", name="Workers", exact=True).click()
     expect(page.locator("#workers tbody tr", has_text="maintenance").first).to_contain_text("Online")
     expect(page.locator("#queues")).to_contain_text("default")
     tab.assert_accessible()

@@ -1,9 +1,13 @@
 """The console's routes under ``/console/``: sign-in and sign-out, the language switch, the overview, the
-tasks and a task (with its live progress), and the retry and revoke forms.
+tasks and a task (with its live progress) with its retry and revoke forms; failures and dead letters (bulk
+retry and replay behind a confirmation), schedules, workers and queues, reports and exports (and an export
+followed to its file), the audit trail.
 
 Routes only translate HTTP: the data comes from the same functions the API routes use
 (:mod:`services.gateway.task_history`, ``visible_task``/``detail``/``retry_task``/``revoke_task`` of
-:mod:`services.gateway.routes.tasks`), and every right is asked of :func:`permissions.can`.
+:mod:`services.gateway.routes.tasks`, the routes of bulk actions, dead letters, schedules, files and the
+audit trail, called as functions so that their checks and audit entries apply), and every right is asked of
+:func:`permissions.can` first.
 """
 
 from __future__ import annotations

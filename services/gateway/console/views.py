@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -437,9 +438,21 @@ async def files_page(runtime: Runtime, principal: Principal) -> dict[str, Any]:
         with runtime.sessions() as session:
             exports = file_routes.list_exports(principal, session, limit=PAGE_SIZE)
             reports = file_routes.list_reports(access, session, limit=PAGE_SIZE) if access else None
-        return {"exports": exports, "reports": reports}
+            sales = (
+                {r.id: _sales(file_routes.get_report(r.id, access, session).data) for r in reports.results}
+                if access and reports
+                else {}
+            )
+        return {"exports": exports, "reports": reports, "sales": sales}
 
     return await run_in_threadpool(read)
+
+
+def _sales(data: Mapping[str, Any]) -> Decimal | None:
+    """A report's sales amount (CNY), shown as money in the page's language."""
+    sales = data.get("sales")
+    amount = sales.get("amount") if isinstance(sales, Mapping) else None
+    return Decimal(str(amount)) if isinstance(amount, int | float | str) and str(amount) else None
 
 
 async def export_state(runtime: Runtime, principal: Principal, task_id: str) -> ExportInfo | None:

@@ -20,12 +20,20 @@ from shared import dead_letter_store
 from shared.contracts import REVOKED_KEY
 from shared.db import session_scope
 from shared.dead_letter_store import LetterFilter
+from shared.models import Report
 from shared.permissions import ROLES
 from shared.settings import Settings
 from shared.tokens import Principal, create_token, revoke_token
 from tests.harness import Process, RedisServer, wait_until
 from tests.security.test_malformed_messages import task_body, task_headers
-from tests.services.gateway.conftest import GatewayClient, GatewayFactory, Tokens, make_export, make_history
+from tests.services.gateway.conftest import (
+    GatewayClient,
+    GatewayFactory,
+    Tokens,
+    make_export,
+    make_history,
+    make_report,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -615,3 +623,18 @@ def test_the_audit_trail_is_an_admins_page_with_the_apis_filters(client: Gateway
         sign_in(http, tokens.alice)
         assert 'href="/console/audit"' not in http.get("/console/").text
         assert http.get("/console/audit").status_code == 403
+
+
+def test_reports_show_their_sales_as_money_in_each_language(
+    client: GatewayClient, tokens: Tokens, migrated: Settings
+) -> None:
+    report_id = make_report(migrated, None, None)
+    with session_scope(migrated) as session:
+        report = session.get(Report, report_id)
+        assert report is not None
+        report.data = {"sales": {"amount": 1234567.5, "transactions": 12}}
+    for language, money in (("en", "CN¥1,234,567.50"), ("zh-CN", "¥1,234,567.50")):
+        with browser(client, language) as http:
+            sign_in(http, tokens.alice)  # a user reads every report
+            page = http.get("/console/reports").text
+            assert money in page, language
