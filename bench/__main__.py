@@ -33,7 +33,18 @@ def main(argv: list[str] | None = None) -> None:
         type=Path,
         help=f"replace the generated part of this Markdown file (between {BEGIN!r} and {END!r}) instead of printing",
     )
+    cp = sub.add_parser("console-pages", help="each console page's p95 with 100,000 history rows (SQLite, PostgreSQL)")
+    cp.add_argument("--rows", type=int, default=100_000)
+    cp.add_argument("--requests", type=int, default=100, help="timed requests per page")
+    cp.add_argument("--database", choices=("sqlite", "postgres", "both"), default="both")
+    cp.add_argument("--out", type=Path, default=Path("bench/results/console-pages.json"))
     args = parser.parse_args(argv)
+    if args.command == "console-pages":
+        from bench import console_pages
+
+        databases = ["sqlite", "postgres"] if args.database == "both" else [args.database]
+        console_pages.run(databases, args.rows, args.requests, args.out)
+        return
     if args.command == "report":
         from bench.report import markdown
 

@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -299,6 +300,17 @@ class TaskRecord(Base):
         Index("ix_task_history_name_sent", "task_name", "sent_at"),
         Index("ix_task_history_state_sent", "state", "sent_at"),
         Index("ix_task_history_owner_sent", "owner", "sent_at"),
+        # newest first as the history reads it (migration 0008; PostgreSQL only: SQLite has no NULLS LAST
+        # in CREATE INDEX and serves the order from the indexes above)
+        Index("ix_task_history_newest", text("sent_at DESC NULLS LAST"), text("task_id DESC")).ddl_if(
+            dialect="postgresql"
+        ),
+        *(
+            Index(
+                f"ix_task_history_{name}_newest", column, text("sent_at DESC NULLS LAST"), text("task_id DESC")
+            ).ddl_if(dialect="postgresql")
+            for name, column in (("owner", "owner"), ("state", "state"), ("name", "task_name"))
+        ),
     )
 
     task_id: Mapped[str] = mapped_column(String(64), primary_key=True)

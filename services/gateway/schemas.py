@@ -476,3 +476,8 @@ class WorkflowCatalogEntry(BaseModel):
     steps: list[dict[str, Any]] = Field(description="The steps it runs (for its default arguments).")
     schedule: dict[str, Any] | None = None
     schedule_text: str | None = None
+
+
+class ExportList(BaseModel):
+    count: int = Field(description="Exports the token may read.")
+    results: list[ExportInfo]

@@ -109,6 +109,29 @@ def _filters(
     return clauses
 
 
+NEWEST_FIRST = (TaskRecord.sent_at.desc().nulls_last(), TaskRecord.task_id.desc())
+
+
+def _newest_first_key(row: TaskRecord) -> tuple[bool, float, str]:
+    """The order of :data:`NEWEST_FIRST`, reversed: rows with a sent time before those without."""
+    return (row.sent_at is not None, _aware(row.sent_at).timestamp() if row.sent_at else 0.0, row.task_id)
+
+
+def _after_cursor(cursor: str) -> list[ColumnElement[bool]]:
+    """The rows after the cursor's (sent_at, task_id) in :data:`NEWEST_FIRST` order."""
+    after_sent, after_id = decode_cursor(cursor)
+    if after_sent is None:
+        # rows without sent_at sort last (NULLS LAST); continue among them
+        return [and_(TaskRecord.sent_at.is_(None), TaskRecord.task_id < after_id)]
+    return [
+        or_(
+            TaskRecord.sent_at < after_sent,
+            and_(TaskRecord.sent_at == after_sent, TaskRecord.task_id < after_id),
+            TaskRecord.sent_at.is_(None),
+        )
+    ]
+
+
 def query_history(
     session: Session,
     *,
@@ -130,30 +153,20 @@ def query_history(
     """
     if not 1 <= limit <= MAX_PAGE:
         raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
-    clauses = [
-        *_filters(task_name=task_name, status=status, owner=owner, or_queue=or_queue, since=since, until=until),
-        *where,
-    ]
-    if cursor:
-        after_sent, after_id = decode_cursor(cursor)
-        if after_sent is None:
-            # rows without sent_at sort last (NULLS LAST); continue among them
-            clauses.append(and_(TaskRecord.sent_at.is_(None), TaskRecord.task_id < after_id))
-        else:
-            clauses.append(
-                or_(
-                    TaskRecord.sent_at < after_sent,
-                    and_(TaskRecord.sent_at == after_sent, TaskRecord.task_id < after_id),
-                    TaskRecord.sent_at.is_(None),
-                )
-            )
-    stmt = (
-        select(TaskRecord)
-        .where(*clauses)
-        .order_by(TaskRecord.sent_at.desc().nulls_last(), TaskRecord.task_id.desc())
-        .limit(limit + 1)
-    )
-    rows = list(session.scalars(stmt))
+    after = _after_cursor(cursor) if cursor else []
+    states = sorted({normalize_state(part) for part in (status or "").split(",") if part.strip()})
+    rows: list[TaskRecord] = []
+    # several states: each read through its own (state, sent_at) index, newest first, and merged here (an
+    # IN list made SQLite read and sort every matching row: 400 ms for 10,000 failures among 100,000)
+    for state in states if len(states) > 1 else [status]:
+        clauses = [
+            *_filters(task_name=task_name, status=state, owner=owner, or_queue=or_queue, since=since, until=until),
+            *where,
+            *after,
+        ]
+        rows += session.scalars(select(TaskRecord).where(*clauses).order_by(*NEWEST_FIRST).limit(limit + 1))
+    if len(states) > 1:
+        rows = sorted(rows, key=_newest_first_key, reverse=True)[: limit + 1]
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1].sent_at, rows[-1].task_id) if more and rows else None

@@ -3,15 +3,19 @@ worker and the monitor, on the run's database; Debian's Chromium through Playwri
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page
+from sqlalchemy import delete
 
 from shared.db import session_scope
+from shared.models import Store
 from shared.settings import Settings
 from shared.tokens import create_token
 from tests.console import browser as chrome
@@ -36,6 +40,7 @@ class Stack:
     admin_name: str
     user: str
     user_name: str
+    viewer: str
 
     def submit(self, token: str, task_name: str, **kwargs: object) -> str:
         answer = httpx.post(
@@ -93,6 +98,7 @@ def stack(
     with session_scope(migrated) as session:
         admin = create_token(session, f"console-admin-{suffix}", "admin")
         user = create_token(session, f"console-user-{suffix}", "user")
+        viewer = create_token(session, f"console-viewer-{suffix}", "viewer")
     processes: list[Process] = []
     try:
         port, monitor_port = free_port(), free_port()
@@ -103,7 +109,10 @@ def stack(
         processes.append(monitor)
         wait_http_ready(monitor, f"http://127.0.0.1:{monitor_port}/health")
         worker_factory("maintenance", env=env)  # stopped by worker_factory at the end of the run
-        yield Stack(f"http://127.0.0.1:{port}", admin, f"console-admin-{suffix}", user, f"console-user-{suffix}")
+        worker_factory("reports", env=env)  # exports
+        yield Stack(
+            f"http://127.0.0.1:{port}", admin, f"console-admin-{suffix}", user, f"console-user-{suffix}", viewer
+        )
     finally:
         for process in processes:
             process.stop()
@@ -144,3 +153,25 @@ def open_tab(browser: Browser, stack: Stack) -> Iterator[Callable[[str], Tab]]:
     yield make
     for context in contexts:
         context.close()
+
+
+@pytest.fixture
+def stores(migrated: Settings) -> Iterator[int]:
+    """2,500 stores of the test's own (an export with some batches of rows), removed afterwards."""
+    prefix = "C" + uuid.uuid4().hex[:6]
+    count = 2500
+    with session_scope(migrated) as session:
+        session.add_all(
+            Store(
+                code=f"{prefix}{i:05d}",
+                name=f"Console store {i}",
+                category="retail",
+                floor=1 + i % 5,
+                area_sqm=Decimal("42.50"),
+                opened_on=dt.date(2024, 1, 1),
+            )
+            for i in range(count)
+        )
+    yield count
+    with session_scope(migrated) as session:
+        session.execute(delete(Store).where(Store.code.startswith(prefix)))

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
+from playwright.sync_api import Page
 
 from tests.console import browser as chrome
 
@@ -136,6 +137,7 @@ def shoot(url: str, out: Path) -> None:
             page.reload()  # the timeline is drawn by the server: received and started by now
             page.wait_for_function("document.getElementById('task-progress').value >= 4", timeout=60_000)
             page.screenshot(path=str(out / f"task-running.{language}.png"))
+            shoot_later_pages(page, url, token, out, language)
             context.close()
         context, _ = chrome.new_context(browser, url, "en")
         page = context.new_page()
@@ -144,6 +146,32 @@ def shoot(url: str, out: Path) -> None:
         page.screenshot(path=str(out / "docs.png"))
         context.close()
     print(f"screenshots: {len(list(out.glob('*.png')))} files in {out}")
+
+
+def shoot_later_pages(page: Page, url: str, token: str, out: Path, language: str) -> None:
+    """Failures and dead letters, schedules (and the add form), workers and queues, reports and exports (and
+    an export followed to its file), the audit trail."""
+    page.goto("/console/failures")
+    page.screenshot(path=str(out / f"failures.{language}.png"))
+    page.locator("#bulk-retry").click()
+    page.locator("#confirm").wait_for()
+    page.screenshot(path=str(out / f"failures-confirm.{language}.png"))
+    page.goto("/console/schedules")
+    page.screenshot(path=str(out / f"schedules.{language}.png"))
+    page.goto("/console/schedules/new")
+    page.screenshot(path=str(out / f"schedule-form.{language}.png"))
+    page.goto("/console/workers")
+    page.locator("#workers").wait_for()
+    page.screenshot(path=str(out / f"workers.{language}.png"))
+    exported = submit(url, token, "export_data", dataset="bills", format="xlsx")
+    wait(lambda: status(url, token, exported) == "SUCCESS", "the export")
+    page.goto("/console/reports")
+    page.screenshot(path=str(out / f"reports.{language}.png"))
+    page.goto(f"/console/exports/{exported}")
+    page.locator("#download").wait_for()
+    page.screenshot(path=str(out / f"export.{language}.png"))
+    page.goto("/console/audit")
+    page.screenshot(path=str(out / f"audit.{language}.png"))
 
 
 if __name__ == "__main__":

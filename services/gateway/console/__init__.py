@@ -1,6 +1,6 @@
 """The operator console: server-rendered pages under ``/console/`` (see :mod:`.pages`).
 
-Adding a page (failures, schedules, workers, reports, audit): a route in :mod:`.pages` taking ``PageDep``
+Adding a page: a route in :mod:`.pages` taking ``PageDep``
 (the signed-in principal, its language and the CSRF token; ``FormDep`` checks the token of a POST before
 the route acts), its data in :mod:`.views` read through the service function the API route uses, a
 template that extends ``base.html``, its messages in both ``locales/*.json``, a line in ``pages.NAV``, and,

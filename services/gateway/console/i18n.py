@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from babel import Locale, dates, numbers
+from babel import Locale, dates, numbers, units
 
 LANGUAGES: tuple[str, ...] = ("en", "zh_CN")
 DEFAULT_LANGUAGE = "en"
@@ -72,6 +72,23 @@ class Translator:
         text = self.messages.get(key) or catalog(DEFAULT_LANGUAGE).get(key) or key
         return text.format(**values) if values else text
 
+    def maybe(self, key: str, default: str) -> str:
+        """The message ``key`` if a catalog has it, else ``default`` (a schema's own title, a value)."""
+        return self.messages.get(key) or catalog(DEFAULT_LANGUAGE).get(key) or default
+
+    def size(self, value: int | None) -> str:
+        """Bytes as "12.3 kB" / "12.3千字节"."""
+        if value is None:
+            return "–"
+        for unit, size in (("gigabyte", 1e9), ("megabyte", 1e6), ("kilobyte", 1e3)):
+            if value >= size:
+                return units.format_unit(round(value / size, 1), f"digital-{unit}", length="short", locale=self.locale)
+        return units.format_unit(value, "digital-byte", length="short", locale=self.locale)
+
+    def money(self, value: float | None, currency: str = "CNY") -> str:
+        """An amount of money for the language: "CN¥1,234.50" / "¥1,234.50"."""
+        return "–" if value is None else numbers.format_currency(value, currency, locale=self.locale)
+
     def number(self, value: float | None) -> str:
         return "–" if value is None else numbers.format_decimal(value, locale=self.locale)
 
@@ -96,6 +113,13 @@ class Translator:
         if value is None:
             return "–"
         return dates.format_timedelta(dt.timedelta(seconds=value), threshold=1.1, format="short", locale=self.locale)
+
+    def period(self, seconds: float) -> str:
+        """A schedule's interval: "1 hour", "90 seconds" / "1小时" (exactly, in the largest whole unit)."""
+        for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+            if seconds >= size and seconds % size == 0:
+                return units.format_unit(seconds // size, f"duration-{unit}", length="long", locale=self.locale)
+        return units.format_unit(seconds, "duration-second", length="long", locale=self.locale)
 
     def iso(self, value: dt.datetime | str | None) -> str:
         when = _parse(value)

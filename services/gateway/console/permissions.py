@@ -24,6 +24,15 @@ Action = Literal[
     "workers.read",  # workers online
     "queues.read",  # queue lengths
     "monitor.read",  # the monitor's lag behind the event stream
+    "tasks.bulk",  # retry every failure a filter selects at once
+    "dead_letters.read",  # the dead letters (whole messages: admin)
+    "dead_letters.replay",  # put dead letters back onto their queues
+    "schedules.read",  # the beat schedule
+    "schedules.write",  # add, change, enable, disable and run beat entries
+    "reports.read",  # every report
+    "reports.read_finance",  # the period (sales and billing) reports
+    "exports.request",  # submit export_data (each dataset also needs its permission: the API checks)
+    "audit.read",  # the audit trail (admin)
 ]
 
 GRANTS: dict[Action, str] = {
@@ -34,6 +43,15 @@ GRANTS: dict[Action, str] = {
     "workers.read": permissions.WORKERS_READ,
     "queues.read": permissions.QUEUES_READ,
     "monitor.read": permissions.QUEUES_READ,  # platform health, shown with the queues
+    "tasks.bulk": permissions.TASKS_BULK,
+    "dead_letters.read": permissions.DEAD_LETTERS_MANAGE,
+    "dead_letters.replay": permissions.DEAD_LETTERS_MANAGE,
+    "schedules.read": permissions.SCHEDULES_READ,
+    "schedules.write": permissions.SCHEDULES_WRITE,
+    "reports.read": permissions.REPORTS_READ,
+    "reports.read_finance": permissions.REPORTS_READ_FINANCE,
+    "exports.request": permissions.SUBMIT_EXPORTS,
+    "audit.read": permissions.AUDIT_READ,
 }
 
 

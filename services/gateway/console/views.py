@@ -6,23 +6,35 @@ and the small layout the templates need."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from services.gateway import authz
 from services.gateway import task_history as history
+from services.gateway.console import schema_form
 from services.gateway.console.i18n import Translator
 from services.gateway.console.permissions import can, task_scope
+from services.gateway.problems import ProblemError
+from services.gateway.routes import audit as audit_routes
+from services.gateway.routes import catalog as catalog_routes
+from services.gateway.routes import dead_letters as dead_letter_routes
+from services.gateway.routes import files as file_routes
+from services.gateway.routes import schedules as schedule_routes
 from services.gateway.runtime import Runtime
-from services.gateway.schemas import TaskDetail
+from services.gateway.schemas import ExportInfo, ScheduleInfo, ScheduleTiming, TaskDetail
 from services.gateway.task_view import TaskView as Visible
 from services.gateway.task_view import detail
+from shared import audit
 from shared import workers as platform
 from shared.catalog import CATALOG, get_spec
 from shared.contracts import FINAL_STATES as READY_STATES
@@ -277,3 +289,256 @@ async def task_page(runtime: Runtime, task: Visible) -> dict[str, Any]:
         "retryable": info.status in (TaskState.FAILURE, TaskState.REVOKED),
         "short_name": short_name(info.task_name),
     }
+
+
+# -- failures and dead letters -----------------------------------------------------------------------
+
+FAILED_STATES = ",".join((TaskState.FAILURE, TaskState.REVOKED))
+
+
+def failure_filters(query: Mapping[str, str], t: Translator, principal: Principal) -> TaskFilters:
+    """The tasks page's filters without the status: failures are FAILURE or REVOKED."""
+    return replace(TaskFilters.from_query({**query, "status": ""}, t, principal), status=FAILED_STATES)
+
+
+async def dead_letters(runtime: Runtime, principal: Principal) -> dict[str, Any]:
+    """The newest dead letters, as ``GET /api/v1/dead-letters`` lists them (its caller may see them)."""
+    try:
+        page = await dead_letter_routes.list_dead_letters(principal, runtime, limit=PAGE_SIZE)
+    except ProblemError as exc:
+        return {"count": 0, "rows": [], "error": exc.detail}
+    return {"count": page.count, "rows": page.results, "error": None}
+
+
+# -- schedules ---------------------------------------------------------------------------------------
+
+CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")  # crontab's order
+
+
+def timing_text(schedule: Mapping[str, Any], t: Translator) -> str:
+    """``every 5 minutes`` in the page's language, or the crontab line (``0 3 * * *``, mall time)."""
+    if schedule.get("every") is not None:
+        return t("schedules.every", period=t.period(float(schedule["every"])))
+    return " ".join(str(schedule.get(name, "*")) for name in CRON_FIELDS)
+
+
+async def schedule_list(runtime: Runtime, principal: Principal) -> list[ScheduleInfo]:
+    """Every beat entry, as ``GET /api/v1/schedules`` lists them, the next run first."""
+    answer = await schedule_routes.list_schedules(principal, runtime)
+    far = dt.datetime.max.replace(tzinfo=dt.UTC)
+    return sorted(answer.results, key=lambda entry: (entry.next_run_at or far, entry.name))
+
+
+@dataclass(frozen=True)
+class ScheduleForm:
+    """The add and edit form of a beat entry, as text (what was typed comes back when it is refused)."""
+
+    name: str = ""
+    task_name: str = ""
+    every: str = ""
+    minute: str = ""
+    hour: str = ""
+    day_of_month: str = ""
+    month_of_year: str = ""
+    day_of_week: str = ""
+    kwargs: str = "{}"
+    description: str = ""
+    enabled: bool = True
+
+    @classmethod
+    def from_form(cls, form: Mapping[str, str], name: str | None = None) -> ScheduleForm:
+        texts = {key: (form.get(key) or "").strip() for key in ("name", "task_name", "every", *CRON_FIELDS)}
+        return cls(
+            **(texts | ({"name": name} if name else {})),
+            kwargs=(form.get("kwargs") or "").strip() or "{}",
+            description=(form.get("description") or "").strip(),
+            enabled=form.get("enabled") == "on",
+        )
+
+    @classmethod
+    def from_entry(cls, entry: ScheduleInfo) -> ScheduleForm:
+        every = entry.schedule.get("every")
+        cron = {name: str(entry.schedule.get(name, "*")) for name in CRON_FIELDS} if every is None else {}
+        return cls(
+            name=entry.name,
+            task_name=entry.task_name,
+            every=f"{every:g}" if every is not None else "",
+            kwargs=json.dumps(entry.kwargs, ensure_ascii=False),
+            description=entry.description,
+            enabled=entry.enabled,
+            **cron,
+        )
+
+    def timing(self) -> ScheduleTiming:
+        """``every`` seconds, else the crontab fields given (left empty: ``*``). ValueError if not valid."""
+        if self.every:
+            return ScheduleTiming(every=float(self.every))
+        return ScheduleTiming(**{name: getattr(self, name) for name in CRON_FIELDS if getattr(self, name)})
+
+    def kwargs_value(self) -> dict[str, Any]:
+        value = json.loads(self.kwargs)
+        if not isinstance(value, dict):
+            raise ValueError('the arguments are a JSON object, e.g. {"message": "hello"}')
+        return value
+
+
+def refusal(exc: Exception) -> str:
+    """A short reason for a refused form: pydantic's errors by field, the API's problem detail, or the text."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors())
+    if isinstance(exc, ProblemError):
+        return exc.detail
+    return str(exc)
+
+
+# -- workers and queues ------------------------------------------------------------------------------
+
+
+async def platform_state(runtime: Runtime, principal: Principal) -> dict[str, Any]:
+    """Workers (online first), queue lengths and the monitor's lag, each where the principal may see it;
+    as ``GET /api/v1/workers`` and ``GET /api/v1/queues`` read them."""
+    settings = runtime.settings
+    workers = await run_in_threadpool(platform.list_workers, settings)
+    data: dict[str, Any] = {}
+    if can(principal, "workers.read"):
+        data["workers"] = sorted(workers, key=lambda w: (w["status"] != "online", w["service"] or "", w["hostname"]))
+    if can(principal, "queues.read"):
+        data["queues"] = await run_in_threadpool(platform.queue_lengths, settings, workers)
+    if can(principal, "monitor.read"):
+        data["monitor"] = await run_in_threadpool(platform.monitor_lag, settings)
+    return data
+
+
+# -- reports and exports -----------------------------------------------------------------------------
+
+EXPORT_TASK = "export_data"
+
+
+def export_form() -> list[schema_form.SchemaField]:
+    """The export request's fields, from the catalog's JSON Schema of export_data's arguments."""
+    entry = next(item for item in catalog_routes._catalog().results if item.task_name == EXPORT_TASK)
+    return schema_form.fields(entry.args_schema)
+
+
+def report_access(principal: Principal) -> authz.ReportAccess | None:
+    """Which reports the principal reads, as the API decides (None: none)."""
+    if can(principal, "reports.read"):
+        return authz.ReportAccess(principal, None)
+    if can(principal, "reports.read_finance"):
+        return authz.ReportAccess(principal, authz.REPORT_KINDS_FINANCE)
+    return None
+
+
+async def files_page(runtime: Runtime, principal: Principal) -> dict[str, Any]:
+    """The principal's exports and the reports it may read, as ``GET /api/v1/exports`` and
+    ``GET /api/v1/reports`` list them."""
+    access = report_access(principal)
+
+    def read() -> dict[str, Any]:
+        with runtime.sessions() as session:
+            exports = file_routes.list_exports(principal, session, limit=PAGE_SIZE)
+            reports = file_routes.list_reports(access, session, limit=PAGE_SIZE) if access else None
+            sales = (
+                {r.id: _sales(file_routes.get_report(r.id, access, session).data) for r in reports.results}
+                if access and reports
+                else {}
+            )
+        return {"exports": exports, "reports": reports, "sales": sales}
+
+    return await run_in_threadpool(read)
+
+
+def _sales(data: Mapping[str, Any]) -> Decimal | None:
+    """A report's sales amount (CNY), shown as money in the page's language."""
+    sales = data.get("sales")
+    amount = sales.get("amount") if isinstance(sales, Mapping) else None
+    return Decimal(str(amount)) if isinstance(amount, int | float | str) and str(amount) else None
+
+
+async def export_state(runtime: Runtime, principal: Principal, task_id: str) -> ExportInfo | None:
+    """The export row of a task (None until its worker created it, or if it is not the principal's)."""
+
+    def read() -> ExportInfo | None:
+        with runtime.sessions() as session:
+            try:
+                return file_routes.get_export(task_id, principal, session)
+            except ProblemError:
+                return None
+
+    return await run_in_threadpool(read)
+
+
+# -- the audit trail ---------------------------------------------------------------------------------
+
+AUDIT_ACTIONS: tuple[str, ...] = tuple(
+    sorted(value for name, value in vars(audit).items() if name.isupper() and isinstance(value, str) and "." in value)
+)
+
+
+@dataclass(frozen=True)
+class AuditFilters:
+    """``GET /api/v1/audit``'s filters, from the page's query string (times typed in the mall's zone)."""
+
+    actor: str | None = None
+    action: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    cursor: str | None = None
+    since_text: str = ""
+    until_text: str = ""
+    error: str | None = None
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str], t: Translator) -> AuditFilters:
+        errors = []
+        action = (query.get("action") or "").strip() or None
+        if action is not None and action not in AUDIT_ACTIONS:
+            errors.append(t("audit.unknown_action", action=action))
+            action = None
+        since_text, until_text = (query.get("since") or "").strip(), (query.get("until") or "").strip()
+        since, until = _local(since_text, t.tz), _local(until_text, t.tz)
+        for text, value in ((since_text, since), (until_text, until)):
+            if text and value is None:
+                errors.append(t("tasks.bad_time", value=text))
+        return cls(
+            actor=(query.get("actor") or "").strip()[:100] or None,
+            action=action,
+            since=since,
+            until=until,
+            cursor=(query.get("cursor") or "").strip()[:500] or None,
+            since_text=since_text,
+            until_text=until_text,
+            error="; ".join(errors) or None,
+        )
+
+    def query(self, **changes: str | None) -> str:
+        values = {
+            "actor": self.actor,
+            "action": self.action,
+            "since": self.since_text or None,
+            "until": self.until_text or None,
+        } | changes
+        return urlencode({key: value for key, value in values.items() if value})
+
+
+async def audit_page(runtime: Runtime, principal: Principal, filters: AuditFilters) -> dict[str, Any]:
+    """A page of the audit trail, newest first, as ``GET /api/v1/audit`` reads it."""
+
+    def read() -> audit_routes.AuditPage:
+        with runtime.sessions() as session:
+            return audit_routes.audit_trail(
+                principal,
+                session,
+                actor=filters.actor,
+                action=filters.action,
+                since=filters.since,
+                until=filters.until,
+                cursor=filters.cursor,
+                limit=PAGE_SIZE,
+            )
+
+    try:
+        page = await run_in_threadpool(read)
+    except ProblemError as exc:  # a cursor this page did not make
+        return {"rows": [], "next_cursor": None, "error": exc.detail}
+    return {"rows": page.results, "next_cursor": page.next_cursor, "error": None}

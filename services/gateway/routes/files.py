@@ -22,7 +22,7 @@ from services.gateway import authz
 from services.gateway.deps import CurrentPrincipal, RuntimeDep, SessionDep
 from services.gateway.problems import ProblemError
 from services.gateway.routes import API_PREFIX
-from services.gateway.schemas import ExportInfo, ReportDetail, ReportList, ReportSummary
+from services.gateway.schemas import ExportInfo, ExportList, ReportDetail, ReportList, ReportSummary
 from shared import audit
 from shared.models import Export, Report
 
@@ -158,9 +158,7 @@ def _export(session: SessionDep, task_id: str, principal: CurrentPrincipal) -> E
     return row
 
 
-@router.get("/exports/{task_id}", response_model=ExportInfo, summary="An export's state")
-def get_export(task_id: ExportTaskId, principal: authz.Reader, session: SessionDep) -> ExportInfo:
-    row = _export(session, task_id, principal)
+def export_info(row: Export) -> ExportInfo:
     return ExportInfo(
         task_id=row.task_id,
         owner=row.owner,
@@ -176,6 +174,28 @@ def get_export(task_id: ExportTaskId, principal: authz.Reader, session: SessionD
         expires_at=row.expires_at,
         download_url=f"{API_PREFIX}/exports/{row.task_id}/download" if row.status == "done" else None,
     )
+
+
+@router.get("/exports", response_model=ExportList, summary="Exports, newest first")
+def list_exports(
+    principal: authz.Reader,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> ExportList:
+    """The token's own exports (every token's with ``exports.read.all`` and ``stores.all``), newest first."""
+    everyone = authz.sees_export(principal, None)  # another owner's export (None is no token's name)
+    clauses = [] if everyone else [Export.owner == principal.name]
+    total = session.scalar(select(func.count()).select_from(Export).where(*clauses)) or 0
+    rows = session.scalars(
+        select(Export).where(*clauses).order_by(Export.created_at.desc(), Export.id.desc()).limit(limit).offset(offset)
+    ).all()
+    return ExportList(count=total, results=[export_info(row) for row in rows])
+
+
+@router.get("/exports/{task_id}", response_model=ExportInfo, summary="An export's state")
+def get_export(task_id: ExportTaskId, principal: authz.Reader, session: SessionDep) -> ExportInfo:
+    return export_info(_export(session, task_id, principal))
 
 
 @router.get(

@@ -3,6 +3,7 @@ cookies, CSRF, role checks on the server, the language, and the routes the conso
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import uuid
@@ -15,13 +16,24 @@ import pytest
 from services.gateway.console.i18n import LANGUAGES, LOCALES_DIR, negotiate
 from services.gateway.console.permissions import GRANTS, can
 from services.gateway.console.sessions import LOGIN_COOKIE, SESSION_COOKIE, SESSION_KEY, _digest
+from shared import dead_letter_store
 from shared.contracts import REVOKED_KEY
 from shared.db import session_scope
+from shared.dead_letter_store import LetterFilter
+from shared.models import Report
 from shared.permissions import ROLES
 from shared.settings import Settings
 from shared.tokens import Principal, create_token, revoke_token
 from tests.harness import Process, RedisServer, wait_until
-from tests.services.gateway.conftest import GatewayClient, GatewayFactory, Tokens
+from tests.security.test_malformed_messages import task_body, task_headers
+from tests.services.gateway.conftest import (
+    GatewayClient,
+    GatewayFactory,
+    Tokens,
+    make_export,
+    make_history,
+    make_report,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -225,7 +237,13 @@ def test_the_console_grants_what_the_roles_permissions_grant() -> None:
             assert can(principal, action) == principal.has(permission), (role, action)
     admin, user, viewer = Principal("a", "admin"), Principal("u", "user"), Principal("v", "viewer")
     assert all(can(admin, action) for action in GRANTS)
-    assert [action for action in GRANTS if can(user, action)] == ["tasks.read", "task.retry"]
+    assert [action for action in GRANTS if can(user, action)] == [
+        "tasks.read",
+        "task.retry",
+        "schedules.read",
+        "reports.read",
+        "exports.request",
+    ]
     assert not can(viewer, "task.retry")
     assert can(viewer, "tasks.read_all")
     operator = Principal("o", "operator")
@@ -338,3 +356,285 @@ def test_bad_sign_ins_count_against_the_clients_auth_failure_limit(gateway: Gate
         assert blocked.status_code == 429  # even a right token, from this address, for now
         assert int(blocked.headers["retry-after"]) >= 1
         assert SESSION_COOKIE not in http.cookies
+
+
+def _dead_letter(redis_server: RedisServer, note: str) -> str:
+    letter, message = dead_letter_store.build(
+        f"unknown task 'mallops.maintenance.{note}'",
+        exception="NotRegistered",
+        queue="default",
+        headers=task_headers(f"mallops.maintenance.{note}", str(uuid.uuid4())),
+        body=task_body({"note": note}),
+        content_type="application/json",
+        content_encoding="utf-8",
+        max_body_bytes=1_000_000,
+    )
+    dead_letter_store.add(redis_server.client(2), letter, message)
+    return letter.id
+
+
+def test_failures_bulk_retry_asks_with_the_count_then_retries_exactly_those(
+    client: GatewayClient, tokens: Tokens, migrated: Settings
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    arguments = {"args": [], "kwargs": {"message": "bulk"}}
+    failed = [
+        make_history(migrated, tokens.alice_name, "FAILURE", now - dt.timedelta(minutes=i + 1), arguments=arguments)
+        for i in range(3)
+    ]
+    make_history(migrated, tokens.bob_name, "FAILURE", now - dt.timedelta(minutes=2), arguments=arguments)
+    make_history(migrated, tokens.alice_name, "SUCCESS", now - dt.timedelta(minutes=2), runtime=0.1)
+    with browser(client) as http:
+        sign_in(http, tokens.admin)
+        page = http.get("/console/failures", params={"owner": tokens.alice_name})
+        assert page.status_code == 200
+        assert all(f"/console/tasks/{task_id}" in page.text for task_id in failed)
+        assert page.text.count('href="/console/tasks/') == 3
+        assert 'id="bulk-retry"' in page.text
+        assert 'id="dead-letters"' in page.text  # an admin sees the dead letters
+        form = {"csrf_token": csrf_of(page.text), "owner": tokens.alice_name}
+        confirm = http.post("/console/failures/retry", data=form)
+        assert confirm.status_code == 200
+        assert "Retry 3 failed or revoked tasks (of 3 that match)" in confirm.text
+        assert 'name="expected" value="3"' in confirm.text
+        assert (
+            client.get(
+                "/api/v1/tasks/history", params={"owner": tokens.alice_name}, headers=tokens.auth("admin")
+            ).json()["count"]
+            == 4
+        )  # nothing retried yet
+        done = http.post("/console/failures/retry", data=form | {"confirm": "yes", "expected": "3"})
+        assert done.status_code == 303
+        assert "notice=bulk_retried" in done.headers["location"]
+        assert "n=3" in done.headers["location"]
+        assert "Retried 3 tasks." in http.get(done.headers["location"]).text
+        trail = client.get("/api/v1/audit", params={"action": "tasks.bulk"}, headers=tokens.auth("admin")).json()
+        mine = [row for row in trail["results"] if row["actor"] == tokens.admin_name]
+        assert len(mine) == 1
+        assert len(mine[0]["details"]["retried"]) == 3
+        nothing = http.post("/console/failures/retry", data={"csrf_token": form["csrf_token"], "owner": "nobody"})
+        assert "Nothing matches" in nothing.text
+        assert 'id="confirm"' not in nothing.text
+
+
+def test_failures_page_in_chinese_for_a_viewer_has_no_bulk_button_nor_dead_letters(
+    client: GatewayClient, tokens: Tokens, migrated: Settings, redis_server: RedisServer
+) -> None:
+    _dead_letter(redis_server, "viewer_hidden")
+    make_history(migrated, tokens.alice_name, "FAILURE", dt.datetime.now(dt.UTC), arguments={"args": [], "kwargs": {}})
+    with session_scope(migrated) as session:
+        viewer = create_token(session, f"viewer-{uuid.uuid4().hex[:8]}", "viewer")
+    with browser(client, "zh-CN") as http:
+        sign_in(http, viewer)
+        page = http.get("/console/failures")
+        assert page.status_code == 200
+        assert "失败任务与死信" in page.text
+        assert 'id="bulk-retry"' not in page.text
+        assert "viewer_hidden" not in page.text
+        assert 'id="dead-letters"' not in page.text
+        for path in ("/console/failures/retry", "/console/dead-letters/replay"):
+            forged = http.post(path, data={"csrf_token": csrf_of(page.text), "confirm": "yes"})
+            assert forged.status_code == 403, path
+            assert "您的角色无权执行此操作" in forged.text
+            assert http.post(path, data={"confirm": "yes"}).status_code == 403  # no CSRF token
+
+
+def test_dead_letters_are_replayed_after_a_confirmation_that_shows_the_count(
+    client: GatewayClient, tokens: Tokens, redis_server: RedisServer
+) -> None:
+    dead_letter_store.forget(
+        redis_server.client(2),
+        [x.id for x in dead_letter_store.find(redis_server.client(2), LetterFilter(), 0, 1000)[1]],
+    )
+    ids = [_dead_letter(redis_server, f"console_letter_{i}") for i in range(2)]
+    with browser(client) as http:
+        sign_in(http, tokens.admin)
+        page = http.get("/console/failures")
+        assert "console_letter_0" in page.text
+        assert "console_letter_1" in page.text
+        assert 'id="replay-all"' in page.text
+        token = csrf_of(page.text)
+        confirm = http.post("/console/dead-letters/replay", data={"csrf_token": token})
+        assert "Replay 2 dead letters (of 2)" in confirm.text
+        assert http.post("/console/dead-letters/replay", data={"confirm": "yes"}).status_code == 403  # no CSRF
+        done = http.post("/console/dead-letters/replay", data={"csrf_token": token, "confirm": "yes", "expected": "2"})
+        assert done.status_code == 303
+        assert "Replayed 2 dead letters." in http.get(done.headers["location"]).text
+    assert all(dead_letter_store.get(redis_server.client(2), letter_id) is None for letter_id in ids)
+
+
+def test_schedules_are_added_edited_switched_and_run_from_the_console(client: GatewayClient, tokens: Tokens) -> None:
+    name = f"console-{uuid.uuid4().hex[:8]}"
+    with browser(client) as http:
+        sign_in(http, tokens.admin)
+        listing = http.get("/console/schedules")
+        assert listing.status_code == 200
+        assert 'id="add-schedule"' in listing.text
+        token = csrf_of(listing.text)
+        form = {"csrf_token": token, "name": name, "task_name": "test_task", "every": "3600", "enabled": "on"}
+        refused = http.post("/console/schedules/new", data=form | {"kwargs": "{not json"})
+        assert refused.status_code == 422
+        assert "Not saved:" in refused.text
+        assert f'value="{name}"' in refused.text  # what was typed comes back
+        added = http.post("/console/schedules/new", data=form | {"kwargs": '{"message": "from the console"}'})
+        assert added.status_code == 303, added.text
+        entry = client.get(f"/api/v1/schedules/{name}", headers=tokens.auth("admin")).json()
+        assert entry["schedule"] == {"every": 3600.0}
+        assert entry["kwargs"] == {"message": "from the console"}
+        assert entry["enabled"]
+        row = http.get("/console/schedules").text.split(f'id="entry-{name}"')[1].split("</tr>")[0]
+        assert "every 1 hour" in row
+        assert re.search(r"in (59|60) minutes|in 1 hour", row), row  # the next run, "x minutes" ahead
+        edited = http.post(
+            f"/console/schedules/{name}/edit",
+            data={
+                "csrf_token": token,
+                "minute": "0",
+                "hour": "3",
+                "kwargs": '{"message": "at three"}',
+                "enabled": "on",
+            },
+        )
+        assert edited.status_code == 303, edited.text
+        entry = client.get(f"/api/v1/schedules/{name}", headers=tokens.auth("admin")).json()
+        assert entry["schedule"]["hour"] == "3"
+        assert entry["kwargs"] == {"message": "at three"}
+        assert "0 3 * * *" in http.get("/console/schedules").text
+        assert http.post(f"/console/schedules/{name}/disable", data={"csrf_token": token}).status_code == 303
+        assert not client.get(f"/api/v1/schedules/{name}", headers=tokens.auth("admin")).json()["enabled"]
+        run = http.post(f"/console/schedules/{name}/run", data={"csrf_token": token})
+        assert run.status_code == 303
+        assert "notice=schedule_run" in run.headers["location"]
+        task_id = run.headers["location"].split("/")[-1].split("?")[0]
+        assert client.get(f"/api/v1/tasks/{task_id}", headers=tokens.auth("admin")).json()["kwargs"] == {
+            "message": "at three"
+        }
+        assert http.post(f"/console/schedules/{name}/enable", data={}).status_code == 403  # no CSRF token
+    with browser(client, "zh-CN") as http:
+        sign_in(http, tokens.alice)  # a user reads the schedule, changes nothing
+        page = http.get("/console/schedules")
+        assert "定时计划" in page.text
+        assert "0 3 * * *" in page.text
+        assert 'id="add-schedule"' not in page.text
+        assert f"/console/schedules/{name}/run" not in page.text
+        for path in (f"/console/schedules/{name}/run", "/console/schedules/new", f"/console/schedules/{name}/edit"):
+            forged = http.post(path, data={"csrf_token": csrf_of(page.text), "name": "x", "every": "60"})
+            assert forged.status_code == 403, path
+        assert http.get("/console/schedules/new").status_code == 403
+    assert client.delete(f"/api/v1/schedules/{name}", headers=tokens.auth("admin")).status_code == 204
+
+
+def test_workers_and_queues_only_to_roles_that_may_read_them(
+    client: GatewayClient, tokens: Tokens, running_worker: Callable[[str], Process]
+) -> None:
+    worker = running_worker("maintenance")
+    with browser(client, "zh-CN") as http:
+        sign_in(http, tokens.admin)
+
+        def listed() -> str | None:
+            page = http.get("/console/workers", params={"fragment": "1"}).text
+            return page if "在线" in page and "maintenance" in page else None
+
+        fragment = wait_until(listed, timeout=30, message="the worker online on the workers page")
+        assert "<code>default</code>" in fragment  # the queues
+        page = http.get("/console/workers")
+        assert "工作进程与队列" in page.text
+        assert 'href="/console/workers"' in page.text
+    with browser(client) as http:
+        sign_in(http, tokens.alice)
+        assert 'href="/console/workers"' not in http.get("/console/").text
+        refused = http.get("/console/workers")
+        assert refused.status_code == 403
+        assert "may not do this" in refused.text
+    assert worker.alive()
+
+
+def test_exports_are_listed_requested_from_the_catalogs_schema_and_downloaded(
+    client: GatewayClient, tokens: Tokens, migrated: Settings
+) -> None:
+    exports_dir = migrated.exports_dir
+    exports_dir.mkdir(parents=True, exist_ok=True)
+    file_name = f"console-{uuid.uuid4().hex[:8]}.csv"
+    (exports_dir / file_name).write_text("id,name\n1,Nova\n", encoding="utf-8")
+    mine = make_export(migrated, tokens.alice_name, file_name=file_name)
+    bobs = make_export(migrated, tokens.bob_name, file_name=file_name)
+    with browser(client) as http:
+        sign_in(http, tokens.alice)
+        page = http.get("/console/reports")
+        assert page.status_code == 200
+        assert f"/console/exports/{mine}/download" in page.text
+        assert bobs not in page.text
+        # the form is the catalog's schema of export_data: every argument, nested ones with dots
+        for name in ("dataset", "format", "filters.date_from", "filters.store_ids", "filters.status"):
+            assert f'name="{name}"' in page.text, name
+        assert 'type="date"' in page.text
+        assert '<option value="sales"' in page.text
+        download = http.get(f"/console/exports/{mine}/download")
+        assert download.status_code == 200
+        assert download.text == "id,name\n1,Nova\n"
+        assert "attachment" in download.headers["content-disposition"]
+        assert http.get(f"/console/exports/{bobs}/download").status_code == 404
+        token = csrf_of(page.text)
+        refused = http.post(
+            "/console/exports", data={"csrf_token": token, "dataset": "stores", "filters.store_id": "x"}
+        )
+        assert refused.status_code == 422
+        assert "Not requested:" in refused.text
+        requested = http.post(
+            "/console/exports",
+            data={"csrf_token": token, "dataset": "stores", "format": "csv", "filters.store_ids": "3, 4"},
+        )
+        assert requested.status_code == 303, requested.text
+        task_id = requested.headers["location"].split("/")[-1].split("?")[0]
+        task = client.get(f"/api/v1/tasks/{task_id}", headers=tokens.auth("alice")).json()
+        assert task["task_name"] == "export_data"
+        assert task["kwargs"] == {"dataset": "stores", "format": "csv", "filters": {"store_ids": [3, 4]}}
+        follow = http.get(requested.headers["location"])
+        assert follow.status_code == 200
+        assert f'data-events="/console/tasks/{task_id}/events"' in follow.text  # live until it is done
+        assert http.post("/console/exports", data={"dataset": "stores"}).status_code == 403  # no CSRF token
+    with session_scope(migrated) as session:
+        viewer = create_token(session, f"viewer-{uuid.uuid4().hex[:8]}", "viewer")
+    with browser(client, "zh-CN") as http:
+        sign_in(http, viewer)
+        page = http.get("/console/reports")
+        assert "报表与导出" in page.text
+        assert 'id="request-export"' not in page.text  # a viewer submits nothing
+        forged = http.post("/console/exports", data={"csrf_token": csrf_of(page.text), "dataset": "stores"})
+        assert forged.status_code == 403
+
+
+def test_the_audit_trail_is_an_admins_page_with_the_apis_filters(client: GatewayClient, tokens: Tokens) -> None:
+    task_id = submit(client, tokens, "alice", countdown=600, message="to revoke")
+    assert client.post(f"/api/v1/tasks/{task_id}/revoke", headers=tokens.auth("admin"), json={}).status_code == 202
+    with browser(client, "zh-CN") as http:
+        sign_in(http, tokens.admin)
+        page = http.get("/console/audit", params={"actor": tokens.admin_name, "action": "task.revoke"})
+        assert page.status_code == 200
+        assert "审计记录" in page.text
+        assert page.text.count("<code>" + task_id[:64] + "</code>") == 1
+        assert "撤销任务" in page.text
+        assert 'href="/console/audit"' in page.text
+        other = http.get("/console/audit", params={"actor": tokens.admin_name, "action": "token.create"})
+        assert task_id not in other.text
+        bad = http.get("/console/audit", params={"action": "no.such", "since": "yesterday"})
+        assert "没有名为 no.such 的操作" in bad.text
+    with browser(client) as http:
+        sign_in(http, tokens.alice)
+        assert 'href="/console/audit"' not in http.get("/console/").text
+        assert http.get("/console/audit").status_code == 403
+
+
+def test_reports_show_their_sales_as_money_in_each_language(
+    client: GatewayClient, tokens: Tokens, migrated: Settings
+) -> None:
+    report_id = make_report(migrated, None, None)
+    with session_scope(migrated) as session:
+        report = session.get(Report, report_id)
+        assert report is not None
+        report.data = {"sales": {"amount": 1234567.5, "transactions": 12}}
+    for language, money in (("en", "CN¥1,234,567.50"), ("zh-CN", "¥1,234,567.50")):
+        with browser(client, language) as http:
+            sign_in(http, tokens.alice)  # a user reads every report
+            page = http.get("/console/reports").text
+            assert money in page, language

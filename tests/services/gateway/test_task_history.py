@@ -67,6 +67,30 @@ def test_pages_walk_every_row_once_newest_first(db: Session, task_name: str) -> 
     assert seen == expected
 
 
+def test_several_states_are_merged_newest_first_across_pages(db: Session, task_name: str) -> None:
+    """Several states are read one by one (each through its index) and merged: the same order and pages as
+    one query would give, ties on sent_at broken by task_id, rows without sent_at last."""
+    states = ("FAILURE", "REVOKED", "SUCCESS")
+    rows = [_row(task_name, i, states[i % 3], sent=T0 + dt.timedelta(seconds=i // 4)) for i in range(30)]
+    for row in rows[27:]:
+        row.sent_at = None
+    with db.begin_nested():
+        db.add_all(rows)
+    seen: list[str] = []
+    cursor = None
+    with db.begin_nested():
+        while True:
+            page = query_history(db, task_name=task_name, status="REVOKED,FAILURE", cursor=cursor, limit=4)
+            seen.extend(item["task_id"] for item in page.items)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+    wanted = [i for i in range(30) if states[i % 3] != "SUCCESS"]
+    dated = sorted((i for i in wanted if i < 27), key=lambda i: (i // 4, f"{task_name}-{i:05d}"), reverse=True)
+    undated = sorted((i for i in wanted if i >= 27), reverse=True)
+    assert seen == [f"{task_name}-{i:05d}" for i in (*dated, *undated)]
+
+
 def test_filters_by_status_owner_and_time(db: Session, task_name: str) -> None:
     with db.begin_nested():
         db.add_all(
