@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     token_cache_seconds: float = Field(default=5.0, ge=0, le=60)
     # gateway: how long the owner and arguments of a submitted task are kept in Redis (beyond result_expires)
     task_meta_ttl_seconds: int = Field(default=7 * 86400, ge=3600)
+    # ...and once the monitor has written the task's final state into task_history, which then answers
+    # for it: 0 deletes the metadata at once, N shortens its TTL to N seconds (docs/capacity.md)
+    task_meta_finished_ttl_seconds: int = Field(default=0, ge=0)
+    # Celery's result_expires: how long a task's result stays in the result backend (docs/capacity.md)
+    result_expires_seconds: int = Field(default=3600, ge=10)
     idempotency_ttl_seconds: int = Field(default=86400, ge=60)
     # the operator console (/console/): a signed-in browser session lasts this many hours
     console_session_hours: float = Field(default=8.0, gt=0, le=24 * 30)

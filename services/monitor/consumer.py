@@ -27,6 +27,7 @@ from services.monitor.store import load_metrics, purge_hostname, reset_changed_h
 from shared.contracts import EVENT_FIELD, EVENT_STREAM, MONITOR_GROUP, WORKERS_KEY, WorkerRecord
 from shared.db import session_scope
 from shared.settings import Settings
+from shared.taskmeta import META_KEY
 
 log = logging.getLogger("mallops.monitor")
 
@@ -35,6 +36,16 @@ STATS_EVERY = 1.0
 PURGE_EVERY = 5.0
 
 Entry = tuple[str, dict[str, str] | None]
+
+# KEYS: tasks' metadata keys; ARGV[1]: seconds. Shortens each TTL to ARGV[1] unless it has less left.
+_SHORTEN = """
+local ttl = tonumber(ARGV[1])
+for _, key in ipairs(KEYS) do
+  local left = redis.call('TTL', key)
+  if left == -1 or left > ttl then redis.call('EXPIRE', key, ttl) end
+end
+return #KEYS
+"""
 
 
 def clean_event(event: dict[str, Any]) -> dict[str, Any] | None:
@@ -205,12 +216,28 @@ class StreamConsumer:
         with session_scope(self.settings) as session:
             deltas = write_events(session, events, buckets=self.store.buckets)
         ids = [entry_id for entry_id, _ in entries]
-        self.redis.xack(EVENT_STREAM, MONITOR_GROUP, *ids)  # type: ignore[no-untyped-call]
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xack(EVENT_STREAM, MONITOR_GROUP, *ids)
+            self.forget_finished(pipe, deltas.finished)
+            pipe.execute()
         self.store.apply(deltas)
         self.health.events_processed += len(ids)
         self.health.batches += 1
         self.health.lag_seconds = max(time.time() - entry_time(ids[0]), 0.0)
         return len(ids)
+
+    def forget_finished(self, pipe: redis.client.Pipeline[str], task_ids: Sequence[str]) -> None:
+        """The history now holds these tasks' final state and answers for them (the gateway's task view
+        falls back to it): their metadata ``mallops:gw:task:<id>`` is deleted, or its TTL shortened to
+        ``MALLOPS_TASK_META_FINISHED_TTL_SECONDS``, so that Redis holds metadata only for unfinished tasks."""
+        if not task_ids:
+            return
+        keys = [META_KEY + task_id for task_id in task_ids]
+        ttl = self.settings.task_meta_finished_ttl_seconds
+        if ttl <= 0:
+            pipe.unlink(*keys)
+            return
+        pipe.eval(_SHORTEN, len(keys), *keys, ttl)  # one script: never lengthened (EXPIRE LT needs Redis 7)
 
     # -- housekeeping ----------------------------------------------------------------------------
 

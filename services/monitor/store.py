@@ -17,6 +17,7 @@ from sqlalchemy import Table, delete, select
 from sqlalchemy.orm import Session
 
 from services.monitor.state import Deltas, apply_event, finish_row, new_row, parse_key, series_key
+from shared.contracts import FINAL_STATES
 from shared.models import MonitorMetric, TaskRecord
 
 CHUNK = 500
@@ -90,6 +91,9 @@ def write_events(
                 row = rows[str(task_id)] = new_row(str(task_id))
             if apply_event(row, event, deltas, seq):
                 touched[row["task_id"]] = row
+        # every final row of the batch, not only those it changed: a batch redelivered after a crash
+        # between the commit and the XACK drops the metadata too
+        deltas.finished = [task_id for task_id in task_ids if rows[task_id].get("state") in FINAL_STATES]
         values = [finish_row(row, now) for row in touched.values()]
         if values:
             stmt = _upsert_history(session)
