@@ -42,11 +42,11 @@ pytestmark = pytest.mark.integration
 
 @dataclass
 class Platform:
-    redis: RedisServer
+    server: RedisServer
     overrides: dict[str, Any]
 
     def cache(self) -> redis.Redis[bytes]:
-        return self.redis.client(2)
+        return self.server.client(2)
 
 
 @pytest.fixture
