@@ -20,6 +20,8 @@ import redis
 
 from services.monitor.consumer import StreamConsumer
 from services.monitor.metrics import Health, MetricStore
+from services.monitor.state import SENT_BIT
+from services.monitor.store import answers_for
 from shared.db import session_scope
 from shared.models import TaskRecord
 from shared.settings import Settings
@@ -171,3 +173,12 @@ def test_a_finished_ttl_shortens_the_metadata_instead(redis_server: RedisServer,
     assert not redis_client.exists(META_KEY + gone_id)
     consumer.redis.close()
     redis_client.close()
+
+
+def test_the_metadata_stays_until_the_history_has_the_publish_event() -> None:
+    """A worker's events can overtake the publisher's buffered task-sent (arguments, retry_of): a final row
+    without it does not yet answer for the task."""
+    final_unsent = {"state": "SUCCESS", "event_mask": 1 << 56}
+    assert not answers_for(final_unsent)
+    assert answers_for(final_unsent | {"event_mask": (1 << 56) | (1 << SENT_BIT)})
+    assert not answers_for({"state": "STARTED", "event_mask": 1 << SENT_BIT})
