@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     # lifecycle events (shared/celery_extensions/events.py) and the monitor (services/monitor)
     events_enabled: bool = True
     events_stream_maxlen: int = Field(default=500_000, ge=1000)  # approximate (XADD MAXLEN ~)
+    # the monitor trims entries every consumer group has acknowledged once they are this old; 0 keeps them
+    # until MAXLEN pushes them out (docs/capacity.md)
+    events_stream_retention_seconds: int = Field(default=60, ge=0)
     events_flush_interval: float = Field(default=0.1, gt=0, le=10)  # seconds a buffered event may wait
     events_flush_size: int = Field(default=200, ge=1, le=10_000)  # events that trigger a flush at once
     worker_heartbeat_interval: float = Field(default=2.0, gt=0, le=300)

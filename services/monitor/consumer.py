@@ -85,6 +85,11 @@ def entry_seq(entry_id: str) -> int:
     return int(ms) * 1000 + int(n or 0)
 
 
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    ms, _, n = entry_id.partition("-")
+    return int(ms), int(n or 0)
+
+
 def entry_time(entry_id: str) -> float:
     return int(entry_id.partition("-")[0]) / 1000.0
 
@@ -172,6 +177,7 @@ class StreamConsumer:
         if now >= self._next_purge:
             self._next_purge = now + PURGE_EVERY
             self.purge_offline_workers()
+            self.trim_stream()
         return done
 
     def claim_stale(self) -> int:
@@ -250,6 +256,30 @@ class StreamConsumer:
         for group in groups:
             if group.get("name") == MONITOR_GROUP:
                 self.health.pending_entries = int(group.get("pending") or 0) + int(group.get("lag") or 0)
+
+    def trim_stream(self) -> str | None:
+        """Drop the stream's entries older than ``MALLOPS_EVENTS_STREAM_RETENTION_SECONDS`` that every consumer
+        group has read and acknowledged (XTRIM MINID ~): in steady state the stream holds about a minute of
+        events instead of ``MALLOPS_EVENTS_STREAM_MAXLEN`` entries, and nothing unprocessed is lost (an
+        unread or unacknowledged entry stops the trim). Returns the MINID used, or None."""
+        retention = self.settings.events_stream_retention_seconds
+        if retention <= 0:
+            return None
+        keep = (int((time.time() - retention) * 1000), 0)
+        groups = self.redis.xinfo_groups(EVENT_STREAM)  # type: ignore[no-untyped-call]
+        if not groups:
+            return None
+        for group in groups:
+            oldest = _stream_id(str(group.get("last-delivered-id") or "0-0"))
+            if int(group.get("pending") or 0):
+                summary = self.redis.xpending(EVENT_STREAM, group["name"])  # type: ignore[no-untyped-call]
+                oldest = min(oldest, _stream_id(str(summary.get("min") or "0-0")))
+            keep = min(keep, oldest)
+        if keep <= (0, 0):
+            return None
+        minid = f"{keep[0]}-{keep[1]}"
+        self.redis.xtrim(EVENT_STREAM, minid=minid, approximate=True)
+        return minid
 
     def purge_offline_workers(self) -> list[str]:
         """Forget workers silent for longer than ``MALLOPS_WORKER_PURGE_AFTER``: their liveness entry
