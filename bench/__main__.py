@@ -7,6 +7,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+from bench.capacity import CAPACITY_COMMANDS, add_capacity_commands, run_capacity_command
 from bench.run import Config, run
 
 BEGIN, END = "<!-- bench report: begin -->", "<!-- bench report: end -->"
@@ -33,7 +34,11 @@ def main(argv: list[str] | None = None) -> None:
         type=Path,
         help=f"replace the generated part of this Markdown file (between {BEGIN!r} and {END!r}) instead of printing",
     )
+    add_capacity_commands(sub)
     args = parser.parse_args(argv)
+    if args.command in CAPACITY_COMMANDS:
+        run_capacity_command(args)
+        return
     if args.command == "report":
         from bench.report import markdown
 
