@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from bench.monitor_scale import slope_per
 from bench.stack import Stack, log, machine, wait_until
 from shared.db import session_scope
 from shared.models import TaskRecord
+from shared.taskmeta import RECENT_ALL, RECENT_MAX, RECENT_OWNER, RECENT_OWNER_MAX
 
 CAPACITY_COMMANDS = ("capacity", "monitor-scale")
 BODY = {"task_name": "test_task", "kwargs": {"message": "capacity"}}
@@ -60,7 +62,7 @@ def add_capacity_commands(sub: Any) -> None:
     c.add_argument("--sustain-seconds", type=float, default=240.0, help="sustained run; 0 skips it (default 240)")
     c.add_argument("--rate", type=float, help="tasks/s of the sustained run (default 80 %% of the drain rate)")
     c.add_argument("--result-expires", type=int, default=60, help="result lifetime in the sustained run (s)")
-    c.add_argument("--stream-maxlen", type=int, default=50_000, help="event stream cap in the sustained run")
+    c.add_argument("--stream-maxlen", type=int, help="MALLOPS_EVENTS_STREAM_MAXLEN in the sustained run")
     c.add_argument("--workdir", type=Path)
     m = sub.add_parser("monitor-scale", help="the monitor over 1,000,000 synthetic tasks: RSS and lag")
     m.add_argument("--out", type=Path, default=Path("bench/results/monitor-scale.json"))
@@ -249,10 +251,9 @@ def capacity(args: argparse.Namespace) -> dict[str, Any]:
 
 # long: one scenario, in order
 def sustained(args: argparse.Namespace, rate: float) -> dict[str, Any]:
-    overrides = {
-        "MALLOPS_RESULT_EXPIRES_SECONDS": str(args.result_expires),
-        "MALLOPS_EVENTS_STREAM_MAXLEN": str(args.stream_maxlen),
-    }
+    overrides = {"MALLOPS_RESULT_EXPIRES_SECONDS": str(args.result_expires)}
+    if args.stream_maxlen:
+        overrides["MALLOPS_EVENTS_STREAM_MAXLEN"] = str(args.stream_maxlen)
     with tempfile.TemporaryDirectory(prefix="mallops-sustained-") as tmp:
         stack = Stack((args.workdir / "sustained") if args.workdir else Path(tmp), env_overrides=overrides)
         try:
@@ -261,6 +262,7 @@ def sustained(args: argparse.Namespace, rate: float) -> dict[str, Any]:
             url = stack.gateway()
             stack.monitor()
             stack.worker()
+            prefill_recent(stack)
             at_start = machine()
             log(f"sustained: {rate:.0f} tasks/s for {args.sustain_seconds:.0f} s, {overrides}")
             log(f"  load average {at_start['load_average']}")
@@ -286,6 +288,21 @@ def sustained(args: argparse.Namespace, rate: float) -> dict[str, Any]:
             return _sustained_report(args, rate, samples, load.summary(), expected, catch_up, at_start)
         finally:
             stack.close()
+
+
+def prefill_recent(stack: Stack) -> None:
+    """Fill the gateway's two capped lists of recent tasks (all, and the bench owner's) to their caps with
+    ids older than any real one, as in any deployment that has run more than RECENT_MAX tasks: each new task
+    then pushes the oldest out, so the sustained run starts at their steady state instead of their growth."""
+    cache = stack.redis(2)
+    now = time.time() - 3600
+    for key, cap in ((RECENT_ALL, RECENT_MAX), (RECENT_OWNER + stack.token_name, RECENT_OWNER_MAX)):
+        for start in range(0, cap, 10_000):
+            ids: dict[str | bytes, float] = {
+                f"{uuid.UUID(int=start + i + 1)}": now - start - i for i in range(min(10_000, cap - start))
+            }
+            cache.zadd(key, ids)
+    cache.close()
 
 
 def _sample_memory(stack: Stack, stop: threading.Event, samples: list[dict[str, float]]) -> None:
@@ -332,7 +349,8 @@ def _sustained_report(
         "tasks": tasks,
         "submission": load,
         "history_caught_up_after_s": round(catch_up, 1),
-        "settings": {"result_expires_s": args.result_expires, "stream_maxlen": args.stream_maxlen},
+        "settings": {"result_expires_s": args.result_expires, "stream_maxlen": args.stream_maxlen or "default"},
+        "recent_lists": "filled to their caps before the run (prefill_recent)",
         "steady_from_s": steady_from,
         "used_memory_mb": {
             "start": None if start_mb is None else round(start_mb, 2),

@@ -90,6 +90,7 @@ class Stack:
     database_url: str | None = None
     processes: list[Proc] = field(default_factory=list)
     port: int = 0
+    token_name: str = ""
 
     # -- processes ----------------------------------------------------------------------------------
 
@@ -153,8 +154,9 @@ class Stack:
         settings = self.settings()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         migrate(settings)
+        self.token_name = f"bench-{uuid.uuid4().hex[:6]}"
         with session_scope(settings) as session:
-            token = create_token(session, f"bench-{uuid.uuid4().hex[:6]}", "admin")
+            token = create_token(session, self.token_name, "admin")
         return {"Authorization": f"Bearer {token}"}
 
     def serve(self, service: str, *extra: str) -> Proc:
