@@ -242,6 +242,8 @@ def capacity(args: argparse.Namespace) -> dict[str, Any]:
             )
         finally:
             stack.close()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")  # the inventory, whatever happens next
         if args.sustain_seconds > 0:
             rate = args.rate or round(0.8 * result["inventory"]["drain_tasks_per_s"])
             result["sustained"] = sustained(args, rate)
@@ -271,23 +273,49 @@ def sustained(args: argparse.Namespace, rate: float) -> dict[str, Any]:
             stop = threading.Event()
             thread = threading.Thread(target=_sample_memory, args=(stack, stop, samples), daemon=True)
             thread.start()
-            body = {"tasks": [BODY] * size}
-            load = http_load.run(
-                http_load.paced(
-                    f"{url}/api/v1/tasks/batch", headers, lambda _i: body, rate / size, args.sustain_seconds
-                )
-            )
+            load = paced_batches(url, headers, size, rate / size, args.sustain_seconds)
             sent_at = time.perf_counter()
-            expected = (load.requests - load.errors) * size
+            expected = (load["requests"] - load["errors"]) * size
             wait_until(
                 lambda: history_done(stack) >= expected, 120 + expected / 50, "the sustained tasks in the history"
             )
             catch_up = time.perf_counter() - sent_at
             stop.set()
             thread.join()
-            return _sustained_report(args, rate, samples, load.summary(), expected, catch_up, at_start)
+            return _sustained_report(args, rate, samples, load, expected, catch_up, at_start)
         finally:
             stack.close()
+
+
+def paced_batches(url: str, headers: dict[str, str], size: int, per_second: float, seconds: float) -> dict[str, Any]:
+    """One batch of ``size`` tasks every 1/``per_second`` s for ``seconds`` (a few requests a second: one
+    client that reconnects when the server closed an idle keep-alive connection)."""
+    body = {"tasks": [BODY] * size}
+    count = max(1, int(per_second * seconds))
+    errors = 0
+    latencies = []
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        start = time.perf_counter()
+        for i in range(count):
+            delay = start + i / per_second - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)  # pacing the load
+            sent = time.perf_counter()
+            try:
+                ok = client.post("/api/v1/tasks/batch", json=body).status_code == 202
+            except httpx.HTTPError:
+                ok = False
+            latencies.append(time.perf_counter() - sent)
+            errors += not ok
+        elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "requests": count,
+        "errors": errors,
+        "seconds": round(elapsed, 1),
+        "batch_size": size,
+        "latency_ms": {"p50": round(latencies[len(latencies) // 2] * 1000, 1), "max": round(latencies[-1] * 1000, 1)},
+    }
 
 
 def prefill_recent(stack: Stack) -> None:
