@@ -20,7 +20,6 @@ from shared.settings import Settings, get_settings
 
 HARD_TIME_LIMIT = 30 * 60
 SOFT_TIME_LIMIT = 25 * 60
-RESULT_EXPIRES = 60 * 60
 RESULT_STORE_RETRIES = 30
 
 
@@ -64,7 +63,7 @@ def create_celery_app(name: str = "mallops", settings: Settings | None = None) -
         task_soft_time_limit=SOFT_TIME_LIMIT,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        result_expires=RESULT_EXPIRES,
+        result_expires=settings.result_expires_seconds,
         # a result that cannot be stored (Redis restarting) is retried with backoff (10 ms doubling to
         # 10 s, about 3 minutes in all) instead of failing a task whose work is done
         result_backend_always_retry=True,

@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     token_cache_seconds: float = Field(default=5.0, ge=0, le=60)
     # gateway: how long the owner and arguments of a submitted task are kept in Redis (beyond result_expires)
     task_meta_ttl_seconds: int = Field(default=7 * 86400, ge=3600)
+    # ...and once the monitor has written the task's final state into task_history, which then answers
+    # for it: 0 deletes the metadata at once, N shortens its TTL to N seconds (docs/capacity.md)
+    task_meta_finished_ttl_seconds: int = Field(default=0, ge=0)
+    # Celery's result_expires: how long a task's result stays in the result backend (docs/capacity.md)
+    result_expires_seconds: int = Field(default=3600, ge=10)
     idempotency_ttl_seconds: int = Field(default=86400, ge=60)
     # the operator console (/console/): a signed-in browser session lasts this many hours
     console_session_hours: float = Field(default=8.0, gt=0, le=24 * 30)
@@ -120,6 +125,9 @@ class Settings(BaseSettings):
     # lifecycle events (shared/celery_extensions/events.py) and the monitor (services/monitor)
     events_enabled: bool = True
     events_stream_maxlen: int = Field(default=500_000, ge=1000)  # approximate (XADD MAXLEN ~)
+    # the monitor trims entries every consumer group has acknowledged once they are this old; 0 keeps them
+    # until MAXLEN pushes them out (docs/capacity.md)
+    events_stream_retention_seconds: int = Field(default=60, ge=0)
     events_flush_interval: float = Field(default=0.1, gt=0, le=10)  # seconds a buffered event may wait
     events_flush_size: int = Field(default=200, ge=1, le=10_000)  # events that trigger a flush at once
     worker_heartbeat_interval: float = Field(default=2.0, gt=0, le=300)

@@ -2,7 +2,8 @@
 publishes deferred one-off runs (``shared/deferred.py``) and records them exactly as the gateway does.
 
 Per task a JSON string ``mallops:gw:task:<id>`` (owner, task_name, queue, args, kwargs, submitted_at,
-retry_of) kept ``MALLOPS_TASK_META_TTL_SECONDS``; sorted sets list recent tasks overall and per owner
+retry_of) kept ``MALLOPS_TASK_META_TTL_SECONDS``, dropped by the monitor once the task's history row is
+final (``MALLOPS_TASK_META_FINISHED_TTL_SECONDS``); sorted sets list recent tasks overall and per owner
 (score: submission time) and each owner's unfinished tasks (the quota).
 """
 

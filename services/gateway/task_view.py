@@ -48,6 +48,16 @@ class HistoryFacts:
     runtime: float | None
     workflow_id: str | None = None
     workflow_step: str | None = None
+    arguments: dict[str, Any] | None = None  # {"args", "kwargs"} as sent, capped ("truncated": true)
+    retry_of: str | None = None
+
+    @property
+    def call(self) -> tuple[list[Any], dict[str, Any]] | None:
+        """The task's arguments as sent, unless the history had to cut them."""
+        value = self.arguments
+        if not isinstance(value, dict) or value.get("truncated"):
+            return None
+        return list(value.get("args") or []), dict(value.get("kwargs") or {})
 
     @classmethod
     def of(cls, row: TaskRecord) -> HistoryFacts:
@@ -67,6 +77,8 @@ class HistoryFacts:
             runtime=row.runtime,
             workflow_id=row.workflow_id,
             workflow_step=row.workflow_step,
+            arguments=row.arguments if isinstance(row.arguments, dict) else None,
+            retry_of=row.retry_of,
         )
 
 
@@ -213,6 +225,23 @@ def traceback_text(task: TaskView) -> str | None:
     return capped_traceback((task.result or {}).get("traceback")) or (task.history.traceback if task.history else None)
 
 
+def arguments(task: TaskView) -> tuple[list[Any], dict[str, Any]] | None:
+    """The arguments the task was sent with: the gateway's metadata while it is kept, a waiting run's row,
+    the history once the task has finished (the monitor then drops the metadata), else the result backend's
+    (``result_extended``). None when nothing knows them whole."""
+    if task.meta is not None:
+        return task.meta.args, task.meta.kwargs
+    if task.deferred is not None:
+        return list(task.deferred.args), dict(task.deferred.kwargs)
+    known = task.history.call if task.history is not None else None
+    if known is not None:
+        return known
+    result = task.result or {}
+    if isinstance(result.get("kwargs"), dict):
+        return list(result.get("args") or []), dict(result["kwargs"])
+    return None
+
+
 def detail(task: TaskView) -> TaskDetail:
     result = task.result or {}
     history = task.history
@@ -231,12 +260,7 @@ def detail(task: TaskView) -> TaskDetail:
     duration = history.runtime if history else None
     if duration is None and started_at is not None and finished_at is not None:
         duration = max(0.0, (finished_at - started_at).total_seconds())
-    if meta is not None:
-        args, kwargs = meta.args, meta.kwargs
-    elif task.deferred is not None:
-        args, kwargs = list(task.deferred.args), dict(task.deferred.kwargs)
-    else:
-        args, kwargs = list(result.get("args") or []), dict(result.get("kwargs") or {})
+    args, kwargs = arguments(task) or ([], {})
     return TaskDetail(
         task_id=task.task_id,
         task_name=task.task_name,
@@ -251,7 +275,7 @@ def detail(task: TaskView) -> TaskDetail:
         args=args,
         kwargs=kwargs,
         owner=task.owner,
-        retry_of=meta.retry_of if meta else None,
+        retry_of=meta.retry_of if meta else (history.retry_of if history else None),
         workflow_id=history.workflow_id if history else None,
         workflow_step=history.workflow_step if history else None,
         sent_at=(meta.submitted_at if meta else None) or (history.sent_at if history else None),
@@ -266,10 +290,13 @@ def detail(task: TaskView) -> TaskDetail:
 
 
 async def summaries(runtime: Runtime, store: TaskStore, ids: list[str]) -> list[TaskSummary]:
-    """The tasks' summaries: the gateway's metadata and the result backend's state or, for a task with no
-    result (rejected, or its result expired), the final state in its history."""
+    """The tasks' summaries: the gateway's metadata and the result backend's state; for a task with no
+    result (rejected, or its result expired) the final state in its history, and for a finished task
+    whose metadata the monitor dropped, its name, queue, owner and send time from the history too."""
     metas, results = await asyncio.gather(store.load_many(ids), store.results_many(ids))
-    missing = [task_id for task_id, result in zip(ids, results, strict=True) if result is None]
+    missing = [
+        task_id for task_id, meta, result in zip(ids, metas, results, strict=True) if result is None or meta is None
+    ]
     finals = await run_in_threadpool(final_records, runtime, missing) if missing else {}
     return [
         _summary(task_id, meta, result, finals.get(task_id))
@@ -277,31 +304,64 @@ async def summaries(runtime: Runtime, store: TaskStore, ids: list[str]) -> list[
     ]
 
 
-def final_records(runtime: Runtime, task_ids: list[str]) -> dict[str, tuple[str, dt.datetime | None]]:
-    """task id -> (state, finished_at) of those of ``task_ids`` whose history row is final."""
+@dataclass(frozen=True)
+class FinalRecord:
+    """What a list needs of a final history row."""
+
+    state: str
+    finished_at: dt.datetime | None
+    task_name: str
+    queue: str | None
+    owner: str | None
+    sent_at: dt.datetime | None
+
+
+def final_records(runtime: Runtime, task_ids: list[str]) -> dict[str, FinalRecord]:
+    """task id -> its final history row, for those of ``task_ids`` whose history row is final."""
+    columns = (TaskRecord.state, TaskRecord.finished_at, TaskRecord.task_name, TaskRecord.queue, TaskRecord.owner)
     with runtime.sessions() as session:
         rows = session.execute(
-            select(TaskRecord.task_id, TaskRecord.state, TaskRecord.finished_at).where(
+            select(TaskRecord.task_id, *columns, TaskRecord.sent_at).where(
                 TaskRecord.task_id.in_(task_ids), TaskRecord.state.in_(FINAL_STATES)
             )
         )
-        return {task_id: (state, finished_at) for task_id, state, finished_at in rows}
+        return {
+            row.task_id: FinalRecord(
+                row.state,
+                parse_time(row.finished_at),
+                row.task_name,
+                row.queue,
+                row.owner,
+                parse_time(row.sent_at),
+            )
+            for row in rows
+        }
 
 
 def _summary(
     task_id: str,
     meta: TaskMeta | None,
     result: dict[str, Any] | None,
-    final: tuple[str, dt.datetime | None] | None = None,
+    final: FinalRecord | None = None,
 ) -> TaskSummary:
-    status = parse_state((result or {}).get("status") or (final[0] if final else None)) or TaskState.PENDING
-    finished_at = parse_time((result or {}).get("date_done")) if result else (final[1] if final else None)
+    status = parse_state((result or {}).get("status") or (final.state if final else None)) or TaskState.PENDING
+    finished_at = parse_time((result or {}).get("date_done")) if result else (final.finished_at if final else None)
+    queue: str | None
+    owner: str | None
+    if meta is not None:
+        task_name, queue, owner, sent_at = meta.task_name, meta.queue, meta.owner, meta.submitted_at
+    elif final is not None:
+        spec = get_spec(final.task_name)
+        task_name = spec.name if spec else final.task_name
+        queue, owner, sent_at = final.queue, final.owner, final.sent_at
+    else:
+        task_name, queue, owner, sent_at = str((result or {}).get("name") or ""), None, None, None
     return TaskSummary(
         task_id=task_id,
-        task_name=meta.task_name if meta else str((result or {}).get("name") or ""),
+        task_name=task_name,
         status=status,
-        queue=meta.queue if meta else None,
-        owner=meta.owner if meta else None,
-        sent_at=meta.submitted_at if meta else None,
+        queue=queue,
+        owner=owner,
+        sent_at=sent_at,
         finished_at=finished_at if status in FINAL_STATES else None,
     )

@@ -1,10 +1,11 @@
 """What the gateway knows about the tasks it submitted, in Redis, and how it reads Celery's results.
 
 Per task a JSON string ``mallops:gw:task:<id>`` (owner, task_name, queue, args, kwargs, submitted_at, retry_of)
-written before the message is published, kept ``MALLOPS_TASK_META_TTL_SECONDS`` (default 7 days, far
-beyond Celery's one-hour result_expires). Sorted sets list recent tasks overall and per owner (score:
-submission time) and each owner's unfinished tasks (the quota). Older tasks are found in the monitor's
-``task_history`` table instead.
+written before the message is published, kept ``MALLOPS_TASK_META_TTL_SECONDS`` (default 7 days) or, once
+the monitor has written the task's final state into ``task_history``, dropped (or kept
+``MALLOPS_TASK_META_FINISHED_TTL_SECONDS``): the task view then reads the history (docs/capacity.md).
+Sorted sets list recent tasks overall and per owner (score: submission time) and each owner's unfinished
+tasks (the quota). Older tasks are found in the monitor's ``task_history`` table instead.
 
 Results are read straight from the result backend's keys (``celery-task-meta-<id>``, JSON), asynchronously,
 so that no request blocks the event loop and no result subscription is left behind.

@@ -27,6 +27,7 @@ from services.monitor.store import load_metrics, purge_hostname, reset_changed_h
 from shared.contracts import EVENT_FIELD, EVENT_STREAM, MONITOR_GROUP, WORKERS_KEY, WorkerRecord
 from shared.db import session_scope
 from shared.settings import Settings
+from shared.taskmeta import META_KEY
 
 log = logging.getLogger("mallops.monitor")
 
@@ -35,6 +36,16 @@ STATS_EVERY = 1.0
 PURGE_EVERY = 5.0
 
 Entry = tuple[str, dict[str, str] | None]
+
+# KEYS: tasks' metadata keys; ARGV[1]: seconds. Shortens each TTL to ARGV[1] unless it has less left.
+_SHORTEN = """
+local ttl = tonumber(ARGV[1])
+for _, key in ipairs(KEYS) do
+  local left = redis.call('TTL', key)
+  if left == -1 or left > ttl then redis.call('EXPIRE', key, ttl) end
+end
+return #KEYS
+"""
 
 
 def clean_event(event: dict[str, Any]) -> dict[str, Any] | None:
@@ -72,6 +83,11 @@ def entry_seq(entry_id: str) -> int:
     """A stream id ``<ms>-<n>`` as one increasing integer (ms * 1000 + n)."""
     ms, _, n = entry_id.partition("-")
     return int(ms) * 1000 + int(n or 0)
+
+
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    ms, _, n = entry_id.partition("-")
+    return int(ms), int(n or 0)
 
 
 def entry_time(entry_id: str) -> float:
@@ -161,6 +177,7 @@ class StreamConsumer:
         if now >= self._next_purge:
             self._next_purge = now + PURGE_EVERY
             self.purge_offline_workers()
+            self.trim_stream()
         return done
 
     def claim_stale(self) -> int:
@@ -205,12 +222,28 @@ class StreamConsumer:
         with session_scope(self.settings) as session:
             deltas = write_events(session, events, buckets=self.store.buckets)
         ids = [entry_id for entry_id, _ in entries]
-        self.redis.xack(EVENT_STREAM, MONITOR_GROUP, *ids)  # type: ignore[no-untyped-call]
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xack(EVENT_STREAM, MONITOR_GROUP, *ids)
+            self.forget_finished(pipe, deltas.finished)
+            pipe.execute()
         self.store.apply(deltas)
         self.health.events_processed += len(ids)
         self.health.batches += 1
         self.health.lag_seconds = max(time.time() - entry_time(ids[0]), 0.0)
         return len(ids)
+
+    def forget_finished(self, pipe: redis.client.Pipeline[str], task_ids: Sequence[str]) -> None:
+        """The history now holds these tasks' final state and answers for them (the gateway's task view
+        falls back to it): their metadata ``mallops:gw:task:<id>`` is deleted, or its TTL shortened to
+        ``MALLOPS_TASK_META_FINISHED_TTL_SECONDS``, so that Redis holds metadata only for unfinished tasks."""
+        if not task_ids:
+            return
+        keys = [META_KEY + task_id for task_id in task_ids]
+        ttl = self.settings.task_meta_finished_ttl_seconds
+        if ttl <= 0:
+            pipe.unlink(*keys)
+            return
+        pipe.eval(_SHORTEN, len(keys), *keys, ttl)  # one script: never lengthened (EXPIRE LT needs Redis 7)
 
     # -- housekeeping ----------------------------------------------------------------------------
 
@@ -223,6 +256,30 @@ class StreamConsumer:
         for group in groups:
             if group.get("name") == MONITOR_GROUP:
                 self.health.pending_entries = int(group.get("pending") or 0) + int(group.get("lag") or 0)
+
+    def trim_stream(self) -> str | None:
+        """Drop the stream's entries older than ``MALLOPS_EVENTS_STREAM_RETENTION_SECONDS`` that every consumer
+        group has read and acknowledged (XTRIM MINID ~): in steady state the stream holds about a minute of
+        events instead of ``MALLOPS_EVENTS_STREAM_MAXLEN`` entries, and nothing unprocessed is lost (an
+        unread or unacknowledged entry stops the trim). Returns the MINID used, or None."""
+        retention = self.settings.events_stream_retention_seconds
+        if retention <= 0:
+            return None
+        keep = (int((time.time() - retention) * 1000), 0)
+        groups = self.redis.xinfo_groups(EVENT_STREAM)  # type: ignore[no-untyped-call]
+        if not groups:
+            return None
+        for group in groups:
+            oldest = _stream_id(str(group.get("last-delivered-id") or "0-0"))
+            if int(group.get("pending") or 0):
+                summary = self.redis.xpending(EVENT_STREAM, group["name"])  # type: ignore[no-untyped-call]
+                oldest = min(oldest, _stream_id(str(summary.get("min") or "0-0")))
+            keep = min(keep, oldest)
+        if keep <= (0, 0):
+            return None
+        minid = f"{keep[0]}-{keep[1]}"
+        self.redis.xtrim(EVENT_STREAM, minid=minid, approximate=True)
+        return minid
 
     def purge_offline_workers(self) -> list[str]:
         """Forget workers silent for longer than ``MALLOPS_WORKER_PURGE_AFTER``: their liveness entry

@@ -14,6 +14,7 @@ from services.monitor.consumer import StreamConsumer
 from services.monitor.failure_metrics import FailureCollector
 from services.monitor.http import make_app, serve
 from services.monitor.metrics import Health, MetricStore, build_registry
+from services.monitor.redis_memory import RedisMemoryCollector
 from services.monitor.state import histogram_buckets
 from services.monitor.workflow_metrics import WorkflowCollector
 from shared import dead_letter_store, workflows
@@ -75,6 +76,7 @@ def main(argv: list[str]) -> None:
         )
     )
     registry.register(WorkflowCollector(lambda: _workflow_totals(settings), settings.runtime_buckets))
+    registry.register(RedisMemoryCollector(settings))
     server = serve(make_app(registry, health, lambda: health_check(settings)), args.host, args.port)
     log.info("monitor serving /metrics and /health on http://%s:%d", args.host, args.port)
 

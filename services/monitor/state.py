@@ -145,6 +145,9 @@ class Deltas:
     values: dict[str, float] = field(default_factory=dict)
     hostnames: dict[str, str] = field(default_factory=dict)
     buckets: dict[str, tuple[float, ...]] = field(default_factory=dict)  # by histogram; BUCKETS when absent
+    # tasks of the batch whose history row holds a final state once it is committed: the monitor then
+    # drops (or shortens) their gateway metadata in Redis (consumer.StreamConsumer.forget_finished)
+    finished: list[str] = field(default_factory=list)
 
     def add(self, key: str, hostname: str, amount: float = 1.0) -> None:
         self.values[key] = self.values.get(key, 0.0) + amount

@@ -16,7 +16,8 @@ from prometheus_client.utils import floatToGoString
 from sqlalchemy import Table, delete, select
 from sqlalchemy.orm import Session
 
-from services.monitor.state import Deltas, apply_event, finish_row, new_row, parse_key, series_key
+from services.monitor.state import SENT_BIT, Deltas, apply_event, finish_row, new_row, parse_key, series_key
+from shared.contracts import FINAL_STATES
 from shared.models import MonitorMetric, TaskRecord
 
 CHUNK = 500
@@ -90,6 +91,7 @@ def write_events(
                 row = rows[str(task_id)] = new_row(str(task_id))
             if apply_event(row, event, deltas, seq):
                 touched[row["task_id"]] = row
+        deltas.finished = [task_id for task_id in task_ids if answers_for(rows[task_id])]
         values = [finish_row(row, now) for row in touched.values()]
         if values:
             stmt = _upsert_history(session)
@@ -97,6 +99,14 @@ def write_events(
                 session.execute(stmt, values[start : start + CHUNK])
     add_metric_deltas(session, deltas)
     return deltas
+
+
+def answers_for(row: dict[str, Any]) -> bool:
+    """The history row can stand in for the gateway's metadata of its task: it is final and holds what
+    the publish's task-sent event carries (arguments, retry_of, request id), which a worker's events can
+    overtake. Every such row of a batch counts, not only those it changed, so that a batch redelivered
+    after a crash between the commit and the XACK drops the metadata too."""
+    return row.get("state") in FINAL_STATES and bool(int(row.get("event_mask") or 0) & (1 << SENT_BIT))
 
 
 def add_metric_deltas(session: Session, deltas: Deltas) -> None:

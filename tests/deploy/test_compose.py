@@ -264,6 +264,7 @@ def test_redis_keeps_every_message(compose: Interpolated) -> None:
     options = dict(zip(command[1::2], command[2::2], strict=True))
     assert options["--appendonly"] == "yes"
     assert options["--maxmemory-policy"] == "noeviction"
+    assert options["--maxmemory"] == "1gb"  # REDIS_MAXMEMORY; the RedisMemoryHigh alert needs a limit
 
 
 # -- ports and addresses agree ---------------------------------------------------------------------------

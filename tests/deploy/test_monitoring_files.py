@@ -27,6 +27,7 @@ REQUIRED_ALERTS = {
     "DeadLettersGrowing",
     "ScheduleEntryMissed",
     "WorkerLost",
+    "RedisMemoryHigh",
 }
 
 
@@ -101,6 +102,8 @@ def test_dashboards_cover_the_platform() -> None:
         "mallops_schedule_last_run_timestamp_seconds",
         "mallops_schedule_period_seconds",
         "mallops_worker_lost",
+        "mallops_redis_memory_used_bytes",
+        "mallops_redis_memory_max_ratio",
         "by (exception)",
         "by (queue_name)",
         "by (name)",

@@ -111,6 +111,7 @@ def start_gateway(env: dict[str, str], log_dir: Path) -> tuple[Process, str]:
 @pytest.fixture
 def platform(monitor_stack: MonitorStack, migrated: Settings, tmp_path: Path) -> Iterator[Platform]:
     stack = monitor_stack
+    stack.redis.client().config_set("maxmemory", "1gb")  # as compose sets it (REDIS_MAXMEMORY): the ratio has data
     stack.worker()
     stack.monitor()
     # the beat entries (as beat creates them at start), for the schedule panels and alert

@@ -33,7 +33,7 @@ from services.gateway.schemas import (
     TaskSummary,
 )
 from services.gateway.submission import BROKER_RETRY_AFTER, Submitter, prepare
-from services.gateway.task_view import TaskView, detail, load_view, summaries
+from services.gateway.task_view import TaskView, arguments, detail, load_view, summaries
 from services.gateway.taskstore import decode_result
 from shared import audit, deferred, permissions
 from shared.catalog import get_spec
@@ -365,14 +365,10 @@ async def retry_task(
     spec = get_spec(task.task_name)
     if spec is None:
         raise ProblemError(409, f"task {task.task_name!r} is no longer in the catalog", kind="not-retryable")
-    if task.meta is not None:
-        args, kwargs = task.meta.args, task.meta.kwargs
-    elif task.deferred is not None:
-        args, kwargs = list(task.deferred.args), dict(task.deferred.kwargs)
-    elif task.result is not None and isinstance(task.result.get("kwargs"), dict):
-        args, kwargs = list(task.result.get("args") or []), dict(task.result["kwargs"])
-    else:
+    known = arguments(task)
+    if known is None:
         raise ProblemError(409, "the original arguments of this task are no longer known", kind="not-retryable")
+    args, kwargs = known
     item = prepare(TaskSubmission(task_name=spec.name, args=args, kwargs=kwargs))
     await authz.authorize_retry_arguments(request, principal, item, task.task_id)
     owner = task.owner or principal.name
