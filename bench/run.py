@@ -3,7 +3,7 @@
 Everything runs on one machine against one redis-server of the run's own (a free port): database 0 is the
 broker, 1 the result backend, 2 mallops' cache and event stream, 3 the bench's own counters, 4 to 6 the
 brokers of the other workers of the worker-alone comparison. Processes are
-started with the test harness (``tests.harness``) and stopped by PID.
+started with :mod:`bench.processes` and stopped by PID.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ from sqlalchemy import delete, func, select
 from bench import http_load
 from bench.measure import PeakRSS, cpu_per_task, median_cpu, percentiles, spread, tree_memory
 from bench.noop_app import QUEUE, TASK
+from bench.processes import ROOT, Process, free_port, service_argv, spawn, start_celery_worker, start_redis, wait_until
 from shared.contracts import EVENT_STREAM, MONITOR_GROUP
 from shared.db import migrate, reset_engines, session_scope
 from shared.models import TaskRecord
 from shared.settings import Settings
 from shared.tokens import create_token
-from tests.harness import ROOT, Process, free_port, service_argv, spawn, start_celery_worker, start_redis, wait_until
 
 MALLOPS_TASK = "mallops.maintenance.test_task"
 MALLOPS_BODY = {"task_name": "test_task"}
