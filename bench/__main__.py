@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="a smoke run: a few hundred tasks, every scenario once")
     p.add_argument("--tasks", type=int, help="tasks per throughput run (default 3000)")
     p.add_argument("--http-tasks", type=int, help="single-request HTTP submissions per run (default 2000)")
-    p.add_argument("--repeats", type=int, help="runs per scenario (default 3)")
+    p.add_argument("--repeats", type=int, help="runs per scenario (default 5)")
     p.add_argument("--wrk-rounds", type=int, help="alternating wrk rounds of the front doors (default 5)")
     p.add_argument("--wrk-seconds", type=float, help="seconds of each wrk run (default 10)")
     p.add_argument("--monitor-seconds", type=float, help="sustained synthetic load on the monitor (default 60)")

@@ -54,7 +54,7 @@ RAW_QUEUE, EVENTS_QUEUE = QUEUE, f"{QUEUE}-events"  # one queue per stack: all t
 class Config:
     tasks: int = 3000  # tasks per throughput run
     http_tasks: int = 2000  # single-request HTTP submissions per run
-    repeats: int = 3
+    repeats: int = 5  # alternating rounds of every scenario (issue 19: at least 5)
     paced_rate: float = 100.0
     paced_seconds: float = 5.0
     concurrency: int = 16
