@@ -48,6 +48,7 @@ RAW_ROLES = ("raw worker", *SHARED_ROLES)
 EVENTS_ROLES = ("events worker", "events consumer (EventReceiver+State)", *SHARED_ROLES)
 MALLOPS_ROLES = ("mallops gateway", "mallops worker (events on)", "mallops monitor", *SHARED_ROLES)
 RAW_QUEUE, EVENTS_QUEUE = QUEUE, f"{QUEUE}-events"  # one queue per stack: all three stay up together
+NOOP_CELERY = (sys.executable, "-m", "celery", "-A", "bench.noop_app")  # the bare app's `celery` command
 
 
 @dataclass
@@ -187,11 +188,7 @@ class Bench:
     def bare_worker(self, name: str, queue: str, *extra: str) -> Process:
         hostname = f"{name}@bench"
         argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "bench.noop_app",
+            *NOOP_CELERY,
             "worker",
             "-P",
             "prefork",
@@ -438,11 +435,7 @@ class Bench:
         port = free_port()
         env = self.bare_env() | {"FLOWER_UNAUTHENTICATED_API": "true"}
         argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "bench.noop_app",
+            *NOOP_CELERY,
             "flower",
             f"--port={port}",
             "--address=127.0.0.1",

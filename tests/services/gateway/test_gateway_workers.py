@@ -24,17 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.db import session_scope
 from shared.settings import Settings
 from shared.tokens import create_token
-from tests.harness import (
-    Process,
-    RedisServer,
-    free_port,
-    redis_env,
-    service_argv,
-    spawn,
-    start_redis,
-    wait_http_ready,
-    wait_until,
-)
+from tests import harness
+from tests.harness import Process
 
 pytestmark = pytest.mark.integration
 
@@ -75,29 +66,32 @@ class Pinned:
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = start_redis(tmp_path / "redis")
-    yield server
-    server.stop()
+def own_redis(tmp_path: Path) -> Iterator[harness.RedisServer]:
+    """A redis-server of this test's own: no worker consumes its broker database."""
+    server = harness.start_redis(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
 def two_processes(
-    service_env: dict[str, str], migrated: Settings, own_redis: RedisServer, tmp_path: Path
+    service_env: dict[str, str], migrated: Settings, own_redis: harness.RedisServer, tmp_path: Path
 ) -> Iterator[Gateway]:
-    port = free_port()
+    port = harness.free_port()
     env = (
         service_env
-        | redis_env(own_redis)
+        | harness.redis_env(own_redis)
         | {
             "MALLOPS_GATEWAY_WORKERS": "2",
             "MALLOPS_TOKEN_CACHE_SECONDS": "60",  # a verified token stays in each process's cache for the whole test
             "MALLOPS_TASK_MAX_PER_USER": "2",
         }
     )
-    process = spawn("gateway", service_argv("gateway", f"--port={port}"), env, tmp_path / "logs")
+    process = harness.spawn("gateway", harness.service_argv("gateway", f"--port={port}"), env, tmp_path / "logs")
     try:
-        wait_http_ready(process, f"http://127.0.0.1:{port}/readyz")
+        harness.wait_http_ready(process, f"http://127.0.0.1:{port}/readyz")
 
         def workers() -> list[psutil.Process] | None:
             found = [
@@ -105,7 +99,7 @@ def two_processes(
             ]
             return found if len(found) == 2 else None
 
-        yield Gateway(process, port, wait_until(workers, timeout=30, message="two gateway worker processes"))
+        yield Gateway(process, port, harness.wait_until(workers, timeout=30, message="two gateway worker processes"))
     finally:
         process.stop()
 
@@ -143,7 +137,7 @@ def pin_each(gateway: Gateway) -> dict[int, Pinned]:
             pinned[pid] = Pinned(connection, pid)
         return len(pinned) == 2
 
-    wait_until(both, timeout=30, interval=0.01, message="a connection accepted by each gateway process")
+    harness.wait_until(both, timeout=30, interval=0.01, message="a connection accepted by each gateway process")
     for connection in spare:
         connection.close()
     return pinned
