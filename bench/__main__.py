@@ -7,6 +7,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+from bench import wrk
 from bench.capacity import CAPACITY_COMMANDS, add_capacity_commands, run_capacity_command
 from bench.run import Config, run
 
@@ -21,7 +22,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="a smoke run: a few hundred tasks, every scenario once")
     p.add_argument("--tasks", type=int, help="tasks per throughput run (default 3000)")
     p.add_argument("--http-tasks", type=int, help="single-request HTTP submissions per run (default 2000)")
-    p.add_argument("--repeats", type=int, help="runs per scenario (default 3)")
+    p.add_argument("--repeats", type=int, help="runs per scenario (default 5)")
+    p.add_argument("--wrk-rounds", type=int, help="alternating wrk rounds of the front doors (default 5)")
+    p.add_argument("--wrk-seconds", type=float, help="seconds of each wrk run (default 10)")
     p.add_argument("--monitor-seconds", type=float, help="sustained synthetic load on the monitor (default 60)")
     p.add_argument("--no-flower", action="store_true", help="skip the Flower comparison")
     p.add_argument("--no-chart", action="store_true", help="write only the JSON")
@@ -65,8 +68,10 @@ def main(argv: list[str] | None = None) -> None:
         args.into.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
         return
 
+    if wrk.binary() is None:
+        parser.error(wrk.WRK_MISSING)
     config = Config.quick() if args.quick else Config()
-    for field in ("tasks", "http_tasks", "repeats", "monitor_seconds"):
+    for field in ("tasks", "http_tasks", "repeats", "monitor_seconds", "wrk_rounds", "wrk_seconds"):
         if getattr(args, field) is not None:
             setattr(config, field, getattr(args, field))
     if args.profile:

@@ -45,11 +45,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from shared.contracts import EVENT_STREAM
-from shared.db import migrate, reset_engines, session_scope
-from shared.settings import get_settings
-from shared.tokens import create_token
-from tests.harness import (
+from bench.processes import (
     Process,
     RedisServer,
     drop_sessions,
@@ -61,7 +57,11 @@ from tests.harness import (
     wait_http_ready,
     wait_until,
 )
-from tests.plugins.smtp import SMTPServer
+from bench.smtp_server import SMTPServer
+from shared.contracts import EVENT_STREAM
+from shared.db import migrate, reset_engines, session_scope
+from shared.settings import get_settings
+from shared.tokens import create_token
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 FINAL = ("task-succeeded", "task-failed", "task-revoked", "task-rejected")

@@ -340,6 +340,9 @@ REVOKED_VERSION_KEY = f"{KEY_PREFIX}revoked:version"
 REDBEAT_KEY_PREFIX = f"{KEY_PREFIX}redbeat:"
 # everything the gateway keeps (task metadata, recent lists, quotas, idempotency, rate limits)
 GATEWAY_KEY_PREFIX = f"{KEY_PREFIX}gw:"
+# a counter raised by every token revocation: each gateway process reads it with its rate-limit round trip
+# and forgets the tokens it had verified when it changed (services/gateway/auth.py)
+TOKENS_EPOCH_KEY = f"{GATEWAY_KEY_PREFIX}tokens:epoch"
 
 
 def revenue_cache_key(period: str) -> str:

@@ -72,6 +72,8 @@ class Settings(BaseSettings):
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(default=8000, ge=1, le=65535)
+    # gateway: uvicorn worker processes on the one port (/metrics sums them: prometheus_client's multiprocess mode)
+    gateway_workers: int = Field(default=1, ge=1, le=64)
     monitor_host: str = "127.0.0.1"
     monitor_port: int = Field(default=9808, ge=1, le=65535)
 

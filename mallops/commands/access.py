@@ -174,7 +174,25 @@ def tokens_revoke(name: Annotated[str, typer.Argument(help="The token's name.")]
             audit.record(session, actor=_cli_actor(), action=audit.TOKEN_REVOKE, target=name, details=details)
     except TokenError as exc:
         fail(str(exc), EXIT_USAGE)
+    _tell_gateways()
     echo(f"revoked {name}" if changed else f"{name} was already revoked")
+
+
+def _tell_gateways() -> None:
+    """Raise the revocation counter the gateway processes read (else they refuse the token within
+    MALLOPS_TOKEN_CACHE_SECONDS)."""
+    import redis
+
+    from shared.contracts import TOKENS_EPOCH_KEY
+    from shared.settings import get_settings
+
+    client = redis.Redis.from_url(get_settings().cache_redis_url, socket_connect_timeout=1, socket_timeout=2)
+    try:
+        client.incr(TOKENS_EPOCH_KEY)
+    except (redis.RedisError, OSError):
+        pass  # no Redis here: the gateways' cache delay still bounds it
+    finally:
+        client.close()
 
 
 def _write_config(path: Path, url: str, token: str) -> None:

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway import problems
@@ -45,9 +46,12 @@ def _bootstrap(runtime: Runtime) -> None:
     token = runtime.settings.bootstrap_admin_token.get_secret_value()
     if not token:
         return
-    with runtime.sessions() as session, session.begin():
-        if ensure_bootstrap_admin(session, token):
-            log.info("bootstrap admin token installed (name 'bootstrap-admin')")
+    try:
+        with runtime.sessions() as session, session.begin():
+            if ensure_bootstrap_admin(session, token):
+                log.info("bootstrap admin token installed (name 'bootstrap-admin')")
+    except IntegrityError:  # another gateway process (MALLOPS_GATEWAY_WORKERS) installed it at the same moment
+        log.info("bootstrap admin token installed by another gateway process")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -1,7 +1,10 @@
 """Bearer-token authentication with a short in-process cache.
 
 A verified token is trusted for ``MALLOPS_TOKEN_CACHE_SECONDS`` (default 5 s) before the database is asked
-again, so a revoked token stops working within that delay at most. Unknown tokens are cached as well
+again. A revocation raises a counter in Redis (``TOKENS_EPOCH_KEY``) that every request reads with its
+rate-limit round trip; a process that sees it change forgets every token it verified, so a revoked token
+is refused by every gateway process from the next request on (within the delay at most when Redis missed
+the raise, as from ``mallops tokens revoke`` with no Redis). Unknown tokens are cached as well
 (bounded), so that a client hammering with a bad token does not hammer the database. Only the sha256 of
 a token is kept in memory.
 """
@@ -24,6 +27,15 @@ class TokenCache:
         self._sessions = sessions
         self._ttl = ttl
         self._entries: dict[str, tuple[float, Principal | None]] = {}
+        self._epoch: str | None = None  # the last TOKENS_EPOCH_KEY this process saw
+
+    def epoch_changed(self, epoch: str | None) -> bool:
+        """Note the revocation counter read from Redis; when it moved, forget every verified token."""
+        if epoch == self._epoch:
+            return False
+        self._epoch = epoch
+        self._entries.clear()
+        return True
 
     def cached(self, token: str) -> tuple[bool, Principal | None]:
         """(known, principal) from the cache alone: (False, None) when the database must be asked."""

@@ -22,7 +22,7 @@ import contextlib
 import json
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import redis
@@ -104,6 +104,29 @@ REDIS_LAYOUT_OPTIONS = ("global_keyprefix", "priority_steps", "sep", "queue_orde
 # kombu path: a pooled connection may have gone stale: one immediate reconnect, then give up (fast 503)
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 POOL_TIMEOUT = 5.0
+# the connection settings that name a Redis server and who logs in (the database is not among them)
+SERVER_IDENTITY = ("host", "port", "path", "username", "password")
+
+
+class Outgoing:
+    """Messages built for the broker: what to LPUSH where, and what ``after_task_publish`` will say."""
+
+    __slots__ = ("pushes", "sent")
+
+    def __init__(self) -> None:
+        self.pushes: list[tuple[str, str]] = []
+        self.sent: list[tuple[str, Any, dict[str, Any], str]] = []
+
+
+async def once_more_if_single(out: Outgoing, push: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    """``await push(*args)``; a single message whose pooled connection was dead is pushed once more on a new
+    one (the failed connection was dropped), a batch is not (it may have been pushed half-way)."""
+    try:
+        await push(*args)
+    except redis.ConnectionError:
+        if len(out.pushes) > 1:
+            raise
+        await push(*args)
 
 
 class TaskPublisher(Protocol):
@@ -138,17 +161,20 @@ class Publisher:
     async def aclose(self) -> None:
         await self.client.aclose()  # type: ignore[attr-defined]  # types-redis predates aclose
 
-    async def publish(self, messages: Sequence[TaskMessage], headers: dict[str, Any]) -> None:
-        """Push every message in one pipelined round trip; raises redis errors.
+    def broker_db_beside(self, cache: aioredis.Redis[str]) -> int | None:
+        """The broker's database number when it is on the same Redis server as ``cache`` (only the database
+        differs), so that one script can write to both; else None."""
+        ours, theirs = self.client.connection_pool, cache.connection_pool
+        same = ours.connection_class is theirs.connection_class and all(
+            ours.connection_kwargs.get(key) == theirs.connection_kwargs.get(key) for key in SERVER_IDENTITY
+        )
+        return int(ours.connection_kwargs.get("db") or 0) if same else None
 
-        A message is in the broker exactly when its LPUSH was answered. A single message whose pooled
-        connection turns out dead (Redis restarted since it was last used) is pushed once more on a new
-        connection at once, as kombu's publish retry did; a batch is not (a pipeline that failed half-way
-        would be pushed twice), the caller answers 503 and the client repeats it.
-        """
+    def outgoing(self, messages: Sequence[TaskMessage], headers: dict[str, Any]) -> Outgoing:
+        """The LPUSHes of ``messages`` (list key, kombu envelope), built as Celery builds them, with
+        ``before_task_publish`` sent for each."""
         amqp = self.app.amqp
-        pushes: list[tuple[str, str]] = []
-        sent: list[tuple[str, Any, dict[str, Any], str]] = []
+        out = Outgoing()
         for message, tag in zip(messages, delivery_tags(len(messages)), strict=True):
             task = amqp.create_task_message(
                 message.task_id,
@@ -176,23 +202,33 @@ class Publisher:
                 retry_policy=None,
             )
             priority = message_priority(properties.get("priority"))
-            pushes.append(
+            out.pushes.append(
                 (
                     priority_queue_key(message.queue, priority),
                     envelope(body, task_headers, properties, message.queue, properties.get("priority"), tag),
                 )
             )
-            sent.append((message.name, body, task_headers, message.queue))
-        try:
-            await self._push(pushes)
-        except redis.ConnectionError:
-            if len(pushes) > 1:
-                raise
-            await self._push(pushes)  # the failed connection was dropped: this one is new
-        for name, body, task_headers, queue in sent:
+            out.sent.append((message.name, body, task_headers, message.queue))
+        return out
+
+    def published(self, out: Outgoing) -> None:
+        """``after_task_publish`` for each message of ``out``, once Redis has answered its LPUSH."""
+        for name, body, task_headers, queue in out.sent:
             signals.after_task_publish.send(
                 sender=name, body=body, headers=task_headers, exchange="", routing_key=queue
             )
+
+    async def publish(self, messages: Sequence[TaskMessage], headers: dict[str, Any]) -> None:
+        """Push every message in one pipelined round trip; raises redis errors.
+
+        A message is in the broker exactly when its LPUSH was answered. A single message whose pooled
+        connection turns out dead (Redis restarted since it was last used) is pushed once more on a new
+        connection at once, as kombu's publish retry did; a batch is not (a pipeline that failed half-way
+        would be pushed twice), the caller answers 503 and the client repeats it.
+        """
+        out = self.outgoing(messages, headers)
+        await once_more_if_single(out, self._push, out.pushes)
+        self.published(out)
 
     async def _push(self, pushes: Sequence[tuple[str, str]]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:

@@ -13,6 +13,7 @@ from services.gateway.problems import ProblemError
 from services.gateway.ratelimit import Decision
 from services.gateway.runtime import Runtime
 from services.gateway.taskstore import TaskStore
+from shared.contracts import TOKENS_EPOCH_KEY
 from shared.tokens import Principal
 
 bearer = HTTPBearer(auto_error=False, description="An API token: `mallops tokens create --name NAME --role ROLE`.")
@@ -68,7 +69,11 @@ async def current_principal(
             raise _unauthorized("send an API token: Authorization: Bearer <token>")
         raise _unauthorized("the API token is unknown, expired or revoked")
     request.state.principal = principal.name
-    decision = await runtime.limiter.hit(principal.name)
+    decision = await runtime.limiter.hit(principal.name, read=TOKENS_EPOCH_KEY)
+    if runtime.tokens.epoch_changed(decision.read) and known:  # a token was revoked since it was verified
+        principal = await runtime.tokens.principal(token)
+        if principal is None or principal.expired():
+            raise _unauthorized("the API token is unknown, expired or revoked")
     if not decision.allowed:
         raise ProblemError(
             429,

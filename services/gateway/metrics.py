@@ -1,16 +1,24 @@
 """The gateway's own Prometheus metrics, in a registry of its own (never the global default).
 
+With several worker processes (``MALLOPS_GATEWAY_WORKERS``) the gateway's entry point sets
+``PROMETHEUS_MULTIPROC_DIR`` to a fresh directory of its own before the processes start: each writes its
+samples there (prometheus_client's multiprocess mode) and ``/metrics``, whichever process answers, renders
+the sum of every process's counters and histograms.
+
 Labels are bounded: the HTTP method (known methods, else OTHER), the route *template*
 (``/api/v1/tasks/{task_id}``, ``<unmatched>`` for unknown paths) and the status code.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 UNMATCHED = "<unmatched>"
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -50,4 +58,8 @@ class GatewayMetrics:
         self.latency.labels(method, route).observe(seconds)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not os.environ.get(MULTIPROC_DIR):
+            return generate_latest(self.registry)
+        every_process = CollectorRegistry()
+        multiprocess.MultiProcessCollector(every_process)  # type: ignore[no-untyped-call]
+        return generate_latest(every_process)

@@ -25,9 +25,11 @@ WINDOW = 60
 KEY = GATEWAY_KEY_PREFIX + "rate:{name}"
 AUTH_FAILURES_KEY = GATEWAY_KEY_PREFIX + "authfail:{name}"  # per client address: requests without a valid token
 
-# KEYS[1] the token's log; ARGV: window seconds, limit, a unique member for this request.
-# Returns {allowed (1/0), remaining, retry-after in milliseconds}.
+# KEYS[1] the token's log, KEYS[2] (optional) a key to read in the same round trip; ARGV: window seconds,
+# limit, a unique member for this request. Returns {allowed (1/0), remaining, retry-after in ms, KEYS[2]'s value}.
 _HIT = """
+local read = false
+if KEYS[2] then read = redis.call('GET', KEYS[2]) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[1]) * 1000
@@ -37,12 +39,12 @@ local count = redis.call('ZCARD', KEYS[1])
 if count < limit then
   redis.call('ZADD', KEYS[1], now, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], window)
-  return {1, limit - count - 1, 0}
+  return {1, limit - count - 1, 0, read}
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local wait = window
 if oldest[2] then wait = tonumber(oldest[2]) + window - now end
-return {0, 0, wait}
+return {0, 0, wait, read}
 """
 
 
@@ -66,6 +68,7 @@ class Decision:
     limit: int
     remaining: int
     retry_after: int
+    read: str | None = None  # the value of the key :meth:`RateLimiter.hit` was asked to read
 
 
 class RateLimiter:
@@ -83,10 +86,11 @@ class RateLimiter:
             return Decision(True, self.limit, 0, 0)
         return Decision(False, self.limit, 0, max(1, math.ceil(int(wait_ms) / 1000)))
 
-    async def hit(self, name: str) -> Decision:
-        allowed, remaining, wait_ms = await self._hit(
-            keys=[self._key.format(name=name)], args=[WINDOW, self.limit, uuid.uuid4().hex]
-        )
+    async def hit(self, name: str, read: str | None = None) -> Decision:
+        """Record a request of ``name`` if it fits; also read the key ``read`` in the same round trip."""
+        keys = [self._key.format(name=name), *([read] if read else [])]
+        allowed, remaining, wait_ms, *value = await self._hit(keys=keys, args=[WINDOW, self.limit, uuid.uuid4().hex])
+        read_value = value[0] if value else None
         if int(allowed):
-            return Decision(True, self.limit, int(remaining), 0)
-        return Decision(False, self.limit, 0, max(1, math.ceil(int(wait_ms) / 1000)))
+            return Decision(True, self.limit, int(remaining), 0, read_value)
+        return Decision(False, self.limit, 0, max(1, math.ceil(int(wait_ms) / 1000)), read_value)

@@ -27,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from services.gateway.broker import TaskMessage
+from services.gateway.broker import Publisher, TaskMessage, once_more_if_single
 from services.gateway.problems import ProblemError, describe_errors, field_errors
 from services.gateway.runtime import Runtime
 from services.gateway.schemas import TaskAccepted, TaskSubmission
@@ -246,16 +246,24 @@ class Submitter:
             for item in items
         ]
         recorded = False
+        headers = {OWNER_HEADER: owner}
+        if retry_of:  # the history keeps which task a retry repeats
+            headers[RETRY_OF_HEADER] = retry_of
+        request_id = request_id_var.get()
+        if request_id:  # the worker's log lines and the history name the request that submitted it
+            headers[REQUEST_ID_HEADER] = request_id
         try:
-            await self.store.record(metas)
-            recorded = True
-            headers = {OWNER_HEADER: owner}
-            if retry_of:  # the history keeps which task a retry repeats
-                headers[RETRY_OF_HEADER] = retry_of
-            request_id = request_id_var.get()
-            if request_id:  # the worker's log lines and the history name the request that submitted it
-                headers[REQUEST_ID_HEADER] = request_id
-            await self.runtime.publisher.publish(messages(items), headers)
+            publisher = self.runtime.publisher
+            broker_db = publisher.broker_db_beside(self.runtime.cache) if isinstance(publisher, Publisher) else None
+            if isinstance(publisher, Publisher) and broker_db is not None:  # metadata and messages: one round trip
+                recorded = True  # (whatever part of the script ran is undone on failure)
+                out = publisher.outgoing(messages(items), headers)
+                await once_more_if_single(out, self.store.record, metas, (broker_db, out.pushes))
+                publisher.published(out)
+            else:
+                await self.store.record(metas)
+                recorded = True
+                await publisher.publish(messages(items), headers)
         except (OperationalError, KombuError, RedisError, OSError, TimeoutError) as exc:
             log.warning("cannot enqueue %d task(s) for %s: %s", len(items), owner, exc)
             self.runtime.metrics.publish_failures.inc()

@@ -37,6 +37,32 @@ from shared.taskmeta import (
 # an unfinished task that nothing has been heard of for this long no longer counts against the quota
 UNFINISHED_MAX_AGE = 24 * 3600
 
+Pushes = tuple[int, list[tuple[str, str]]]  # the broker's database, and (list key, message) to LPUSH there
+
+# ARGV[1..4] as RECORD_SCRIPT's (which runs as a function of them), then the broker's database, the cache's
+# database and a JSON array of [list key, message]. The messages are pushed in the broker's database and the
+# script selects the cache's again even when a push fails (before Redis 7 a script's SELECT stays with the
+# connection). Returns the number of messages pushed, or the first push's error.
+RECORD_AND_PUSH = f"""
+local function record(ARGV)
+{RECORD_SCRIPT}
+end
+record({{ARGV[1], ARGV[2], ARGV[3], ARGV[4]}})
+local pushes = cjson.decode(ARGV[7])
+redis.call('SELECT', ARGV[5])
+local failed = nil
+for _, push in ipairs(pushes) do
+  local answer = redis.pcall('LPUSH', push[1], push[2])
+  if type(answer) == 'table' and answer.err then
+    failed = answer
+    break
+  end
+end
+redis.call('SELECT', ARGV[6])
+if failed then return failed end
+return #pushes
+"""
+
 
 class TaskStore:
     def __init__(self, cache: aioredis.Redis[str], results: aioredis.Redis[str], ttl: int) -> None:
@@ -46,15 +72,24 @@ class TaskStore:
 
     # -- metadata ----------------------------------------------------------------------------
 
-    async def record(self, metas: Sequence[TaskMeta]) -> None:
+    async def record(self, metas: Sequence[TaskMeta], then_push: Pushes | None = None) -> None:
         """Store the metadata of tasks about to be published: one round trip (a script that SETs every
-        task's JSON with its TTL, and the sorted-set additions) however many tasks there are."""
+        task's JSON with its TTL, and the sorted-set additions) however many tasks there are.
+
+        With ``then_push`` (the broker's database on this Redis server, and its LPUSHes) the same script then
+        publishes the messages: metadata and messages in one round trip (docs/performance.md)."""
         now = time.time()
         owners = sorted({m.owner for m in metas})
         rows = [[META_KEY + m.task_id, m.to_json(), m.task_id, RECENT_OWNER + m.owner] for m in metas]
+        # one argument for all tasks: packing thousands of separate arguments costs more than the work
+        record = [self.ttl, now, RECENT_ALL, json.dumps(rows, separators=(",", ":"))]
         async with self.cache.pipeline(transaction=False) as pipe:
-            # one argument for all tasks: packing thousands of separate arguments costs more than the work
-            pipe.eval(RECORD_SCRIPT, 0, self.ttl, now, RECENT_ALL, json.dumps(rows, separators=(",", ":")))
+            if then_push is None:
+                pipe.eval(RECORD_SCRIPT, 0, *record)
+            else:
+                db, pushes = then_push
+                cache_db = int(self.cache.connection_pool.connection_kwargs.get("db", 0) or 0)
+                pipe.eval(RECORD_AND_PUSH, 0, *record, db, cache_db, json.dumps(pushes, separators=(",", ":")))
             # keep the lists bounded (cheap unless a set has grown past its bound)
             pipe.zremrangebyrank(RECENT_ALL, 0, -RECENT_MAX - 1)
             pipe.zremrangebyscore(RECENT_ALL, "-inf", now - self.ttl)

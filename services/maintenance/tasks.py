@@ -1,4 +1,8 @@
-"""Thin Celery task bodies of the maintenance service."""
+"""Thin Celery task bodies of the maintenance service.
+
+The modules that need SQLAlchemy (backups, expired data, the database session) are imported by the task
+that uses them, not when the worker starts: an idle worker holds no SQLAlchemy, and its prefork children
+load it only if they run such a task (docs/performance.md, idle memory)."""
 
 from __future__ import annotations
 
@@ -7,12 +11,11 @@ from typing import Any
 
 from celery import Celery
 
-from services.maintenance import backups, cache_cleanup, diagnostics, expired_data
+from services.maintenance import cache_cleanup, diagnostics
 from shared.cache import redis_client
 from shared.celery_extensions import workflow_steps
 from shared.celery_extensions.task_base import MallopsTask, register
 from shared.contracts import OWNER_HEADER, TaskState
-from shared.db import session_factory
 from shared.schedules import BEAT_OWNER
 
 
@@ -28,6 +31,8 @@ def long_running_task(task: MallopsTask, steps: int, step_seconds: float) -> dic
 
 
 def backup_database(task: MallopsTask, keep: int | None) -> dict[str, Any]:
+    from services.maintenance import backups
+
     return backups.backup_database(task.settings, keep).as_dict()
 
 
@@ -36,6 +41,9 @@ def cleanup_cache(task: MallopsTask, prefix: str) -> dict[str, Any]:
 
 
 def cleanup_expired_data(task: MallopsTask) -> dict[str, Any]:
+    from services.maintenance import expired_data
+    from shared.db import session_factory
+
     settings = task.settings
     with session_factory(settings)() as session:
         return expired_data.cleanup_expired_data(session, settings)

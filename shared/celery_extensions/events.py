@@ -586,13 +586,14 @@ def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
         fields["host"] = events.worker["hostname"]
     args = _args_summary(getattr(request, "argsrepr", None), getattr(request, "kwargsrepr", None))
     tag = getattr(getattr(request, "message", None), "delivery_tag", None)
-    events.emit(EventType.TASK_RECEIVED, **fields, args=args, delivery_tag=tag)
+    # one event (a merge had left two per task: one with the delivery tag, one with the arguments)
+    arguments = _request_arguments(request)
+    events.emit(EventType.TASK_RECEIVED, **fields, args=args, delivery_tag=tag, arguments=arguments)
     if fields["id"] and fields.get("host"):
         # who holds the message: a requeuer puts it back at once if this worker is gone
         holder = Holder(str(fields["host"]), os.getpid(), time.time())
         ttl = events.emitter.settings.broker_visibility_timeout + HOLDER_TTL_MARGIN
         events.emitter.put(holder_key(fields["id"], int(fields["retries"])), holder.dumps(), ttl)
-    events.emit(EventType.TASK_RECEIVED, **fields, args=args, arguments=_request_arguments(request))
 
 
 def _request_arguments(request: Any) -> dict[str, Any] | None:

@@ -23,11 +23,11 @@ import logging
 import random
 import smtplib
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import redis.exceptions
-import sqlalchemy.exc
 from celery import Celery, Task
 from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 from pydantic import ValidationError
@@ -85,9 +85,6 @@ _TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
     socket.timeout,
     smtplib.SMTPServerDisconnected,
     smtplib.SMTPConnectError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.DisconnectionError,
-    sqlalchemy.exc.TimeoutError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
 )
@@ -104,6 +101,12 @@ def is_transient(exc: BaseException) -> bool:
         return 400 <= exc.smtp_code < 500
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError | PermissionError):
         return True  # refused or reset connections, unreachable hosts
+    # SQLAlchemy's errors only when a task has imported it: a worker does not load it for this (idle memory)
+    database = sys.modules.get("sqlalchemy.exc")
+    if database is not None and isinstance(
+        exc, database.OperationalError | database.DisconnectionError | database.TimeoutError
+    ):
+        return True
     return isinstance(exc, _TRANSIENT_TYPES)
 
 

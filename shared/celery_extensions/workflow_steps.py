@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
-from shared import workflows
 from shared.catalog import WORKFLOWS
 from shared.contracts import OWNER_HEADER, REQUEST_ID_HEADER, WORKFLOW_ID_HEADER, WORKFLOW_STEP_HEADER
-from shared.db import session_scope
-from shared.models import Workflow
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared import workflows
+
+# The database side (shared.workflows, shared.db, shared.models: SQLAlchemy) is imported by the functions
+# that a workflow's step calls, not when the worker starts: every task imports this module through the
+# task base class, and an idle worker holds no SQLAlchemy (docs/performance.md, idle memory).
 
 log = logging.getLogger("mallops.workflows")
 
@@ -42,6 +46,9 @@ def step_headers(item: workflows.Outgoing) -> dict[str, str]:
 
 def publish(app: Celery, settings: Settings, outgoing: Sequence[workflows.Outgoing]) -> None:
     """Publish claimed steps as ordinary catalog tasks, then record that they are in the broker."""
+    from shared import workflows
+    from shared.db import session_scope
+
     if not outgoing:
         return
     for item in outgoing:
@@ -63,6 +70,10 @@ def start_named(
     """Store named workflow ``name`` under ``workflow_id`` and publish its first steps (the ``run_workflow``
     task, which beat schedules). A redelivered message finds the workflow stored and publishes only what was
     claimed and never published, so a workflow is started once."""
+    from shared import workflows
+    from shared.db import session_scope
+    from shared.models import Workflow
+
     spec = WORKFLOWS[name]
     validated, definition = spec.steps(kwargs, workflows.now_local(settings.timezone))
     planned = workflows.plan(definition)
@@ -78,11 +89,17 @@ def start_named(
 
 
 def started(settings: Settings, step: tuple[str, str], task_id: str) -> None:
+    from shared import workflows
+    from shared.db import session_scope
+
     with session_scope(settings) as session:
         workflows.step_started(session, step[0], step[1], task_id)
 
 
 def succeeded(app: Celery, settings: Settings, step: tuple[str, str], task_id: str, result: Any) -> None:
+    from shared import workflows
+    from shared.db import session_scope
+
     with session_scope(settings) as session:
         outgoing = workflows.step_succeeded(session, step[0], step[1], task_id, result)
     publish(app, settings, outgoing)
@@ -90,6 +107,9 @@ def succeeded(app: Celery, settings: Settings, step: tuple[str, str], task_id: s
 
 def failed(settings: Settings, step: tuple[str, str], task_id: str, exc: BaseException) -> None:
     """Record the step's final failure; never raises (the task's own failure is what propagates)."""
+    from shared import workflows
+    from shared.db import session_scope
+
     reason = f"{type(exc).__name__}: {exc}"
     try:
         with session_scope(settings) as session:

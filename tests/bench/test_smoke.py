@@ -1,5 +1,9 @@
 """The bench's smoke run: every scenario once on a few hundred tasks. It checks that the harness works and
-writes a complete report; it asserts nothing about speed (that is docs/performance.md's business)."""
+writes a complete report; it asserts nothing about speed (that is docs/performance.md's business).
+
+It runs the bench as a fresh clone with only ``pip install -e ".[bench]"`` would: ``python -m bench run``
+from the repository's root, with the test package and every package only the ``test`` extra brings made
+unimportable (``sys.modules[name] = None``), so an import of either fails the run as it would there."""
 
 from __future__ import annotations
 
@@ -16,11 +20,39 @@ from tests.harness import ROOT
 
 pytestmark = pytest.mark.integration
 
+# what `pip install -e ".[test]"` adds to `.[bench]` (pyproject.toml), and the test package itself
+TEST_ONLY = (
+    "tests",
+    "pytest",
+    "_pytest",
+    "pytest_timeout",
+    "testcontainers",
+    "hypothesis",
+    "schemathesis",
+    "playwright",
+)
+AS_BENCH_INSTALL = (
+    "import runpy, sys\n"
+    f"for name in {TEST_ONLY!r}:\n"
+    "    sys.modules[name] = None\n"
+    "runpy.run_module('bench', run_name='__main__', alter_sys=True)\n"
+)
+
 
 def test_a_quick_bench_run_writes_a_complete_report(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOPS_")} | {"PYTHONPATH": str(ROOT)}
-    argv = [sys.executable, "-m", "bench", "run", "--quick", "--out", str(out), "--workdir", str(tmp_path / "work")]
+    argv = [
+        sys.executable,
+        "-c",
+        AS_BENCH_INSTALL,
+        "run",
+        "--quick",
+        "--out",
+        str(out),
+        "--workdir",
+        str(tmp_path / "work"),
+    ]
     charted = importlib.util.find_spec("matplotlib") is not None
     if not charted:
         argv.append("--no-chart")

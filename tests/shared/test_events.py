@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 from celery import signals
 
@@ -11,7 +13,7 @@ from shared.celery_app import create_celery_app
 from shared.celery_extensions import events
 from shared.contracts import EVENT_STREAM, EventType
 from shared.settings import Settings
-from tests.harness import RedisServer, free_port, wait_until
+from tests.harness import Process, RedisServer, free_port, wait_until
 
 
 def test_events_are_buffered_then_written_in_one_batch(
@@ -110,3 +112,29 @@ def test_a_revocation_names_its_reason() -> None:
     assert events.revocation_reason(True, "SIGKILL", False) == ("Terminated", "terminated by signal SIGKILL")
     assert events.revocation_reason(False, None, True) == ("Expired", "expired before it ran")
     assert events.revocation_reason(False, None, False) == ("Revoked", "revoked before it ran")
+
+
+def test_a_task_run_by_a_worker_emits_one_task_received_with_its_tag_and_arguments(
+    settings: Settings, redis_server: RedisServer, clean_broker: None, worker_factory: Callable[..., Process]
+) -> None:
+    worker_factory("maintenance")
+    app = create_celery_app("publisher", settings)
+    cache = redis_server.client(2)
+    try:
+        task_id = app.send_task(
+            "mallops.maintenance.test_task", kwargs={"message": "once"}, queue="default", ignore_result=True
+        ).id
+
+        def task_events() -> list[dict[str, Any]] | None:
+            found = [json.loads(fields[b"e"]) for _, fields in cache.xrange(EVENT_STREAM)]
+            mine = [event for event in found if event.get("id") == task_id]
+            return mine if any(event["type"] == "task-succeeded" for event in mine) else None
+
+        mine = wait_until(task_events, timeout=60, message="the task's events")
+        received = [event for event in mine if event["type"] == "task-received"]
+        assert len(received) == 1, received  # one per delivery, not one per extension that reads it
+        assert received[0]["delivery_tag"]
+        assert received[0]["arguments"] == {"args": [], "kwargs": {"message": "once"}}
+    finally:
+        cache.close()
+        app.close()

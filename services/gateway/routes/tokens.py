@@ -7,19 +7,26 @@ the row, so that the audit trail's actor names stay meaningful.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, Field
+from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
 
 from services.gateway import audit as gateway_audit
 from services.gateway import authz
 from services.gateway.deps import RuntimeDep, SessionDep
 from services.gateway.problems import ProblemError
 from services.gateway.routes import API_PREFIX
+from services.gateway.runtime import Runtime
 from shared import audit, permissions, tokens
+from shared.contracts import TOKENS_EPOCH_KEY
 from shared.permissions import Role
 from shared.tokens import Principal, TokenInfo
+
+log = logging.getLogger("mallops.gateway")
 
 router = APIRouter(prefix=API_PREFIX, tags=["tokens"])
 Manager = Annotated[Principal, authz.requires(permissions.TOKENS_MANAGE)]
@@ -100,8 +107,18 @@ def list_tokens(principal: Manager, session: SessionDep) -> TokenList:
 
 
 @router.delete("/tokens/{name}", response_model=TokenOut, summary="Revoke a token")
-def revoke_token(name: TokenName, principal: Manager, runtime: RuntimeDep, request: Request) -> TokenOut:
-    """Revoke for good (the row stays). Other gateway processes refuse it within MALLOPS_TOKEN_CACHE_SECONDS."""
+async def revoke_token(name: TokenName, principal: Manager, runtime: RuntimeDep, request: Request) -> TokenOut:
+    """Revoke for good (the row stays); every gateway process refuses it from the next request on."""
+    info = await run_in_threadpool(_revoke, name, runtime, request)
+    try:
+        await runtime.cache.incr(TOKENS_EPOCH_KEY)  # the other processes forget the tokens they verified
+    except RedisError as exc:  # they refuse it within MALLOPS_TOKEN_CACHE_SECONDS
+        log.warning("token %s revoked, but the other gateway processes were not told: %s", name, exc)
+    runtime.tokens.clear()
+    return _out(info)
+
+
+def _revoke(name: str, runtime: Runtime, request: Request) -> TokenInfo:
     with runtime.sessions() as session, session.begin():  # committed before the answer
         try:
             changed = tokens.revoke_token(session, name)
@@ -112,5 +129,4 @@ def revoke_token(name: TokenName, principal: Manager, runtime: RuntimeDep, reque
         assert info is not None
         details = {"already_revoked": not changed}
         gateway_audit.record_in(session, request, audit.TOKEN_REVOKE, target=name, details=details)
-    runtime.tokens.clear()
-    return _out(info)
+    return info
