@@ -24,7 +24,8 @@ the reason. Messages whose arguments do not fit the task's catalog model are not
 :class:`~shared.celery_extensions.task_base.MallopsTask` fails them (FAILURE, ``InvalidTaskArguments``).
 
 The same transport also rides out a Redis restart under load (issue 12): :meth:`Channel.close` and
-:class:`QoS` (docs/reliability.md).
+:class:`QoS`, and its channel takes messages with :mod:`shared.celery_extensions.reliable_pop`, whose pop
+records the message in ``unacked`` in the same command (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -200,7 +201,8 @@ class QoS(kombu_redis.QoS):
     """kombu's Redis ack emulation, except that nothing it cannot write while Redis is away is forgotten.
 
     - kombu takes a message off its queue with BRPOP and records it in the ``unacked`` hash in a second
-      round trip. When the connection breaks in between (a reply already in the socket when Redis stops,
+      round trip (only where :mod:`~shared.celery_extensions.reliable_pop` cannot be used: its pop records
+      the message itself, and :meth:`append` then only notes it in memory). When the connection breaks in between (a reply already in the socket when Redis stops,
       read by ``Channel.close``), the record fails and the message is in neither place: nothing would ever
       deliver it again.
     - A closing channel puts its unacknowledged messages back on their queues (``restore_unacked``), and

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -254,6 +255,7 @@ def test_redis_restarted_under_load_every_process_stays_up_and_every_task_succee
     )
     ledger = shipped_stack.ledger()
     label = service if pool is None else f"{service} ({pool} pool)"
+    _keep_duplicates(stack, ledger.duplicated(accepted), f"{service}-{pool or 'default'}")
     fault_results.add(
         Outcome(
             f"Redis restarted under load (AOF, fsync always): {label}",
@@ -272,6 +274,25 @@ def test_redis_restarted_under_load_every_process_stays_up_and_every_task_succee
     )
     assert len(accepted) >= restarts * SUBMISSIONS // 2, f"only {len(accepted)} accepted: {set(answers)}"
     assert set(answers) <= {202, 503}, sorted(set(answers))
+
+
+def _keep_duplicates(stack: Stack, duplicated: list[str], label: str) -> None:
+    """For the record (scripts/faults): each task that ran twice, its events and the worker's log lines
+    that name it, in ``$MALLOPS_FAULT_RESULTS/duplicates-<label>.json``."""
+    target = os.environ.get("MALLOPS_FAULT_RESULTS")
+    if not target or not duplicated:
+        return
+    events = stack.platform.ledger().events
+    worker_log = stack.processes["worker"].log().splitlines()
+    report = {
+        task_id: {
+            "events": [event for event in events if event.get("id") == task_id],
+            "log": [line for line in worker_log if task_id in line],
+        }
+        for task_id in duplicated
+    }
+    Path(target).mkdir(parents=True, exist_ok=True)
+    (Path(target) / f"duplicates-{label}.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
 
 
 def _whereabouts(stack: Stack, states: dict[str, str | None]) -> dict[str, str]:
