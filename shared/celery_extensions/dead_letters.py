@@ -202,17 +202,20 @@ class QoS(kombu_redis.QoS):
 
     - kombu takes a message off its queue with BRPOP and records it in the ``unacked`` hash in a second
       round trip (only where :mod:`~shared.celery_extensions.reliable_pop` cannot be used: its pop records
-      the message itself, and :meth:`append` then only notes it in memory). When the connection breaks in between (a reply already in the socket when Redis stops,
-      read by ``Channel.close``), the record fails and the message is in neither place: nothing would ever
-      deliver it again.
+      the message itself, and :meth:`append` then only notes it in memory). When the connection breaks
+      in between (a reply already in the socket when Redis stops, read by ``Channel.close``), the record
+      fails and the message is in neither place: nothing would ever deliver it again.
     - A closing channel puts its unacknowledged messages back on their queues (``restore_unacked``), and
       Celery drops the ones it had not started yet, counting on that. With Redis away the restore fails and
       they waited in ``unacked`` for the visibility timeout (2 hours).
 
     - The acknowledgement of a task that finished while Redis was away failed, and its message was put
       back with them: the task ran again.
+    - A channel closed while Redis answers (the broken connection noticed late, e.g. with every slot busy)
+      put back the messages of the tasks still running: each ran a second time (the notifier's duplicates,
+      issue 12).
 
-    All three were found by tests/reliability/test_redis_restart_under_load.py. Here the messages are kept
+    All four were found by tests/reliability/test_redis_restart_under_load.py. Here the messages are kept
     and put back, and the acknowledgements sent, by the next channel of the process or its next sweep, as
     soon as Redis answers again; a task the worker is still running is not put back.
     """
@@ -247,6 +250,17 @@ class QoS(kombu_redis.QoS):
         return super().restore_visible(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     def restore_unacked(self, client: Any = None) -> None:
+        """kombu's restore of a closing channel's unacknowledged messages, except the tasks the worker is
+        still running: they are checked again at the next sweep and go back only if their acknowledgement
+        never comes (kombu put them back at once, and they ran a second time)."""
+        running = _running_tags()
+        later = [tag for tag in self._delivered if str(tag) in running]
+        for tag in later:
+            self._delivered.pop(tag, None)
+        if later:
+            with _pending_lock:
+                _unrestored.extend((os.getpid(), str(tag)) for tag in later)
+            log.info("%d unacknowledged message(s) of running tasks not put back: checked when they end", len(later))
         try:
             super().restore_unacked(client)  # type: ignore[no-untyped-call]
         except self.channel.connection_errors:

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import redis
+from celery.worker import state as worker_state
 from kombu import Connection, Consumer, Exchange, Producer, Queue  # type: ignore[attr-defined]
 from kombu.message import Message
 
@@ -217,3 +218,33 @@ def test_kombus_brpop_loses_a_message_whose_reply_is_lost(broker: RedisServer, t
     finally:
         with contextlib.suppress(Exception):
             connection.close()
+
+
+class _Running:
+    """What the worker's state holds for a task it runs (celery.worker.state.active_requests)."""
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+
+
+def test_a_channel_closed_while_redis_answers_does_not_put_back_the_tasks_still_running(
+    broker: RedisServer, settings: Settings
+) -> None:
+    """Celery closes the channel when it notices the broken connection, which can be after Redis is back
+    (every slot busy: the consumer's socket is not read). kombu then put back every unacknowledged message,
+    the running tasks' too, and they ran twice (the notifier's duplicates of issue 12)."""
+    connection, received, _ = _consuming(broker, settings, {"n": 0}, {"n": 1})
+    running = _Running(received[0])
+    worker_state.active_requests.add(running)  # type: ignore[arg-type]
+    try:
+        connection.close()
+        queued = broker.client().lrange("default", 0, -1)
+        assert [json.loads(raw)["body"] for raw in queued] == [base64.b64encode(b'{"n": 1}').decode()]
+        assert broker.client().hlen(UNACKED) == 1  # n=0 runs on: not put back
+    finally:
+        worker_state.active_requests.discard(running)  # type: ignore[arg-type]
+    received[0].ack()  # it ends; its channel is closed: the acknowledgement waits for the next channel
+    with _connect(settings, broker) as again:
+        again.default_channel  # noqa: B018 - sends it, and does not put n=0 back
+    assert broker.client().hlen(UNACKED) == 0
+    assert broker.client().llen("default") == 1
