@@ -211,9 +211,9 @@ class QoS(kombu_redis.QoS):
 
     - The acknowledgement of a task that finished while Redis was away failed, and its message was put
       back with them: the task ran again.
-    - A channel closed while Redis answers (the broken connection noticed late, e.g. with every slot busy)
-      put back the messages of the tasks still running: each ran a second time (the notifier's duplicates,
-      issue 12).
+    - A closing channel put back the messages of the tasks still running too (at once when Redis answered,
+      or at the first sweep after their end, racing with their acknowledgement): each ran a second time
+      (the notifier's duplicates, issue 12). They are left to their own acknowledgement or rejection.
 
     All four were found by tests/reliability/test_redis_restart_under_load.py. Here the messages are kept
     and put back, and the acknowledgements sent, by the next channel of the process or its next sweep, as
@@ -244,6 +244,14 @@ class QoS(kombu_redis.QoS):
                 _unsent_acks.append((os.getpid(), str(delivery_tag)))
             raise
 
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        try:
+            super().reject(delivery_tag, requeue=requeue)  # type: ignore[no-untyped-call]
+        except self.channel.connection_errors:  # done with it: put it back, or drop it, once Redis answers
+            with _pending_lock:
+                (_unrestored if requeue else _unsent_acks).append((os.getpid(), str(delivery_tag)))
+            raise
+
     def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
         """Also put back, at every sweep, what a closed channel left for later (:meth:`Channel._put_back_pending`)."""
         self.channel._put_back_pending()
@@ -251,16 +259,15 @@ class QoS(kombu_redis.QoS):
 
     def restore_unacked(self, client: Any = None) -> None:
         """kombu's restore of a closing channel's unacknowledged messages, except the tasks the worker is
-        still running: they are checked again at the next sweep and go back only if their acknowledgement
-        never comes (kombu put them back at once, and they ran a second time)."""
+        still running: each one's own acknowledgement (or rejection) decides, sent later if it fails (kombu
+        put them back at once, and they ran a second time; checking them again at a later sweep raced with
+        their acknowledgement, which Celery sends a moment after it stops counting the task as running)."""
         running = _running_tags()
-        later = [tag for tag in self._delivered if str(tag) in running]
-        for tag in later:
+        kept = [tag for tag in self._delivered if str(tag) in running]
+        for tag in kept:
             self._delivered.pop(tag, None)
-        if later:
-            with _pending_lock:
-                _unrestored.extend((os.getpid(), str(tag)) for tag in later)
-            log.info("%d unacknowledged message(s) of running tasks not put back: checked when they end", len(later))
+        if kept:
+            log.info("%d unacknowledged message(s) of running tasks not put back: theirs to acknowledge", len(kept))
         try:
             super().restore_unacked(client)  # type: ignore[no-untyped-call]
         except self.channel.connection_errors:

@@ -235,14 +235,14 @@ def test_a_channel_closed_while_redis_answers_does_not_put_back_the_tasks_still_
     the running tasks' too, and they ran twice (the notifier's duplicates of issue 12)."""
     connection, received, _ = _consuming(broker, settings, {"n": 0}, {"n": 1})
     running = _Running(received[0])
-    worker_state.active_requests.add(running)  # type: ignore[arg-type]
+    worker_state.active_requests.add(running)
     try:
         connection.close()
         queued = broker.client().lrange("default", 0, -1)
         assert [json.loads(raw)["body"] for raw in queued] == [base64.b64encode(b'{"n": 1}').decode()]
         assert broker.client().hlen(UNACKED) == 1  # n=0 runs on: not put back
     finally:
-        worker_state.active_requests.discard(running)  # type: ignore[arg-type]
+        worker_state.active_requests.discard(running)
     received[0].ack()  # it ends; its channel is closed: the acknowledgement waits for the next channel
     with _connect(settings, broker) as again:
         again.default_channel  # noqa: B018 - sends it, and does not put n=0 back
