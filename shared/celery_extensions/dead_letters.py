@@ -366,7 +366,7 @@ class Channel(reliable_pop.ReliablePopChannel):
             except Empty:
                 pass
             except self.connection_errors as exc:
-                log.info("the pending BRPOP reply was lost with the connection: %s", exc)
+                log.info("the connection ended with a pop or its wait pending (a lost pop goes back later): %s", exc)
             self._in_poll = None  # read, or only pushes were to come (the reliable pop's idle wait)
             self._pop_state = None
         super().close()  # type: ignore[no-untyped-call]
