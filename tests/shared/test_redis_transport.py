@@ -29,6 +29,7 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue  # type: ignor
 from kombu.message import Message
 
 from shared.celery_app import create_celery_app
+from shared.celery_extensions.reliable_pop import tracking_prefixes
 from shared.contracts import priority_keys
 from shared.settings import Settings
 from tests.harness import RedisServer, start_redis, wait_until
@@ -248,3 +249,8 @@ def test_a_channel_closed_while_redis_answers_does_not_put_back_the_tasks_still_
         again.default_channel  # noqa: B018 - sends it, and does not put n=0 back
     assert broker.client().hlen(UNACKED) == 0
     assert broker.client().llen("default") == 1
+
+
+def test_the_tracking_prefixes_name_each_queue_once_without_overlap() -> None:
+    """Redis refuses BCAST prefixes of one client that overlap; a queue's name covers its priority lists."""
+    assert tracking_prefixes(["email", "emails", "default", "email"]) == ["default", "email"]
