@@ -4,7 +4,8 @@ builds (workers, beat, the gateway):
 - :mod:`~shared.celery_extensions.events`: task and worker lifecycle events into the Redis stream that the
   monitor reads, and worker heartbeats;
 - :mod:`~shared.celery_extensions.dead_letters`: a worker transport and consumer that record and drop a
-  malformed message instead of dying or looping on it;
+  malformed message instead of dying or looping on it; its channel pops with
+  :mod:`~shared.celery_extensions.reliable_pop` (the message recorded as unacknowledged by the pop itself);
 - :mod:`~shared.celery_extensions.revocations`: revocations kept in Redis, so a worker started later skips
   a revoked task too;
 - :mod:`~shared.celery_extensions.redelivery`: a sweeper that puts back a dead worker's messages in workers

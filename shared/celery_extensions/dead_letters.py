@@ -25,7 +25,8 @@ the reason. Messages whose arguments do not fit the task's catalog model are not
 :class:`~shared.celery_extensions.task_base.MallopsTask` fails them (FAILURE, ``InvalidTaskArguments``).
 
 The same transport also rides out a Redis restart under load (issue 12): :meth:`Channel.close` and
-:class:`QoS` (docs/reliability.md).
+:class:`QoS`, and its channel takes messages with :mod:`shared.celery_extensions.reliable_pop`, whose pop
+records the message in ``unacked`` in the same command (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from kombu.transport import virtual
 
 from shared import dead_letter_store
 from shared.cache import consumer_loop_client
-from shared.celery_extensions import events
+from shared.celery_extensions import events, reliable_pop
 from shared.celery_extensions.config import find_extensions
 from shared.contracts import OWNER_HEADER
 from shared.settings import Settings
@@ -201,22 +202,30 @@ class QoS(kombu_redis.QoS):
     """kombu's Redis ack emulation, except that nothing it cannot write while Redis is away is forgotten.
 
     - kombu takes a message off its queue with BRPOP and records it in the ``unacked`` hash in a second
-      round trip. When the connection breaks in between (a reply already in the socket when Redis stops,
-      read by ``Channel.close``), the record fails and the message is in neither place: nothing would ever
-      deliver it again.
+      round trip (only where :mod:`~shared.celery_extensions.reliable_pop` cannot be used: its pop records
+      the message itself, and :meth:`append` then only notes it in memory). When the connection breaks
+      in between (a reply already in the socket when Redis stops, read by ``Channel.close``), the record
+      fails and the message is in neither place: nothing would ever deliver it again.
     - A closing channel puts its unacknowledged messages back on their queues (``restore_unacked``), and
       Celery drops the ones it had not started yet, counting on that. With Redis away the restore fails and
       they waited in ``unacked`` for the visibility timeout (2 hours).
 
     - The acknowledgement of a task that finished while Redis was away failed, and its message was put
       back with them: the task ran again.
+    - A closing channel put back the messages of the tasks still running too (at once when Redis answered,
+      or at the first sweep after their end, racing with their acknowledgement): each ran a second time
+      (the notifier's duplicates, issue 12). They are left to their own acknowledgement or rejection.
 
-    All three were found by tests/reliability/test_redis_restart_under_load.py. Here the messages are kept
+    All four were found by tests/reliability/test_redis_restart_under_load.py. Here the messages are kept
     and put back, and the acknowledgements sent, by the next channel of the process or its next sweep, as
     soon as Redis answers again; a task the worker is still running is not put back.
     """
 
     def append(self, message: Any, delivery_tag: Any) -> None:
+        take_recorded = getattr(self.channel, "take_recorded", None)
+        if take_recorded is not None and take_recorded(delivery_tag):  # the pop script recorded it
+            virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
+            return
         try:
             super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
         except self.channel.connection_errors:
@@ -236,12 +245,30 @@ class QoS(kombu_redis.QoS):
                 _unsent_acks.append((os.getpid(), str(delivery_tag)))
             raise
 
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        try:
+            super().reject(delivery_tag, requeue=requeue)  # type: ignore[no-untyped-call]
+        except self.channel.connection_errors:  # done with it: put it back, or drop it, once Redis answers
+            with _pending_lock:
+                (_unrestored if requeue else _unsent_acks).append((os.getpid(), str(delivery_tag)))
+            raise
+
     def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
         """Also put back, at every sweep, what a closed channel left for later (:meth:`Channel._put_back_pending`)."""
         self.channel._put_back_pending()
         return super().restore_visible(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     def restore_unacked(self, client: Any = None) -> None:
+        """kombu's restore of a closing channel's unacknowledged messages, except the tasks the worker is
+        still running: each one's own acknowledgement (or rejection) decides, sent later if it fails (kombu
+        put them back at once, and they ran a second time; checking them again at a later sweep raced with
+        their acknowledgement, which Celery sends a moment after it stops counting the task as running)."""
+        running = _running_tags()
+        kept = [tag for tag in self._delivered if str(tag) in running]
+        for tag in kept:
+            self._delivered.pop(tag, None)
+        if kept:
+            log.info("%d unacknowledged message(s) of running tasks not put back: theirs to acknowledge", len(kept))
         try:
             super().restore_unacked(client)  # type: ignore[no-untyped-call]
         except self.channel.connection_errors:
@@ -263,12 +290,12 @@ def _running_tags() -> set[str]:
     return tags
 
 
-class Channel(kombu_redis.Channel):
+class Channel(reliable_pop.ReliablePopChannel):
     Message = Message
     QoS = QoS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        super().__init__(*args, **kwargs)
         self._put_back_pending()  # Redis answered: the connection is back
 
     def _put_back_pending(self) -> None:
@@ -280,13 +307,15 @@ class Channel(kombu_redis.Channel):
             _unrecorded[:] = [entry for entry in _unrecorded if entry[0] != pid]
             _unrestored[:] = [entry for entry in _unrestored if entry[0] != pid]
             _unsent_acks[:] = [entry for entry in _unsent_acks if entry[0] != pid]
-        if not unrecorded and not unrestored and not acks:
+        unanswered = reliable_pop.take_unanswered()
+        if not unrecorded and not unrestored and not acks and not unanswered:
             return
         done = {tag for _, tag in acks}
         unrestored = [entry for entry in unrestored if entry[1] not in done]  # finished: not to be run again
         count = len(unrecorded) + len(unrestored)
         try:
             with self.conn_or_acquire() as client:
+                count += reliable_pop.put_back_unanswered(self, client, unanswered)
                 if acks:
                     pipe = client.pipeline()
                     for _, tag in acks:
@@ -310,6 +339,7 @@ class Channel(kombu_redis.Channel):
                         _unrestored.extend(later)
                     count -= len(later)
         except self.connection_errors as exc:
+            reliable_pop.keep_unanswered(unanswered)
             with _pending_lock:  # the next channel tries again
                 _unrecorded[:0] = unrecorded
                 _unrestored[:0] = unrestored
@@ -337,7 +367,9 @@ class Channel(kombu_redis.Channel):
             except Empty:
                 pass
             except self.connection_errors as exc:
-                log.info("the pending BRPOP reply was lost with the connection: %s", exc)
+                log.info("the connection ended with a pop or its wait pending (a lost pop goes back later): %s", exc)
+            self._in_poll = None  # read, or only pushes were to come (the reliable pop's idle wait)
+            self._pop_state = None
         super().close()  # type: ignore[no-untyped-call]
 
     def _connparams(self, asynchronous: bool = False) -> Any:
@@ -352,7 +384,7 @@ class Channel(kombu_redis.Channel):
     def _brpop_read(self, **options: Any) -> Any:
         self.connection.handed_over = False
         try:
-            return super()._brpop_read(**options)  # type: ignore[no-untyped-call]
+            return super()._brpop_read(**options)
         except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, kombu's object_hook
             if self.connection.handed_over:
                 raise  # not the envelope: something further on, which is not ours to swallow
@@ -384,6 +416,10 @@ class RedisTransport(kombu_redis.Transport):
 
     Channel = Channel
     handed_over = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self.cycle: Any = reliable_pop.Poller()  # type: ignore[no-untyped-call]  # the reliable pop at each turn
 
     def _deliver(self, message: Any, queue: str) -> None:
         self.handed_over = True
