@@ -43,7 +43,8 @@ from sqlalchemy import func, select
 
 from bench import http_load
 from bench.monitor_scale import slope_per
-from bench.stack import Stack, log, machine, wait_until
+from bench.processes import wait_until
+from bench.stack import Stack, log, machine
 from shared.db import session_scope
 from shared.models import TaskRecord
 from shared.taskmeta import RECENT_ALL, RECENT_MAX, RECENT_OWNER, RECENT_OWNER_MAX
@@ -207,7 +208,7 @@ def capacity(args: argparse.Namespace) -> dict[str, Any]:
             submit_batches(url, headers, n)
             submit_keyed(url, headers, args.keyed)
             total = n + args.keyed
-            wait_until(lambda: stack.redis(2).xlen("mallops:events") >= total, 60, "every task-sent event")
+            wait_until(lambda: stack.redis(2).xlen("mallops:events") >= total, 60, message="every task-sent event")
             queued, queued_used = inventory(stack), used_memory(stack)
 
             unacked: dict[str, float] = {}
@@ -216,11 +217,13 @@ def capacity(args: argparse.Namespace) -> dict[str, Any]:
             sampler.start()
             started = time.perf_counter()
             stack.worker()
-            wait_until(lambda: history_done(stack) >= total, 60 + total / 20, f"{total} tasks in task_history")
+            wait_until(lambda: history_done(stack) >= total, 60 + total / 20, message=f"{total} tasks in task_history")
             drain_rate = total / (time.perf_counter() - started)
             stop.set()
             sampler.join()
-            wait_until(lambda: not any(stack.redis(2).scan_iter("mallops:gw:task:*", count=5000)), 60, "meta dropped")
+            wait_until(
+                lambda: not any(stack.redis(2).scan_iter("mallops:gw:task:*", count=5000)), 60, message="meta dropped"
+            )
             finished, finished_used = inventory(stack), used_memory(stack)
             result["inventory"] = {
                 "tasks": total,
@@ -277,7 +280,9 @@ def sustained(args: argparse.Namespace, rate: float) -> dict[str, Any]:
             sent_at = time.perf_counter()
             expected = (load["requests"] - load["errors"]) * size
             wait_until(
-                lambda: history_done(stack) >= expected, 120 + expected / 50, "the sustained tasks in the history"
+                lambda: history_done(stack) >= expected,
+                120 + expected / 50,
+                message="the sustained tasks in the history",
             )
             catch_up = time.perf_counter() - sent_at
             stop.set()

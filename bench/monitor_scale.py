@@ -24,7 +24,8 @@ import httpx
 from sqlalchemy import func, select
 
 from bench.measure import percentiles, tree_memory
-from bench.stack import Stack, log, machine, wait_until
+from bench.processes import wait_until
+from bench.stack import Stack, log, machine
 from shared.contracts import EVENT_STREAM, MONITOR_GROUP
 from shared.db import session_scope
 from shared.models import TaskRecord
@@ -135,7 +136,7 @@ def run(
                     raise TimeoutError("the monitor did not keep up")
                 time.sleep(1.0)
             seconds = time.perf_counter() - start
-            wait_until(lambda: drained(stack), 60, "the stream drained")
+            wait_until(lambda: drained(stack), 60, message="the stream drained")
             with session_scope(settings) as session:
                 done = session.scalar(
                     select(func.count()).select_from(TaskRecord).where(TaskRecord.task_id.startswith(pusher.prefix))

@@ -6,16 +6,11 @@ Nothing here imports the test package.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +18,8 @@ from typing import Any, TypeVar
 import httpx
 import redis
 
+from bench.processes import Process as Proc
+from bench.processes import free_port, spawn, wait_until
 from shared.contracts import WORKERS_KEY
 from shared.db import migrate, reset_engines, session_scope
 from shared.settings import Settings
@@ -34,53 +31,6 @@ T = TypeVar("T")
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_until(check: Callable[[], T], timeout: float, message: str, interval: float = 0.1) -> T:
-    """Poll ``check`` until it returns something true; its errors count as not yet."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(Exception):
-            value = check()
-            if value:
-                return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {message}")
-        time.sleep(interval)
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self, timeout: float = 15) -> None:
-        """SIGTERM to this process's own session (it was started in one), then SIGKILL."""
-        if not self.alive():
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(5)
 
 
 @dataclass
@@ -95,14 +45,7 @@ class Stack:
     # -- processes ----------------------------------------------------------------------------------
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
-        logs = self.workdir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        path = logs / f"{name}-{time.monotonic_ns()}.log"
-        with path.open("wb") as out:
-            popen = subprocess.Popen(
-                argv, env=env or self.env(), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        proc = Proc(name, popen, path)
+        proc = spawn(name, argv, env or self.env(), self.workdir / "logs")
         self.processes.append(proc)
         return proc
 
@@ -116,7 +59,7 @@ class Stack:
         argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(data), "--save", ""]
         argv += ["--appendonly", "no", "--maxmemory-policy", "noeviction", "--daemonize", "no"]
         self.spawn("redis", argv, dict(os.environ))
-        wait_until(lambda: self.redis(0).ping(), 15, "redis-server")
+        wait_until(lambda: self.redis(0).ping(), 15, message="redis-server")
 
     @property
     def base(self) -> str:
@@ -179,7 +122,9 @@ class Stack:
     def worker(self) -> Proc:
         before = self.redis(2).hlen(WORKERS_KEY)
         proc = self.serve("maintenance", "--hostname=maintenance-capacity@bench")
-        wait_until(lambda: self.redis(2).hlen(WORKERS_KEY) > before or not proc.alive(), 90, "the worker's heartbeat")
+        wait_until(
+            lambda: self.redis(2).hlen(WORKERS_KEY) > before or not proc.alive(), 90, message="the worker's heartbeat"
+        )
         if not proc.alive():
             raise RuntimeError(f"the worker exited; see {proc.log_path}")
         return proc
@@ -190,7 +135,7 @@ class Stack:
                 raise SystemExit(f"{proc.name} exited; see {proc.log_path}")
             return httpx.get(url, timeout=2).status_code == 200
 
-        wait_until(ready, 90, url, interval=0.2)
+        wait_until(ready, 90, interval=0.2, message=url)
 
     def close(self) -> None:
         for proc in reversed(self.processes):
