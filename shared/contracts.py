@@ -290,6 +290,10 @@ WORKERS_KEY = f"{KEY_PREFIX}workers"
 HOLDER_PREFIX = f"{KEY_PREFIX}holder:"
 # worker process liveness: hash "<hostname>#<main pid>" -> JSON {last, status}, written by each heartbeat
 PROCESSES_KEY = f"{KEY_PREFIX}worker_processes"
+# a consumer's last pop on the Redis broker (shared.celery_extensions.reliable_pop): ``<prefix><uuid>`` ->
+# "<pop number> <delivery tag>", written with the pop; read when the pop's reply was lost, expires after the
+# visibility timeout
+POP_MARKER_PREFIX = f"{KEY_PREFIX}pop:"
 # the gateway RPUSHes one JSON object per request; process_access_logs drains it. Fields:
 # request_id, ts (ISO 8601 UTC), method, path, status, duration_ms, principal, client_ip
 ACCESS_LOG_BUFFER = f"{KEY_PREFIX}access_log"

@@ -44,7 +44,7 @@ from kombu.transport import virtual
 
 from shared import dead_letter_store
 from shared.cache import consumer_loop_client
-from shared.celery_extensions import events
+from shared.celery_extensions import events, reliable_pop
 from shared.celery_extensions.config import find_extensions
 from shared.contracts import OWNER_HEADER
 from shared.settings import Settings
@@ -216,6 +216,10 @@ class QoS(kombu_redis.QoS):
     """
 
     def append(self, message: Any, delivery_tag: Any) -> None:
+        take_recorded = getattr(self.channel, "take_recorded", None)
+        if take_recorded is not None and take_recorded(delivery_tag):  # the pop script recorded it
+            virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
+            return
         try:
             super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
         except self.channel.connection_errors:
@@ -262,12 +266,12 @@ def _running_tags() -> set[str]:
     return tags
 
 
-class Channel(kombu_redis.Channel):
+class Channel(reliable_pop.ReliablePopChannel):
     Message = Message
     QoS = QoS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        super().__init__(*args, **kwargs)
         self._put_back_pending()  # Redis answered: the connection is back
 
     def _put_back_pending(self) -> None:
@@ -279,13 +283,15 @@ class Channel(kombu_redis.Channel):
             _unrecorded[:] = [entry for entry in _unrecorded if entry[0] != pid]
             _unrestored[:] = [entry for entry in _unrestored if entry[0] != pid]
             _unsent_acks[:] = [entry for entry in _unsent_acks if entry[0] != pid]
-        if not unrecorded and not unrestored and not acks:
+        unanswered = reliable_pop.take_unanswered()
+        if not unrecorded and not unrestored and not acks and not unanswered:
             return
         done = {tag for _, tag in acks}
         unrestored = [entry for entry in unrestored if entry[1] not in done]  # finished: not to be run again
         count = len(unrecorded) + len(unrestored)
         try:
             with self.conn_or_acquire() as client:
+                count += reliable_pop.put_back_unanswered(self, client, unanswered)
                 if acks:
                     pipe = client.pipeline()
                     for _, tag in acks:
@@ -309,6 +315,7 @@ class Channel(kombu_redis.Channel):
                         _unrestored.extend(later)
                     count -= len(later)
         except self.connection_errors as exc:
+            reliable_pop.keep_unanswered(unanswered)
             with _pending_lock:  # the next channel tries again
                 _unrecorded[:0] = unrecorded
                 _unrestored[:0] = unrestored
@@ -337,6 +344,8 @@ class Channel(kombu_redis.Channel):
                 pass
             except self.connection_errors as exc:
                 log.info("the pending BRPOP reply was lost with the connection: %s", exc)
+            self._in_poll = None  # read, or only pushes were to come (the reliable pop's idle wait)
+            self._pop_state = None
         super().close()  # type: ignore[no-untyped-call]
 
     def _connparams(self, asynchronous: bool = False) -> Any:
@@ -351,7 +360,7 @@ class Channel(kombu_redis.Channel):
     def _brpop_read(self, **options: Any) -> Any:
         self.connection.handed_over = False
         try:
-            return super()._brpop_read(**options)  # type: ignore[no-untyped-call]
+            return super()._brpop_read(**options)
         except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, kombu's object_hook
             if self.connection.handed_over:
                 raise  # not the envelope: something further on, which is not ours to swallow
@@ -383,6 +392,10 @@ class RedisTransport(kombu_redis.Transport):
 
     Channel = Channel
     handed_over = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self.cycle: Any = reliable_pop.Poller()  # type: ignore[no-untyped-call]  # the reliable pop at each turn
 
     def _deliver(self, message: Any, queue: str) -> None:
         self.handed_over = True
