@@ -340,6 +340,30 @@ def explain(task_id: str, starts: list[float], faults: list[Fault]) -> str | Non
     return None
 
 
+def locate(broker: redis.Redis[bytes], ids: list[str], limit: int = 200_000) -> dict[str, list[str]]:
+    """Where each of ``ids`` still is on the broker (its Redis database 0): the lists and hashes whose
+    values name it (queues, kombu's ``unacked``, any processing list). Read after the drain, when the
+    broker is nearly empty; at most ``limit`` values are read in all."""
+    found: dict[str, list[str]] = {i: [] for i in ids}
+    read = 0
+    for key in broker.scan_iter(count=1000):
+        kind = broker.type(key)
+        if kind == b"list":
+            values = broker.lrange(key, 0, limit - read)
+        elif kind == b"hash":
+            values = broker.hvals(key)[: limit - read]
+        else:
+            continue
+        read += len(values)
+        for value in values:
+            for task_id in ids:
+                if task_id.encode() in value:
+                    found[task_id].append(key.decode(errors="replace"))
+        if read >= limit:
+            break
+    return found
+
+
 def rss_summary(rows: list[tuple[float, str, float]]) -> dict[str, dict[str, float]]:
     """Per role: the median RSS of the first and the last fifth of the run (after a warm-up fifth)."""
     by_role: dict[str, list[tuple[float, float]]] = defaultdict(list)
@@ -522,6 +546,13 @@ def soak(
     threads[1].join(10)
 
     lost = [i for i in accepted if not ledger.finished(i)]
+    where: dict[str, list[str]] = {}
+    with contextlib.suppress(redis.RedisError):
+        where = locate(platform.redis.client(0), lost[:50])
+    lost_detail = {
+        i: {"kind": load.accepted[i], "events": dict(ledger.counts[i]), "on_the_broker": where.get(i, [])}
+        for i in lost[:50]
+    }
     duplicates = [i for i in accepted if ledger.counts[i]["task-succeeded"] > 1]
     explained = {i: explain(i, ledger.starts[i], faults.done) for i in duplicates}
     failed = Counter(load.accepted[i] for i in accepted if ledger.counts[i]["task-failed"])
@@ -537,6 +568,7 @@ def soak(
         "finished": len(accepted) - len(lost),
         "lost": len(lost),
         "lost_ids": lost[:50],
+        "lost_detail": lost_detail,  # per lost task: its kind, the events the stream has of it, where it still is
         "failed_by_kind": dict(failed),
         "duplicated": len(duplicates),
         "duplicates_explained": sum(1 for v in explained.values() if v),
