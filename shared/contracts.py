@@ -321,6 +321,9 @@ WORKERS_KEY = f"{KEY_PREFIX}workers"
 # the holder of a delivered message, per task id and attempt (``<prefix><task id>:<retries>``): JSON
 # {host, pid, ts} written by the worker at receipt, removed after the task ran (redelivery)
 HOLDER_PREFIX = f"{KEY_PREFIX}holder:"
+# task_history.event_mask: the bit the monitor sets once it has folded the publish's task-sent event (the
+# arguments and retry_of a task's view reads from the history once the gateway's metadata is dropped)
+HISTORY_SENT_BIT = 0
 # worker process liveness: hash "<hostname>#<main pid>" -> JSON {last, status}, written by each heartbeat
 PROCESSES_KEY = f"{KEY_PREFIX}worker_processes"
 # a consumer's last pop on the Redis broker (shared.celery_extensions.reliable_pop): ``<prefix><uuid>`` ->

@@ -19,7 +19,7 @@ from services.gateway.taskstore import TaskStore, parse_time
 from shared import deferred
 from shared.catalog import get_spec
 from shared.celery_extensions.events import capped_traceback
-from shared.contracts import FINAL_STATES, DeferredState, TaskState, parse_state
+from shared.contracts import FINAL_STATES, HISTORY_SENT_BIT, DeferredState, TaskState, parse_state
 from shared.models import DeferredTask, TaskRecord
 from shared.taskmeta import TaskMeta
 
@@ -50,6 +50,9 @@ class HistoryFacts:
     workflow_step: str | None = None
     arguments: dict[str, Any] | None = None  # {"args", "kwargs"} as sent, capped ("truncated": true)
     retry_of: str | None = None
+    # the monitor has folded the publish's task-sent event (arguments, retry_of): a worker's events can
+    # make the row final before it
+    sent_folded: bool = False
 
     @property
     def call(self) -> tuple[list[Any], dict[str, Any]] | None:
@@ -79,11 +82,13 @@ class HistoryFacts:
             workflow_step=row.workflow_step,
             arguments=row.arguments if isinstance(row.arguments, dict) else None,
             retry_of=row.retry_of,
+            sent_folded=bool(int(row.event_mask or 0) & (1 << HISTORY_SENT_BIT)),
         )
 
 
 class FinishedRecords:
-    """The history of finished tasks, remembered in this process: a final row no longer changes."""
+    """The history of finished tasks, remembered in this process: a final row that holds the publish's
+    task-sent event no longer changes (one without it still gets the arguments and retry_of)."""
 
     def __init__(self, limit: int = FINISHED_RECORDS_MAX) -> None:
         self.limit = limit
@@ -93,7 +98,7 @@ class FinishedRecords:
         return self._facts.get(task_id)
 
     def remember(self, task_id: str, facts: HistoryFacts) -> None:
-        if facts.state in FINAL_STATES:
+        if facts.state in FINAL_STATES and facts.sent_folded:
             self._facts[task_id] = facts
             if len(self._facts) > self.limit:
                 self._facts.popitem(last=False)

