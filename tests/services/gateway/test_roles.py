@@ -301,6 +301,8 @@ ENDPOINTS: list[tuple[str, str, str, Any, dict[str, int]]] = [
         None,
         expect(default=200, store_manager=403),
     ),
+    # every reader lists exports: its own (every token's with exports.read.all and stores.all)
+    ("GET", "/api/v1/exports", "/api/v1/exports", None, expect(default=200)),
     (
         "GET",
         "/api/v1/exports/{task_id}",

@@ -1,5 +1,6 @@
 """Acceptance of workflows against real processes: the finance, reports, notifier and maintenance workers on
-the run's redis-server and database (SQLite or PostgreSQL), the run's SMTP server, the gateway app.
+a redis-server of this module's own (the run's shared workers, started by other tests, must not take its
+steps: they lack its settings), the run's database (SQLite or PostgreSQL) and SMTP server, the gateway app.
 
 - ``month_end_close`` for a month of the demo mall writes the revenue rows, the report files and one e-mail
   with the report attached;
@@ -28,7 +29,7 @@ from shared.db import session_scope
 from shared.models import MonthlyRevenue, Report
 from shared.settings import Settings
 from shared.tokens import create_token
-from tests.harness import Process, wait_until
+from tests.harness import Process, RedisServer, redis_env, start_redis, wait_until
 from tests.plugins.smtp import SMTPServer
 from tests.services.gateway.conftest import GatewayFactory
 
@@ -39,11 +40,34 @@ YEAR, MONTH = 2026, 10  # a month of the demo mall (3 months to 2026-11-15)
 
 
 @pytest.fixture(scope="module")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = start_redis(tmp_path_factory.mktemp("workflows-redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gateway(gateway: GatewayFactory, own_redis: RedisServer) -> GatewayFactory:
+    """The run's gateway factory, on this module's Redis."""
+    base = own_redis.url_base
+    on_own = {"redis_url": base, "broker_url": f"{base}/0", "result_backend": f"{base}/1"}
+
+    def start(**overrides: Any) -> Any:
+        return gateway(**(on_own | overrides))
+
+    return start
+
+
+@pytest.fixture(scope="module")
 def workflow_workers(
-    worker_factory: Callable[..., Process], service_env: dict[str, str]
+    worker_factory: Callable[..., Process], service_env: dict[str, str], own_redis: RedisServer
 ) -> Iterator[dict[str, Process]]:
     """The four workers, with the management's addresses and no retries (a failed step fails at once)."""
-    env = service_env | {"MALLOPS_MANAGEMENT_EMAILS": ",".join(MANAGEMENT), "MALLOPS_TASK_MAX_RETRIES": "0"}
+    env = (
+        service_env
+        | redis_env(own_redis)
+        | {"MALLOPS_MANAGEMENT_EMAILS": ",".join(MANAGEMENT), "MALLOPS_TASK_MAX_RETRIES": "0"}
+    )
     workers = {service: worker_factory(service, env=env) for service in ("finance", "reports", "notifier")}
     workers["maintenance"] = worker_factory("maintenance", "--concurrency=4", env=env)
     yield workers
@@ -245,12 +269,17 @@ def test_a_worker_killed_mid_workflow_loses_nothing(
     worker_factory: Callable[..., Process],
     service_env: dict[str, str],
     workflow_workers: dict[str, Process],
+    own_redis: RedisServer,
 ) -> None:
     """SIGKILL the only maintenance worker while a step runs: the step's message comes back (the next worker's
     requeuer), runs again under the same task id, and the workflow goes on to SUCCESS; nothing runs twice
     but the killed step."""
     workflow_workers["maintenance"].stop()  # this test's workers only
-    fast = service_env | {"MALLOPS_WORKER_OFFLINE_AFTER": "3", "MALLOPS_WORKER_HEARTBEAT_INTERVAL": "0.5"}
+    fast = (
+        service_env
+        | redis_env(own_redis)
+        | {"MALLOPS_WORKER_OFFLINE_AFTER": "3", "MALLOPS_WORKER_HEARTBEAT_INTERVAL": "0.5"}
+    )
     doomed = worker_factory("maintenance", env=fast)
     with session_scope(migrated) as session:
         token = create_token(session, f"admin-{time.monotonic_ns()}", "admin")
