@@ -261,14 +261,17 @@ class ReliablePopChannel(kombu_redis.Channel):
         connection.disconnect()  # pushes would follow the BRPOP connection: start again on a new socket
 
     def _deliver_popped(self, reply: Any) -> bool:
-        key, item, tag = (_text(part) for part in reply)
+        # idle first: a message that cannot even be decoded (not UTF-8) raises below, and a pop left
+        # "pending" would wait for kombu's stale-connection check (about 50 s) before the next one
         self._go_idle(more=True)
+        key, raw, tag = reply
+        key, tag = _text(key), _text(tag)
         dest = key.rsplit(self.sep, 1)[0]
         self._queue_cycle.rotate(dest)
         if tag:
             self._recorded.add(tag)
         try:
-            self.connection._deliver(_loads(item), dest)
+            self.connection._deliver(_loads(_text(raw)), dest)
         finally:
             if tag in self._recorded:  # recorded but not handed over (not a valid envelope): not to come back
                 self._recorded.discard(tag)
