@@ -13,7 +13,11 @@ return a small JSON value):
   per task id and attempt; a first delivery costs nothing); the run after
   ``MALLOPS_TASK_MAX_DELIVERIES`` runs does not call the body: it records the message in the
   dead letters (:mod:`shared.dead_letter_store`) and fails the task with
-  :class:`PoisonMessage`, so the history shows it as FAILURE with the reason.
+  :class:`PoisonMessage`, so the history shows it as FAILURE with the reason;
+- a soft time limit is also checked at every PROGRESS update: Celery's own (a timer in the worker's main
+  process that signals the pool process) is best effort, and is missed now and then (celery/celery#6873)
+  or not there at all (the threads pool); a task that reports progress stops at its next report past
+  the limit with the same :class:`SoftTimeLimitExceeded`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import random
 import smtplib
 import socket
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -128,6 +133,7 @@ class MallopsTask(Task):  # type: ignore[misc]
         return app_settings(self.app)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.request.mallops_started = time.monotonic()  # the request context is this run's own
         step = workflow_steps.step_of(self.request)
         if step is None:
             return self._checked_run(args, kwargs, None)
@@ -249,10 +255,22 @@ class MallopsTask(Task):  # type: ignore[misc]
                 raise
             log.warning("%s[%s]: progress not stored (%s)", self.name, self.request.id, exc)
         if state == TaskState.PROGRESS and (task_id is None or task_id == self.request.id):
+            self.stop_past_soft_time_limit()
             progress = meta if isinstance(meta, dict) else {}
             lifecycle = events.for_app(self.app)
             if lifecycle is not None:
                 lifecycle.emit_progress(self, progress.get("current"), progress.get("total"))
+
+    def stop_past_soft_time_limit(self) -> None:
+        """Raise :class:`SoftTimeLimitExceeded` when this run has passed its soft time limit (the message's,
+        else the task's, else the app's), as Celery's own timer would have."""
+        started = getattr(self.request, "mallops_started", None)
+        if started is None:
+            return
+        limits = self.request.timelimit or (None, None)
+        soft = (limits[1] if len(limits) > 1 else None) or self.soft_time_limit or self.app.conf.task_soft_time_limit
+        if soft and time.monotonic() - started > float(soft):
+            raise SoftTimeLimitExceeded(f"soft time limit ({soft} s) exceeded")
 
 
 def register(app: Celery, name: str, fn: Callable[..., Any], **options: Any) -> MallopsTask:
