@@ -330,6 +330,10 @@ PROCESSES_KEY = f"{KEY_PREFIX}worker_processes"
 # "<pop number> <delivery tag>", written with the pop; read when the pop's reply was lost, expires after the
 # visibility timeout
 POP_MARKER_PREFIX = f"{KEY_PREFIX}pop:"
+# the holder of an unacknowledged message on the Redis broker, per delivery tag (``<prefix><delivery tag>``):
+# the JSON of a holder receipt ({host, pid, ts}, ts the delivery's ``unacked_index`` score), written by the
+# reliable pop in the same command as kombu's ``unacked`` entry and removed with it (redelivery)
+DELIVERY_HOLDER_PREFIX = f"{KEY_PREFIX}held:"
 # the gateway RPUSHes one JSON object per request; process_access_logs drains it. Fields:
 # request_id, ts (ISO 8601 UTC), method, path, status, duration_ms, principal, client_ip
 ACCESS_LOG_BUFFER = f"{KEY_PREFIX}access_log"

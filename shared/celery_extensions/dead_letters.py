@@ -46,7 +46,7 @@ from kombu.transport import virtual
 
 from shared import dead_letter_store
 from shared.cache import consumer_loop_client
-from shared.celery_extensions import events, reliable_pop
+from shared.celery_extensions import events, redelivery, reliable_pop
 from shared.celery_extensions.config import find_extensions
 from shared.contracts import OWNER_HEADER
 from shared.settings import Settings
@@ -253,6 +253,12 @@ class QoS(kombu_redis.QoS):
                 (_unrestored if requeue else _unsent_acks).append((os.getpid(), str(delivery_tag)))
             raise
 
+    def _remove_from_indices(self, delivery_tag: Any, pipe: Any = None) -> Any:
+        """kombu's removal of a message's ``unacked`` entry (acknowledged, rejected or put back), with the
+        holder the reliable pop wrote beside it (:func:`~shared.celery_extensions.redelivery.delivery_holder_key`)."""
+        pipe = super()._remove_from_indices(delivery_tag, pipe)  # type: ignore[no-untyped-call]
+        return pipe.delete(redelivery.delivery_holder_key(delivery_tag))
+
     def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
         """Also put back, at every sweep, what a closed channel left for later (:meth:`Channel._put_back_pending`)."""
         self.channel._put_back_pending()
@@ -444,7 +450,20 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     which fails again, for ever; any other error stops the worker. Here such a message is dropped
     (rejected without requeue) and recorded as a dead letter. Real connection errors still propagate.
     A message whose body cannot be decoded is also recorded (Celery only logs it).
+
+    Its connection also names this worker as the holder of what its reliable pop takes
+    (:data:`~shared.celery_extensions.reliable_pop.HOLDER_OPTION`), when its liveness is written (events on).
     """
+
+    def connection_for_read(self, heartbeat: Any = None) -> Any:
+        connection = super().connection_for_read(heartbeat)
+        extensions = find_extensions(self.app)
+        if extensions is not None and extensions.events is not None and self.hostname:
+            # a copy: the options may be the app's own dict, shared by every connection it makes
+            options = dict(connection.transport_options or {})
+            options[reliable_pop.HOLDER_OPTION] = str(self.hostname)
+            connection.transport_options = options
+        return connection
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         handle = super().create_task_handler(*args, **kwargs)

@@ -50,7 +50,7 @@ import redis
 from celery import Celery, signals
 from celery.exceptions import SoftTimeLimitExceeded
 
-from shared.celery_extensions.redelivery import Holder, holder_key, process_field
+from shared.celery_extensions.redelivery import Holder, holder_key, holder_ttl, process_field
 from shared.contracts import (
     EVENT_FIELD,
     EVENT_SCHEMA_VERSION,
@@ -75,7 +75,6 @@ log = logging.getLogger("mallops.events")
 MAX_BUFFERED = 100_000
 SUMMARY_CHARS = 500
 ERROR_CHARS = 2000
-HOLDER_TTL_MARGIN = 3600  # a holder outlives the visibility timeout, after which kombu's sweep takes over
 TRACEBACK_CHARS = 16_000  # the end of a traceback is kept: the innermost frames and the exception
 ARGUMENTS_CHARS = 16_000  # the JSON of a task's {"args", "kwargs"} in events and the history
 ARGUMENT_VALUE_CHARS = 1000  # when the arguments are too long, each value longer than this is cut
@@ -590,9 +589,11 @@ def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     arguments = _request_arguments(request)
     events.emit(EventType.TASK_RECEIVED, **fields, args=args, delivery_tag=tag, arguments=arguments)
     if fields["id"] and fields.get("host"):
-        # who holds the message: a requeuer puts it back at once if this worker is gone
+        # who holds the message, for a requeuer to put it back at once if this worker is gone. The reliable
+        # pop already wrote it with the message's unacked entry (redelivery.delivery_holder_key); this
+        # receipt names the holder where the pop was kombu's BRPOP (reliable_pop's fallbacks)
         holder = Holder(str(fields["host"]), os.getpid(), time.time())
-        ttl = events.emitter.settings.broker_visibility_timeout + HOLDER_TTL_MARGIN
+        ttl = holder_ttl(events.emitter.settings.broker_visibility_timeout)
         events.emitter.put(holder_key(fields["id"], int(fields["retries"])), holder.dumps(), ttl)
 
 

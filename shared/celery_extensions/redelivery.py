@@ -8,13 +8,18 @@ loop; workers whose pool has none (the notifier's ``threads``, ``solo``) get a :
 
 The timeout cannot be short (a task running longer than it would run twice), so a whole worker killed
 (OOM killer, ``docker kill``, a lost host) would strand its tasks for two hours. kombu's hash does not say
-which worker holds a message; the worker does, when it receives one: :mod:`shared.celery_extensions.events` records the
-holder of each delivery (``mallops:holder:<task id>:<attempt>``: the worker's hostname, main pid and the
-time of receipt) and each worker process's liveness (``mallops:worker_processes``, one field per
-``hostname#pid``, refreshed by the heartbeat). Every worker on a Redis broker runs a :class:`Requeuer`
-thread that, every ``MALLOPS_WORKER_HEARTBEAT_INTERVAL`` seconds, puts back at once the unacknowledged
-messages whose holder is gone: no heartbeat for ``MALLOPS_WORKER_OFFLINE_AFTER`` seconds, or a shutdown
-(``worker-offline``) that left them unacknowledged. A live worker busy with a long task keeps its message.
+which worker holds a message, so the worker's pop does: :mod:`shared.celery_extensions.reliable_pop`
+writes the holder of each delivery (``mallops:held:<delivery tag>``: the worker's hostname, main pid and
+the delivery's time) in the same atomic command that takes the message and writes its ``unacked`` entry,
+and whatever removes that entry removes the holder too (the ``QoS`` of
+:mod:`shared.celery_extensions.dead_letters`, :meth:`Requeuer.requeue`). Where the pop is kombu's BRPOP,
+the holder is the receipt :mod:`shared.celery_extensions.events` writes when the worker receives the
+message (``mallops:holder:<task id>:<attempt>``, the same JSON, in the cache Redis). Each worker
+process's liveness is ``mallops:worker_processes``, one field per ``hostname#pid``, refreshed by the
+heartbeat. Every worker on a Redis broker runs a :class:`Requeuer` thread that, every
+``MALLOPS_WORKER_HEARTBEAT_INTERVAL`` seconds, puts back at once the unacknowledged messages whose holder
+is gone: no heartbeat for ``MALLOPS_WORKER_OFFLINE_AFTER`` seconds, or a shutdown (``worker-offline``)
+that left them unacknowledged. A live worker busy with a long task keeps its message.
 
 Exactly once: the scan holds kombu's own ``unacked_mutex`` (so no two requeuers, nor a kombu sweep, run
 at the same time), and each message goes back in a WATCH/MULTI transaction that first checks the
@@ -26,8 +31,9 @@ is written and the result backend's state becomes ``REQUEUED`` until another wor
 
 A requeuer acts only after its own Redis connection has been up for ``MALLOPS_WORKER_OFFLINE_AFTER``
 seconds: when Redis comes back after an outage, every live worker first gets the time to heartbeat.
-Holders whose receipt was not written (a worker killed within one event flush of receiving) are left to
-the visibility timeout. RabbitMQ needs none of this: it gives back a dead connection's messages at once.
+A message with no holder (taken by kombu's BRPOP, its worker killed before the receipt's flush: a few
+milliseconds) is left to the visibility timeout. RabbitMQ needs none of this: it gives back a dead
+connection's messages at once.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from celery import Celery, signals
 from kombu.transport.redis import Mutex, MutexHeld
 
 from shared.cache import redis_client
-from shared.contracts import HOLDER_PREFIX, PROCESSES_KEY, REQUEUES_HEADER, TaskState
+from shared.contracts import DELIVERY_HOLDER_PREFIX, HOLDER_PREFIX, PROCESSES_KEY, REQUEUES_HEADER, TaskState
 from shared.settings import Settings
 
 log = logging.getLogger("mallops.redelivery")
@@ -54,10 +60,23 @@ FINAL_RESULT_STATES = frozenset({TaskState.SUCCESS, TaskState.FAILURE, TaskState
 # a receipt is written after kombu scored the delivery, in the same process: allow for float rounding
 SCORE_SLACK = 0.001
 PRUNE_EVERY = 60.0
+HOLDER_TTL_MARGIN = 3600  # a holder outlives the visibility timeout, after which kombu's sweep takes over
 
 
 def holder_key(task_id: str, attempt: int) -> str:
+    """The receipt a worker writes in the cache Redis when it receives a task (events)."""
     return f"{HOLDER_PREFIX}{task_id}:{attempt}"
+
+
+def delivery_holder_key(delivery_tag: Any) -> str:
+    """The holder the reliable pop writes in the broker's Redis with the message's ``unacked`` entry."""
+    tag = delivery_tag.decode() if isinstance(delivery_tag, bytes) else str(delivery_tag)
+    return f"{DELIVERY_HOLDER_PREFIX}{tag}"
+
+
+def holder_ttl(visibility_timeout: float) -> int:
+    """The lifetime in seconds of a holder (either kind)."""
+    return int(visibility_timeout) + HOLDER_TTL_MARGIN
 
 
 def process_field(hostname: str, pid: int) -> str:
@@ -147,12 +166,15 @@ class Requeuer:
                 deliveries.append((tag, float(score), holder_key(str(headers["id"]), int(headers.get("retries") or 0))))
         if not deliveries:
             return []
-        holders = self.cache.mget([key for _, _, key in deliveries])
+        # the pop's holder (broker) where the reliable pop took the message, else the receipt (cache)
+        popped = client.mget([delivery_holder_key(tag) for tag, _, _ in deliveries])
+        missing = [key for (_, _, key), held in zip(deliveries, popped, strict=True) if held is None]
+        received = dict(zip(missing, self.cache.mget(missing), strict=True)) if missing else {}
         processes = self.cache.hgetall(PROCESSES_KEY)
         now = time.time()
         found = []
-        for (tag, score, _), raw_holder in zip(deliveries, holders, strict=True):
-            holder = Holder.parse(raw_holder)
+        for (tag, score, key), held in zip(deliveries, popped, strict=True):
+            holder = Holder.parse(held if held is not None else received.get(key))
             if holder is None or holder.ts + SCORE_SLACK < score:
                 continue  # no receipt of this delivery (yet): not ours to judge
             record = processes.get(process_field(holder.host, holder.pid))
@@ -199,6 +221,7 @@ class Requeuer:
             pipe.multi()
             pipe.zrem(channel.unacked_index_key, tag)
             pipe.hdel(channel.unacked_key, tag)
+            pipe.delete(delivery_holder_key(tag))
             channel._do_restore_message(payload, exchange, routing_key, pipe, leftmost=False)
             outcome.append(item)
 

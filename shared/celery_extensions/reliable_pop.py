@@ -9,12 +9,20 @@ never ran, in about 6 of 104 restarts under load.
 
 Here the pop is a Lua script, :data:`POP_SCRIPT`: it takes the oldest message of the first non-empty
 list and, in the same atomic command, writes kombu's ``unacked`` entry (the JSON kombu writes, the
-message text kept byte for byte), its ``unacked_index`` score (the consumer's clock, as kombu) and the
-consumer's pop marker (:data:`~shared.contracts.POP_MARKER_PREFIX`: pop number and delivery tag). When
-the reply is lost, the consumer knows the number of its unanswered pop; once Redis answers again it
-reads the marker and, if that pop ran, puts the message back on its queue
+message text kept byte for byte), its ``unacked_index`` score (the consumer's clock, as kombu), the
+consumer's pop marker (:data:`~shared.contracts.POP_MARKER_PREFIX`: pop number and delivery tag) and, in a
+worker, the message's holder (:data:`~shared.contracts.DELIVERY_HOLDER_PREFIX`: the worker's hostname and
+main pid, the delivery's score). When the reply is lost, the consumer knows the number of its unanswered
+pop; once Redis answers again it reads the marker and, if that pop ran, puts the message back on its queue
 (:func:`put_back_unanswered`). Everything else that reads ``unacked`` (kombu's visibility sweep, the
 requeuer of :mod:`shared.celery_extensions.redelivery`, acknowledgements) sees what kombu writes.
+
+The holder (issue 18): no moment exists when a message is unacknowledged and nothing names the worker that
+took it, so a worker SIGKILLed right after a pop has its message put back by the requeuers within seconds.
+Before, the only holder was the receipt a worker writes when it receives the message (events): a worker
+killed between the pop and that write left its message to the visibility timeout (3 tasks in a 60-minute
+soak). The holder goes with the ``unacked`` entry: :class:`~shared.celery_extensions.dead_letters.QoS`
+removes both together, and so does the requeuer.
 
 A script cannot block, and Redis 7 has no blocking command that waits on several lists without
 popping (``BLMOVE`` waits on one list; the consumer has four per queue). The wait is Redis's client
@@ -24,10 +32,10 @@ readable, and the consumer sends the pop. So an idle worker starts a message one
 BRPOP would (tens of microseconds on one host), a busy one pops as fast as before; nothing polls (one
 pop per ``brpop_timeout`` second when idle, as BRPOP's timeout did, in case a push was missed).
 
-Where this cannot be used the transport pops as kombu does (BRPOP, and the window stays): a
-``global_keyprefix``, a RESP2 connection, a server without ``CLIENT TRACKING`` or scripts (logged once);
-and for ``RELIABLE_POP_PAUSE`` seconds after Redis refused the script (out of memory with
-``noeviction``: BRPOP still works there).
+Where this cannot be used the transport pops as kombu does (BRPOP, and both windows stay: the holder is
+then only the worker's receipt): a ``global_keyprefix``, a RESP2 connection, a server without ``CLIENT
+TRACKING`` or scripts (logged once); and for ``RELIABLE_POP_PAUSE`` seconds after Redis refused the script
+(out of memory with ``noeviction``: BRPOP still works there).
 """
 
 from __future__ import annotations
@@ -44,19 +52,25 @@ import redis
 from kombu.transport import redis as kombu_redis
 from kombu.utils import json as kombu_json
 
-from shared.contracts import POP_MARKER_PREFIX
+from shared.celery_extensions.redelivery import Holder, holder_ttl
+from shared.contracts import DELIVERY_HOLDER_PREFIX, POP_MARKER_PREFIX
 
 log = logging.getLogger("mallops.reliable_pop")
 
 RELIABLE_POP_PAUSE = 10.0  # seconds of kombu's BRPOP after Redis refused the pop script
+# the broker transport option naming the worker whose consumer pops (its hostname; set by
+# shared.celery_extensions.dead_letters.Consumer): the holder the pop writes
+HOLDER_OPTION = "mallops_holder"
 
 # KEYS: unacked hash, unacked_index sorted set, the consumer's pop marker, then the lists in the order
 # kombu's BRPOP names them. ARGV: the delivery score (the consumer's clock), the pop number, the marker's
-# lifetime in seconds. Returns {list, message, delivery tag ('' when not recorded)} or nil.
-# The refusable writes (HSET, ZADD, SET: out of memory) come before the RPOP, which Redis never refuses:
-# a refused script leaves the message on its list. A message that is not a kombu envelope with a string
-# delivery tag, exchange and routing key is popped without a record (kombu's envelope check then makes it
-# a dead letter, as before).
+# lifetime in seconds, the holder's JSON ('' for none), the prefix of the holder's key (the delivery tag
+# follows), the holder's lifetime in seconds. Returns {list, message, delivery tag ('' when not recorded)}
+# or nil. The refusable writes (HSET, ZADD, SET: out of memory) come before the RPOP, which Redis never
+# refuses: a refused script leaves the message on its list. A message that is not a kombu envelope with a
+# string delivery tag, exchange and routing key is popped without a record nor holder (kombu's envelope
+# check then makes it a dead letter, as before). The holder's JSON is built by the consumer
+# (:meth:`~shared.celery_extensions.redelivery.Holder.dumps`, its ``ts`` the score): what a receipt holds.
 POP_SCRIPT = """
 for i = 4, #KEYS do
     local item = redis.call('LINDEX', KEYS[i], -1)
@@ -73,6 +87,9 @@ for i = 4, #KEYS do
                     .. cjson.encode(info['routing_key']) .. ']')
                 redis.call('ZADD', KEYS[2], ARGV[1], tag)
                 redis.call('SET', KEYS[3], ARGV[2] .. ' ' .. tag, 'EX', ARGV[3])
+                if ARGV[4] ~= '' then
+                    redis.call('SET', ARGV[5] .. tag, ARGV[4], 'EX', ARGV[6])
+                end
             end
         end
         redis.call('RPOP', KEYS[i])
@@ -187,6 +204,13 @@ class ReliablePopChannel(kombu_redis.Channel):
         self._pop_script_sha = _text(connection.read_response())
         self._tracking = (connection._sock, prefixes)
 
+    def _holder(self, now: float) -> str:
+        """The JSON of the holder of what this pop takes: this worker (its hostname, this process), or ''
+        outside a worker."""
+        options = getattr(getattr(self.connection, "client", None), "transport_options", None) or {}
+        host = options.get(HOLDER_OPTION)
+        return Holder(host, os.getpid(), now).dumps() if isinstance(host, str) and host else ""
+
     def _send_pop(self, connection: Any) -> None:
         queues = self._queue_cycle.consume(len(self.active_queues))
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]  # type: ignore[no-untyped-call]
@@ -194,6 +218,7 @@ class ReliablePopChannel(kombu_redis.Channel):
         self._in_poll = connection
         self._brpop_sent_at = monotonic()
         self._pop_state = "pending"
+        now = time()
         connection.send_command(
             "EVALSHA",
             self._pop_script_sha,
@@ -202,9 +227,12 @@ class ReliablePopChannel(kombu_redis.Channel):
             self.unacked_index_key,
             self._pop_marker,
             *keys,
-            repr(time()),
+            repr(now),  # the holder's ts is this score, to the digit
             self._pop_number,
             max(int(self.visibility_timeout), 1),
+            self._holder(now),
+            DELIVERY_HOLDER_PREFIX,
+            holder_ttl(self.visibility_timeout),
         )
 
     def _go_idle(self, more: bool) -> None:

@@ -3,30 +3,39 @@ stay, and a delivery that is not the one its holder received is left alone."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import pytest
 from celery import Celery
+from kombu import Queue  # type: ignore[attr-defined]
 
 from shared.celery_app import create_celery_app
 from shared.celery_extensions.redelivery import (
+    HOLDER_TTL_MARGIN,
     REQUEUED,
     Holder,
     RequeueLoop,
     Requeuer,
+    delivery_holder_key,
     holder_key,
     process_field,
 )
+from shared.celery_extensions.reliable_pop import HOLDER_OPTION, take_unanswered
 from shared.contracts import PROCESSES_KEY, REQUEUES_HEADER
 from shared.settings import Settings
-from tests.harness import RedisServer, start_redis
+from tests.harness import RedisServer, start_redis, wait_until
 
 LONG = "mallops.maintenance.long_running_task"
+OFFLINE_AFTER = 3.0  # MALLOPS_WORKER_OFFLINE_AFTER of the test's requeuer
 
 
 @pytest.fixture
@@ -116,3 +125,84 @@ def test_the_loop_waits_while_redis_is_younger_than_the_offline_delay(app: Celer
     assert loop.step() == []  # the server started a moment ago: live workers may not have beaten yet
     loop.failed_at = time.monotonic()
     assert loop.step() == []
+
+
+def test_a_worker_killed_right_after_its_pop_is_named_by_the_pop_and_its_message_goes_back(
+    app: Celery, settings: Settings
+) -> None:
+    """Issue 18's soak loss: a worker SIGKILLed with a pop in flight. The pop itself writes the message's
+    holder beside its ``unacked`` entry, so with no receipt ever written (the worker died before it read the
+    pop's reply) the requeuer still knows whose it is and puts it back; the acknowledgement of a message
+    removes its holder with it."""
+    base = app.conf.broker_url.rsplit("/", 1)[0]
+    requeuer = Requeuer(app, settings.model_copy(update={"redis_url": base, "worker_offline_after": OFFLINE_AFTER}))
+    broker, cache = redis_of(app, 0), redis_of(app, 2)
+    connection = app.connection_for_read()
+    # what the worker's consumer does (dead_letters.Consumer.connection_for_read): name the holder
+    connection.transport_options = {**connection.transport_options, HOLDER_OPTION: "w-killed@h"}
+    received: list[Any] = []
+    consumer = connection.Consumer([Queue("default")], callbacks=[lambda body, message: received.append(message)])
+    consumer.consume()
+    channel: Any = connection.default_channel
+    wait_until(lambda: _drain(connection) or channel._pop_state == "idle", timeout=10, message="an idle consumer")
+    popped_at = time.time()
+    task_id = str(app.send_task(LONG, kwargs={"steps": 1, "step_seconds": 0}, queue="default").id)
+    link = channel.client.connection
+    wait_until(lambda: link.can_read(timeout=0), timeout=10, message="the push of the write to the queue")
+    with contextlib.suppress(Empty):
+        channel._brpop_read()  # the push read, the pop sent
+    assert channel._pop_state == "pending"
+    wait_until(lambda: broker.llen("default") == 0, timeout=10, message="the pop to run")
+    link.disconnect()  # and the worker is gone before it reads the reply: nothing received, no receipt written
+    take_unanswered()  # what a live worker would put back itself once Redis answers: this one is dead
+    with contextlib.suppress(Exception):
+        connection.close()
+    assert received == []
+
+    tags = [tag.decode() for tag in broker.hkeys("unacked")]
+    assert len(tags) == 1
+    score = broker.zscore("unacked_index", tags[0])
+    assert score is not None
+    raw = broker.get(delivery_holder_key(tags[0]))
+    assert raw is not None  # written by the pop, in the same command as the unacked entry
+    assert json.loads(raw) == {"host": "w-killed@h", "pid": os.getpid(), "ts": score}
+    assert raw.decode() == Holder("w-killed@h", os.getpid(), score).dumps()  # a receipt's bytes
+    expected_ttl = settings.broker_visibility_timeout + HOLDER_TTL_MARGIN
+    assert expected_ttl - 5 <= broker.ttl(delivery_holder_key(tags[0])) <= expected_ttl
+    assert popped_at <= score <= time.time()
+    assert cache.get(holder_key(task_id, 0)) is None  # the receipt of the received message was never written
+
+    # the worker's last heartbeat was before the pop; a requeuer finds it silent for longer than the delay
+    last = time.time() - OFFLINE_AFTER - 1
+    cache.hset(PROCESSES_KEY, process_field("w-killed@h", os.getpid()), json.dumps({"last": last, "status": "online"}))
+    assert requeuer.scan() == []  # not yet: silent for less than MALLOPS_WORKER_OFFLINE_AFTER since the pop
+    wait_until(lambda: time.time() - score > OFFLINE_AFTER, timeout=30, interval=0.2, message="the delay")
+    done = requeuer.scan()
+    assert [(item.task_id, item.holder.host, item.holder.pid) for item in done] == [
+        (task_id, "w-killed@h", os.getpid())
+    ]
+    assert [json.loads(m)["headers"]["id"] for m in broker.lrange("default", 0, -1)] == [task_id]
+    assert broker.hlen("unacked") == 0
+    assert broker.get(delivery_holder_key(tags[0])) is None  # put back with its entry
+
+    # delivered again, to a worker that acknowledges it: the holder goes with the unacked entry
+    with app.connection_for_read() as connection:
+        connection.transport_options = {**connection.transport_options, HOLDER_OPTION: "w-next@h"}
+        again: list[Any] = []
+        consumer = connection.Consumer(
+            [Queue("default")], callbacks=[lambda body, message: again.append(message)], accept=["json"]
+        )
+        with consumer:
+            wait_until(lambda: _drain(connection) or again, timeout=10, message="delivered again")
+        holder = Holder.parse(broker.get(delivery_holder_key(tags[0])))
+        assert holder is not None
+        assert holder.host == "w-next@h"
+        again[0].ack()
+    assert broker.hlen("unacked") == 0
+    assert broker.get(delivery_holder_key(tags[0])) is None
+
+
+def _drain(connection: Any) -> bool:
+    with contextlib.suppress(TimeoutError, socket.timeout):
+        connection.drain_events(timeout=0.2)
+    return False
