@@ -20,7 +20,7 @@ from fastapi import Request
 from kombu.exceptions import KombuError, OperationalError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
@@ -304,9 +304,9 @@ def listing(
     until: dt.datetime | None,
     limit: int,
     offset: int,
-) -> list[WorkflowSummary]:
-    """The newest workflows the principal may see, filtered."""
-    query = select(Workflow).order_by(Workflow.created_at.desc(), Workflow.id).limit(limit).offset(offset)
+) -> tuple[int, list[WorkflowSummary]]:
+    """(how many match, the page of them): the newest workflows the principal may see, filtered."""
+    query = select(Workflow)
     if not principal.has(permissions.TASKS_READ_ALL):
         query = query.where(Workflow.owner == principal.name)
     elif owner:
@@ -319,5 +319,7 @@ def listing(
         query = query.where(Workflow.created_at >= since)
     if until:
         query = query.where(Workflow.created_at < until)
+    page = query.order_by(Workflow.created_at.desc(), Workflow.id).limit(limit).offset(offset)
     with runtime.sessions() as session:
-        return [summary(workflow) for workflow in session.scalars(query)]
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        return total, [summary(workflow) for workflow in session.scalars(page)]
