@@ -397,6 +397,7 @@ class Workflow(Base):
     __table_args__ = (
         Index("ix_workflows_owner_created", "owner", "created_at"),
         Index("ix_workflows_status_created", "status", "created_at"),
+        Index("ix_workflows_created", "created_at"),  # the listing, newest first
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

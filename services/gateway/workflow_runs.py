@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import selectinload
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway import authz
@@ -319,7 +320,12 @@ def listing(
         query = query.where(Workflow.created_at >= since)
     if until:
         query = query.where(Workflow.created_at < until)
-    page = query.order_by(Workflow.created_at.desc(), Workflow.id).limit(limit).offset(offset)
+    page = (
+        query.order_by(Workflow.created_at.desc(), Workflow.id)
+        .limit(limit)
+        .offset(offset)
+        .options(selectinload(Workflow.steps))  # each row's progress: one query for the page's steps
+    )
     with runtime.sessions() as session:
         total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
         return total, [summary(workflow) for workflow in session.scalars(page)]

