@@ -180,3 +180,14 @@ def test_the_list_is_newest_first_paged_filtered_and_in_chinese(
         assert "失败" in page.text
         assert "从失败的步骤重试" in page.text
         assert "第 1–25 条，共 27 条" in http.get("/console/workflows").text
+
+
+def test_every_audit_action_has_a_label_in_both_languages() -> None:
+    """The audit page names each action in the page's language (the workflow actions among them)."""
+    from services.gateway.console.i18n import LANGUAGES, catalog
+    from services.gateway.console.views import AUDIT_ACTIONS
+
+    assert {"workflow.submit", "workflow.retry", "workflow.revoke"} <= set(AUDIT_ACTIONS)
+    for language in LANGUAGES:
+        missing = [action for action in AUDIT_ACTIONS if f"action.{action}" not in catalog(language)]
+        assert missing == [], (language, missing)
