@@ -1,6 +1,6 @@
 """A workflow in Debian's Chromium against a real gateway, worker, monitor, Redis and database: a parallel
-group with a failing step, seen from the navigation to the workflow's steps, retried from the failed step;
-axe-core on both pages."""
+group with a failing step, seen from the navigation to the workflow's steps, retried from the failed step
+(whose steps then follow the retry live); axe-core on both pages."""
 
 from __future__ import annotations
 
@@ -64,3 +64,6 @@ def test_a_failed_workflow_shows_its_steps_and_is_retried_from_the_failed_one(
     page.get_by_role("button", name="Retry from the failed step").click()
     expect(page.get_by_role("status")).to_have_text("Retried from its failed step; the succeeded steps are kept.")
     expect(page.locator("li.step[data-step='fine'] .state")).to_have_text("Succeeded")  # kept, not run again
+    # the retried step runs again and fails again: the steps follow it live, without a reload
+    expect(broken.locator(".help")).to_have_text("attempt 2")
+    expect(broken.locator(".state")).to_have_text("Failed", timeout=30_000)

@@ -671,10 +671,12 @@ ConsoleWorkflow = Annotated[WorkflowDetail, Depends(console_workflow)]
 
 
 @router.get("/workflows/{workflow_id}")
-async def workflow(page: PageDep, found: ConsoleWorkflow) -> Response:
+async def workflow(page: PageDep, found: ConsoleWorkflow, fragment: bool = False) -> Response:
+    """The workflow as its steps (the page, or its steps alone: an unfinished one's refresh them live)."""
     notice = page.request.query_params.get("notice")
     info = views.workflow_page(page.principal, found)
-    return page.render("workflow.html", info=info, notice=notice if notice in NOTICES else None)
+    template = "_workflow_stages.html" if fragment else "workflow.html"
+    return page.render(template, info=info, notice=notice if notice in NOTICES else None)
 
 
 @router.post("/workflows/{workflow_id}/retry")

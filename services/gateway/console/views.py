@@ -653,6 +653,7 @@ def workflow_page(principal: Principal, info: WorkflowDetail) -> dict[str, Any]:
     return {
         "detail": info,
         "stages": workflow_stages(info.steps),
+        "finished": finished,
         "may_retry": retryable and can(principal, "workflow.retry") and (needed is None or principal.has(needed)),
         "may_revoke": not finished and can(principal, "workflow.revoke"),
     }

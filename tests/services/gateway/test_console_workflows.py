@@ -132,6 +132,17 @@ def test_a_viewer_sees_every_workflow_without_buttons_and_forged_posts_are_refus
         assert bob.get(f"/console/workflows/{running}").status_code == 404  # not bob's
         assert running not in bob.get("/console/workflows").text
         page = alice.get(f"/console/workflows/{running}")
+        # an unfinished workflow's steps refresh live from the page's fragment; a finished one's do not
+        live = f'data-live-src="/console/workflows/{running}?fragment=1"'
+        assert live in page.text
+        fragment = alice.get(f"/console/workflows/{running}", params={"fragment": "1"})
+        assert fragment.status_code == 200
+        assert fragment.text.lstrip().startswith('<ol class="stages">')
+        assert "<html" not in fragment.text
+        assert 'data-step="cleanup"' in fragment.text
+        assert "data-live-src" not in alice.get(f"/console/workflows/{failed}").text
+        with browser(client) as stranger:  # not signed in: no page to redirect a fragment to
+            assert stranger.get(f"/console/workflows/{running}?fragment=1").status_code == 401
         assert 'id="revoke"' in page.text
         assert 'id="retry"' not in page.text
         # the owner's form without its session's CSRF token does nothing
