@@ -494,6 +494,11 @@ class Client:
         """Every task with its queue, description, schedule and the JSON Schema of its arguments."""
         return _items(self.request("GET", f"{API}/catalog"), "tasks")
 
+    def catalog_workflows(self) -> list[dict[str, Any]]:
+        """Every named workflow with its description, steps, schedule and the JSON Schema of its arguments."""
+        data = self.request("GET", f"{API}/catalog")
+        return [dict(item) for item in (data.get("workflows") or [])] if isinstance(data, dict) else []
+
     def schedules(self) -> list[dict[str, Any]]:
         """The beat entries (admin)."""
         return _items(self.request("GET", f"{API}/schedules"), "schedules")

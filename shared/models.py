@@ -397,6 +397,7 @@ class Workflow(Base):
     __table_args__ = (
         Index("ix_workflows_owner_created", "owner", "created_at"),
         Index("ix_workflows_status_created", "status", "created_at"),
+        Index("ix_workflows_created", "created_at"),  # the listing, newest first
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -441,3 +442,21 @@ class WorkflowStep(Base):
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
     workflow: Mapped[Workflow] = relationship(back_populates="steps")
+
+
+class WorkflowTotals(Base):
+    """What the monitor's workflow counters had counted of the workflows the retention deleted
+    (``cleanup_expired_data``), per workflow name (``ad_hoc`` for unnamed ones): added to what the
+    ``workflows`` table still holds, so that the counters never go down when old rows go."""
+
+    __tablename__ = "workflow_totals"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    started: Mapped[int] = mapped_column(BigInteger, default=0)
+    succeeded: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    duration_sum: Mapped[float] = mapped_column(Float, default=0.0)  # seconds, of the succeeded ones
+    # the succeeded ones' durations per bucket: upper bound (MALLOPS_RUNTIME_BUCKETS when deleted, or "+Inf")
+    # -> how many fell in it (not cumulative)
+    duration_buckets: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

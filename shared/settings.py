@@ -117,6 +117,8 @@ class Settings(BaseSettings):
     export_ttl_days: int = Field(default=7, ge=1)
     report_ttl_days: int = Field(default=365, ge=1)
     history_ttl_days: int = Field(default=30, ge=1)
+    # finished workflows (and their steps), deleted by cleanup_expired_data this long after they finished
+    workflow_ttl_days: int = Field(default=90, ge=1)
     notification_ttl_days: int = Field(default=30, ge=1)
     access_log_ttl_days: int = Field(default=90, ge=1)
     audit_ttl_days: int = Field(default=365, ge=1)  # audit_log rows, deleted by cleanup_expired_data

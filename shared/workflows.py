@@ -37,12 +37,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from shared.catalog import TaskArgumentError, TaskSpec, from_previous_fields, get_spec
 from shared.contracts import WORKFLOW_FINAL_STATES, TaskState
-from shared.models import Workflow, WorkflowStep, utcnow
+from shared.models import Workflow, WorkflowStep, WorkflowTotals, utcnow
 
 MAX_STEPS = 100
 REASON_MAX = 4000
@@ -430,11 +430,23 @@ class Totals:
     succeeded: int = 0
     failed: int = 0
     durations: list[float] = field(default_factory=list)
+    # the succeeded ones the retention deleted: their durations' sum and count per bucket bound ("+Inf" too)
+    retired_sum: float = 0.0
+    retired_buckets: dict[str, int] = field(default_factory=dict)
 
 
 def totals(session: Session) -> dict[str, Totals]:
-    """Totals per workflow name (``ad_hoc`` for unnamed ones), read from the workflows table."""
+    """Totals per workflow name (``ad_hoc`` for unnamed ones), read from the workflows table, plus what the
+    retention deleted of them (``workflow_totals``, :func:`retire_finished`)."""
     found: dict[str, Totals] = {}
+    for kept in session.scalars(select(WorkflowTotals)):
+        found[kept.name] = Totals(
+            started=kept.started,
+            succeeded=kept.succeeded,
+            failed=kept.failed,
+            retired_sum=kept.duration_sum,
+            retired_buckets=dict(kept.duration_buckets or {}),
+        )
     rows = session.execute(
         select(
             Workflow.name,
@@ -454,3 +466,48 @@ def totals(session: Session) -> dict[str, Totals]:
             if finished_at is not None:
                 item.durations.append(max(0.0, (finished_at - created_at).total_seconds()))
     return found
+
+
+def retire_finished(session: Session, before: dt.datetime, buckets: Sequence[float], limit: int = 1000) -> int:
+    """Delete up to ``limit`` workflows that finished (SUCCESS, FAILURE, REVOKED) before ``before``, with
+    their steps, adding what they counted to ``workflow_totals`` first (in this transaction), so that the
+    monitor's counters do not go down. A succeeded one's duration is kept as a count in the bucket of
+    ``buckets`` (the monitor's ``MALLOPS_RUNTIME_BUCKETS``) it falls in. Returns how many were deleted."""
+    rows = session.execute(
+        select(
+            Workflow.id,
+            Workflow.name,
+            Workflow.status,
+            Workflow.failures,
+            Workflow.started_at,
+            Workflow.created_at,
+            Workflow.finished_at,
+        )
+        .where(Workflow.status.in_([str(s) for s in WORKFLOW_FINAL_STATES]), Workflow.finished_at < before)
+        .order_by(Workflow.finished_at, Workflow.id)
+        .limit(limit)
+    ).all()
+    if not rows:
+        return 0
+    bounds = sorted(buckets)
+    added: dict[str, WorkflowTotals] = {}
+    for _, name, status, failures, started_at, created_at, finished_at in rows:
+        key = name or AD_HOC
+        kept = added.get(key) or session.get(WorkflowTotals, key)
+        if kept is None:
+            kept = WorkflowTotals(name=key, started=0, succeeded=0, failed=0, duration_sum=0.0, duration_buckets={})
+            session.add(kept)
+        added[key] = kept
+        kept.started += 1 if started_at is not None else 0
+        kept.failed += int(failures or 0)
+        if status == TaskState.SUCCESS:
+            kept.succeeded += 1
+            seconds = max(0.0, (finished_at - created_at).total_seconds()) if finished_at else 0.0
+            kept.duration_sum += seconds
+            bound = next((str(b) for b in bounds if seconds <= b), "+Inf")
+            kept.duration_buckets = {**kept.duration_buckets, bound: kept.duration_buckets.get(bound, 0) + 1}
+        kept.updated_at = utcnow()
+    ids = [row[0] for row in rows]
+    session.execute(delete(WorkflowStep).where(WorkflowStep.workflow_id.in_(ids)))
+    session.execute(delete(Workflow).where(Workflow.id.in_(ids)))
+    return len(ids)

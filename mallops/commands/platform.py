@@ -22,6 +22,7 @@ from mallops.output import (
     print_json,
     print_table,
     stderr,
+    stdout,
 )
 
 
@@ -231,29 +232,34 @@ def ping(
 
 @handles_errors
 def catalog(
-    name: Annotated[str | None, typer.Argument(help="Show this task's arguments.")] = None,
+    name: Annotated[str | None, typer.Argument(help="Show this task's (or workflow's) arguments.")] = None,
+    workflows: Annotated[
+        bool, typer.Option("--workflows", help="List the named workflows (GET /api/v1/catalog `workflows`).")
+    ] = False,
     as_json: JsonOption = False,
     as_jsonl: JsonlOption = False,
 ) -> None:
-    """Every task with its queue, schedule and description; with NAME, its arguments.
+    """Every task with its queue, schedule and description, then (on a terminal) every named workflow; with
+    NAME, its arguments (and a workflow's steps).
 
     Examples:
 
       \b
       mallops catalog
       mallops catalog generate_daily_report
+      mallops catalog --workflows
+      mallops catalog month_end_close
     """
     with client() as mallops:
         items = mallops.catalog()
+        flows = mallops.catalog_workflows()
     if name is not None:
-        matches = [t for t in items if name in (_name(t), t.get("celery_name"))]
-        if not matches:
-            fail(f"unknown task {name!r}; `mallops catalog` lists them")
-        task = matches[0]
-        if as_json:
-            print_json(task)
+        _show_one(name, items, flows, as_json)
+        return
+    if workflows:
+        if print_items(flows, as_json=as_json, as_jsonl=as_jsonl):
             return
-        _print_arguments(task)
+        _print_workflows(flows)
         return
     if print_items(items, as_json=as_json, as_jsonl=as_jsonl):
         return
@@ -262,6 +268,42 @@ def catalog(
         for t in items
     ]
     print_table(["task", "queue", "schedule", "description"], rows, title=f"{len(rows)} tasks")
+    if stdout().is_terminal:  # piped, the tasks alone (scripts read one table); --workflows gives the rest
+        _print_workflows(flows)
+
+
+def _show_one(name: str, items: list[dict[str, Any]], flows: list[dict[str, Any]], as_json: bool) -> None:
+    matches = [t for t in items if name in (_name(t), t.get("celery_name"))]
+    flow = next((w for w in flows if w.get("name") == name), None)
+    if not matches and flow is None:
+        fail(f"unknown task {name!r}; `mallops catalog` lists them")
+    found = matches[0] if matches else flow
+    assert found is not None
+    if as_json:
+        print_json(found)
+        return
+    _print_arguments(found)
+    if not matches and flow is not None:
+        echo("steps: " + _steps_text(flow.get("steps") or []))
+
+
+def _steps_text(steps: list[Any]) -> str:
+    """``a -> (b | c) -> d``: each item in order, a parallel group in brackets."""
+    parts = []
+    for item in steps:
+        if isinstance(item, dict) and isinstance(item.get("parallel"), list):
+            parts.append("(" + " | ".join(str(s.get("task_name")) for s in item["parallel"]) + ")")
+        elif isinstance(item, dict):
+            parts.append(str(item.get("task_name")))
+    return " -> ".join(parts)
+
+
+def _print_workflows(flows: list[dict[str, Any]]) -> None:
+    rows = [
+        [w.get("name"), _steps_text(w.get("steps") or []), w.get("schedule_text") or "", w.get("description")]
+        for w in flows
+    ]
+    print_table(["workflow", "steps", "schedule", "description"], rows, title=f"{len(rows)} workflows")
 
 
 def _name(task: dict[str, Any]) -> str:
@@ -288,7 +330,8 @@ def _print_arguments(task: dict[str, Any]) -> None:
     schema = task.get("args_schema") or task.get("schema") or task.get("arguments") or {}
     props: dict[str, Any] = schema.get("properties", {}) if isinstance(schema, dict) else {}
     required = set(schema.get("required", [])) if isinstance(schema, dict) else set()
-    echo(f"{_name(task)} (queue {task.get('queue')}): {task.get('description', '')}")
+    where = f"queue {task.get('queue')}" if task.get("queue") else "workflow"
+    echo(f"{_name(task)} ({where}): {task.get('description', '')}")
     rows = []
     for field_name, spec in props.items():
         kind = spec.get("type") or " | ".join(

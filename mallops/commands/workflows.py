@@ -176,7 +176,7 @@ def list_workflows(
     print_table(
         ["workflow_id", "name", "status", "steps", "failed at", "created"],
         rows,
-        title=f"{page.get('count', len(rows))} workflow(s)",
+        title=_listing_title(page, len(rows)),
         status_columns=[2],
         id_columns=[0],
         time_columns=[5],
@@ -235,6 +235,12 @@ def revoke(
 
 
 # -- following -----------------------------------------------------------------------------------
+
+
+def _listing_title(page: dict[str, Any], shown: int) -> str:
+    """``3 workflow(s)``, or ``50 of 120 workflow(s)`` when more match than one page holds."""
+    count, total = int(page.get("count", shown)), int(page.get("total") or 0)
+    return f"{count} of {total} workflow(s)" if total > count else f"{count} workflow(s)"
 
 
 def _progress(workflow: dict[str, Any]) -> str:

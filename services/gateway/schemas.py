@@ -465,7 +465,8 @@ class WorkflowDetail(WorkflowSummary):
 
 
 class WorkflowList(BaseModel):
-    count: int
+    count: int = Field(description="Workflows on this page (at most `limit`).")
+    total: int = Field(default=0, description="Workflows that match the filters, on every page.")
     results: list[WorkflowSummary]
 
 

@@ -20,8 +20,9 @@ from fastapi import Request
 from kombu.exceptions import KombuError, OperationalError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import selectinload
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway import authz
@@ -304,9 +305,9 @@ def listing(
     until: dt.datetime | None,
     limit: int,
     offset: int,
-) -> list[WorkflowSummary]:
-    """The newest workflows the principal may see, filtered."""
-    query = select(Workflow).order_by(Workflow.created_at.desc(), Workflow.id).limit(limit).offset(offset)
+) -> tuple[int, list[WorkflowSummary]]:
+    """(how many match, the page of them): the newest workflows the principal may see, filtered."""
+    query = select(Workflow)
     if not principal.has(permissions.TASKS_READ_ALL):
         query = query.where(Workflow.owner == principal.name)
     elif owner:
@@ -319,5 +320,12 @@ def listing(
         query = query.where(Workflow.created_at >= since)
     if until:
         query = query.where(Workflow.created_at < until)
+    page = (
+        query.order_by(Workflow.created_at.desc(), Workflow.id)
+        .limit(limit)
+        .offset(offset)
+        .options(selectinload(Workflow.steps))  # each row's progress: one query for the page's steps
+    )
     with runtime.sessions() as session:
-        return [summary(workflow) for workflow in session.scalars(query)]
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        return total, [summary(workflow) for workflow in session.scalars(page)]

@@ -6,6 +6,8 @@
 - notifications older than ``MALLOPS_NOTIFICATION_TTL_DAYS``, access logs older than
   ``MALLOPS_ACCESS_LOG_TTL_DAYS``;
 - deferred one-off runs published or revoked more than ``MALLOPS_HISTORY_TTL_DAYS`` ago (never a waiting one);
+- workflows that finished more than ``MALLOPS_WORKFLOW_TTL_DAYS`` ago, with their steps (never an unfinished
+  one); what they counted goes to ``workflow_totals`` first, so the monitor's counters do not go down;
 - temporary ``.part`` files older than a day that a killed process left in the file stores.
 """
 
@@ -22,7 +24,7 @@ from typing import Any
 from sqlalchemy import and_, or_
 from sqlalchemy.orm import Session
 
-from shared import deferred, models
+from shared import deferred, models, workflows
 from shared.files import resolve_under
 from shared.retention import DEFAULT_BATCH, cutoff_days, delete_in_batches
 from shared.settings import Settings
@@ -77,10 +79,23 @@ def cleanup_expired_data(
     counts: dict[str, Any] = _expire_files(session, settings, now, batch_size)
     for kind, model, expired in _expired_rows(settings, now):
         counts[kind] = delete_in_batches(session, model, expired, batch_size=batch_size)
+    counts["workflows"] = _retire_workflows(session, settings, now, batch_size)
     counts["partial_files"] = remove_partial_files(
         [settings.exports_dir, settings.reports_dir, settings.backups_dir], now
     )
     return counts
+
+
+def _retire_workflows(session: Session, settings: Settings, now: dt.datetime, batch_size: int) -> int:
+    """Finished workflows past retention, ``batch_size`` per committed transaction."""
+    before = cutoff_days(settings.workflow_ttl_days, now)
+    deleted = 0
+    while True:
+        done = workflows.retire_finished(session, before, settings.runtime_buckets, limit=batch_size)
+        session.commit()
+        deleted += done
+        if done < batch_size:
+            return deleted
 
 
 def _expire_files(session: Session, settings: Settings, now: dt.datetime, batch_size: int) -> dict[str, Any]:

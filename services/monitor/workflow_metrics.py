@@ -8,7 +8,10 @@
   (the ``MALLOPS_RUNTIME_BUCKETS``).
 
 ``name`` is the named workflow, or ``ad_hoc``; every named workflow is present from the start (0). The
-counters are as durable as the rows: the history's retention (cleanup_expired_data) does not delete workflows.
+counters do not go down when the retention (cleanup_expired_data, ``MALLOPS_WORKFLOW_TTL_DAYS``) deletes old
+workflows: it adds what they counted to ``workflow_totals``, which ``totals`` reads with the rows. Their
+durations are kept per bucket of the buckets in force when they were deleted: after a change of buckets,
+they are counted in the first new bucket at or above their old bound (+Inf and the sum stay exact).
 """
 
 from __future__ import annotations
@@ -51,9 +54,23 @@ class WorkflowCollector(Collector):
             started.add_metric([name], item.started)
             succeeded.add_metric([name], item.succeeded)
             failed.add_metric([name], item.failed)
-            duration.add_metric([name], self._buckets(item.durations), sum(item.durations))
+            duration.add_metric([name], self._buckets(item), sum(item.durations) + item.retired_sum)
         yield from (started, succeeded, failed, duration)
 
-    def _buckets(self, durations: list[float]) -> list[tuple[str, float]]:
-        counts = [(str(bound), float(sum(1 for d in durations if d <= bound))) for bound in self.buckets]
-        return [*counts, ("+Inf", float(len(durations)))]
+    def _buckets(self, item: Totals) -> list[tuple[str, float]]:
+        retired = [(_bound(key), count) for key, count in item.retired_buckets.items()]
+        counts = [
+            (
+                str(bound),
+                float(sum(1 for d in item.durations if d <= bound) + sum(n for b, n in retired if b <= bound)),
+            )
+            for bound in self.buckets
+        ]
+        return [*counts, ("+Inf", float(len(item.durations) + sum(n for _, n in retired)))]
+
+
+def _bound(key: str) -> float:
+    try:
+        return float(key)
+    except ValueError:
+        return float("inf")

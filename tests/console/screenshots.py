@@ -95,12 +95,16 @@ def status(url: str, token: str, task_id: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--only", choices=["workflows"], help="Only these pages (the others are left as they are).")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mallops-screens-") as tmp:
         process, info = start_dev(Path(tmp))
         try:
-            shoot(info["url"], args.out)
+            if args.only == "workflows":
+                shoot_workflows_only(info["url"], args.out)
+            else:
+                shoot(info["url"], args.out)
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             try:
@@ -118,6 +122,7 @@ def shoot(url: str, out: Path) -> None:
         submit(url, token, "test_task", message=f"ping {i}")
     failed = submit(url, token, "test_task", message="a failure to retry", fail=True)
     wait(lambda: status(url, token, failed) == "FAILURE", "the failing task")
+    failed_workflow = run_workflows(url, token)
     with chrome.chromium() as browser:
         for language in ("en", "zh_CN"):
             context, _ = chrome.new_context(browser, url, language)
@@ -138,6 +143,7 @@ def shoot(url: str, out: Path) -> None:
             page.wait_for_function("document.getElementById('task-progress').value >= 4", timeout=60_000)
             page.screenshot(path=str(out / f"task-running.{language}.png"))
             shoot_later_pages(page, url, token, out, language)
+            shoot_workflows(page, failed_workflow, out, language)
             context.close()
         context, _ = chrome.new_context(browser, url, "en")
         page = context.new_page()
@@ -172,6 +178,58 @@ def shoot_later_pages(page: Page, url: str, token: str, out: Path, language: str
     page.screenshot(path=str(out / f"export.{language}.png"))
     page.goto("/console/audit")
     page.screenshot(path=str(out / f"audit.{language}.png"))
+
+
+# a parallel group with a failing step, then one step: the workflow stops at the failure
+FAILING_WORKFLOW = [
+    {
+        "parallel": [
+            {"name": "daily_report", "task_name": "generate_daily_report"},
+            {"name": "access_statistics", "task_name": "test_task", "kwargs": {"message": "stats", "fail": True}},
+        ]
+    },
+    {"name": "cleanup", "task_name": "cleanup_expired_data"},
+]
+
+
+def run_workflows(url: str, token: str) -> str:
+    """A nightly_reports that succeeds and an ad-hoc workflow that fails; the failed one's id."""
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def start(body: dict[str, object]) -> str:
+        answer = httpx.post(f"{url}/api/v1/workflows", headers=headers, json=body, timeout=30)
+        answer.raise_for_status()
+        return str(answer.json()["workflow_id"])
+
+    def status_of(workflow_id: str) -> str:
+        return str(httpx.get(f"{url}/api/v1/workflows/{workflow_id}", headers=headers, timeout=10).json()["status"])
+
+    nightly = start({"name": "nightly_reports"})
+    failing = start({"steps": FAILING_WORKFLOW})
+    wait(lambda: status_of(nightly) == "SUCCESS", "nightly_reports")
+    wait(lambda: status_of(failing) == "FAILURE", "the failing workflow")
+    return failing
+
+
+def shoot_workflows(page: Page, failed: str, out: Path, language: str) -> None:
+    """The workflows, and the failed one as its steps."""
+    page.goto("/console/workflows")
+    page.screenshot(path=str(out / f"workflows.{language}.png"))
+    page.goto(f"/console/workflows/{failed}")
+    page.screenshot(path=str(out / f"workflow-failed.{language}.png"))
+
+
+def shoot_workflows_only(url: str, out: Path) -> None:
+    """``--only workflows``: the workflow pages alone (the others' files stay as they are)."""
+    failed = run_workflows(url, ADMIN_TOKEN)
+    with chrome.chromium() as browser:
+        for language in ("en", "zh_CN"):
+            context, _ = chrome.new_context(browser, url, language)
+            page = context.new_page()
+            chrome.sign_in(page, ADMIN_TOKEN)
+            shoot_workflows(page, failed, out, language)
+            context.close()
+    print(f"screenshots: the workflow pages in {out}")
 
 
 if __name__ == "__main__":

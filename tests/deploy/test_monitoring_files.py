@@ -28,6 +28,7 @@ REQUIRED_ALERTS = {
     "ScheduleEntryMissed",
     "WorkerLost",
     "RedisMemoryHigh",
+    "WorkflowFailed",
 }
 
 

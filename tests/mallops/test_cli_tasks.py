@@ -178,3 +178,26 @@ def test_catalog_lists_every_task_and_shows_arguments(cli: CliRunner, gateway_en
     missing = cli("catalog", "nope")
     assert missing.code == 2
     assert missing.err_lines == ["mallops: unknown task 'nope'; `mallops catalog` lists them"]
+
+
+def test_catalog_lists_the_workflows_as_the_api_does(cli: CliRunner, gateway_env: LiveGateway) -> None:
+    from shared.catalog import WORKFLOWS
+
+    table = cli("catalog", "--workflows")
+    assert table.code == 0, table
+    lines = table.out.splitlines()
+    assert lines[0] == "workflow\tsteps\tschedule\tdescription"
+    rows = {line.split("\t")[0]: line.split("\t") for line in lines[1:]}
+    assert set(rows) == set(WORKFLOWS)
+    assert rows["month_end_close"][1] == "calculate_monthly_revenue -> generate_monthly_report -> send_report_email"
+    assert rows["nightly_reports"][1] == (
+        "(generate_daily_report | generate_access_statistics) -> cleanup_expired_data"
+    )
+    data = json.loads(cli("catalog", "--workflows", "--json").out)
+    assert [w["name"] for w in data] == list(WORKFLOWS)
+    assert {"args_schema", "steps", "schedule", "description"} <= set(data[0])
+    one = cli("catalog", "month_end_close")
+    assert one.code == 0, one
+    assert one.out.startswith("month_end_close (workflow): ")
+    assert re.search(r"^year\tinteger \| null\tno\t", one.out, re.M), one.out
+    assert one.out.splitlines()[-1].startswith("steps: calculate_monthly_revenue -> ")

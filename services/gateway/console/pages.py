@@ -1,7 +1,8 @@
 """The console's routes under ``/console/``: sign-in and sign-out, the language switch, the overview, the
 tasks and a task (with its live progress) with its retry and revoke forms; failures and dead letters (bulk
 retry and replay behind a confirmation), schedules, workers and queues, reports and exports (and an export
-followed to its file), the audit trail.
+followed to its file), the audit trail; workflows and a workflow as its steps, with its retry and revoke
+forms.
 
 Routes only translate HTTP: the data comes from the same functions the API routes use
 (:mod:`services.gateway.task_history`, ``visible_task``/``detail``/``retry_task``/``revoke_task`` of
@@ -43,20 +44,30 @@ from services.gateway.problems import ProblemError
 from services.gateway.ratelimit import Decision
 from services.gateway.routes import files as file_routes
 from services.gateway.routes import schedules as schedule_routes
+from services.gateway.routes import workflows as workflow_routes
 from services.gateway.routes.bulk import BulkFilters, retry_many
 from services.gateway.routes.dead_letters import MAX_BULK as MAX_REPLAY
 from services.gateway.routes.dead_letters import BulkReplayRequest, replay_dead_letters
 from services.gateway.routes.tasks import retry_task, revoke_task, submit_task, task_events, visible_task
 from services.gateway.runtime import Runtime
-from services.gateway.schemas import RevokeRequest, ScheduleCreate, ScheduleInfo, SchedulePatch, TaskSubmission
+from services.gateway.schemas import (
+    RevokeRequest,
+    ScheduleCreate,
+    ScheduleInfo,
+    SchedulePatch,
+    TaskSubmission,
+    WorkflowDetail,
+)
 from services.gateway.task_view import TaskView as Visible
 from shared import schedules
+from shared.catalog import WORKFLOWS
 from shared.contracts import TaskState
 from shared.tokens import Principal, hash_token
 
 PREFIX = "/console"
 TaskId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
 EntryName = Annotated[str, Path(pattern=schedules.NAME_PATTERN)]
+WorkflowIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
 NOTICES = frozenset(
     {
         "retried",
@@ -67,6 +78,8 @@ NOTICES = frozenset(
         "schedule_disabled",
         "schedule_run",
         "export_requested",
+        "workflow_retried",
+        "workflow_revoked",
     }
 )
 # notices of an action on many, with their count (``?notice=bulk_retried&n=12``)
@@ -85,6 +98,7 @@ SECURITY_HEADERS = {
 NAV: tuple[tuple[str, str, Action | None], ...] = (
     (f"{PREFIX}/", "nav.overview", None),
     (f"{PREFIX}/tasks", "nav.tasks", None),
+    (f"{PREFIX}/workflows", "nav.workflows", "workflows.read"),
     (f"{PREFIX}/failures", "nav.failures", None),
     (f"{PREFIX}/schedules", "nav.schedules", "schedules.read"),
     (f"{PREFIX}/workers", "nav.workers", "workers.read"),
@@ -631,6 +645,60 @@ async def report_file(
         return await run_in_threadpool(read)
     except ProblemError as exc:
         raise ConsoleError(exc.status, "error.action_failed", exc.detail) from exc
+
+
+@router.get("/workflows")
+async def workflow_list(page: PageDep) -> Response:
+    """The workflows the principal may see, newest first, as ``GET /api/v1/workflows`` lists them."""
+    page.require("workflows.read")
+    filters = views.WorkflowFilters.from_query(page.request.query_params, page.t, page.principal)
+    listing = await views.workflow_list(page.runtime, page.principal, filters)
+    return page.render(
+        "workflows.html", filters=filters, listing=listing, statuses=views.WORKFLOW_STATUSES, names=sorted(WORKFLOWS)
+    )
+
+
+async def console_workflow(workflow_id: WorkflowIdPath, page: PageDep) -> WorkflowDetail:
+    """The workflow if this session's principal may see it, as the API decides (404 otherwise)."""
+    page.require("workflows.read")
+    try:
+        return await workflow_routes.get_workflow(workflow_id, page.principal, page.runtime)
+    except ProblemError as exc:
+        raise ConsoleError(exc.status, "error.not_found", workflow_id) from exc
+
+
+ConsoleWorkflow = Annotated[WorkflowDetail, Depends(console_workflow)]
+
+
+@router.get("/workflows/{workflow_id}")
+async def workflow(page: PageDep, found: ConsoleWorkflow, fragment: bool = False) -> Response:
+    """The workflow as its steps (the page, or its steps alone: an unfinished one's refresh them live)."""
+    notice = page.request.query_params.get("notice")
+    info = views.workflow_page(page.principal, found)
+    template = "_workflow_stages.html" if fragment else "workflow.html"
+    return page.render(template, info=info, notice=notice if notice in NOTICES else None)
+
+
+@router.post("/workflows/{workflow_id}/retry")
+async def retry_workflow(page: PageDep, form: FormDep, found: ConsoleWorkflow, store: StoreDep) -> Response:
+    """From its failed step, through ``POST /api/v1/workflows/{id}/retry`` (its checks, its audit entry)."""
+    page.require("workflow.retry")
+    try:
+        await workflow_routes.retry_workflow(found.workflow_id, page.principal, page.runtime, store, page.request)
+    except ProblemError as exc:
+        raise ConsoleError(exc.status, "error.action_failed", exc.detail) from exc
+    return redirect(f"{PREFIX}/workflows/{found.workflow_id}?notice=workflow_retried")
+
+
+@router.post("/workflows/{workflow_id}/revoke")
+async def revoke_workflow(page: PageDep, form: FormDep, found: ConsoleWorkflow, store: StoreDep) -> Response:
+    """Its steps not yet run never run, through ``POST /api/v1/workflows/{id}/revoke``."""
+    page.require("workflow.revoke")
+    try:
+        await workflow_routes.revoke_workflow(found.workflow_id, page.principal, page.runtime, store, page.request)
+    except ProblemError as exc:
+        raise ConsoleError(exc.status, "error.action_failed", exc.detail) from exc
+    return redirect(f"{PREFIX}/workflows/{found.workflow_id}?notice=workflow_revoked")
 
 
 @router.get("/audit")

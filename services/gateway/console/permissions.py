@@ -33,6 +33,9 @@ Action = Literal[
     "reports.read_finance",  # the period (sales and billing) reports
     "exports.request",  # submit export_data (each dataset also needs its permission: the API checks)
     "audit.read",  # the audit trail (admin)
+    "workflows.read",  # the workflows page: its own workflows (every one with tasks.read_all)
+    "workflow.retry",  # retry a failed or revoked workflow from its failed step (a named one: its permission too)
+    "workflow.revoke",  # revoke a workflow: its steps not yet run never run
 ]
 
 GRANTS: dict[Action, str] = {
@@ -52,6 +55,9 @@ GRANTS: dict[Action, str] = {
     "reports.read_finance": permissions.REPORTS_READ_FINANCE,
     "exports.request": permissions.SUBMIT_EXPORTS,
     "audit.read": permissions.AUDIT_READ,
+    "workflows.read": permissions.WORKFLOWS_READ,
+    "workflow.retry": permissions.WORKFLOWS_RUN,
+    "workflow.revoke": permissions.WORKFLOWS_RUN,
 }
 
 

@@ -6,6 +6,7 @@ and the small layout the templates need."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import time
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ from zoneinfo import ZoneInfo
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from services.gateway import authz
+from services.gateway import authz, workflow_runs
 from services.gateway import task_history as history
 from services.gateway.console import schema_form
 from services.gateway.console.i18n import Translator
@@ -31,14 +32,21 @@ from services.gateway.routes import dead_letters as dead_letter_routes
 from services.gateway.routes import files as file_routes
 from services.gateway.routes import schedules as schedule_routes
 from services.gateway.runtime import Runtime
-from services.gateway.schemas import ExportInfo, ScheduleInfo, ScheduleTiming, TaskDetail
+from services.gateway.schemas import (
+    ExportInfo,
+    ScheduleInfo,
+    ScheduleTiming,
+    TaskDetail,
+    WorkflowDetail,
+    WorkflowStepView,
+)
 from services.gateway.task_view import TaskView as Visible
 from services.gateway.task_view import detail
 from shared import audit
 from shared import workers as platform
-from shared.catalog import CATALOG, get_spec
+from shared.catalog import CATALOG, WORKFLOWS, get_spec
 from shared.contracts import FINAL_STATES as READY_STATES
-from shared.contracts import HISTORY_STATES, TaskState
+from shared.contracts import HISTORY_STATES, WORKFLOW_FINAL_STATES, WORKFLOW_STATES, TaskState
 from shared.tokens import Principal
 
 PACKAGE_DIR = Path(__file__).parent
@@ -542,3 +550,110 @@ async def audit_page(runtime: Runtime, principal: Principal, filters: AuditFilte
     except ProblemError as exc:  # a cursor this page did not make
         return {"rows": [], "next_cursor": None, "error": exc.detail}
     return {"rows": page.results, "next_cursor": page.next_cursor, "error": None}
+
+
+# -- workflows ---------------------------------------------------------------------------------------
+
+WORKFLOW_STATUSES: tuple[str, ...] = tuple(str(state) for state in WORKFLOW_STATES)
+
+
+@dataclass(frozen=True)
+class WorkflowFilters:
+    """``GET /api/v1/workflows``'s filters, from the page's query string (times typed in the mall's zone)."""
+
+    name: str | None = None
+    status: str | None = None
+    owner: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    offset: int = 0
+    since_text: str = ""
+    until_text: str = ""
+    error: str | None = None
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str], t: Translator, principal: Principal) -> WorkflowFilters:
+        errors = []
+        name = (query.get("name") or "").strip() or None
+        if name is not None and name not in WORKFLOWS:
+            errors.append(t("workflows.unknown_workflow", name=name))
+            name = None
+        status = (query.get("status") or "").strip().upper() or None
+        if status is not None and status not in WORKFLOW_STATUSES:
+            errors.append(t("tasks.unknown_status", status=status))
+            status = None
+        owner = ((query.get("owner") or "").strip()[:100] or None) if can(principal, "tasks.read_all") else None
+        since_text, until_text = (query.get("since") or "").strip(), (query.get("until") or "").strip()
+        since, until = _local(since_text, t.tz), _local(until_text, t.tz)
+        for text, value in ((since_text, since), (until_text, until)):
+            if text and value is None:
+                errors.append(t("tasks.bad_time", value=text))
+        offset_text = (query.get("offset") or "").strip()
+        offset = min(int(offset_text), 10**6) if offset_text.isdigit() else 0
+        return cls(name, status, owner, since, until, offset, since_text, until_text, "; ".join(errors) or None)
+
+    def query(self, **changes: str | None) -> str:
+        values = {
+            "name": self.name,
+            "status": self.status,
+            "owner": self.owner,
+            "since": self.since_text or None,
+            "until": self.until_text or None,
+        } | changes
+        return urlencode({key: value for key, value in values.items() if value})
+
+
+async def workflow_list(runtime: Runtime, principal: Principal, filters: WorkflowFilters) -> dict[str, Any]:
+    """A page of workflows, newest first, as ``GET /api/v1/workflows`` reads it (with its total)."""
+    total, rows = await run_in_threadpool(
+        functools.partial(
+            workflow_runs.listing,
+            runtime,
+            principal,
+            statuses=[filters.status] if filters.status else None,
+            name=filters.name,
+            owner=filters.owner,
+            since=filters.since,
+            until=filters.until,
+            limit=PAGE_SIZE,
+            offset=filters.offset,
+        )
+    )
+    newer = max(filters.offset - PAGE_SIZE, 0) if filters.offset else None
+    older = filters.offset + PAGE_SIZE if filters.offset + PAGE_SIZE < total else None
+    first = filters.offset + 1 if rows else 0
+    return {
+        "rows": rows,
+        "total": total,
+        "first": first,
+        "last": filters.offset + len(rows),
+        "newer": newer,
+        "older": older,
+    }
+
+
+def workflow_stages(steps: list[WorkflowStepView]) -> list[list[WorkflowStepView]]:
+    """The steps as they run: one stage per item of the definition, a parallel group being the steps that
+    wait for the same steps (``after``), in order."""
+    stages: list[list[WorkflowStepView]] = []
+    for step in steps:
+        if stages and stages[-1][0].after == step.after:
+            stages[-1].append(step)
+        else:
+            stages.append([step])
+    return stages
+
+
+def workflow_page(principal: Principal, info: WorkflowDetail) -> dict[str, Any]:
+    """The workflow as ``GET /api/v1/workflows/{id}`` shows it, its steps in stages, and what the principal
+    may do with it (retry needs the named workflow's own permission too, as the API decides)."""
+    needed = workflow_runs.permission_of(info.name)
+    retryable = info.status in (TaskState.FAILURE, TaskState.REVOKED)
+    finished = info.status in WORKFLOW_FINAL_STATES
+    return {
+        "detail": info,
+        "stages": workflow_stages(info.steps),
+        "finished": finished,
+        "may_retry": retryable and can(principal, "workflow.retry") and (needed is None or principal.has(needed)),
+        "may_revoke": not finished and can(principal, "workflow.revoke"),
+    }

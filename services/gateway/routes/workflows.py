@@ -88,7 +88,8 @@ async def list_workflows(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> WorkflowList:
-    """The newest first; a token sees its own workflows, or every one with ``tasks.read.all``."""
+    """The newest first; a token sees its own workflows, or every one with ``tasks.read.all``. ``count`` is
+    the workflows on this page, ``total`` those that match on every page (page on with ``offset``)."""
     try:
         statuses = list(parse_states(status))
     except FilterError as exc:
@@ -96,7 +97,7 @@ async def list_workflows(
     for value, label in ((since, "since"), (until, "until")):
         if value is not None and value.tzinfo is None:
             raise ProblemError(422, f"{label} needs a timezone, e.g. 2026-11-22T00:00:00Z", kind="validation-error")
-    results = await run_in_threadpool(
+    total, results = await run_in_threadpool(
         workflow_runs.listing,
         runtime,
         principal,
@@ -108,7 +109,7 @@ async def list_workflows(
         limit=limit,
         offset=offset,
     )
-    return WorkflowList(count=len(results), results=results)
+    return WorkflowList(count=len(results), total=total, results=results)
 
 
 async def _visible(workflow_id: str, principal: Principal, runtime: RuntimeDep) -> WorkflowDetail:

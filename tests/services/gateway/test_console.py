@@ -243,6 +243,9 @@ def test_the_console_grants_what_the_roles_permissions_grant() -> None:
         "schedules.read",
         "reports.read",
         "exports.request",
+        "workflows.read",
+        "workflow.retry",
+        "workflow.revoke",
     ]
     assert not can(viewer, "task.retry")
     assert can(viewer, "tasks.read_all")

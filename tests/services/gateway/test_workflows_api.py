@@ -60,7 +60,7 @@ def test_owners_see_their_own_and_revoke_stops_the_rest(client: GatewayClient, t
 
 
 def test_nothing_is_stored_for_a_workflow_that_does_not_fit(client: GatewayClient, tokens: Tokens) -> None:
-    before = client.get(f"{API}/workflows", headers=tokens.auth("alice")).json()["count"]
+    before = client.get(f"{API}/workflows", headers=tokens.auth("alice")).json()["total"]
     bad = {"steps": [{"task_name": "test_task"}, {"parallel": [{"task_name": "test_task", "kwargs": {"x": 1}}]}]}
     answer = client.post(f"{API}/workflows", json=bad, headers=tokens.auth("alice"))
     assert answer.status_code == 422
@@ -71,4 +71,18 @@ def test_nothing_is_stored_for_a_workflow_that_does_not_fit(client: GatewayClien
     refused = client.post(f"{API}/workflows", json=maintenance, headers=tokens.auth("alice"))
     assert refused.status_code == 403
     assert refused.json()["permission"] == "tasks.submit.maintenance"
-    assert client.get(f"{API}/workflows", headers=tokens.auth("alice")).json()["count"] == before
+    assert client.get(f"{API}/workflows", headers=tokens.auth("alice")).json()["total"] == before
+
+
+def test_the_listing_counts_every_match_and_the_page_apart(client: GatewayClient, tokens: Tokens) -> None:
+    """``total``: the workflows that match on every page; ``count``: those on this page."""
+    for _ in range(3):
+        assert client.post(f"{API}/workflows", json=BODY, headers=tokens.auth("bob")).status_code == 202
+    everything = client.get(f"{API}/workflows", params={"limit": 500}, headers=tokens.auth("bob")).json()
+    assert everything["total"] == everything["count"] == len(everything["results"]) >= 3
+    page = client.get(f"{API}/workflows", params={"limit": 2, "offset": 1}, headers=tokens.auth("bob")).json()
+    assert page["count"] == len(page["results"]) == 2
+    assert page["total"] == everything["total"]
+    assert [row["workflow_id"] for row in page["results"]] == [row["workflow_id"] for row in everything["results"][1:3]]
+    none = client.get(f"{API}/workflows", params={"name": "month_end_close"}, headers=tokens.auth("bob")).json()
+    assert none == {"count": 0, "total": 0, "results": []}

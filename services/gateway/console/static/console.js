@@ -1,4 +1,5 @@
-// mallops console: the only script. Live updates: the task list refreshes its rows from the server
+// mallops console: the only script. Live updates: the task list (or an unfinished workflow's steps, or the
+// workers) refreshes from the server
 // (rendered there, in the page's language); a task's progress follows its Server-Sent Events.
 "use strict";
 (function () {
