@@ -1,4 +1,5 @@
-"""The console's two languages: messages from a catalog per language (``locales/<lang>.json``), dates,
+"""The console's two languages: messages from a catalog per language (``locales/<lang>.json``), the task
+catalog's descriptions (``locales/catalog.<lang>.json``, English in ``shared.catalog`` itself), dates,
 times and numbers formatted by Babel (CLDR data) for the language, times shown in ``MALLOPS_TIMEZONE``.
 
 The language is the ``mallops_lang`` cookie (set by the switch) if it names one, else the best match of
@@ -27,6 +28,15 @@ NATIVE_NAMES = {"en": "English", "zh_CN": "中文"}
 def catalog(language: str) -> dict[str, str]:
     messages: dict[str, str] = json.loads((LOCALES_DIR / f"{language}.json").read_text(encoding="utf-8"))
     return messages
+
+
+@functools.cache
+def catalog_texts(language: str) -> dict[str, str]:
+    """The catalog's descriptions in ``language`` (``locales/catalog.<lang>.json``: ``task.<name>``,
+    ``workflow.<name>``); English has none, the catalog itself is in English."""
+    path = LOCALES_DIR / f"catalog.{language}.json"
+    texts: dict[str, str] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    return texts
 
 
 def negotiate(accept_language: str | None, cookie: str | None = None) -> str:
@@ -75,6 +85,11 @@ class Translator:
     def maybe(self, key: str, default: str) -> str:
         """The message ``key`` if a catalog has it, else ``default`` (a schema's own title, a value)."""
         return self.messages.get(key) or catalog(DEFAULT_LANGUAGE).get(key) or default
+
+    def catalog_text(self, key: str, default: str) -> str:
+        """A description of the catalog (``task.<name>``, ``workflow.<name>``) in this language, else
+        ``default`` (the catalog's English)."""
+        return catalog_texts(self.language).get(key) or default
 
     def size(self, value: int | None) -> str:
         """Bytes as "12.3 kB" / "12.3千字节"."""

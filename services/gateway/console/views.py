@@ -6,6 +6,7 @@ and the small layout the templates need."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import time
 from collections.abc import Mapping
@@ -36,7 +37,7 @@ from services.gateway.task_view import TaskView as Visible
 from services.gateway.task_view import detail
 from shared import audit
 from shared import workers as platform
-from shared.catalog import CATALOG, get_spec
+from shared.catalog import CATALOG, WORKFLOWS, get_spec
 from shared.contracts import FINAL_STATES as READY_STATES
 from shared.contracts import HISTORY_STATES, TaskState
 from shared.tokens import Principal
@@ -54,6 +55,22 @@ def task_names() -> list[str]:
 def short_name(task_name: str) -> str:
     spec = get_spec(task_name)
     return spec.name if spec else task_name
+
+
+@functools.cache
+def _catalog_keys() -> dict[str, str]:
+    """Each English description of the catalog (tasks, named workflows) -> its key in the catalog texts."""
+    keys = {spec.description: f"task.{name}" for name, spec in CATALOG.items()}
+    return keys | {spec.description: f"workflow.{name}" for name, spec in WORKFLOWS.items()}
+
+
+def described(text: str | None, t: Translator) -> str:
+    """A description as the page's language has it: the catalog's own (a schedule's default description,
+    a task's, a workflow's) translated; any other text (typed by someone) as it is."""
+    if not text:
+        return ""
+    key = _catalog_keys().get(text)
+    return t.catalog_text(key, text) if key else text
 
 
 # -- the overview ------------------------------------------------------------------------------------

@@ -13,10 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.gateway.console.i18n import LANGUAGES, LOCALES_DIR, negotiate
+from services.gateway.console.i18n import LANGUAGES, LOCALES_DIR, Translator, catalog_texts, negotiate
 from services.gateway.console.permissions import GRANTS, can
 from services.gateway.console.sessions import LOGIN_COOKIE, SESSION_COOKIE, SESSION_KEY, _digest
+from services.gateway.console.views import described
 from shared import dead_letter_store
+from shared.catalog import CATALOG, WORKFLOWS
 from shared.contracts import REVOKED_KEY
 from shared.db import session_scope
 from shared.dead_letter_store import LetterFilter
@@ -287,6 +289,21 @@ def test_a_viewer_reads_every_task_but_has_no_buttons_and_a_forged_retry_is_refu
         assert 'id="retry"' in http.get(f"/console/tasks/{failed}").text
 
 
+def test_every_catalog_description_is_in_chinese() -> None:
+    """Each task's and named workflow's description has its Chinese text, and no text is left over from
+    a task or workflow the catalog no longer has; a description someone typed is shown as typed."""
+    texts = catalog_texts("zh_CN")
+    expected = {f"task.{name}" for name in CATALOG} | {f"workflow.{name}" for name in WORKFLOWS}
+    assert texts.keys() == expected
+    assert all(re.search(r"[\u4e00-\u9fff]", text) for text in texts.values())
+    zh, en = Translator("zh_CN", "Asia/Shanghai"), Translator("en", "Asia/Shanghai")
+    export = CATALOG["export_data"].description
+    assert described(export, zh) == texts["task.export_data"]
+    assert described(export, en) == export
+    assert described(WORKFLOWS["month_end_close"].description, zh).startswith("月末结账")
+    assert described("typed by the mall", zh) == "typed by the mall"
+
+
 def test_every_message_is_in_both_languages_and_every_key_used_exists() -> None:
     catalogs = {lang: json.loads((LOCALES_DIR / f"{lang}.json").read_text(encoding="utf-8")) for lang in LANGUAGES}
     assert catalogs["en"].keys() == catalogs["zh_CN"].keys()
@@ -515,6 +532,8 @@ def test_schedules_are_added_edited_switched_and_run_from_the_console(client: Ga
         page = http.get("/console/schedules")
         assert "定时计划" in page.text
         assert "0 3 * * *" in page.text
+        assert "回显一条消息" in page.text  # test_task's description from the catalog, in Chinese
+        assert "Echo a message" not in page.text
         assert 'id="add-schedule"' not in page.text
         assert f"/console/schedules/{name}/run" not in page.text
         for path in (f"/console/schedules/{name}/run", "/console/schedules/new", f"/console/schedules/{name}/edit"):
