@@ -657,3 +657,25 @@ def test_reports_show_their_sales_as_money_in_each_language(
             sign_in(http, tokens.alice)  # a user reads every report
             page = http.get("/console/reports").text
             assert money in page, language
+
+
+def test_babel_fast_paths_match_babel() -> None:
+    """The translator's kept and composed texts are Babel's own: every second of a day and dates across
+    years (medium datetime), "ago" from a second to years either way, numbers and sizes."""
+    from babel import dates, numbers
+
+    start = dt.datetime(2026, 12, 6, 16, 0, tzinfo=dt.UTC)  # midnight in Shanghai
+    for language in LANGUAGES:
+        t = Translator(language, "Asia/Shanghai")
+        for when in [start + dt.timedelta(seconds=s) for s in range(0, 86400, 7)] + [
+            start + dt.timedelta(days=d, hours=d % 24) for d in range(-800, 800, 13)
+        ]:
+            assert t.datetime(when) == dates.format_datetime(when, "medium", tzinfo=t.tz, locale=t.locale)
+        now = start
+        for seconds in [0, 0.4, 1, 1.6, 59, 61, 89, 91, 3599, 5400, 86399, 86400 * 9, 86400 * 400, 10**9]:
+            for sign in (1, -1):
+                delta = dt.timedelta(seconds=sign * seconds)
+                expected = dates.format_timedelta(delta, add_direction=True, threshold=1.1, locale=t.locale)
+                assert t.ago(now + delta, now) == expected, (language, sign * seconds)
+        for value in (0, 1, 1.0, 1.5, 1234567, 12.25):
+            assert t.number(value) == numbers.format_decimal(value, locale=t.locale)
