@@ -118,8 +118,9 @@ class Translator:
         # <html lang>: BCP 47
         self.html_lang = self.language.replace("_", "-")
         # the medium datetime as Babel composes it: "{1}, {0}" with the date's and the time's texts
-        self._datetime_pattern = dates.get_datetime_format("medium", locale=self.locale).replace("'", "")
-        self._time_pattern = dates.get_time_format("medium", locale=self.locale).format
+        self._datetime_pattern = str(dates.get_datetime_format("medium", locale=self.locale)).replace("'", "")
+        # the time's pattern as a %-format of its fields: "%(h)s:%(mm)s:%(ss)s %(a)s"
+        self._time_pattern = str(dates.get_time_format("medium", locale=self.locale).format)
         self._periods = dates.get_period_names(context="format", width="abbreviated", locale=self.locale)
 
     def __call__(self, key: str, **values: object) -> str:
@@ -179,7 +180,8 @@ class Translator:
         key = (self.language, unit, count, seconds >= 0)
         text = _AGO.get(key)
         if text is None:
-            text = dates.format_timedelta(seconds, add_direction=True, threshold=1.1, locale=self.locale)
+            delta = dt.timedelta(seconds=seconds)
+            text = dates.format_timedelta(delta, add_direction=True, threshold=1.1, locale=self.locale)
             if len(_AGO) < FORMAT_CACHE:
                 _AGO[key] = text
         return text
