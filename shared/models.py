@@ -300,6 +300,8 @@ class TaskRecord(Base):
         Index("ix_task_history_name_sent", "task_name", "sent_at"),
         Index("ix_task_history_state_sent", "state", "sent_at"),
         Index("ix_task_history_owner_sent", "owner", "sent_at"),
+        # the console overview's counts read from the index alone, no table row (migration 0010)
+        Index("ix_task_history_sent_counts", "sent_at", "state", "retries", "owner", "queue"),
         # newest first as the history reads it (migration 0008; PostgreSQL only: SQLite has no NULLS LAST
         # in CREATE INDEX and serves the order from the indexes above)
         Index("ix_task_history_newest", text("sent_at DESC NULLS LAST"), text("task_id DESC")).ddl_if(

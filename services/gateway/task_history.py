@@ -322,6 +322,71 @@ def hourly_counts(
     return hours
 
 
+def overview_counts(
+    session: Session,
+    *,
+    now: dt.datetime,
+    owner: str | None = None,
+    or_queue: str | None = None,
+) -> dict[str, Any]:
+    """The console overview's counts in one grouped query over the last 24 hours (``owner`` and
+    ``or_queue`` select as for :func:`task_stats`): ``{"hour": {...}, "day": {...}, "hours": [...]}``.
+
+    ``hour`` and ``day`` hold ``counts`` (by state, every history state present) and ``retried`` of the
+    tasks sent in ``[now - 1 h, now)`` and ``[now - 24 h, now)``, as :func:`task_stats` counts them;
+    ``hours`` is :func:`hourly_counts` from ``now - 23 h``. The three used to be three queries, each reading
+    a day of rows: 110 ms of CPU on SQLite at 14,000 rows a day. This one reads the covering index
+    ``ix_task_history_sent_counts`` (migration 0010) and no table row.
+    """
+    now = _aware(now)
+    day_start, hour_start = now - dt.timedelta(days=1), now - dt.timedelta(hours=1)
+    first = (now - dt.timedelta(hours=23)).replace(minute=0, second=0, microsecond=0)
+    if session.get_bind().dialect.name == "postgresql":
+        bucket: ColumnElement[Any] = func.date_trunc("hour", func.timezone("UTC", TaskRecord.sent_at))
+    else:  # SQLite keeps UTCDateTime as naive UTC text, 'YYYY-MM-DD HH:MM:SS[.ffffff]'
+        bucket = func.substr(TaskRecord.sent_at, 1, 13)
+    in_last_hour = case((TaskRecord.sent_at >= hour_start, 1), else_=0)
+    stmt = (
+        select(
+            bucket,
+            in_last_hour,
+            TaskRecord.state,
+            func.count(),
+            func.coalesce(func.sum(case((TaskRecord.retries > 0, 1), else_=0)), 0),
+        )
+        .where(*_filters(owner=owner, or_queue=or_queue, since=day_start, until=now))
+        .group_by(bucket, in_last_hour, TaskRecord.state)
+    )
+    counts: dict[str, dict[str, int]] = {name: dict.fromkeys(map(str, HISTORY_STATES), 0) for name in ("hour", "day")}
+    retries = {"hour": 0, "day": 0}
+    per_hour: dict[dt.datetime, list[int]] = {}
+    for key, last_hour, state, count, retried in session.execute(stmt):
+        for name in ("day", "hour") if last_hour else ("day",):
+            counts[name][state] = counts[name].get(state, 0) + int(count)
+            retries[name] += int(retried)
+        hour = _bucket_start(key)
+        if hour >= first:
+            sent_failed = per_hour.setdefault(hour, [0, 0])
+            sent_failed[0] += int(count)
+            sent_failed[1] += int(count) if state == TaskState.FAILURE else 0
+    hours = []
+    hour = first
+    while hour < now:
+        sent, failed = per_hour.get(hour, (0, 0))
+        hours.append({"hour": hour, "sent": sent, "failed": failed})
+        hour += dt.timedelta(hours=1)
+    windows: dict[str, Any] = {name: {"counts": counts[name], "retried": retries[name]} for name in counts}
+    return windows | {"hours": hours}
+
+
+def _bucket_start(key: Any) -> dt.datetime:
+    """The UTC hour of :func:`overview_counts`' bucket: a naive UTC timestamp (PostgreSQL) or
+    ``YYYY-MM-DD HH`` (SQLite)."""
+    if isinstance(key, str):
+        return dt.datetime.strptime(key, "%Y-%m-%d %H").replace(tzinfo=dt.UTC)
+    return _aware(key)
+
+
 # -- helpers ---------------------------------------------------------------------------------------
 
 

@@ -3,8 +3,9 @@
 Adding a page: a route in :mod:`.pages` taking ``PageDep``
 (the signed-in principal, its language and the CSRF token; ``FormDep`` checks the token of a POST before
 the route acts), its data in :mod:`.views` read through the service function the API route uses, a
-template that extends ``base.html``, its messages in both ``locales/*.json``, a line in ``pages.NAV``, and,
-when it needs a right, an action in ``permissions.GRANTS`` asked through ``permissions.can``.
+template that extends ``base.html``, its messages in both ``locales/en.json`` and ``locales/zh_CN.json`` (the
+catalog's descriptions, shown through ``views.described``, in ``locales/catalog.zh_CN.json``), a line in
+``pages.NAV``, and, when it needs a right, an action in ``permissions.GRANTS`` asked through ``permissions.can``.
 """
 
 from __future__ import annotations

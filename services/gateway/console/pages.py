@@ -469,7 +469,11 @@ async def schedule_list(page: PageDep) -> Response:
     entries = await views.schedule_list(page.runtime, page.principal)
     notice = page.request.query_params.get("notice")
     return page.render(
-        "schedules.html", entries=entries, timing=views.timing_text, notice=notice if notice in NOTICES else None
+        "schedules.html",
+        entries=entries,
+        timing=views.timing_text,
+        described=views.described,
+        notice=notice if notice in NOTICES else None,
     )
 
 

@@ -64,22 +64,40 @@ def short_name(task_name: str) -> str:
     return spec.name if spec else task_name
 
 
+@functools.cache
+def _catalog_keys() -> dict[str, str]:
+    """Each English description of the catalog (tasks, named workflows) -> its key in the catalog texts."""
+    keys = {spec.description: f"task.{name}" for name, spec in CATALOG.items()}
+    return keys | {spec.description: f"workflow.{name}" for name, spec in WORKFLOWS.items()}
+
+
+def described(text: str | None, t: Translator) -> str:
+    """A description as the page's language has it: the catalog's own (a schedule's default description,
+    a task's, a workflow's) translated; any other text (typed by someone) as it is."""
+    if not text:
+        return ""
+    key = _catalog_keys().get(text)
+    return t.catalog_text(key, text) if key else text
+
+
 # -- the overview ------------------------------------------------------------------------------------
 
 
-def _block(stats: Mapping[str, Any]) -> dict[str, int]:
-    counts = stats["counts"]
+def _block(window: Mapping[str, Any]) -> dict[str, int]:
+    counts = window["counts"]
     return {
-        "submitted": int(stats["total"]),
-        "succeeded": int(stats["succeeded"]),
-        "failed": int(stats["failed"]),
+        "submitted": sum(int(n) for n in counts.values()),
+        "succeeded": int(counts[TaskState.SUCCESS]),
+        "failed": int(counts[TaskState.FAILURE]),
         "running": sum(int(counts[state]) for state in RUNNING_STATES),
-        "retried": int(stats["retried"]),
+        "retried": int(window["retried"]),
     }
 
 
-# The overview's counts are kept this long per owner scope: over 100,000 rows a day they cost a few
-# hundred milliseconds on SQLite; workers, queues and the monitor's lag are read live (a few ms).
+# The overview's counts are kept this long per owner scope (the key is the scope itself, so a scope sees
+# only its own counts). Read uncached they are one query over the covering index of migration 0010
+# (about 10 ms at 14,000 rows a day, task_history.overview_counts); workers, queues and the monitor's lag
+# are read live (a few ms).
 OVERVIEW_CACHE_SECONDS = 10.0
 
 
@@ -111,21 +129,12 @@ async def _task_counts(runtime: Runtime, owner: str | None, or_queue: str | None
         return hit[1]
     now = dt.datetime.now(dt.UTC)
 
-    def read_history() -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    def read_history() -> dict[str, Any]:
         with runtime.sessions() as session:
-            hour, day = (
-                history.task_stats(
-                    session, since=now - window, until=now, owner=owner, or_queue=or_queue, percentiles=False
-                )
-                for window in (dt.timedelta(hours=1), dt.timedelta(days=1))
-            )
-            hours = history.hourly_counts(
-                session, since=now - dt.timedelta(hours=23), until=now, owner=owner, or_queue=or_queue
-            )
-        return hour, day, hours
+            return history.overview_counts(session, now=now, owner=owner, or_queue=or_queue)
 
-    hour, day, hours = await run_in_threadpool(read_history)
-    counts = {"hour": _block(hour["overall"]), "day": _block(day["overall"]), "hours": hours}
+    found = await run_in_threadpool(read_history)
+    counts = {"hour": _block(found["hour"]), "day": _block(found["day"]), "hours": found["hours"]}
     if len(cache) > 1000:
         cache.clear()
     cache[(owner, or_queue)] = (time.monotonic() + OVERVIEW_CACHE_SECONDS, counts)

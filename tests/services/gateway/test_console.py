@@ -13,10 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.gateway.console.i18n import LANGUAGES, LOCALES_DIR, negotiate
+from services.gateway.console.i18n import LANGUAGES, LOCALES_DIR, Translator, catalog_texts, negotiate
 from services.gateway.console.permissions import GRANTS, can
 from services.gateway.console.sessions import LOGIN_COOKIE, SESSION_COOKIE, SESSION_KEY, _digest
+from services.gateway.console.views import described
 from shared import dead_letter_store
+from shared.catalog import CATALOG, WORKFLOWS
 from shared.contracts import REVOKED_KEY
 from shared.db import session_scope
 from shared.dead_letter_store import LetterFilter
@@ -290,6 +292,21 @@ def test_a_viewer_reads_every_task_but_has_no_buttons_and_a_forged_retry_is_refu
         assert 'id="retry"' in http.get(f"/console/tasks/{failed}").text
 
 
+def test_every_catalog_description_is_in_chinese() -> None:
+    """Each task's and named workflow's description has its Chinese text, and no text is left over from
+    a task or workflow the catalog no longer has; a description someone typed is shown as typed."""
+    texts = catalog_texts("zh_CN")
+    expected = {f"task.{name}" for name in CATALOG} | {f"workflow.{name}" for name in WORKFLOWS}
+    assert texts.keys() == expected
+    assert all(re.search(r"[\u4e00-\u9fff]", text) for text in texts.values())
+    zh, en = Translator("zh_CN", "Asia/Shanghai"), Translator("en", "Asia/Shanghai")
+    export = CATALOG["export_data"].description
+    assert described(export, zh) == texts["task.export_data"]
+    assert described(export, en) == export
+    assert described(WORKFLOWS["month_end_close"].description, zh).startswith("月末结账")
+    assert described("typed by the mall", zh) == "typed by the mall"
+
+
 def test_every_message_is_in_both_languages_and_every_key_used_exists() -> None:
     catalogs = {lang: json.loads((LOCALES_DIR / f"{lang}.json").read_text(encoding="utf-8")) for lang in LANGUAGES}
     assert catalogs["en"].keys() == catalogs["zh_CN"].keys()
@@ -518,6 +535,8 @@ def test_schedules_are_added_edited_switched_and_run_from_the_console(client: Ga
         page = http.get("/console/schedules")
         assert "定时计划" in page.text
         assert "0 3 * * *" in page.text
+        assert "回显一条消息" in page.text  # test_task's description from the catalog, in Chinese
+        assert "Echo a message" not in page.text
         assert 'id="add-schedule"' not in page.text
         assert f"/console/schedules/{name}/run" not in page.text
         for path in (f"/console/schedules/{name}/run", "/console/schedules/new", f"/console/schedules/{name}/edit"):
@@ -646,3 +665,25 @@ def test_reports_show_their_sales_as_money_in_each_language(
             sign_in(http, tokens.alice)  # a user reads every report
             page = http.get("/console/reports").text
             assert money in page, language
+
+
+def test_babel_fast_paths_match_babel() -> None:
+    """The translator's kept and composed texts are Babel's own: every second of a day and dates across
+    years (medium datetime), "ago" from a second to years either way, numbers and sizes."""
+    from babel import dates, numbers
+
+    start = dt.datetime(2026, 12, 6, 16, 0, tzinfo=dt.UTC)  # midnight in Shanghai
+    for language in LANGUAGES:
+        t = Translator(language, "Asia/Shanghai")
+        for when in [start + dt.timedelta(seconds=s) for s in range(0, 86400, 7)] + [
+            start + dt.timedelta(days=d, hours=d % 24) for d in range(-800, 800, 13)
+        ]:
+            assert t.datetime(when) == dates.format_datetime(when, "medium", tzinfo=t.tz, locale=t.locale)
+        now = start
+        for seconds in [0, 0.4, 1, 1.6, 59, 61, 89, 91, 3599, 5400, 86399, 86400 * 9, 86400 * 400, 10**9]:
+            for sign in (1, -1):
+                delta = dt.timedelta(seconds=sign * seconds)
+                expected = dates.format_timedelta(delta, add_direction=True, threshold=1.1, locale=t.locale)
+                assert t.ago(now + delta, now) == expected, (language, sign * seconds)
+        for value in (0, 1, 1.0, 1.5, 1234567, 12.25):
+            assert t.number(value) == numbers.format_decimal(value, locale=t.locale)

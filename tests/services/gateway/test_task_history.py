@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from services.gateway.task_history import hourly_counts, percentile, query_history, record_dict, task_stats
+from services.gateway.task_history import (
+    hourly_counts,
+    overview_counts,
+    percentile,
+    query_history,
+    record_dict,
+    task_stats,
+)
 from shared.cursors import decode_cursor, encode_cursor
 from shared.models import TaskRecord
 
@@ -209,3 +216,37 @@ def test_retried_and_hourly_counts(db: Session, task_name: str) -> None:
         (T0 + dt.timedelta(hours=1), 5, 2),
         (T0 + dt.timedelta(hours=2), 0, 0),
     ]
+
+
+@pytest.mark.parametrize("scope", ["owner", "owner_or_queue"])
+def test_overview_counts_agree_with_stats_and_hourly_counts(db: Session, task_name: str, scope: str) -> None:
+    """The overview's one query counts what task_stats (last hour, last day) and hourly_counts (from 23 h
+    ago) count, in the same scope: an owner, or an owner and every task of a queue (a store manager)."""
+    owner, queue = f"ov-{uuid.uuid4().hex[:8]}", f"q-{uuid.uuid4().hex[:8]}"
+    now = T0 + dt.timedelta(days=2, minutes=17)
+    states = ["SUCCESS", "FAILURE", "STARTED", "SENT", "REVOKED", "RECEIVED"]
+    rows = [
+        _row(task_name, i, states[i % len(states)], owner=owner, sent=now - dt.timedelta(minutes=23 * i + 1))
+        for i in range(80)  # from a minute ago to 30 hours ago
+    ]
+    rows += [
+        _row(task_name, 500 + i, "FAILURE", owner="someone-else", sent=now - dt.timedelta(minutes=7 * i + 2))
+        for i in range(10)
+    ]
+    for row in rows[80:85]:
+        row.queue = queue  # another owner's tasks on the store's queue
+    for row in rows[::7]:
+        row.retries = 1
+    with db.begin_nested():
+        db.add_all(rows)
+    or_queue = queue if scope == "owner_or_queue" else None
+    found = overview_counts(db, now=now, owner=owner, or_queue=or_queue)
+    for name, window in (("hour", dt.timedelta(hours=1)), ("day", dt.timedelta(days=1))):
+        stats = task_stats(db, since=now - window, until=now, owner=owner, or_queue=or_queue, percentiles=False)
+        assert found[name]["counts"] == stats["overall"]["counts"]
+        assert found[name]["retried"] == stats["overall"]["retried"]
+    assert sum(found["day"]["counts"].values()) == (63 if scope == "owner" else 68)
+    hours = hourly_counts(db, since=now - dt.timedelta(hours=23), until=now, owner=owner, or_queue=or_queue)
+    assert found["hours"] == hours
+    assert len(hours) == 24
+    assert hours[-1]["hour"] == now.replace(minute=0)
