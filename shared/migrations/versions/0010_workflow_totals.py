@@ -8,7 +8,7 @@ are added here, per name, in the same transaction. ``ix_workflows_created``: the
 (``GET /api/v1/workflows``, the console's Workflows page), newest first, read 25 rows instead of scanning
 and sorting the table (SQLite, 20,000 workflows: 60 ms to a few).
 
-Revision ID: 0010_h22_workflow_totals
+Revision ID: 0010_workflow_totals
 Revises: 0009_history_newest_first
 Create Date: 2026-12-07
 """
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0010_h22_workflow_totals"
+revision: str = "0010_workflow_totals"
 down_revision: str | None = "0009_history_newest_first"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

@@ -6,8 +6,8 @@ through ``ix_task_history_sent_at`` every one of a day's rows was fetched from t
 arguments and traceback): 110 ms of CPU on SQLite at 14,000 rows a day. With every column the count needs
 in the index, SQLite and PostgreSQL (index-only scan, once vacuumed) read the index alone: about 10 ms.
 
-Revision ID: 0010_h17_overview_counts
-Revises: 0009_history_newest_first
+Revision ID: 0011_overview_counts
+Revises: 0010_workflow_totals
 Create Date: 2026-12-07
 """
 
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0010_h17_overview_counts"
-down_revision: str | None = "0009_history_newest_first"
+revision: str = "0011_overview_counts"
+down_revision: str | None = "0010_workflow_totals"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
