@@ -291,6 +291,7 @@ def test_cleanup_expired_data_deletes_rows_and_files_past_retention(
         "access_logs": 1,
         "deferred_tasks": 2,
         "audit_log": 1,
+        "workflows": 0,  # none old enough here (test_workflow_retention.py ages them)
         "partial_files": 1,
     }
 
