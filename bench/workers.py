@@ -24,7 +24,7 @@ import psutil
 from bench.measure import tree, tree_memory
 from bench.noop_app import QUEUE
 from bench.processes import start_celery_worker
-from bench.run import NOOP_CELERY, Bench, Config, _lifecycle_cpu, _workdir, log, ratio
+from bench.run import MALLOPS_TASK, NOOP_CELERY, Bench, Config, _lifecycle_cpu, _workdir, log, ratio
 from shared.db import migrate
 
 WORKER_COMMANDS = ("idle-memory", "events-cost")
@@ -136,6 +136,37 @@ def idle_memory(bench: Bench) -> dict[str, Any]:
     return {"bare": bare, "services": services}
 
 
+def _redis_counts(bench: Bench) -> dict[str, int]:
+    info = bench.db[0].info("all")
+    counts = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items() if k.startswith("cmdstat_")}
+    return counts | {"reads": int(info["total_reads_processed"])}
+
+
+def redis_per_task(bench: Bench, db: int) -> dict[str, Any]:
+    """Redis round trips and commands per task of one worker (a run of ``tasks`` no-op tasks): Redis's own
+    counters (``INFO``) around the run, less the publisher's LPUSH and the bench's DBSIZE polls; the other
+    workers are idle meanwhile (their heartbeats and sweeps add a little). Unlike CPU time, this does not
+    depend on the machine's load."""
+    tasks = bench.config.tasks
+    app = bench.publisher(db=db)
+    try:
+        before = _redis_counts(bench)
+        bench.publish_drain(app, MALLOPS_TASK, "default", tasks)
+        after = _redis_counts(bench)
+    finally:
+        app.close()
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    polls = delta.pop("dbsize", 0) + delta.pop("info", 0)
+    delta["lpush"] = delta.get("lpush", 0) - tasks
+    reads = delta.pop("reads") - tasks - polls
+    commands = sum(delta.values())
+    return {
+        "round_trips": round(reads / tasks, 2),
+        "commands": round(commands / tasks, 2),
+        "by_command": {k: round(v / tasks, 2) for k, v in sorted(delta.items()) if v > 0},
+    }
+
+
 def events_cost(bench: Bench, prefork: bool = True) -> dict[str, Any]:
     """The maintenance worker with events on and off, each on a broker database of its own, in rounds."""
     log(f"events cost, load average {os.getloadavg()[0]:.1f} (2 cores): {bench.config.repeats} rounds")
@@ -152,9 +183,12 @@ def events_cost(bench: Bench, prefork: bool = True) -> dict[str, Any]:
             "prefork events off", "--pool=prefork", MALLOPS_EVENTS_ENABLED="false", MALLOPS_BROKER_URL=f"{bench.base}/6"
         )
         workers |= {"prefork": 5, "prefork events off": 6}
+    for label, process in started.items():  # one profile file per worker
+        process.name = f"maintenance-{label.replace(' ', '-')}"
     with bench.profiled("events-cost", *started.values()):
         rounds = bench.worker_rounds(workers)
     result: dict[str, Any] = {"rounds": rounds, "tasks": bench.config.tasks, "repeats": bench.config.repeats}
+    result["redis_per_task"] = {label: redis_per_task(bench, db) for label, db in workers.items()}
     keyed = {"worker_events_on": rounds["events on"], "worker_events_off": rounds["events off"]}
     if prefork:
         keyed |= {
@@ -165,7 +199,11 @@ def events_cost(bench: Bench, prefork: bool = True) -> dict[str, Any]:
     result["lifecycle_cpu_pct_prefork"] = _lifecycle_cpu(keyed, "prefork_worker_events_on", "prefork_worker_events_off")
     for label, row in rounds.items():
         cpu = row["cpu_ms_per_task"].get(f"mallops worker ({label})")
-        log(f"  {label}: {row['tasks_per_s']['median']:.0f} tasks/s (median), worker CPU {cpu} ms per task")
+        redis_cost = result["redis_per_task"][label]
+        log(
+            f"  {label}: {row['tasks_per_s']['median']:.0f} tasks/s (median), worker CPU {cpu} ms per task; "
+            f"Redis per task: {redis_cost['round_trips']} round trips, {redis_cost['commands']} commands"
+        )
     log(
         f"  events add {result['lifecycle_cpu_pct_threads']} % worker CPU per task on threads, "
         f"{result['lifecycle_cpu_pct_prefork']} % on prefork -c 2"
