@@ -135,14 +135,15 @@ def test_the_length_check_finds_a_long_function_and_accepts_a_reason(tmp_path: P
 
 
 @pytest.mark.parametrize("service", ["finance", "maintenance", "notifier", "reports"])
-def test_an_idle_worker_holds_no_sqlalchemy(service: str) -> None:
-    """Workers import the database side when a task needs it, so an idle worker (and, on prefork, each
-    child) does not carry SQLAlchemy (docs/performance.md, idle memory; ``python -m bench idle-memory``)."""
+def test_an_idle_worker_holds_no_sqlalchemy_nor_redbeat(service: str) -> None:
+    """Workers import the database side and the schedules when a task needs them, so an idle worker (and,
+    on prefork, each child) carries neither SQLAlchemy nor RedBeat with Tornado (docs/performance.md, idle
+    memory; ``python -m bench idle-memory``)."""
     code = (
         f"import sys\nfrom services.{service}.main import create_app\n"
         "app = create_app()\napp.loader.import_default_modules()\n"
         "import shared.worker, shared.celery_extensions.events\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sqlalchemy')[:5])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'redbeat'))[:5])\n"
     )
     env = {**os.environ, "MALLOPS_ENVIRONMENT": "development", "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
