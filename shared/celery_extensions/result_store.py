@@ -33,7 +33,7 @@ _SERVER_KEYS = ("host", "port", "path", "username", "password")
 
 def backend_url(result_backend: str, events_enabled: bool) -> str:
     """The ``result_backend`` setting for Celery: this class on a Redis URL when events are on."""
-    if events_enabled and result_backend.startswith(("redis://", "rediss://", "unix://")):
+    if events_enabled and result_backend.startswith(("redis://", "rediss://")):
         return f"{__name__}:ResultStore+{result_backend}"
     return result_backend
 
