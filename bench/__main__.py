@@ -10,6 +10,7 @@ from pathlib import Path
 from bench import wrk
 from bench.capacity import CAPACITY_COMMANDS, add_capacity_commands, run_capacity_command
 from bench.run import Config, run
+from bench.workers import WORKER_COMMANDS, add_worker_commands, run_worker_command
 
 BEGIN, END = "<!-- bench report: begin -->", "<!-- bench report: end -->"
 
@@ -38,12 +39,16 @@ def main(argv: list[str] | None = None) -> None:
         help=f"replace the generated part of this Markdown file (between {BEGIN!r} and {END!r}) instead of printing",
     )
     add_capacity_commands(sub)
+    add_worker_commands(sub)
     cp = sub.add_parser("console-pages", help="each console page's p95 with 100,000 history rows (SQLite, PostgreSQL)")
     cp.add_argument("--rows", type=int, default=100_000)
     cp.add_argument("--requests", type=int, default=100, help="timed requests per page")
     cp.add_argument("--database", choices=("sqlite", "postgres", "both"), default="both")
     cp.add_argument("--out", type=Path, default=Path("bench/results/console-pages.json"))
     args = parser.parse_args(argv)
+    if args.command in WORKER_COMMANDS:
+        run_worker_command(args)
+        return
     if args.command in CAPACITY_COMMANDS:
         run_capacity_command(args)
         return

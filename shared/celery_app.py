@@ -15,6 +15,7 @@ from celery import Celery
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from shared.catalog import DEFAULT_QUEUE, QUEUES, task_routes
+from shared.celery_extensions.result_store import backend_url
 from shared.contracts import REDBEAT_KEY_PREFIX
 from shared.settings import Settings, get_settings
 
@@ -50,7 +51,8 @@ def create_celery_app(name: str = "mallops", settings: Settings | None = None) -
     app = Celery(f"mallops.{name}", set_as_current=False)
     app.conf.update(
         broker_url=settings.celery_broker_url,
-        result_backend=settings.celery_result_backend,
+        # with events on, a Redis backend whose writes carry the worker's buffered events (result_store.py)
+        result_backend=backend_url(settings.celery_result_backend, settings.events_enabled),
         # JSON only: nothing that could execute code on deserialisation
         task_serializer="json",
         result_serializer="json",

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,3 +132,20 @@ def test_the_length_check_finds_a_long_function_and_accepts_a_reason(tmp_path: P
     (tmp_path / "services" / "long.py").write_text(f"def long() -> None:\n{body}")
     (tmp_path / "shared" / "ok.py").write_text(f"{LONG_REASON} a table of constants\ndef table() -> None:\n{body}")
     assert long_functions(tmp_path) == ["services/long.py:1 long"]
+
+
+@pytest.mark.parametrize("service", ["finance", "maintenance", "notifier", "reports"])
+def test_an_idle_worker_holds_no_sqlalchemy_nor_redbeat(service: str) -> None:
+    """Workers import the database side and the schedules when a task needs them, so an idle worker (and,
+    on prefork, each child) carries neither SQLAlchemy nor RedBeat with Tornado (docs/performance.md, idle
+    memory; ``python -m bench idle-memory``)."""
+    code = (
+        f"import sys\nfrom services.{service}.main import create_app\n"
+        "app = create_app()\napp.loader.import_default_modules()\n"
+        "import shared.worker, shared.celery_extensions.events\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'redbeat'))[:5])\n"
+    )
+    env = {**os.environ, "MALLOPS_ENVIRONMENT": "development", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

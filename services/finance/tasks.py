@@ -1,7 +1,9 @@
 """Thin Celery task bodies of the finance service.
 
 Follow-up work is enqueued by task name after the database commit (``send_task``), never by importing
-another service's code.
+another service's code. The modules that need SQLAlchemy (billing, reminders, revenue, the database
+session) are imported by the task that uses them, not when the worker starts: an idle worker and its
+prefork children hold no SQLAlchemy until they run a task (docs/performance.md, idle memory).
 """
 
 from __future__ import annotations
@@ -10,15 +12,12 @@ import datetime as dt
 from typing import Any
 
 from celery import Celery
-from sqlalchemy.exc import IntegrityError
 
-from services.finance import billing, reminders, revenue
 from services.finance.periods import local_today, local_zone, previous_month
 from shared.cache import redis_client
 from shared.catalog import CATALOG
 from shared.celery_extensions.task_base import MallopsTask, register
 from shared.contracts import OWNER_HEADER
-from shared.db import session_scope
 from shared.errors import TransientError
 
 REMINDER_BATCH = 500  # bill ids per send_bill_reminders message
@@ -38,6 +37,9 @@ def _enqueue(task: MallopsTask, name: str, kwargs: dict[str, Any]) -> None:
 
 
 def check_pending_bills(task: MallopsTask, as_of: dt.date | None) -> dict[str, object]:
+    from services.finance import billing
+    from shared.db import session_scope
+
     settings = task.settings
     day = as_of or local_today(local_zone(settings.timezone))
     now = dt.datetime.now(dt.UTC)
@@ -65,6 +67,9 @@ def check_pending_bills(task: MallopsTask, as_of: dt.date | None) -> dict[str, o
 
 
 def send_bill_reminders(task: MallopsTask, bill_ids: list[int] | None, days_overdue: int | None) -> dict[str, object]:
+    from services.finance import reminders
+    from shared.db import session_scope
+
     settings = task.settings
     today = local_today(local_zone(settings.timezone))
     with session_scope(settings) as session:
@@ -77,6 +82,11 @@ def send_bill_reminders(task: MallopsTask, bill_ids: list[int] | None, days_over
 
 
 def calculate_monthly_revenue(task: MallopsTask, year: int | None, month: int | None) -> dict[str, object]:
+    from sqlalchemy.exc import IntegrityError
+
+    from services.finance import revenue
+    from shared.db import session_scope
+
     settings = task.settings
     tz = local_zone(settings.timezone)
     if year is None or month is None:

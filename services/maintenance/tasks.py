@@ -1,8 +1,8 @@
 """Thin Celery task bodies of the maintenance service.
 
-The modules that need SQLAlchemy (backups, expired data, the database session) are imported by the task
-that uses them, not when the worker starts: an idle worker holds no SQLAlchemy, and its prefork children
-load it only if they run such a task (docs/performance.md, idle memory)."""
+The modules that need SQLAlchemy (backups, expired data, the database session) or RedBeat (the schedules)
+are imported by the task that uses them, not when the worker starts: an idle worker holds neither, and its
+prefork children load them only if they run such a task (docs/performance.md, idle memory)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from shared.cache import redis_client
 from shared.celery_extensions import workflow_steps
 from shared.celery_extensions.task_base import MallopsTask, register
 from shared.contracts import OWNER_HEADER, TaskState
-from shared.schedules import BEAT_OWNER
 
 
 def test_task(task: MallopsTask, message: str, fail: bool) -> str:
@@ -51,6 +50,8 @@ def cleanup_expired_data(task: MallopsTask) -> dict[str, Any]:
 
 def run_workflow(task: MallopsTask, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Start a named workflow; its id comes from this task's id, so a redelivered message starts it once."""
+    from shared.schedules import BEAT_OWNER  # with RedBeat, Tornado and tenacity: not in an idle worker
+
     owner = str(task.request.get(OWNER_HEADER) or BEAT_OWNER)
     workflow_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"mallops:run_workflow:{task.request.id}"))
     return workflow_steps.start_named(task.app, task.settings, name, kwargs, workflow_id=workflow_id, owner=owner)

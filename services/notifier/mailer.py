@@ -11,6 +11,7 @@ as :class:`~shared.errors.PermanentError` with a message that says what to fix.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import html
 import smtplib
@@ -23,7 +24,6 @@ from importlib import resources
 from typing import Literal
 
 from shared.errors import PermanentError
-from shared.models import utcnow
 from shared.settings import Settings
 
 Language = Literal["zh_CN", "en"]
@@ -67,7 +67,7 @@ def compose(
     msg["From"] = settings.mail_from
     msg["To"] = Address(addr_spec=to)
     msg["Subject"] = subject
-    msg["Date"] = format_datetime(utcnow())
+    msg["Date"] = format_datetime(dt.datetime.now(dt.UTC))  # not shared.models: no SQLAlchemy at start
     msg["Message-ID"] = message_id or make_msgid(domain=settings.mail_from.rpartition("@")[2] or None)
     msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(text, charset="utf-8")

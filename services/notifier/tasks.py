@@ -1,4 +1,8 @@
-"""Thin Celery task bodies of the notifier service."""
+"""Thin Celery task bodies of the notifier service.
+
+The modules that need SQLAlchemy (the notification rows, the stored reports, the database session) are
+imported by the task that uses them, not when the worker starts: an idle worker holds no SQLAlchemy
+(docs/performance.md, idle memory)."""
 
 from __future__ import annotations
 
@@ -7,9 +11,8 @@ from typing import Any
 
 from celery import Celery
 
-from services.notifier import mailer, notifications, report_mail
+from services.notifier import mailer
 from shared.celery_extensions.task_base import MallopsTask, is_transient, register
-from shared.db import session_scope
 from shared.errors import PermanentError
 from shared.settings import Settings
 
@@ -22,6 +25,9 @@ def send_notification_email(
     language: mailer.Language,
     notification_id: int | None,
 ) -> dict[str, Any]:
+    from services.notifier import notifications
+    from shared.db import session_scope
+
     settings = task.settings
     if notification_id is None:  # a direct send: its row is keyed by the task id, so redelivery finds it
         with session_scope(settings) as session:
@@ -63,6 +69,9 @@ def send_notification_email(
 def _record_sent(settings: Settings, notification_id: int, attempts: int = 4) -> None:
     """Mark the row sent, retrying here on a database blip: the e-mail is out, so a task retry (which
     would find the row still claimed) must not be the way to record it."""
+    from services.notifier import notifications
+    from shared.db import session_scope
+
     for attempt in range(attempts):
         try:
             with session_scope(settings) as session:
@@ -80,6 +89,9 @@ def _record_sent(settings: Settings, notification_id: int, attempts: int = 4) ->
 def send_report_email(task: MallopsTask, report_id: int | None) -> dict[str, Any]:
     """E-mail a stored report to MALLOPS_MANAGEMENT_EMAILS, once per task (its notification row is keyed
     by the task id, so a redelivered message finds the e-mail already sent)."""
+    from services.notifier import notifications, report_mail
+    from shared.db import session_scope
+
     settings = task.settings
     if report_id is None:
         raise PermanentError("report_id is required (in a workflow, the previous step's result gives it)")
@@ -113,6 +125,8 @@ def send_report_email(task: MallopsTask, report_id: int | None) -> dict[str, Any
 
 
 def cleanup_old_notifications(task: MallopsTask, days: int) -> dict[str, object]:
+    from services.notifier import notifications
+
     return notifications.cleanup_old(task.settings, days).as_dict()
 
 

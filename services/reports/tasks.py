@@ -1,5 +1,9 @@
 """Thin Celery task bodies of the reports service: build the period or the arguments, call the plain
-function in a session, return a small JSON summary."""
+function in a session, return a small JSON summary.
+
+The modules that need SQLAlchemy (sales reports, exports, access logs, the database session) are imported
+by the task that uses them, not when the worker starts: an idle worker and its prefork children hold no
+SQLAlchemy until they run a task (docs/performance.md, idle memory)."""
 
 from __future__ import annotations
 
@@ -9,14 +13,16 @@ from zoneinfo import ZoneInfo
 
 from celery import Celery
 
-from services.reports import access_logs, exports, periods, sales_reports
+from services.reports import periods
 from shared.cache import redis_client
 from shared.celery_extensions.task_base import MallopsTask, register
 from shared.contracts import OWNER_HEADER, TaskState
-from shared.db import session_factory, session_scope
 
 
 def _report(task: MallopsTask, period: periods.Period) -> dict[str, Any]:
+    from services.reports import sales_reports
+    from shared.db import session_scope
+
     settings = task.settings
     with session_scope(settings) as session:
         return sales_reports.generate(session, period, settings.reports_dir, task.request.id, settings.report_language)
@@ -43,6 +49,8 @@ def generate_monthly_report(task: MallopsTask, year: int | None, month: int | No
 
 
 def export_data(task: MallopsTask, dataset: str, format: str, filters: dict[str, Any]) -> dict[str, Any]:
+    from services.reports import exports
+
     def progress(current: int, total: int) -> None:
         task.update_state(state=TaskState.PROGRESS, meta={"current": current, "total": total})
 
@@ -58,11 +66,16 @@ def export_data(task: MallopsTask, dataset: str, format: str, filters: dict[str,
 
 
 def process_access_logs(task: MallopsTask, batch_size: int) -> dict[str, Any]:
+    from services.reports import access_logs
+
     settings = task.settings
     return access_logs.drain(settings, redis_client(settings), batch_size).as_dict()
 
 
 def generate_access_statistics(task: MallopsTask, date: dt.date | None) -> dict[str, Any]:
+    from services.reports import access_logs
+    from shared.db import session_scope
+
     zone = _zone(task)
     day = date or (dt.datetime.now(zone).date() - dt.timedelta(days=1))
     with session_scope(task.settings) as session:
@@ -70,6 +83,9 @@ def generate_access_statistics(task: MallopsTask, date: dt.date | None) -> dict[
 
 
 def cleanup_old_access_records(task: MallopsTask, days: int) -> dict[str, Any]:
+    from services.reports import access_logs
+    from shared.db import session_factory
+
     with session_factory(task.settings)() as session:
         return access_logs.cleanup_old_records(session, days)
 

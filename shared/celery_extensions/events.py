@@ -17,7 +17,10 @@ seconds, or at once when ``MALLOPS_EVENTS_FLUSH_SIZE`` events are waiting.
 
 Durability trade-off: a task's final events (started, succeeded/failed/retried) are flushed in the
 pool process in ``task_postrun``, i.e. before the worker acknowledges the message (acks_late), in the
-same single round trip. So a task whose message is gone from the broker always has its outcome in the
+same single round trip. When the result backend is on the stream's Redis server, the buffer goes with
+Celery's own state writes instead (:mod:`shared.celery_extensions.result_store`): ``task-started`` with
+STARTED, ``task-succeeded`` and the holder's deletion with SUCCESS, and ``task_postrun`` has nothing left
+to write. So a task whose message is gone from the broker always has its outcome in the
 stream. What a SIGKILL can lose is at most one flush interval of *buffered* events of the killed
 process: ``task-received`` and heartbeats of a worker main process (its unacknowledged tasks are
 redelivered and emit again), ``task-sent`` of a publisher (the history row is then built from the
@@ -44,6 +47,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -108,12 +112,7 @@ class EventEmitter:
 
     def emit(self, type_: EventType, **fields: Any) -> None:
         """Buffer one event; never blocks on the network."""
-        fields["type"] = type_
-        fields["v"] = EVENT_SCHEMA_VERSION
-        fields["ts"] = time.time()
-        fields.setdefault("host", self.node)
-        fields["pid"] = self.pid
-        data = json.dumps(fields, separators=(",", ":"), default=str)
+        data = self.encode(type_, fields)
         with self._lock:
             if len(self._buffer) >= MAX_BUFFERED:
                 self._buffer.popleft()
@@ -159,31 +158,17 @@ class EventEmitter:
         events go back to the front of the buffer and the error is logged (at most every 30 s).
         """
         with self._flush_lock:
-            with self._lock:
-                batch = list(self._buffer)
-                self._buffer.clear()
-                keys, self._keys = self._keys, {}
+            batch, keys = self.take()
             if not batch and not keys and extra is None:
                 return 0
             try:
                 pipe = self.redis().pipeline(transaction=False)
-                for data in batch:
-                    pipe.xadd(EVENT_STREAM, {EVENT_FIELD: data}, maxlen=self._maxlen, approximate=True)
-                for key, write in keys.items():
-                    if write is None:
-                        pipe.delete(key)
-                    else:
-                        pipe.set(key, write[0], ex=write[1])
+                self.queue(pipe, batch, keys)
                 if extra is not None:
                     extra(pipe)
                 pipe.execute()
             except redis.RedisError as exc:
-                with self._lock:
-                    self._buffer.extendleft(reversed(batch))
-                    self._keys = keys | self._keys
-                    while len(self._buffer) > MAX_BUFFERED:
-                        self._buffer.popleft()
-                        self.dropped += 1
+                self.put_back(batch, keys)
                 now = time.monotonic()
                 if now - self._warned_at > 30:
                     self._warned_at = now
@@ -191,6 +176,51 @@ class EventEmitter:
                 return 0
             self.written += len(batch)
             return len(batch)
+
+    def take(self) -> tuple[list[str], dict[str, tuple[str, int] | None]]:
+        """The buffered events and key writes, taken out of the buffer (call with ``flush_lock`` held)."""
+        with self._lock:
+            batch = list(self._buffer)
+            self._buffer.clear()
+            keys, self._keys = self._keys, {}
+        return batch, keys
+
+    def queue(self, pipe: Any, batch: list[str], keys: dict[str, tuple[str, int] | None]) -> None:
+        """Queue the XADDs of ``batch`` and the key writes into ``pipe`` (a pipeline on the cache database)."""
+        for data in batch:
+            pipe.xadd(EVENT_STREAM, {EVENT_FIELD: data}, maxlen=self._maxlen, approximate=True)
+        for key, write in keys.items():
+            if write is None:
+                pipe.delete(key)
+            else:
+                pipe.set(key, write[0], ex=write[1])
+
+    def put_back(self, batch: list[str], keys: dict[str, tuple[str, int] | None]) -> None:
+        """Return what :meth:`take` took and could not write, in front of what was buffered since."""
+        with self._lock:
+            self._buffer.extendleft(reversed(batch))
+            self._keys = keys | self._keys
+            while len(self._buffer) > MAX_BUFFERED:
+                self._buffer.popleft()
+                self.dropped += 1
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    @property
+    def flush_lock(self) -> threading.Lock:
+        """Held by whoever writes the buffer: one write at a time, so events keep their order."""
+        return self._flush_lock
+
+    def encode(self, type_: EventType, fields: dict[str, Any]) -> str:
+        """One event as the JSON the stream holds (what :meth:`emit` buffers)."""
+        fields["type"] = type_
+        fields["v"] = EVENT_SCHEMA_VERSION
+        fields["ts"] = time.time()
+        fields.setdefault("host", self.node)
+        fields["pid"] = self.pid
+        return json.dumps(fields, separators=(",", ":"), default=str)
 
     def _start_thread(self) -> None:
         with self._lock:
@@ -241,12 +271,41 @@ class LifecycleEvents:
         # pool a retry may start in another thread before the attempt that published it has finished.
         self.started: dict[tuple[str, int], float] = {}
         self.heartbeat_thread: _Heartbeat | None = None
+        # the task-succeeded event of the task this thread is storing the result of (result_store.py)
+        self._staged = threading.local()
+        # (task id, attempt) whose task-succeeded event (and holder deletion) went with the result
+        self.outcomes_written: set[tuple[str, int]] = set()
 
     def after_fork_in_child(self) -> None:
         """A forked child must not share its parent's buffer, lock, socket or thread."""
         self.emitter = EventEmitter(self.emitter.settings, self.emitter.node)
         self.started.clear()
         self.heartbeat_thread = None
+        self._staged = threading.local()
+        self.outcomes_written.clear()
+
+    def stage_success(self, task: Any, result: Any, result_key: Any) -> StagedOutcome:
+        """Build ``task``'s task-succeeded event for the result store, which writes it in the round trip
+        that stores the result (:mod:`shared.celery_extensions.result_store`); until then (and if that
+        write does not happen) :func:`_on_success` emits it as usual."""
+        fields = _task_fields(task)
+        if "host" not in fields and self.worker.get("hostname"):
+            fields["host"] = self.worker["hostname"]
+        attempt = (str(fields["id"]), int(fields["retries"]))
+        fields |= {"runtime": self.runtime(*attempt), "result": _truncate(result, SUMMARY_CHARS)}
+        staged = StagedOutcome(
+            attempt, result_key, self.emitter.encode(EventType.TASK_SUCCEEDED, fields), holder_key(*attempt)
+        )
+        self._staged.outcome = staged
+        return staged
+
+    def unstage(self) -> None:
+        self._staged.outcome = None
+
+    def staged_for(self, result_key: Any) -> StagedOutcome | None:
+        """The outcome staged by this thread for the result stored under ``result_key``."""
+        staged: StagedOutcome | None = getattr(self._staged, "outcome", None)
+        return staged if staged is not None and staged.result_key == result_key else None
 
     def emit(self, type_: EventType, **fields: Any) -> None:
         if "host" not in fields and self.worker.get("hostname"):
@@ -322,6 +381,16 @@ class LifecycleEvents:
             self.heartbeat_thread.stop.set()
             self.heartbeat_thread = None
         self.emitter.close()
+
+
+@dataclass(frozen=True)
+class StagedOutcome:
+    """A task-succeeded event waiting to be written with its task's result."""
+
+    attempt: tuple[str, int]  # (task id, retries)
+    result_key: Any  # the result backend's key of the task
+    event: str  # the event's JSON
+    holder: str  # the holder key deleted in the same write
 
 
 class _Heartbeat(threading.Thread):
@@ -621,6 +690,8 @@ def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
     if sender is None or events is None:
         return
     fields = _task_fields(sender)
+    if (fields["id"], fields["retries"]) in events.outcomes_written:
+        return  # written with the result (result_store.py)
     runtime = events.runtime(fields["id"], fields["retries"])
     events.emit(EventType.TASK_SUCCEEDED, **fields, runtime=runtime, result=_truncate(result, SUMMARY_CHARS))
 
@@ -667,9 +738,11 @@ def _on_postrun(sender: Any = None, task_id: str | None = None, **_: Any) -> Non
         return
     attempt = getattr(getattr(sender, "request", None), "retries", None) or 0
     events.started.pop((task_id or "", attempt), None)
-    if task_id:
+    written = (task_id or "", attempt) in events.outcomes_written
+    events.outcomes_written.discard((task_id or "", attempt))
+    if task_id and not written:  # else its holder went with the result
         events.emitter.forget(holder_key(task_id, attempt))
-    events.emitter.flush()
+    events.emitter.flush()  # no round trip when nothing is left (the outcome went with the result)
 
 
 def _on_revoked(

@@ -80,3 +80,22 @@ def test_a_quick_bench_run_writes_a_complete_report(tmp_path: Path) -> None:
     assert all(t["met"] in (True, False, None) for t in report["targets"])
     if charted:
         assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_worker_scenarios_run_alone(tmp_path: Path) -> None:
+    """``python -m bench idle-memory`` and ``events-cost``, the two worker comparisons alone, as the bench
+    install runs them."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOPS_")} | {"PYTHONPATH": str(ROOT)}
+    memory, cost = tmp_path / "idle.json", tmp_path / "cost.json"
+    for command in (
+        ["idle-memory", "--out", str(memory)],
+        ["events-cost", "--tasks", "50", "--repeats", "1", "--no-prefork", "--out", str(cost)],
+    ):
+        argv = [sys.executable, "-c", AS_BENCH_INSTALL, *command, "--workdir", str(tmp_path / command[0])]
+        run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    idle = json.loads(memory.read_text())
+    assert set(idle["services"]) == {"maintenance", "finance", "reports", "notifier"}
+    assert all(row["rss_mb"] > 0 and row["pss_mb"] > 0 for row in idle["services"].values())
+    assert not any(row["sqlalchemy_loaded"] for row in idle["services"].values())
+    assert json.loads(cost.read_text())["rounds"]["events on"]["tasks_per_s"]["median"] > 0
