@@ -97,7 +97,11 @@ def finished(client: httpx.Client, workflow_id: str, timeout: float = 90) -> dic
         seen.update(answer.json())
         return seen["status"] in ("SUCCESS", "FAILURE", "REVOKED")
 
-    wait_until(done, timeout=timeout, interval=0.2, message=f"workflow {workflow_id}")
+    try:
+        wait_until(done, timeout=timeout, interval=0.2, message=f"workflow {workflow_id}")
+    except pytest.fail.Exception as exc:  # say where it stood: each step's state and task
+        where = [(s.get("name"), s.get("status"), s.get("task_id")) for s in seen.get("steps", [])]
+        pytest.fail(f"{exc}; status {seen.get('status')}, steps {where}")
     return seen
 
 
