@@ -4,14 +4,14 @@ Per database (SQLite in a temporary file, and PostgreSQL in a database of its ow
 ``MALLOPS_BENCH_POSTGRES_URL``, default ``postgresql://postgres@127.0.0.1:5432/postgres``, dropped at the
 end): a redis-server of the run's own on a free port (stopped by its PID), the schema migrated, the history
 filled with ``--rows`` tasks over the last 7 days (every state, 50 owners, arguments, failures with
-tracebacks) plus 1,000 audit rows and 200 exports. Then the history queries behind the task pages are timed
-alone (on PostgreSQL the database's own work, which the CPU time below leaves out), and the gateway app is
-served by uvicorn in a thread. An admin and a user sign in to the console; each page is requested
-``--requests`` times one after the other (after 3 warm-up requests) and its latency (request sent to body
-read, on 127.0.0.1) is summed up as p50, p95 and max, beside the CPU time this process spent on it
-(gateway and client; on a shared machine the latency follows the load average, the CPU time much less).
-The overview keeps its counts for 10 s: it is measured both as served (``overview``) and with that cache
-emptied before every request (``overview (cold)``).
+tracebacks) plus 1,000 audit rows, 200 exports and 5,000 workflows (at 100,000 rows). Then the history queries
+behind the task pages are timed alone (on PostgreSQL the database's own work, which the CPU time below leaves
+out), and the gateway app is served by uvicorn in a thread. An admin and a user sign in to the console; each
+page is requested ``--requests`` times one after the other (after 3 warm-up requests) and its latency (request
+sent to body read, on 127.0.0.1) is summed up as p50, p95 and max, beside the CPU time this process spent on
+it (gateway and client; on a shared machine the latency follows the load average, the CPU time much less). The
+overview keeps its counts for 10 s: it is measured both as served (``overview``) and with that cache emptied
+before every request (``overview (cold)``).
 
 Self-contained on purpose: no import of the tests package (the bench runs without the test extra).
 """
@@ -43,7 +43,7 @@ from sqlalchemy.engine import make_url
 
 from shared.contracts import TaskState
 from shared.db import migrate, reset_engines, session_scope
-from shared.models import AuditEntry, Export, TaskRecord
+from shared.models import AuditEntry, Export, TaskRecord, Workflow, WorkflowStep
 from shared.settings import Settings, get_settings
 from shared.tokens import create_token
 
@@ -196,9 +196,9 @@ def _history_row(rng: random.Random, now: dt.datetime, i: int) -> dict[str, Any]
 
 
 def fill(settings: Settings, rows: int, seed: int = 17) -> None:
-    """``rows`` history rows over the last 7 days, 1,000 audit rows and 200 exports, in batches; on
-    PostgreSQL then VACUUM ANALYZE (what autovacuum does soon after such a load; SQLite is left as mallops
-    runs it)."""
+    """``rows`` history rows over the last 7 days, 1,000 audit rows, 200 exports and ``rows // 20``
+    workflows of 3 steps, in batches; on PostgreSQL then VACUUM ANALYZE (what autovacuum does soon after
+    such a load; SQLite is left as mallops runs it)."""
     rng = random.Random(seed)
     now = dt.datetime.now(dt.UTC)
     batch = 5000
@@ -240,6 +240,7 @@ def fill(settings: Settings, rows: int, seed: int = 17) -> None:
                 for i in range(200)
             ],
         )
+    _fill_workflows(settings, rng, now, max(rows // 20, 1))
     if make_url(settings.database_url).get_backend_name() == "postgresql":
         # VACUUM (outside a transaction) sets the visibility map, so that index-only scans (the overview's
         # counts) read no table page: what autovacuum does after a bulk insert (PostgreSQL 13 and later)
@@ -247,6 +248,62 @@ def fill(settings: Settings, rows: int, seed: int = 17) -> None:
         with engine.connect() as connection:
             connection.execute(text("VACUUM ANALYZE"))
         engine.dispose()
+
+
+def _fill_workflows(settings: Settings, rng: random.Random, now: dt.datetime, count: int) -> None:
+    """``count`` finished nightly_reports-shaped workflows over the last 7 days (two steps in parallel,
+    then one), 10 % failed at their second step; 50 owners, as the history."""
+    workflows: list[dict[str, Any]] = []
+    steps: list[dict[str, Any]] = []
+    for i in range(count):
+        created = now - dt.timedelta(seconds=rng.uniform(0, 7 * 86400))
+        failed = rng.random() < 0.1
+        workflow_id = str(uuid.UUID(int=rng.getrandbits(128)))
+        workflows.append(
+            {
+                "id": workflow_id,
+                "name": "nightly_reports",
+                "owner": f"owner-{i % 50}",
+                "kwargs": {"date": created.date().isoformat()},
+                "status": "FAILURE" if failed else "SUCCESS",
+                "failed_step": "access_statistics" if failed else None,
+                "reason": "step 'access_statistics' failed: RuntimeError: bench" if failed else None,
+                "failures": 1 if failed else 0,
+                "created_at": created,
+                "started_at": created,
+                "finished_at": created + dt.timedelta(seconds=3),
+            }
+        )
+        shape = [
+            ("daily_report", "generate_daily_report", [], "SUCCESS"),
+            ("access_statistics", "generate_access_statistics", [], "FAILURE" if failed else "SUCCESS"),
+            (
+                "cleanup",
+                "cleanup_expired_data",
+                ["daily_report", "access_statistics"],
+                "PENDING" if failed else "SUCCESS",
+            ),
+        ]
+        for position, (name, task, after, state) in enumerate(shape):
+            steps.append(
+                {
+                    "workflow_id": workflow_id,
+                    "name": name,
+                    "position": position,
+                    "task_name": task,
+                    "kwargs": {},
+                    "after": after,
+                    "from_previous": {},
+                    "state": state,
+                    "task_id": None if state == "PENDING" else str(uuid.UUID(int=rng.getrandbits(128))),
+                    "attempts": 0 if state == "PENDING" else 1,
+                    "error": "RuntimeError: bench" if state == "FAILURE" else None,
+                }
+            )
+    for start in range(0, count, 1000):
+        with session_scope(settings) as session:
+            session.execute(insert(Workflow), workflows[start : start + 1000])
+            session.execute(insert(WorkflowStep), steps[start * 3 : (start + 1000) * 3])
 
 
 @contextlib.contextmanager
@@ -316,7 +373,7 @@ def time_page(
     )
 
 
-def pages(settings: Settings, sample_task: str) -> list[tuple[str, str, str]]:
+def pages(settings: Settings, sample_task: str, sample_workflow: str) -> list[tuple[str, str, str]]:
     """(page, path, who): every console page as an admin, and a user's own tasks; the sign-in form to
     no one."""
     return [
@@ -333,6 +390,9 @@ def pages(settings: Settings, sample_task: str) -> list[tuple[str, str, str]]:
         ("workers and queues", "/console/workers", "admin"),
         ("reports and exports", "/console/reports", "admin"),
         ("audit trail", "/console/audit", "admin"),
+        ("workflows", "/console/workflows", "admin"),
+        ("workflows, a user's own", "/console/workflows", "user"),
+        ("a workflow", f"/console/workflows/{sample_workflow}", "admin"),
     ]
 
 
@@ -369,6 +429,7 @@ def measure(database: str, database_url: str, rows: int, requests: int, workdir:
             admin = create_token(session, "bench-admin", "admin")
             user = create_token(session, "owner-7", "user")  # owns 1/50 of the history
             sample = session.scalar(text("SELECT task_id FROM task_history WHERE state = 'FAILURE' LIMIT 1"))
+            sample_workflow = session.scalar(text("SELECT id FROM workflows WHERE status = 'FAILURE' LIMIT 1"))
         queries = query_times(settings, requests)
         print(f"  {database:10} history queries (median ms): {queries}", flush=True)
         with gateway(settings) as (url, app):
@@ -377,7 +438,7 @@ def measure(database: str, database_url: str, rows: int, requests: int, workdir:
             try:
                 sign_in(clients["admin"], admin)
                 sign_in(clients["user"], user)
-                for page, path, who in pages(settings, str(sample)):
+                for page, path, who in pages(settings, str(sample), str(sample_workflow)):
                     cold = app.state.runtime.console.pop if page.endswith("(cold)") else None
                     before = (lambda: cold("console_overview", None)) if cold else None  # noqa: B023 - used at once
                     timings.append(time_page(clients[who], page, path, requests, before))
