@@ -121,6 +121,10 @@ def retry_delay(retries: int, base: float, rng: random.Random | None = None) -> 
     return float(base * (2**retries) * jitter)
 
 
+# A workflow step whose failure the database refused is run again after at most this long (shared/workflows.py)
+MAX_RECORD_RETRY_DELAY = 300.0
+
+
 class MallopsTask(Task):  # type: ignore[misc]
     """Base task: validates arguments against its catalog spec and classifies failures."""
 
@@ -142,8 +146,20 @@ class MallopsTask(Task):  # type: ignore[misc]
         except (Retry, Reject):
             raise
         except Exception as exc:  # the step's final failure: the workflow stops here (shared/workflows.py)
-            workflow_steps.failed(self.settings, step, self.request.id, exc)
-            raise
+            settings = self.settings
+            if workflow_steps.failed(settings, step, self.request.id, exc):
+                raise
+            # The database refused the record: the step is run again later (steps are idempotent) rather than
+            # its message acknowledged with the workflow left at STARTED for good.
+            delay = min(retry_delay(self.request.retries, settings.task_retry_backoff), MAX_RECORD_RETRY_DELAY)
+            log.warning(
+                "%s[%s]: the failure of workflow step %r could not be recorded; the step runs again in %.1fs",
+                self.name,
+                self.request.id,
+                step[1],
+                delay,
+            )
+            raise self._retry_or_requeue(exc, delay, self.request.retries + 1) from exc
 
     def _checked_run(self, args: tuple[Any, ...], kwargs: dict[str, Any], step: tuple[str, str] | None) -> Any:
         """Cap deliveries, validate, run; a workflow step records its start and success around the body."""
@@ -184,20 +200,24 @@ class MallopsTask(Task):  # type: ignore[misc]
                     self.request.retries + 1,
                     delay,
                 )
-                try:
-                    retry = self.retry(exc=exc, countdown=delay, max_retries=settings.task_max_retries)
-                except Reject as rejected:
-                    # Celery rejects the message *without* requeue when the retry cannot be published
-                    # (the broker is down): the task would be lost. Put it back instead.
-                    log.warning(
-                        "%s[%s]: its retry could not be published (%s); requeueing the message",
-                        self.name,
-                        self.request.id,
-                        rejected.reason,
-                    )
-                    raise Reject(rejected.reason, requeue=True) from exc
-                raise retry from exc
+                raise self._retry_or_requeue(exc, delay, settings.task_max_retries) from exc
             raise
+
+    def _retry_or_requeue(self, exc: Exception, delay: float, max_retries: int) -> Exception:
+        """The exception to raise for a retry of this task in ``delay`` seconds: Celery's Retry, or, when the
+        retry cannot be published (the broker is down), a Reject that puts the message back: Celery would
+        reject it *without* requeue and the task would be lost."""
+        try:
+            return self.retry(exc=exc, countdown=delay, max_retries=max_retries, throw=False)  # type: ignore[no-any-return]
+        except Reject as rejected:
+            log.warning(
+                "%s[%s]: its retry could not be published (%s); requeueing the message",
+                self.name,
+                self.request.id,
+                rejected.reason,
+            )
+            requeue: Exception = Reject(rejected.reason, requeue=True)
+            return requeue
 
     def delivery_count(self, settings: Settings) -> int:
         """Which delivery of this message (and attempt) is running: 1 for a first delivery, else 1 + the

@@ -10,6 +10,7 @@ published then (``workflows.unpublished``).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -105,15 +106,35 @@ def succeeded(app: Celery, settings: Settings, step: tuple[str, str], task_id: s
     publish(app, settings, outgoing)
 
 
-def failed(settings: Settings, step: tuple[str, str], task_id: str, exc: BaseException) -> None:
-    """Record the step's final failure; never raises (the task's own failure is what propagates)."""
+# How often, and after how long, a step's final failure is tried again when the database refuses it (a lock
+# held past SQLite's busy timeout, PostgreSQL restarting), before the step is retried as a whole.
+FAILURE_RECORD_PAUSES = (1.0, 3.0)
+
+
+def failed(settings: Settings, step: tuple[str, str], task_id: str, exc: BaseException) -> bool:
+    """Record the step's final failure. True once it is recorded (or needs no record: the step or its workflow
+    had already finished); False when the database refused it every time: the caller must not let the
+    message go, or the workflow would read STARTED forever."""
     from shared import workflows
     from shared.db import session_scope
 
     reason = f"{type(exc).__name__}: {exc}"
-    try:
-        with session_scope(settings) as session:
-            if workflows.step_failed(session, step[0], step[1], task_id, reason):
-                log.warning("workflow %s failed at step %r: %s", step[0], step[1], reason)
-    except Exception as error:
-        log.error("workflow %s: could not record the failure of step %r: %s", step[0], step[1], error)
+    for pause in (*FAILURE_RECORD_PAUSES, None):
+        try:
+            with session_scope(settings) as session:
+                if workflows.step_failed(session, step[0], step[1], task_id, reason):
+                    log.warning("workflow %s failed at step %r: %s", step[0], step[1], reason)
+            return True
+        except Exception as error:
+            log.error(
+                "workflow %s: could not record the failure of step %r (%s: %s)%s",
+                step[0],
+                step[1],
+                type(error).__name__,
+                error,
+                f"; trying again in {pause:.0f}s" if pause is not None else "",
+            )
+            if pause is None:
+                return False
+            time.sleep(pause)
+    return False

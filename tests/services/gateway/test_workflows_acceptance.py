@@ -37,6 +37,7 @@ pytestmark = pytest.mark.integration
 API = "/api/v1"
 MANAGEMENT = ("boss@mall.example", "cfo@mall.example")
 YEAR, MONTH = 2026, 10  # a month of the demo mall (3 months to 2026-11-15)
+WORKERS: dict[str, Process] = {}  # this module's workers, whose logs a timed-out workflow quotes
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,9 @@ def workflow_workers(
     )
     workers = {service: worker_factory(service, env=env) for service in ("finance", "reports", "notifier")}
     workers["maintenance"] = worker_factory("maintenance", "--concurrency=4", env=env)
+    WORKERS.update(workers)
     yield workers
+    WORKERS.clear()
     for process in workers.values():
         process.stop()
 
@@ -101,8 +104,18 @@ def finished(client: httpx.Client, workflow_id: str, timeout: float = 90) -> dic
         wait_until(done, timeout=timeout, interval=0.2, message=f"workflow {workflow_id}")
     except pytest.fail.Exception as exc:  # say where it stood: each step's state and task
         where = [(s.get("name"), s.get("state") or s.get("status"), s.get("task_id")) for s in seen.get("steps", [])]
-        pytest.fail(f"{exc}; status {seen.get('status')}, steps {where}")
+        pytest.fail(f"{exc}; status {seen.get('status')}, steps {where}{_logged(workflow_id, where)}")
     return seen
+
+
+def _logged(workflow_id: str, where: list[tuple[Any, Any, Any]]) -> str:
+    """What the workers logged about this workflow and its steps' tasks (the last lines of each)."""
+    marks = [workflow_id] + [task_id for *_, task_id in where if task_id]
+    said = []
+    for service, process in WORKERS.items():
+        lines = [line for line in process.log().splitlines() if any(mark in line for mark in marks)]
+        said += [f"{service}: {line}" for line in lines[-8:]]
+    return "\n" + "\n".join(said) if said else "; the workers logged nothing of it"
 
 
 def steps(workflow: dict[str, Any]) -> dict[str, dict[str, Any]]:
