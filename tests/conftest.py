@@ -57,6 +57,23 @@ def _choose_database() -> str:
     return "postgres" if pg_url or _postgres_answers() else "sqlite"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``MALLOPS_TEST_DATABASE_ONLY=1`` (scripts/test's PostgreSQL pass) keeps the tests whose outcome can
+    depend on the run's database: those that use it (``database_url``, directly or through ``service_env``,
+    ``settings``, the workers...) or are marked ``database``. The others answer the same on every database,
+    and the SQLite pass has run them."""
+    if os.environ.get("MALLOPS_TEST_DATABASE_ONLY") != "1":
+        return
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        uses = "database_url" in getattr(item, "fixturenames", ()) or item.get_closest_marker("database")
+        (kept if uses else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if _choose_database() == "sqlite":

@@ -17,6 +17,7 @@ from tests.harness import ROOT
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.database  # picks PostgreSQL itself: runs in the PostgreSQL pass, skipped in the SQLite one
 @pytest.mark.timeout(600)
 def test_two_minute_soak_loses_nothing_and_explains_every_duplicate(tmp_path: Path) -> None:
     if os.environ.get("MALLOPS_TEST_DB", "sqlite") == "sqlite":
