@@ -238,7 +238,10 @@ def _fitted_widths(columns: Sequence[str], texts: Sequence[Sequence[str]], cut: 
     """Each column's width so that the table fits ``width``: the ``cut`` columns give way, widest first."""
     from rich.cells import cell_len
 
-    widths = [max([cell_len(name), *(cell_len(row[i]) for row in texts)]) for i, name in enumerate(columns)]
+    def longest_line(text: str) -> int:
+        return max((cell_len(line) for line in text.splitlines()), default=0)
+
+    widths = [max([cell_len(name), *(longest_line(row[i]) for row in texts)]) for i, name in enumerate(columns)]
     room = width - (3 * (len(columns) - 1) + 2)  # a space at each edge, three between columns
     while sum(widths) > room and cut:
         widest = max(cut, key=lambda i: widths[i])

@@ -287,23 +287,31 @@ def _show_one(name: str, items: list[dict[str, Any]], flows: list[dict[str, Any]
         echo("steps: " + _steps_text(flow.get("steps") or []))
 
 
-def _steps_text(steps: list[Any]) -> str:
-    """``a -> (b | c) -> d``: each item in order, a parallel group in brackets."""
+def _steps_text(steps: list[Any], lines: bool = False) -> str:
+    """``a -> (b | c) -> d``: each item in order, a parallel group in brackets; with ``lines``, a task a line
+    (a table's cell: piped, its line breaks become spaces and it reads as the one-line form)."""
+    then, beside = ("\n-> ", "\n| ") if lines else (" -> ", " | ")
     parts = []
     for item in steps:
         if isinstance(item, dict) and isinstance(item.get("parallel"), list):
-            parts.append("(" + " | ".join(str(s.get("task_name")) for s in item["parallel"]) + ")")
+            parts.append("(" + beside.join(str(s.get("task_name")) for s in item["parallel"]) + ")")
         elif isinstance(item, dict):
             parts.append(str(item.get("task_name")))
-    return " -> ".join(parts)
+    return then.join(parts)
 
 
 def _print_workflows(flows: list[dict[str, Any]]) -> None:
     rows = [
-        [w.get("name"), _steps_text(w.get("steps") or []), w.get("schedule_text") or "", w.get("description")]
+        [
+            w.get("name"),
+            _steps_text(w.get("steps") or [], lines=True),
+            w.get("schedule_text") or "",
+            w.get("description"),
+        ]
         for w in flows
     ]
-    print_table(["workflow", "steps", "schedule", "description"], rows, title=f"{len(rows)} workflows")
+    # a step a line, whole (a workflow is its steps); a description is cut: `mallops catalog NAME` shows it
+    print_table(["workflow", "steps", "schedule", "description"], rows, title=f"{len(rows)} workflows", cut_columns=[3])
 
 
 def _name(task: dict[str, Any]) -> str:

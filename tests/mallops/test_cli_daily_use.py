@@ -87,6 +87,11 @@ def test_tables_fit_80_columns_and_prefixes_find_tasks(
         assert shown.code == 0, (command, shown)
         too_wide = [line for line in ANSI.sub("", shown.out).splitlines() if len(line) > 80]
         assert not too_wide, (command, too_wide)
+    flows = ANSI.sub("", cli("catalog", "--workflows").out)
+    assert [line for line in flows.splitlines() if len(line) > 80] == []
+    assert "month_end_close" in flows
+    assert "-> generate_monthly_report" in flows  # a step a line, whole at 80 columns
+    assert "| generate_access_statistics)" in flows
     listing = ANSI.sub("", cli("tasks", "list").out)
     assert task_id[:8] in listing
     assert task_id not in listing  # short ids; --wide shows them whole
