@@ -10,6 +10,8 @@ builds (workers, beat, the gateway):
   a revoked task too;
 - :mod:`~shared.celery_extensions.redelivery`: a sweeper that puts back a dead worker's messages in workers
   without an event loop;
+- :mod:`~shared.celery_extensions.timer_compaction`: cancelled time-limit timers dropped from a prefork
+  worker's event loop (else its main process holds every task of the last soft time limit);
 - :mod:`~shared.celery_extensions.task_base`: the base class of every task (argument validation, retry
   classification, poison-message cap, progress events) and :func:`~shared.celery_extensions.task_base.register`.
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from shared.celery_extensions import dead_letters, events, redelivery, revocations
+from shared.celery_extensions import dead_letters, events, redelivery, revocations, timer_compaction
 from shared.celery_extensions.config import ATTRIBUTE, CeleryExtensions
 from shared.settings import Settings
 
@@ -38,4 +40,5 @@ def install(app: Celery, settings: Settings) -> CeleryExtensions:
     redelivery.connect()  # workers without an event loop also put back a dead worker's messages
     dead_letters.configure(app, settings)  # a malformed message is recorded and dropped, never fatal to a worker
     revocations.connect()  # a task revoked before a worker started is skipped by it too
+    timer_compaction.install(app)  # a prefork worker's cancelled time-limit timers do not pile up
     return extensions
