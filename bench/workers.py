@@ -7,6 +7,10 @@ process tree, and whether SQLAlchemy is loaded in it (its compiled extensions in
 ``python -m bench events-cost``: the maintenance worker with lifecycle events on and off (threads x 2 and
 prefork -c 2), fed no-op tasks by a plain publisher in alternating rounds: tasks/s and worker CPU per task,
 and the CPU the events add in % (the target: <= 5 %). ``--profile DIR`` records the workers with py-spy.
+
+``python -m bench worker-memory``: the maintenance worker on prefork -c 2 fed no-op tasks at a steady rate
+for a few minutes: RSS of its main process and of each child every 30 s, and the main process's growth per
+1,000 tasks once warm (docs/reliability.md: the time-limit timers of finished tasks it used to keep).
 """
 
 from __future__ import annotations
@@ -23,11 +27,11 @@ import psutil
 
 from bench.measure import tree, tree_memory
 from bench.noop_app import QUEUE
-from bench.processes import start_celery_worker
+from bench.processes import start_celery_worker, wait_until
 from bench.run import MALLOPS_TASK, NOOP_CELERY, Bench, Config, _lifecycle_cpu, _workdir, log, ratio
 from shared.db import migrate
 
-WORKER_COMMANDS = ("idle-memory", "events-cost")
+WORKER_COMMANDS = ("idle-memory", "events-cost", "worker-memory")
 # each mallops worker's default pool and concurrency with MALLOPS_WORKER_CONCURRENCY=2 (as the bench sets)
 DEFAULT_POOLS: dict[str, tuple[str, int]] = {
     "maintenance": ("prefork", 2),
@@ -48,6 +52,11 @@ def add_worker_commands(sub: Any) -> None:
     p.add_argument("--no-prefork", action="store_true", help="threads only")
     p.add_argument("--profile", type=Path, help="py-spy the workers into this directory (raw stacks)")
     p.add_argument("--workdir", type=Path, help="keep logs and data here (default: a temporary directory)")
+    p = sub.add_parser("worker-memory", help="a prefork worker's RSS, parent and children, under steady load")
+    p.add_argument("--out", type=Path, default=Path("bench/results/worker-memory.json"))
+    p.add_argument("--minutes", type=float, default=4.0, help="how long the load lasts (default 4)")
+    p.add_argument("--rate", type=float, default=80.0, help="tasks a second (default 80)")
+    p.add_argument("--workdir", type=Path, help="keep logs and data here (default: a temporary directory)")
 
 
 def run_worker_command(args: argparse.Namespace) -> None:
@@ -62,6 +71,8 @@ def run_worker_command(args: argparse.Namespace) -> None:
             migrate(bench.settings)
             if args.command == "idle-memory":
                 result = idle_memory(bench)
+            elif args.command == "worker-memory":
+                result = worker_memory(bench, args.minutes, args.rate)
             else:
                 result = events_cost(bench, prefork=not args.no_prefork)
         finally:
@@ -209,3 +220,49 @@ def events_cost(bench: Bench, prefork: bool = True) -> dict[str, Any]:
         f"{result['lifecycle_cpu_pct_prefork']} % on prefork -c 2"
     )
     return result
+
+
+def worker_memory(bench: Bench, minutes: float, rate: float, every: float = 30.0) -> dict[str, Any]:
+    """The prefork maintenance worker fed ``rate`` no-op tasks a second for ``minutes``: RSS of its main
+    process and children every ``every`` seconds, and the main process's growth per 1,000 tasks after the
+    first sample past the warm-up (the first ``every`` seconds)."""
+    log(f"worker memory, load average {os.getloadavg()[0]:.1f} (2 cores): {rate:.0f} tasks/s for {minutes} min")
+    worker = bench.mallops_worker("prefork", "--pool=prefork")
+    parent = psutil.Process(worker.pid)
+    app = bench.publisher()
+    samples: list[dict[str, Any]] = []
+
+    def sample(sent: int, started: float) -> None:
+        children = [child.memory_info().rss / 2**20 for child in parent.children(recursive=True)]
+        row = {
+            "seconds": round(time.perf_counter() - started),
+            "sent": sent,
+            "parent_rss_mb": round(parent.memory_info().rss / 2**20, 1),
+            "children_rss_mb": [round(c, 1) for c in children],
+        }
+        samples.append(row)
+        children_text = ", ".join(f"{c} MB" for c in row["children_rss_mb"])
+        log(f"  {row['seconds']:>4} s, {sent:>6} sent: parent {row['parent_rss_mb']} MB, children {children_text}")
+
+    started = time.perf_counter()
+    sent, due, next_sample = 0, started, started
+    while (now := time.perf_counter()) - started < minutes * 60:
+        if now >= next_sample:
+            sample(sent, started)
+            next_sample += every
+        app.send_task(MALLOPS_TASK, kwargs={"message": "bench"}, queue="default")
+        sent += 1
+        due += 1 / rate
+        if (wait := due - time.perf_counter()) > 0:
+            time.sleep(wait)  # pacing the publisher, not a synchronisation
+    wait_until(lambda: not bench.db[0].llen("default"), timeout=120, interval=0.2, message="the queue drained")
+    sample(sent, started)
+    app.close()
+    warm = [row for row in samples if row["seconds"] >= every]
+    growth = None
+    if len(warm) >= 2 and warm[-1]["sent"] > warm[0]["sent"]:
+        growth = round(
+            (warm[-1]["parent_rss_mb"] - warm[0]["parent_rss_mb"]) * 1000 / (warm[-1]["sent"] - warm[0]["sent"]), 3
+        )
+    log(f"  the main process grew {growth} MB per 1,000 tasks once warm")
+    return {"rate": rate, "minutes": minutes, "samples": samples, "parent_mb_per_1000_tasks": growth}
