@@ -83,13 +83,14 @@ def test_a_quick_bench_run_writes_a_complete_report(tmp_path: Path) -> None:
 
 
 def test_the_worker_scenarios_run_alone(tmp_path: Path) -> None:
-    """``python -m bench idle-memory`` and ``events-cost``, the two worker comparisons alone, as the bench
-    install runs them."""
+    """``python -m bench idle-memory``, ``events-cost`` and ``worker-memory``, the worker scenarios alone,
+    as the bench install runs them."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOPS_")} | {"PYTHONPATH": str(ROOT)}
-    memory, cost = tmp_path / "idle.json", tmp_path / "cost.json"
+    memory, cost, loaded = tmp_path / "idle.json", tmp_path / "cost.json", tmp_path / "loaded.json"
     for command in (
         ["idle-memory", "--out", str(memory)],
         ["events-cost", "--tasks", "50", "--repeats", "1", "--no-prefork", "--out", str(cost)],
+        ["worker-memory", "--minutes", "0.5", "--rate", "20", "--out", str(loaded)],
     ):
         argv = [sys.executable, "-c", AS_BENCH_INSTALL, *command, "--workdir", str(tmp_path / command[0])]
         run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False)
@@ -99,3 +100,6 @@ def test_the_worker_scenarios_run_alone(tmp_path: Path) -> None:
     assert all(row["rss_mb"] > 0 and row["pss_mb"] > 0 for row in idle["services"].values())
     assert not any(row["sqlalchemy_loaded"] for row in idle["services"].values())
     assert json.loads(cost.read_text())["rounds"]["events on"]["tasks_per_s"]["median"] > 0
+    samples = json.loads(loaded.read_text())["samples"]
+    assert samples[-1]["sent"] >= 500  # 20 a second for 30 s, paced
+    assert all(row["parent_rss_mb"] > 0 and len(row["children_rss_mb"]) == 2 for row in samples)
