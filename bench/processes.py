@@ -16,13 +16,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import redis
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -266,6 +267,23 @@ def start_celery_worker(
     finally:
         probe.close()
     return process
+
+
+@contextlib.contextmanager
+def connections_refused(admin_url: str | URL, database: str) -> Iterator[None]:
+    """PostgreSQL's ``database`` unreachable for the block: new connections refused (``ALLOW_CONNECTIONS
+    false``) and its sessions ended; allowed again when the block exits, however it exits. ``admin_url``
+    connects to another database of the server."""
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+            drop_sessions(conn, database)
+        yield
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
 
 
 def drop_sessions(conn: Any, database: str | None) -> None:

@@ -264,5 +264,8 @@ def worker_memory(bench: Bench, minutes: float, rate: float, every: float = 30.0
         growth = round(
             (warm[-1]["parent_rss_mb"] - warm[0]["parent_rss_mb"]) * 1000 / (warm[-1]["sent"] - warm[0]["sent"]), 3
         )
-    log(f"  the main process grew {growth} MB per 1,000 tasks once warm")
+    if growth is None:
+        log(f"  too short to say how the main process grows: --minutes {2 * every / 60:g} or more")
+    else:
+        log(f"  the main process grew {growth} MB per 1,000 tasks once warm")
     return {"rate": rate, "minutes": minutes, "samples": samples, "parent_mb_per_1000_tasks": growth}

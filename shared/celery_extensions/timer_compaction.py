@@ -15,12 +15,9 @@ reconnect), as Celery's own loop timers do.
 from __future__ import annotations
 
 import heapq
-import logging
 from typing import Any
 
 from celery import Celery, bootsteps
-
-log = logging.getLogger("mallops.worker")
 
 INTERVAL = 30.0  # seconds between two compactions
 

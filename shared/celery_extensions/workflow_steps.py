@@ -119,7 +119,8 @@ def failed(settings: Settings, step: tuple[str, str], task_id: str, exc: BaseExc
     from shared.db import session_scope
 
     reason = f"{type(exc).__name__}: {exc}"
-    for pause in (*FAILURE_RECORD_PAUSES, None):
+    pauses = list(FAILURE_RECORD_PAUSES)
+    while True:
         try:
             with session_scope(settings) as session:
                 if workflows.step_failed(session, step[0], step[1], task_id, reason):
@@ -132,9 +133,8 @@ def failed(settings: Settings, step: tuple[str, str], task_id: str, exc: BaseExc
                 step[1],
                 type(error).__name__,
                 error,
-                f"; trying again in {pause:.0f}s" if pause is not None else "",
+                f"; trying again in {pauses[0]:.0f}s" if pauses else "",
             )
-            if pause is None:
+            if not pauses:
                 return False
-            time.sleep(pause)
-    return False
+            time.sleep(pauses.pop(0))
