@@ -92,7 +92,8 @@ def test_a_workflow_shows_its_stages_and_retries_from_the_failed_step(
         after = alice.get(done.headers["location"]).text
         assert "Retried from its failed step" in after
     status, steps = status_of(migrated, workflow_id)
-    assert status == "STARTED"
+    # resumed: a worker of the run (another test's, on this Redis) may already have run the retried steps
+    assert status in {"STARTED", "SUCCESS"}
     assert steps["daily"] == ("SUCCESS", 1)  # kept, not run again
     assert steps["access"][1] == 2
     assert steps["access"][0] in {"SENT", "STARTED", "SUCCESS"}
