@@ -51,8 +51,8 @@ def create_celery_app(name: str = "mallops", settings: Settings | None = None) -
     app = Celery(f"mallops.{name}", set_as_current=False)
     app.conf.update(
         broker_url=settings.celery_broker_url,
-        # with events on, a Redis backend whose writes carry the worker's buffered events (result_store.py)
-        result_backend=backend_url(settings.celery_result_backend, settings.events_enabled),
+        # a Redis backend whose state writes take one round trip and carry the buffered events (result_store.py)
+        result_backend=backend_url(settings.celery_result_backend),
         # JSON only: nothing that could execute code on deserialisation
         task_serializer="json",
         result_serializer="json",

@@ -15,31 +15,73 @@ acknowledged, in the order it was emitted (the emitter's flush lock is held), an
 the buffered events back (the staged outcome is then emitted by the ``task_success`` handler as before).
 Measured with ``python -m bench events-cost`` (docs/performance.md).
 
-Another server, or events off: Celery's backend unchanged.
+Every write of a task's state (events on or off) is also one round trip instead of Celery's two: Celery's
+``_store_result`` reads the stored meta first and skips the write when it says SUCCESS (a lost worker's
+late write must not overwrite a success); :data:`STORE_UNLESS_SUCCEEDED` does that check, the ``SETEX``
+and the ``PUBLISH`` in one script, so the check and the write are also atomic (Celery's are two commands
+another worker can come between).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import redis
 from celery import states
 from celery.backends.redis import RedisBackend
+from celery.exceptions import BackendStoreError
 
 from shared.celery_extensions import events as lifecycle
 
 _SERVER_KEYS = ("host", "port", "path", "username", "password")
 
 
-def backend_url(result_backend: str, events_enabled: bool) -> str:
-    """The ``result_backend`` setting for Celery: this class on a Redis URL when events are on."""
-    if events_enabled and result_backend.startswith(("redis://", "rediss://")):
+# KEYS[1] the task's result key; ARGV: the encoded meta (JSON), seconds to keep it (0: for good). Celery's
+# rule, in one command: a stored SUCCESS is never overwritten. Returns 1 when written, 0 when kept.
+STORE_UNLESS_SUCCEEDED = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SETEX', KEYS[1], ARGV[2], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+def backend_url(result_backend: str) -> str:
+    """The ``result_backend`` setting for Celery: this class on a Redis URL, the URL itself otherwise."""
+    if result_backend.startswith(("redis://", "rediss://")):
         return f"{__name__}:ResultStore+{result_backend}"
     return result_backend
 
 
 class ResultStore(RedisBackend):  # type: ignore[misc]
-    """:class:`celery.backends.redis.RedisBackend` whose writes carry the process's lifecycle events."""
+    """:class:`celery.backends.redis.RedisBackend` whose state writes take one round trip and carry the
+    process's lifecycle events."""
+
+    def _store_result(
+        self, task_id: Any, result: Any, state: str, traceback: Any = None, request: Any = None, **kwargs: Any
+    ) -> Any:
+        """Celery's ``_store_result`` (the same meta, the same SUCCESS rule) without its read before the write."""
+        if self.content_type != "application/json":  # the script reads the stored meta as JSON
+            return super()._store_result(task_id, result, state, traceback, request, **kwargs)
+        meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
+        meta["task_id"] = task_id.decode() if isinstance(task_id, bytes) else str(task_id)
+        value = self.encode(meta)
+        if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
+            raise BackendStoreError("value too large for Redis backend", state=state, task_id=task_id)
+        try:
+            self.ensure(partial(self._set, unless_succeeded=True), (self.get_key_for_task(task_id), value))
+        except BackendStoreError as ex:
+            raise BackendStoreError(str(ex), state=state, task_id=task_id) from ex
+        return result
 
     def mark_as_done(
         self,
@@ -60,23 +102,36 @@ class ResultStore(RedisBackend):  # type: ignore[misc]
         finally:
             events.unstage()
 
-    def _set(self, key: Any, value: Any, expires: Any = None) -> None:
+    def _set(self, key: Any, value: Any, expires: Any = None, unless_succeeded: bool = False) -> None:
+        """Celery's ``_set`` (``SETEX`` and ``PUBLISH``); with ``unless_succeeded``, the script that keeps a
+        stored SUCCESS instead. Either way with whatever lifecycle events this process has buffered."""
+        if expires is None:
+            expires = self.expires
+        store = partial(self._queue_store, key, value, expires or 0, unless_succeeded)
         events = lifecycle.for_app(self.app)
         target = self._stream_db(events.emitter) if events is not None else None
         if events is None or target is None:
-            super()._set(key, value, expires)
+            self._write(store)
             return
         emitter = events.emitter
         staged = events.staged_for(key)
         with emitter.flush_lock:
             batch, keys = emitter.take()
             if not batch and not keys and staged is None:
-                super()._set(key, value, expires)
+                self._write(store)
                 return
             outcome = [staged.event] if staged is not None else []
             holder: dict[str, tuple[str, int] | None] = {staged.holder: None} if staged is not None else {}
+            own = int(self.client.connection_pool.connection_kwargs.get("db", 0))
+
+            def with_events(pipe: Any) -> None:
+                store(pipe)
+                pipe.execute_command("SELECT", target)
+                emitter.queue(pipe, batch + outcome, keys | holder)
+                pipe.execute_command("SELECT", own)
+
             try:
-                self._write(key, value, expires, target, lambda p: emitter.queue(p, batch + outcome, keys | holder))
+                self._write(with_events)
             except BaseException:
                 emitter.put_back(batch, keys)
                 raise
@@ -84,20 +139,21 @@ class ResultStore(RedisBackend):  # type: ignore[misc]
         if staged is not None:
             events.outcomes_written.add(staged.attempt)
 
-    def _write(self, key: Any, value: Any, expires: Any, target: int, queue_events: Any) -> None:
-        """Celery's result write (``SETEX``/``SET`` and ``PUBLISH``) and the events, in one transaction."""
-        if expires is None:
-            expires = self.expires
-        own = int(self.client.connection_pool.connection_kwargs.get("db", 0))
+    @staticmethod
+    def _queue_store(key: Any, value: Any, expires: int, unless_succeeded: bool, pipe: Any) -> None:
+        if unless_succeeded:
+            pipe.eval(STORE_UNLESS_SUCCEEDED, 1, key, value, expires)
+            return
+        if expires:
+            pipe.setex(key, expires, value)
+        else:
+            pipe.set(key, value)
+        pipe.publish(key, value)
+
+    def _write(self, queue: Any) -> None:
+        """One round trip: a transaction of what ``queue`` puts in the pipeline."""
         with self.client.pipeline() as pipe:
-            if expires:
-                pipe.setex(key, expires, value)
-            else:
-                pipe.set(key, value)
-            pipe.publish(key, value)
-            pipe.execute_command("SELECT", target)
-            queue_events(pipe)
-            pipe.execute_command("SELECT", own)
+            queue(pipe)
             pipe.execute()
 
     def _stream_db(self, emitter: lifecycle.EventEmitter) -> int | None:

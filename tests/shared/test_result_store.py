@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from shared.celery_app import create_celery_app
 from shared.celery_extensions import events
@@ -14,7 +17,7 @@ from shared.celery_extensions.redelivery import holder_key
 from shared.celery_extensions.result_store import ResultStore
 from shared.contracts import EVENT_STREAM, EventType
 from shared.settings import Settings
-from tests.harness import Process, RedisServer, free_port, wait_until
+from tests.harness import Process, RedisServer, free_port, start_redis, wait_until
 
 
 def _stream(cache: Any, key: str, value: str) -> list[dict[str, Any]]:
@@ -61,7 +64,10 @@ def test_with_the_stream_on_another_server_the_events_are_written_apart(settings
         same = create_celery_app("tester", settings)
         assert same.backend._stream_db(events.for_app(same).emitter) == 2  # type: ignore[union-attr]
         off = create_celery_app("tester", settings.model_copy(update={"events_enabled": False}))
-        assert type(off.backend) is not ResultStore
+        assert isinstance(off.backend, ResultStore)  # its state writes take one round trip too
+        assert events.for_app(off) is None
+        rabbit = create_celery_app("tester", settings.model_copy(update={"result_backend": "rpc://"}))
+        assert not isinstance(rabbit.backend, ResultStore)
     finally:
         lifecycle.close()
         app.close()
@@ -93,4 +99,58 @@ def test_a_task_run_by_a_worker_has_each_event_once_and_its_holder_gone(
         wait_until(lambda: cache.get(holder_key(result.id, 0)) is None, timeout=10, message="the holder deleted")
     finally:
         cache.close()
+        app.close()
+
+
+@pytest.fixture(params=[False, True], ids=["events-off", "events-on"])
+def own_redis(request: pytest.FixtureRequest, tmp_path: Path, settings: Settings) -> Iterator[tuple[Settings, Any]]:
+    """Settings on a redis-server of this test's own, so that its counters count this test's commands only."""
+    server = start_redis(tmp_path / "redis")
+    update = {"redis_url": server.url_base, "broker_url": "", "result_backend": "", "events_enabled": request.param}
+    client = server.client(1)
+    try:
+        yield settings.model_copy(update=update), client
+    finally:
+        client.close()
+        server.stop()
+
+
+def _reads(client: Any) -> int:
+    return int(client.info("stats")["total_reads_processed"])
+
+
+def test_a_state_write_is_one_round_trip_and_never_overwrites_a_success(own_redis: tuple[Settings, Any]) -> None:
+    """Celery reads the stored state before every write (two round trips) so that a late write cannot replace
+    a SUCCESS; the result store does both in one script."""
+    own, client = own_redis
+    app = create_celery_app("tester", own)
+    task_id = str(uuid.uuid4())
+    key = app.backend.get_key_for_task(task_id)
+    listener = client.pubsub()
+    listener.subscribe(key)
+    try:
+        app.backend.client.ping()  # the backend's connection is open before counting
+        idle = -_reads(client) + _reads(client)  # what reading the counter itself costs
+        before = _reads(client)
+        app.backend.store_result(task_id, {"pid": 1}, "STARTED")
+        assert _reads(client) - before - idle == 1
+        assert app.backend.get_state(task_id) == "STARTED"
+
+        app.backend.store_result(task_id, "done", "SUCCESS")
+        app.backend.store_result(task_id, {"pid": 2}, "STARTED")  # a lost worker's late write
+        app.backend.store_result(task_id, None, "FAILURE")
+        stored = json.loads(client.get(key))
+        assert (stored["status"], stored["result"], stored["task_id"]) == ("SUCCESS", "done", task_id)
+        assert 0 < client.ttl(key) <= own.result_expires_seconds
+
+        published = []  # every write made has published before store_result returned
+        while (message := listener.get_message(timeout=0.5)) is not None:
+            if message["type"] == "message":
+                published.append(json.loads(message["data"])["status"])
+        assert published == ["STARTED", "SUCCESS"]
+    finally:
+        listener.close()
+        lifecycle = events.for_app(app)
+        if lifecycle is not None:
+            lifecycle.close()
         app.close()
