@@ -224,6 +224,8 @@ class QoS(kombu_redis.QoS):
     def append(self, message: Any, delivery_tag: Any) -> None:
         take_recorded = getattr(self.channel, "take_recorded", None)
         if take_recorded is not None and take_recorded(delivery_tag):  # the pop script recorded it
+            if getattr(self.channel, "names_holder", False):  # and its holder: no receipt needed (events.py)
+                setattr(message, redelivery.HELD_BY_POP, True)
             virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
             return
         try:

@@ -54,7 +54,7 @@ import redis
 from celery import Celery, signals
 from celery.exceptions import SoftTimeLimitExceeded
 
-from shared.celery_extensions.redelivery import Holder, holder_key, holder_ttl, process_field
+from shared.celery_extensions.redelivery import HELD_BY_POP, Holder, holder_key, holder_ttl, process_field
 from shared.contracts import (
     EVENT_FIELD,
     EVENT_SCHEMA_VERSION,
@@ -657,10 +657,11 @@ def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     # one event (a merge had left two per task: one with the delivery tag, one with the arguments)
     arguments = _request_arguments(request)
     events.emit(EventType.TASK_RECEIVED, **fields, args=args, delivery_tag=tag, arguments=arguments)
-    if fields["id"] and fields.get("host"):
-        # who holds the message, for a requeuer to put it back at once if this worker is gone. The reliable
-        # pop already wrote it with the message's unacked entry (redelivery.delivery_holder_key); this
-        # receipt names the holder where the pop was kombu's BRPOP (reliable_pop's fallbacks)
+    if fields["id"] and fields.get("host") and not getattr(getattr(request, "message", None), HELD_BY_POP, False):
+        # who holds the message, for a requeuer to put it back at once if this worker is gone, where the
+        # pop was kombu's BRPOP (reliable_pop's fallbacks). The reliable pop writes it with the message's
+        # unacked entry (redelivery.delivery_holder_key): then no receipt, so no flush (a wake-up and a
+        # round trip) per message; its task-received event goes with the next write (the STARTED state's)
         holder = Holder(str(fields["host"]), os.getpid(), time.time())
         ttl = holder_ttl(events.emitter.settings.broker_visibility_timeout)
         events.emitter.put(holder_key(fields["id"], int(fields["retries"])), holder.dumps(), ttl)

@@ -63,6 +63,10 @@ PRUNE_EVERY = 60.0
 HOLDER_TTL_MARGIN = 3600  # a holder outlives the visibility timeout, after which kombu's sweep takes over
 
 
+# set (True) on a kombu message whose reliable pop wrote its holder: its worker writes no receipt for it
+HELD_BY_POP: Final = "mallops_held_by_pop"
+
+
 def holder_key(task_id: str, attempt: int) -> str:
     """The receipt a worker writes in the cache Redis when it receives a task (events)."""
     return f"{HOLDER_PREFIX}{task_id}:{attempt}"

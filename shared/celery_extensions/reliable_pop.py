@@ -204,12 +204,21 @@ class ReliablePopChannel(kombu_redis.Channel):
         self._pop_script_sha = _text(connection.read_response())
         self._tracking = (connection._sock, prefixes)
 
+    def _holder_host(self) -> str:
+        options = getattr(getattr(self.connection, "client", None), "transport_options", None) or {}
+        host = options.get(HOLDER_OPTION)
+        return host if isinstance(host, str) else ""
+
+    @property
+    def names_holder(self) -> bool:
+        """Whether this channel's pops write the holder of what they take (in a worker with events on)."""
+        return bool(self._holder_host())
+
     def _holder(self, now: float) -> str:
         """The JSON of the holder of what this pop takes: this worker (its hostname, this process), or ''
         outside a worker."""
-        options = getattr(getattr(self.connection, "client", None), "transport_options", None) or {}
-        host = options.get(HOLDER_OPTION)
-        return Holder(host, os.getpid(), now).dumps() if isinstance(host, str) and host else ""
+        host = self._holder_host()
+        return Holder(host, os.getpid(), now).dumps() if host else ""
 
     def _send_pop(self, connection: Any) -> None:
         queues = self._queue_cycle.consume(len(self.active_queues))
