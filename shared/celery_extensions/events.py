@@ -195,6 +195,15 @@ class EventEmitter:
             else:
                 pipe.set(key, write[0], ex=write[1])
 
+    def script_args(self, batch: list[str], keys: dict[str, tuple[str, int] | None]) -> list[Any]:
+        """``batch`` and the key writes as the arguments of a script that writes them (the result store's):
+        the stream, its MAXLEN and field, the number of events, the events, then (key, value or '' for a
+        deletion, ttl) triples."""
+        args: list[Any] = [EVENT_STREAM, self._maxlen, EVENT_FIELD, len(batch), *batch]
+        for key, write in keys.items():
+            args += [key, "", 0] if write is None else [key, write[0], write[1]]
+        return args
+
     def put_back(self, batch: list[str], keys: dict[str, tuple[str, int] | None]) -> None:
         """Return what :meth:`take` took and could not write, in front of what was buffered since."""
         with self._lock:

@@ -1,25 +1,23 @@
-"""Celery's Redis result backend, writing a worker's buffered lifecycle events in the round trip that
-stores a task's state.
+"""Celery's Redis result backend, writing a task's state in one command that also carries the worker's
+buffered lifecycle events.
 
-A task on a worker with lifecycle events costs, besides Celery's own result writes (STARTED with
-``task_track_started``, then the outcome), the events' writes: the buffered ``task-received`` and
-``task-started`` and the holder of the message, and at ``task_postrun`` a synchronous round trip with
-``task-succeeded`` and the holder's deletion, so that the outcome is in the stream before the message is
-acknowledged. When the result backend and the event stream are databases of one Redis server (the default
-layout: results in db 1, the stream in db 2), :class:`ResultStore` puts whatever the process has buffered
-into the result's own pipeline (``MULTI``, the result's ``SETEX`` and ``PUBLISH``, ``SELECT`` the stream's
-database, the ``XADD``\\ s and holder writes, ``SELECT`` back, ``EXEC``), and on success also the task's
-``task-succeeded`` event and its holder's deletion, built just before the result is stored. The postrun
-flush then finds nothing to write. The guarantees stay: every event is written before the message is
-acknowledged, in the order it was emitted (the emitter's flush lock is held), and a write that fails puts
-the buffered events back (the staged outcome is then emitted by the ``task_success`` handler as before).
-Measured with ``python -m bench events-cost`` (docs/performance.md).
+Celery's Redis backend writes a state in two round trips: it reads the stored meta first (a SUCCESS is
+never overwritten: a lost worker's late write must not replace it), then ``MULTI``/``SETEX``/``PUBLISH``/
+``EXEC``. A task on a worker with lifecycle events also costs the events' writes: the buffered
+``task-received`` and ``task-started``, and at ``task_postrun`` a synchronous write of ``task-succeeded``
+and the deletion of the message's holder, so that the outcome is in the stream before the message is
+acknowledged. :class:`ResultStore` does all of it in one command, the script :data:`STORE_STATE`: the
+SUCCESS check, the ``SETEX`` and ``PUBLISH`` (atomically, where Celery's read and write are two commands
+another worker can come between), and, when the event stream is a database of the same Redis server (the
+default layout: results in db 1, the stream in db 2), whatever the process has buffered (the ``XADD`` commands
+and holder writes) and on success the task's ``task-succeeded`` event and its holder's deletion, built
+just before the result is stored. The postrun flush then finds nothing to write. The guarantees stay:
+every event is written before the message is acknowledged, in the order it was emitted (the emitter's
+flush lock is held), and a write that fails puts the buffered events back (the staged outcome is then
+emitted by the ``task_success`` handler as before). Measured with ``python -m bench events-cost``
+(docs/performance.md).
 
-Every write of a task's state (events on or off) is also one round trip instead of Celery's two: Celery's
-``_store_result`` reads the stored meta first and skips the write when it says SUCCESS (a lost worker's
-late write must not overwrite a success); :data:`STORE_UNLESS_SUCCEEDED` does that check, the ``SETEX``
-and the ``PUBLISH`` in one script, so the check and the write are also atomic (Celery's are two commands
-another worker can come between).
+With the stream on another server, or events off: the state alone, still one command.
 """
 
 from __future__ import annotations
@@ -37,21 +35,42 @@ from shared.celery_extensions import events as lifecycle
 _SERVER_KEYS = ("host", "port", "path", "username", "password")
 
 
-# KEYS[1] the task's result key; ARGV: the encoded meta (JSON), seconds to keep it (0: for good). Celery's
-# rule, in one command: a stored SUCCESS is never overwritten. Returns 1 when written, 0 when kept.
-STORE_UNLESS_SUCCEEDED = """
-local current = redis.call('GET', KEYS[1])
+# One command for a task's state and whatever lifecycle events the process has buffered (a script's
+# SELECT changes the database of the script only, not the connection's). KEYS[1]: the task's result key.
+# ARGV: the encoded meta (JSON); seconds to keep it (0: for good); '1' to keep a stored SUCCESS (Celery's
+# rule: a lost worker's late write must not overwrite a success), '0' to write regardless; the stream's
+# database ('' when there is nothing else to write), the stream, its approximate MAXLEN and its entries'
+# field; the number of events, the events; then (key, value, ttl) triples for the cache database, the
+# value '' for a deletion. Returns 1 when the state was written, 0 when a SUCCESS was kept.
+STORE_STATE = """
+local written = 1
+local current = ARGV[3] == '1' and redis.call('GET', KEYS[1])
 if current then
   local ok, meta = pcall(cjson.decode, current)
-  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
+  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then written = 0 end
 end
-if tonumber(ARGV[2]) > 0 then
-  redis.call('SETEX', KEYS[1], ARGV[2], ARGV[1])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
+if written == 1 then
+  if tonumber(ARGV[2]) > 0 then
+    redis.call('SETEX', KEYS[1], ARGV[2], ARGV[1])
+  else
+    redis.call('SET', KEYS[1], ARGV[1])
+  end
+  redis.call('PUBLISH', KEYS[1], ARGV[1])
 end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
+if ARGV[4] == '' then return written end
+redis.call('SELECT', ARGV[4])
+local events = tonumber(ARGV[8])
+for i = 9, 8 + events do
+  redis.call('XADD', ARGV[5], 'MAXLEN', '~', ARGV[6], '*', ARGV[7], ARGV[i])
+end
+for i = 9 + events, #ARGV, 3 do
+  if ARGV[i + 1] == '' then
+    redis.call('DEL', ARGV[i])
+  else
+    redis.call('SET', ARGV[i], ARGV[i + 1], 'EX', ARGV[i + 2])
+  end
+end
+return written
 """
 
 
@@ -103,58 +122,35 @@ class ResultStore(RedisBackend):  # type: ignore[misc]
             events.unstage()
 
     def _set(self, key: Any, value: Any, expires: Any = None, unless_succeeded: bool = False) -> None:
-        """Celery's ``_set`` (``SETEX`` and ``PUBLISH``); with ``unless_succeeded``, the script that keeps a
-        stored SUCCESS instead. Either way with whatever lifecycle events this process has buffered."""
+        """Celery's ``_set`` (``SETEX`` and ``PUBLISH``), with ``unless_succeeded`` keeping a stored SUCCESS,
+        and whatever lifecycle events this process has buffered: one command (:data:`STORE_STATE`)."""
         if expires is None:
             expires = self.expires
-        store = partial(self._queue_store, key, value, expires or 0, unless_succeeded)
+        state = [value, int(expires or 0), int(unless_succeeded)]
         events = lifecycle.for_app(self.app)
         target = self._stream_db(events.emitter) if events is not None else None
         if events is None or target is None:
-            self._write(store)
+            self.client.eval(STORE_STATE, 1, key, *state, "")
             return
         emitter = events.emitter
         staged = events.staged_for(key)
         with emitter.flush_lock:
             batch, keys = emitter.take()
             if not batch and not keys and staged is None:
-                self._write(store)
+                self.client.eval(STORE_STATE, 1, key, *state, "")
                 return
             outcome = [staged.event] if staged is not None else []
             holder: dict[str, tuple[str, int] | None] = {staged.holder: None} if staged is not None else {}
-            own = int(self.client.connection_pool.connection_kwargs.get("db", 0))
-
-            def with_events(pipe: Any) -> None:
-                store(pipe)
-                pipe.execute_command("SELECT", target)
-                emitter.queue(pipe, batch + outcome, keys | holder)
-                pipe.execute_command("SELECT", own)
-
             try:
-                self._write(with_events)
+                self.client.eval(
+                    STORE_STATE, 1, key, *state, target, *emitter.script_args(batch + outcome, keys | holder)
+                )
             except BaseException:
                 emitter.put_back(batch, keys)
                 raise
             emitter.written += len(batch) + len(outcome)
         if staged is not None:
             events.outcomes_written.add(staged.attempt)
-
-    @staticmethod
-    def _queue_store(key: Any, value: Any, expires: int, unless_succeeded: bool, pipe: Any) -> None:
-        if unless_succeeded:
-            pipe.eval(STORE_UNLESS_SUCCEEDED, 1, key, value, expires)
-            return
-        if expires:
-            pipe.setex(key, expires, value)
-        else:
-            pipe.set(key, value)
-        pipe.publish(key, value)
-
-    def _write(self, queue: Any) -> None:
-        """One round trip: a transaction of what ``queue`` puts in the pipeline."""
-        with self.client.pipeline() as pipe:
-            queue(pipe)
-            pipe.execute()
 
     def _stream_db(self, emitter: lifecycle.EventEmitter) -> int | None:
         """The event stream's database when it is on this backend's Redis server, else None."""
