@@ -139,6 +139,9 @@ class Settings(BaseSettings):
     worker_purge_after: float = Field(default=600.0, gt=0)  # seconds offline before labels are dropped
     monitor_batch_size: int = Field(default=1000, ge=1, le=50_000)
     monitor_claim_idle: float = Field(default=30.0, gt=0)  # seconds before another consumer's entry is taken
+    # seconds a batch smaller than MALLOPS_MONITOR_BATCH_SIZE waits, from its oldest entry, for more
+    # entries before it is stored: fewer, fuller transactions under load; 0 stores what each read returns
+    monitor_linger_seconds: float = Field(default=0.1, ge=0, le=5)
     # the monitor's celery_task_runtime and celery_task_queue_wait_time buckets: seconds, comma-separated
     # (MALLOPS_RUNTIME_BUCKETS=0.1,1,10,60); a change starts that histogram afresh (services/monitor/store.py)
     runtime_buckets: Annotated[tuple[float, ...], NoDecode] = RUNTIME_BUCKETS

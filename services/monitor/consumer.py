@@ -3,6 +3,10 @@
 At start the monitor first re-reads its own pending entries (delivered before a crash but never
 acknowledged), then periodically takes over other consumers' entries idle for longer than
 ``MALLOPS_MONITOR_CLAIM_IDLE`` (XAUTOCLAIM), and otherwise blocks on new entries (XREADGROUP ``>``).
+A read that returns less than a full batch waits until its oldest entry is ``MALLOPS_MONITOR_LINGER_SECONDS``
+old (default 0.1) and reads again before it stores them: each batch is a database transaction, and at a
+few hundred tasks a second a read finds a handful of events, so without the wait the monitor spent most
+of its CPU on transactions of a few rows (docs/performance.md).
 A batch is acknowledged (XACK) only after its database transaction committed; the counters in memory
 are updated only then too. The group starts at the beginning of the stream, so events emitted before
 the monitor first ran, or while it was down, are all processed.
@@ -168,7 +172,7 @@ class StreamConsumer:
         )
         entries = reply[0][1] if reply else []
         if entries:
-            done += self.process(entries)
+            done += self.process(self.linger(entries))
         else:
             self.health.lag_seconds = 0.0
         if now >= self._next_stats:
@@ -179,6 +183,17 @@ class StreamConsumer:
             self.purge_offline_workers()
             self.trim_stream()
         return done
+
+    def linger(self, entries: list[Entry]) -> list[Entry]:
+        """``entries`` and those that arrived until the oldest was ``monitor_linger_seconds`` old, up to a
+        full batch."""
+        size, linger = self.settings.monitor_batch_size, self.settings.monitor_linger_seconds
+        wait = linger - (time.time() - entry_time(entries[0][0]))
+        if len(entries) >= size or wait <= 0:
+            return entries
+        time.sleep(min(wait, linger))
+        reply = self.redis.xreadgroup(MONITOR_GROUP, self.name, {EVENT_STREAM: ">"}, count=size - len(entries))
+        return entries + (reply[0][1] if reply else [])
 
     def claim_stale(self) -> int:
         """Take over entries another (dead) consumer of the group was given but never acknowledged."""
