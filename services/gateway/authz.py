@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway import audit as gateway_audit
-from services.gateway.deps import CurrentPrincipal
+from services.gateway.deps import CurrentPrincipal, SubmittingPrincipal, settle_rate_limit
 from services.gateway.problems import ProblemError
 from services.gateway.submission import Prepared
 from shared import audit, permissions
@@ -44,7 +44,9 @@ def forbidden(permission: str, detail: str) -> ProblemError:
 async def deny(
     request: Request, permission: str, detail: str, *, action: str = audit.PERMISSION_DENIED, target: str | None = None
 ) -> ProblemError:
-    """Record the refusal in the audit trail and return the 403 to raise."""
+    """Record the refusal in the audit trail and return the 403 to raise (a 429 first, when a submission's
+    rate-limit hit was pending and the limit is reached: such a request is refused before anything else)."""
+    await settle_rate_limit(request)
     details = {"permission": permission, "method": request.method, "path": request.url.path}
     await gateway_audit.record(request, action, outcome="denied", target=target, details=details)
     return forbidden(permission, detail)
@@ -79,6 +81,20 @@ def requires(*needed: str) -> Any:
 
 
 Submitter = Annotated[Principal, Depends(Requires(per_task=True))]
+
+
+class RequiresSubmitting(Requires):
+    """``Requires(per_task=True)`` whose principal's rate-limit hit is left to the submission script
+    (:func:`services.gateway.deps.submitting_principal`): ``POST /api/v1/tasks``."""
+
+    def __init__(self) -> None:
+        super().__init__(per_task=True)
+
+    async def __call__(self, request: Request, principal: SubmittingPrincipal) -> Principal:
+        return principal
+
+
+SingleSubmitter = Annotated[Principal, Depends(RequiresSubmitting())]
 Reader = Annotated[Principal, requires(permissions.TASKS_READ_OWN)]
 
 

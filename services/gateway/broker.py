@@ -118,15 +118,15 @@ class Outgoing:
         self.sent: list[tuple[str, Any, dict[str, Any], str]] = []
 
 
-async def once_more_if_single(out: Outgoing, push: Callable[..., Awaitable[Any]], *args: Any) -> None:
+async def once_more_if_single(out: Outgoing, push: Callable[..., Awaitable[Any]], *args: Any) -> Any:
     """``await push(*args)``; a single message whose pooled connection was dead is pushed once more on a new
     one (the failed connection was dropped), a batch is not (it may have been pushed half-way)."""
     try:
-        await push(*args)
+        return await push(*args)
     except redis.ConnectionError:
         if len(out.pushes) > 1:
             raise
-        await push(*args)
+        return await push(*args)
 
 
 class TaskPublisher(Protocol):
