@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway import audit as gateway_audit
-from services.gateway.deps import CurrentPrincipal, SubmittingPrincipal, settle_rate_limit
+from services.gateway.deps import CurrentPrincipal, bearer, settle_rate_limit, submitting_principal
 from services.gateway.problems import ProblemError
 from services.gateway.submission import Prepared
 from shared import audit, permissions
@@ -85,13 +86,18 @@ Submitter = Annotated[Principal, Depends(Requires(per_task=True))]
 
 class RequiresSubmitting(Requires):
     """``Requires(per_task=True)`` whose principal's rate-limit hit is left to the submission script
-    (:func:`services.gateway.deps.submitting_principal`): ``POST /api/v1/tasks``."""
+    (:func:`services.gateway.deps.submitting_principal`): ``POST /api/v1/tasks``.
+
+    It authenticates itself rather than through ``CurrentPrincipal`` and ``RuntimeDep``: FastAPI solves every
+    dependency of the tree on each request, cached or not, about 15-20 us each (docs/performance.md)."""
 
     def __init__(self) -> None:
         super().__init__(per_task=True)
 
-    async def __call__(self, request: Request, principal: SubmittingPrincipal) -> Principal:
-        return principal
+    async def __call__(  # type: ignore[override]
+        self, request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    ) -> Principal:
+        return await submitting_principal(request, request.app.state.runtime, credentials)
 
 
 SingleSubmitter = Annotated[Principal, Depends(RequiresSubmitting())]

@@ -39,6 +39,8 @@ PERSISTENT = 2
 
 def message_priority(priority: Any) -> int:
     """The priority kombu stores and routes by: an int from 0 to 9 (0 when missing or not a number)."""
+    if priority is None:  # the usual case, without the cost of raising TypeError
+        return DEFAULT_PRIORITY
     try:
         return max(min(int(priority), MAX_PRIORITY), MIN_PRIORITY)
     except (TypeError, ValueError):

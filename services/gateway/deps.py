@@ -126,9 +126,7 @@ async def current_principal(
 
 
 async def submitting_principal(
-    request: Request,
-    runtime: RuntimeDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    request: Request, runtime: Runtime, credentials: HTTPAuthorizationCredentials | None
 ) -> Principal:
     """:func:`current_principal` with the rate-limit hit left pending (``request.state.rate_limit_pending``)
     for ``POST /api/v1/tasks``, whose submission script makes it (:class:`PendingRateLimit`)."""
@@ -172,4 +170,3 @@ async def _refuse_blocked_client(request: Request, runtime: Runtime, decision: D
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
-SubmittingPrincipal = Annotated[Principal, Depends(submitting_principal)]

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.gateway import audit as gateway_audit
 from services.gateway import authz
-from services.gateway.deps import PendingRateLimit, RuntimeDep, StoreDep, settle_rate_limit
+from services.gateway.deps import PendingRateLimit, RuntimeDep, StoreDep, get_store, settle_rate_limit
 from services.gateway.idempotency import Answer, IdempotencyClaim, Replay, submit_once
 from services.gateway.openapi import admin_only
 from services.gateway.problems import ProblemError
@@ -95,8 +95,6 @@ SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
 async def submit_task(
     submission: TaskSubmission,
     principal: authz.SingleSubmitter,
-    runtime: RuntimeDep,
-    store: StoreDep,
     request: Request,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
@@ -104,6 +102,9 @@ async def submit_task(
 
     The token's rate-limit hit is made by the submission's own script (one round trip for both); any other
     answer makes it first (``deps.PendingRateLimit``), so a request over the limit is 429 whatever else."""
+    # not RuntimeDep and StoreDep: FastAPI solves each dependency on every request (authz.RequiresSubmitting)
+    runtime: Runtime = request.app.state.runtime
+    store = await get_store(runtime)
     # None when the console calls this with its own signed-in principal (its authentication applied the limit)
     rate_limit: PendingRateLimit | None = getattr(request.state, "rate_limit_pending", None)
     try:
