@@ -9,6 +9,8 @@ from pathlib import Path
 
 from bench import wrk
 from bench.capacity import CAPACITY_COMMANDS, add_capacity_commands, run_capacity_command
+from bench.front_door import COMMAND as FRONT_DOOR
+from bench.front_door import add_front_door_command, run_front_door
 from bench.run import Config, run
 from bench.workers import WORKER_COMMANDS, add_worker_commands, run_worker_command
 
@@ -40,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_capacity_commands(sub)
     add_worker_commands(sub)
+    add_front_door_command(sub)
     cp = sub.add_parser("console-pages", help="each console page's p95 with 100,000 history rows (SQLite, PostgreSQL)")
     cp.add_argument("--rows", type=int, default=100_000)
     cp.add_argument("--requests", type=int, default=100, help="timed requests per page")
@@ -48,6 +51,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command in WORKER_COMMANDS:
         run_worker_command(args)
+        return
+    if args.command == FRONT_DOOR:
+        if wrk.binary() is None:
+            parser.error(wrk.WRK_MISSING)
+        run_front_door(args)
         return
     if args.command in CAPACITY_COMMANDS:
         run_capacity_command(args)

@@ -458,6 +458,47 @@ class Bench:
         self.db[0].delete(QUEUE, "default")  # nothing consumes them
         return run | {"server_cpu_s": round(cpu, 3), "req_per_cpu_s": round(run["requests"] / cpu, 1) if cpu else None}
 
+    def wrk_phase(
+        self, servers: list[tuple[wrk.Target, str]], profiled: dict[str, Process] | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Each server warmed up, then ``wrk_rounds`` alternating wrk rounds: the runs of each role. A role in
+        ``profiled`` has its process recorded by py-spy during its own runs (with ``profile_dir`` set)."""
+        log(
+            f"front doors alone, wrk ({self.config.concurrency} connections, {self.config.wrk_seconds:g} s, "
+            f"{self.config.wrk_rounds} alternating rounds): " + ", ".join(role for _, role in servers)
+        )
+        runs: dict[str, list[dict[str, Any]]] = {role: [] for _, role in servers}
+        for target, _ in servers:  # warm up: caches, connection pools
+            wrk.run(target, self.workdir, 1, connections=self.config.concurrency)
+            self.db[0].delete(QUEUE, "default")
+        for i in range(self.config.wrk_rounds):
+            for target, role in servers:
+                process = (profiled or {}).get(role)
+                spy = self.profiled(f"front-door-{i + 1}", process) if process else contextlib.nullcontext()
+                with spy:
+                    runs[role].append(self.wrk_round(target, role))
+            log(
+                f"  round {i + 1}: "
+                + "; ".join(
+                    f"{role} {r[-1]['req_per_s']:.0f} req/s (p50 {r[-1]['latency_ms']['p50']}, p99 "
+                    f"{r[-1]['latency_ms']['p99']} ms, {r[-1]['req_per_cpu_s']} per CPU-s)"
+                    for role, r in runs.items()
+                )
+            )
+        return runs
+
+    def wrk_what(self) -> str:
+        return f"wrk, 2 threads, {self.config.concurrency} connections, {self.config.wrk_seconds:g} s a run"
+
+    def flower_summary(self, version: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "what": f"Flower {version} POST /api/task/async-apply/<name>, {self.wrk_what()}; the front door alone "
+            "(no worker consumes: Flower and Redis are all that run)",
+            "version": version,
+            **_wrk_summary(runs),
+            "peak_rss": self.rss.report(["flower"]),
+        }
+
     def front_doors(self) -> None:  # long: three servers, wrk in alternating rounds, then the batch endpoint
         """Flower's async-apply, the gateway on 1 and on 2 processes, each with nothing consuming, driven by wrk
         in alternating rounds; then the gateway's batch endpoint with the bench's own client."""
@@ -476,38 +517,14 @@ class Bench:
                 "mallops gateway (2 processes)",
             )
         )
-        log(
-            f"front doors alone, wrk ({self.config.concurrency} connections, {self.config.wrk_seconds:g} s, "
-            f"{self.config.wrk_rounds} alternating rounds): " + ", ".join(role for _, role in servers)
-        )
-        runs: dict[str, list[dict[str, Any]]] = {role: [] for _, role in servers}
-        for target, _ in servers:  # warm up: caches, connection pools
-            wrk.run(target, self.workdir, 1, connections=self.config.concurrency)
-            self.db[0].delete(QUEUE, "default")
-        for i in range(self.config.wrk_rounds):
-            for target, role in servers:
-                runs[role].append(self.wrk_round(target, role))
-            log(
-                f"  round {i + 1}: "
-                + "; ".join(
-                    f"{role} {r[-1]['req_per_s']:.0f} req/s (p50 {r[-1]['latency_ms']['p50']}, p99 "
-                    f"{r[-1]['latency_ms']['p99']} ms, {r[-1]['req_per_cpu_s']} per CPU-s)"
-                    for role, r in runs.items()
-                )
-            )
+        runs = self.wrk_phase(servers)
         self.stop(two, "mallops gateway (2 processes)")
-        what = f"wrk, 2 threads, {self.config.concurrency} connections, {self.config.wrk_seconds:g} s a run"
         if version is not None:
-            self.results["flower"] = {
-                "what": f"Flower {version} POST /api/task/async-apply/<name>, {what}; the front door alone (no "
-                "worker consumes: Flower and Redis are all that run)",
-                "version": version,
-                **_wrk_summary(runs["flower"]),
-                "peak_rss": self.rss.report(["flower"]),
-            }
+            self.results["flower"] = self.flower_summary(version, runs["flower"])
             self.stop(flower, "flower")
         else:
             self.results["flower"] = {"skipped": "--no-flower, or flower is not installed (pip install -e '.[bench]')"}
+        what = self.wrk_what()
         self.db[0].delete(QUEUE, "default")
         warm = max(WARM_UP, self.config.concurrency)
         self.http_batches(f"{self.gw}/api/v1/tasks/batch", self.headers, warm)

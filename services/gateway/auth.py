@@ -29,6 +29,11 @@ class TokenCache:
         self._entries: dict[str, tuple[float, Principal | None]] = {}
         self._epoch: str | None = None  # the last TOKENS_EPOCH_KEY this process saw
 
+    @property
+    def epoch(self) -> str | None:
+        """The revocation counter as this process last saw it (None: not seen, or not set in Redis)."""
+        return self._epoch
+
     def epoch_changed(self, epoch: str | None) -> bool:
         """Note the revocation counter read from Redis; when it moved, forget every verified token."""
         if epoch == self._epoch:

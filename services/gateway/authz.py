@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway import audit as gateway_audit
-from services.gateway.deps import CurrentPrincipal
+from services.gateway.deps import CurrentPrincipal, bearer, settle_rate_limit, submitting_principal
 from services.gateway.problems import ProblemError
 from services.gateway.submission import Prepared
 from shared import audit, permissions
@@ -44,7 +45,9 @@ def forbidden(permission: str, detail: str) -> ProblemError:
 async def deny(
     request: Request, permission: str, detail: str, *, action: str = audit.PERMISSION_DENIED, target: str | None = None
 ) -> ProblemError:
-    """Record the refusal in the audit trail and return the 403 to raise."""
+    """Record the refusal in the audit trail and return the 403 to raise (a 429 first, when a submission's
+    rate-limit hit was pending and the limit is reached: such a request is refused before anything else)."""
+    await settle_rate_limit(request)
     details = {"permission": permission, "method": request.method, "path": request.url.path}
     await gateway_audit.record(request, action, outcome="denied", target=target, details=details)
     return forbidden(permission, detail)
@@ -79,6 +82,25 @@ def requires(*needed: str) -> Any:
 
 
 Submitter = Annotated[Principal, Depends(Requires(per_task=True))]
+
+
+class RequiresSubmitting(Requires):
+    """``Requires(per_task=True)`` whose principal's rate-limit hit is left to the submission script
+    (:func:`services.gateway.deps.submitting_principal`): ``POST /api/v1/tasks``.
+
+    It authenticates itself rather than through ``CurrentPrincipal`` and ``RuntimeDep``: FastAPI solves every
+    dependency of the tree on each request, cached or not, about 15-20 us each (docs/performance.md)."""
+
+    def __init__(self) -> None:
+        super().__init__(per_task=True)
+
+    async def __call__(  # type: ignore[override]
+        self, request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    ) -> Principal:
+        return await submitting_principal(request, request.app.state.runtime, credentials)
+
+
+SingleSubmitter = Annotated[Principal, Depends(RequiresSubmitting())]
 Reader = Annotated[Principal, requires(permissions.TASKS_READ_OWN)]
 
 

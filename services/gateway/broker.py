@@ -39,6 +39,8 @@ PERSISTENT = 2
 
 def message_priority(priority: Any) -> int:
     """The priority kombu stores and routes by: an int from 0 to 9 (0 when missing or not a number)."""
+    if priority is None:  # the usual case, without the cost of raising TypeError
+        return DEFAULT_PRIORITY
     try:
         return max(min(int(priority), MAX_PRIORITY), MIN_PRIORITY)
     except (TypeError, ValueError):
@@ -118,15 +120,15 @@ class Outgoing:
         self.sent: list[tuple[str, Any, dict[str, Any], str]] = []
 
 
-async def once_more_if_single(out: Outgoing, push: Callable[..., Awaitable[Any]], *args: Any) -> None:
+async def once_more_if_single(out: Outgoing, push: Callable[..., Awaitable[Any]], *args: Any) -> Any:
     """``await push(*args)``; a single message whose pooled connection was dead is pushed once more on a new
     one (the failed connection was dropped), a batch is not (it may have been pushed half-way)."""
     try:
-        await push(*args)
+        return await push(*args)
     except redis.ConnectionError:
         if len(out.pushes) > 1:
             raise
-        await push(*args)
+        return await push(*args)
 
 
 class TaskPublisher(Protocol):

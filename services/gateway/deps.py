@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -48,16 +49,11 @@ def _unauthorized(detail: str) -> ProblemError:
     return ProblemError(401, detail, kind="unauthorized", headers={"WWW-Authenticate": 'Bearer realm="mallops"'})
 
 
-async def current_principal(
-    request: Request,
-    runtime: RuntimeDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Principal:
-    """The caller, from ``Authorization: Bearer <token>``; also applies the per-token rate limit.
-
-    Requests without a valid token (missing, unknown, expired, revoked) are counted per client address;
-    past ``MALLOPS_AUTH_FAILURES_PER_MINUTE`` they are 429 before the database is asked.
-    """
+async def _authenticate(
+    request: Request, runtime: Runtime, credentials: HTTPAuthorizationCredentials | None
+) -> tuple[Principal, str, bool]:
+    """The caller, its token and whether the token came from the cache; 401 (or 429 for a client that keeps
+    sending bad tokens) otherwise."""
     token = credentials.credentials if credentials is not None else ""
     known, principal = runtime.tokens.cached(token) if token else (True, None)
     if not known:
@@ -69,11 +65,82 @@ async def current_principal(
             raise _unauthorized("send an API token: Authorization: Bearer <token>")
         raise _unauthorized("the API token is unknown, expired or revoked")
     request.state.principal = principal.name
+    return principal, token, known
+
+
+@dataclass
+class PendingRateLimit:
+    """A request authenticated whose rate-limit hit is still to come: :func:`submitting_principal` leaves it
+    to the submission script (one round trip for the limit and the submission, ``services/gateway/taskstore.py``),
+    and whatever answers the request otherwise calls :meth:`settle` first, so the answer is 429 whenever the
+    limit is reached, before 422, 403 or anything else, and every request is counted as before."""
+
+    runtime: Runtime
+    principal: Principal
+    token: str
+    known: bool
+    settled: bool = False
+
+    async def settle(self) -> Principal:
+        """The rate-limit hit and revocation check of :func:`current_principal`, once."""
+        if self.settled:
+            return self.principal
+        decision = await self.runtime.limiter.hit(self.principal.name, read=TOKENS_EPOCH_KEY)
+        return await self.decided(decision)
+
+    def script_args(self) -> list[Any]:
+        """The submission script's rate-limit arguments: the hit's, then the revocation counter's key and the
+        value this process last saw ('1' after it when none)."""
+        seen = self.runtime.tokens.epoch
+        hit = self.runtime.limiter.hit_args(self.principal.name)
+        return [*hit, TOKENS_EPOCH_KEY, seen or "", "1" if seen is None else "0"]
+
+    async def decided(self, decision: Decision) -> Principal:
+        """Apply a hit's decision (made here or by the submission script): 401 for a token revoked since it was
+        verified, 429 beyond the limit."""
+        self.settled = True
+        self.principal = await _after_hit(self.runtime, self.principal, self.token, self.known, decision)
+        return self.principal
+
+
+async def settle_rate_limit(request: Request) -> None:
+    """The rate-limit hit a submission left pending, before anything answers the request (a no-op otherwise)."""
+    pending: PendingRateLimit | None = getattr(request.state, "rate_limit_pending", None)
+    if pending is not None:
+        await pending.settle()
+
+
+async def current_principal(
+    request: Request,
+    runtime: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    """The caller, from ``Authorization: Bearer <token>``; also applies the per-token rate limit.
+
+    Requests without a valid token (missing, unknown, expired, revoked) are counted per client address;
+    past ``MALLOPS_AUTH_FAILURES_PER_MINUTE`` they are 429 before the database is asked.
+    """
+    principal, token, known = await _authenticate(request, runtime, credentials)
     decision = await runtime.limiter.hit(principal.name, read=TOKENS_EPOCH_KEY)
+    return await _after_hit(runtime, principal, token, known, decision)
+
+
+async def submitting_principal(
+    request: Request, runtime: Runtime, credentials: HTTPAuthorizationCredentials | None
+) -> Principal:
+    """:func:`current_principal` with the rate-limit hit left pending (``request.state.rate_limit_pending``)
+    for ``POST /api/v1/tasks``, whose submission script makes it (:class:`PendingRateLimit`)."""
+    principal, token, known = await _authenticate(request, runtime, credentials)
+    request.state.rate_limit_pending = PendingRateLimit(runtime, principal, token, known)
+    return principal
+
+
+async def _after_hit(runtime: Runtime, principal: Principal, token: str, known: bool, decision: Decision) -> Principal:
     if runtime.tokens.epoch_changed(decision.read) and known:  # a token was revoked since it was verified
-        principal = await runtime.tokens.principal(token)
-        if principal is None or principal.expired():
+        again = await runtime.tokens.principal(token)
+        if again is None or again.expired():
             raise _unauthorized("the API token is unknown, expired or revoked")
+        principal = again
     if not decision.allowed:
         raise ProblemError(
             429,

@@ -131,8 +131,25 @@ def describe_errors(errors: Sequence[Mapping[str, Any]], limit: int = 3) -> str:
     return "invalid request: " + "; ".join(parts) + more
 
 
+async def _rate_limit_first(request: Request) -> Response | None:
+    """A submission leaves its rate-limit hit to its script (``services.gateway.deps.PendingRateLimit``); a
+    request answered otherwise makes it now, so that the limit's 429 comes before any other refusal."""
+    pending = getattr(request.state, "rate_limit_pending", None)
+    if pending is None or pending.settled:
+        return None
+    try:
+        await pending.settle()
+    except ProblemError as refused:
+        return await _problem_error(request, refused)
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        return await _redis_error(request, exc)
+    return None
+
+
 async def _problem_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProblemError)
+    if (refused := await _rate_limit_first(request)) is not None:
+        return refused
     return problem_response(
         request,
         exc.status,
@@ -177,6 +194,8 @@ def _allowed_methods(request: Request) -> list[str]:
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
+    if (refused := await _rate_limit_first(request)) is not None:
+        return refused
     errors = field_errors(exc.errors())
     return problem_response(
         request,

@@ -25,27 +25,39 @@ WINDOW = 60
 KEY = GATEWAY_KEY_PREFIX + "rate:{name}"
 AUTH_FAILURES_KEY = GATEWAY_KEY_PREFIX + "authfail:{name}"  # per client address: requests without a valid token
 
+# A Lua function of (the token's log, window seconds, limit, a unique member for this request): allowed (1/0),
+# remaining, retry-after in ms. Also run inside the gateway's submission script (services/gateway/taskstore.py).
+HIT_FUNCTION = """
+local function rate_limit_hit(key, window_s, limit_s, member)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local window = tonumber(window_s) * 1000
+  local limit = tonumber(limit_s)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local count = redis.call('ZCARD', key)
+  if count < limit then
+    redis.call('ZADD', key, now, member)
+    redis.call('PEXPIRE', key, window)
+    return 1, limit - count - 1, 0
+  end
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  local wait = window
+  if oldest[2] then wait = tonumber(oldest[2]) + window - now end
+  return 0, 0, wait
+end
+"""
+
 # KEYS[1] the token's log, KEYS[2] (optional) a key to read in the same round trip; ARGV: window seconds,
 # limit, a unique member for this request. Returns {allowed (1/0), remaining, retry-after in ms, KEYS[2]'s value}.
-_HIT = """
+_HIT = (
+    HIT_FUNCTION
+    + """
 local read = false
 if KEYS[2] then read = redis.call('GET', KEYS[2]) end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = tonumber(ARGV[1]) * 1000
-local limit = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local count = redis.call('ZCARD', KEYS[1])
-if count < limit then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window)
-  return {1, limit - count - 1, 0, read}
-end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local wait = window
-if oldest[2] then wait = tonumber(oldest[2]) + window - now end
-return {0, 0, wait, read}
+local allowed, remaining, wait = rate_limit_hit(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+return {allowed, remaining, wait, read}
 """
+)
 
 
 # KEYS[1] the log; ARGV: window seconds, limit. Returns {full (1/0), retry-after in milliseconds}; records nothing.
@@ -89,8 +101,15 @@ class RateLimiter:
     async def hit(self, name: str, read: str | None = None) -> Decision:
         """Record a request of ``name`` if it fits; also read the key ``read`` in the same round trip."""
         keys = [self._key.format(name=name), *([read] if read else [])]
-        allowed, remaining, wait_ms, *value = await self._hit(keys=keys, args=[WINDOW, self.limit, uuid.uuid4().hex])
-        read_value = value[0] if value else None
-        if int(allowed):
-            return Decision(True, self.limit, int(remaining), 0, read_value)
-        return Decision(False, self.limit, 0, max(1, math.ceil(int(wait_ms) / 1000)), read_value)
+        allowed, remaining, wait_ms, *value = await self._hit(keys=keys, args=self.hit_args(name)[1:])
+        return self.decision(int(allowed), int(remaining), int(wait_ms), value[0] if value else None)
+
+    def hit_args(self, name: str) -> list[Any]:
+        """``rate_limit_hit``'s arguments for a request of ``name``: its log, window, limit, a unique member."""
+        return [self._key.format(name=name), WINDOW, self.limit, uuid.uuid4().hex]
+
+    def decision(self, allowed: int, remaining: int, wait_ms: int, read: str | None = None) -> Decision:
+        """What ``rate_limit_hit`` answered, as a :class:`Decision`."""
+        if allowed:
+            return Decision(True, self.limit, remaining, 0, read)
+        return Decision(False, self.limit, 0, max(1, math.ceil(wait_ms / 1000)), read)

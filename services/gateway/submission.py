@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kombu.exceptions import KombuError, OperationalError
 from pydantic import ValidationError
@@ -27,11 +28,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from services.gateway.broker import Publisher, TaskMessage, once_more_if_single
+from services.gateway.broker import Outgoing, Publisher, TaskMessage, once_more_if_single
 from services.gateway.problems import ProblemError, describe_errors, field_errors
 from services.gateway.runtime import Runtime
 from services.gateway.schemas import TaskAccepted, TaskSubmission
-from services.gateway.taskstore import TaskStore
+from services.gateway.taskstore import PUSHED, TaskStore
 from shared import deferred
 from shared.catalog import TaskArgumentError, TaskSpec, get_spec
 from shared.contracts import (
@@ -44,8 +45,11 @@ from shared.contracts import (
 )
 from shared.logs import request_id_var
 from shared.models import DeferredTask, TaskRecord, Workflow
-from shared.taskmeta import TaskMeta
+from shared.taskmeta import UNFINISHED, TaskMeta
 from shared.tokens import Principal
+
+if TYPE_CHECKING:
+    from services.gateway.deps import PendingRateLimit
 
 log = logging.getLogger("mallops.gateway")
 
@@ -173,6 +177,14 @@ def messages(items: Sequence[Prepared]) -> list[TaskMessage]:
     ]
 
 
+class _RateLimitUnreachable(Exception):
+    """The submission script failed on Redis, and so did the rate-limit hit made after it."""
+
+    def __init__(self, error: RedisError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class Submitter:
     """Quota, metadata and publishing for one or many prepared submissions of one owner."""
 
@@ -181,17 +193,27 @@ class Submitter:
         self.store = store
 
     async def submit(
-        self, principal: Principal, items: Sequence[Prepared], owner: str | None = None, retry_of: str | None = None
+        self,
+        principal: Principal,
+        items: Sequence[Prepared],
+        owner: str | None = None,
+        retry_of: str | None = None,
+        rate_limit: PendingRateLimit | None = None,
     ) -> list[TaskAccepted]:
-        """Publish the items due within the broker's horizon and store the others as deferred runs."""
+        """Publish the items due within the broker's horizon and store the others as deferred runs.
+
+        ``rate_limit``: the request's rate-limit hit, still to make; the submission script makes it when it
+        can (metadata and messages on the cache's Redis server), else it is made first."""
         owner = owner or principal.name
         later = [item for item in items if item.deferred_until is not None]
         now = [item for item in items if item.deferred_until is None]
+        if rate_limit is not None and (later or not self._fusable(principal, now)):
+            await rate_limit.settle()
         if later:
             await self._defer(owner, later)
         try:
             if now:
-                await self._publish(principal, owner, now, retry_of)
+                await self._publish(principal, owner, now, retry_of, rate_limit)
         except BaseException:
             if later:
                 await run_in_threadpool(self._forget_deferred, [item.task_id for item in later])
@@ -235,10 +257,29 @@ class Submitter:
         except SQLAlchemyError as exc:
             log.warning("could not undo deferred runs %s: %s", task_ids, exc)
 
-    async def _publish(self, principal: Principal, owner: str, items: Sequence[Prepared], retry_of: str | None) -> None:
+    def _fusable(self, principal: Principal, items: Sequence[Prepared]) -> bool:
+        """Whether the rate limit, the quota, the metadata and the messages of ``items`` fit one script: the
+        broker is a database of the cache's Redis server and the items alone do not exceed the quota."""
+        publisher = self.runtime.publisher
+        beside = isinstance(publisher, Publisher) and publisher.broker_db_beside(self.runtime.cache) is not None
+        return beside and (principal.is_admin or len(items) <= self.runtime.settings.task_max_per_user)
+
+    async def _publish(
+        self,
+        principal: Principal,
+        owner: str,
+        items: Sequence[Prepared],
+        retry_of: str | None,
+        rate_limit: PendingRateLimit | None = None,
+    ) -> None:
         ids = [item.task_id for item in items]
         quota = not principal.is_admin
-        if quota:
+        fused = rate_limit is not None and not rate_limit.settled
+        if fused and not self._fusable(principal, items):
+            assert rate_limit is not None
+            await rate_limit.settle()
+            fused = False
+        if quota and not fused:
             await self._reserve(owner, ids)
         now = dt.datetime.now(dt.UTC)
         metas = [
@@ -258,12 +299,20 @@ class Submitter:
             if isinstance(publisher, Publisher) and broker_db is not None:  # metadata and messages: one round trip
                 recorded = True  # (whatever part of the script ran is undone on failure)
                 out = publisher.outgoing(messages(items), headers)
-                await once_more_if_single(out, self.store.record, metas, (broker_db, out.pushes))
+                pushed = False
+                if fused:
+                    assert rate_limit is not None
+                    pushed = await self._limit_and_push(rate_limit, owner, ids, quota, metas, (broker_db, out))
+                if not pushed:
+                    await once_more_if_single(out, self.store.record, metas, (broker_db, out.pushes))
                 publisher.published(out)
             else:
                 await self.store.record(metas)
                 recorded = True
                 await publisher.publish(messages(items), headers)
+        except _RateLimitUnreachable as exc:  # 503 from the handler of Redis errors, as for any request's hit
+            await self._undo(owner, ids, metas, quota)
+            raise exc.error from exc.__cause__
         except (OperationalError, KombuError, RedisError, OSError, TimeoutError) as exc:
             log.warning("cannot enqueue %d task(s) for %s: %s", len(items), owner, exc)
             self.runtime.metrics.publish_failures.inc()
@@ -278,6 +327,41 @@ class Submitter:
         except BaseException:
             await self._undo(owner, ids, metas if recorded else [], quota)
             raise
+
+    async def _limit_and_push(
+        self,
+        rate_limit: PendingRateLimit,
+        owner: str,
+        ids: list[str],
+        quota: bool,
+        metas: Sequence[TaskMeta],
+        to: tuple[int, Outgoing],
+    ) -> bool:
+        """The rate-limit hit, the quota, the metadata and the messages in one script (LIMIT_RECORD_AND_PUSH);
+        True when it pushed them. Otherwise the hit is decided here (401 for a token revoked meanwhile, 429 over
+        the limit) and, for a full quota, the owner's finished tasks are pruned and the quota reserved as
+        :meth:`reserve` does; the caller then records and pushes."""
+        broker_db, out = to
+        settings = self.runtime.settings
+        reserve = [UNFINISHED + owner, settings.task_max_per_user, time.time(), self.store.ttl] if quota else [""] * 4
+        try:
+            answer = await once_more_if_single(
+                out, self.store.record, metas, (broker_db, out.pushes), [*rate_limit.script_args(), *reserve, *ids]
+            )
+        except RedisError as exc:
+            try:  # the request counts as any other; if the hit fails too, it is answered as such a failure is
+                await rate_limit.settle()
+            except RedisError as unreachable:
+                raise _RateLimitUnreachable(unreachable) from exc
+            raise
+        code, allowed, remaining, count, *epoch = answer
+        decision = self.runtime.limiter.decision(int(allowed), int(remaining), int(count), epoch[0] if epoch else None)
+        await rate_limit.decided(decision)
+        if int(code) == PUSHED:
+            return True
+        if quota:
+            await self._reserve(owner, ids)
+        return False
 
     async def _undo(self, owner: str, ids: list[str], metas: list[TaskMeta], quota: bool) -> None:
         try:

@@ -22,6 +22,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from kombu.utils.json import loads as kombu_loads
 
+from services.gateway.ratelimit import HIT_FUNCTION
 from shared.contracts import RESULT_KEY_PREFIX
 from shared.taskmeta import (
     META_KEY,
@@ -64,6 +65,42 @@ return #pushes
 """
 
 
+# Codes of LIMIT_RECORD_AND_PUSH's answer {code, allowed, remaining, wait ms or count, epoch}
+PUSHED, HIT_ONLY, QUOTA_FULL = 1, 2, 3
+
+# ``POST /api/v1/tasks`` in one round trip: the token's rate-limit hit (ratelimit.HIT_FUNCTION) and the
+# revocation counter first, then the owner's quota (as _RESERVE), then RECORD_AND_PUSH. ARGV[1..7] as
+# RECORD_AND_PUSH's; ARGV[8..11] rate_limit_hit's (log, window, limit, member); ARGV[12] the revocation
+# counter's key, ARGV[13] its value as this process last saw it, ARGV[14] '1' when it saw none; ARGV[15] the
+# owner's unfinished set ('' for no quota), ARGV[16..18] the quota's limit, now and ttl, ARGV[19..] task ids.
+# A refused request records nothing but is not counted; when the counter moved (a token was revoked) or the
+# limit is reached the script stops after the hit (HIT_ONLY) and the gateway decides as for any request; a
+# full quota stops it after the hit too (QUOTA_FULL: the gateway prunes and reserves as before). The epoch is
+# last, as Lua's false ends an array.
+LIMIT_RECORD_AND_PUSH = (
+    HIT_FUNCTION
+    + f"""
+local function record_and_push(ARGV)
+{RECORD_AND_PUSH}
+end
+local epoch = redis.call('GET', ARGV[12])
+local allowed, remaining, wait = rate_limit_hit(ARGV[8], ARGV[9], ARGV[10], ARGV[11])
+local changed
+if ARGV[14] == '1' then changed = epoch ~= false else changed = epoch ~= ARGV[13] end
+if changed or allowed == 0 then return {{{HIT_ONLY}, allowed, remaining, wait, epoch}} end
+if ARGV[15] ~= '' then
+  local n = redis.call('ZCARD', ARGV[15])
+  if n + (#ARGV - 18) > tonumber(ARGV[16]) then return {{{QUOTA_FULL}, allowed, remaining, n, epoch}} end
+  for i = 19, #ARGV do redis.call('ZADD', ARGV[15], ARGV[17], ARGV[i]) end
+  redis.call('EXPIRE', ARGV[15], ARGV[18])
+end
+local pushed = record_and_push({{ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]}})
+if type(pushed) == 'table' then return pushed end
+return {{{PUSHED}, allowed, remaining, pushed, epoch}}
+"""
+)
+
+
 class TaskStore:
     def __init__(self, cache: aioredis.Redis[str], results: aioredis.Redis[str], ttl: int) -> None:
         self.cache = cache
@@ -72,12 +109,16 @@ class TaskStore:
 
     # -- metadata ----------------------------------------------------------------------------
 
-    async def record(self, metas: Sequence[TaskMeta], then_push: Pushes | None = None) -> None:
+    async def record(
+        self, metas: Sequence[TaskMeta], then_push: Pushes | None = None, limited: Sequence[Any] = ()
+    ) -> Any:
         """Store the metadata of tasks about to be published: one round trip (a script that SETs every
         task's JSON with its TTL, and the sorted-set additions) however many tasks there are.
 
         With ``then_push`` (the broker's database on this Redis server, and its LPUSHes) the same script then
-        publishes the messages: metadata and messages in one round trip (docs/performance.md)."""
+        publishes the messages: metadata and messages in one round trip (docs/performance.md). With
+        ``limited`` too (LIMIT_RECORD_AND_PUSH's ARGV from the 8th on: rate limit, revocation counter, quota)
+        the script checks those first; returns its answer."""
         now = time.time()
         owners = sorted({m.owner for m in metas})
         rows = [[META_KEY + m.task_id, m.to_json(), m.task_id, RECENT_OWNER + m.owner] for m in metas]
@@ -89,14 +130,16 @@ class TaskStore:
             else:
                 db, pushes = then_push
                 cache_db = int(self.cache.connection_pool.connection_kwargs.get("db", 0) or 0)
-                pipe.eval(RECORD_AND_PUSH, 0, *record, db, cache_db, json.dumps(pushes, separators=(",", ":")))
+                script = LIMIT_RECORD_AND_PUSH if limited else RECORD_AND_PUSH
+                pushed = json.dumps(pushes, separators=(",", ":"))
+                pipe.eval(script, 0, *record, db, cache_db, pushed, *limited)
             # keep the lists bounded (cheap unless a set has grown past its bound)
             pipe.zremrangebyrank(RECENT_ALL, 0, -RECENT_MAX - 1)
             pipe.zremrangebyscore(RECENT_ALL, "-inf", now - self.ttl)
             for owner in owners:
                 pipe.expire(RECENT_OWNER + owner, self.ttl)
                 pipe.zremrangebyrank(RECENT_OWNER + owner, 0, -RECENT_OWNER_MAX - 1)
-            await pipe.execute()
+            return (await pipe.execute())[0]
 
     async def forget(self, metas: Sequence[TaskMeta]) -> None:
         """Undo :meth:`record` for tasks that could not be published."""

@@ -103,3 +103,18 @@ def test_the_worker_scenarios_run_alone(tmp_path: Path) -> None:
     samples = json.loads(loaded.read_text())["samples"]
     assert samples[-1]["sent"] >= 500  # 20 a second for 30 s, paced
     assert all(row["parent_rss_mb"] > 0 and len(row["children_rss_mb"]) == 2 for row in samples)
+
+
+def test_the_front_door_scenario_runs_alone(tmp_path: Path) -> None:
+    """``python -m bench front-door``, the wrk phase of ``bench run`` alone (the gateway, no Flower, one short
+    round), as the bench install runs it: every figure of the summary is there and no request failed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOPS_")} | {"PYTHONPATH": str(ROOT)}
+    out = tmp_path / "front-door.json"
+    argv = [sys.executable, "-c", AS_BENCH_INSTALL, "front-door", "--rounds", "1", "--seconds", "1", "--no-flower"]
+    argv += ["--out", str(out), "--workdir", str(tmp_path / "work")]
+    run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    gateway = json.loads(out.read_text())["summary"]["gateway"]
+    assert gateway["errors"] == 0
+    assert all(gateway[figure] > 0 for figure in ("req_per_s", "req_per_cpu_s", "cpu_ms_per_request"))
+    assert 0 < gateway["p50_ms"] <= gateway["p99_ms"]

@@ -586,14 +586,14 @@ async def reports(page: PageDep) -> Response:
 
 
 @router.post("/exports")
-async def request_export(page: PageDep, form: FormDep, store: StoreDep) -> Response:
+async def request_export(page: PageDep, form: FormDep) -> Response:
     """export_data submitted through ``POST /api/v1/tasks`` (its validation, rights and audit), then the
     page that follows it to its file."""
     page.require("exports.request")
     try:
         kwargs = schema_form.arguments(views.export_form(), form)
         submission = TaskSubmission(task_name=views.EXPORT_TASK, kwargs=kwargs)
-        accepted = await submit_task(submission, page.principal, page.runtime, store, page.request, None)
+        accepted = await submit_task(submission, page.principal, page.request, None)
     except (ValueError, ProblemError) as exc:
         if isinstance(exc, ProblemError) and exc.status == 403:
             raise ConsoleError(403, "error.forbidden", exc.detail) from exc

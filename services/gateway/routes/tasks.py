@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.gateway import audit as gateway_audit
 from services.gateway import authz
-from services.gateway.deps import RuntimeDep, StoreDep
+from services.gateway.deps import PendingRateLimit, RuntimeDep, StoreDep, get_store, settle_rate_limit
 from services.gateway.idempotency import Answer, IdempotencyClaim, Replay, submit_once
 from services.gateway.openapi import admin_only
 from services.gateway.problems import ProblemError
@@ -94,18 +94,30 @@ SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
 )
 async def submit_task(
     submission: TaskSubmission,
-    principal: authz.Submitter,
-    runtime: RuntimeDep,
-    store: StoreDep,
+    principal: authz.SingleSubmitter,
     request: Request,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
-    """Validate a submission against the catalog and put it on its queue. 202 means it is in the broker."""
-    item = prepare(submission, max_delay=runtime.settings.broker_visibility_timeout)
-    await authz.authorize_submissions(request, principal, [item])
+    """Validate a submission against the catalog and put it on its queue. 202 means it is in the broker.
+
+    The token's rate-limit hit is made by the submission's own script (one round trip for both); any other
+    answer makes it first (``deps.PendingRateLimit``), so a request over the limit is 429 whatever else."""
+    # not RuntimeDep and StoreDep: FastAPI solves each dependency on every request (authz.RequiresSubmitting)
+    runtime: Runtime = request.app.state.runtime
+    store = await get_store(runtime)
+    # None when the console calls this with its own signed-in principal (its authentication applied the limit)
+    rate_limit: PendingRateLimit | None = getattr(request.state, "rate_limit_pending", None)
+    try:
+        item = prepare(submission, max_delay=runtime.settings.broker_visibility_timeout)
+        await authz.authorize_submissions(request, principal, [item])
+    except BaseException:
+        await settle_rate_limit(request)  # 429 (or 401 for a token revoked meanwhile) before the refusal
+        raise
+    if idempotency_key is not None and rate_limit is not None:
+        principal = await rate_limit.settle()
 
     async def submit() -> TaskAccepted:
-        return (await Submitter(runtime, store).submit(principal, [item]))[0]
+        return (await Submitter(runtime, store).submit(principal, [item], rate_limit=rate_limit))[0]
 
     answer = await _submit(runtime, principal, idempotency_key, submission.model_dump(mode="json"), submit)
     await authz.audit_submissions(request, [item], answer)

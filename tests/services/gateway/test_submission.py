@@ -302,5 +302,35 @@ def test_rate_limit_per_token_is_429_with_retry_after(gateway: GatewayFactory, t
         assert client.get("/healthz").status_code == 200
 
 
+def test_a_submission_over_the_rate_limit_is_429_before_any_other_refusal(
+    gateway: GatewayFactory, tokens: Tokens, redis_server: RedisServer
+) -> None:
+    """POST /api/v1/tasks makes its rate-limit hit in the submission's own script: a refused request (422, 404,
+    403) counts as before, and once the limit is reached every request is 429, whatever else is wrong with it,
+    and records nothing (no message, no metadata, no entry in the token's log)."""
+    broker = f"{redis_server.url_base}/{IDLE_BROKER_DB}"
+    bad_arguments = {"task_name": "test_task", "kwargs": {"fail": "not a boolean"}}
+    forbidden = {"task_name": "cleanup_old_access_records"}  # a maintenance task: not for a user's token
+    with gateway(broker_url=broker, rate_limit_per_minute=4, task_max_per_user=1000) as client:
+        alice = tokens.auth("alice")
+        assert client.post(TASKS, json={"task_name": "test_task"}, headers=alice).status_code == 202
+        assert client.post(TASKS, json=bad_arguments, headers=alice).status_code == 422
+        assert client.post(TASKS, json={"task_name": "no_such_task"}, headers=alice).status_code == 404
+        assert client.post(TASKS, json=forbidden, headers=alice).status_code == 403
+        for body in ({"task_name": "test_task"}, bad_arguments, {"task_name": "no_such_task"}, forbidden, {}):
+            refused = client.post(TASKS, json=body, headers=alice)
+            assert refused.status_code == 429, (body, refused.text)
+            assert refused.json()["type"] == "urn:mallops:problem:rate-limited"
+            assert 1 <= int(refused.headers["retry-after"]) <= 60
+        assert client.post(TASKS, json={"task_name": "test_task"}, headers=tokens.auth("bob")).status_code == 202
+    assert len(queued(redis_server)) == 2  # alice's first and bob's
+    assert len(_meta_keys(redis_server)) == 2
+    cache = redis_server.client(2)
+    try:
+        assert cache.zcard(f"mallops:gw:rate:{tokens.alice_name}") == 4  # the refused were not recorded
+    finally:
+        cache.close()
+
+
 def test_settings_fixture_is_untouched(settings: Settings) -> None:
     assert settings.rate_limit_per_minute == Settings().rate_limit_per_minute
