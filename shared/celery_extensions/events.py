@@ -129,6 +129,10 @@ class EventEmitter:
         not wait): a message's holder must be known before its worker can die unnoticed."""
         with self._lock:
             self._keys[key] = (value, ttl)
+        self.wake()
+
+    def wake(self) -> None:
+        """Flush at once, in the flusher thread (the caller does not wait)."""
         if self._thread is None:
             self._start_thread()
         self._wake.set()
@@ -669,11 +673,20 @@ def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     if fields["id"] and fields.get("host") and not getattr(getattr(request, "message", None), HELD_BY_POP, False):
         # who holds the message, for a requeuer to put it back at once if this worker is gone, where the
         # pop was kombu's BRPOP (reliable_pop's fallbacks). The reliable pop writes it with the message's
-        # unacked entry (redelivery.delivery_holder_key): then no receipt, so no flush (a wake-up and a
-        # round trip) per message; its task-received event goes with the next write (the STARTED state's)
+        # unacked entry (redelivery.delivery_holder_key): then no receipt
         holder = Holder(str(fields["host"]), os.getpid(), time.time())
         ttl = holder_ttl(events.emitter.settings.broker_visibility_timeout)
         events.emitter.put(holder_key(fields["id"], int(fields["retries"])), holder.dumps(), ttl)
+    elif _runs_elsewhere(sender):
+        # a prefork child runs the task and writes its states: task-received (its arguments) must be in the
+        # stream before the child's outcome, so the parent flushes now. In a threads pool it goes with the
+        # task's own STARTED write, from this process, without a round trip of its own
+        events.emitter.wake()
+
+
+def _runs_elsewhere(consumer: Any) -> bool:
+    """Whether ``consumer``'s tasks run in other processes (prefork) than the one that received them."""
+    return type(getattr(consumer, "pool", None)).__module__ == "celery.concurrency.prefork"
 
 
 def _request_arguments(request: Any) -> dict[str, Any] | None:
