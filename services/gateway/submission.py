@@ -281,18 +281,9 @@ class Submitter:
             fused = False
         if quota and not fused:
             await self._reserve(owner, ids)
-        now = dt.datetime.now(dt.UTC)
-        metas = [
-            TaskMeta(item.task_id, item.spec.name, item.spec.queue, owner, item.args, item.kwargs, now, retry_of)
-            for item in items
-        ]
+        metas = _metas(items, owner, retry_of)
+        headers = _headers(owner, retry_of)
         recorded = False
-        headers = {OWNER_HEADER: owner}
-        if retry_of:  # the history keeps which task a retry repeats
-            headers[RETRY_OF_HEADER] = retry_of
-        request_id = request_id_var.get()
-        if request_id:  # the worker's log lines and the history name the request that submitted it
-            headers[REQUEST_ID_HEADER] = request_id
         try:
             publisher = self.runtime.publisher
             broker_db = publisher.broker_db_beside(self.runtime.cache) if isinstance(publisher, Publisher) else None
@@ -437,3 +428,23 @@ class Submitter:
         # a workflow counts once against the quota (its id is the member) until it is finished
         finished = {row.id for row in flows if row.status in WORKFLOW_FINAL_STATES}
         return finished | {row.task_id for row in rows if row.state in FINAL_STATES}
+
+
+def _metas(items: Sequence[Prepared], owner: str, retry_of: str | None) -> list[TaskMeta]:
+    """The gateway's metadata of the tasks about to be published."""
+    now = dt.datetime.now(dt.UTC)
+    return [
+        TaskMeta(item.task_id, item.spec.name, item.spec.queue, owner, item.args, item.kwargs, now, retry_of)
+        for item in items
+    ]
+
+
+def _headers(owner: str, retry_of: str | None) -> dict[str, str]:
+    """The message headers mallops adds to a submission's messages."""
+    headers = {OWNER_HEADER: owner}
+    if retry_of:  # the history keeps which task a retry repeats
+        headers[RETRY_OF_HEADER] = retry_of
+    request_id = request_id_var.get()
+    if request_id:  # the worker's log lines and the history name the request that submitted it
+        headers[REQUEST_ID_HEADER] = request_id
+    return headers
