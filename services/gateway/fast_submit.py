@@ -117,16 +117,16 @@ async def _receive_body(receive: Receive) -> list[Message]:
 async def _acceptable(request: Request, token: str, received: list[Message]) -> tuple[Principal, Prepared] | None:
     """The caller and its prepared submission when the fast path may answer it, or None for the route: nothing
     has been recorded then, and the route does everything again, refusals and their answers included."""
-    if received[-1]["type"] != "http.request":
-        return None
     body = b"".join(message.get("body", b"") for message in received)
-    runtime: Runtime = request.app.state.runtime
-    principal = cached_principal(runtime, token)
-    if principal is None or not body:
+    if received[-1]["type"] != "http.request" or not body:
         return None
     try:
+        runtime: Runtime = request.app.state.runtime
+        principal = cached_principal(runtime, token)
+        if principal is None:
+            return None
         # as the route gets it: Starlette's Request.json(), then the model in Python mode (FastAPI's body field)
-        submission = TaskSubmission.model_validate(json.loads(body))
+        submission = TaskSubmission.model_validate(json.loads(body), from_attributes=True)
         item = prepare(submission, max_delay=runtime.settings.broker_visibility_timeout)
         if item.deferred_until is not None or await authz.submission_refusal(request, principal, [item]):
             return None
