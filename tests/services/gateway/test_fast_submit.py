@@ -59,6 +59,7 @@ class Step:
 
 
 ROLES = ("user", "viewer", "admin", "revoked")
+ORIGIN = "https://ops.mall.example"
 EMAIL = {"email": "nobody@example.com", "subject": "s", "message": "m"}
 
 
@@ -285,22 +286,22 @@ def test_accepted_submissions_are_answered_below_fastapi_as_by_the_route(
         Step("user", {"task_name": "test_task", "eta": "2026-01-01T00:00:00Z"}, headers={"X-Request-ID": "bad id!"}),
         Step("admin", {"task_name": "export_data", "kwargs": {"dataset": "stores", "format": "csv"}}),
         Step("admin", {"task_name": "generate_daily_report", "kwargs": {"date": "2026-11-14"}}),
+        Step("user", {"task_name": "test_task"}, headers={"Origin": ORIGIN}),  # CORS headers: the middleware's
     ]
-    on, _ = _compare(gateway, migrated, redis_server, access_lines, steps)
+    on, _ = _compare(gateway, migrated, redis_server, access_lines, steps, cors_origins=[ORIGIN])
     assert on.fast == len(steps)
     assert [a["status"] for a in on.answers] == [202] * len(steps)
     assert on.answers[0]["headers"]["content-type"] == "application/json"
     assert on.answers[0]["headers"]["x-request-id"] == "parity-0"
     assert on.answers[2]["headers"]["x-request-id"] == "<hex>"  # the gateway's own, for an implausible one
-    assert len(on.messages) == len(on.metadata) == 5
+    assert len(on.messages) == len(on.metadata) == 6
+    assert on.answers[-1]["headers"]["access-control-allow-origin"] == ORIGIN
     assert on.messages[0]["headers"]["mallops_request_id"] == "parity-0"
     assert [row["action"] for row in on.audit] == ["task.submit"]  # the export's
     assert on.access_lines[-1].startswith("POST /api/v1/tasks 202 <ms>")
-    assert on.access_entries[-1]["principal"] == "<admin>"
-    assert (
-        on.metrics["mallops_gateway_requests_total[('method', 'POST'), ('route', '/api/v1/tasks'), ('status', '202')]"]
-        == 5
-    )
+    assert on.access_entries[-2]["principal"] == "<admin>"
+    accepted = "mallops_gateway_requests_total[('method', 'POST'), ('route', '/api/v1/tasks'), ('status', '202')]"
+    assert on.metrics[accepted] == len(steps)
 
 
 def test_refusals_and_unusual_requests_are_answered_as_by_the_route(
@@ -379,3 +380,15 @@ def test_the_openapi_document_is_the_same_with_the_fast_path(migrated: Settings)
     off = create_app(migrated.model_copy(update={"gateway_fast_submit": False})).openapi()
     assert on == off
     assert "post" in on["paths"]["/api/v1/tasks"]
+
+
+def test_a_full_quota_found_by_the_script_is_answered_as_by_the_route(
+    gateway: GatewayFactory, migrated: Settings, redis_server: RedisServer, access_lines: _Lines
+) -> None:
+    """The script stops at a full quota; the gateway prunes and reserves as the route does, then 429."""
+    steps = [Step(who, {"task_name": "test_task"}) for who in ("user", "user", "admin")]  # admin: no quota
+    on, _ = _compare(gateway, migrated, redis_server, access_lines, steps, task_max_per_user=1)
+    assert [a["status"] for a in on.answers] == [202, 429, 202]
+    assert on.answers[1]["body"]["type"] == "urn:mallops:problem:quota-exceeded"
+    assert on.answers[1]["headers"]["retry-after"] == "10"
+    assert on.fast == 3
