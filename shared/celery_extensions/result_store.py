@@ -13,8 +13,9 @@ default layout: results in db 1, the stream in db 2), whatever the process has b
 and holder writes) and on success the task's ``task-succeeded`` event and its holder's deletion, built
 just before the result is stored. The postrun flush then finds nothing to write. A running task's STARTED
 waits for the events flusher's next tick and goes with what is buffered then; a task that ends sooner
-never writes it (its outcome drops it), which saves a round trip a task (:meth:`ResultStore._defer_started`). The guarantees stay:
-every event is written before the message is acknowledged, in the order it was emitted (the emitter's
+never writes it (its outcome drops it), which saves a round trip a task (:meth:`ResultStore._defer_started`).
+A SUCCESS also acknowledges the task's message when this process holds it (:mod:`.outcome_ack`). The
+guarantees stay: every event is written before the message is acknowledged, in the order it was emitted (the emitter's
 flush lock is held), and a write that fails puts the buffered events back (the staged outcome is then
 emitted by the ``task_success`` handler as before). Measured with ``python -m bench events-cost``
 (docs/performance.md).
@@ -24,6 +25,7 @@ With the stream on another server, or events off: the state alone, still one com
 
 from __future__ import annotations
 
+import threading
 from functools import cached_property, partial
 from typing import Any
 
@@ -34,17 +36,19 @@ from celery.exceptions import BackendStoreError
 from redis.commands.core import Script
 
 from shared.celery_extensions import events as lifecycle
+from shared.celery_extensions import outcome_ack
 
-_SERVER_KEYS = ("host", "port", "path", "username", "password")
 #: what a deferred STARTED passes as the script's third argument: it never replaces a final state
 KEEP_FINAL = 2
 
 
 # One command for a task's state and whatever lifecycle events the process has buffered (a script's
-# SELECT changes the database of the script only, not the connection's). KEYS[1]: the task's result key.
-# ARGV: the encoded meta (JSON); seconds to keep it (0: for good); '1' to keep a stored SUCCESS (Celery's
-# rule: a lost worker's late write must not overwrite a success), '2' to keep any final state (a deferred
-# STARTED), '0' to write regardless; the stream's
+# SELECT changes the database of the script only, not the connection's). KEYS[1]: the task's result key;
+# with a SUCCESS that acknowledges its message (outcome_ack.py), also kombu's unacked index and hash and the
+# message's delivery holder in the broker's database. ARGV: the encoded meta (JSON); seconds to keep it (0:
+# for good); '1' to keep a stored SUCCESS (Celery's rule: a lost worker's late write must not overwrite a
+# success), '2' to keep any final state (a deferred STARTED), '0' to write regardless; with the
+# acknowledgement, the broker's database and the delivery tag; the stream's
 # database ('' when there is nothing else to write), the stream, its approximate MAXLEN and its entries'
 # field; the number of events, the events; then (key, value, ttl) triples for the cache database, the
 # value '' for a deletion. Returns 1 when the state was written, 0 when a SUCCESS was kept.
@@ -68,13 +72,21 @@ if written == 1 then
   end
   redis.call('PUBLISH', KEYS[1], ARGV[1])
 end
-if ARGV[4] == '' then return written end
-redis.call('SELECT', ARGV[4])
-local events = tonumber(ARGV[8])
-for i = 9, 8 + events do
-  redis.call('XADD', ARGV[5], 'MAXLEN', '~', ARGV[6], '*', ARGV[7], ARGV[i])
+local n = 4
+if #KEYS == 4 then
+  redis.call('SELECT', ARGV[4])
+  redis.call('ZREM', KEYS[2], ARGV[5])
+  redis.call('HDEL', KEYS[3], ARGV[5])
+  redis.call('DEL', KEYS[4])
+  n = 6
 end
-for i = 9 + events, #ARGV, 3 do
+if ARGV[n] == '' then return written end
+redis.call('SELECT', ARGV[n])
+local events = tonumber(ARGV[n + 4])
+for i = n + 5, n + 4 + events do
+  redis.call('XADD', ARGV[n + 1], 'MAXLEN', '~', ARGV[n + 2], '*', ARGV[n + 3], ARGV[i])
+end
+for i = n + 5 + events, #ARGV, 3 do
   if ARGV[i + 1] == '' then
     redis.call('DEL', ARGV[i])
   else
@@ -148,48 +160,73 @@ class ResultStore(RedisBackend):  # type: ignore[misc]
         store_result: bool = True,
         state: str = states.SUCCESS,
     ) -> None:
-        events = lifecycle.for_app(self.app)
+        """Celery's, with the task's task-succeeded event staged for the write, and its message's
+        acknowledgement (:mod:`~shared.celery_extensions.outcome_ack`) when this process holds it."""
         task = self.app.current_worker_task
-        if events is None or state != states.SUCCESS or task is None or task.request.id != task_id:
+        if state != states.SUCCESS or not store_result or task is None or task.request.id != task_id:
             super().mark_as_done(task_id, result, request, store_result, state)
             return
-        events.stage_success(task, result, self.get_key_for_task(task_id))
+        events = lifecycle.for_app(self.app)
+        key = self.get_key_for_task(task_id)
+        if events is not None:
+            events.stage_success(task, result, key)
+        self._local.ack = (key, outcome_ack.find(task_id, self.client.connection_pool))
         try:
             super().mark_as_done(task_id, result, request, store_result, state)
         finally:
-            events.unstage()
+            self._local.ack = None
+            if events is not None:
+                events.unstage()
 
     def _set(self, key: Any, value: Any, expires: Any = None, unless_succeeded: bool = False) -> None:
         """Celery's ``_set`` (``SETEX`` and ``PUBLISH``), with ``unless_succeeded`` keeping a stored SUCCESS,
-        and whatever lifecycle events this process has buffered: one command (:data:`STORE_STATE`). It
-        overtakes the task's deferred STARTED."""
+        the message's acknowledgement staged by :meth:`mark_as_done` and whatever lifecycle events this
+        process has buffered: one command (:data:`STORE_STATE`). It overtakes the task's deferred STARTED."""
         if expires is None:
             expires = self.expires
-        state = [value, int(expires or 0), int(unless_succeeded)]
+        staged_ack: tuple[Any, outcome_ack.OutcomeAck | None] | None = getattr(self._local, "ack", None)
+        ack = staged_ack[1] if staged_ack is not None and staged_ack[0] == key else None
+        keys, state = [key], [value, int(expires or 0), int(unless_succeeded)]
+        if ack is not None:
+            keys, state = [key, *ack.keys], [*state, ack.db, ack.tag]
         events = lifecycle.for_app(self.app)
         target = self._stream_db(events.emitter) if events is not None else None
         if events is None or target is None:
-            self._script(keys=[key], args=[*state, ""], client=self.client)
-            return
+            self._script(keys=keys, args=[*state, ""], client=self.client)
+        else:
+            self._write_with_events(events, target, keys, state)
+        if ack is not None:
+            ack.done()
+
+    def _write_with_events(
+        self, events: lifecycle.LifecycleEvents, target: int, keys: list[Any], state: list[Any]
+    ) -> None:
+        """The state and whatever the process has buffered, with the staged task-succeeded and its holder's
+        deletion when this is that task's SUCCESS."""
         emitter = events.emitter
-        staged = events.staged_for(key)
+        staged = events.staged_for(keys[0])
         with emitter.flush_lock:
-            emitter.supersede(key)
-            batch, keys = emitter.take()
-            if not batch and not keys and staged is None:
-                self._script(keys=[key], args=[*state, ""], client=self.client)
+            emitter.supersede(keys[0])
+            batch, writes = emitter.take()
+            if not batch and not writes and staged is None:
+                self._script(keys=keys, args=[*state, ""], client=self.client)
                 return
             outcome = [staged.event] if staged is not None else []
             holder: dict[str, tuple[str, int] | None] = {staged.holder: None} if staged is not None else {}
             try:
-                carried = emitter.script_args(batch + outcome, keys | holder)
-                self._script(keys=[key], args=[*state, target, *carried], client=self.client)
+                carried = emitter.script_args(batch + outcome, writes | holder)
+                self._script(keys=keys, args=[*state, target, *carried], client=self.client)
             except BaseException:
-                emitter.put_back(batch, keys)
+                emitter.put_back(batch, writes)
                 raise
             emitter.written += len(batch) + len(outcome)
         if staged is not None:
             events.outcomes_written.add(staged.attempt)
+
+    @cached_property
+    def _local(self) -> threading.local:
+        """This thread's acknowledgement staged by :meth:`mark_as_done`, as (result key, ack or None)."""
+        return threading.local()
 
     @cached_property
     def _script(self) -> Script:
@@ -201,9 +238,7 @@ class ResultStore(RedisBackend):  # type: ignore[misc]
         cache: dict[str, int | None] = self.__dict__.setdefault("_events_db", {})
         url = emitter.url
         if url not in cache:
-            ours, theirs = self.client.connection_pool, redis.Redis.from_url(url).connection_pool
-            same = ours.connection_class is theirs.connection_class and all(
-                ours.connection_kwargs.get(k) == theirs.connection_kwargs.get(k) for k in _SERVER_KEYS
-            )
+            theirs = redis.Redis.from_url(url).connection_pool
+            same = outcome_ack.same_server(self.client.connection_pool, theirs)
             cache[url] = int(theirs.connection_kwargs.get("db", 0)) if same else None
         return cache[url]

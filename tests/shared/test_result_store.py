@@ -221,3 +221,46 @@ def test_a_deferred_started_never_replaces_a_final_state(own_redis: tuple[Settin
         if lifecycle is not None:
             lifecycle.close()
         app.close()
+
+
+def test_a_threads_worker_acknowledges_a_success_in_the_write_that_stores_it(
+    settings: Settings,
+    redis_server: RedisServer,
+    clean_broker: None,
+    worker_factory: Callable[..., Process],
+    service_env: dict[str, str],
+) -> None:
+    """On the threads pool the process that stores a task's SUCCESS holds its message: the script that stores
+    it also removes the message's unacked entry, index score and holder (no acknowledgement of its own)."""
+    own_broker = f"{redis_server.url_base}/5"  # no other test's worker consumes there
+    env = service_env | {"MALLOPS_MAINTENANCE_POOL": "threads", "MALLOPS_BROKER_URL": own_broker}
+    worker = worker_factory("maintenance", env=env)
+    app = create_celery_app("publisher", settings.model_copy(update={"broker_url": own_broker}))
+    broker = redis_server.client(5)
+    monitor = redis_server.client(5).monitor()
+    try:
+        with monitor as commands:
+            seen: list[dict[str, Any]] = []
+            for message in ("one", "two"):  # the first one's acknowledgement comes before the second's SUCCESS
+                result = app.send_task("mallops.maintenance.test_task", kwargs={"message": message}, queue="default")
+                assert result.get(timeout=60) == f"Task received: {message}"
+
+            def acknowledged() -> bool:
+                seen.append(commands.next_command())
+                return sum(c["command"].startswith("DEL mallops:held") for c in seen) == 2
+
+            wait_until(acknowledged, timeout=30, interval=0, message="both acknowledgements")
+        removal = ("ZREM unacked_index", "HDEL unacked", "DEL mallops:held")
+        removals = [c for c in seen if c["command"].startswith(removal)]
+        assert [c["client_type"] for c in removals] == ["lua"] * 6  # in the scripts, not kombu's MULTI
+        stored = [c for c in seen if c["command"].startswith("SETEX celery-task-meta-")]
+        assert [json.loads(c["command"].split(" ", 3)[3])["status"] for c in stored] == ["SUCCESS", "SUCCESS"]
+        assert all(c["client_type"] == "lua" for c in stored)
+        assert seen.index(stored[1]) < seen.index(removals[3])  # each SUCCESS, then its removals
+        tags = [c["command"].split(" ")[2] for c in removals if c["command"].startswith("ZREM")]
+        assert [broker.hget("unacked", tag) for tag in tags] == [None, None]
+        assert [broker.zscore("unacked_index", tag) for tag in tags] == [None, None]
+    finally:
+        worker.stop()
+        broker.close()
+        app.close()
