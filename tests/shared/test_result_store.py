@@ -247,7 +247,7 @@ def test_a_threads_worker_acknowledges_a_success_in_the_write_that_stores_it(
 
             def acknowledged() -> bool:
                 seen.append(commands.next_command())
-                return sum(c["command"].startswith("DEL mallops:held") for c in seen) == 2
+                return sum(1 for c in seen if str(c["command"]).startswith("DEL mallops:held")) == 2
 
             wait_until(acknowledged, timeout=30, interval=0, message="both acknowledgements")
         removal = ("ZREM unacked_index", "HDEL unacked", "DEL mallops:held")
