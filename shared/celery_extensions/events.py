@@ -337,9 +337,12 @@ class LifecycleEvents:
         self._staged = threading.local()
         # (task id, attempt) whose task-succeeded event (and holder deletion) went with the result
         self.outcomes_written: set[tuple[str, int]] = set()
+        # a forked process (a prefork pool's child): it runs tasks another process received
+        self.pool_child = False
 
     def after_fork_in_child(self) -> None:
         """A forked child must not share its parent's buffer, lock, socket or thread."""
+        self.pool_child = True
         self.emitter = EventEmitter(self.emitter.settings, self.emitter.node)
         self.started.clear()
         self.heartbeat_thread = None
@@ -726,16 +729,8 @@ def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
         holder = Holder(str(fields["host"]), os.getpid(), time.time())
         ttl = holder_ttl(events.emitter.settings.broker_visibility_timeout)
         events.emitter.put(holder_key(fields["id"], int(fields["retries"])), holder.dumps(), ttl)
-    elif _runs_elsewhere(sender):
-        # a prefork child runs the task and writes its states: task-received (its arguments) must be in the
-        # stream before the child's outcome, so the parent flushes now. In a threads pool it goes with the
-        # task's own STARTED write, from this process, without a round trip of its own
-        events.emitter.wake()
-
-
-def _runs_elsewhere(consumer: Any) -> bool:
-    """Whether ``consumer``'s tasks run in other processes (prefork) than the one that received them."""
-    return type(getattr(consumer, "pool", None)).__module__ == "celery.concurrency.prefork"
+    # else it waits in the buffer: in a threads pool it goes with the task's own next state write; a prefork
+    # child's outcome may reach the stream first, and its task-started carries the arguments (_on_prerun)
 
 
 def _request_arguments(request: Any) -> dict[str, Any] | None:
@@ -751,6 +746,12 @@ def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None,
         return
     events.started[(task_id, task.request.retries or 0)] = time.perf_counter()
     fields = _task_fields(task)
+    if events.pool_child:
+        # the parent's task-received (with the arguments) is flushed on its own interval and may follow this
+        # process's outcome: the history must not show a finished task without its arguments
+        request = task.request
+        fields["args"] = _args_summary(getattr(request, "argsrepr", None), getattr(request, "kwargsrepr", None))
+        fields["arguments"] = capped_arguments(request.args, request.kwargs)
     eta = getattr(task.request, "eta", None)
     if eta:  # the monitor's queue wait starts at the ETA (or countdown), not at the publish
         fields["eta"] = eta.isoformat() if isinstance(eta, dt.datetime) else str(eta)

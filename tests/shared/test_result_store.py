@@ -98,6 +98,10 @@ def test_a_task_run_by_a_worker_has_each_event_once_and_its_holder_gone(
         types = [e["type"] for e in mine if e["type"] != "task-sent"]
         assert sorted(types) == ["task-received", "task-started", "task-succeeded"], types
         assert types.index("task-started") < types.index("task-succeeded")
+        started = mine[[e["type"] for e in mine].index("task-started")]
+        # from the prefork child: its parent's task-received may come later, the arguments must not
+        assert started["arguments"] == {"args": [], "kwargs": {"message": "once"}}
+        assert started["pid"] != next(e for e in mine if e["type"] == "task-received")["pid"]
         outcome = mine[[e["type"] for e in mine].index("task-succeeded")]
         assert outcome["runtime"] is not None
         assert outcome["runtime"] >= 0
