@@ -813,9 +813,13 @@ def _on_postrun(sender: Any = None, task_id: str | None = None, **_: Any) -> Non
     events.started.pop((task_id or "", attempt), None)
     written = (task_id or "", attempt) in events.outcomes_written
     events.outcomes_written.discard((task_id or "", attempt))
-    if task_id and not written:  # else its holder went with the result
+    if written:
+        # the outcome and the holder's deletion went with the result: what is buffered now is other tasks'
+        # (a threads pool's task-received and task-started) and goes with their own writes or the next tick
+        return
+    if task_id:
         events.emitter.forget(holder_key(task_id, attempt))
-    events.emitter.flush()  # no round trip when nothing is left (the outcome went with the result)
+    events.emitter.flush()
 
 
 def _on_revoked(
