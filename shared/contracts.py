@@ -186,7 +186,8 @@ class TaskEvent(EventEnvelope, TaskEventFields, total=False):
     """A task event as written; the optional fields by type:
 
     - ``task-sent``: args, arguments, eta, retry_of; ``task-received``: args, arguments; ``task-started``:
-      eta (ISO 8601, when the task had an ETA or a countdown)
+      eta (ISO 8601, when the task had an ETA or a countdown), and args, arguments from a prefork pool's
+      child (its parent's task-received may reach the stream after the child's outcome)
     - ``task-progress``: current, total
     - ``task-succeeded``: runtime, result
     - ``task-failed``: runtime, exception, error, traceback (its end, capped); ``task-retried``,

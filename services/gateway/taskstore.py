@@ -14,6 +14,8 @@ so that no request blocks the event loop and no result subscription is left behi
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import hashlib
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -21,6 +23,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from kombu.utils.json import loads as kombu_loads
+from redis.exceptions import NoScriptError
 
 from services.gateway.ratelimit import HIT_FUNCTION
 from shared.contracts import RESULT_KEY_PREFIX
@@ -101,6 +104,12 @@ return {{{PUSHED}, allowed, remaining, pushed, epoch}}
 )
 
 
+@functools.cache
+def _digest(script: str) -> str:
+    """The SHA-1 Redis knows ``script`` by (``EVALSHA``)."""
+    return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+
+
 class TaskStore:
     def __init__(self, cache: aioredis.Redis[str], results: aioredis.Redis[str], ttl: int) -> None:
         self.cache = cache
@@ -124,22 +133,27 @@ class TaskStore:
         rows = [[META_KEY + m.task_id, m.to_json(), m.task_id, RECENT_OWNER + m.owner] for m in metas]
         # one argument for all tasks: packing thousands of separate arguments costs more than the work
         record = [self.ttl, now, RECENT_ALL, json.dumps(rows, separators=(",", ":"))]
-        async with self.cache.pipeline(transaction=False) as pipe:
-            if then_push is None:
-                pipe.eval(RECORD_SCRIPT, 0, *record)
-            else:
-                db, pushes = then_push
-                cache_db = int(self.cache.connection_pool.connection_kwargs.get("db", 0) or 0)
-                script = LIMIT_RECORD_AND_PUSH if limited else RECORD_AND_PUSH
-                pushed = json.dumps(pushes, separators=(",", ":"))
-                pipe.eval(script, 0, *record, db, cache_db, pushed, *limited)
-            # keep the lists bounded (cheap unless a set has grown past its bound)
-            pipe.zremrangebyrank(RECENT_ALL, 0, -RECENT_MAX - 1)
-            pipe.zremrangebyscore(RECENT_ALL, "-inf", now - self.ttl)
-            for owner in owners:
-                pipe.expire(RECENT_OWNER + owner, self.ttl)
-                pipe.zremrangebyrank(RECENT_OWNER + owner, 0, -RECENT_OWNER_MAX - 1)
-            return (await pipe.execute())[0]
+        script, arguments = RECORD_SCRIPT, record
+        if then_push is not None:
+            db, pushes = then_push
+            cache_db = int(self.cache.connection_pool.connection_kwargs.get("db", 0) or 0)
+            script = LIMIT_RECORD_AND_PUSH if limited else RECORD_AND_PUSH
+            arguments = [*record, db, cache_db, json.dumps(pushes, separators=(",", ":")), *limited]
+        for _ in range(2):
+            async with self.cache.pipeline(transaction=False) as pipe:
+                # by its digest: the scripts are kilobytes, sent and hashed by Redis on every EVAL
+                pipe.evalsha(_digest(script), 0, *arguments)
+                # keep the lists bounded (cheap unless a set has grown past its bound)
+                pipe.zremrangebyrank(RECENT_ALL, 0, -RECENT_MAX - 1)
+                pipe.zremrangebyscore(RECENT_ALL, "-inf", now - self.ttl)
+                for owner in owners:
+                    pipe.expire(RECENT_OWNER + owner, self.ttl)
+                    pipe.zremrangebyrank(RECENT_OWNER + owner, 0, -RECENT_OWNER_MAX - 1)
+                try:
+                    return (await pipe.execute())[0]
+                except NoScriptError:  # a restarted or flushed server: nothing ran; load it and go again
+                    await self.cache.script_load(script)  # type: ignore[no-untyped-call]
+        raise NoScriptError("the submission script could not be loaded")
 
     async def forget(self, metas: Sequence[TaskMeta]) -> None:
         """Undo :meth:`record` for tasks that could not be published."""

@@ -221,6 +221,23 @@ class QoS(kombu_redis.QoS):
     soon as Redis answers again; a task the worker is still running is not put back.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        # tags whose entries the script that stored their task's SUCCESS removed (outcome_ack.py)
+        self.acked_with_outcome: set[str] = set()
+
+    def _done_with_outcome(self, delivery_tag: Any) -> bool:
+        """Whether the task's SUCCESS write already removed this message's entries (then only kombu's
+        in-memory bookkeeping is left)."""
+        if not self.acked_with_outcome:
+            return False
+        tag = delivery_tag.decode() if isinstance(delivery_tag, bytes) else str(delivery_tag)
+        if tag not in self.acked_with_outcome:
+            return False
+        self.acked_with_outcome.discard(tag)
+        virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+        return True
+
     def append(self, message: Any, delivery_tag: Any) -> None:
         take_recorded = getattr(self.channel, "take_recorded", None)
         if take_recorded is not None and take_recorded(delivery_tag):  # the pop script recorded it
@@ -240,6 +257,8 @@ class QoS(kombu_redis.QoS):
             raise
 
     def ack(self, delivery_tag: Any) -> None:
+        if self._done_with_outcome(delivery_tag):
+            return
         try:
             super().ack(delivery_tag)  # type: ignore[no-untyped-call]
         except self.channel.connection_errors:  # the task is done: acknowledge it later rather than run it again
@@ -248,6 +267,8 @@ class QoS(kombu_redis.QoS):
             raise
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        if self._done_with_outcome(delivery_tag):  # its task succeeded: nothing to put back
+            return
         try:
             super().reject(delivery_tag, requeue=requeue)  # type: ignore[no-untyped-call]
         except self.channel.connection_errors:  # done with it: put it back, or drop it, once Redis answers

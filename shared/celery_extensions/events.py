@@ -19,8 +19,9 @@ Durability trade-off: a task's final events (started, succeeded/failed/retried) 
 pool process in ``task_postrun``, i.e. before the worker acknowledges the message (acks_late), in the
 same single round trip. When the result backend is on the stream's Redis server, the buffer goes with
 Celery's own state writes instead (:mod:`shared.celery_extensions.result_store`): ``task-started`` with
-STARTED, ``task-succeeded`` and the holder's deletion with SUCCESS, and ``task_postrun`` has nothing left
-to write. So a task whose message is gone from the broker always has its outcome in the
+the task's outcome, or with its STARTED (which waits for the flusher's next tick, :meth:`EventEmitter.defer`)
+when it runs longer, ``task-succeeded`` and the holder's deletion with SUCCESS, and ``task_postrun`` has
+nothing left to write. So a task whose message is gone from the broker always has its outcome in the
 stream. What a SIGKILL can lose is at most one flush interval of *buffered* events of the killed
 process: ``task-received`` and heartbeats of a worker main process (its unacknowledged tasks are
 redelivered and emit again), ``task-sent`` of a publisher (the history row is then built from the
@@ -48,7 +49,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import redis
 from celery import Celery, signals
@@ -77,6 +78,9 @@ from shared.settings import Settings
 log = logging.getLogger("mallops.events")
 
 MAX_BUFFERED = 100_000
+#: a deferred write (:meth:`EventEmitter.defer`): given the buffered events and key writes, it writes them too
+DeferredWrite = Callable[[list[str], dict[str, "tuple[str, int] | None"]], None]
+DeferredWrites = Literal["none", "due", "all"]
 SUMMARY_CHARS = 500
 ERROR_CHARS = 2000
 TRACEBACK_CHARS = 16_000  # the end of a traceback is kept: the innermost frames and the exception
@@ -98,6 +102,9 @@ class EventEmitter:
         self._buffer: deque[str] = deque()
         # keys to set (value, ttl) or delete (None) in the next flush, latest wins
         self._keys: dict[str, tuple[str, int] | None] = {}
+        # writes put off to the flusher's next tick (a running task's STARTED: result_store.py), by key:
+        # when each is due and the write, which takes the buffer's events and key writes with it
+        self._deferred: dict[Any, tuple[float, DeferredWrite]] = {}
         self._lock = threading.Lock()  # guards _buffer
         self._flush_lock = threading.Lock()  # one flush at a time, in order
         self._wake = threading.Event()
@@ -137,6 +144,21 @@ class EventEmitter:
             self._start_thread()
         self._wake.set()
 
+    def defer(self, key: Any, write: DeferredWrite) -> None:
+        """Have the flusher thread make ``write`` once it is a flush interval old, with whatever is buffered
+        then, unless :meth:`supersede` drops it first (a task's STARTED, overtaken by its outcome, is never
+        written: result_store.py)."""
+        with self._lock:
+            self._deferred[key] = (time.monotonic() + self._interval, write)
+        if self._thread is None:
+            self._start_thread()
+
+    def supersede(self, key: Any) -> None:
+        """Drop the deferred write under ``key`` (call with ``flush_lock`` held: a flush is not writing it)."""
+        if self._deferred:
+            with self._lock:
+                self._deferred.pop(key, None)
+
     def forget(self, key: str) -> None:
         """Delete ``key`` in the next flush."""
         with self._lock:
@@ -155,14 +177,19 @@ class EventEmitter:
             self._client = redis.Redis.from_url(self._url, socket_timeout=5, socket_connect_timeout=5)
         return self._client
 
-    def flush(self, extra: Callable[[Any], None] | None = None) -> int:
+    def flush(self, extra: Callable[[Any], None] | None = None, deferred: DeferredWrites = "none") -> int:
         """Write every buffered event in one pipelined round trip; returns how many were written.
 
         ``extra(pipeline)`` may queue more commands into the same round trip. On a Redis error the
-        events go back to the front of the buffer and the error is logged (at most every 30 s).
+        events go back to the front of the buffer and the error is logged (at most every 30 s). ``deferred``:
+        which deferred writes (:meth:`defer`) are made first, carrying the buffer: ``"due"`` (the flusher's
+        tick) those a flush interval old, ``"all"`` (closing), or ``"none"``.
         """
         with self._flush_lock:
             batch, keys = self.take()
+            if self._deferred and deferred != "none":
+                due = time.monotonic() if deferred == "due" else float("inf")
+                batch, keys = self._write_deferred(batch, keys, due)
             if not batch and not keys and extra is None:
                 return 0
             try:
@@ -180,6 +207,28 @@ class EventEmitter:
                 return 0
             self.written += len(batch)
             return len(batch)
+
+    def _write_deferred(
+        self, batch: list[str], keys: dict[str, tuple[str, int] | None], due: float
+    ) -> tuple[list[str], dict[str, tuple[str, int] | None]]:
+        """Make the deferred writes due by ``due``, the first carrying ``batch`` and ``keys``; returns what
+        is left to write (all of it when none was due, or when the first write failed: it is deferred again)."""
+        with self._lock:
+            ready = [(key, entry) for key, entry in self._deferred.items() if entry[0] <= due]
+            for key, _ in ready:
+                del self._deferred[key]
+        for index, (_key, (_, write)) in enumerate(ready):
+            try:
+                write(batch, keys)
+            except redis.RedisError as exc:
+                with self._lock:  # tried again at the next tick, unless overtaken meanwhile
+                    for again, entry in ready[index:]:
+                        self._deferred.setdefault(again, entry)
+                log.warning("could not write a deferred state to Redis (%s); trying again", exc)
+                return batch, keys
+            self.written += len(batch)
+            batch, keys = [], {}
+        return batch, keys
 
     def take(self) -> tuple[list[str], dict[str, tuple[str, int] | None]]:
         """The buffered events and key writes, taken out of the buffer (call with ``flush_lock`` held)."""
@@ -247,7 +296,7 @@ class EventEmitter:
             self._wake.wait(self._interval)
             self._wake.clear()
             try:
-                self.flush()
+                self.flush(deferred="due")
             except Exception:  # never let the flusher die
                 log.exception("lifecycle event flush failed")
 
@@ -256,7 +305,7 @@ class EventEmitter:
         self._stopping.set()
         self._wake.set()
         try:
-            self.flush()
+            self.flush(deferred="all")
         except Exception:
             log.exception("final lifecycle event flush failed")
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -288,9 +337,12 @@ class LifecycleEvents:
         self._staged = threading.local()
         # (task id, attempt) whose task-succeeded event (and holder deletion) went with the result
         self.outcomes_written: set[tuple[str, int]] = set()
+        # a forked process (a prefork pool's child): it runs tasks another process received
+        self.pool_child = False
 
     def after_fork_in_child(self) -> None:
         """A forked child must not share its parent's buffer, lock, socket or thread."""
+        self.pool_child = True
         self.emitter = EventEmitter(self.emitter.settings, self.emitter.node)
         self.started.clear()
         self.heartbeat_thread = None
@@ -677,16 +729,8 @@ def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
         holder = Holder(str(fields["host"]), os.getpid(), time.time())
         ttl = holder_ttl(events.emitter.settings.broker_visibility_timeout)
         events.emitter.put(holder_key(fields["id"], int(fields["retries"])), holder.dumps(), ttl)
-    elif _runs_elsewhere(sender):
-        # a prefork child runs the task and writes its states: task-received (its arguments) must be in the
-        # stream before the child's outcome, so the parent flushes now. In a threads pool it goes with the
-        # task's own STARTED write, from this process, without a round trip of its own
-        events.emitter.wake()
-
-
-def _runs_elsewhere(consumer: Any) -> bool:
-    """Whether ``consumer``'s tasks run in other processes (prefork) than the one that received them."""
-    return type(getattr(consumer, "pool", None)).__module__ == "celery.concurrency.prefork"
+    # else it waits in the buffer: in a threads pool it goes with the task's own next state write; a prefork
+    # child's outcome may reach the stream first, and its task-started carries the arguments (_on_prerun)
 
 
 def _request_arguments(request: Any) -> dict[str, Any] | None:
@@ -702,6 +746,12 @@ def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None,
         return
     events.started[(task_id, task.request.retries or 0)] = time.perf_counter()
     fields = _task_fields(task)
+    if events.pool_child:
+        # the parent's task-received (with the arguments) is flushed on its own interval and may follow this
+        # process's outcome: the history must not show a finished task without its arguments
+        request = task.request
+        fields["args"] = _args_summary(getattr(request, "argsrepr", None), getattr(request, "kwargsrepr", None))
+        fields["arguments"] = capped_arguments(request.args, request.kwargs)
     eta = getattr(task.request, "eta", None)
     if eta:  # the monitor's queue wait starts at the ETA (or countdown), not at the publish
         fields["eta"] = eta.isoformat() if isinstance(eta, dt.datetime) else str(eta)
@@ -763,9 +813,13 @@ def _on_postrun(sender: Any = None, task_id: str | None = None, **_: Any) -> Non
     events.started.pop((task_id or "", attempt), None)
     written = (task_id or "", attempt) in events.outcomes_written
     events.outcomes_written.discard((task_id or "", attempt))
-    if task_id and not written:  # else its holder went with the result
+    if written:
+        # the outcome and the holder's deletion went with the result: what is buffered now is other tasks'
+        # (a threads pool's task-received and task-started) and goes with their own writes or the next tick
+        return
+    if task_id:
         events.emitter.forget(holder_key(task_id, attempt))
-    events.emitter.flush()  # no round trip when nothing is left (the outcome went with the result)
+    events.emitter.flush()
 
 
 def _on_revoked(

@@ -11,8 +11,11 @@ SUCCESS check, the ``SETEX`` and ``PUBLISH`` (atomically, where Celery's read an
 another worker can come between), and, when the event stream is a database of the same Redis server (the
 default layout: results in db 1, the stream in db 2), whatever the process has buffered (the ``XADD`` commands
 and holder writes) and on success the task's ``task-succeeded`` event and its holder's deletion, built
-just before the result is stored. The postrun flush then finds nothing to write. The guarantees stay:
-every event is written before the message is acknowledged, in the order it was emitted (the emitter's
+just before the result is stored. The postrun flush then finds nothing to write. A running task's STARTED
+waits for the events flusher's next tick and goes with what is buffered then; a task that ends sooner
+never writes it (its outcome drops it), which saves a round trip a task (:meth:`ResultStore._defer_started`).
+A SUCCESS also acknowledges the task's message when this process holds it (:mod:`.outcome_ack`). The
+guarantees stay: every event is written before the message is acknowledged, in the order it was emitted (the emitter's
 flush lock is held), and a write that fails puts the buffered events back (the staged outcome is then
 emitted by the ``task_success`` handler as before). Measured with ``python -m bench events-cost``
 (docs/performance.md).
@@ -22,32 +25,44 @@ With the stream on another server, or events off: the state alone, still one com
 
 from __future__ import annotations
 
-from functools import partial
+import threading
+from functools import cached_property, partial
 from typing import Any
 
 import redis
 from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
+from redis.commands.core import Script
 
 from shared.celery_extensions import events as lifecycle
+from shared.celery_extensions import outcome_ack
 
-_SERVER_KEYS = ("host", "port", "path", "username", "password")
+#: what a deferred STARTED passes as the script's third argument: it never replaces a final state
+KEEP_FINAL = 2
 
 
 # One command for a task's state and whatever lifecycle events the process has buffered (a script's
-# SELECT changes the database of the script only, not the connection's). KEYS[1]: the task's result key.
-# ARGV: the encoded meta (JSON); seconds to keep it (0: for good); '1' to keep a stored SUCCESS (Celery's
-# rule: a lost worker's late write must not overwrite a success), '0' to write regardless; the stream's
+# SELECT changes the database of the script only, not the connection's). KEYS[1]: the task's result key;
+# with a SUCCESS that acknowledges its message (outcome_ack.py), also kombu's unacked index and hash and the
+# message's delivery holder in the broker's database. ARGV: the encoded meta (JSON); seconds to keep it (0:
+# for good); '1' to keep a stored SUCCESS (Celery's rule: a lost worker's late write must not overwrite a
+# success), '2' to keep any final state (a deferred STARTED), '0' to write regardless; with the
+# acknowledgement, the broker's database and the delivery tag; the stream's
 # database ('' when there is nothing else to write), the stream, its approximate MAXLEN and its entries'
 # field; the number of events, the events; then (key, value, ttl) triples for the cache database, the
 # value '' for a deletion. Returns 1 when the state was written, 0 when a SUCCESS was kept.
 STORE_STATE = """
 local written = 1
-local current = ARGV[3] == '1' and redis.call('GET', KEYS[1])
+local current = ARGV[3] ~= '0' and redis.call('GET', KEYS[1])
 if current then
   local ok, meta = pcall(cjson.decode, current)
-  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then written = 0 end
+  if ok and type(meta) == 'table' then
+    local status = meta['status']
+    if status == 'SUCCESS' or (ARGV[3] == '2' and (status == 'FAILURE' or status == 'REVOKED')) then
+      written = 0
+    end
+  end
 end
 if written == 1 then
   if tonumber(ARGV[2]) > 0 then
@@ -57,13 +72,21 @@ if written == 1 then
   end
   redis.call('PUBLISH', KEYS[1], ARGV[1])
 end
-if ARGV[4] == '' then return written end
-redis.call('SELECT', ARGV[4])
-local events = tonumber(ARGV[8])
-for i = 9, 8 + events do
-  redis.call('XADD', ARGV[5], 'MAXLEN', '~', ARGV[6], '*', ARGV[7], ARGV[i])
+local n = 4
+if #KEYS == 4 then
+  redis.call('SELECT', ARGV[4])
+  redis.call('ZREM', KEYS[2], ARGV[5])
+  redis.call('HDEL', KEYS[3], ARGV[5])
+  redis.call('DEL', KEYS[4])
+  n = 6
 end
-for i = 9 + events, #ARGV, 3 do
+if ARGV[n] == '' then return written end
+redis.call('SELECT', ARGV[n])
+local events = tonumber(ARGV[n + 4])
+for i = n + 5, n + 4 + events do
+  redis.call('XADD', ARGV[n + 1], 'MAXLEN', '~', ARGV[n + 2], '*', ARGV[n + 3], ARGV[i])
+end
+for i = n + 5 + events, #ARGV, 3 do
   if ARGV[i + 1] == '' then
     redis.call('DEL', ARGV[i])
   else
@@ -88,7 +111,8 @@ class ResultStore(RedisBackend):  # type: ignore[misc]
     def _store_result(
         self, task_id: Any, result: Any, state: str, traceback: Any = None, request: Any = None, **kwargs: Any
     ) -> Any:
-        """Celery's ``_store_result`` (the same meta, the same SUCCESS rule) without its read before the write."""
+        """Celery's ``_store_result`` (the same meta, the same SUCCESS rule) without its read before the write;
+        a running task's STARTED is put off (:meth:`_defer_started`)."""
         if self.content_type != "application/json":  # the script reads the stored meta as JSON
             return super()._store_result(task_id, result, state, traceback, request, **kwargs)
         meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
@@ -96,11 +120,37 @@ class ResultStore(RedisBackend):  # type: ignore[misc]
         value = self.encode(meta)
         if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
             raise BackendStoreError("value too large for Redis backend", state=state, task_id=task_id)
+        key = self.get_key_for_task(task_id)
+        if state == states.STARTED and self._defer_started(meta["task_id"], key, value):
+            return result
         try:
-            self.ensure(partial(self._set, unless_succeeded=True), (self.get_key_for_task(task_id), value))
+            self.ensure(partial(self._set, unless_succeeded=True), (key, value))
         except BackendStoreError as ex:
             raise BackendStoreError(str(ex), state=state, task_id=task_id) from ex
         return result
+
+    def _defer_started(self, task_id: str, key: Any, value: Any) -> bool:
+        """Put a running task's STARTED off to the events flusher's next tick (within two flush intervals),
+        with whatever is buffered then; its outcome, written first, drops it (:meth:`_set`). Most tasks end
+        within the interval: their STARTED is never written and the worker saves a round trip a task. The
+        task's ``task-started`` event and the history say STARTED at once either way. Only in a worker task
+        whose events go to this server; a write the flusher makes never replaces a final state."""
+        events = lifecycle.for_app(self.app)
+        task = self.app.current_worker_task
+        if events is None or task is None or task.request.id != task_id:
+            return False
+        target = self._stream_db(events.emitter)
+        if target is None:
+            return False
+        emitter = events.emitter
+        state = [value, int(self.expires or 0), KEEP_FINAL]
+
+        def write(batch: list[str], keys: dict[str, tuple[str, int] | None]) -> None:
+            carried = [target, *emitter.script_args(batch, keys)] if batch or keys else [""]
+            self._script(keys=[key], args=[*state, *carried], client=self.client)
+
+        emitter.defer(key, write)
+        return True
 
     def mark_as_done(
         self,
@@ -110,56 +160,85 @@ class ResultStore(RedisBackend):  # type: ignore[misc]
         store_result: bool = True,
         state: str = states.SUCCESS,
     ) -> None:
-        events = lifecycle.for_app(self.app)
+        """Celery's, with the task's task-succeeded event staged for the write, and its message's
+        acknowledgement (:mod:`~shared.celery_extensions.outcome_ack`) when this process holds it."""
         task = self.app.current_worker_task
-        if events is None or state != states.SUCCESS or task is None or task.request.id != task_id:
+        if state != states.SUCCESS or not store_result or task is None or task.request.id != task_id:
             super().mark_as_done(task_id, result, request, store_result, state)
             return
-        events.stage_success(task, result, self.get_key_for_task(task_id))
+        events = lifecycle.for_app(self.app)
+        key = self.get_key_for_task(task_id)
+        if events is not None:
+            events.stage_success(task, result, key)
+        self._local.ack = (key, outcome_ack.find(task_id, self.client.connection_pool))
         try:
             super().mark_as_done(task_id, result, request, store_result, state)
         finally:
-            events.unstage()
+            self._local.ack = None
+            if events is not None:
+                events.unstage()
 
     def _set(self, key: Any, value: Any, expires: Any = None, unless_succeeded: bool = False) -> None:
         """Celery's ``_set`` (``SETEX`` and ``PUBLISH``), with ``unless_succeeded`` keeping a stored SUCCESS,
-        and whatever lifecycle events this process has buffered: one command (:data:`STORE_STATE`)."""
+        the message's acknowledgement staged by :meth:`mark_as_done` and whatever lifecycle events this
+        process has buffered: one command (:data:`STORE_STATE`). It overtakes the task's deferred STARTED."""
         if expires is None:
             expires = self.expires
-        state = [value, int(expires or 0), int(unless_succeeded)]
+        staged_ack: tuple[Any, outcome_ack.OutcomeAck | None] | None = getattr(self._local, "ack", None)
+        ack = staged_ack[1] if staged_ack is not None and staged_ack[0] == key else None
+        keys, state = [key], [value, int(expires or 0), int(unless_succeeded)]
+        if ack is not None:
+            keys, state = [key, *ack.keys], [*state, ack.db, ack.tag]
         events = lifecycle.for_app(self.app)
         target = self._stream_db(events.emitter) if events is not None else None
         if events is None or target is None:
-            self.client.eval(STORE_STATE, 1, key, *state, "")
-            return
+            self._script(keys=keys, args=[*state, ""], client=self.client)
+        else:
+            self._write_with_events(events, target, keys, state)
+        if ack is not None:
+            ack.done()
+
+    def _write_with_events(
+        self, events: lifecycle.LifecycleEvents, target: int, keys: list[Any], state: list[Any]
+    ) -> None:
+        """The state and whatever the process has buffered, with the staged task-succeeded and its holder's
+        deletion when this is that task's SUCCESS."""
         emitter = events.emitter
-        staged = events.staged_for(key)
+        staged = events.staged_for(keys[0])
         with emitter.flush_lock:
-            batch, keys = emitter.take()
-            if not batch and not keys and staged is None:
-                self.client.eval(STORE_STATE, 1, key, *state, "")
+            emitter.supersede(keys[0])
+            batch, writes = emitter.take()
+            if not batch and not writes and staged is None:
+                self._script(keys=keys, args=[*state, ""], client=self.client)
                 return
             outcome = [staged.event] if staged is not None else []
             holder: dict[str, tuple[str, int] | None] = {staged.holder: None} if staged is not None else {}
             try:
-                self.client.eval(
-                    STORE_STATE, 1, key, *state, target, *emitter.script_args(batch + outcome, keys | holder)
-                )
+                carried = emitter.script_args(batch + outcome, writes | holder)
+                self._script(keys=keys, args=[*state, target, *carried], client=self.client)
             except BaseException:
-                emitter.put_back(batch, keys)
+                emitter.put_back(batch, writes)
                 raise
             emitter.written += len(batch) + len(outcome)
         if staged is not None:
             events.outcomes_written.add(staged.attempt)
+
+    @cached_property
+    def _local(self) -> threading.local:
+        """This thread's acknowledgement staged by :meth:`mark_as_done`, as (result key, ack or None)."""
+        return threading.local()
+
+    @cached_property
+    def _script(self) -> Script:
+        """:data:`STORE_STATE`, called by its digest (``EVALSHA``; loaded again if the server lost it)."""
+        return Script(self.client, STORE_STATE)
 
     def _stream_db(self, emitter: lifecycle.EventEmitter) -> int | None:
         """The event stream's database when it is on this backend's Redis server, else None."""
         cache: dict[str, int | None] = self.__dict__.setdefault("_events_db", {})
         url = emitter.url
         if url not in cache:
-            ours, theirs = self.client.connection_pool, redis.Redis.from_url(url).connection_pool
-            same = ours.connection_class is theirs.connection_class and all(
-                ours.connection_kwargs.get(k) == theirs.connection_kwargs.get(k) for k in _SERVER_KEYS
-            )
+            theirs = redis.Redis.from_url(url).connection_pool
+            same = outcome_ack.same_server(self.client.connection_pool, theirs)
             cache[url] = int(theirs.connection_kwargs.get("db", 0)) if same else None
         return cache[url]

@@ -70,6 +70,25 @@ def test_a_202_means_the_message_is_in_the_broker_with_its_owner(
     assert kwargs == {"message": "positional", "fail": False}
 
 
+def test_a_submission_after_redis_lost_its_scripts_is_still_one_message(
+    idle: GatewayClient, tokens: Tokens, redis_server: RedisServer
+) -> None:
+    """The submission script goes by its digest (EVALSHA); a server that forgot it (restarted, SCRIPT FLUSH)
+    gets it again, and the task is recorded and queued once."""
+    server, alice = redis_server.client(0), tokens.auth("alice")
+    try:
+        answers = []
+        for message in ("before", "after"):
+            server.script_flush()
+            response = idle.post(TASKS, json={"task_name": "test_task", "args": [message]}, headers=alice)
+            assert response.status_code == 202, response.text
+            answers.append(response.json()["task_id"])
+        assert [m["headers"]["id"] for m in reversed(queued(redis_server))] == answers
+        assert [idle.get(f"{TASKS}/{task_id}", headers=alice).status_code for task_id in answers] == [200, 200]
+    finally:
+        server.close()
+
+
 def test_unknown_task_is_404_and_nothing_is_enqueued(
     idle: GatewayClient, tokens: Tokens, redis_server: RedisServer
 ) -> None:
