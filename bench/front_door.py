@@ -24,6 +24,7 @@ from bench.run import MALLOPS_BODY, Bench, Config, _version, _workdir, _wrk_summ
 
 COMMAND = "front-door"
 GATEWAY = "mallops gateway"
+GATEWAY_OFF = "mallops gateway (fast submit off)"
 
 
 def add_front_door_command(sub: Any) -> None:
@@ -32,6 +33,11 @@ def add_front_door_command(sub: Any) -> None:
     p.add_argument("--rounds", type=int, default=5, help="alternating wrk rounds (default 5)")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds of each wrk run (default 10)")
     p.add_argument("--no-flower", action="store_true", help="the gateway alone")
+    p.add_argument(
+        "--fast-submit-off",
+        action="store_true",
+        help="also a gateway with MALLOPS_GATEWAY_FAST_SUBMIT=false, in the same alternating rounds",
+    )
     p.add_argument("--profile", type=Path, help="py-spy the gateway during its wrk runs into this directory")
     p.add_argument("--workdir", type=Path, help="keep logs and data here (default: a temporary directory)")
 
@@ -46,12 +52,21 @@ def run_front_door(args: argparse.Namespace) -> dict[str, Any]:
         try:
             bench.setup_mallops()
             servers = [(wrk.Target("gateway", f"{bench.gw}/api/v1/tasks", MALLOPS_BODY, bench.headers), GATEWAY)]
+            profiled = {GATEWAY: bench.gateway}
+            if args.fast_submit_off:
+                _, off_url = bench.start_gateway(GATEWAY_OFF, MALLOPS_GATEWAY_FAST_SUBMIT="false")
+                servers.append(
+                    (wrk.Target("gateway-off", f"{off_url}/api/v1/tasks", MALLOPS_BODY, bench.headers), GATEWAY_OFF)
+                )
             if version is not None:
                 _, flower_url = bench.start_flower()
                 servers.insert(0, (wrk.Target("flower", flower_url, {}, {}), "flower"))
-            runs = bench.wrk_phase(servers, profiled={GATEWAY: bench.gateway})
+            runs = bench.wrk_phase(servers, profiled=profiled)
             results: dict[str, Any] = {"gateway": {"what": f"POST /api/v1/tasks, 1 process, {bench.wrk_what()}"}}
             results["gateway"] |= _wrk_summary(runs[GATEWAY])
+            if args.fast_submit_off:
+                what = f"the same with MALLOPS_GATEWAY_FAST_SUBMIT=false, {bench.wrk_what()}"
+                results["gateway_fast_submit_off"] = {"what": what} | _wrk_summary(runs[GATEWAY_OFF])
             if version is not None:
                 results["flower"] = bench.flower_summary(version, runs["flower"])
         finally:
@@ -89,4 +104,8 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         gateway, flower = out["gateway"], out["flower"]
         out["per_cpu_s_ratio"] = ratio(gateway["req_per_cpu_s"], flower["req_per_cpu_s"])  # target >= 3
         out["p99_ratio"] = ratio(gateway["p99_ms"], flower["p99_ms"])  # target <= 0.4
+        if "gateway_fast_submit_off" in out:
+            off = out["gateway_fast_submit_off"]
+            out["fast_submit_off_per_cpu_s_ratio"] = ratio(off["req_per_cpu_s"], flower["req_per_cpu_s"])
+            out["fast_submit_off_p99_ratio"] = ratio(off["p99_ms"], flower["p99_ms"])
     return out

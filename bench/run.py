@@ -417,10 +417,11 @@ class Bench:
         self.headers = {"Authorization": f"Bearer {token}"}
         self.gateway, self.gw = self.start_gateway("mallops gateway")
 
-    def start_gateway(self, role: str, workers: int = 1) -> tuple[Process, str]:
-        """``mallops serve gateway`` with ``MALLOPS_GATEWAY_WORKERS=workers``, watched as ``role``; its URL."""
+    def start_gateway(self, role: str, workers: int = 1, **settings: str) -> tuple[Process, str]:
+        """``mallops serve gateway`` with ``MALLOPS_GATEWAY_WORKERS=workers`` (and ``settings``, environment
+        variables), watched as ``role``; its URL."""
         port = free_port()
-        env = self.mallops_env(MALLOPS_GATEWAY_WORKERS=str(workers))
+        env = self.mallops_env(MALLOPS_GATEWAY_WORKERS=str(workers), **settings)
         gateway = self.started(spawn("gateway", service_argv("gateway", f"--port={port}"), env, self.log_dir), role)
         url = f"http://127.0.0.1:{port}"
         wait_until(

@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     gateway_port: int = Field(default=8000, ge=1, le=65535)
     # gateway: uvicorn worker processes on the one port (/metrics sums them: prometheus_client's multiprocess mode)
     gateway_workers: int = Field(default=1, ge=1, le=64)
+    # gateway: POST /api/v1/tasks answered below FastAPI in the common case (services/gateway/fast_submit.py)
+    gateway_fast_submit: bool = True
     monitor_host: str = "127.0.0.1"
     monitor_port: int = Field(default=9808, ge=1, le=65535)
 

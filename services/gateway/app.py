@@ -15,6 +15,7 @@ from services.gateway import problems
 from services.gateway.console import install_console
 from services.gateway.console import pages as console_pages
 from services.gateway.docs import install_docs
+from services.gateway.fast_submit import FastSubmitMiddleware
 from services.gateway.middleware import AccountingMiddleware, BodyLimitMiddleware
 from services.gateway.openapi import install_openapi
 from services.gateway.routes import (
@@ -101,6 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.flat_routes = [route for router in routers for route in router.routes]
     install_openapi(app)
     install_docs(app)
+    if settings.gateway_fast_submit:  # innermost: CORS, the body limit and the accounting see it as any request
+        app.add_middleware(FastSubmitMiddleware)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -210,13 +210,25 @@ _ARGUMENT_DETAILS = {
 
 async def authorize_submissions(request: Request, principal: Principal, items: Sequence[Prepared]) -> None:
     """403 unless the token may submit every item, as asked; export filters are confined to its stores."""
+    refusal = await submission_refusal(request, principal, items)
+    if refusal is not None:
+        item, missing = refusal
+        raise await _refuse(request, principal, item, missing)
+
+
+async def submission_refusal(
+    request: Request, principal: Principal, items: Sequence[Prepared]
+) -> tuple[Prepared, str] | None:
+    """The item the token may not submit and the permission it lacks, or None; records nothing (export filters
+    are confined to the token's stores). :func:`authorize_submissions` refuses with it."""
     for item in items:
         if not principal.has(item.spec.permission):
-            raise await _refuse(request, principal, item, item.spec.permission)
+            return item, item.spec.permission
     missing = await _arguments_problem(request, principal, items)
     if missing is not None:
         culprit = next((i for i in items if i.spec.name in ("export_data", "send_notification_email")), items[0])
-        raise await _refuse(request, principal, culprit, missing)
+        return culprit, missing
+    return None
 
 
 async def _refuse(request: Request, principal: Principal, item: Prepared, missing: str) -> ProblemError:

@@ -131,8 +131,26 @@ async def submitting_principal(
     """:func:`current_principal` with the rate-limit hit left pending (``request.state.rate_limit_pending``)
     for ``POST /api/v1/tasks``, whose submission script makes it (:class:`PendingRateLimit`)."""
     principal, token, known = await _authenticate(request, runtime, credentials)
-    request.state.rate_limit_pending = PendingRateLimit(runtime, principal, token, known)
+    leave_rate_limit_pending(request, runtime, principal, token, known)
     return principal
+
+
+def cached_principal(runtime: Runtime, token: str) -> Principal | None:
+    """The caller when this process's token cache alone vouches for ``token`` (known, active, not expired):
+    no I/O and nothing recorded. None when :func:`submitting_principal` must decide (the database, 401, 429)."""
+    known, principal = runtime.tokens.cached(token)
+    return principal if known and principal is not None and not principal.expired() else None
+
+
+def leave_rate_limit_pending(
+    request: Request, runtime: Runtime, principal: Principal, token: str, known: bool = True
+) -> PendingRateLimit:
+    """What :func:`submitting_principal` leaves on the request: the caller's name (audit trail, access log)
+    and its rate-limit hit, still to make (:class:`PendingRateLimit`)."""
+    request.state.principal = principal.name
+    pending = PendingRateLimit(runtime, principal, token, known)
+    request.state.rate_limit_pending = pending
+    return pending
 
 
 async def _after_hit(runtime: Runtime, principal: Principal, token: str, known: bool, decision: Decision) -> Principal:

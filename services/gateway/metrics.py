@@ -46,6 +46,11 @@ class GatewayMetrics:
             ["task_name"],
             registry=self.registry,
         )
+        self.fast_submissions = Counter(
+            "mallops_gateway_fast_submissions_total",
+            "POST /api/v1/tasks requests answered below FastAPI (MALLOPS_GATEWAY_FAST_SUBMIT).",
+            registry=self.registry,
+        )
         self.publish_failures = Counter(
             "mallops_gateway_publish_failures_total",
             "Submissions refused with 503 because the broker failed.",

@@ -8,9 +8,9 @@ into a problem document: ``type``, ``title``, ``status``, ``detail``, ``instance
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DataError as SQLAlchemyDataError
 from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
@@ -27,6 +28,7 @@ from starlette.routing import Match
 log = logging.getLogger("mallops.gateway")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+ExceptionHandler = Callable[[Request, Exception], Awaitable[Response]]
 TYPE_BASE = "urn:mallops:problem:"
 
 
@@ -247,6 +249,20 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
     return problem_response(
         request, 500, "the server failed to handle this request; it has been logged", kind="internal-error"
     )
+
+
+def exception_handler(app: Starlette, exc: Exception) -> ExceptionHandler | None:
+    """The handler Starlette's ExceptionMiddleware would give ``exc`` (the first of its classes, in method
+    resolution order, with one), for a layer outside it that answers as the app would (``fast_submit.py``).
+    None for what only the handler of ``Exception`` answers: that one is Starlette's ServerErrorMiddleware's,
+    outside every middleware, which answers 500 and raises again; such an exception is to be raised."""
+    for cls in type(exc).__mro__:
+        if cls is Exception:
+            return None
+        handler = app.exception_handlers.get(cls)
+        if handler is not None:
+            return cast(ExceptionHandler, handler)
+    return None
 
 
 def install_handlers(app: FastAPI) -> None:
