@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -78,6 +79,25 @@ from shared.settings import Settings
 log = logging.getLogger("mallops.events")
 
 MAX_BUFFERED = 100_000
+# One command for a batch of events and key writes; the arguments of :meth:`EventEmitter.script_args` (the
+# result store's script takes the same after its own): the stream, its approximate MAXLEN, its entries'
+# field, the number of events, the events, then (key, value, ttl) triples, the value '' for a deletion.
+WRITE_EVENTS = """
+local events = tonumber(ARGV[4])
+for i = 5, 4 + events do
+  redis.call('XADD', ARGV[1], 'MAXLEN', '~', ARGV[2], '*', ARGV[3], ARGV[i])
+end
+for i = 5 + events, #ARGV, 3 do
+  if ARGV[i + 1] == '' then
+    redis.call('DEL', ARGV[i])
+  else
+    redis.call('SET', ARGV[i], ARGV[i + 1], 'EX', ARGV[i + 2])
+  end
+end
+return events
+"""
+WRITE_EVENTS_SHA = hashlib.sha1(WRITE_EVENTS.encode(), usedforsecurity=False).hexdigest()
+EVENTS_PER_COMMAND = 1000  # one command blocks Redis while it runs (a few µs an event)
 #: a deferred write (:meth:`EventEmitter.defer`): given the buffered events and key writes, it writes them too
 DeferredWrite = Callable[[list[str], dict[str, "tuple[str, int] | None"]], None]
 DeferredWrites = Literal["none", "due", "all"]
@@ -193,11 +213,7 @@ class EventEmitter:
             if not batch and not keys and extra is None:
                 return 0
             try:
-                pipe = self.redis().pipeline(transaction=False)
-                self.queue(pipe, batch, keys)
-                if extra is not None:
-                    extra(pipe)
-                pipe.execute()
+                self._execute(batch, keys, extra)
             except redis.RedisError as exc:
                 self.put_back(batch, keys)
                 now = time.monotonic()
@@ -238,15 +254,33 @@ class EventEmitter:
             keys, self._keys = self._keys, {}
         return batch, keys
 
+    def _execute(
+        self, batch: list[str], keys: dict[str, tuple[str, int] | None], extra: Callable[[Any], None] | None
+    ) -> None:
+        """One pipelined round trip: :meth:`queue`, then ``extra``; the script loaded again if Redis lost it."""
+        for attempt in (1, 2):
+            pipe = self.redis().pipeline(transaction=False)
+            self.queue(pipe, batch, keys)
+            if extra is not None:
+                extra(pipe)
+            try:
+                pipe.execute()
+                return
+            except redis.exceptions.NoScriptError:  # nothing of the script ran; the rest may run twice
+                if attempt == 2:
+                    raise
+                self.redis().script_load(WRITE_EVENTS)  # type: ignore[no-untyped-call]
+
     def queue(self, pipe: Any, batch: list[str], keys: dict[str, tuple[str, int] | None]) -> None:
-        """Queue the XADDs of ``batch`` and the key writes into ``pipe`` (a pipeline on the cache database)."""
-        for data in batch:
-            pipe.xadd(EVENT_STREAM, {EVENT_FIELD: data}, maxlen=self._maxlen, approximate=True)
-        for key, write in keys.items():
-            if write is None:
-                pipe.delete(key)
-            else:
-                pipe.set(key, write[0], ex=write[1])
+        """Queue ``batch`` and the key writes into ``pipe`` (a pipeline on the cache database): one
+        :data:`WRITE_EVENTS` command per :data:`EVENTS_PER_COMMAND` events, by its digest (one reply to
+        parse, not one an event)."""
+        if not batch and not keys:
+            return
+        for start in range(0, max(len(batch), 1), EVENTS_PER_COMMAND):
+            last = start + EVENTS_PER_COMMAND >= len(batch)
+            args = self.script_args(batch[start : start + EVENTS_PER_COMMAND], keys if last else {})
+            pipe.evalsha(WRITE_EVENTS_SHA, 0, *args)
 
     def script_args(self, batch: list[str], keys: dict[str, tuple[str, int] | None]) -> list[Any]:
         """``batch`` and the key writes as the arguments of a script that writes them (the result store's):

@@ -42,6 +42,36 @@ def test_events_are_buffered_then_written_in_one_batch(
         cache.close()
 
 
+def test_a_flush_writes_every_event_in_order_with_its_keys_after_redis_lost_the_script(
+    settings: Settings, redis_server: RedisServer, clean_broker: None
+) -> None:
+    """One script command per EVENTS_PER_COMMAND events (by its digest); a server that forgot the script
+    (restarted, SCRIPT FLUSH) gets it again within the same flush."""
+    host = f"tester-{uuid.uuid4().hex[:8]}@h"
+    quiet = settings.model_copy(update={"events_flush_interval": 60.0, "events_flush_size": 10_000})
+    emitter = events.EventEmitter(quiet, host)
+    cache = redis_server.client(2)
+    count = events.EVENTS_PER_COMMAND * 2 + 5
+    try:
+        cache.script_flush()
+        for i in range(count):
+            emitter.emit(EventType.TASK_RECEIVED, id=str(i))
+        emitter.put(f"mallops:test:{host}", "kept", 60)
+        emitter.forget(f"mallops:test:gone:{host}")
+        cache.set(f"mallops:test:gone:{host}", "x")
+        emitter.flush()  # or the flusher thread, which put() wakes
+        wait_until(lambda: emitter.written == count and emitter.pending == 0, timeout=10, message="the flush")
+        found = [json.loads(fields[b"e"]) for _, fields in cache.xrange(EVENT_STREAM)]
+        assert [e["id"] for e in found if e.get("host") == host] == [str(i) for i in range(count)]
+        assert cache.get(f"mallops:test:{host}") == b"kept"
+        assert 0 < cache.ttl(f"mallops:test:{host}") <= 60
+        assert cache.get(f"mallops:test:gone:{host}") is None
+    finally:
+        emitter.close()
+        cache.delete(f"mallops:test:{host}")
+        cache.close()
+
+
 def test_events_wait_for_redis_instead_of_being_lost(settings: Settings) -> None:
     unreachable = settings.model_copy(
         update={"redis_url": f"redis://127.0.0.1:{free_port()}", "events_flush_interval": 60.0}
