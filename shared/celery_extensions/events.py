@@ -79,23 +79,25 @@ from shared.settings import Settings
 log = logging.getLogger("mallops.events")
 
 MAX_BUFFERED = 100_000
-# One command for a batch of events and key writes; the arguments of :meth:`EventEmitter.script_args` (the
-# result store's script takes the same after its own): the stream, its approximate MAXLEN, its entries'
-# field, the number of events, the events, then (key, value, ttl) triples, the value '' for a deletion.
-WRITE_EVENTS = """
-local events = tonumber(ARGV[4])
-for i = 5, 4 + events do
-  redis.call('XADD', ARGV[1], 'MAXLEN', '~', ARGV[2], '*', ARGV[3], ARGV[i])
+# The Lua that writes the events and key writes of :meth:`EventEmitter.script_args` from ``ARGV[n + 1]`` on
+# (``n`` set by the script around it): the stream, its approximate MAXLEN, its entries' field, the number of
+# events, the events, then (key, value, ttl) triples, the value '' for a deletion. The result store's script
+# ends with it too.
+WRITE_EVENTS_LUA = """
+local events = tonumber(ARGV[n + 4])
+for i = n + 5, n + 4 + events do
+  redis.call('XADD', ARGV[n + 1], 'MAXLEN', '~', ARGV[n + 2], '*', ARGV[n + 3], ARGV[i])
 end
-for i = 5 + events, #ARGV, 3 do
+for i = n + 5 + events, #ARGV, 3 do
   if ARGV[i + 1] == '' then
     redis.call('DEL', ARGV[i])
   else
     redis.call('SET', ARGV[i], ARGV[i + 1], 'EX', ARGV[i + 2])
   end
 end
-return events
 """
+# one command for a batch of events and key writes (a flush); returns the number of events
+WRITE_EVENTS = "local n = 0" + WRITE_EVENTS_LUA + "return events\n"
 WRITE_EVENTS_SHA = hashlib.sha1(WRITE_EVENTS.encode(), usedforsecurity=False).hexdigest()
 EVENTS_PER_COMMAND = 1000  # one command blocks Redis while it runs (a few µs an event)
 #: a deferred write (:meth:`EventEmitter.defer`): given the buffered events and key writes, it writes them too

@@ -52,7 +52,8 @@ KEEP_FINAL = 2
 # database ('' when there is nothing else to write), the stream, its approximate MAXLEN and its entries'
 # field; the number of events, the events; then (key, value, ttl) triples for the cache database, the
 # value '' for a deletion. Returns 1 when the state was written, 0 when a SUCCESS was kept.
-STORE_STATE = """
+STORE_STATE = (
+    """
 local written = 1
 local current = ARGV[3] ~= '0' and redis.call('GET', KEYS[1])
 if current then
@@ -82,19 +83,10 @@ if #KEYS == 4 then
 end
 if ARGV[n] == '' then return written end
 redis.call('SELECT', ARGV[n])
-local events = tonumber(ARGV[n + 4])
-for i = n + 5, n + 4 + events do
-  redis.call('XADD', ARGV[n + 1], 'MAXLEN', '~', ARGV[n + 2], '*', ARGV[n + 3], ARGV[i])
-end
-for i = n + 5 + events, #ARGV, 3 do
-  if ARGV[i + 1] == '' then
-    redis.call('DEL', ARGV[i])
-  else
-    redis.call('SET', ARGV[i], ARGV[i + 1], 'EX', ARGV[i + 2])
-  end
-end
-return written
 """
+    + lifecycle.WRITE_EVENTS_LUA
+    + "return written\n"
+)
 
 
 def backend_url(result_backend: str) -> str:
