@@ -6,6 +6,7 @@ The key names are contracts (:mod:`shared.contracts`).
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import redis
 
@@ -28,3 +29,21 @@ def consumer_loop_client(url: str) -> redis.Redis[bytes]:
     (dead letters, revocation checks): a slow Redis must not stall message consumption. redis-py's pool
     notices a fork and reconnects in the child."""
     return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+
+
+#: what identifies a Redis server in a connection pool's keyword arguments (the database does not)
+SERVER_KEYS = ("host", "port", "path", "username", "password")
+
+
+def same_server(ours: Any, theirs: Any) -> bool:
+    """Whether two redis-py connection pools (sync or asyncio) connect to the same server, whatever their
+    databases: then one script can write to both."""
+    return bool(
+        _redis_class(ours.connection_class) is _redis_class(theirs.connection_class)
+        and all(ours.connection_kwargs.get(k) == theirs.connection_kwargs.get(k) for k in SERVER_KEYS)
+    )
+
+
+def _redis_class(connection_class: type) -> type:
+    """redis-py's own class of a connection class (kombu's event loop subclasses it)."""
+    return next((c for c in connection_class.__mro__ if c.__module__.startswith("redis.")), connection_class)

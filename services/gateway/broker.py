@@ -31,6 +31,7 @@ from celery import Celery, signals
 from kombu.serialization import dumps as kombu_dumps
 from starlette.concurrency import run_in_threadpool
 
+from shared.cache import same_server
 from shared.contracts import priority_queue_key
 
 MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 0, 9, 0
@@ -106,8 +107,6 @@ REDIS_LAYOUT_OPTIONS = ("global_keyprefix", "priority_steps", "sep", "queue_orde
 # kombu path: a pooled connection may have gone stale: one immediate reconnect, then give up (fast 503)
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 POOL_TIMEOUT = 5.0
-# the connection settings that name a Redis server and who logs in (the database is not among them)
-SERVER_IDENTITY = ("host", "port", "path", "username", "password")
 
 
 class Outgoing:
@@ -166,11 +165,8 @@ class Publisher:
     def broker_db_beside(self, cache: aioredis.Redis[str]) -> int | None:
         """The broker's database number when it is on the same Redis server as ``cache`` (only the database
         differs), so that one script can write to both; else None."""
-        ours, theirs = self.client.connection_pool, cache.connection_pool
-        same = ours.connection_class is theirs.connection_class and all(
-            ours.connection_kwargs.get(key) == theirs.connection_kwargs.get(key) for key in SERVER_IDENTITY
-        )
-        return int(ours.connection_kwargs.get("db") or 0) if same else None
+        ours = self.client.connection_pool
+        return int(ours.connection_kwargs.get("db") or 0) if same_server(ours, cache.connection_pool) else None
 
     def outgoing(self, messages: Sequence[TaskMessage], headers: dict[str, Any]) -> Outgoing:
         """The LPUSHes of ``messages`` (list key, kombu envelope), built as Celery builds them, with

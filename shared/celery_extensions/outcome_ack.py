@@ -18,23 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from shared.cache import same_server
 from shared.celery_extensions.redelivery import delivery_holder_key
-
-#: what identifies a Redis server in a connection pool's keyword arguments
-SERVER_KEYS = ("host", "port", "path", "username", "password")
-
-
-def same_server(ours: Any, theirs: Any) -> bool:
-    """Whether two redis-py connection pools connect to the same server (whatever their databases)."""
-    return bool(
-        _redis_class(ours.connection_class) is _redis_class(theirs.connection_class)
-        and all(ours.connection_kwargs.get(k) == theirs.connection_kwargs.get(k) for k in SERVER_KEYS)
-    )
-
-
-def _redis_class(connection_class: type) -> type:
-    """redis-py's own class of a connection class (kombu's event loop subclasses it)."""
-    return next((c for c in connection_class.__mro__ if c.__module__.startswith("redis.")), connection_class)
 
 
 @dataclass(frozen=True)

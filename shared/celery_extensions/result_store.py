@@ -35,6 +35,7 @@ from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from redis.commands.core import Script
 
+from shared.cache import same_server
 from shared.celery_extensions import events as lifecycle
 from shared.celery_extensions import outcome_ack
 
@@ -138,8 +139,7 @@ class ResultStore(RedisBackend):  # type: ignore[misc]
         state = [value, int(self.expires or 0), KEEP_FINAL]
 
         def write(batch: list[str], keys: dict[str, tuple[str, int] | None]) -> None:
-            carried = [target, *emitter.script_args(batch, keys)] if batch or keys else [""]
-            self._script(keys=[key], args=[*state, *carried], client=self.client)
+            self._store([key], state, [target, *emitter.script_args(batch, keys)] if batch or keys else None)
 
         emitter.defer(key, write)
         return True
@@ -184,7 +184,7 @@ class ResultStore(RedisBackend):  # type: ignore[misc]
         events = lifecycle.for_app(self.app)
         target = self._stream_db(events.emitter) if events is not None else None
         if events is None or target is None:
-            self._script(keys=keys, args=[*state, ""], client=self.client)
+            self._store(keys, state)
         else:
             self._write_with_events(events, target, keys, state)
         if ack is not None:
@@ -201,19 +201,24 @@ class ResultStore(RedisBackend):  # type: ignore[misc]
             emitter.supersede(keys[0])
             batch, writes = emitter.take()
             if not batch and not writes and staged is None:
-                self._script(keys=keys, args=[*state, ""], client=self.client)
+                self._store(keys, state)
                 return
             outcome = [staged.event] if staged is not None else []
             holder: dict[str, tuple[str, int] | None] = {staged.holder: None} if staged is not None else {}
             try:
-                carried = emitter.script_args(batch + outcome, writes | holder)
-                self._script(keys=keys, args=[*state, target, *carried], client=self.client)
+                self._store(keys, state, [target, *emitter.script_args(batch + outcome, writes | holder)])
             except BaseException:
                 emitter.put_back(batch, writes)
                 raise
             emitter.written += len(batch) + len(outcome)
         if staged is not None:
             events.outcomes_written.add(staged.attempt)
+
+    def _store(self, keys: list[Any], state: list[Any], carried: list[Any] | None = None) -> None:
+        """One :data:`STORE_STATE` command: ``state`` under ``keys``, and ``carried`` (the stream's database
+        and :meth:`~shared.celery_extensions.events.EventEmitter.script_args`) when events or key writes go
+        with it."""
+        self._script(keys=keys, args=[*state, *(carried or [""])], client=self.client)
 
     @cached_property
     def _local(self) -> threading.local:
@@ -231,6 +236,6 @@ class ResultStore(RedisBackend):  # type: ignore[misc]
         url = emitter.url
         if url not in cache:
             theirs = redis.Redis.from_url(url).connection_pool
-            same = outcome_ack.same_server(self.client.connection_pool, theirs)
+            same = same_server(self.client.connection_pool, theirs)
             cache[url] = int(theirs.connection_kwargs.get("db", 0)) if same else None
         return cache[url]
